@@ -1,0 +1,145 @@
+//! Cluster coordination for GoVerse.
+//!
+//! [`ClusterStore`] is a small key/value contract shaped after etcd: keys with revisions, leases
+//! that expire, compare-and-set, and prefix watches that resume from a revision. The node uses it
+//! to register itself on a lease and to claim shards with compare-and-set, recording an epoch per
+//! shard ([`ShardRecord`]) that fences persisted writes. [`MemoryClusterStore`] is the embedded
+//! default; etcd implements the same trait.
+
+mod memory;
+mod shardmap;
+
+#[cfg(test)]
+mod conformance;
+
+pub use memory::MemoryClusterStore;
+pub use shardmap::{ShardRecord, keys};
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+/// A store-wide revision: every mutation gets a larger one.
+pub type Revision = i64;
+
+/// A lease: keys attached to it vanish when it expires or is revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LeaseId(pub i64);
+
+/// A key with its value and revisions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    /// The key.
+    pub key: String,
+    /// The value.
+    pub value: Vec<u8>,
+    /// The revision of the write that created the key.
+    pub create_revision: Revision,
+    /// The revision of the last write to the key.
+    pub mod_revision: Revision,
+    /// The lease the key is attached to.
+    pub lease: Option<LeaseId>,
+}
+
+/// What compare-and-set expects to find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// The key must not exist.
+    Absent,
+    /// The key must exist with this mod revision.
+    ModRevision(Revision),
+}
+
+/// The outcome of compare-and-set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CasOutcome {
+    /// The write happened at this revision.
+    Applied(Revision),
+    /// The expectation failed; this is what the key holds now.
+    Conflict(Option<KeyValue>),
+}
+
+/// A change seen by a watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// The key was written.
+    Put(KeyValue),
+    /// The key was deleted (explicitly or by lease expiry) at this revision.
+    Delete {
+        /// The key.
+        key: String,
+        /// The revision of the deletion.
+        mod_revision: Revision,
+    },
+}
+
+impl WatchEvent {
+    /// The revision of the change.
+    pub fn revision(&self) -> Revision {
+        match self {
+            Self::Put(kv) => kv.mod_revision,
+            Self::Delete { mod_revision, .. } => *mod_revision,
+        }
+    }
+}
+
+/// Events of one watch, in revision order. Ends when the store goes away.
+pub type WatchStream = mpsc::UnboundedReceiver<WatchEvent>;
+
+/// Why a cluster-store operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterError {
+    /// The lease is unknown: it expired or was revoked.
+    #[error("lease {0} expired or revoked")]
+    LeaseExpired(i64),
+    /// The watch asked for revisions the store no longer keeps.
+    #[error("revision {requested} compacted (oldest kept is {oldest})")]
+    Compacted {
+        /// What was asked for.
+        requested: Revision,
+        /// The oldest revision still replayable.
+        oldest: Revision,
+    },
+    /// The store could not be reached.
+    #[error("cluster store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The coordination store: etcd in a cluster, [`MemoryClusterStore`] embedded.
+#[async_trait]
+pub trait ClusterStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Grants a lease that expires `ttl` after its last keep-alive.
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, ClusterError>;
+    /// Renews a lease for another ttl.
+    async fn keep_alive(&self, lease: LeaseId) -> Result<(), ClusterError>;
+    /// Ends a lease now, deleting its keys.
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), ClusterError>;
+    /// One key.
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, ClusterError>;
+    /// Every key under `prefix`, in key order, with the store revision they were read at.
+    async fn get_prefix(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), ClusterError>;
+    /// Writes a key unconditionally.
+    async fn put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> Result<Revision, ClusterError>;
+    /// Writes a key only if it matches `expect`.
+    async fn compare_and_set(
+        &self,
+        key: &str,
+        expect: Expect,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> Result<CasOutcome, ClusterError>;
+    /// Deletes a key; `false` when it did not exist.
+    async fn delete(&self, key: &str) -> Result<bool, ClusterError>;
+    /// Changes under `prefix` with revision greater than `after`.
+    async fn watch_prefix(
+        &self,
+        prefix: &str,
+        after: Revision,
+    ) -> Result<WatchStream, ClusterError>;
+}

@@ -1,0 +1,272 @@
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::{
+    CasOutcome, ClusterError, ClusterStore, Expect, KeyValue, LeaseId, Revision, WatchEvent,
+    WatchStream,
+};
+
+/// How many past events a watch can resume from.
+const HISTORY: usize = 16_384;
+
+/// The embedded cluster store: the etcd contract inside one process.
+///
+/// Lease expiry runs on tokio time, so tests with paused time see leases expire deterministically.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryClusterStore {
+    inner: Arc<Mutex<State>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    revision: Revision,
+    next_lease: i64,
+    keys: BTreeMap<String, KeyValue>,
+    leases: HashMap<i64, Lease>,
+    history: VecDeque<WatchEvent>,
+    watchers: Vec<(String, mpsc::UnboundedSender<WatchEvent>)>,
+}
+
+#[derive(Debug)]
+struct Lease {
+    ttl: Duration,
+    deadline: Instant,
+}
+
+impl State {
+    fn emit(&mut self, event: WatchEvent) {
+        let key = match &event {
+            WatchEvent::Put(kv) => kv.key.as_str(),
+            WatchEvent::Delete { key, .. } => key.as_str(),
+        };
+        self.watchers.retain(|(prefix, tx)| {
+            !key.starts_with(prefix.as_str()) || tx.send(event.clone()).is_ok()
+        });
+        if self.history.len() == HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(event);
+    }
+
+    fn write(
+        &mut self,
+        key: &str,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> Result<Revision, ClusterError> {
+        if let Some(LeaseId(id)) = lease
+            && !self.leases.contains_key(&id)
+        {
+            return Err(ClusterError::LeaseExpired(id));
+        }
+        self.revision += 1;
+        let create_revision = self
+            .keys
+            .get(key)
+            .map_or(self.revision, |kv| kv.create_revision);
+        let kv = KeyValue {
+            key: key.to_owned(),
+            value,
+            create_revision,
+            mod_revision: self.revision,
+            lease,
+        };
+        self.keys.insert(key.to_owned(), kv.clone());
+        self.emit(WatchEvent::Put(kv));
+        Ok(self.revision)
+    }
+
+    fn remove(&mut self, key: &str) -> bool {
+        if self.keys.remove(key).is_none() {
+            return false;
+        }
+        self.revision += 1;
+        let mod_revision = self.revision;
+        self.emit(WatchEvent::Delete {
+            key: key.to_owned(),
+            mod_revision,
+        });
+        true
+    }
+
+    fn drop_lease(&mut self, id: i64) {
+        self.leases.remove(&id);
+        let doomed: Vec<String> = self
+            .keys
+            .values()
+            .filter(|kv| kv.lease == Some(LeaseId(id)))
+            .map(|kv| kv.key.clone())
+            .collect();
+        for key in doomed {
+            self.remove(&key);
+        }
+    }
+}
+
+impl MemoryClusterStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn spawn_expiry(weak: Weak<Mutex<State>>, id: i64) {
+        tokio::spawn(async move {
+            loop {
+                let deadline = {
+                    let Some(inner) = weak.upgrade() else { return };
+                    let mut state = inner.lock();
+                    let Some(lease) = state.leases.get(&id) else {
+                        return;
+                    };
+                    if lease.deadline <= Instant::now() {
+                        tracing::debug!(lease = id, "lease expired");
+                        state.drop_lease(id);
+                        return;
+                    }
+                    lease.deadline
+                };
+                tokio::time::sleep_until(deadline).await;
+            }
+        });
+    }
+}
+
+#[async_trait]
+impl ClusterStore for MemoryClusterStore {
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, ClusterError> {
+        let id = {
+            let mut state = self.inner.lock();
+            state.next_lease += 1;
+            let id = state.next_lease;
+            state.leases.insert(
+                id,
+                Lease {
+                    ttl,
+                    deadline: Instant::now() + ttl,
+                },
+            );
+            id
+        };
+        Self::spawn_expiry(Arc::downgrade(&self.inner), id);
+        Ok(LeaseId(id))
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<(), ClusterError> {
+        let mut state = self.inner.lock();
+        let entry = state
+            .leases
+            .get_mut(&lease.0)
+            .ok_or(ClusterError::LeaseExpired(lease.0))?;
+        if entry.deadline <= Instant::now() {
+            state.drop_lease(lease.0);
+            return Err(ClusterError::LeaseExpired(lease.0));
+        }
+        entry.deadline = Instant::now() + entry.ttl;
+        Ok(())
+    }
+
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), ClusterError> {
+        let mut state = self.inner.lock();
+        if !state.leases.contains_key(&lease.0) {
+            return Err(ClusterError::LeaseExpired(lease.0));
+        }
+        state.drop_lease(lease.0);
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, ClusterError> {
+        Ok(self.inner.lock().keys.get(key).cloned())
+    }
+
+    async fn get_prefix(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), ClusterError> {
+        let state = self.inner.lock();
+        let kvs = state
+            .keys
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, kv)| kv.clone())
+            .collect();
+        Ok((kvs, state.revision))
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> Result<Revision, ClusterError> {
+        self.inner.lock().write(key, value, lease)
+    }
+
+    async fn compare_and_set(
+        &self,
+        key: &str,
+        expect: Expect,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> Result<CasOutcome, ClusterError> {
+        let mut state = self.inner.lock();
+        let current = state.keys.get(key);
+        let matches = match (expect, current) {
+            (Expect::Absent, None) => true,
+            (Expect::ModRevision(rev), Some(kv)) => kv.mod_revision == rev,
+            _ => false,
+        };
+        if !matches {
+            return Ok(CasOutcome::Conflict(current.cloned()));
+        }
+        state.write(key, value, lease).map(CasOutcome::Applied)
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, ClusterError> {
+        Ok(self.inner.lock().remove(key))
+    }
+
+    async fn watch_prefix(
+        &self,
+        prefix: &str,
+        after: Revision,
+    ) -> Result<WatchStream, ClusterError> {
+        let mut state = self.inner.lock();
+        let (tx, rx) = mpsc::unbounded_channel();
+        if after < state.revision {
+            let oldest = state
+                .history
+                .front()
+                .map_or(state.revision + 1, WatchEvent::revision);
+            if after + 1 < oldest {
+                return Err(ClusterError::Compacted {
+                    requested: after,
+                    oldest,
+                });
+            }
+            for event in state.history.iter().filter(|e| e.revision() > after) {
+                let key = match event {
+                    WatchEvent::Put(kv) => &kv.key,
+                    WatchEvent::Delete { key, .. } => key,
+                };
+                if key.starts_with(prefix) {
+                    let _ = tx.send(event.clone());
+                }
+            }
+        }
+        state.watchers.push((prefix.to_owned(), tx));
+        Ok(rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn conformance() {
+        crate::conformance::run_all(&MemoryClusterStore::new()).await;
+    }
+}

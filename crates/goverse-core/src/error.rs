@@ -1,0 +1,241 @@
+use std::fmt;
+use std::sync::Arc;
+
+/// The one vocabulary of failure, shared by the runtime, the gate and clients.
+///
+/// Each code maps to exactly one gRPC status and one HTTP status, here and nowhere else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// No such object type, method or object.
+    NotFound,
+    /// The request was malformed: bad object ID, wrong payload type, undecodable bytes.
+    InvalidArgument,
+    /// The object exists with another type (create with a different type).
+    AlreadyExists,
+    /// The node cannot serve the call now (shutting down, shard not owned, store down); retry.
+    Unavailable,
+    /// The call's deadline passed before it finished.
+    DeadlineExceeded,
+    /// A limit was hit (payload size, queue length).
+    ResourceExhausted,
+    /// The caller may not do this.
+    PermissionDenied,
+    /// The caller is not authenticated.
+    Unauthenticated,
+    /// The call would re-enter an object whose running turn waits on the same call chain.
+    Reentrancy,
+    /// The method returned an application error without choosing a code.
+    Unknown,
+    /// A bug or a panic inside the runtime or a method.
+    Internal,
+}
+
+impl ErrorCode {
+    /// A stable lowercase name (`not_found`, `reentrancy`, ...), used in JSON error bodies.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::NotFound => "not_found",
+            Self::InvalidArgument => "invalid_argument",
+            Self::AlreadyExists => "already_exists",
+            Self::Unavailable => "unavailable",
+            Self::DeadlineExceeded => "deadline_exceeded",
+            Self::ResourceExhausted => "resource_exhausted",
+            Self::PermissionDenied => "permission_denied",
+            Self::Unauthenticated => "unauthenticated",
+            Self::Reentrancy => "reentrancy",
+            Self::Unknown => "unknown",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// The gRPC status code number (as in `google.rpc.Code`).
+    ///
+    /// Reentrancy maps to `FAILED_PRECONDITION` (9): retrying the same chain cannot succeed.
+    pub const fn grpc_code(self) -> i32 {
+        match self {
+            Self::Unknown => 2,
+            Self::InvalidArgument => 3,
+            Self::DeadlineExceeded => 4,
+            Self::NotFound => 5,
+            Self::AlreadyExists => 6,
+            Self::PermissionDenied => 7,
+            Self::ResourceExhausted => 8,
+            Self::Reentrancy => 9,
+            Self::Internal => 13,
+            Self::Unavailable => 14,
+            Self::Unauthenticated => 16,
+        }
+    }
+
+    /// The HTTP status for this code.
+    pub const fn http_status(self) -> u16 {
+        match self {
+            Self::InvalidArgument => 400,
+            Self::Unauthenticated => 401,
+            Self::PermissionDenied => 403,
+            Self::NotFound => 404,
+            Self::AlreadyExists | Self::Reentrancy => 409,
+            Self::ResourceExhausted => 429,
+            Self::Unknown | Self::Internal => 500,
+            Self::Unavailable => 503,
+            Self::DeadlineExceeded => 504,
+        }
+    }
+
+    /// Parses [`ErrorCode::as_str`] back.
+    pub fn from_name(name: &str) -> Option<Self> {
+        const ALL: [ErrorCode; 11] = [
+            ErrorCode::NotFound,
+            ErrorCode::InvalidArgument,
+            ErrorCode::AlreadyExists,
+            ErrorCode::Unavailable,
+            ErrorCode::DeadlineExceeded,
+            ErrorCode::ResourceExhausted,
+            ErrorCode::PermissionDenied,
+            ErrorCode::Unauthenticated,
+            ErrorCode::Reentrancy,
+            ErrorCode::Unknown,
+            ErrorCode::Internal,
+        ];
+        ALL.into_iter().find(|c| c.as_str() == name)
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a call failed: a code and a message naming what was wrong.
+///
+/// Cheap to clone, so one failure (say, a failed activation) can be handed to every waiting call.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CallError {
+    code: ErrorCode,
+    message: Arc<str>,
+}
+
+impl CallError {
+    /// An error with a code and a message.
+    pub fn new(code: ErrorCode, message: impl Into<Arc<str>>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The code.
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    /// The message, without the code.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// No type of that name is registered.
+    pub fn unknown_type(type_name: &str) -> Self {
+        Self::new(
+            ErrorCode::NotFound,
+            format!("unknown object type {type_name:?}"),
+        )
+    }
+
+    /// The type has no method of that name.
+    pub fn unknown_method(type_name: &str, method: &str) -> Self {
+        Self::new(
+            ErrorCode::NotFound,
+            format!("object type {type_name:?} has no method {method:?}"),
+        )
+    }
+
+    /// The request is a message of another type than the method takes.
+    pub fn wrong_payload(type_name: &str, method: &str, expected: &str, got: &str) -> Self {
+        Self::new(
+            ErrorCode::InvalidArgument,
+            format!("{type_name}.{method} takes {expected}, got {got}"),
+        )
+    }
+
+    /// The call's deadline passed.
+    pub fn deadline_exceeded(what: impl fmt::Display) -> Self {
+        Self::new(
+            ErrorCode::DeadlineExceeded,
+            format!("deadline exceeded: {what}"),
+        )
+    }
+
+    /// An invalid argument.
+    pub fn invalid_argument(message: impl Into<Arc<str>>) -> Self {
+        Self::new(ErrorCode::InvalidArgument, message)
+    }
+
+    /// The node cannot serve this now.
+    pub fn unavailable(message: impl Into<Arc<str>>) -> Self {
+        Self::new(ErrorCode::Unavailable, message)
+    }
+
+    /// An internal failure.
+    pub fn internal(message: impl Into<Arc<str>>) -> Self {
+        Self::new(ErrorCode::Internal, message)
+    }
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl fmt::Debug for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CallError({}: {:?})", self.code, &*self.message)
+    }
+}
+
+impl std::error::Error for CallError {}
+
+impl From<crate::IdError> for CallError {
+    fn from(err: crate::IdError) -> Self {
+        Self::invalid_argument(err.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_statuses_are_distinct_where_it_matters() {
+        for code in [
+            ErrorCode::NotFound,
+            ErrorCode::InvalidArgument,
+            ErrorCode::AlreadyExists,
+            ErrorCode::Unavailable,
+            ErrorCode::DeadlineExceeded,
+            ErrorCode::ResourceExhausted,
+            ErrorCode::PermissionDenied,
+            ErrorCode::Unauthenticated,
+            ErrorCode::Reentrancy,
+            ErrorCode::Unknown,
+            ErrorCode::Internal,
+        ] {
+            assert_eq!(ErrorCode::from_name(code.as_str()), Some(code));
+        }
+        assert_eq!(ErrorCode::NotFound.grpc_code(), 5);
+        assert_eq!(ErrorCode::Unavailable.http_status(), 503);
+        assert_eq!(ErrorCode::DeadlineExceeded.http_status(), 504);
+    }
+
+    #[test]
+    fn display_is_code_then_message() {
+        let e = CallError::unknown_method("Counter", "Nope");
+        assert_eq!(
+            e.to_string(),
+            "not_found: object type \"Counter\" has no method \"Nope\""
+        );
+    }
+}

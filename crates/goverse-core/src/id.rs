@@ -1,0 +1,280 @@
+use std::fmt;
+use std::sync::Arc;
+
+/// Why an object ID was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    /// The ID is the empty string.
+    #[error("object id is empty")]
+    Empty,
+    /// `shard#.../name` where the part after `shard#` is not a number.
+    #[error(
+        "invalid object id {id:?}: shard# must be followed by a number and '/', as in shard#12/name"
+    )]
+    BadShardPrefix {
+        /// The rejected ID.
+        id: String,
+    },
+    /// `shard#N/name` with N outside `0..shard_count`.
+    #[error("invalid object id {id:?}: shard {shard} out of range [0, {shard_count})")]
+    ShardOutOfRange {
+        /// The rejected ID.
+        id: String,
+        /// The shard number it named.
+        shard: u64,
+        /// The cluster's shard count.
+        shard_count: u32,
+    },
+    /// `/name` with nothing before the slash.
+    #[error("invalid object id {id:?}: node address before '/' is empty")]
+    EmptyNodeAddress {
+        /// The rejected ID.
+        id: String,
+    },
+    /// `prefix/` with nothing after the slash.
+    #[error("invalid object id {id:?}: name after '/' is empty")]
+    EmptyName {
+        /// The rejected ID.
+        id: String,
+    },
+}
+
+/// The identity of an object: unique across the cluster and across types.
+///
+/// Cheap to clone (a shared string). Any string converts into an `ObjectId`; the format is
+/// checked when the ID is used (see [`ObjectId::kind`]), so a malformed ID fails the call that
+/// uses it with [`crate::ErrorCode::InvalidArgument`].
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectId(Arc<str>);
+
+/// How an object ID routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectIdKind<'a> {
+    /// A plain ID: placed on the shard its hash selects.
+    Regular,
+    /// `shard#N/name`: pinned to shard N.
+    FixedShard(u64),
+    /// `host:port/name`: pinned to the node at that address.
+    FixedNode(&'a str),
+}
+
+impl ObjectId {
+    /// Wraps a string as an object ID without checking its format.
+    pub fn new(id: impl Into<Arc<str>>) -> Self {
+        Self(id.into())
+    }
+
+    /// The ID as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Parses the ID's routing form; shard ranges are checked by [`crate::shard_of`].
+    pub fn kind(&self) -> Result<ObjectIdKind<'_>, IdError> {
+        let id = &*self.0;
+        if id.is_empty() {
+            return Err(IdError::Empty);
+        }
+        let Some((prefix, name)) = id.split_once('/') else {
+            if id.starts_with("shard#") {
+                return Err(IdError::BadShardPrefix { id: id.to_owned() });
+            }
+            return Ok(ObjectIdKind::Regular);
+        };
+        if let Some(number) = prefix.strip_prefix("shard#") {
+            if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(IdError::BadShardPrefix { id: id.to_owned() });
+            }
+            if name.is_empty() {
+                return Err(IdError::EmptyName { id: id.to_owned() });
+            }
+            // Saturate absurdly long numbers: they are out of range either way.
+            let shard = number.parse::<u64>().unwrap_or(u64::MAX);
+            return Ok(ObjectIdKind::FixedShard(shard));
+        }
+        if prefix.is_empty() {
+            return Err(IdError::EmptyNodeAddress { id: id.to_owned() });
+        }
+        if name.is_empty() {
+            return Err(IdError::EmptyName { id: id.to_owned() });
+        }
+        Ok(ObjectIdKind::FixedNode(prefix))
+    }
+}
+
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl From<&str> for ObjectId {
+    fn from(s: &str) -> Self {
+        Self(s.into())
+    }
+}
+
+impl From<String> for ObjectId {
+    fn from(s: String) -> Self {
+        Self(s.into())
+    }
+}
+
+impl From<&String> for ObjectId {
+    fn from(s: &String) -> Self {
+        Self(s.as_str().into())
+    }
+}
+
+impl From<&ObjectId> for ObjectId {
+    fn from(id: &ObjectId) -> Self {
+        id.clone()
+    }
+}
+
+impl AsRef<str> for ObjectId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for ObjectId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The advertised address of a node (`host:port`), which is also its identity in the cluster.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeAddr(Arc<str>);
+
+impl NodeAddr {
+    /// Wraps an address.
+    pub fn new(addr: impl Into<Arc<str>>) -> Self {
+        Self(addr.into())
+    }
+
+    /// The address as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for NodeAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+/// Identifies one logical call chain: a root call and every call made on its behalf.
+///
+/// It travels with every call so the runtime can refuse a call that would re-enter an object
+/// whose running turn is waiting on the same chain (a certain deadlock).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ChainId(u64);
+
+impl ChainId {
+    /// A fresh random chain id for a new root call.
+    pub fn new_root() -> Self {
+        // Zero is reserved for "no chain" on the wire; skip it.
+        Self(fastrand::u64(1..))
+    }
+
+    /// Rebuilds a chain id received from elsewhere (0 is treated as absent by callers).
+    pub const fn from_raw(raw: u64) -> Self {
+        Self(raw)
+    }
+
+    /// The raw value, for the wire.
+    pub const fn raw(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ChainId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl fmt::Debug for ChainId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChainId({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(id: &str) -> Result<ObjectIdKind<'_>, IdError> {
+        // Leak is fine in tests: we need the borrow to outlive the temporary.
+        let id: &'static ObjectId = Box::leak(Box::new(ObjectId::from(id)));
+        id.kind()
+    }
+
+    #[test]
+    fn parses_the_three_forms() {
+        assert_eq!(kind("my-counter"), Ok(ObjectIdKind::Regular));
+        assert_eq!(kind("shard#5/object-123"), Ok(ObjectIdKind::FixedShard(5)));
+        assert_eq!(
+            kind("127.0.0.1:47000/obj"),
+            Ok(ObjectIdKind::FixedNode("127.0.0.1:47000"))
+        );
+        // Only the first '/' separates: the rest belongs to the name.
+        assert_eq!(kind("shard#1/a/b"), Ok(ObjectIdKind::FixedShard(1)));
+    }
+
+    #[test]
+    fn rejects_malformed_ids_with_a_reason() {
+        assert_eq!(kind(""), Err(IdError::Empty));
+        assert!(matches!(
+            kind("shard#x/name"),
+            Err(IdError::BadShardPrefix { .. })
+        ));
+        assert!(matches!(
+            kind("shard#/name"),
+            Err(IdError::BadShardPrefix { .. })
+        ));
+        assert!(matches!(
+            kind("shard#-1/name"),
+            Err(IdError::BadShardPrefix { .. })
+        ));
+        assert!(matches!(
+            kind("shard#12"),
+            Err(IdError::BadShardPrefix { .. })
+        ));
+        assert!(matches!(kind("shard#3/"), Err(IdError::EmptyName { .. })));
+        assert!(matches!(
+            kind("/name"),
+            Err(IdError::EmptyNodeAddress { .. })
+        ));
+        assert!(matches!(kind("host:1/"), Err(IdError::EmptyName { .. })));
+        let msg = kind("shard#x/name").unwrap_err().to_string();
+        assert!(
+            msg.contains("shard#x/name") && msg.contains("number"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn chain_ids_are_nonzero_and_distinct() {
+        let a = ChainId::new_root();
+        let b = ChainId::new_root();
+        assert_ne!(a.raw(), 0);
+        assert_ne!(a, b);
+        assert_eq!(ChainId::from_raw(a.raw()), a);
+    }
+}

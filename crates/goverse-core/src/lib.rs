@@ -1,0 +1,22 @@
+//! The vocabulary every GoVerse crate shares, with no I/O.
+//!
+//! - [`ObjectId`], [`ShardId`], [`NodeAddr`], [`ChainId`]: identifiers, parsed the way upstream
+//!   GoVerse parses them (`plain-id`, `shard#N/name`, `host:port/name`).
+//! - [`shard_of`]: FNV-1a 32-bit of the object ID modulo the shard count, identical to upstream so
+//!   the same IDs land on the same shards.
+//! - [`CallError`] and [`ErrorCode`]: the one error vocabulary, mapped to gRPC and HTTP status in
+//!   one place ([`ErrorCode::grpc_code`], [`ErrorCode::http_status`]).
+//! - [`Payload`] and [`Message`]: how requests and responses travel, typed inside a process and as
+//!   `google.protobuf.Any` on the wire.
+//! - [`wkt`]: the protobuf well-known wrapper messages (`Int32Value`, `Empty`, ...).
+
+mod error;
+mod id;
+mod message;
+mod shard;
+pub mod wkt;
+
+pub use error::{CallError, ErrorCode};
+pub use id::{ChainId, IdError, NodeAddr, ObjectId, ObjectIdKind};
+pub use message::{AnyMessage, Message, Payload, TYPE_URL_PREFIX, type_name_of_url};
+pub use shard::{DEFAULT_SHARD_COUNT, ShardId, fnv1a_32, shard_of};

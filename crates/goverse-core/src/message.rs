@@ -1,0 +1,195 @@
+use std::any::Any;
+use std::fmt;
+
+use crate::CallError;
+
+/// The type URL prefix upstream clients put in `google.protobuf.Any`.
+pub const TYPE_URL_PREFIX: &str = "type.googleapis.com/";
+
+/// A protobuf message GoVerse can carry as a request or response.
+///
+/// Implemented for every prost message that also implements [`prost::Name`] (prost-build's
+/// `enable_type_names()`; the well-known wrappers in [`crate::wkt`] do).
+pub trait Message: prost::Message + prost::Name + Default + Send + Sync + 'static {}
+
+impl<T> Message for T where T: prost::Message + prost::Name + Default + Send + Sync + 'static {}
+
+/// A message behind a pointer: the typed form a payload takes inside one process.
+pub trait AnyMessage: Send + Sync + 'static {
+    /// The fully-qualified protobuf name, e.g. `google.protobuf.Int32Value`.
+    fn full_name(&self) -> String;
+    /// Encodes as `google.protobuf.Any` (type URL with the `type.googleapis.com/` prefix).
+    fn to_any(&self) -> prost_types::Any;
+    /// For downcasting to the concrete message.
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
+    /// For inspecting without taking ownership.
+    fn as_any(&self) -> &(dyn Any + Send);
+}
+
+impl<T: Message> AnyMessage for T {
+    fn full_name(&self) -> String {
+        T::full_name()
+    }
+
+    fn to_any(&self) -> prost_types::Any {
+        prost_types::Any {
+            type_url: format!("{TYPE_URL_PREFIX}{}", T::full_name()),
+            value: self.encode_to_vec(),
+        }
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
+        self
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send) {
+        self
+    }
+}
+
+/// The part of a type URL after its last `/`: the message's full name.
+pub fn type_name_of_url(type_url: &str) -> &str {
+    type_url.rsplit('/').next().unwrap_or(type_url)
+}
+
+/// A request or response in flight.
+///
+/// Inside one process a call moves the typed message and nothing is encoded; a call arriving
+/// from the wire carries the `Any` its client sent, decoded only by the method that takes it.
+pub enum Payload {
+    /// A typed message, moved without encoding.
+    Typed(Box<dyn AnyMessage>),
+    /// An encoded message as upstream clients send it.
+    Encoded(prost_types::Any),
+}
+
+impl Payload {
+    /// Wraps a typed message.
+    pub fn typed<M: Message>(message: M) -> Self {
+        Self::Typed(Box::new(message))
+    }
+
+    /// The message's full protobuf name (from the type URL when encoded).
+    pub fn full_name(&self) -> String {
+        match self {
+            Self::Typed(m) => m.full_name(),
+            Self::Encoded(any) => type_name_of_url(&any.type_url).to_owned(),
+        }
+    }
+
+    /// Takes the message as `M`, decoding it if it arrived encoded.
+    ///
+    /// Fails with `InvalidArgument` naming both types when the payload holds another message, or
+    /// naming the decode error when the bytes are not a valid `M`.
+    pub fn into_message<M: Message>(self) -> Result<M, CallError> {
+        match self {
+            Self::Typed(m) => match m.into_any().downcast::<M>() {
+                Ok(m) => Ok(*m),
+                Err(_) => Err(CallError::invalid_argument(format!(
+                    "payload is not a {}",
+                    M::full_name()
+                ))),
+            },
+            Self::Encoded(any) => {
+                let got = type_name_of_url(&any.type_url);
+                if got != M::full_name() {
+                    return Err(CallError::invalid_argument(format!(
+                        "payload is a {got:?}, expected {}",
+                        M::full_name()
+                    )));
+                }
+                M::decode(any.value.as_slice()).map_err(|err| {
+                    CallError::invalid_argument(format!(
+                        "malformed {} payload: {err}",
+                        M::full_name()
+                    ))
+                })
+            }
+        }
+    }
+
+    /// The payload as `google.protobuf.Any`, encoding it if it is typed.
+    pub fn into_any(self) -> prost_types::Any {
+        match self {
+            Self::Typed(m) => m.to_any(),
+            Self::Encoded(any) => any,
+        }
+    }
+
+    /// Whether the payload holds an `M` (typed or encoded).
+    pub fn is<M: Message>(&self) -> bool {
+        match self {
+            Self::Typed(m) => m.as_any().is::<M>(),
+            Self::Encoded(any) => type_name_of_url(&any.type_url) == M::full_name(),
+        }
+    }
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Typed(m) => write!(f, "Payload::Typed({})", m.full_name()),
+            Self::Encoded(any) => write!(
+                f,
+                "Payload::Encoded({}, {} bytes)",
+                any.type_url,
+                any.value.len()
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wkt::{Empty, Int32Value, StringValue};
+
+    #[test]
+    fn typed_round_trip_moves_without_encoding() {
+        let p = Payload::typed(Int32Value { value: 7 });
+        assert!(p.is::<Int32Value>());
+        assert!(!p.is::<Empty>());
+        assert_eq!(p.full_name(), "google.protobuf.Int32Value");
+        assert_eq!(p.into_message::<Int32Value>().unwrap().value, 7);
+    }
+
+    #[test]
+    fn encoded_round_trip_uses_upstream_type_urls() {
+        let any = Payload::typed(Int32Value { value: 42 }).into_any();
+        assert_eq!(
+            any.type_url,
+            "type.googleapis.com/google.protobuf.Int32Value"
+        );
+        let back = Payload::Encoded(any).into_message::<Int32Value>().unwrap();
+        assert_eq!(back.value, 42);
+    }
+
+    #[test]
+    fn wrong_type_and_garbage_are_named() {
+        let err = Payload::typed(StringValue { value: "x".into() })
+            .into_message::<Int32Value>()
+            .unwrap_err();
+        assert!(
+            err.message().contains("google.protobuf.Int32Value"),
+            "{err}"
+        );
+
+        let any = prost_types::Any {
+            type_url: "type.googleapis.com/google.protobuf.StringValue".into(),
+            value: vec![],
+        };
+        let err = Payload::Encoded(any)
+            .into_message::<Int32Value>()
+            .unwrap_err();
+        assert!(err.message().contains("StringValue"), "{err}");
+
+        let any = prost_types::Any {
+            type_url: "type.googleapis.com/google.protobuf.Int32Value".into(),
+            value: vec![0x08, 0xff, 0xff],
+        };
+        let err = Payload::Encoded(any)
+            .into_message::<Int32Value>()
+            .unwrap_err();
+        assert!(err.message().contains("malformed"), "{err}");
+    }
+}
