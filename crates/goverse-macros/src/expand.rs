@@ -1,0 +1,149 @@
+//! Writes the `Dispatch` impl and the typed stub from [`ObjectIr`].
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+
+use crate::ir::{MethodIr, ObjectIr};
+
+pub(crate) fn object(ir: &ObjectIr) -> TokenStream {
+    let p = quote!(::goverse::__private);
+    let item = &ir.item;
+    let self_ty = &ir.self_ty;
+    let type_name = &ir.type_name;
+
+    let specs = ir.methods.iter().map(|m| {
+        let name = &m.wire_name;
+        let (req, resp) = (&m.request, &m.response);
+        let kind = if m.mutable {
+            quote!(Write)
+        } else {
+            quote!(Read)
+        };
+        quote! {
+            #p::MethodSpec {
+                name: #name,
+                kind: #p::MethodKind::#kind,
+                request: <#req as #p::Name>::full_name,
+                response: <#resp as #p::Name>::full_name,
+            }
+        }
+    });
+
+    let arm = |index: usize, m: &MethodIr| {
+        let fn_ident = &m.fn_ident;
+        let req = &m.request;
+        let call = if m.takes_ctx {
+            quote!(self.#fn_ident(ctx, request))
+        } else {
+            quote!(self.#fn_ident(request))
+        };
+        // Spanned on the response type, so a response that is not a message is reported there.
+        let wrap = quote_spanned!(m.response.span()=> #p::Payload::typed(response));
+        quote! {
+            #index => {
+                let request = #p::decode_request::<Self, #req>(#index, request)?;
+                match #call.await {
+                    ::core::result::Result::Ok(response) => ::core::result::Result::Ok(#wrap),
+                    ::core::result::Result::Err(err) => ::core::result::Result::Err(#p::method_error(err)),
+                }
+            }
+        }
+    };
+    let mut_arms = ir.methods.iter().enumerate().map(|(i, m)| arm(i, m));
+    let ref_arms = ir
+        .methods
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| !m.mutable)
+        .map(|(i, m)| arm(i, m));
+
+    let stub = format_ident!("{}Ref", ir.ident);
+    let stub_doc = format!(
+        "Typed client stub for `{type_name}` objects: calls move typed messages, resolved at compile time."
+    );
+    let stub_methods = ir.methods.iter().enumerate().map(|(index, m)| {
+        let fn_ident = &m.fn_ident;
+        let (req, resp) = (&m.request, &m.response);
+        let docs = &m.docs;
+        let wire = format!("Calls `{type_name}.{}`.", m.wire_name);
+        quote! {
+            #(#docs)*
+            #[doc = ""]
+            #[doc = #wire]
+            pub async fn #fn_ident(
+                &self,
+                caller: &(impl #p::Caller + ?Sized),
+                request: #req,
+            ) -> ::core::result::Result<#resp, #p::CallError> {
+                #p::call_typed::<#self_ty, #req, #resp>(caller, &self.id, #index, request, self.timeout).await
+            }
+        }
+    });
+
+    quote! {
+        #item
+
+        impl #p::Dispatch for #self_ty {
+            const TYPE_NAME: &'static str = #type_name;
+            const METHODS: &'static [#p::MethodSpec] = &[#(#specs),*];
+
+            #[allow(unused_variables, clippy::match_single_binding)]
+            fn dispatch_mut(
+                &mut self,
+                method: usize,
+                ctx: &#p::ObjectContext,
+                request: #p::Payload,
+            ) -> impl ::core::future::Future<Output = ::core::result::Result<#p::Payload, #p::CallError>> + ::core::marker::Send {
+                async move {
+                    match method {
+                        #(#mut_arms)*
+                        _ => ::core::result::Result::Err(#p::bad_method_index::<Self>(method)),
+                    }
+                }
+            }
+
+            #[allow(unused_variables, clippy::match_single_binding)]
+            fn dispatch_ref(
+                &self,
+                method: usize,
+                ctx: &#p::ObjectContext,
+                request: #p::Payload,
+            ) -> impl ::core::future::Future<Output = ::core::result::Result<#p::Payload, #p::CallError>> + ::core::marker::Send {
+                async move {
+                    match method {
+                        #(#ref_arms)*
+                        _ => ::core::result::Result::Err(#p::bad_method_index::<Self>(method)),
+                    }
+                }
+            }
+        }
+
+        #[doc = #stub_doc]
+        #[derive(Clone, Debug)]
+        pub struct #stub {
+            id: #p::ObjectId,
+            timeout: ::core::option::Option<#p::Duration>,
+        }
+
+        impl #stub {
+            /// A stub for the object with this ID (activated on first call).
+            pub fn new(id: impl ::core::convert::Into<#p::ObjectId>) -> Self {
+                Self { id: id.into(), timeout: ::core::option::Option::None }
+            }
+
+            /// The object's ID.
+            pub fn id(&self) -> &#p::ObjectId {
+                &self.id
+            }
+
+            /// Calls through this stub time out after `timeout` (default: the node's).
+            pub fn with_timeout(mut self, timeout: #p::Duration) -> Self {
+                self.timeout = ::core::option::Option::Some(timeout);
+                self
+            }
+
+            #(#stub_methods)*
+        }
+    }
+}

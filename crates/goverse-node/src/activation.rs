@@ -1,0 +1,529 @@
+//! One live object: its state, its turn scheduler, and the futures that run its turns.
+
+use std::any::Any;
+use std::cell::UnsafeCell;
+use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use goverse_core::{CallError, ChainId, ObjectId, Payload, ShardId};
+use goverse_persistence::SaveRequest;
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::node::NodeInner;
+use crate::turn::{self, Status, TurnPermit, TurnState};
+use crate::{Dispatch, MethodKind, ObjectContext};
+
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Why an activation is being closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    /// Idle past its timeout: save, then go.
+    Idle,
+    /// Node shutdown: hand the snapshot back for a batched save.
+    Shutdown,
+    /// Explicit delete: drop the persisted record too.
+    Delete,
+}
+
+/// The type-erased face of an activation, used by the node's tables and the turn scheduler.
+pub(crate) trait ActivationDyn: Any + Send + Sync + fmt::Debug {
+    fn id(&self) -> &ObjectId;
+    fn type_name(&self) -> &'static str;
+    fn shard(&self) -> ShardId;
+    fn node(&self) -> &Arc<NodeInner>;
+    fn turn_state(&self) -> &Mutex<TurnState>;
+    fn idle_timeout(&self) -> Duration;
+    /// Records a call, for idle tracking.
+    fn touch(&self);
+    /// Idle bookkeeping for the sweeper: whether the activation has been idle for `timeout`
+    /// as of `now_ms`.
+    fn idle_for(&self, now_ms: u64, timeout: Duration) -> bool;
+    /// Whether a write turn ran since the last save; clears the flag.
+    fn take_dirty(&self) -> bool;
+    fn mark_dirty(&self);
+    fn persistent(&self) -> bool;
+
+    /// Runs `on_activate` (after loading saved state) under the activating write turn.
+    fn activate(&self, permit: TurnPermit, deadline: Instant) -> BoxFuture<()>;
+    /// Runs one method turn.
+    fn run(
+        &self,
+        permit: TurnPermit,
+        method: usize,
+        request: Payload,
+        deadline: Instant,
+    ) -> BoxFuture<Result<Payload, CallError>>;
+    /// Closes the activation under a write turn. For [`CloseReason::Shutdown`] returns the state
+    /// to save; otherwise saves (idle) or deletes (delete) itself and returns `None`.
+    fn close(
+        &self,
+        permit: TurnPermit,
+        reason: CloseReason,
+    ) -> BoxFuture<Result<Option<Vec<u8>>, CallError>>;
+    /// Runs a timer turn.
+    fn fire_timer(&self, permit: TurnPermit, name: Arc<str>) -> BoxFuture<()>;
+    /// The state to save, under a read or write turn.
+    fn snapshot(&self, permit: &TurnPermit) -> Result<Vec<u8>, CallError>;
+    /// The timers registry.
+    fn timers(&self) -> &Mutex<Vec<(Arc<str>, CancellationToken)>>;
+}
+
+/// A live object of type `T`.
+pub(crate) struct Activation<T> {
+    id: ObjectId,
+    shard: ShardId,
+    node: Arc<NodeInner>,
+    idle_timeout: Duration,
+    turn: Mutex<TurnState>,
+    touched: AtomicBool,
+    idle_since_ms: AtomicU64,
+    dirty: AtomicBool,
+    timers: Mutex<Vec<(Arc<str>, CancellationToken)>>,
+    object: UnsafeCell<T>,
+}
+
+// SAFETY: `object` is only reached through a turn permit: a write permit is exclusive, read
+// permits exclude writers (see `turn`). With `T: Send + Sync`, sharing the activation across
+// threads is then as sound as sharing an `RwLock<T>`.
+unsafe impl<T: Send + Sync> Sync for Activation<T> {}
+
+impl<T> fmt::Debug for Activation<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Activation")
+            .field("id", &self.id)
+            .field("shard", &self.shard)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Dispatch> Activation<T> {
+    pub(crate) fn new(
+        node: Arc<NodeInner>,
+        id: ObjectId,
+        shard: ShardId,
+        object: T,
+        idle_timeout: Duration,
+        activating_chain: ChainId,
+        now_ms: u64,
+    ) -> Self {
+        Self {
+            id,
+            shard,
+            node,
+            idle_timeout,
+            turn: Mutex::new(TurnState::activating(activating_chain)),
+            touched: AtomicBool::new(false),
+            idle_since_ms: AtomicU64::new(now_ms),
+            dirty: AtomicBool::new(false),
+            timers: Mutex::new(Vec::new()),
+            object: UnsafeCell::new(object),
+        }
+    }
+
+    /// The activation a permit is for.
+    fn of(permit: &TurnPermit) -> &Self {
+        let activation: &dyn Any = &**permit.activation();
+        activation
+            .downcast_ref::<Self>()
+            .expect("permit belongs to an activation of this type")
+    }
+
+    /// Shared access to the object.
+    fn object<'a>(&'a self, permit: &'a TurnPermit) -> &'a T {
+        debug_assert!(std::ptr::addr_eq(Arc::as_ptr(permit.activation()), self));
+        // SAFETY: a permit of either kind excludes writers for as long as it lives, and the
+        // returned borrow cannot outlive the permit.
+        unsafe { &*self.object.get() }
+    }
+
+    /// Exclusive access to the object.
+    #[allow(clippy::mut_from_ref)]
+    fn object_mut<'a>(&'a self, permit: &'a TurnPermit) -> &'a mut T {
+        assert_eq!(
+            permit.kind(),
+            MethodKind::Write,
+            "exclusive access needs a write turn"
+        );
+        debug_assert!(std::ptr::addr_eq(Arc::as_ptr(permit.activation()), self));
+        // SAFETY: a write permit is the only live permit on this activation, and the returned
+        // borrow cannot outlive it.
+        unsafe { &mut *self.object.get() }
+    }
+
+    fn context(permit: &TurnPermit, deadline: Instant) -> ObjectContext {
+        ObjectContext::new(permit.activation().clone(), permit.chain(), deadline)
+    }
+
+    fn cancel_timers(&self) {
+        for (_, token) in self.timers.lock().drain(..) {
+            token.cancel();
+        }
+    }
+
+    /// Takes the activation out of service: off the table, closed to new turns. Waiters are told
+    /// to look the object up again when `permit` is dropped.
+    fn retire(&self, permit: &TurnPermit) {
+        self.cancel_timers();
+        self.node.remove_activation(permit.activation());
+        turn::set_status(&self.turn, Status::Closed);
+    }
+
+    async fn activate_inner(permit: &TurnPermit, deadline: Instant) -> Result<(), CallError> {
+        let this = Self::of(permit);
+        let object = this.object_mut(permit);
+        let mut restored = false;
+        if T::PERSISTENT
+            && let Some(store) = this.node.store()
+        {
+            let record = store.load(&this.id).await.map_err(|err| {
+                CallError::unavailable(format!(
+                    "cannot load state of {}/{}: {err}",
+                    T::TYPE_NAME,
+                    this.id
+                ))
+            })?;
+            if let Some(record) = record {
+                if record.object_type != T::TYPE_NAME {
+                    return Err(CallError::new(
+                        goverse_core::ErrorCode::AlreadyExists,
+                        format!(
+                            "object {} is stored with type {:?}, not {:?}",
+                            this.id,
+                            record.object_type,
+                            T::TYPE_NAME
+                        ),
+                    ));
+                }
+                object.restore(&record.data).map_err(|err| {
+                    CallError::internal(format!(
+                        "cannot restore {}/{}: {err}",
+                        T::TYPE_NAME,
+                        this.id
+                    ))
+                })?;
+                restored = true;
+            }
+        }
+        let ctx = Self::context(permit, deadline);
+        match AssertUnwindSafe(object.on_activate(&ctx, restored))
+            .catch_unwind()
+            .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(CallError::new(
+                err.code(),
+                format!(
+                    "activation of {}/{} failed: {}",
+                    T::TYPE_NAME,
+                    this.id,
+                    err.message()
+                ),
+            )),
+            Err(panic) => Err(CallError::internal(format!(
+                "activation of {}/{} panicked: {}",
+                T::TYPE_NAME,
+                this.id,
+                panic_message(&panic)
+            ))),
+        }
+    }
+
+    async fn activate_turn(permit: TurnPermit, deadline: Instant) {
+        let result = Self::activate_inner(&permit, deadline).await;
+        let this = Self::of(&permit);
+        match result {
+            Ok(()) => turn::set_status(&this.turn, Status::Active),
+            Err(err) => {
+                tracing::warn!(object = %this.id, r#type = T::TYPE_NAME, error = %err, "activation failed");
+                this.node.remove_activation(permit.activation());
+                turn::set_status(&this.turn, Status::Failed(err));
+            }
+        }
+        // Dropping the permit starts the queued calls (or hands them the failure).
+        drop(permit);
+    }
+
+    async fn method_turn(
+        permit: TurnPermit,
+        method: usize,
+        request: Payload,
+        deadline: Instant,
+    ) -> Result<Payload, CallError> {
+        let this = Self::of(&permit);
+        let ctx = Self::context(&permit, deadline);
+        let outcome = match permit.kind() {
+            MethodKind::Write => {
+                if T::PERSISTENT {
+                    this.dirty.store(true, Ordering::Relaxed);
+                }
+                let object = this.object_mut(&permit);
+                AssertUnwindSafe(object.dispatch_mut(method, &ctx, request))
+                    .catch_unwind()
+                    .await
+            }
+            MethodKind::Read => {
+                let object = this.object(&permit);
+                AssertUnwindSafe(object.dispatch_ref(method, &ctx, request))
+                    .catch_unwind()
+                    .await
+            }
+        };
+        match outcome {
+            Ok(result) => result,
+            Err(panic) => {
+                let name = T::METHODS.get(method).map_or("?", |m| m.name);
+                let message = panic_message(&panic);
+                if permit.kind() == MethodKind::Write {
+                    // A write turn that panicked may have left the object half-updated: discard
+                    // this activation; the next call reactivates from the last saved state.
+                    tracing::error!(object = %this.id, r#type = T::TYPE_NAME, method = name, panic = %message,
+                        "method panicked during a write turn; activation discarded");
+                    this.retire(&permit);
+                } else {
+                    tracing::error!(object = %this.id, r#type = T::TYPE_NAME, method = name, panic = %message,
+                        "method panicked during a read turn");
+                }
+                Err(CallError::internal(format!(
+                    "{}.{name} on {} panicked: {message}",
+                    T::TYPE_NAME,
+                    this.id
+                )))
+            }
+        }
+    }
+
+    async fn close_turn(
+        permit: TurnPermit,
+        reason: CloseReason,
+    ) -> Result<Option<Vec<u8>>, CallError> {
+        let this = Self::of(&permit);
+        let ctx = Self::context(&permit, Instant::now() + this.node.config().call_timeout);
+        let object = this.object_mut(&permit);
+        match AssertUnwindSafe(object.on_deactivate(&ctx))
+            .catch_unwind()
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(object = %this.id, error = %err, "on_deactivate failed"),
+            Err(panic) => {
+                tracing::error!(object = %this.id, panic = %panic_message(&panic), "on_deactivate panicked")
+            }
+        }
+        let mut handed_back = None;
+        if T::PERSISTENT
+            && let Some(store) = this.node.store()
+        {
+            match reason {
+                CloseReason::Shutdown => handed_back = Some(this.snapshot(&permit)?),
+                CloseReason::Idle => {
+                    let data = this.snapshot(&permit)?;
+                    let epoch = this.node.save_epoch(this.shard)?;
+                    store
+                        .save(SaveRequest {
+                            id: &this.id,
+                            object_type: T::TYPE_NAME,
+                            data: &data,
+                            epoch,
+                        })
+                        .await
+                        .map_err(|err| {
+                            CallError::unavailable(format!(
+                                "cannot save {}/{}: {err}",
+                                T::TYPE_NAME,
+                                this.id
+                            ))
+                        })?;
+                    this.dirty.store(false, Ordering::Relaxed);
+                }
+                CloseReason::Delete => {
+                    let epoch = this.node.save_epoch(this.shard)?;
+                    store.delete(&this.id, epoch).await.map_err(|err| {
+                        CallError::unavailable(format!(
+                            "cannot delete saved state of {}/{}: {err}",
+                            T::TYPE_NAME,
+                            this.id
+                        ))
+                    })?;
+                }
+            }
+        }
+        this.retire(&permit);
+        drop(permit);
+        Ok(handed_back)
+    }
+
+    async fn timer_turn(permit: TurnPermit, name: Arc<str>) {
+        let this = Self::of(&permit);
+        let deadline = Instant::now() + this.node.config().call_timeout;
+        let ctx = Self::context(&permit, deadline);
+        if T::PERSISTENT {
+            this.dirty.store(true, Ordering::Relaxed);
+        }
+        let object = this.object_mut(&permit);
+        match AssertUnwindSafe(object.on_timer(&ctx, &name))
+            .catch_unwind()
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::warn!(object = %this.id, timer = %name, error = %err, "timer turn failed")
+            }
+            Err(panic) => {
+                tracing::error!(object = %this.id, timer = %name, panic = %panic_message(&panic),
+                    "timer turn panicked; activation discarded");
+                this.retire(&permit);
+            }
+        }
+    }
+}
+
+impl<T: Dispatch> ActivationDyn for Activation<T> {
+    fn id(&self) -> &ObjectId {
+        &self.id
+    }
+
+    fn type_name(&self) -> &'static str {
+        T::TYPE_NAME
+    }
+
+    fn shard(&self) -> ShardId {
+        self.shard
+    }
+
+    fn node(&self) -> &Arc<NodeInner> {
+        &self.node
+    }
+
+    fn turn_state(&self) -> &Mutex<TurnState> {
+        &self.turn
+    }
+
+    fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+
+    fn touch(&self) {
+        self.touched.store(true, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self, now_ms: u64, timeout: Duration) -> bool {
+        if self.touched.swap(false, Ordering::Relaxed) {
+            self.idle_since_ms.store(now_ms, Ordering::Relaxed);
+            return false;
+        }
+        let since = self.idle_since_ms.load(Ordering::Relaxed);
+        now_ms.saturating_sub(since) >= timeout.as_millis() as u64
+    }
+
+    fn take_dirty(&self) -> bool {
+        self.dirty.swap(false, Ordering::Relaxed)
+    }
+
+    fn mark_dirty(&self) {
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+
+    fn persistent(&self) -> bool {
+        T::PERSISTENT
+    }
+
+    fn activate(&self, permit: TurnPermit, deadline: Instant) -> BoxFuture<()> {
+        Box::pin(Self::activate_turn(permit, deadline))
+    }
+
+    fn run(
+        &self,
+        permit: TurnPermit,
+        method: usize,
+        request: Payload,
+        deadline: Instant,
+    ) -> BoxFuture<Result<Payload, CallError>> {
+        Box::pin(Self::method_turn(permit, method, request, deadline))
+    }
+
+    fn close(
+        &self,
+        permit: TurnPermit,
+        reason: CloseReason,
+    ) -> BoxFuture<Result<Option<Vec<u8>>, CallError>> {
+        Box::pin(Self::close_turn(permit, reason))
+    }
+
+    fn fire_timer(&self, permit: TurnPermit, name: Arc<str>) -> BoxFuture<()> {
+        Box::pin(Self::timer_turn(permit, name))
+    }
+
+    fn snapshot(&self, permit: &TurnPermit) -> Result<Vec<u8>, CallError> {
+        self.object(permit).snapshot().map_err(|err| {
+            CallError::internal(format!(
+                "cannot snapshot {}/{}: {err}",
+                T::TYPE_NAME,
+                self.id
+            ))
+        })
+    }
+
+    fn timers(&self) -> &Mutex<Vec<(Arc<str>, CancellationToken)>> {
+        &self.timers
+    }
+}
+
+/// The text of a panic payload.
+pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+/// A future that, once started, finishes even if its caller stops waiting: dropping it before
+/// it completes moves the rest of it onto its own task. Turns run to completion this way, so a
+/// caller's timeout never leaves an object half-updated.
+pub(crate) struct Detached<T: Send + 'static> {
+    future: Option<BoxFuture<T>>,
+}
+
+impl<T: Send + 'static> Detached<T> {
+    pub(crate) fn new(future: BoxFuture<T>) -> Self {
+        Self {
+            future: Some(future),
+        }
+    }
+}
+
+impl<T: Send + 'static> Future for Detached<T> {
+    type Output = T;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<T> {
+        let future = self
+            .future
+            .as_mut()
+            .expect("Detached polled after completion");
+        let output = std::task::ready!(future.as_mut().poll(cx));
+        self.future = None;
+        std::task::Poll::Ready(output)
+    }
+}
+
+impl<T: Send + 'static> Drop for Detached<T> {
+    fn drop(&mut self) {
+        if let Some(future) = self.future.take()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            handle.spawn(async move {
+                let _ = future.await;
+            });
+        }
+    }
+}

@@ -1,0 +1,91 @@
+use std::time::Duration;
+
+use goverse_core::DEFAULT_SHARD_COUNT;
+
+/// How a node runs. Plain data with defaults; [`NodeConfig::validate`] names what is wrong.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The address this node advertises (`host:port`); also its identity in the cluster and the
+    /// prefix of node-pinned object IDs (`host:port/name`).
+    pub address: String,
+    /// Shards in the cluster (8192 as upstream; every node of a cluster must agree).
+    pub shard_count: u32,
+    /// Default call timeout; per-call options override it.
+    pub call_timeout: Duration,
+    /// Idle activations are deactivated after this long without a call. Zero: never. Types may
+    /// override it at registration.
+    pub idle_timeout: Duration,
+    /// How often idle activations are looked for. `None`: a quarter of the shortest idle timeout,
+    /// clamped to 10 ms ..= 30 s.
+    pub idle_check_interval: Option<Duration>,
+    /// Persistent objects changed since their last save are saved this often. Zero: only on
+    /// deactivation and shutdown.
+    pub save_interval: Duration,
+    /// TTL of this node's lease in the cluster store; the node stops serving when it cannot
+    /// renew it.
+    pub lease_ttl: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            address: "127.0.0.1:47000".to_owned(),
+            shard_count: DEFAULT_SHARD_COUNT,
+            call_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(15 * 60),
+            idle_check_interval: None,
+            save_interval: Duration::from_secs(60),
+            lease_ttl: Duration::from_secs(15),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Checks the values, naming the first bad one.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.address.is_empty() || self.address.contains('/') {
+            return Err(format!(
+                "address {:?} must be a non-empty host:port without '/'",
+                self.address
+            ));
+        }
+        if self.shard_count == 0 {
+            return Err("shard_count must be at least 1".to_owned());
+        }
+        if self.call_timeout.is_zero() {
+            return Err("call_timeout must be positive".to_owned());
+        }
+        if self.lease_ttl < Duration::from_millis(300) {
+            return Err(format!(
+                "lease_ttl {:?} is too short (minimum 300ms)",
+                self.lease_ttl
+            ));
+        }
+        if let Some(interval) = self.idle_check_interval
+            && interval.is_zero()
+        {
+            return Err("idle_check_interval must be positive".to_owned());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_named() {
+        assert_eq!(NodeConfig::default().validate(), Ok(()));
+        let bad = NodeConfig {
+            shard_count: 0,
+            ..NodeConfig::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("shard_count"));
+        let bad = NodeConfig {
+            address: "a/b".into(),
+            ..NodeConfig::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("address"));
+    }
+}

@@ -1,0 +1,189 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use goverse_core::{ChainId, ObjectId};
+use tokio_util::sync::CancellationToken;
+
+use crate::activation::ActivationDyn;
+use crate::node::NodeInner;
+use crate::{MethodKind, Node, turn};
+
+/// What a method sees of the runtime during its turn: who it is, the call chain it runs on, the
+/// deadline, timers, and (through [`Caller`]) calls to other objects on the same chain.
+pub struct ObjectContext {
+    activation: Arc<dyn ActivationDyn>,
+    chain: ChainId,
+    deadline: Instant,
+}
+
+impl ObjectContext {
+    pub(crate) fn new(
+        activation: Arc<dyn ActivationDyn>,
+        chain: ChainId,
+        deadline: Instant,
+    ) -> Self {
+        Self {
+            activation,
+            chain,
+            deadline,
+        }
+    }
+
+    /// This object's ID.
+    pub fn id(&self) -> &ObjectId {
+        self.activation.id()
+    }
+
+    /// This object's type name.
+    pub fn type_name(&self) -> &'static str {
+        self.activation.type_name()
+    }
+
+    /// The call chain this turn runs on. Calls made through this context carry it.
+    pub fn chain(&self) -> ChainId {
+        self.chain
+    }
+
+    /// When the call that started this turn stops waiting. Calls made through this context
+    /// inherit it (or a shorter timeout of their own).
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// A handle to the node, for calls that should start a new chain (they will not be detected
+    /// as re-entrant, and do not inherit this deadline).
+    pub fn node(&self) -> Node {
+        Node::from_inner(self.activation.node().clone())
+    }
+
+    /// Calls [`Object::on_timer`](crate::Object::on_timer) with `name` every `period`, as a
+    /// write turn, until cancelled or the object deactivates. Setting a timer with a name that is
+    /// already set replaces it. Timer turns do not count as activity for idle deactivation.
+    pub fn set_timer(&self, name: &str, period: Duration) {
+        self.start_timer(name, period, true);
+    }
+
+    /// Calls [`Object::on_timer`](crate::Object::on_timer) with `name` once, after `delay`.
+    pub fn set_timeout(&self, name: &str, delay: Duration) {
+        self.start_timer(name, delay, false);
+    }
+
+    /// Cancels the timer `name`; returns whether there was one.
+    pub fn cancel_timer(&self, name: &str) -> bool {
+        let mut timers = self.activation.timers().lock();
+        let Some(i) = timers.iter().position(|(n, _)| &**n == name) else {
+            return false;
+        };
+        let (_, token) = timers.swap_remove(i);
+        token.cancel();
+        true
+    }
+
+    fn start_timer(&self, name: &str, period: Duration, repeat: bool) {
+        let name: Arc<str> = name.into();
+        let token = CancellationToken::new();
+        {
+            let mut timers = self.activation.timers().lock();
+            if let Some(i) = timers.iter().position(|(n, _)| *n == name) {
+                timers.swap_remove(i).1.cancel();
+            }
+            timers.push((name.clone(), token.clone()));
+        }
+        let activation = self.activation.clone();
+        let period = period.max(Duration::from_millis(1));
+        self.activation.node().spawn_task(async move {
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    () = tokio::time::sleep(period) => {}
+                }
+                let permit = tokio::select! {
+                    () = token.cancelled() => return,
+                    permit = turn::acquire(&activation, MethodKind::Write, ChainId::new_root()) => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => return,
+                    },
+                };
+                if token.is_cancelled() {
+                    return;
+                }
+                if !repeat {
+                    // A one-shot timer forgets itself, unless it was replaced meanwhile (replacing
+                    // cancels the old token, so an uncancelled token means the entry is ours).
+                    let mut timers = activation.timers().lock();
+                    if !token.is_cancelled()
+                        && let Some(i) = timers.iter().position(|(n, _)| *n == name)
+                    {
+                        timers.swap_remove(i);
+                    }
+                }
+                activation.fire_timer(permit, name.clone()).await;
+                if !repeat {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+impl fmt::Debug for ObjectContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObjectContext")
+            .field("type", &self.type_name())
+            .field("id", self.id())
+            .field("chain", &self.chain)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a call comes from: a [`Node`] handle (a new call chain) or an [`ObjectContext`] (the
+/// running turn's chain and deadline). Generated `…Ref` stubs take any `Caller`.
+pub trait Caller: sealed::Sealed {
+    #[doc(hidden)]
+    fn call_origin(&self) -> CallOrigin<'_>;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for crate::Node {}
+    impl Sealed for crate::ObjectContext {}
+}
+
+/// The node, chain and deadline a call starts from.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct CallOrigin<'a> {
+    pub(crate) node: &'a Arc<NodeInner>,
+    pub(crate) chain: Option<ChainId>,
+    pub(crate) deadline: Option<Instant>,
+}
+
+impl Caller for ObjectContext {
+    fn call_origin(&self) -> CallOrigin<'_> {
+        CallOrigin {
+            node: self.activation.node(),
+            chain: Some(self.chain),
+            deadline: Some(self.deadline),
+        }
+    }
+}
+
+impl Caller for Node {
+    fn call_origin(&self) -> CallOrigin<'_> {
+        CallOrigin {
+            node: self.inner(),
+            chain: None,
+            deadline: None,
+        }
+    }
+}
+
+/// Per-call options for the untyped call API.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallOptions {
+    /// Overrides the node's default timeout for this call.
+    pub timeout: Option<Duration>,
+    /// Runs the call on an existing chain (calls arriving from elsewhere carry theirs).
+    pub chain: Option<ChainId>,
+}

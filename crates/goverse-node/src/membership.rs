@@ -1,0 +1,201 @@
+//! Joining and leaving the cluster: node registration on a lease, shard claims with
+//! compare-and-set, lease renewal, and fencing when renewal fails.
+//!
+//! With one node (the embedded default) the node claims every shard. Placement across several
+//! nodes builds on the same records: each claim bumps the shard's epoch, and the epoch fences
+//! every persisted write.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use goverse_cluster::{CasOutcome, ClusterError, Expect, LeaseId, ShardRecord, keys};
+use goverse_core::{NodeAddr, ShardId};
+
+use crate::node::NodeInner;
+
+/// Registers the node and claims the shards no live node holds.
+pub(crate) async fn join(node: &Arc<NodeInner>) -> Result<(), String> {
+    let cluster = &node.cluster;
+    let address = node.address().clone();
+    let lease = cluster
+        .grant_lease(node.config().lease_ttl)
+        .await
+        .map_err(|err| format!("cannot get a lease: {err}"))?;
+    let key = keys::node(&address);
+    match cluster
+        .compare_and_set(
+            &key,
+            Expect::Absent,
+            address.as_str().as_bytes().to_vec(),
+            Some(lease),
+        )
+        .await
+        .map_err(|err| format!("cannot register node {address}: {err}"))?
+    {
+        CasOutcome::Applied(_) => {}
+        CasOutcome::Conflict(_) => {
+            let _ = cluster.revoke_lease(lease).await;
+            return Err(format!(
+                "node address {address} is already registered: is another node running with it?"
+            ));
+        }
+    }
+    *node.lease.lock() = Some(lease);
+    claim_shards(node)
+        .await
+        .map_err(|err| format!("cannot claim shards: {err}"))?;
+    Ok(())
+}
+
+/// Claims every shard that is unassigned, assigned to this node, or held by a node that is no
+/// longer registered; each claim raises the shard's epoch.
+async fn claim_shards(node: &Arc<NodeInner>) -> Result<u32, ClusterError> {
+    let cluster = &node.cluster;
+    let me = node.address().clone();
+    let (records, _) = cluster.get_prefix(keys::SHARDS).await?;
+    let (nodes, _) = cluster.get_prefix(keys::NODES).await?;
+    let live: HashSet<String> = nodes
+        .into_iter()
+        .map(|kv| kv.key[keys::NODES.len()..].to_owned())
+        .collect();
+    let mut existing = std::collections::HashMap::with_capacity(records.len());
+    for kv in records {
+        existing.insert(kv.key.clone(), kv);
+    }
+    let mut claimed = 0;
+    for n in 0..node.shard_count() {
+        let shard = ShardId(n);
+        let key = keys::shard(shard);
+        let (expect, epoch) = match existing.get(&key) {
+            None => (Expect::Absent, 1),
+            Some(kv) => {
+                let record =
+                    ShardRecord::decode(shard, &kv.value).map_err(ClusterError::Unavailable)?;
+                let free = match &record.current {
+                    None => true,
+                    Some(current) => *current == me || !live.contains(current.as_str()),
+                };
+                if !free {
+                    continue;
+                }
+                (Expect::ModRevision(kv.mod_revision), record.epoch + 1)
+            }
+        };
+        let record = ShardRecord {
+            shard,
+            target: Some(me.clone()),
+            current: Some(me.clone()),
+            epoch,
+        };
+        if let CasOutcome::Applied(_) = cluster
+            .compare_and_set(&key, expect, record.encode(), None)
+            .await?
+        {
+            node.shard_table(shard).write().epoch = Some(epoch);
+            claimed += 1;
+        }
+    }
+    tracing::info!(node = %me, claimed, "claimed shards");
+    Ok(claimed)
+}
+
+/// Stops serving every shard (fencing): used when the lease cannot be renewed in time.
+fn fence(node: &NodeInner) {
+    for n in 0..node.shard_count() {
+        node.shard_table(ShardId(n)).write().epoch = None;
+    }
+}
+
+/// Renews the lease every third of its TTL. If renewal has failed for half the TTL the node
+/// stops serving before the lease can expire; once renewal works again (or a new lease is had)
+/// the node re-registers and reclaims its shards.
+pub(crate) async fn keep_alive(node: Arc<NodeInner>, lease: LeaseId) {
+    let ttl = node.config().lease_ttl;
+    let mut lease = lease;
+    let mut last_renewed = tokio::time::Instant::now();
+    let mut fenced = false;
+    loop {
+        tokio::select! {
+            () = node.cancel.cancelled() => return,
+            () = tokio::time::sleep(ttl / 3) => {}
+        }
+        match node.cluster.keep_alive(lease).await {
+            Ok(()) => {
+                last_renewed = tokio::time::Instant::now();
+                if fenced && claim_shards(&node).await.is_ok() {
+                    fenced = false;
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot renew the node lease");
+                if !fenced && last_renewed.elapsed() >= ttl / 2
+                    || matches!(err, ClusterError::LeaseExpired(_))
+                {
+                    if !fenced {
+                        tracing::error!(
+                            "stopping service of every shard until the lease is renewed"
+                        );
+                        fence(&node);
+                        fenced = true;
+                    }
+                    if matches!(err, ClusterError::LeaseExpired(_)) && rejoin(&node).await {
+                        lease = node.lease.lock().expect("rejoined with a lease");
+                        last_renewed = tokio::time::Instant::now();
+                        fenced = false;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn rejoin(node: &Arc<NodeInner>) -> bool {
+    match join(node).await {
+        Ok(()) => {
+            tracing::info!("rejoined the cluster with a new lease");
+            true
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "cannot rejoin the cluster yet");
+            false
+        }
+    }
+}
+
+/// Releases this node's shards (clearing `current`, keeping the epoch) and revokes its lease.
+pub(crate) async fn leave(node: &Arc<NodeInner>) {
+    let me: NodeAddr = node.address().clone();
+    fence(node);
+    let cluster = &node.cluster;
+    match cluster.get_prefix(keys::SHARDS).await {
+        Ok((records, _)) => {
+            for kv in records {
+                let Some(n) = kv.key[keys::SHARDS.len()..].parse::<u32>().ok() else {
+                    continue;
+                };
+                let Ok(mut record) = ShardRecord::decode(ShardId(n), &kv.value) else {
+                    continue;
+                };
+                if record.current.as_ref() != Some(&me) {
+                    continue;
+                }
+                record.current = None;
+                let _ = cluster
+                    .compare_and_set(
+                        &kv.key,
+                        Expect::ModRevision(kv.mod_revision),
+                        record.encode(),
+                        None,
+                    )
+                    .await;
+            }
+        }
+        Err(err) => tracing::warn!(error = %err, "cannot release shards at shutdown"),
+    }
+    if let Some(lease) = node.lease.lock().take() {
+        let cluster = cluster.clone();
+        // Bounded: a dead store must not hold up shutdown.
+        let _ = tokio::time::timeout(Duration::from_secs(2), cluster.revoke_lease(lease)).await;
+    }
+}

@@ -1,0 +1,1006 @@
+//! The node: registry, activation table, call path, lifecycle operations and background work.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use goverse_cluster::{ClusterStore, LeaseId, MemoryClusterStore};
+use goverse_core::{
+    CallError, ChainId, ErrorCode, NodeAddr, ObjectId, ObjectIdKind, Payload, ShardId, shard_of,
+};
+use goverse_persistence::{ObjectStore, SaveRequest};
+use parking_lot::{Mutex, RwLock};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::activation::{ActivationDyn, CloseReason, Detached};
+use crate::registry::{TypeEntry, TypeInfo, TypeOptions};
+use crate::turn::{self, AcquireError, TurnPermit};
+use crate::{CallOptions, Dispatch, MethodKind, NodeConfig, membership};
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The configuration is invalid.
+    #[error("invalid node configuration: {0}")]
+    Config(String),
+    /// The cluster store refused or failed.
+    #[error("cannot join the cluster: {0}")]
+    Cluster(String),
+    /// Two types registered under one name.
+    #[error("object type {0:?} is registered twice")]
+    DuplicateType(&'static str),
+}
+
+/// Counters describing what a node has done.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Activations live now.
+    pub active_objects: u64,
+    /// Activations started since the node started.
+    pub activations: u64,
+    /// Activations that failed (load error, `on_activate` error or panic).
+    pub activation_failures: u64,
+    /// Activations closed (idle, delete, shutdown, discarded after a panic).
+    pub deactivations: u64,
+    /// Successful state saves.
+    pub saves: u64,
+    /// Failed state saves (the state stays in memory and is retried).
+    pub save_failures: u64,
+    /// Shards this node serves now.
+    pub owned_shards: u64,
+}
+
+/// What [`Node::shutdown`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Activations closed.
+    pub deactivated: u64,
+    /// States saved.
+    pub saved: u64,
+    /// States that could not be saved before the grace period ran out.
+    pub unsaved: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    activations: AtomicU64,
+    activation_failures: AtomicU64,
+    deactivations: AtomicU64,
+    saves: AtomicU64,
+    save_failures: AtomicU64,
+}
+
+pub(crate) struct ShardTable {
+    /// The ownership epoch while this node serves the shard; `None` when it does not.
+    pub(crate) epoch: Option<u64>,
+    objects: FastMap<ObjectId, Arc<dyn ActivationDyn>>,
+}
+
+const STARTING: u8 = 0;
+const RUNNING: u8 = 1;
+const STOPPING: u8 = 2;
+
+pub(crate) struct NodeInner {
+    config: NodeConfig,
+    address: NodeAddr,
+    registry: FastMap<&'static str, Box<dyn TypeEntry>>,
+    shards: Box<[RwLock<ShardTable>]>,
+    store: Option<Arc<dyn ObjectStore>>,
+    pub(crate) cluster: Arc<dyn ClusterStore>,
+    pub(crate) lease: Mutex<Option<LeaseId>>,
+    state: AtomicU8,
+    clock: tokio::time::Instant,
+    tasks: TaskTracker,
+    pub(crate) cancel: CancellationToken,
+    counters: Counters,
+}
+
+impl fmt::Debug for NodeInner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Node")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The way a call names its method.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum MethodRef<'a> {
+    /// By wire name (untyped and wire calls).
+    Name(&'a str),
+    /// By index, with its kind (typed stubs, resolved at compile time).
+    Index(usize, MethodKind),
+}
+
+impl NodeInner {
+    pub(crate) fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    pub(crate) fn address(&self) -> &NodeAddr {
+        &self.address
+    }
+
+    pub(crate) fn store(&self) -> Option<&Arc<dyn ObjectStore>> {
+        self.store.as_ref()
+    }
+
+    pub(crate) fn shard_count(&self) -> u32 {
+        self.config.shard_count
+    }
+
+    pub(crate) fn shard_table(&self, shard: ShardId) -> &RwLock<ShardTable> {
+        &self.shards[shard.0 as usize]
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+
+    pub(crate) fn spawn_task<F: Future<Output = ()> + Send + 'static>(&self, future: F) {
+        self.tasks.spawn(future);
+    }
+
+    fn check_serving(&self) -> Result<(), CallError> {
+        match self.state.load(Ordering::Acquire) {
+            RUNNING => Ok(()),
+            STARTING => Err(CallError::unavailable(format!(
+                "node {} is starting",
+                self.address
+            ))),
+            _ => Err(CallError::unavailable(format!(
+                "node {} is shutting down",
+                self.address
+            ))),
+        }
+    }
+
+    fn route(&self, id: &ObjectId) -> Result<ShardId, CallError> {
+        if let ObjectIdKind::FixedNode(addr) = id.kind()?
+            && addr != self.address.as_str()
+        {
+            return Err(CallError::unavailable(format!(
+                "object {id} is pinned to node {addr}, and this is node {}",
+                self.address
+            )));
+        }
+        Ok(shard_of(id, self.config.shard_count)?)
+    }
+
+    fn not_owned(&self, shard: ShardId) -> CallError {
+        CallError::unavailable(format!(
+            "shard {shard} is not served by node {}",
+            self.address
+        ))
+    }
+
+    /// The epoch to stamp on a save for `shard`, refusing when the shard is no longer ours.
+    pub(crate) fn save_epoch(&self, shard: ShardId) -> Result<u64, CallError> {
+        self.shard_table(shard).read().epoch.ok_or_else(|| {
+            CallError::unavailable(format!(
+                "shard {shard} is no longer owned by node {}; state not written",
+                self.address
+            ))
+        })
+    }
+
+    /// Removes `activation` from its shard table if it is still the entry there.
+    pub(crate) fn remove_activation(&self, activation: &Arc<dyn ActivationDyn>) {
+        let mut table = self.shard_table(activation.shard()).write();
+        if let Some(current) = table.objects.get(activation.id())
+            && Arc::ptr_eq(current, activation)
+        {
+            table.objects.remove(activation.id());
+            self.counters.deactivations.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn entry(&self, type_name: &str) -> Result<&dyn TypeEntry, CallError> {
+        self.registry
+            .get(type_name)
+            .map(|e| &**e)
+            .ok_or_else(|| CallError::unknown_type(type_name))
+    }
+
+    fn type_mismatch(id: &ObjectId, actual: &str, wanted: &str, code: ErrorCode) -> CallError {
+        CallError::new(
+            code,
+            format!("object {id} has type {actual:?}, not {wanted:?}"),
+        )
+    }
+
+    /// The live activation of `id`, activating it (as `type_name`) if there is none.
+    async fn activation(
+        self: &Arc<Self>,
+        type_name: &str,
+        id: &ObjectId,
+        shard: ShardId,
+        chain: ChainId,
+        deadline: Instant,
+        mismatch: ErrorCode,
+    ) -> Result<Arc<dyn ActivationDyn>, CallError> {
+        {
+            let table = self.shard_table(shard).read();
+            if table.epoch.is_none() {
+                return Err(self.not_owned(shard));
+            }
+            if let Some(activation) = table.objects.get(id) {
+                if activation.type_name() != type_name {
+                    return Err(Self::type_mismatch(
+                        id,
+                        activation.type_name(),
+                        type_name,
+                        mismatch,
+                    ));
+                }
+                return Ok(activation.clone());
+            }
+        }
+        let entry = self.entry(type_name)?;
+        let activation = {
+            let mut table = self.shard_table(shard).write();
+            if table.epoch.is_none() {
+                return Err(self.not_owned(shard));
+            }
+            if let Some(activation) = table.objects.get(id) {
+                if activation.type_name() != type_name {
+                    return Err(Self::type_mismatch(
+                        id,
+                        activation.type_name(),
+                        type_name,
+                        mismatch,
+                    ));
+                }
+                return Ok(activation.clone());
+            }
+            let activation = entry.new_activation(
+                self.clone(),
+                id.clone(),
+                shard,
+                chain,
+                self.now_ms(),
+                self.config.idle_timeout,
+            );
+            table.objects.insert(id.clone(), activation.clone());
+            activation
+        };
+        self.counters.activations.fetch_add(1, Ordering::Relaxed);
+        // The new activation was born holding its write turn on `chain`; run on_activate under it.
+        let permit = TurnPermit::preassigned(activation.clone(), MethodKind::Write, chain);
+        Detached::new(activation.activate(permit, deadline)).await;
+        if matches!(
+            activation.turn_state().lock().status,
+            turn::Status::Failed(_)
+        ) {
+            self.counters
+                .activation_failures
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(activation)
+    }
+
+    /// The call path shared by typed stubs, the untyped API and (later) the wire.
+    pub(crate) async fn invoke(
+        self: &Arc<Self>,
+        type_name: &str,
+        id: &ObjectId,
+        method: MethodRef<'_>,
+        request: Payload,
+        chain: ChainId,
+        deadline: Instant,
+    ) -> Result<Payload, CallError> {
+        self.check_serving()?;
+        let shard = self.route(id)?;
+        let (index, kind) = match method {
+            MethodRef::Index(index, kind) => (index, kind),
+            MethodRef::Name(name) => {
+                let entry = self.entry(type_name)?;
+                let index = entry
+                    .method_index(name)
+                    .ok_or_else(|| CallError::unknown_method(type_name, name))?;
+                (index, entry.methods()[index].kind)
+            }
+        };
+        let work = async move {
+            let mut request = Some(request);
+            loop {
+                let activation = self
+                    .activation(
+                        type_name,
+                        id,
+                        shard,
+                        chain,
+                        deadline,
+                        ErrorCode::InvalidArgument,
+                    )
+                    .await?;
+                activation.touch();
+                match turn::acquire(&activation, kind, chain).await {
+                    Ok(permit) => {
+                        let request = request.take().expect("request is used once");
+                        return Detached::new(activation.run(permit, index, request, deadline))
+                            .await;
+                    }
+                    Err(AcquireError::Retry) => continue,
+                    Err(AcquireError::Failed(err)) => return Err(err),
+                }
+            }
+        };
+        with_deadline(work, deadline, || format!("{type_name}/{id}")).await
+    }
+
+    async fn create(
+        self: &Arc<Self>,
+        type_name: &str,
+        id: &ObjectId,
+        chain: ChainId,
+        deadline: Instant,
+    ) -> Result<(), CallError> {
+        self.check_serving()?;
+        let shard = self.route(id)?;
+        self.entry(type_name)?;
+        let work = async move {
+            loop {
+                let activation = self
+                    .activation(
+                        type_name,
+                        id,
+                        shard,
+                        chain,
+                        deadline,
+                        ErrorCode::AlreadyExists,
+                    )
+                    .await?;
+                // Taking (and dropping) a turn waits for on_activate, wherever it was started.
+                match turn::acquire(&activation, MethodKind::Read, chain).await {
+                    Ok(_permit) => return Ok(()),
+                    Err(AcquireError::Retry) => continue,
+                    Err(AcquireError::Failed(err)) => return Err(err),
+                }
+            }
+        };
+        with_deadline(work, deadline, || format!("create {type_name}/{id}")).await
+    }
+
+    async fn delete(
+        self: &Arc<Self>,
+        type_name: &str,
+        id: &ObjectId,
+        chain: ChainId,
+        deadline: Instant,
+    ) -> Result<(), CallError> {
+        self.check_serving()?;
+        let shard = self.route(id)?;
+        let entry = self.entry(type_name)?;
+        // A persistent object is deleted through an activation, so no concurrent activation can
+        // load its record while the record is being removed.
+        let persistent = self.store.is_some() && entry.persistent();
+        let work = async move {
+            loop {
+                let live = self.shard_table(shard).read().objects.get(id).cloned();
+                let activation = match live {
+                    Some(activation) if activation.type_name() != type_name => {
+                        return Err(Self::type_mismatch(
+                            id,
+                            activation.type_name(),
+                            type_name,
+                            ErrorCode::InvalidArgument,
+                        ));
+                    }
+                    Some(activation) => activation,
+                    None if persistent => {
+                        self.activation(
+                            type_name,
+                            id,
+                            shard,
+                            chain,
+                            deadline,
+                            ErrorCode::InvalidArgument,
+                        )
+                        .await?
+                    }
+                    None => return Ok(()),
+                };
+                match turn::acquire(&activation, MethodKind::Write, chain).await {
+                    Ok(permit) => {
+                        return Detached::new(activation.close(permit, CloseReason::Delete))
+                            .await
+                            .map(|_| ());
+                    }
+                    Err(AcquireError::Retry) => continue,
+                    Err(AcquireError::Failed(err)) => return Err(err),
+                }
+            }
+        };
+        with_deadline(work, deadline, || format!("delete {type_name}/{id}")).await
+    }
+
+    fn all_activations(&self) -> Vec<Arc<dyn ActivationDyn>> {
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            all.extend(shard.read().objects.values().cloned());
+        }
+        all
+    }
+
+    /// Closes every activation idle past its timeout. Returns how many closed.
+    async fn sweep_idle(self: &Arc<Self>) -> u64 {
+        let now = self.now_ms();
+        let mut candidates = Vec::new();
+        for shard in self.shards.iter() {
+            let table = shard.read();
+            candidates.extend(
+                table
+                    .objects
+                    .values()
+                    .filter(|a| !a.idle_timeout().is_zero() && a.idle_for(now, a.idle_timeout()))
+                    .cloned(),
+            );
+        }
+        let closed = AtomicU64::new(0);
+        futures::stream::iter(candidates)
+            .for_each_concurrent(64, |activation| {
+                let closed = &closed;
+                async move {
+                    let Some(permit) = turn::try_acquire_write(&activation, ChainId::new_root()) else {
+                        return;
+                    };
+                    match Detached::new(activation.close(permit, CloseReason::Idle)).await {
+                        Ok(_) => {
+                            if activation.persistent() && self.store.is_some() {
+                                self.counters.saves.fetch_add(1, Ordering::Relaxed);
+                            }
+                            closed.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(object = %activation.id(), "deactivated idle object");
+                        }
+                        Err(err) => {
+                            self.counters.save_failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(object = %activation.id(), error = %err,
+                                "idle deactivation failed; the object stays active and is retried later");
+                        }
+                    }
+                }
+            })
+            .await;
+        closed.into_inner()
+    }
+
+    /// Saves every persistent activation changed since its last save. Returns (saved, failed).
+    async fn save_dirty(self: &Arc<Self>) -> (u64, u64) {
+        let Some(store) = self.store.clone() else {
+            return (0, 0);
+        };
+        let dirty: Vec<_> = self
+            .all_activations()
+            .into_iter()
+            .filter(|a| a.persistent() && a.take_dirty())
+            .collect();
+        let mut snapshots: Vec<(Arc<dyn ActivationDyn>, Vec<u8>, u64)> =
+            Vec::with_capacity(dirty.len());
+        for activation in dirty {
+            let snapshot = async {
+                let permit = turn::acquire(&activation, MethodKind::Read, ChainId::new_root())
+                    .await
+                    .ok()?;
+                let data = activation.snapshot(&permit).ok()?;
+                let epoch = self.save_epoch(activation.shard()).ok()?;
+                Some((data, epoch))
+            }
+            .await;
+            match snapshot {
+                Some((data, epoch)) => snapshots.push((activation, data, epoch)),
+                None => activation.mark_dirty(),
+            }
+        }
+        let (mut saved, mut failed) = (0, 0);
+        for chunk in snapshots.chunks(512) {
+            let requests: Vec<SaveRequest<'_>> = chunk
+                .iter()
+                .map(|(a, data, epoch)| SaveRequest {
+                    id: a.id(),
+                    object_type: a.type_name(),
+                    data,
+                    epoch: *epoch,
+                })
+                .collect();
+            for ((activation, _, _), result) in chunk.iter().zip(store.save_batch(&requests).await)
+            {
+                match result {
+                    Ok(()) => saved += 1,
+                    Err(err) => {
+                        failed += 1;
+                        activation.mark_dirty();
+                        tracing::warn!(object = %activation.id(), error = %err, "periodic save failed; will retry");
+                    }
+                }
+            }
+        }
+        self.counters.saves.fetch_add(saved, Ordering::Relaxed);
+        self.counters
+            .save_failures
+            .fetch_add(failed, Ordering::Relaxed);
+        (saved, failed)
+    }
+
+    fn idle_check_interval(&self) -> Option<Duration> {
+        if let Some(interval) = self.config.idle_check_interval {
+            return Some(interval);
+        }
+        let shortest = self
+            .registry
+            .values()
+            .map(|e| e.idle_timeout().unwrap_or(self.config.idle_timeout))
+            .filter(|t| !t.is_zero())
+            .min()?;
+        Some((shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(30)))
+    }
+
+    fn stats(&self) -> NodeStats {
+        let mut active = 0;
+        let mut owned = 0;
+        for shard in self.shards.iter() {
+            let table = shard.read();
+            active += table.objects.len() as u64;
+            owned += u64::from(table.epoch.is_some());
+        }
+        NodeStats {
+            active_objects: active,
+            activations: self.counters.activations.load(Ordering::Relaxed),
+            activation_failures: self.counters.activation_failures.load(Ordering::Relaxed),
+            deactivations: self.counters.deactivations.load(Ordering::Relaxed),
+            saves: self.counters.saves.load(Ordering::Relaxed),
+            save_failures: self.counters.save_failures.load(Ordering::Relaxed),
+            owned_shards: owned,
+        }
+    }
+
+    async fn shutdown(self: &Arc<Self>, grace: Duration) -> ShutdownReport {
+        if self
+            .state
+            .compare_exchange(RUNNING, STOPPING, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return ShutdownReport::default();
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        self.cancel.cancel();
+
+        // Close every activation, collecting the states to save in batches.
+        let activations = self.all_activations();
+        let closed = Mutex::new(Vec::new());
+        let unsaved = AtomicU64::new(0);
+        let close_all = futures::stream::iter(activations).for_each_concurrent(256, |activation| {
+            let (closed, unsaved) = (&closed, &unsaved);
+            async move {
+                let permit = match turn::acquire(&activation, MethodKind::Write, ChainId::new_root()).await {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                };
+                let shard = activation.shard();
+                match Detached::new(activation.close(permit, CloseReason::Shutdown)).await {
+                    Ok(Some(data)) => closed.lock().push((activation, data, shard)),
+                    Ok(None) => {}
+                    Err(err) => {
+                        unsaved.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(object = %activation.id(), error = %err, "cannot snapshot at shutdown");
+                    }
+                }
+            }
+        });
+        if tokio::time::timeout_at(deadline, close_all).await.is_err() {
+            tracing::error!(
+                "shutdown grace ran out while closing activations (a turn did not finish)"
+            );
+        }
+        let deactivated = self.counters.deactivations.load(Ordering::Relaxed);
+        let mut pending: Vec<(Arc<dyn ActivationDyn>, Vec<u8>, ShardId)> = closed.into_inner();
+        let mut saved = 0;
+        if let Some(store) = self.store.clone() {
+            let mut backoff = Duration::from_millis(50);
+            while !pending.is_empty() {
+                let mut retry = Vec::new();
+                for chunk in pending.chunks(512) {
+                    let epochs: Vec<Option<u64>> = chunk
+                        .iter()
+                        .map(|(_, _, s)| self.shard_table(*s).read().epoch)
+                        .collect();
+                    let requests: Vec<SaveRequest<'_>> = chunk
+                        .iter()
+                        .zip(&epochs)
+                        .filter_map(|((a, data, _), epoch)| {
+                            Some(SaveRequest {
+                                id: a.id(),
+                                object_type: a.type_name(),
+                                data,
+                                epoch: (*epoch)?,
+                            })
+                        })
+                        .collect();
+                    let fenced = chunk.len() - requests.len();
+                    if fenced > 0 {
+                        unsaved.fetch_add(fenced as u64, Ordering::Relaxed);
+                        tracing::error!(
+                            count = fenced,
+                            "states not saved: their shards are no longer owned"
+                        );
+                    }
+                    let results = store.save_batch(&requests).await;
+                    let owned_chunk = chunk
+                        .iter()
+                        .zip(&epochs)
+                        .filter(|(_, e)| e.is_some())
+                        .map(|(c, _)| c);
+                    for (item, result) in owned_chunk.zip(results) {
+                        match result {
+                            Ok(()) => saved += 1,
+                            Err(goverse_persistence::StoreError::StaleEpoch { .. }) => {
+                                unsaved.fetch_add(1, Ordering::Relaxed);
+                                tracing::error!(object = %item.0.id(), "state not saved: a newer owner wrote it");
+                            }
+                            Err(err) => {
+                                tracing::warn!(object = %item.0.id(), error = %err, "save at shutdown failed; retrying");
+                                retry.push(item.clone());
+                            }
+                        }
+                    }
+                }
+                pending = retry;
+                if pending.is_empty() {
+                    break;
+                }
+                if tokio::time::Instant::now() + backoff > deadline {
+                    unsaved.fetch_add(pending.len() as u64, Ordering::Relaxed);
+                    tracing::error!(
+                        count = pending.len(),
+                        "shutdown grace ran out; states not saved"
+                    );
+                    break;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+        self.counters.saves.fetch_add(saved, Ordering::Relaxed);
+        membership::leave(self).await;
+        self.tasks.close();
+        if tokio::time::timeout_at(deadline, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("background tasks did not stop within the shutdown grace");
+        }
+        ShutdownReport {
+            deactivated,
+            saved,
+            unsaved: unsaved.into_inner(),
+        }
+    }
+}
+
+/// Runs `work` until it finishes or `deadline` passes. The timer is armed only if `work` does not
+/// finish on its first poll, so an uncontended call pays nothing for its timeout.
+async fn with_deadline<T, F, D>(work: F, deadline: Instant, describe: D) -> Result<T, CallError>
+where
+    F: Future<Output = Result<T, CallError>>,
+    D: FnOnce() -> String,
+{
+    let mut work = std::pin::pin!(work);
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut describe = Some(describe);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = work.as_mut().poll(cx) {
+            return Poll::Ready(out);
+        }
+        let timer =
+            timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                let what = describe.take().map_or_else(String::new, |d| d());
+                Poll::Ready(Err(CallError::deadline_exceeded(what)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// The deadline for a call: the caller's own, or now plus the timeout, whichever comes first.
+pub(crate) fn deadline_for(
+    node: &NodeInner,
+    inherited: Option<Instant>,
+    timeout: Option<Duration>,
+) -> Instant {
+    let own = Instant::now() + timeout.unwrap_or(node.config.call_timeout);
+    match inherited {
+        Some(inherited) if inherited < own => inherited,
+        _ => own,
+    }
+}
+
+/// Builds and starts a [`Node`].
+pub struct NodeBuilder {
+    config: NodeConfig,
+    registry: FastMap<&'static str, Box<dyn TypeEntry>>,
+    duplicate: Option<&'static str>,
+    store: Option<Arc<dyn ObjectStore>>,
+    cluster: Option<Arc<dyn ClusterStore>>,
+}
+
+impl fmt::Debug for NodeBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeBuilder {
+    /// Registers `T`, building instances with `T::default()`.
+    pub fn register<T: Dispatch + Default>(self) -> Self {
+        self.register_with(TypeOptions::<T>::default())
+    }
+
+    /// Registers `T` with explicit options (factory, idle timeout).
+    pub fn register_with<T: Dispatch>(mut self, options: TypeOptions<T>) -> Self {
+        if self
+            .registry
+            .insert(T::TYPE_NAME, Box::new(options))
+            .is_some()
+        {
+            self.duplicate = Some(T::TYPE_NAME);
+        }
+        self
+    }
+
+    /// Persists object state in `store`. Without one, nothing is persisted.
+    pub fn object_store(mut self, store: Arc<dyn ObjectStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Coordinates through `cluster`. Default: a private in-memory store (single node).
+    pub fn cluster_store(mut self, cluster: Arc<dyn ClusterStore>) -> Self {
+        self.cluster = Some(cluster);
+        self
+    }
+
+    /// Validates the configuration, joins the cluster (registering the node on a lease and
+    /// claiming shards) and starts background work. Must run inside a tokio runtime.
+    pub async fn start(self) -> Result<Node, NodeError> {
+        self.config.validate().map_err(NodeError::Config)?;
+        if let Some(name) = self.duplicate {
+            return Err(NodeError::DuplicateType(name));
+        }
+        let shards = (0..self.config.shard_count)
+            .map(|_| {
+                RwLock::new(ShardTable {
+                    epoch: None,
+                    objects: FastMap::default(),
+                })
+            })
+            .collect();
+        let inner = Arc::new(NodeInner {
+            address: NodeAddr::new(self.config.address.as_str()),
+            config: self.config,
+            registry: self.registry,
+            shards,
+            store: self.store,
+            cluster: self
+                .cluster
+                .unwrap_or_else(|| Arc::new(MemoryClusterStore::new())),
+            lease: Mutex::new(None),
+            state: AtomicU8::new(STARTING),
+            clock: tokio::time::Instant::now(),
+            tasks: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+            counters: Counters::default(),
+        });
+        membership::join(&inner).await.map_err(NodeError::Cluster)?;
+        inner.state.store(RUNNING, Ordering::Release);
+
+        let lease = inner.lease.lock().expect("joined with a lease");
+        inner
+            .tasks
+            .spawn(membership::keep_alive(inner.clone(), lease));
+        if let Some(interval) = inner.idle_check_interval() {
+            let node = inner.clone();
+            inner.tasks.spawn(async move {
+                let mut ticker = tokio::time::interval(interval);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        () = node.cancel.cancelled() => return,
+                        _ = ticker.tick() => { node.sweep_idle().await; }
+                    }
+                }
+            });
+        }
+        if !inner.config.save_interval.is_zero() && inner.store.is_some() {
+            let node = inner.clone();
+            let interval = inner.config.save_interval;
+            inner.tasks.spawn(async move {
+                let mut ticker =
+                    tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+                loop {
+                    tokio::select! {
+                        () = node.cancel.cancelled() => return,
+                        _ = ticker.tick() => { node.save_dirty().await; }
+                    }
+                }
+            });
+        }
+        tracing::info!(address = %inner.address, shards = inner.config.shard_count,
+            types = inner.registry.len(), "node started");
+        Ok(Node { inner })
+    }
+}
+
+/// A running node: a cheap, cloneable handle.
+///
+/// Calls go through generated `…Ref` stubs (typed, no encoding) or [`Node::call`] (by type and
+/// method name, with a [`Payload`]).
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<NodeInner>,
+}
+
+impl fmt::Debug for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.inner, f)
+    }
+}
+
+impl Node {
+    /// A builder for a node with `config`.
+    pub fn builder(config: NodeConfig) -> NodeBuilder {
+        NodeBuilder {
+            config,
+            registry: FastMap::default(),
+            duplicate: None,
+            store: None,
+            cluster: None,
+        }
+    }
+
+    pub(crate) fn from_inner(inner: Arc<NodeInner>) -> Self {
+        Self { inner }
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<NodeInner> {
+        &self.inner
+    }
+
+    /// This node's advertised address.
+    pub fn address(&self) -> &NodeAddr {
+        self.inner.address()
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &NodeConfig {
+        &self.inner.config
+    }
+
+    /// The registered types, sorted by name.
+    pub fn types(&self) -> Vec<TypeInfo> {
+        let mut types: Vec<TypeInfo> = self
+            .inner
+            .registry
+            .iter()
+            .map(|(name, entry)| TypeInfo {
+                name,
+                methods: entry.methods(),
+            })
+            .collect();
+        types.sort_by_key(|t| t.name);
+        types
+    }
+
+    /// Calls `method` (wire name) on object `id` of type `type_name` on a new call chain.
+    pub async fn call(
+        &self,
+        type_name: &str,
+        id: impl Into<ObjectId>,
+        method: &str,
+        request: Payload,
+    ) -> Result<Payload, CallError> {
+        self.call_with(type_name, id, method, request, CallOptions::default())
+            .await
+    }
+
+    /// [`Node::call`] with per-call options.
+    pub async fn call_with(
+        &self,
+        type_name: &str,
+        id: impl Into<ObjectId>,
+        method: &str,
+        request: Payload,
+        options: CallOptions,
+    ) -> Result<Payload, CallError> {
+        let id = id.into();
+        let chain = options.chain.unwrap_or_else(ChainId::new_root);
+        let deadline = deadline_for(&self.inner, None, options.timeout);
+        self.inner
+            .invoke(
+                type_name,
+                &id,
+                MethodRef::Name(method),
+                request,
+                chain,
+                deadline,
+            )
+            .await
+    }
+
+    /// Activates object `id` as `type_name` if it is not active. Idempotent; concurrent creates
+    /// of one ID yield one activation; returns once `on_activate` has finished. Fails with
+    /// `AlreadyExists` when the object exists with another type.
+    pub async fn create_object(
+        &self,
+        type_name: &str,
+        id: impl Into<ObjectId>,
+    ) -> Result<(), CallError> {
+        let id = id.into();
+        let deadline = deadline_for(&self.inner, None, None);
+        self.inner
+            .create(type_name, &id, ChainId::new_root(), deadline)
+            .await
+    }
+
+    /// Deletes object `id`: waits for its running turn, runs `on_deactivate`, removes it and its
+    /// saved state. Idempotent; fails when the object has another type.
+    pub async fn delete_object(
+        &self,
+        type_name: &str,
+        id: impl Into<ObjectId>,
+    ) -> Result<(), CallError> {
+        let id = id.into();
+        let deadline = deadline_for(&self.inner, None, None);
+        self.inner
+            .delete(type_name, &id, ChainId::new_root(), deadline)
+            .await
+    }
+
+    /// Whether object `id` is active on this node now.
+    pub fn is_active(&self, id: &ObjectId) -> bool {
+        match shard_of(id, self.inner.shard_count()) {
+            Ok(shard) => self
+                .inner
+                .shard_table(shard)
+                .read()
+                .objects
+                .contains_key(id),
+            Err(_) => false,
+        }
+    }
+
+    /// Counters and gauges.
+    pub fn stats(&self) -> NodeStats {
+        self.inner.stats()
+    }
+
+    /// Deactivates idle objects now instead of at the next idle check; returns how many.
+    pub async fn deactivate_idle(&self) -> u64 {
+        self.inner.sweep_idle().await
+    }
+
+    /// Saves every persistent object changed since its last save now; returns (saved, failed).
+    pub async fn save_changed(&self) -> (u64, u64) {
+        self.inner.save_dirty().await
+    }
+
+    /// Stops serving: new calls fail with `Unavailable`, running turns finish, every activation
+    /// is closed and its state saved (retrying a failing store until `grace` runs out), shards
+    /// are released and the lease revoked. Idempotent.
+    pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        self.inner.shutdown(grace).await
+    }
+}

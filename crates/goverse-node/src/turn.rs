@@ -1,0 +1,296 @@
+//! The per-activation turn scheduler.
+//!
+//! One mutex-guarded [`TurnState`] per activation says who runs: one writer, or any number of
+//! readers, plus a FIFO queue of waiting calls. An uncontended call takes its turn with one lock
+//! round trip and runs on its own task; a contended one waits on a oneshot until a finishing turn
+//! hands it the turn. Hand-over happens at release, in queue order, which keeps calls from one
+//! caller in order and lets no reader starve a writer.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use goverse_core::{CallError, ChainId, ErrorCode, ObjectId};
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use crate::MethodKind;
+use crate::activation::ActivationDyn;
+
+/// The lifecycle of an activation as the scheduler sees it.
+#[derive(Debug)]
+pub(crate) enum Status {
+    /// `on_activate` is running (as a write turn); calls queue.
+    Activating,
+    /// Serving turns.
+    Active,
+    /// Gone from the activation table; callers look the object up again.
+    Closed,
+    /// Activation failed; waiting callers get this error.
+    Failed(CallError),
+}
+
+#[derive(Debug)]
+struct Waiter {
+    kind: MethodKind,
+    chain: ChainId,
+    tx: oneshot::Sender<Grant>,
+}
+
+#[derive(Debug)]
+pub(crate) struct TurnState {
+    pub(crate) status: Status,
+    writer: Option<ChainId>,
+    readers: Vec<ChainId>,
+    queue: VecDeque<Waiter>,
+}
+
+/// What a waiting call receives.
+#[derive(Debug)]
+enum Grant {
+    Granted(TurnPermit),
+    Retry,
+    Failed(CallError),
+}
+
+/// Why a turn could not be had.
+#[derive(Debug)]
+pub(crate) enum AcquireError {
+    /// The activation went away; look the object up again.
+    Retry,
+    /// The call fails with this error.
+    Failed(CallError),
+}
+
+/// The right to run one turn. Dropping it ends the turn and hands over to the next waiter.
+#[derive(Debug)]
+pub(crate) struct TurnPermit {
+    activation: Option<Arc<dyn ActivationDyn>>,
+    kind: MethodKind,
+    chain: ChainId,
+}
+
+impl TurnPermit {
+    pub(crate) fn activation(&self) -> &Arc<dyn ActivationDyn> {
+        self.activation
+            .as_ref()
+            .expect("permit is live until dropped")
+    }
+
+    pub(crate) fn chain(&self) -> ChainId {
+        self.chain
+    }
+
+    pub(crate) fn kind(&self) -> MethodKind {
+        self.kind
+    }
+}
+
+impl TurnPermit {
+    /// The permit for a turn already recorded in the activation's state (the activating write
+    /// turn a new activation is born with).
+    pub(crate) fn preassigned(
+        activation: Arc<dyn ActivationDyn>,
+        kind: MethodKind,
+        chain: ChainId,
+    ) -> Self {
+        Self {
+            activation: Some(activation),
+            kind,
+            chain,
+        }
+    }
+}
+
+impl Drop for TurnPermit {
+    fn drop(&mut self) {
+        if let Some(activation) = self.activation.take() {
+            release(activation, self.kind, self.chain);
+        }
+    }
+}
+
+impl TurnState {
+    /// The state of a new activation: activating, with the activating call holding the write turn.
+    pub(crate) fn activating(chain: ChainId) -> Self {
+        Self {
+            status: Status::Activating,
+            writer: Some(chain),
+            readers: Vec::new(),
+            queue: VecDeque::new(),
+        }
+    }
+
+    fn can_grant(&self, kind: MethodKind) -> bool {
+        match kind {
+            MethodKind::Write => self.writer.is_none() && self.readers.is_empty(),
+            MethodKind::Read => self.writer.is_none(),
+        }
+    }
+
+    fn grant(&mut self, kind: MethodKind, chain: ChainId) {
+        match kind {
+            MethodKind::Write => self.writer = Some(chain),
+            MethodKind::Read => self.readers.push(chain),
+        }
+    }
+
+    fn ungrant(&mut self, kind: MethodKind, chain: ChainId) {
+        match kind {
+            MethodKind::Write => self.writer = None,
+            MethodKind::Read => {
+                if let Some(i) = self.readers.iter().position(|c| *c == chain) {
+                    self.readers.swap_remove(i);
+                }
+            }
+        }
+    }
+}
+
+fn reentrancy(id: &ObjectId, type_name: &str, chain: ChainId) -> CallError {
+    CallError::new(
+        ErrorCode::Reentrancy,
+        format!(
+            "call chain {chain} would re-enter {type_name}/{id} while its running turn waits on the \
+             same chain (a certain deadlock)"
+        ),
+    )
+}
+
+enum Decision {
+    Granted,
+    Wait(oneshot::Receiver<Grant>),
+}
+
+/// Takes a turn on `activation`, waiting in line if needed.
+///
+/// Cancellation-safe: dropping the future while waiting leaves the line (a turn handed over to a
+/// dropped waiter passes on to the next one).
+pub(crate) async fn acquire(
+    activation: &Arc<dyn ActivationDyn>,
+    kind: MethodKind,
+    chain: ChainId,
+) -> Result<TurnPermit, AcquireError> {
+    let decision = {
+        let mut state = activation.turn_state().lock();
+        match &state.status {
+            Status::Closed => return Err(AcquireError::Retry),
+            Status::Failed(err) => return Err(AcquireError::Failed(err.clone())),
+            Status::Activating | Status::Active => {}
+        }
+        let reentering = state.writer == Some(chain)
+            || (kind == MethodKind::Write && state.readers.contains(&chain));
+        if reentering {
+            return Err(AcquireError::Failed(reentrancy(
+                activation.id(),
+                activation.type_name(),
+                chain,
+            )));
+        }
+        let active = matches!(state.status, Status::Active);
+        // A read on a chain that already reads here cannot wait: the reader it would wait behind
+        // is its own caller. Let it in beside the other readers.
+        let reentrant_read = kind == MethodKind::Read && state.readers.contains(&chain);
+        if active && (reentrant_read || (state.queue.is_empty() && state.can_grant(kind))) {
+            state.grant(kind, chain);
+            Decision::Granted
+        } else {
+            let (tx, rx) = oneshot::channel();
+            state.queue.push_back(Waiter { kind, chain, tx });
+            Decision::Wait(rx)
+        }
+    };
+    match decision {
+        Decision::Granted => Ok(TurnPermit {
+            activation: Some(activation.clone()),
+            kind,
+            chain,
+        }),
+        Decision::Wait(rx) => match rx.await {
+            Ok(Grant::Granted(permit)) => Ok(permit),
+            Ok(Grant::Retry) | Err(_) => Err(AcquireError::Retry),
+            Ok(Grant::Failed(err)) => Err(AcquireError::Failed(err)),
+        },
+    }
+}
+
+/// Takes the write turn only if it is free now and nobody waits (idle deactivation, saves).
+pub(crate) fn try_acquire_write(
+    activation: &Arc<dyn ActivationDyn>,
+    chain: ChainId,
+) -> Option<TurnPermit> {
+    let mut state = activation.turn_state().lock();
+    if !matches!(state.status, Status::Active)
+        || !state.queue.is_empty()
+        || !state.can_grant(MethodKind::Write)
+    {
+        return None;
+    }
+    state.grant(MethodKind::Write, chain);
+    Some(TurnPermit {
+        activation: Some(activation.clone()),
+        kind: MethodKind::Write,
+        chain,
+    })
+}
+
+/// Ends a turn and hands over to waiters in queue order: a run of readers, or one writer. When
+/// the activation is closed or failed, every waiter is told so instead.
+fn release(activation: Arc<dyn ActivationDyn>, kind: MethodKind, chain: ChainId) {
+    // A grant sent to a waiter that has gone comes back and is released here in turn; loop rather
+    // than recurse so a long line of abandoned waiters cannot overflow the stack.
+    let mut pending = vec![(kind, chain)];
+    while let Some((kind, chain)) = pending.pop() {
+        let mut handover: Vec<(Waiter, Grant)> = Vec::new();
+        {
+            let mut state = activation.turn_state().lock();
+            state.ungrant(kind, chain);
+            match &state.status {
+                Status::Closed => {
+                    handover.extend(state.queue.drain(..).map(|w| (w, Grant::Retry)));
+                }
+                Status::Failed(err) => {
+                    let err = err.clone();
+                    handover.extend(
+                        state
+                            .queue
+                            .drain(..)
+                            .map(|w| (w, Grant::Failed(err.clone()))),
+                    );
+                }
+                Status::Activating => {}
+                Status::Active => {
+                    while let Some(front) = state.queue.front() {
+                        if !state.can_grant(front.kind) {
+                            break;
+                        }
+                        let waiter = state.queue.pop_front().expect("front exists");
+                        state.grant(waiter.kind, waiter.chain);
+                        let permit = TurnPermit {
+                            activation: Some(activation.clone()),
+                            kind: waiter.kind,
+                            chain: waiter.chain,
+                        };
+                        let is_write = waiter.kind == MethodKind::Write;
+                        handover.push((waiter, Grant::Granted(permit)));
+                        if is_write {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        for (waiter, grant) in handover {
+            if let Err(Grant::Granted(mut permit)) = waiter.tx.send(grant) {
+                // The waiter left the line: take its turn back without recursing through Drop.
+                permit.activation = None;
+                pending.push((permit.kind, permit.chain));
+            }
+        }
+    }
+}
+
+/// Marks an activation closed or failed and wakes everyone waiting with that news. The caller
+/// must hold the write turn (the permit's release then drains the queue).
+pub(crate) fn set_status(state: &Mutex<TurnState>, status: Status) {
+    state.lock().status = status;
+}
