@@ -231,7 +231,7 @@ impl<T: Dispatch> Activation<T> {
                 "activation of {}/{} panicked: {}",
                 T::TYPE_NAME,
                 this.id,
-                panic_message(&panic)
+                panic_message(&*panic)
             ))),
         }
     }
@@ -280,7 +280,7 @@ impl<T: Dispatch> Activation<T> {
             Ok(result) => result,
             Err(panic) => {
                 let name = T::METHODS.get(method).map_or("?", |m| m.name);
-                let message = panic_message(&panic);
+                let message = panic_message(&*panic);
                 if permit.kind() == MethodKind::Write {
                     // A write turn that panicked may have left the object half-updated: discard
                     // this activation; the next call reactivates from the last saved state.
@@ -314,7 +314,7 @@ impl<T: Dispatch> Activation<T> {
             Ok(Ok(())) => {}
             Ok(Err(err)) => tracing::warn!(object = %this.id, error = %err, "on_deactivate failed"),
             Err(panic) => {
-                tracing::error!(object = %this.id, panic = %panic_message(&panic), "on_deactivate panicked")
+                tracing::error!(object = %this.id, panic = %panic_message(&*panic), "on_deactivate panicked")
             }
         }
         let mut handed_back = None;
@@ -377,7 +377,7 @@ impl<T: Dispatch> Activation<T> {
                 tracing::warn!(object = %this.id, timer = %name, error = %err, "timer turn failed")
             }
             Err(panic) => {
-                tracing::error!(object = %this.id, timer = %name, panic = %panic_message(&panic),
+                tracing::error!(object = %this.id, timer = %name, panic = %panic_message(&*panic),
                     "timer turn panicked; activation discarded");
                 this.retire(&permit);
             }

@@ -307,7 +307,15 @@ impl NodeInner {
                 let index = entry
                     .method_index(name)
                     .ok_or_else(|| CallError::unknown_method(type_name, name))?;
-                (index, entry.methods()[index].kind)
+                let spec = &entry.methods()[index];
+                // Refuse a request of the wrong type before activating anything for it.
+                let (expected, got) = ((spec.request)(), request.full_name());
+                if expected != got {
+                    return Err(CallError::wrong_payload(
+                        type_name, spec.name, &expected, &got,
+                    ));
+                }
+                (index, spec.kind)
             }
         };
         let work = async move {
