@@ -1,0 +1,21 @@
+use goverse::prelude::*;
+
+#[derive(Default)]
+struct Thing;
+
+impl Object for Thing {}
+
+#[goverse::object]
+impl Thing {
+    #[method]
+    async fn add(&mut self, request: Int32Value) -> Result<Int32Value, ObjectError> {
+        Ok(request)
+    }
+
+    #[method(name = "Add")]
+    async fn add_again(&mut self, request: Int32Value) -> Result<Int32Value, ObjectError> {
+        Ok(request)
+    }
+}
+
+fn main() {}
