@@ -1,1 +1,97 @@
-fn main() {}
+//! `goverse`: the one binary for everything generic (demo, shard, bench).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod demo;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "goverse",
+    version,
+    about = "GoVerse: a distributed virtual-actor runtime"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs a node on the embedded defaults with the counter sample and a scripted workload.
+    Demo(demo::DemoArgs),
+    /// Prints the shard an object ID lands on (FNV-1a 32-bit of the ID modulo the shard count).
+    Shard {
+        /// The object ID (plain, shard#N/name or host:port/name).
+        object_id: String,
+        /// Shard count.
+        #[arg(long, default_value_t = goverse::DEFAULT_SHARD_COUNT)]
+        shards: u32,
+    },
+    /// Load generators.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Shard { object_id, shards } => shard(&object_id, shards),
+        Command::Demo(args) => {
+            init_tracing("warn");
+            run(demo::run(args))
+        }
+        Command::Bench(command) => {
+            init_tracing("error");
+            run(bench::run(command))
+        }
+    }
+}
+
+fn run(job: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(job) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn shard(object_id: &str, shards: u32) -> ExitCode {
+    if shards == 0 {
+        eprintln!("error: --shards must be at least 1");
+        return ExitCode::from(2);
+    }
+    match goverse::shard_of(&goverse::ObjectId::from(object_id), shards) {
+        Ok(shard) => {
+            println!("{shard}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(2)
+        }
+    }
+}

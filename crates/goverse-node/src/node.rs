@@ -583,6 +583,7 @@ impl NodeInner {
         self.cancel.cancel();
 
         // Close every activation, collecting the states to save in batches.
+        let deactivations_before = self.counters.deactivations.load(Ordering::Relaxed);
         let activations = self.all_activations();
         let closed = Mutex::new(Vec::new());
         let unsaved = AtomicU64::new(0);
@@ -609,7 +610,8 @@ impl NodeInner {
                 "shutdown grace ran out while closing activations (a turn did not finish)"
             );
         }
-        let deactivated = self.counters.deactivations.load(Ordering::Relaxed);
+        let deactivated =
+            self.counters.deactivations.load(Ordering::Relaxed) - deactivations_before;
         let mut pending: Vec<(Arc<dyn ActivationDyn>, Vec<u8>, ShardId)> = closed.into_inner();
         let mut saved = 0;
         if let Some(store) = self.store.clone() {

@@ -1,0 +1,256 @@
+//! `goverse bench local`: whole-system load on one in-process node.
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use goverse::persistence::{MemoryStore, SqliteStore};
+use goverse::prelude::*;
+use goverse_sample_counter::{Counter, CounterRef};
+use hdrhistogram::Histogram;
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum BenchCommand {
+    /// Counters on an in-process node: M callers call random objects of N.
+    Local(LocalArgs),
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum StoreKind {
+    /// No persistence: measures the runtime alone.
+    None,
+    /// The in-memory store.
+    Memory,
+    /// SQLite in a temporary directory.
+    Sqlite,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct LocalArgs {
+    /// Objects to activate and call.
+    #[arg(long, default_value_t = 10_000)]
+    objects: usize,
+    /// Concurrent callers.
+    #[arg(long, default_value_t = 64)]
+    callers: usize,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Measure activations per second and resident memory per activation instead of calls.
+    #[arg(long)]
+    activate_only: bool,
+    /// Object store behind the node.
+    #[arg(long, value_enum, default_value_t = StoreKind::None)]
+    store: StoreKind,
+}
+
+pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Local(args) => local(args).await,
+    }
+}
+
+fn resident_bytes() -> u64 {
+    // Second field of /proc/self/statm: resident pages.
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
+        .map_or(0, |pages| pages * 4096)
+}
+
+async fn start_node(args: &LocalArgs) -> anyhow::Result<(Node, Option<tempfile::TempDir>)> {
+    let config = NodeConfig {
+        idle_timeout: Duration::ZERO,
+        save_interval: Duration::ZERO,
+        ..NodeConfig::default()
+    };
+    let builder = Node::builder(config).register::<Counter>();
+    let (builder, dir) = match args.store {
+        StoreKind::None => (builder, None),
+        StoreKind::Memory => (builder.object_store(Arc::new(MemoryStore::new())), None),
+        StoreKind::Sqlite => {
+            let dir = tempfile::tempdir()?;
+            let store = SqliteStore::open(dir.path().join("bench.db"))?;
+            (builder.object_store(Arc::new(store)), Some(dir))
+        }
+    };
+    Ok((builder.start().await?, dir))
+}
+
+/// Activates `ids` with `callers` concurrent creators; returns the elapsed time.
+async fn activate_all(
+    node: &Node,
+    ids: Arc<Vec<ObjectId>>,
+    callers: usize,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..callers.max(1) {
+        let (node, ids) = (node.clone(), ids.clone());
+        tasks.push(tokio::spawn(async move {
+            for id in ids.iter().skip(c).step_by(callers.max(1)) {
+                node.create_object("Counter", id.clone()).await?;
+            }
+            Ok::<_, CallError>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(started.elapsed())
+}
+
+async fn local(args: LocalArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.objects > 0, "--objects must be at least 1");
+    anyhow::ensure!(args.callers > 0, "--callers must be at least 1");
+    anyhow::ensure!(args.duration > 0.0, "--duration must be positive");
+    let (node, _dir) = start_node(&args).await?;
+    let ids: Arc<Vec<ObjectId>> = Arc::new(
+        (0..args.objects)
+            .map(|i| ObjectId::from(format!("counter-{i}")))
+            .collect(),
+    );
+
+    if args.activate_only {
+        let before = resident_bytes();
+        let elapsed = activate_all(&node, ids.clone(), args.callers).await?;
+        let after = resident_bytes();
+        let per_sec = args.objects as f64 / elapsed.as_secs_f64();
+        let per_activation = after.saturating_sub(before) as f64 / args.objects as f64;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "objects": args.objects,
+                    "activations_per_sec": per_sec.round(),
+                    "rss_bytes_per_activation": per_activation.round(),
+                    "seconds": elapsed.as_secs_f64(),
+                })
+            );
+        } else {
+            println!(
+                "activated {} counters in {:.3} s",
+                args.objects,
+                elapsed.as_secs_f64()
+            );
+            println!("activations/s          {per_sec:.0}");
+            println!(
+                "resident bytes/object  {per_activation:.0}  (RSS growth / objects, Counter state is 4 bytes)"
+            );
+        }
+        node.shutdown(Duration::from_secs(30)).await;
+        return Ok(());
+    }
+
+    activate_all(&node, ids.clone(), args.callers).await?;
+    let refs: Arc<Vec<CounterRef>> = Arc::new(ids.iter().map(CounterRef::new).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..args.callers {
+        let (node, refs, stop, done, errors) = (
+            node.clone(),
+            refs.clone(),
+            stop.clone(),
+            done.clone(),
+            errors.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut histogram = Histogram::<u64>::new(3).expect("valid histogram");
+            let mut rng = fastrand::Rng::new();
+            let mut local = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let counter = &refs[rng.usize(..refs.len())];
+                let started = Instant::now();
+                let result = counter.add(&node, Int32Value { value: 1 }).await;
+                let nanos = started.elapsed().as_nanos() as u64;
+                if result.is_err() {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = histogram.record(nanos.max(1));
+                local += 1;
+                if local == 256 {
+                    done.fetch_add(local, Ordering::Relaxed);
+                    local = 0;
+                    // Let other callers on this worker run, as a real service's tasks would.
+                    tokio::task::yield_now().await;
+                }
+            }
+            done.fetch_add(local, Ordering::Relaxed);
+            histogram
+        }));
+    }
+    let started = Instant::now();
+    let total = Duration::from_secs_f64(args.duration);
+    let mut last = (0u64, started);
+    while started.elapsed() < total {
+        tokio::time::sleep(Duration::from_secs(1).min(total.saturating_sub(started.elapsed())))
+            .await;
+        if !args.json {
+            let now = (done.load(Ordering::Relaxed), Instant::now());
+            let rate = (now.0 - last.0) as f64 / now.1.duration_since(last.1).as_secs_f64();
+            eprint!(
+                "\r  {:>5.1} s  {:>10.0} calls/s",
+                started.elapsed().as_secs_f64(),
+                rate
+            );
+            let _ = std::io::stderr().flush();
+            last = now;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    let mut histogram = Histogram::<u64>::new(3)?;
+    for task in tasks {
+        histogram.add(task.await?)?;
+    }
+    if !args.json {
+        eprintln!();
+    }
+    let calls = histogram.len();
+    let per_sec = calls as f64 / elapsed.as_secs_f64();
+    let us = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    let errors = errors.load(Ordering::Relaxed);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "calls_per_sec": per_sec.round(),
+                "p50_us": us(0.5),
+                "p99_us": us(0.99),
+                "p999_us": us(0.999),
+                "calls": calls,
+                "errors": errors,
+                "objects": args.objects,
+                "callers": args.callers,
+                "seconds": elapsed.as_secs_f64(),
+            })
+        );
+    } else {
+        println!(
+            "objects {}  callers {}  duration {:.1} s",
+            args.objects,
+            args.callers,
+            elapsed.as_secs_f64()
+        );
+        println!("calls/s   {per_sec:.0}  ({calls} calls, {errors} errors)");
+        println!(
+            "latency   p50 {:.2} µs  p99 {:.2} µs  p99.9 {:.2} µs",
+            us(0.5),
+            us(0.99),
+            us(0.999)
+        );
+    }
+    node.shutdown(Duration::from_secs(30)).await;
+    anyhow::ensure!(errors == 0, "{errors} calls failed");
+    Ok(())
+}
