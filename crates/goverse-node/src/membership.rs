@@ -193,7 +193,8 @@ pub(crate) async fn leave(node: &Arc<NodeInner>) {
         }
         Err(err) => tracing::warn!(error = %err, "cannot release shards at shutdown"),
     }
-    if let Some(lease) = node.lease.lock().take() {
+    let lease = node.lease.lock().take();
+    if let Some(lease) = lease {
         let cluster = cluster.clone();
         // Bounded: a dead store must not hold up shutdown.
         let _ = tokio::time::timeout(Duration::from_secs(2), cluster.revoke_lease(lease)).await;
