@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use goverse_cluster::{ClusterStore, LeaseId, MemoryClusterStore};
 use goverse_core::{
-    CallError, ChainId, ErrorCode, NodeAddr, ObjectId, ObjectIdKind, Payload, ShardId, shard_of,
+    CallError, ChainId, ErrorCode, NodeAddr, ObjectId, ObjectIdKind, Payload, ShardId, fnv1a_32, shard_of,
 };
 use goverse_persistence::{ObjectStore, SaveRequest};
 use parking_lot::{Mutex, RwLock};
@@ -165,15 +165,15 @@ impl NodeInner {
     }
 
     fn route(&self, id: &ObjectId) -> Result<ShardId, CallError> {
-        if let ObjectIdKind::FixedNode(addr) = id.kind()?
-            && addr != self.address.as_str()
-        {
-            return Err(CallError::unavailable(format!(
+        let count = self.config.shard_count;
+        match id.kind()? {
+            ObjectIdKind::Regular => Ok(ShardId(fnv1a_32(id.as_str().as_bytes()) % count)),
+            ObjectIdKind::FixedNode(addr) if addr != self.address.as_str() => Err(CallError::unavailable(format!(
                 "object {id} is pinned to node {addr}, and this is node {}",
                 self.address
-            )));
+            ))),
+            ObjectIdKind::FixedShard(_) | ObjectIdKind::FixedNode(_) => Ok(shard_of(id, count)?),
         }
-        Ok(shard_of(id, self.config.shard_count)?)
     }
 
     fn not_owned(&self, shard: ShardId) -> CallError {

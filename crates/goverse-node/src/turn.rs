@@ -237,25 +237,25 @@ pub(crate) fn try_acquire_write(
 /// the activation is closed or failed, every waiter is told so instead.
 fn release(activation: Arc<dyn ActivationDyn>, kind: MethodKind, chain: ChainId) {
     // A grant sent to a waiter that has gone comes back and is released here in turn; loop rather
-    // than recurse so a long line of abandoned waiters cannot overflow the stack.
-    let mut pending = vec![(kind, chain)];
-    while let Some((kind, chain)) = pending.pop() {
+    // than recurse so a long line of abandoned waiters cannot overflow the stack. The common case
+    // (nobody waiting) allocates nothing.
+    let mut next = Some((kind, chain));
+    let mut returned: Vec<(MethodKind, ChainId)> = Vec::new();
+    while let Some((kind, chain)) = next.take().or_else(|| returned.pop()) {
         let mut handover: Vec<(Waiter, Grant)> = Vec::new();
         {
             let mut state = activation.turn_state().lock();
             state.ungrant(kind, chain);
+            if state.queue.is_empty() {
+                continue;
+            }
             match &state.status {
                 Status::Closed => {
                     handover.extend(state.queue.drain(..).map(|w| (w, Grant::Retry)));
                 }
                 Status::Failed(err) => {
                     let err = err.clone();
-                    handover.extend(
-                        state
-                            .queue
-                            .drain(..)
-                            .map(|w| (w, Grant::Failed(err.clone()))),
-                    );
+                    handover.extend(state.queue.drain(..).map(|w| (w, Grant::Failed(err.clone()))));
                 }
                 Status::Activating => {}
                 Status::Active => {
@@ -283,7 +283,7 @@ fn release(activation: Arc<dyn ActivationDyn>, kind: MethodKind, chain: ChainId)
             if let Err(Grant::Granted(mut permit)) = waiter.tx.send(grant) {
                 // The waiter left the line: take its turn back without recursing through Drop.
                 permit.activation = None;
-                pending.push((permit.kind, permit.chain));
+                returned.push((permit.kind, permit.chain));
             }
         }
     }
