@@ -32,6 +32,21 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code.
+    pub const ALL: [ErrorCode; 11] = [
+        ErrorCode::NotFound,
+        ErrorCode::InvalidArgument,
+        ErrorCode::AlreadyExists,
+        ErrorCode::Unavailable,
+        ErrorCode::DeadlineExceeded,
+        ErrorCode::ResourceExhausted,
+        ErrorCode::PermissionDenied,
+        ErrorCode::Unauthenticated,
+        ErrorCode::Reentrancy,
+        ErrorCode::Unknown,
+        ErrorCode::Internal,
+    ];
+
     /// A stable lowercase name (`not_found`, `reentrancy`, ...), used in JSON error bodies.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -85,20 +100,7 @@ impl ErrorCode {
 
     /// Parses [`ErrorCode::as_str`] back.
     pub fn from_name(name: &str) -> Option<Self> {
-        const ALL: [ErrorCode; 11] = [
-            ErrorCode::NotFound,
-            ErrorCode::InvalidArgument,
-            ErrorCode::AlreadyExists,
-            ErrorCode::Unavailable,
-            ErrorCode::DeadlineExceeded,
-            ErrorCode::ResourceExhausted,
-            ErrorCode::PermissionDenied,
-            ErrorCode::Unauthenticated,
-            ErrorCode::Reentrancy,
-            ErrorCode::Unknown,
-            ErrorCode::Internal,
-        ];
-        ALL.into_iter().find(|c| c.as_str() == name)
+        Self::ALL.into_iter().find(|c| c.as_str() == name)
     }
 }
 
@@ -210,19 +212,7 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_statuses_are_distinct_where_it_matters() {
-        for code in [
-            ErrorCode::NotFound,
-            ErrorCode::InvalidArgument,
-            ErrorCode::AlreadyExists,
-            ErrorCode::Unavailable,
-            ErrorCode::DeadlineExceeded,
-            ErrorCode::ResourceExhausted,
-            ErrorCode::PermissionDenied,
-            ErrorCode::Unauthenticated,
-            ErrorCode::Reentrancy,
-            ErrorCode::Unknown,
-            ErrorCode::Internal,
-        ] {
+        for code in ErrorCode::ALL {
             assert_eq!(ErrorCode::from_name(code.as_str()), Some(code));
         }
         assert_eq!(ErrorCode::NotFound.grpc_code(), 5);

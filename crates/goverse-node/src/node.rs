@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use goverse_cluster::{ClusterStore, LeaseId, MemoryClusterStore};
 use goverse_core::{
-    CallError, ChainId, ErrorCode, NodeAddr, ObjectId, ObjectIdKind, Payload, ShardId, fnv1a_32, shard_of,
+    CallError, ChainId, ErrorCode, NodeAddr, ObjectId, ObjectIdKind, Payload, ShardId, fnv1a_32,
+    shard_of,
 };
 use goverse_persistence::{ObjectStore, SaveRequest};
 use parking_lot::{Mutex, RwLock};
@@ -112,6 +113,14 @@ impl fmt::Debug for NodeInner {
     }
 }
 
+/// The object a call is for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Target<'a> {
+    type_name: &'a str,
+    id: &'a ObjectId,
+    shard: ShardId,
+}
+
 /// The way a call names its method.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum MethodRef<'a> {
@@ -168,10 +177,12 @@ impl NodeInner {
         let count = self.config.shard_count;
         match id.kind()? {
             ObjectIdKind::Regular => Ok(ShardId(fnv1a_32(id.as_str().as_bytes()) % count)),
-            ObjectIdKind::FixedNode(addr) if addr != self.address.as_str() => Err(CallError::unavailable(format!(
-                "object {id} is pinned to node {addr}, and this is node {}",
-                self.address
-            ))),
+            ObjectIdKind::FixedNode(addr) if addr != self.address.as_str() => {
+                Err(CallError::unavailable(format!(
+                    "object {id} is pinned to node {addr}, and this is node {}",
+                    self.address
+                )))
+            }
             ObjectIdKind::FixedShard(_) | ObjectIdKind::FixedNode(_) => Ok(shard_of(id, count)?),
         }
     }
@@ -218,49 +229,58 @@ impl NodeInner {
         )
     }
 
-    /// The live activation of `id`, activating it (as `type_name`) if there is none.
-    async fn activation(
-        self: &Arc<Self>,
+    /// What the table says about `id`: not served, the live activation, or a type clash;
+    /// `None` when the object is not active.
+    fn existing(
+        &self,
+        table: &ShardTable,
         type_name: &str,
         id: &ObjectId,
         shard: ShardId,
+        mismatch: ErrorCode,
+    ) -> Option<Result<Arc<dyn ActivationDyn>, CallError>> {
+        if table.epoch.is_none() {
+            return Some(Err(self.not_owned(shard)));
+        }
+        let activation = table.objects.get(id)?;
+        if activation.type_name() != type_name {
+            return Some(Err(Self::type_mismatch(
+                id,
+                activation.type_name(),
+                type_name,
+                mismatch,
+            )));
+        }
+        Some(Ok(activation.clone()))
+    }
+
+    /// The live activation of `id`, activating it (as `type_name`) if there is none.
+    async fn activation(
+        self: &Arc<Self>,
+        target: Target<'_>,
         chain: ChainId,
         deadline: Instant,
         mismatch: ErrorCode,
     ) -> Result<Arc<dyn ActivationDyn>, CallError> {
-        {
-            let table = self.shard_table(shard).read();
-            if table.epoch.is_none() {
-                return Err(self.not_owned(shard));
-            }
-            if let Some(activation) = table.objects.get(id) {
-                if activation.type_name() != type_name {
-                    return Err(Self::type_mismatch(
-                        id,
-                        activation.type_name(),
-                        type_name,
-                        mismatch,
-                    ));
-                }
-                return Ok(activation.clone());
-            }
+        let Target {
+            type_name,
+            id,
+            shard,
+        } = target;
+        if let Some(found) = self.existing(
+            &self.shard_table(shard).read(),
+            type_name,
+            id,
+            shard,
+            mismatch,
+        ) {
+            return found;
         }
         let entry = self.entry(type_name)?;
         let activation = {
             let mut table = self.shard_table(shard).write();
-            if table.epoch.is_none() {
-                return Err(self.not_owned(shard));
-            }
-            if let Some(activation) = table.objects.get(id) {
-                if activation.type_name() != type_name {
-                    return Err(Self::type_mismatch(
-                        id,
-                        activation.type_name(),
-                        type_name,
-                        mismatch,
-                    ));
-                }
-                return Ok(activation.clone());
+            if let Some(found) = self.existing(&table, type_name, id, shard, mismatch) {
+                return found;
             }
             let activation = entry.new_activation(
                 self.clone(),
@@ -286,6 +306,27 @@ impl NodeInner {
                 .fetch_add(1, Ordering::Relaxed);
         }
         Ok(activation)
+    }
+
+    /// Finds or activates `id` and takes a turn of `kind` on it, looking again whenever the
+    /// activation it found went away before the turn came.
+    async fn turn_on(
+        self: &Arc<Self>,
+        target: Target<'_>,
+        kind: MethodKind,
+        chain: ChainId,
+        deadline: Instant,
+        mismatch: ErrorCode,
+    ) -> Result<(Arc<dyn ActivationDyn>, TurnPermit), CallError> {
+        loop {
+            let activation = self.activation(target, chain, deadline, mismatch).await?;
+            activation.touch();
+            match turn::acquire(&activation, kind, chain).await {
+                Ok(permit) => return Ok((activation, permit)),
+                Err(AcquireError::Retry) => continue,
+                Err(AcquireError::Failed(err)) => return Err(err),
+            }
+        }
     }
 
     /// The call path shared by typed stubs, the untyped API and (later) the wire.
@@ -319,29 +360,20 @@ impl NodeInner {
             }
         };
         let work = async move {
-            let mut request = Some(request);
-            loop {
-                let activation = self
-                    .activation(
+            let (activation, permit) = self
+                .turn_on(
+                    Target {
                         type_name,
                         id,
                         shard,
-                        chain,
-                        deadline,
-                        ErrorCode::InvalidArgument,
-                    )
-                    .await?;
-                activation.touch();
-                match turn::acquire(&activation, kind, chain).await {
-                    Ok(permit) => {
-                        let request = request.take().expect("request is used once");
-                        return Detached::new(activation.run(permit, index, request, deadline))
-                            .await;
-                    }
-                    Err(AcquireError::Retry) => continue,
-                    Err(AcquireError::Failed(err)) => return Err(err),
-                }
-            }
+                    },
+                    kind,
+                    chain,
+                    deadline,
+                    ErrorCode::InvalidArgument,
+                )
+                .await?;
+            Detached::new(activation.run(permit, index, request, deadline)).await
         };
         with_deadline(work, deadline, || format!("{type_name}/{id}")).await
     }
@@ -356,25 +388,21 @@ impl NodeInner {
         self.check_serving()?;
         let shard = self.route(id)?;
         self.entry(type_name)?;
+        // Taking (and dropping) a turn waits for on_activate, wherever it was started.
         let work = async move {
-            loop {
-                let activation = self
-                    .activation(
-                        type_name,
-                        id,
-                        shard,
-                        chain,
-                        deadline,
-                        ErrorCode::AlreadyExists,
-                    )
-                    .await?;
-                // Taking (and dropping) a turn waits for on_activate, wherever it was started.
-                match turn::acquire(&activation, MethodKind::Read, chain).await {
-                    Ok(_permit) => return Ok(()),
-                    Err(AcquireError::Retry) => continue,
-                    Err(AcquireError::Failed(err)) => return Err(err),
-                }
-            }
+            self.turn_on(
+                Target {
+                    type_name,
+                    id,
+                    shard,
+                },
+                MethodKind::Read,
+                chain,
+                deadline,
+                ErrorCode::AlreadyExists,
+            )
+            .await
+            .map(|_| ())
         };
         with_deadline(work, deadline, || format!("create {type_name}/{id}")).await
     }
@@ -407,9 +435,11 @@ impl NodeInner {
                     Some(activation) => activation,
                     None if persistent => {
                         self.activation(
-                            type_name,
-                            id,
-                            shard,
+                            Target {
+                                type_name,
+                                id,
+                                shard,
+                            },
                             chain,
                             deadline,
                             ErrorCode::InvalidArgument,
@@ -857,7 +887,8 @@ impl NodeBuilder {
 /// A running node: a cheap, cloneable handle.
 ///
 /// Calls go through generated `…Ref` stubs (typed, no encoding) or [`Node::call`] (by type and
-/// method name, with a [`Payload`]).
+/// method name, with a [`Payload`]). Dropping the handles does not stop the node: call
+/// [`Node::shutdown`], which saves every object's state.
 #[derive(Clone)]
 pub struct Node {
     inner: Arc<NodeInner>,

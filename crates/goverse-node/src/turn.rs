@@ -255,7 +255,12 @@ fn release(activation: Arc<dyn ActivationDyn>, kind: MethodKind, chain: ChainId)
                 }
                 Status::Failed(err) => {
                     let err = err.clone();
-                    handover.extend(state.queue.drain(..).map(|w| (w, Grant::Failed(err.clone()))));
+                    handover.extend(
+                        state
+                            .queue
+                            .drain(..)
+                            .map(|w| (w, Grant::Failed(err.clone()))),
+                    );
                 }
                 Status::Activating => {}
                 Status::Active => {
@@ -289,8 +294,8 @@ fn release(activation: Arc<dyn ActivationDyn>, kind: MethodKind, chain: ChainId)
     }
 }
 
-/// Marks an activation closed or failed and wakes everyone waiting with that news. The caller
-/// must hold the write turn (the permit's release then drains the queue).
+/// Marks an activation closed or failed. The caller holds the write turn; dropping that permit
+/// then hands every waiter the news.
 pub(crate) fn set_status(state: &Mutex<TurnState>, status: Status) {
     state.lock().status = status;
 }
