@@ -1,7 +1,7 @@
 //! `#[goverse::object]` and `#[method]`.
 //!
-//! The work is split in three: [`parse`] reads the `impl` block into an intermediate form,
-//! checking every `#[method]` signature and pointing errors at the offending token; [`expand`]
+//! The work is split in three: `parse` reads the `impl` block into an intermediate form,
+//! checking every `#[method]` signature and pointing errors at the offending token; `expand`
 //! writes the `Dispatch` impl and the typed `…Ref` stub from it. On error the original item is
 //! still emitted (without the `#[method]` markers) so the rest of the crate keeps type-checking.
 
