@@ -17,6 +17,18 @@ async fn node_with(store: Arc<SqliteStore>) -> Node {
     .expect("node starts")
 }
 
+/// A node without persistence.
+async fn memory_node() -> Node {
+    Node::builder(NodeConfig {
+        shard_count: 64,
+        ..NodeConfig::default()
+    })
+    .register::<Counter>()
+    .start()
+    .await
+    .expect("node starts")
+}
+
 #[tokio::test]
 async fn add_returns_the_new_value_and_get_reads_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -47,14 +59,7 @@ async fn add_returns_the_new_value_and_get_reads_it() {
 
 #[tokio::test]
 async fn overflow_is_an_invalid_argument_and_leaves_the_value() {
-    let node = Node::builder(NodeConfig {
-        shard_count: 64,
-        ..NodeConfig::default()
-    })
-    .register::<Counter>()
-    .start()
-    .await
-    .unwrap();
+    let node = memory_node().await;
     let counter = CounterRef::new("big");
     counter
         .add(&node, Int32Value { value: i32::MAX })
@@ -93,14 +98,7 @@ async fn the_value_survives_a_restart() {
 
 #[tokio::test]
 async fn callable_by_name_with_upstream_any_payloads() {
-    let node = Node::builder(NodeConfig {
-        shard_count: 64,
-        ..NodeConfig::default()
-    })
-    .register::<Counter>()
-    .start()
-    .await
-    .unwrap();
+    let node = memory_node().await;
     // What an upstream client sends: an Any with the type.googleapis.com/ prefix.
     let any = Payload::typed(Int32Value { value: 7 }).into_any();
     let response = node
