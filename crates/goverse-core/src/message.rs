@@ -82,21 +82,33 @@ impl Payload {
     /// Fails with `InvalidArgument` naming both types when the payload holds another message, or
     /// naming the decode error when the bytes are not a valid `M`.
     pub fn into_message<M: Message>(self) -> Result<M, CallError> {
+        self.into_message_or(|got| {
+            CallError::invalid_argument(format!(
+                "payload is a {got:?}, expected {}",
+                M::full_name()
+            ))
+        })
+    }
+
+    /// [`Payload::into_message`] with the caller's error for a payload of another type (given the
+    /// name of the type it holds). The type is checked once, without allocating for a typed
+    /// payload of the right type.
+    pub fn into_message_or<M: Message>(
+        self,
+        mismatch: impl FnOnce(&str) -> CallError,
+    ) -> Result<M, CallError> {
         match self {
-            Self::Typed(m) => match m.into_any().downcast::<M>() {
-                Ok(m) => Ok(*m),
-                Err(_) => Err(CallError::invalid_argument(format!(
-                    "payload is not a {}",
-                    M::full_name()
-                ))),
-            },
+            Self::Typed(m) => {
+                if !m.as_any().is::<M>() {
+                    return Err(mismatch(&m.full_name()));
+                }
+                let m = m.into_any().downcast::<M>().expect("type checked above");
+                Ok(*m)
+            }
             Self::Encoded(any) => {
                 let got = type_name_of_url(&any.type_url);
                 if got != M::full_name() {
-                    return Err(CallError::invalid_argument(format!(
-                        "payload is a {got:?}, expected {}",
-                        M::full_name()
-                    )));
+                    return Err(mismatch(got));
                 }
                 M::decode(any.value.as_slice()).map_err(|err| {
                     CallError::invalid_argument(format!(
@@ -108,19 +120,19 @@ impl Payload {
         }
     }
 
+    /// Whether the payload holds the message with this full name (no allocation when encoded).
+    pub fn has_name(&self, full_name: &str) -> bool {
+        match self {
+            Self::Typed(m) => m.full_name() == full_name,
+            Self::Encoded(any) => type_name_of_url(&any.type_url) == full_name,
+        }
+    }
+
     /// The payload as `google.protobuf.Any`, encoding it if it is typed.
     pub fn into_any(self) -> prost_types::Any {
         match self {
             Self::Typed(m) => m.to_any(),
             Self::Encoded(any) => any,
-        }
-    }
-
-    /// Whether the payload holds an `M` (typed or encoded).
-    pub fn is<M: Message>(&self) -> bool {
-        match self {
-            Self::Typed(m) => m.as_any().is::<M>(),
-            Self::Encoded(any) => type_name_of_url(&any.type_url) == M::full_name(),
         }
     }
 }
@@ -142,13 +154,13 @@ impl fmt::Debug for Payload {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wkt::{Empty, Int32Value, StringValue};
+    use crate::wkt::{Int32Value, StringValue};
 
     #[test]
     fn typed_round_trip_moves_without_encoding() {
         let p = Payload::typed(Int32Value { value: 7 });
-        assert!(p.is::<Int32Value>());
-        assert!(!p.is::<Empty>());
+        assert!(p.has_name("google.protobuf.Int32Value"));
+        assert!(!p.has_name("google.protobuf.Empty"));
         assert_eq!(p.full_name(), "google.protobuf.Int32Value");
         assert_eq!(p.into_message::<Int32Value>().unwrap().value, 7);
     }

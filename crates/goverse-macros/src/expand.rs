@@ -58,6 +58,28 @@ pub(crate) fn object(ir: &ObjectIr) -> TokenStream {
         .filter(|(_, m)| !m.mutable)
         .map(|(i, m)| arm(i, m));
 
+    // dispatch_mut handles every method; dispatch_ref only the reads.
+    let dispatch = |name: TokenStream, receiver: TokenStream, arms: Vec<TokenStream>| {
+        quote! {
+            #[allow(unused_variables, clippy::match_single_binding)]
+            fn #name(
+                #receiver,
+                method: usize,
+                ctx: &#p::ObjectContext,
+                request: #p::Payload,
+            ) -> impl ::core::future::Future<Output = ::core::result::Result<#p::Payload, #p::CallError>> + ::core::marker::Send {
+                async move {
+                    match method {
+                        #(#arms)*
+                        _ => ::core::result::Result::Err(#p::bad_method_index::<Self>(method)),
+                    }
+                }
+            }
+        }
+    };
+    let dispatch_mut = dispatch(quote!(dispatch_mut), quote!(&mut self), mut_arms.collect());
+    let dispatch_ref = dispatch(quote!(dispatch_ref), quote!(&self), ref_arms.collect());
+
     let stub = format_ident!("{}Ref", ir.ident);
     let stub_doc = format!(
         "Typed client stub for `{type_name}` objects: calls move typed messages, resolved at compile time."
@@ -88,35 +110,8 @@ pub(crate) fn object(ir: &ObjectIr) -> TokenStream {
             const TYPE_NAME: &'static str = #type_name;
             const METHODS: &'static [#p::MethodSpec] = &[#(#specs),*];
 
-            #[allow(unused_variables, clippy::match_single_binding)]
-            fn dispatch_mut(
-                &mut self,
-                method: usize,
-                ctx: &#p::ObjectContext,
-                request: #p::Payload,
-            ) -> impl ::core::future::Future<Output = ::core::result::Result<#p::Payload, #p::CallError>> + ::core::marker::Send {
-                async move {
-                    match method {
-                        #(#mut_arms)*
-                        _ => ::core::result::Result::Err(#p::bad_method_index::<Self>(method)),
-                    }
-                }
-            }
-
-            #[allow(unused_variables, clippy::match_single_binding)]
-            fn dispatch_ref(
-                &self,
-                method: usize,
-                ctx: &#p::ObjectContext,
-                request: #p::Payload,
-            ) -> impl ::core::future::Future<Output = ::core::result::Result<#p::Payload, #p::CallError>> + ::core::marker::Send {
-                async move {
-                    match method {
-                        #(#ref_arms)*
-                        _ => ::core::result::Result::Err(#p::bad_method_index::<Self>(method)),
-                    }
-                }
-            }
+            #dispatch_mut
+            #dispatch_ref
         }
 
         #[doc = #stub_doc]

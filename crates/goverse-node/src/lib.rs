@@ -45,16 +45,10 @@ pub mod __private {
         method: usize,
         request: Payload,
     ) -> Result<M, CallError> {
-        if request.is::<M>() {
-            return request.into_message::<M>();
-        }
-        let name = T::METHODS.get(method).map_or("?", |m| m.name);
-        Err(CallError::wrong_payload(
-            T::TYPE_NAME,
-            name,
-            &M::full_name(),
-            &request.full_name(),
-        ))
+        request.into_message_or::<M>(|got| {
+            let name = T::METHODS.get(method).map_or("?", |m| m.name);
+            CallError::wrong_payload(T::TYPE_NAME, name, &M::full_name(), got)
+        })
     }
 
     /// Converts a method's error.

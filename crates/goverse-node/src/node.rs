@@ -350,10 +350,13 @@ impl NodeInner {
                     .ok_or_else(|| CallError::unknown_method(type_name, name))?;
                 let spec = &entry.methods()[index];
                 // Refuse a request of the wrong type before activating anything for it.
-                let (expected, got) = ((spec.request)(), request.full_name());
-                if expected != got {
+                let expected = (spec.request)();
+                if !request.has_name(&expected) {
                     return Err(CallError::wrong_payload(
-                        type_name, spec.name, &expected, &got,
+                        type_name,
+                        spec.name,
+                        &expected,
+                        &request.full_name(),
                     ));
                 }
                 (index, spec.kind)
