@@ -8,15 +8,18 @@
 //!   one place ([`ErrorCode::grpc_code`], [`ErrorCode::http_status`]).
 //! - [`Payload`] and [`Message`]: how requests and responses travel, typed inside a process and as
 //!   `google.protobuf.Any` on the wire.
+//! - [`ClientIdentity`]: who a call acts for, as a gate authenticated it.
 //! - [`wkt`]: the protobuf well-known wrapper messages (`Int32Value`, `Empty`, ...).
 
 mod error;
 mod id;
+mod identity;
 mod message;
 mod shard;
 pub mod wkt;
 
 pub use error::{CallError, ErrorCode};
 pub use id::{ChainId, IdError, NodeAddr, ObjectId, ObjectIdKind};
+pub use identity::{ClientIdentity, gate_of_client};
 pub use message::{AnyMessage, Message, Payload, TYPE_URL_PREFIX, type_name_of_url};
 pub use shard::{DEFAULT_SHARD_COUNT, ShardId, fnv1a_32, shard_of};

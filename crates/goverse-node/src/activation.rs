@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use goverse_core::{CallError, ChainId, ObjectId, Payload, ShardId};
+use goverse_core::{CallError, ChainId, ClientIdentity, ObjectId, Payload, ShardId};
 use goverse_persistence::SaveRequest;
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -60,6 +60,7 @@ pub(crate) trait ActivationDyn: Any + Send + Sync + fmt::Debug {
         method: usize,
         request: Payload,
         deadline: Instant,
+        client: Option<Arc<ClientIdentity>>,
     ) -> BoxFuture<Result<Payload, CallError>>;
     /// Closes the activation under a write turn. For [`CloseReason::Shutdown`] returns the state
     /// to save; otherwise saves (idle) or deletes (delete) itself and returns `None`.
@@ -158,8 +159,17 @@ impl<T: Dispatch> Activation<T> {
         unsafe { &mut *self.object.get() }
     }
 
-    fn context(permit: &TurnPermit, deadline: Instant) -> ObjectContext {
-        ObjectContext::new(permit.activation().clone(), permit.chain(), deadline)
+    fn context(
+        permit: &TurnPermit,
+        deadline: Instant,
+        client: Option<Arc<ClientIdentity>>,
+    ) -> ObjectContext {
+        ObjectContext::new(
+            permit.activation().clone(),
+            permit.chain(),
+            deadline,
+            client,
+        )
     }
 
     fn cancel_timers(&self) {
@@ -212,7 +222,7 @@ impl<T: Dispatch> Activation<T> {
                 restored = true;
             }
         }
-        let ctx = Self::context(permit, deadline);
+        let ctx = Self::context(permit, deadline, None);
         match AssertUnwindSafe(object.on_activate(&ctx, restored))
             .catch_unwind()
             .await
@@ -256,9 +266,10 @@ impl<T: Dispatch> Activation<T> {
         method: usize,
         request: Payload,
         deadline: Instant,
+        client: Option<Arc<ClientIdentity>>,
     ) -> Result<Payload, CallError> {
         let this = Self::of(&permit);
-        let ctx = Self::context(&permit, deadline);
+        let ctx = Self::context(&permit, deadline, client);
         let outcome = match permit.kind() {
             MethodKind::Write => {
                 if T::PERSISTENT {
@@ -305,7 +316,11 @@ impl<T: Dispatch> Activation<T> {
         reason: CloseReason,
     ) -> Result<Option<Vec<u8>>, CallError> {
         let this = Self::of(&permit);
-        let ctx = Self::context(&permit, Instant::now() + this.node.config().call_timeout);
+        let ctx = Self::context(
+            &permit,
+            Instant::now() + this.node.config().call_timeout,
+            None,
+        );
         let object = this.object_mut(&permit);
         match AssertUnwindSafe(object.on_deactivate(&ctx))
             .catch_unwind()
@@ -363,7 +378,7 @@ impl<T: Dispatch> Activation<T> {
     async fn timer_turn(permit: TurnPermit, name: Arc<str>) {
         let this = Self::of(&permit);
         let deadline = Instant::now() + this.node.config().call_timeout;
-        let ctx = Self::context(&permit, deadline);
+        let ctx = Self::context(&permit, deadline, None);
         if T::PERSISTENT {
             this.dirty.store(true, Ordering::Relaxed);
         }
@@ -445,8 +460,9 @@ impl<T: Dispatch> ActivationDyn for Activation<T> {
         method: usize,
         request: Payload,
         deadline: Instant,
+        client: Option<Arc<ClientIdentity>>,
     ) -> BoxFuture<Result<Payload, CallError>> {
-        Box::pin(Self::method_turn(permit, method, request, deadline))
+        Box::pin(Self::method_turn(permit, method, request, deadline, client))
     }
 
     fn close(

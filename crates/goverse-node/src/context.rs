@@ -2,7 +2,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use goverse_core::{ChainId, ObjectId};
+use goverse_core::{CallError, ChainId, ClientIdentity, Message, ObjectId};
 use tokio_util::sync::CancellationToken;
 
 use crate::activation::ActivationDyn;
@@ -15,6 +15,7 @@ pub struct ObjectContext {
     activation: Arc<dyn ActivationDyn>,
     chain: ChainId,
     deadline: Instant,
+    client: Option<Arc<ClientIdentity>>,
 }
 
 impl ObjectContext {
@@ -22,11 +23,13 @@ impl ObjectContext {
         activation: Arc<dyn ActivationDyn>,
         chain: ChainId,
         deadline: Instant,
+        client: Option<Arc<ClientIdentity>>,
     ) -> Self {
         Self {
             activation,
             chain,
             deadline,
+            client,
         }
     }
 
@@ -49,6 +52,41 @@ impl ObjectContext {
     /// inherit it (or a shorter timeout of their own).
     pub fn deadline(&self) -> Instant {
         self.deadline
+    }
+
+    /// The client this call chain acts for, when it started at a gate: the identity the gate
+    /// authenticated and bound to the client's connection. `None` for calls started by code on a
+    /// node (and for `on_activate`, `on_deactivate` and timer turns). Calls made through this
+    /// context carry it on.
+    pub fn client(&self) -> Option<&ClientIdentity> {
+        self.client.as_deref()
+    }
+
+    /// Pushes `message` to the client `client_id` (`gateAddr/uniqueId`) through its gate, to be
+    /// delivered on the client's Register or SSE stream. Delivery is best effort: an unknown
+    /// client, or one whose buffer is full, loses the message and the gate counts and logs it.
+    /// Fails at once when no gate of that address is connected to this node.
+    pub fn push(&self, client_id: &str, message: impl Message) -> Result<(), CallError> {
+        self.activation.node().push().to_client(client_id, message)
+    }
+
+    /// Pushes `message` to each of `client_ids` (one copy per gate involved). Fails, without
+    /// sending anything, if any id names a gate that is not connected.
+    pub fn push_many<'a>(
+        &self,
+        client_ids: impl IntoIterator<Item = &'a str>,
+        message: impl Message,
+    ) -> Result<(), CallError> {
+        self.activation
+            .node()
+            .push()
+            .to_clients(client_ids, message)
+    }
+
+    /// Pushes `message` to every client of every gate connected to this node; returns how many
+    /// gates it was sent to.
+    pub fn broadcast(&self, message: impl Message) -> usize {
+        self.activation.node().push().broadcast(message)
     }
 
     /// A handle to the node, for calls that should start a new chain (they will not be detected
@@ -157,6 +195,7 @@ pub struct CallOrigin<'a> {
     pub(crate) node: &'a Arc<NodeInner>,
     pub(crate) chain: Option<ChainId>,
     pub(crate) deadline: Option<Instant>,
+    pub(crate) client: Option<&'a Arc<ClientIdentity>>,
 }
 
 impl Caller for ObjectContext {
@@ -165,6 +204,7 @@ impl Caller for ObjectContext {
             node: self.activation.node(),
             chain: Some(self.chain),
             deadline: Some(self.deadline),
+            client: self.client.as_ref(),
         }
     }
 }
@@ -175,15 +215,19 @@ impl Caller for Node {
             node: self.inner(),
             chain: None,
             deadline: None,
+            client: None,
         }
     }
 }
 
 /// Per-call options for the untyped call API.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct CallOptions {
     /// Overrides the node's default timeout for this call.
     pub timeout: Option<Duration>,
     /// Runs the call on an existing chain (calls arriving from elsewhere carry theirs).
     pub chain: Option<ChainId>,
+    /// The client the call acts for (set by the node service for calls arriving from a gate);
+    /// the object sees it as [`ObjectContext::client`].
+    pub client: Option<Arc<ClientIdentity>>,
 }

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use goverse_cluster::{ClusterStore, LeaseId, MemoryClusterStore};
 use goverse_core::{
-    CallError, ChainId, ErrorCode, NodeAddr, ObjectId, ObjectIdKind, Payload, ShardId, fnv1a_32,
-    shard_of,
+    CallError, ChainId, ClientIdentity, ErrorCode, Message, NodeAddr, ObjectId, ObjectIdKind,
+    Payload, ShardId, fnv1a_32, shard_of,
 };
 use goverse_persistence::{ObjectStore, SaveRequest};
 use parking_lot::{Mutex, RwLock};
@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::activation::{ActivationDyn, CloseReason, Detached};
+use crate::push::PushHub;
 use crate::registry::{TypeEntry, TypeInfo, TypeOptions};
 use crate::turn::{self, AcquireError, TurnPermit};
 use crate::{CallOptions, Dispatch, MethodKind, NodeConfig, membership};
@@ -58,6 +59,10 @@ pub struct NodeStats {
     pub save_failures: u64,
     /// Shards this node serves now.
     pub owned_shards: u64,
+    /// Pushes handed to gate streams.
+    pub pushes_sent: u64,
+    /// Pushes dropped because their gate's stream was gone or too far behind.
+    pub pushes_dropped: u64,
 }
 
 /// What [`Node::shutdown`] did.
@@ -103,6 +108,8 @@ pub(crate) struct NodeInner {
     tasks: TaskTracker,
     pub(crate) cancel: CancellationToken,
     counters: Counters,
+    push: PushHub,
+    descriptors: Vec<u8>,
 }
 
 impl fmt::Debug for NodeInner {
@@ -121,6 +128,14 @@ pub(crate) struct Target<'a> {
     shard: ShardId,
 }
 
+/// The chain, deadline and client a call runs with.
+#[derive(Debug)]
+pub(crate) struct CallScope {
+    pub(crate) chain: ChainId,
+    pub(crate) deadline: Instant,
+    pub(crate) client: Option<Arc<ClientIdentity>>,
+}
+
 /// The way a call names its method.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum MethodRef<'a> {
@@ -133,6 +148,14 @@ pub(crate) enum MethodRef<'a> {
 impl NodeInner {
     pub(crate) fn config(&self) -> &NodeConfig {
         &self.config
+    }
+
+    pub(crate) fn push(&self) -> &PushHub {
+        &self.push
+    }
+
+    pub(crate) fn descriptors(&self) -> &[u8] {
+        &self.descriptors
     }
 
     pub(crate) fn address(&self) -> &NodeAddr {
@@ -336,9 +359,13 @@ impl NodeInner {
         id: &ObjectId,
         method: MethodRef<'_>,
         request: Payload,
-        chain: ChainId,
-        deadline: Instant,
+        scope: CallScope,
     ) -> Result<Payload, CallError> {
+        let CallScope {
+            chain,
+            deadline,
+            client,
+        } = scope;
         self.check_serving()?;
         let shard = self.route(id)?;
         let (index, kind) = match method {
@@ -376,7 +403,7 @@ impl NodeInner {
                     ErrorCode::InvalidArgument,
                 )
                 .await?;
-            Detached::new(activation.run(permit, index, request, deadline)).await
+            Detached::new(activation.run(permit, index, request, deadline, client)).await
         };
         with_deadline(work, deadline, || format!("{type_name}/{id}")).await
     }
@@ -601,6 +628,8 @@ impl NodeInner {
             saves: self.counters.saves.load(Ordering::Relaxed),
             save_failures: self.counters.save_failures.load(Ordering::Relaxed),
             owned_shards: owned,
+            pushes_sent: self.push.counters.sent.load(Ordering::Relaxed),
+            pushes_dropped: self.push.counters.dropped.load(Ordering::Relaxed),
         }
     }
 
@@ -776,6 +805,7 @@ pub struct NodeBuilder {
     duplicate: Option<&'static str>,
     store: Option<Arc<dyn ObjectStore>>,
     cluster: Option<Arc<dyn ClusterStore>>,
+    descriptors: Vec<u8>,
 }
 
 impl fmt::Debug for NodeBuilder {
@@ -816,6 +846,16 @@ impl NodeBuilder {
         self
     }
 
+    /// Publishes the protobuf descriptors of the registered types' messages: an encoded
+    /// `google.protobuf.FileDescriptorSet`, as `prost-build`/`protox` write it. Gates use them to
+    /// accept and return plain JSON. The well-known types (`google.protobuf.*`) need no
+    /// descriptors. May be called more than once; the sets are concatenated (an encoded
+    /// `FileDescriptorSet` is a repeated field, so concatenation merges them).
+    pub fn file_descriptor_set(mut self, encoded: &[u8]) -> Self {
+        self.descriptors.extend_from_slice(encoded);
+        self
+    }
+
     /// Validates the configuration, joins the cluster (registering the node on a lease and
     /// claiming shards) and starts background work. Must run inside a tokio runtime.
     pub async fn start(self) -> Result<Node, NodeError> {
@@ -846,6 +886,8 @@ impl NodeBuilder {
             tasks: TaskTracker::new(),
             cancel: CancellationToken::new(),
             counters: Counters::default(),
+            push: PushHub::default(),
+            descriptors: self.descriptors,
         });
         membership::join(&inner).await.map_err(NodeError::Cluster)?;
         inner.state.store(RUNNING, Ordering::Release);
@@ -912,6 +954,7 @@ impl Node {
             duplicate: None,
             store: None,
             cluster: None,
+            descriptors: Vec::new(),
         }
     }
 
@@ -978,8 +1021,11 @@ impl Node {
                 &id,
                 MethodRef::Name(method),
                 request,
-                chain,
-                deadline,
+                CallScope {
+                    chain,
+                    deadline,
+                    client: options.client,
+                },
             )
             .await
     }
@@ -992,11 +1038,21 @@ impl Node {
         type_name: &str,
         id: impl Into<ObjectId>,
     ) -> Result<(), CallError> {
-        let id = id.into();
-        let deadline = deadline_for(&self.inner, None, None);
-        self.inner
-            .create(type_name, &id, ChainId::new_root(), deadline)
+        self.create_object_with(type_name, id, CallOptions::default())
             .await
+    }
+
+    /// [`Node::create_object`] with per-call options (timeout, chain).
+    pub async fn create_object_with(
+        &self,
+        type_name: &str,
+        id: impl Into<ObjectId>,
+        options: CallOptions,
+    ) -> Result<(), CallError> {
+        let id = id.into();
+        let deadline = deadline_for(&self.inner, None, options.timeout);
+        let chain = options.chain.unwrap_or_else(ChainId::new_root);
+        self.inner.create(type_name, &id, chain, deadline).await
     }
 
     /// Deletes object `id`: waits for its running turn, runs `on_deactivate`, removes it and its
@@ -1006,11 +1062,21 @@ impl Node {
         type_name: &str,
         id: impl Into<ObjectId>,
     ) -> Result<(), CallError> {
-        let id = id.into();
-        let deadline = deadline_for(&self.inner, None, None);
-        self.inner
-            .delete(type_name, &id, ChainId::new_root(), deadline)
+        self.delete_object_with(type_name, id, CallOptions::default())
             .await
+    }
+
+    /// [`Node::delete_object`] with per-call options (timeout, chain).
+    pub async fn delete_object_with(
+        &self,
+        type_name: &str,
+        id: impl Into<ObjectId>,
+        options: CallOptions,
+    ) -> Result<(), CallError> {
+        let id = id.into();
+        let deadline = deadline_for(&self.inner, None, options.timeout);
+        let chain = options.chain.unwrap_or_else(ChainId::new_root);
+        self.inner.delete(type_name, &id, chain, deadline).await
     }
 
     /// Whether object `id` is active on this node now.
@@ -1024,6 +1090,34 @@ impl Node {
                 .contains_key(id),
             Err(_) => false,
         }
+    }
+
+    /// Pushes `message` to client `client_id` through its gate; see [`ObjectContext::push`].
+    ///
+    /// [`ObjectContext::push`]: crate::ObjectContext::push
+    pub fn push(&self, client_id: &str, message: impl Message) -> Result<(), CallError> {
+        self.inner.push.to_client(client_id, message)
+    }
+
+    /// Pushes `message` to each of `client_ids`; see [`ObjectContext::push_many`].
+    ///
+    /// [`ObjectContext::push_many`]: crate::ObjectContext::push_many
+    pub fn push_many<'a>(
+        &self,
+        client_ids: impl IntoIterator<Item = &'a str>,
+        message: impl Message,
+    ) -> Result<(), CallError> {
+        self.inner.push.to_clients(client_ids, message)
+    }
+
+    /// Pushes `message` to every client of every connected gate; returns the number of gates.
+    pub fn broadcast(&self, message: impl Message) -> usize {
+        self.inner.push.broadcast(message)
+    }
+
+    /// Addresses of the gates connected to this node now.
+    pub fn connected_gates(&self) -> Vec<String> {
+        self.inner.push.gates()
     }
 
     /// Counters and gauges.

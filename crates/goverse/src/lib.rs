@@ -42,8 +42,9 @@
 //! repository.
 
 pub use goverse_core::{
-    AnyMessage, CallError, ChainId, DEFAULT_SHARD_COUNT, ErrorCode, IdError, Message, NodeAddr,
-    ObjectId, ObjectIdKind, Payload, ShardId, TYPE_URL_PREFIX, fnv1a_32, shard_of, wkt,
+    AnyMessage, CallError, ChainId, ClientIdentity, DEFAULT_SHARD_COUNT, ErrorCode, IdError,
+    Message, NodeAddr, ObjectId, ObjectIdKind, Payload, ShardId, TYPE_URL_PREFIX, fnv1a_32,
+    gate_of_client, shard_of, wkt,
 };
 pub use goverse_macros::{method, object};
 pub use goverse_node::{
@@ -51,6 +52,14 @@ pub use goverse_node::{
     NodeError, NodeStats, Object, ObjectContext, ObjectError, ShutdownReport, TypeInfo,
     TypeOptions, from_json_state, json_state, to_json_state,
 };
+/// The node service: serve a node's objects to gates (`goverse::serve(node, listener, shutdown)`).
+pub use goverse_node::{ServeError, serve};
+
+/// The gate: upstream-compatible gRPC, HTTP/JSON and SSE for clients, with an authorisation hook
+/// and access rules. Run `goverse gate`, or embed one to install your own [`gate::GateEventHandler`].
+pub mod gate {
+    pub use goverse_gate::*;
+}
 /// The prost version GoVerse messages are built with.
 pub use prost;
 
@@ -76,8 +85,8 @@ pub mod prelude {
         UInt32Value, UInt64Value,
     };
     pub use crate::{
-        CallError, CallOptions, Caller, ErrorCode, Node, NodeConfig, Object, ObjectContext,
-        ObjectError, ObjectId, Payload, TypeOptions, json_state, method, object,
+        CallError, CallOptions, Caller, ClientIdentity, ErrorCode, Node, NodeConfig, Object,
+        ObjectContext, ObjectError, ObjectId, Payload, TypeOptions, json_state, method, object,
     };
 }
 

@@ -1,0 +1,433 @@
+//! The gate core shared by the gRPC and HTTP front ends: identity, rules, routing to the node,
+//! client registration.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use goverse_core::{CallError, ClientIdentity, ErrorCode, ObjectId};
+use goverse_proto::node::{self as proto, request, response};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{ConnectRequest, GateEventHandler, Transport};
+use crate::clients::{Binding, ClientEntry, Clients};
+use crate::codec::{Catalog, SharedCatalog};
+use crate::node_link::NodeLink;
+use crate::rules::{Access, AccessRule, Lifecycle, LifecycleRule, RuleError, Rules};
+
+/// How a gate runs.
+#[derive(Debug, Clone)]
+pub struct GateConfig {
+    /// The address clients reach the gate's gRPC port at; client ids start with it and nodes
+    /// route pushes by it. Default `127.0.0.1:49000`.
+    pub advertise_address: String,
+    /// The node's service address. Default `127.0.0.1:47000`.
+    pub node: String,
+    /// How long a client call may take before it fails with `DeadlineExceeded`. Default 30 s.
+    pub call_timeout: Duration,
+    /// Largest request body (HTTP) or message (gRPC) accepted. Default 4 MiB.
+    pub max_body_bytes: usize,
+    /// Pushes buffered per client before further ones are dropped for it. Default 1024.
+    pub client_buffer: usize,
+    /// Interval of SSE `heartbeat` events, well inside common proxy idle timeouts. Default 15 s.
+    pub heartbeat_interval: Duration,
+    /// `object_access_rules`; empty allows every call.
+    pub access_rules: Vec<AccessRule>,
+    /// `object_lifecycle_rules`; defaults apply when none match.
+    pub lifecycle_rules: Vec<LifecycleRule>,
+}
+
+impl Default for GateConfig {
+    fn default() -> Self {
+        Self {
+            advertise_address: "127.0.0.1:49000".to_owned(),
+            node: "127.0.0.1:47000".to_owned(),
+            call_timeout: Duration::from_secs(30),
+            max_body_bytes: 4 * 1024 * 1024,
+            client_buffer: 1024,
+            heartbeat_interval: Duration::from_secs(15),
+            access_rules: Vec::new(),
+            lifecycle_rules: Vec::new(),
+        }
+    }
+}
+
+/// Why a gate could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    /// A configuration value is unusable.
+    #[error("invalid gate configuration: {0}")]
+    Config(String),
+    /// An access or lifecycle rule does not compile.
+    #[error("invalid rule: {0}")]
+    Rule(#[from] RuleError),
+}
+
+/// Counters of a gate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GateStats {
+    /// Clients registered now (gRPC Register and SSE streams).
+    pub clients: u64,
+    /// Pushes handed to client buffers.
+    pub pushes_delivered: u64,
+    /// Pushes dropped because a client's buffer was full.
+    pub pushes_dropped_full: u64,
+    /// Pushes for clients not (or no longer) registered here.
+    pub pushes_dropped_unknown: u64,
+}
+
+pub(crate) struct GateInner {
+    pub(crate) config: GateConfig,
+    rules: Rules,
+    pub(crate) handler: Arc<dyn GateEventHandler>,
+    pub(crate) clients: Arc<Clients>,
+    pub(crate) catalog: SharedCatalog,
+    link: Arc<NodeLink>,
+    pub(crate) stop: CancellationToken,
+    /// Ends client streams (Register and SSE); a child of `stop`.
+    pub(crate) streams_stop: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+}
+
+/// A running gate: a cheap, cloneable handle. Serve it with [`Gate::serve_grpc`] and
+/// [`Gate::serve_http`] (or mount [`Gate::grpc_routes`] / [`Gate::http_router`] yourself).
+#[derive(Clone)]
+pub struct Gate {
+    pub(crate) inner: Arc<GateInner>,
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate")
+            .field("address", &self.inner.config.advertise_address)
+            .field("node", &self.inner.link.address())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gate {
+    /// Validates `config`, compiles its rules and starts linking to the node (in the
+    /// background, reconnecting whenever the link breaks). Must run inside a tokio runtime.
+    pub fn start(
+        config: GateConfig,
+        handler: Arc<dyn GateEventHandler>,
+    ) -> Result<Self, GateError> {
+        if config.advertise_address.is_empty() || config.advertise_address.contains('/') {
+            return Err(GateError::Config(format!(
+                "advertise address {:?} must be a non-empty host:port",
+                config.advertise_address
+            )));
+        }
+        if config.node.is_empty() {
+            return Err(GateError::Config("node address is empty".to_owned()));
+        }
+        if config.max_body_bytes == 0 || config.client_buffer == 0 {
+            return Err(GateError::Config(
+                "max_body_bytes and client_buffer must be positive".to_owned(),
+            ));
+        }
+        if config.heartbeat_interval.is_zero() || config.call_timeout.is_zero() {
+            return Err(GateError::Config(
+                "heartbeat_interval and call_timeout must be positive".to_owned(),
+            ));
+        }
+        let rules = Rules::new(&config.access_rules, &config.lifecycle_rules)?;
+        let link = NodeLink::new(config.node.clone());
+        let stop = CancellationToken::new();
+        let inner = Arc::new(GateInner {
+            rules,
+            handler,
+            clients: Arc::new(Clients::default()),
+            catalog: Arc::new(parking_lot::RwLock::new(Arc::new(Catalog::default()))),
+            link: link.clone(),
+            streams_stop: stop.child_token(),
+            stop,
+            tasks: TaskTracker::new(),
+            config,
+        });
+        inner.tasks.spawn(link.run(
+            inner.config.advertise_address.clone(),
+            inner.clients.clone(),
+            inner.catalog.clone(),
+            inner.stop.clone(),
+        ));
+        tracing::info!(address = %inner.config.advertise_address, node = %inner.config.node, "gate started");
+        Ok(Self { inner })
+    }
+
+    /// The gate's configuration.
+    pub fn config(&self) -> &GateConfig {
+        &self.inner.config
+    }
+
+    /// Whether the link to the node is up now.
+    pub fn is_connected(&self) -> bool {
+        self.inner.link.is_connected()
+    }
+
+    /// Waits until the link to the node is up, or `timeout` passes; returns whether it is up.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.is_connected() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
+    /// The object types reachable through the gate and their message descriptors.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.inner.catalog.read().clone()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> GateStats {
+        let c = &self.inner.clients.counters;
+        GateStats {
+            clients: self.inner.clients.len() as u64,
+            pushes_delivered: c.delivered.load(Ordering::Relaxed),
+            pushes_dropped_full: c.dropped_full.load(Ordering::Relaxed),
+            pushes_dropped_unknown: c.dropped_unknown.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops the gate: ends every client stream (disconnect hooks run), drops the node link and
+    /// waits up to `grace` for background work to finish. Serving futures should be stopped by
+    /// their own shutdown signals first.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.stop.cancel();
+        for client in self.inner.clients.clear() {
+            let handler = self.inner.handler.clone();
+            handler.on_disconnect(&client.identity).await;
+        }
+        self.inner.tasks.close();
+        if tokio::time::timeout(grace, self.inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("gate background work did not finish within the grace period");
+        }
+    }
+}
+
+/// A registered client's stream; dropping it unregisters the client and runs the disconnect hook.
+pub(crate) struct Registration {
+    pub(crate) entry: Arc<ClientEntry>,
+    rx: Option<mpsc::Receiver<prost_types::Any>>,
+    gate: Arc<GateInner>,
+}
+
+impl Registration {
+    /// Separates the push receiver from the guard that unregisters the client.
+    pub(crate) fn split(mut self) -> (Self, mpsc::Receiver<prost_types::Any>) {
+        let rx = self.rx.take().expect("a registration is split once");
+        (self, rx)
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let id = self.entry.identity.client_id().to_owned();
+        if self.gate.clients.unregister(&id).is_some() {
+            tracing::debug!(client = %id, "client disconnected");
+            let handler = self.gate.handler.clone();
+            let identity = self.entry.identity.clone();
+            self.gate.tasks.spawn(async move {
+                handler.on_disconnect(&identity).await;
+            });
+        }
+    }
+}
+
+impl GateInner {
+    /// The node's `Describe` answer, as last fetched.
+    pub(crate) async fn describe(&self) -> Result<proto::DescribeResponse, CallError> {
+        let catalog = self.catalog.read().clone();
+        match catalog.described() {
+            Some(d) => Ok(d.clone()),
+            None => Err(CallError::unavailable(format!(
+                "node {} has not been reached yet",
+                self.config.node
+            ))),
+        }
+    }
+
+    /// Runs the authorisation hook.
+    pub(crate) async fn authorize(
+        &self,
+        headers: &http::HeaderMap,
+        remote: Option<SocketAddr>,
+        transport: Transport,
+    ) -> Result<crate::auth::Principal, CallError> {
+        self.handler
+            .authorize(&ConnectRequest {
+                headers,
+                remote,
+                transport,
+            })
+            .await
+            .map_err(|e| CallError::new(e.code, e.message))
+    }
+
+    /// Registers a client that passed the hook.
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        principal: crate::auth::Principal,
+        binding: Binding,
+    ) -> Registration {
+        let (entry, rx) = self.clients.register(
+            &self.config.advertise_address,
+            principal.user_id,
+            principal.roles,
+            binding,
+            self.config.client_buffer,
+        );
+        tracing::debug!(client = %entry.identity.client_id(), "client registered");
+        Registration {
+            entry,
+            rx: Some(rx),
+            gate: self.clone(),
+        }
+    }
+
+    /// An identity for a call made without a registered client.
+    pub(crate) async fn anonymous(
+        &self,
+        headers: &http::HeaderMap,
+        remote: Option<SocketAddr>,
+    ) -> Result<Arc<ClientIdentity>, CallError> {
+        let p = self.authorize(headers, remote, Transport::Call).await?;
+        Ok(Arc::new(ClientIdentity::new("", p.user_id, p.roles)))
+    }
+
+    fn check_target(object_type: &str, id: &str) -> Result<(), CallError> {
+        if object_type.is_empty() {
+            return Err(CallError::invalid_argument("object type is empty"));
+        }
+        ObjectId::new(id)
+            .kind()
+            .map(|_| ())
+            .map_err(|e| CallError::invalid_argument(format!("invalid object id {id:?}: {e}")))
+    }
+
+    fn caller(identity: &ClientIdentity) -> proto::Caller {
+        proto::Caller {
+            client_id: identity.client_id().to_owned(),
+            user_id: identity.user_id().to_owned(),
+            roles: identity.roles().map(str::to_owned).collect(),
+        }
+    }
+
+    fn timeout_micros(&self) -> u64 {
+        u64::try_from(self.config.call_timeout.as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Calls `object_type/id.method` for `identity`.
+    pub(crate) async fn call(
+        &self,
+        identity: &ClientIdentity,
+        object_type: &str,
+        id: &str,
+        method: &str,
+        request: Option<prost_types::Any>,
+        reliable_call_id: &str,
+    ) -> Result<prost_types::Any, CallError> {
+        Self::check_target(object_type, id)?;
+        if method.is_empty() {
+            return Err(CallError::invalid_argument("method is empty"));
+        }
+        if !self
+            .rules
+            .call_access(object_type, id, method)
+            .allows_clients()
+        {
+            return Err(CallError::new(
+                ErrorCode::PermissionDenied,
+                format!("access denied for {object_type}/{id} method {method:?}"),
+            ));
+        }
+        let op = request::Op::Call(proto::Call {
+            r#type: object_type.to_owned(),
+            object_id: id.to_owned(),
+            method: method.to_owned(),
+            request,
+            chain: 0,
+            timeout_micros: self.timeout_micros(),
+            caller: Some(Self::caller(identity)),
+            reliable_call_id: reliable_call_id.to_owned(),
+        });
+        match self.link.request(op, self.config.call_timeout).await? {
+            response::Result::Value(any) => Ok(any),
+            _ => Err(CallError::internal("node answered a call with no value")),
+        }
+    }
+
+    /// Creates (activates) `object_type/id` for `identity`.
+    pub(crate) async fn create(
+        &self,
+        identity: &ClientIdentity,
+        object_type: &str,
+        id: &str,
+    ) -> Result<(), CallError> {
+        Self::check_target(object_type, id)?;
+        self.check_lifecycle(Lifecycle::Create, object_type, id)?;
+        let op = request::Op::Create(proto::Create {
+            r#type: object_type.to_owned(),
+            object_id: id.to_owned(),
+            chain: 0,
+            timeout_micros: self.timeout_micros(),
+            caller: Some(Self::caller(identity)),
+        });
+        self.link
+            .request(op, self.config.call_timeout)
+            .await
+            .map(|_| ())
+    }
+
+    /// Deletes `object_type/id` for `identity`.
+    pub(crate) async fn delete(
+        &self,
+        identity: &ClientIdentity,
+        object_type: &str,
+        id: &str,
+    ) -> Result<(), CallError> {
+        if object_type.is_empty() {
+            return Err(CallError::invalid_argument(
+                "delete needs the object type (the access check depends on it)",
+            ));
+        }
+        Self::check_target(object_type, id)?;
+        self.check_lifecycle(Lifecycle::Delete, object_type, id)?;
+        let op = request::Op::Delete(proto::Delete {
+            r#type: object_type.to_owned(),
+            object_id: id.to_owned(),
+            chain: 0,
+            timeout_micros: self.timeout_micros(),
+            caller: Some(Self::caller(identity)),
+        });
+        self.link
+            .request(op, self.config.call_timeout)
+            .await
+            .map(|_| ())
+    }
+
+    fn check_lifecycle(&self, op: Lifecycle, object_type: &str, id: &str) -> Result<(), CallError> {
+        let access: Access = self.rules.lifecycle_access(op, object_type, id);
+        if access.allows_clients() {
+            return Ok(());
+        }
+        let what = match op {
+            Lifecycle::Delete => "delete",
+            Lifecycle::Create | Lifecycle::All => "create",
+        };
+        Err(CallError::new(
+            ErrorCode::PermissionDenied,
+            format!("{what} denied for {object_type}/{id}"),
+        ))
+    }
+}

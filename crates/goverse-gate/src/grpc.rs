@@ -1,0 +1,244 @@
+//! `gate.GateService` over gRPC, wire-compatible with upstream clients, and the
+//! `goverse.gate.v1.GateInfo` additions.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use goverse_core::{CallError, ClientIdentity, ErrorCode, TYPE_URL_PREFIX};
+use goverse_proto::gate::gate_service_server::{GateService, GateServiceServer};
+use goverse_proto::gate::{
+    CallObjectRequest, CallObjectResponse, CreateObjectRequest, CreateObjectResponse,
+    DeleteObjectRequest, DeleteObjectResponse, Empty, RegisterResponse, ReliableCallObjectRequest,
+    ReliableCallObjectResponse,
+};
+use goverse_proto::gate_info::gate_info_server::{GateInfo, GateInfoServer};
+use goverse_proto::node::{DescribeRequest, DescribeResponse};
+use prost::Message as _;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::Gate;
+use crate::auth::Transport;
+use crate::clients::Binding;
+use crate::gate::GateInner;
+
+/// A [`CallError`] as a gRPC status with the matching code.
+pub fn status_of(err: &CallError) -> Status {
+    Status::new(tonic::Code::from(err.code().grpc_code()), err.message())
+}
+
+pub(crate) struct GrpcGate {
+    inner: Arc<GateInner>,
+}
+
+type RegisterStream = Pin<Box<dyn Stream<Item = Result<prost_types::Any, Status>> + Send>>;
+
+impl GrpcGate {
+    /// Who a call acts for: the client registered on this connection (named in `client_id`, or
+    /// the connection's only client), otherwise an anonymous identity from the hook.
+    async fn identity<T>(
+        &self,
+        request: &Request<T>,
+        client_id: &str,
+    ) -> Result<Arc<ClientIdentity>, Status> {
+        let remote: Option<SocketAddr> = request.remote_addr();
+        let clients = &self.inner.clients;
+        if !client_id.is_empty() {
+            let Some(entry) = clients.get(client_id) else {
+                return Err(Status::not_found(format!(
+                    "client {client_id:?} is not registered at this gate"
+                )));
+            };
+            if entry.binding != Binding::Grpc(remote) || remote.is_none() {
+                return Err(Status::permission_denied(format!(
+                    "client {client_id:?} is not registered on this connection"
+                )));
+            }
+            return Ok(entry.identity.clone());
+        }
+        if let Some(entry) = remote.and_then(|r| clients.sole_client_of(r)) {
+            return Ok(entry.identity.clone());
+        }
+        let headers = request.metadata().clone().into_headers();
+        self.inner
+            .anonymous(&headers, remote)
+            .await
+            .map_err(|e| status_of(&e))
+    }
+}
+
+#[tonic::async_trait]
+impl GateService for GrpcGate {
+    type RegisterStream = RegisterStream;
+
+    async fn register(
+        &self,
+        request: Request<Empty>,
+    ) -> Result<Response<Self::RegisterStream>, Status> {
+        let remote = request.remote_addr();
+        let headers = request.metadata().clone().into_headers();
+        let principal = self
+            .inner
+            .authorize(&headers, remote, Transport::GrpcRegister)
+            .await
+            .map_err(|e| status_of(&e))?;
+        let registration = self.inner.register(principal, Binding::Grpc(remote));
+        let first = prost_types::Any {
+            type_url: format!("{TYPE_URL_PREFIX}gate.RegisterResponse"),
+            value: RegisterResponse {
+                client_id: registration.entry.identity.client_id().to_owned(),
+            }
+            .encode_to_vec(),
+        };
+        let (guard, rx) = registration.split();
+        let pushes = ReceiverStream::new(rx).map(move |message| {
+            // The stream owns the registration: the client is unregistered when it ends.
+            let _ = &guard;
+            Ok(message)
+        });
+        let stream = futures::stream::once(async move { Ok(first) })
+            .chain(pushes)
+            .take_until(self.inner.streams_stop.clone().cancelled_owned());
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn call_object(
+        &self,
+        request: Request<CallObjectRequest>,
+    ) -> Result<Response<CallObjectResponse>, Status> {
+        let identity = self
+            .identity(&request, &request.get_ref().client_id)
+            .await?;
+        let r = request.into_inner();
+        let response = self
+            .inner
+            .call(&identity, &r.r#type, &r.id, &r.method, r.request, "")
+            .await
+            .map_err(|e| status_of(&e))?;
+        Ok(Response::new(CallObjectResponse {
+            response: Some(response),
+        }))
+    }
+
+    async fn create_object(
+        &self,
+        request: Request<CreateObjectRequest>,
+    ) -> Result<Response<CreateObjectResponse>, Status> {
+        let identity = self.identity(&request, "").await?;
+        let r = request.into_inner();
+        self.inner
+            .create(&identity, &r.r#type, &r.id)
+            .await
+            .map_err(|e| status_of(&e))?;
+        Ok(Response::new(CreateObjectResponse { id: r.id }))
+    }
+
+    async fn delete_object(
+        &self,
+        request: Request<DeleteObjectRequest>,
+    ) -> Result<Response<DeleteObjectResponse>, Status> {
+        let identity = self.identity(&request, "").await?;
+        let r = request.into_inner();
+        self.inner
+            .delete(&identity, &r.r#type, &r.id)
+            .await
+            .map_err(|e| status_of(&e))?;
+        Ok(Response::new(DeleteObjectResponse {}))
+    }
+
+    async fn reliable_call_object(
+        &self,
+        request: Request<ReliableCallObjectRequest>,
+    ) -> Result<Response<ReliableCallObjectResponse>, Status> {
+        let identity = self.identity(&request, "").await?;
+        let r = request.into_inner();
+        if r.call_id.is_empty() {
+            return Err(Status::invalid_argument("call_id is empty"));
+        }
+        match self
+            .inner
+            .call(
+                &identity, &r.r#type, &r.id, &r.method, r.request, &r.call_id,
+            )
+            .await
+        {
+            Ok(response) => Ok(Response::new(ReliableCallObjectResponse {
+                response: Some(response),
+                error: String::new(),
+                status: "SUCCESS".to_owned(),
+            })),
+            // Refusals before the call reaches the object are request errors, as for CallObject.
+            Err(err)
+                if matches!(
+                    err.code(),
+                    ErrorCode::PermissionDenied
+                        | ErrorCode::Unauthenticated
+                        | ErrorCode::InvalidArgument
+                        | ErrorCode::Unavailable
+                ) =>
+            {
+                Err(status_of(&err))
+            }
+            Err(err) => Ok(Response::new(ReliableCallObjectResponse {
+                response: None,
+                error: err.message().to_owned(),
+                status: "FAILED".to_owned(),
+            })),
+        }
+    }
+}
+
+pub(crate) struct GrpcInfo {
+    gate: Gate,
+}
+
+#[tonic::async_trait]
+impl GateInfo for GrpcInfo {
+    async fn describe(
+        &self,
+        _request: Request<DescribeRequest>,
+    ) -> Result<Response<DescribeResponse>, Status> {
+        self.gate
+            .inner
+            .describe()
+            .await
+            .map(Response::new)
+            .map_err(|e| status_of(&e))
+    }
+}
+
+impl Gate {
+    /// The gate's gRPC services (`gate.GateService` and `goverse.gate.v1.GateInfo`), to mount on
+    /// a tonic server of your own.
+    pub fn grpc_routes(&self) -> tonic::service::Routes {
+        let limit = self.inner.config.max_body_bytes;
+        let gate = GateServiceServer::new(GrpcGate {
+            inner: self.inner.clone(),
+        })
+        .max_decoding_message_size(limit);
+        let info = GateInfoServer::new(GrpcInfo { gate: self.clone() });
+        tonic::service::Routes::new(gate).add_service(info)
+    }
+
+    /// Serves the gRPC API on `listener` until `shutdown` completes; then ends the gate's client
+    /// streams (Register and SSE; they would hold a graceful shutdown open) and returns.
+    pub async fn serve_grpc(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let stop = self.inner.streams_stop.clone();
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(15)))
+            .add_routes(self.grpc_routes())
+            .serve_with_incoming_shutdown(incoming, async move {
+                shutdown.await;
+                stop.cancel();
+            })
+            .await
+    }
+}

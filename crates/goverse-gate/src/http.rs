@@ -1,0 +1,485 @@
+//! The HTTP front end: upstream's routes and JSON shapes, plain protobuf-JSON bodies, and the
+//! server-sent events stream for pushes.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use futures::{Stream, StreamExt};
+use goverse_core::{CallError, ClientIdentity, ErrorCode};
+use prost::Message as _;
+use serde_json::json;
+use tokio_stream::wrappers::{IntervalStream, ReceiverStream};
+
+use crate::Gate;
+use crate::auth::Transport;
+use crate::clients::Binding;
+use crate::gate::GateInner;
+
+/// Header naming the registered client an HTTP call acts for (as upstream).
+pub const CLIENT_ID_HEADER: &str = "x-client-id";
+/// Header carrying the client's token, proving the caller owns the client id.
+pub const CLIENT_TOKEN_HEADER: &str = "x-client-token";
+/// Prefix of the cookie the events stream sets with the client's token (`gv_<unique id>`).
+const TOKEN_COOKIE_PREFIX: &str = "gv_";
+
+/// An error response: `{"error": "...", "code": "..."}` with a fitting status.
+#[derive(Debug)]
+pub(crate) struct HttpError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl HttpError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// The `code` string of an error response for `code`.
+pub fn http_code_name(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::NotFound => "NOT_FOUND",
+        ErrorCode::InvalidArgument => "INVALID_ARGUMENT",
+        ErrorCode::AlreadyExists => "ALREADY_EXISTS",
+        ErrorCode::Unavailable => "UNAVAILABLE",
+        ErrorCode::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        ErrorCode::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        ErrorCode::PermissionDenied => "ACCESS_DENIED",
+        ErrorCode::Unauthenticated => "UNAUTHENTICATED",
+        ErrorCode::Reentrancy => "REENTRANCY",
+        ErrorCode::Unknown => "CALL_FAILED",
+        ErrorCode::Internal => "INTERNAL",
+        _ => "CALL_FAILED",
+    }
+}
+
+impl From<CallError> for HttpError {
+    fn from(err: CallError) -> Self {
+        Self {
+            status: StatusCode::from_u16(err.code().http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            code: http_code_name(err.code()),
+            message: err.message().to_owned(),
+        }
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            axum::Json(json!({ "error": self.message, "code": self.code })),
+        )
+            .into_response()
+    }
+}
+
+impl From<PathRejection> for HttpError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_PATH",
+            format!("invalid path: {}", rejection.body_text()),
+        )
+    }
+}
+
+type HttpResult = Result<Response, HttpError>;
+
+impl Gate {
+    /// The HTTP API as an axum router: `POST /api/v1/objects/{call,create,delete}/…`,
+    /// `GET /api/v1/events/stream`, `/healthz`, `/ready`. Merge your own routes (a web client,
+    /// say) before serving it with [`Gate::serve_http`].
+    pub fn http_router(&self) -> Router {
+        Router::new()
+            .route(
+                "/api/v1/objects/call/{type}/{id}/{method}",
+                post(call_handler).options(preflight),
+            )
+            .route(
+                "/api/v1/objects/create/{type}/{id}",
+                post(create_handler).options(preflight),
+            )
+            .route(
+                "/api/v1/objects/delete/{type}/{id}",
+                post(delete_handler).options(preflight),
+            )
+            .route(
+                "/api/v1/events/stream",
+                get(events_handler).options(preflight),
+            )
+            .route(
+                "/healthz",
+                get(|| async { axum::Json(json!({"status": "ok"})) }),
+            )
+            .route("/ready", get(ready_handler))
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
+            .layer(axum::middleware::from_fn(cors))
+            .with_state(self.inner.clone())
+    }
+
+    /// Serves `router` (usually [`Gate::http_router`], perhaps with more routes merged) on
+    /// `listener` until `shutdown` completes; then ends the gate's client streams and returns
+    /// once open requests have finished.
+    pub async fn serve_http(
+        &self,
+        listener: tokio::net::TcpListener,
+        router: Router,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let stop = self.inner.streams_stop.clone();
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            // SSE streams would hold the graceful shutdown open forever.
+            stop.cancel();
+        })
+        .await
+    }
+}
+
+async fn cors(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, OPTIONS"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Content-Type, Authorization, X-Client-ID, X-Client-Token"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
+    response
+}
+
+async fn preflight() -> StatusCode {
+    StatusCode::NO_CONTENT
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> HttpError {
+    HttpError::new(
+        StatusCode::NOT_FOUND,
+        "INVALID_PATH",
+        format!(
+            "no route for {method} {}; object routes are /api/v1/objects/call/{{type}}/{{id}}/{{method}}, \
+             /api/v1/objects/create/{{type}}/{{id}} and /api/v1/objects/delete/{{type}}/{{id}}",
+            uri.path()
+        ),
+    )
+}
+
+async fn method_not_allowed(method: Method) -> HttpError {
+    HttpError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        format!("method {method} is not allowed here"),
+    )
+}
+
+async fn ready_handler(State(gate): State<Arc<GateInner>>) -> HttpResult {
+    if gate.stop.is_cancelled() {
+        return Err(HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NOT_READY",
+            "gate is stopping",
+        ));
+    }
+    if gate.catalog.read().described().is_none() || !gate_link_up(&gate) {
+        return Err(HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NOT_READY",
+            format!("node {} is not connected", gate.config.node),
+        ));
+    }
+    Ok(axum::Json(json!({"status": "ready"})).into_response())
+}
+
+fn gate_link_up(gate: &Arc<GateInner>) -> bool {
+    Gate {
+        inner: gate.clone(),
+    }
+    .is_connected()
+}
+
+fn remote_of(request: &Request) -> Option<SocketAddr> {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+}
+
+async fn read_body(gate: &GateInner, body: Body) -> Result<axum::body::Bytes, HttpError> {
+    let limit = gate.config.max_body_bytes;
+    axum::body::to_bytes(body, limit).await.map_err(|err| {
+        // axum reports the limit as an error whose text names it; nothing else is exposed.
+        let too_large = err.to_string().contains("length limit");
+        if too_large {
+            HttpError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                format!("request body is larger than the limit of {limit} bytes"),
+            )
+        } else {
+            HttpError::new(
+                StatusCode::BAD_REQUEST,
+                "INVALID_BODY",
+                format!("cannot read the request body: {err}"),
+            )
+        }
+    })
+}
+
+/// Who an HTTP call acts for: the client named by `X-Client-ID` if the caller proves it owns it
+/// (its token, from `X-Client-Token` or the events stream's cookie), else an anonymous identity
+/// from the hook.
+async fn http_identity(
+    gate: &GateInner,
+    headers: &HeaderMap,
+    remote: Option<SocketAddr>,
+) -> Result<Arc<ClientIdentity>, HttpError> {
+    let Some(client_id) = headers.get(CLIENT_ID_HEADER) else {
+        return Ok(gate.anonymous(headers, remote).await?);
+    };
+    let client_id = client_id.to_str().map_err(|_| {
+        HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_PARAMETERS",
+            "X-Client-ID is not text",
+        )
+    })?;
+    let entry = gate.clients.get(client_id).ok_or_else(|| {
+        HttpError::new(
+            StatusCode::NOT_FOUND,
+            "CLIENT_NOT_FOUND",
+            format!("client {client_id:?} is not registered at this gate"),
+        )
+    })?;
+    let presented = headers
+        .get(CLIENT_TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| {
+            let unique = client_id.rsplit_once('/').map_or("", |(_, u)| u);
+            cookie(headers, &format!("{TOKEN_COOKIE_PREFIX}{unique}"))
+        });
+    match presented {
+        Some(token) if entry.binding == Binding::Sse && constant_time_eq(&token, &entry.token) => {
+            Ok(entry.identity.clone())
+        }
+        _ => Err(HttpError::new(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHENTICATED",
+            format!(
+                "acting as client {client_id:?} needs its token (the X-Client-Token header or the \
+                 cookie set by the events stream that registered it)"
+            ),
+        )),
+    }
+}
+
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// A call body: upstream's envelope or plain JSON.
+enum CallBody {
+    Envelope(prost_types::Any),
+    Plain,
+}
+
+fn parse_envelope(body: &[u8]) -> Option<Result<prost_types::Any, HttpError>> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let map = value.as_object()?;
+    if map.len() != 1 {
+        return None;
+    }
+    let encoded = map.get("request")?.as_str()?;
+    Some(
+        BASE64
+            .decode(encoded)
+            .map_err(|e| {
+                HttpError::new(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_BASE64",
+                    format!("request is not valid base64: {e}"),
+                )
+            })
+            .and_then(|bytes| {
+                prost_types::Any::decode(bytes.as_slice()).map_err(|e| {
+                    HttpError::new(
+                        StatusCode::BAD_REQUEST,
+                        "INVALID_PROTOBUF",
+                        format!("request is not an encoded google.protobuf.Any: {e}"),
+                    )
+                })
+            }),
+    )
+}
+
+async fn call_handler(
+    State(gate): State<Arc<GateInner>>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    request: Request,
+) -> HttpResult {
+    let Path((object_type, id, method)) = path?;
+    let remote = remote_of(&request);
+    let (parts, body) = request.into_parts();
+    let body = read_body(&gate, body).await?;
+    let identity = http_identity(&gate, &parts.headers, remote).await?;
+    let catalog = gate.catalog.read().clone();
+    let mode = match parse_envelope(&body) {
+        Some(Ok(any)) => CallBody::Envelope(any),
+        Some(Err(err)) => {
+            // A message with a single string field named "request" is plain JSON.
+            let plain = catalog
+                .method(&object_type, &method)
+                .is_ok_and(|m| catalog.has_field(&m.request_type, "request"));
+            if !plain {
+                return Err(err);
+            }
+            CallBody::Plain
+        }
+        None => CallBody::Plain,
+    };
+    match mode {
+        CallBody::Envelope(any) => {
+            let response = gate
+                .call(&identity, &object_type, &id, &method, Some(any), "")
+                .await?;
+            Ok(
+                axum::Json(json!({ "response": BASE64.encode(response.encode_to_vec()) }))
+                    .into_response(),
+            )
+        }
+        CallBody::Plain => {
+            let info = catalog.method(&object_type, &method)?;
+            let any = catalog.json_to_any(&info.request_type, &body)?;
+            let response = gate
+                .call(&identity, &object_type, &id, &method, Some(any), "")
+                .await?;
+            Ok(axum::Json(catalog.any_to_json(&response)?).into_response())
+        }
+    }
+}
+
+async fn create_handler(
+    State(gate): State<Arc<GateInner>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    request: Request,
+) -> HttpResult {
+    let Path((object_type, id)) = path?;
+    let remote = remote_of(&request);
+    let identity = http_identity(&gate, request.headers(), remote).await?;
+    gate.create(&identity, &object_type, &id).await?;
+    Ok(axum::Json(json!({ "id": id })).into_response())
+}
+
+async fn delete_handler(
+    State(gate): State<Arc<GateInner>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    request: Request,
+) -> HttpResult {
+    let Path((object_type, id)) = path?;
+    let remote = remote_of(&request);
+    let identity = http_identity(&gate, request.headers(), remote).await?;
+    gate.delete(&identity, &object_type, &id).await?;
+    Ok(axum::Json(json!({ "success": true })).into_response())
+}
+
+async fn events_handler(State(gate): State<Arc<GateInner>>, request: Request) -> HttpResult {
+    let remote = remote_of(&request);
+    let principal = gate
+        .authorize(request.headers(), remote, Transport::Sse)
+        .await?;
+    let registration = gate.register(principal, Binding::Sse);
+    let client_id = registration.entry.identity.client_id().to_owned();
+    let token = registration.entry.token.clone();
+    let unique = client_id.rsplit_once('/').map_or("", |(_, u)| u).to_owned();
+    let (guard, rx) = registration.split();
+
+    let register = Event::default()
+        .event("register")
+        .json_data(json!({ "clientId": client_id, "token": &token }))
+        .expect("JSON renders");
+    let catalog = gate.catalog.clone();
+    let messages = ReceiverStream::new(rx).map(move |any: prost_types::Any| {
+        let _ = &guard;
+        let mut data = json!({
+            "type": any.type_url,
+            "payload": BASE64.encode(any.encode_to_vec()),
+        });
+        // Beyond upstream: the message as JSON too, when its descriptor is known.
+        if let Ok(rendered) = catalog.read().clone().any_to_json(&any) {
+            data["json"] = rendered;
+        }
+        Event::default()
+            .event("message")
+            .json_data(data)
+            .expect("JSON renders")
+    });
+    let period = gate.config.heartbeat_interval;
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let heartbeats =
+        IntervalStream::new(ticker).map(|_| Event::default().event("heartbeat").data("{}"));
+    let events: std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>> = Box::pin(
+        futures::stream::once(async move { register })
+            .chain(futures::stream::select(messages, heartbeats))
+            .take_until(gate.streams_stop.clone().cancelled_owned())
+            .map(Ok),
+    );
+    let mut response = Sse::new(events).into_response();
+    let cookie =
+        format!("{TOKEN_COOKIE_PREFIX}{unique}={token}; Path=/api/; HttpOnly; SameSite=Strict");
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(response)
+}

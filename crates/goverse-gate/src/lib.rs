@@ -1,0 +1,32 @@
+//! The GoVerse gate: how clients reach objects.
+//!
+//! A gate is a separate process (or a component of one) linked to a node by the node service's
+//! batched stream. It serves:
+//!
+//! - gRPC `gate.GateService`, wire-compatible with upstream GoVerse clients (Register push
+//!   stream, CallObject, CreateObject, DeleteObject, ReliableCallObject), plus
+//!   `goverse.gate.v1.GateInfo` (type descriptors for tools);
+//! - HTTP with upstream's routes and JSON shapes (`{"request": "<base64 Any>"}`), plain
+//!   protobuf-JSON bodies, and a server-sent events stream for pushes that stays open.
+//!
+//! Identity comes from a [`GateEventHandler`] at connect time and is bound to the connection (a
+//! gRPC connection, or an HTTP token handed out on the events stream); it is never taken from a
+//! request field. Access and lifecycle [`rules`] are checked on every request. Pushes from
+//! objects reach clients through bounded per-client buffers; drops are counted and logged.
+//!
+//! Layout: `gate` (core: identity, rules, routing), `grpc`, `http`, `node_link` (the stream to
+//! the node), `clients` (registry and push delivery), [`codec`] (JSON ⇄ protobuf), [`rules`].
+
+mod auth;
+mod clients;
+pub mod codec;
+mod gate;
+mod grpc;
+mod http;
+mod node_link;
+pub mod rules;
+
+pub use auth::{AllowAnonymous, AuthError, ConnectRequest, GateEventHandler, Principal, Transport};
+pub use gate::{Gate, GateConfig, GateError, GateStats};
+pub use grpc::status_of;
+pub use http::{CLIENT_ID_HEADER, CLIENT_TOKEN_HEADER, http_code_name};

@@ -1,0 +1,170 @@
+//! Routing of pushes from objects to the gates their clients are connected to.
+//!
+//! Every gate holds one node-service stream to this node; the stream registers a [`GateLink`]
+//! under the gate's address. A push to client `gateAddr/uniqueId` goes to the link of `gateAddr`.
+//! Each link has a bounded backlog: a gate that stops reading loses pushes (counted and logged)
+//! instead of growing the node's memory.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use foldhash::HashMap;
+use goverse_core::{AnyMessage, CallError, ErrorCode, Message, gate_of_client};
+use goverse_proto::node::{Push, Response, ResponseBatch};
+use parking_lot::RwLock;
+use tokio::sync::mpsc;
+
+/// Pushes a link may have queued before further pushes to its gate are dropped.
+pub(crate) const LINK_PUSH_BACKLOG: usize = 65_536;
+
+/// What the node writes to one gate stream.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    Response(Response),
+    Push(Push),
+}
+
+impl Outbound {
+    /// Adds this item to `batch`.
+    pub(crate) fn add_to(self, batch: &mut ResponseBatch, pending_pushes: &AtomicUsize) {
+        match self {
+            Self::Response(r) => batch.responses.push(r),
+            Self::Push(p) => {
+                pending_pushes.fetch_sub(1, Ordering::Relaxed);
+                batch.pushes.push(p);
+            }
+        }
+    }
+}
+
+/// One connected gate.
+#[derive(Debug, Clone)]
+pub(crate) struct GateLink {
+    /// Distinguishes successive connections from the same gate address.
+    pub(crate) serial: u64,
+    pub(crate) tx: mpsc::UnboundedSender<Outbound>,
+    pub(crate) pending_pushes: Arc<AtomicUsize>,
+}
+
+/// Counters of the push path.
+#[derive(Debug, Default)]
+pub(crate) struct PushCounters {
+    pub(crate) sent: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+}
+
+/// The node's table of connected gates.
+#[derive(Debug, Default)]
+pub(crate) struct PushHub {
+    gates: RwLock<HashMap<Arc<str>, GateLink>>,
+    pub(crate) counters: PushCounters,
+}
+
+impl PushHub {
+    /// Registers the stream of gate `address`, replacing an older stream of the same gate.
+    pub(crate) fn attach(&self, address: Arc<str>, link: GateLink) {
+        self.gates.write().insert(address, link);
+    }
+
+    /// Removes the stream of gate `address` if it is still the one with `serial`.
+    pub(crate) fn detach(&self, address: &str, serial: u64) {
+        let mut gates = self.gates.write();
+        if gates.get(address).is_some_and(|l| l.serial == serial) {
+            gates.remove(address);
+        }
+    }
+
+    /// Addresses of the connected gates, sorted.
+    pub(crate) fn gates(&self) -> Vec<String> {
+        let mut gates: Vec<String> = self.gates.read().keys().map(|k| k.to_string()).collect();
+        gates.sort();
+        gates
+    }
+
+    pub(crate) fn to_client(
+        &self,
+        client_id: &str,
+        message: impl Message,
+    ) -> Result<(), CallError> {
+        self.to_clients([client_id], message)
+    }
+
+    pub(crate) fn to_clients<'a>(
+        &self,
+        client_ids: impl IntoIterator<Item = &'a str>,
+        message: impl Message,
+    ) -> Result<(), CallError> {
+        let mut by_gate: Vec<(&str, Vec<String>)> = Vec::new();
+        for client in client_ids {
+            let gate = gate_of_client(client).ok_or_else(|| {
+                CallError::invalid_argument(format!(
+                    "client id {client:?} is not of the form gateAddr/uniqueId"
+                ))
+            })?;
+            match by_gate.iter_mut().find(|(g, _)| *g == gate) {
+                Some((_, ids)) => ids.push(client.to_owned()),
+                None => by_gate.push((gate, vec![client.to_owned()])),
+            }
+        }
+        let gates = self.gates.read();
+        let mut links = Vec::with_capacity(by_gate.len());
+        for (gate, ids) in by_gate {
+            let link = gates.get(gate).ok_or_else(|| {
+                CallError::new(
+                    ErrorCode::NotFound,
+                    format!(
+                        "no gate {gate} is connected to this node (pushing to {})",
+                        ids[0]
+                    ),
+                )
+            })?;
+            links.push((link.clone(), ids));
+        }
+        drop(gates);
+        let any = message.to_any();
+        for (link, client_ids) in links {
+            self.send(
+                &link,
+                Push {
+                    client_ids,
+                    broadcast: false,
+                    message: Some(any.clone()),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    pub(crate) fn broadcast(&self, message: impl Message) -> usize {
+        let links: Vec<GateLink> = self.gates.read().values().cloned().collect();
+        let any = message.to_any();
+        for link in &links {
+            self.send(
+                link,
+                Push {
+                    client_ids: Vec::new(),
+                    broadcast: true,
+                    message: Some(any.clone()),
+                },
+            );
+        }
+        links.len()
+    }
+
+    fn send(&self, link: &GateLink, push: Push) {
+        let queued = link.pending_pushes.fetch_add(1, Ordering::Relaxed);
+        if queued >= LINK_PUSH_BACKLOG || link.tx.send(Outbound::Push(push)).is_err() {
+            link.pending_pushes.fetch_sub(1, Ordering::Relaxed);
+            let dropped = self.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!(
+                    dropped_total = dropped,
+                    backlog = queued,
+                    "push dropped: the gate's stream is gone or not reading"
+                );
+            }
+            return;
+        }
+        self.counters.sent.fetch_add(1, Ordering::Relaxed);
+    }
+}

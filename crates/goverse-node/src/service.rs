@@ -1,0 +1,290 @@
+//! The node service: how gates (and, later, other nodes) reach this node's objects.
+//!
+//! A peer opens one long-lived `Open` stream and writes [`RequestBatch`]es of id-tagged
+//! requests; each request runs as its own task (a call waiting for its turn never holds up the
+//! others) and its response is queued for the peer. The response half drains everything queued
+//! when it is polled into one [`ResponseBatch`], so batches grow with load and a lone call is
+//! written at once. Pushes for the peer's clients travel on the same response half.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::Stream;
+use goverse_core::{CallError, ChainId, ClientIdentity, ErrorCode, ObjectId, Payload};
+use goverse_proto::node::node_service_server::{NodeService, NodeServiceServer};
+use goverse_proto::node::{
+    self as proto, DescribeRequest, DescribeResponse, RequestBatch, ResponseBatch, request,
+    response,
+};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::push::{GateLink, Outbound};
+use crate::{CallOptions, MethodKind, Node};
+
+/// The request header a peer names its own address in (`host:port` of a gate). Pushes for
+/// clients whose id starts with this address are sent on that peer's stream.
+pub const PEER_ADDRESS_HEADER: &str = "goverse-peer-address";
+
+/// Largest message the service accepts or sends.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Most items written in one response batch.
+const MAX_BATCH: usize = 1024;
+
+/// Why [`serve`] stopped.
+#[derive(Debug, thiserror::Error)]
+#[error("node service failed: {0}")]
+pub struct ServeError(#[from] tonic::transport::Error);
+
+/// Serves `node` to peers on `listener` until `shutdown` completes; then ends every peer stream
+/// (requests already received still get their responses) and returns.
+///
+/// The node itself keeps running; call [`Node::shutdown`] afterwards.
+pub async fn serve(
+    node: Node,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let stop = CancellationToken::new();
+    let service = NodeServiceServer::new(NodeRpc {
+        node,
+        stop: stop.clone(),
+        serials: AtomicU64::new(0),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.await;
+            stop.cancel();
+        })
+        .await?;
+    Ok(())
+}
+
+struct NodeRpc {
+    node: Node,
+    stop: CancellationToken,
+    serials: AtomicU64,
+}
+
+#[tonic::async_trait]
+impl NodeService for NodeRpc {
+    type OpenStream = BatchStream;
+
+    async fn open(
+        &self,
+        request: Request<Streaming<RequestBatch>>,
+    ) -> Result<Response<BatchStream>, Status> {
+        let peer: Option<Arc<str>> = request
+            .metadata()
+            .get(PEER_ADDRESS_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .map(Into::into);
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let pending_pushes = Arc::new(AtomicUsize::new(0));
+        let serial = self.serials.fetch_add(1, Ordering::Relaxed);
+        let hub_node = self.node.inner().clone();
+        if let Some(peer) = &peer {
+            hub_node.push().attach(
+                peer.clone(),
+                GateLink {
+                    serial,
+                    tx: tx.clone(),
+                    pending_pushes: pending_pushes.clone(),
+                },
+            );
+            tracing::info!(peer = %peer, "peer stream opened");
+        }
+        let node = self.node.clone();
+        let stop = self.stop.clone();
+        self.node.inner().spawn_task(async move {
+            loop {
+                let batch = tokio::select! {
+                    () = stop.cancelled() => break,
+                    batch = inbound.message() => batch,
+                };
+                match batch {
+                    Ok(Some(batch)) => {
+                        for request in batch.requests {
+                            let node = node.clone();
+                            let tx = tx.clone();
+                            tokio::spawn(async move {
+                                let response = handle(&node, request).await;
+                                // The peer may be gone; its responses are then dropped.
+                                let _ = tx.send(Outbound::Response(response));
+                            });
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(cause = %status, "peer stream failed");
+                        break;
+                    }
+                }
+            }
+            if let Some(peer) = &peer {
+                hub_node.push().detach(peer, serial);
+                tracing::info!(peer = %peer, "peer stream closed");
+            }
+        });
+        Ok(Response::new(BatchStream {
+            rx,
+            buf: Vec::with_capacity(64),
+            pending_pushes,
+        }))
+    }
+
+    async fn describe(
+        &self,
+        _request: Request<DescribeRequest>,
+    ) -> Result<Response<DescribeResponse>, Status> {
+        Ok(Response::new(describe(&self.node)))
+    }
+}
+
+/// The node's types and message descriptors, as the `Describe` RPC reports them.
+pub fn describe(node: &Node) -> DescribeResponse {
+    DescribeResponse {
+        node_address: node.address().to_string(),
+        types: node
+            .types()
+            .into_iter()
+            .map(|t| proto::ObjectType {
+                name: t.name.to_owned(),
+                methods: t
+                    .methods
+                    .iter()
+                    .map(|m| proto::Method {
+                        name: m.name.to_owned(),
+                        request_type: (m.request)(),
+                        response_type: (m.response)(),
+                        read_only: m.kind == MethodKind::Read,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        file_descriptor_set: node.inner().descriptors().to_vec(),
+    }
+}
+
+fn client_of(caller: Option<proto::Caller>) -> Option<Arc<ClientIdentity>> {
+    caller.map(|c| Arc::new(ClientIdentity::new(c.client_id, c.user_id, c.roles)))
+}
+
+fn options(chain: u64, timeout_micros: u64, caller: Option<proto::Caller>) -> CallOptions {
+    CallOptions {
+        timeout: (timeout_micros > 0).then(|| Duration::from_micros(timeout_micros)),
+        chain: (chain != 0).then(|| ChainId::from_raw(chain)),
+        client: client_of(caller),
+    }
+}
+
+/// Runs one request and builds its response.
+async fn handle(node: &Node, request: proto::Request) -> proto::Response {
+    let id = request.id;
+    let result = match request.op {
+        Some(request::Op::Call(call)) => {
+            if call.object_id.is_empty() {
+                Err(CallError::invalid_argument("object id is empty"))
+            } else {
+                let payload = Payload::Encoded(call.request.unwrap_or_else(empty_any));
+                let options = options(call.chain, call.timeout_micros, call.caller);
+                node.call_with(
+                    &call.r#type,
+                    ObjectId::from(call.object_id),
+                    &call.method,
+                    payload,
+                    options,
+                )
+                .await
+                .map(|p| response::Result::Value(p.into_any()))
+            }
+        }
+        Some(request::Op::Create(create)) => {
+            let options = options(create.chain, create.timeout_micros, create.caller);
+            node.create_object_with(&create.r#type, ObjectId::from(create.object_id), options)
+                .await
+                .map(|()| response::Result::Done(proto::Done {}))
+        }
+        Some(request::Op::Delete(delete)) => {
+            let options = options(delete.chain, delete.timeout_micros, delete.caller);
+            node.delete_object_with(&delete.r#type, ObjectId::from(delete.object_id), options)
+                .await
+                .map(|()| response::Result::Done(proto::Done {}))
+        }
+        None => Err(CallError::invalid_argument(
+            "request carries no operation (call, create or delete)",
+        )),
+    };
+    proto::Response {
+        id,
+        result: Some(result.unwrap_or_else(|err| {
+            response::Result::Failure(proto::Failure {
+                code: err.code().as_str().to_owned(),
+                message: err.message().to_owned(),
+            })
+        })),
+    }
+}
+
+/// A missing request travels as `google.protobuf.Empty`, so methods taking `Empty` can be called
+/// without one.
+fn empty_any() -> prost_types::Any {
+    prost_types::Any {
+        type_url: format!("{}google.protobuf.Empty", goverse_core::TYPE_URL_PREFIX),
+        value: Vec::new(),
+    }
+}
+
+/// Converts a [`proto::Failure`] back into a [`CallError`].
+pub fn failure_to_error(failure: proto::Failure) -> CallError {
+    let code = ErrorCode::from_name(&failure.code).unwrap_or(ErrorCode::Unknown);
+    CallError::new(code, failure.message)
+}
+
+/// The response half of a peer stream: everything queued when polled, as one batch.
+#[doc(hidden)]
+pub(crate) struct BatchStream {
+    rx: mpsc::UnboundedReceiver<Outbound>,
+    buf: Vec<Outbound>,
+    pending_pushes: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for BatchStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchStream").finish_non_exhaustive()
+    }
+}
+
+impl Stream for BatchStream {
+    type Item = Result<ResponseBatch, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        match this.rx.poll_recv_many(cx, &mut this.buf, MAX_BATCH) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(0) => Poll::Ready(None),
+            Poll::Ready(_) => {
+                let mut batch = ResponseBatch::default();
+                for item in this.buf.drain(..) {
+                    item.add_to(&mut batch, &this.pending_pushes);
+                }
+                Poll::Ready(Some(Ok(batch)))
+            }
+        }
+    }
+}

@@ -1,0 +1,923 @@
+//! End-to-end tests of the gate: a node serving its objects over the node service, a gate linked
+//! to it, and clients over gRPC (the generated upstream-compatible client), HTTP and SSE.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use goverse::gate::rules::{Access, AccessRule, Lifecycle, LifecycleRule};
+use goverse::gate::{
+    AllowAnonymous, AuthError, ConnectRequest, Gate, GateConfig, GateEventHandler, Principal,
+};
+use goverse::prelude::*;
+use goverse::prost::Message as _;
+use goverse_proto::gate::gate_service_client::GateServiceClient;
+use goverse_proto::gate::{
+    CallObjectRequest, CreateObjectRequest, DeleteObjectRequest, Empty as GateEmpty,
+    RegisterResponse, ReliableCallObjectRequest,
+};
+use goverse_testkit::assert_eventually;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// A counter.
+#[derive(Debug, Default)]
+struct Tally {
+    value: i64,
+}
+impl Object for Tally {}
+
+#[goverse::object]
+impl Tally {
+    #[method]
+    async fn add(&mut self, request: Int64Value) -> Result<Int64Value, ObjectError> {
+        self.value += request.value;
+        Ok(Int64Value { value: self.value })
+    }
+}
+
+/// Reports and pushes to whoever calls it.
+#[derive(Debug, Default)]
+struct Notifier;
+impl Object for Notifier {}
+
+#[goverse::object]
+impl Notifier {
+    /// "client_id|user_id|roles" of the caller.
+    #[method]
+    async fn whoami(
+        &self,
+        ctx: &ObjectContext,
+        _request: Empty,
+    ) -> Result<StringValue, ObjectError> {
+        let value = match ctx.client() {
+            Some(c) => format!(
+                "{}|{}|{}",
+                c.client_id(),
+                c.user_id(),
+                c.roles().collect::<Vec<_>>().join(",")
+            ),
+            None => "none".to_owned(),
+        };
+        Ok(StringValue { value })
+    }
+
+    /// Pushes `request` back to the calling client `times` (from the text's length) times.
+    #[method]
+    async fn push_me(
+        &self,
+        ctx: &ObjectContext,
+        request: StringValue,
+    ) -> Result<Empty, ObjectError> {
+        let client = ctx
+            .client()
+            .map(|c| c.client_id().to_owned())
+            .unwrap_or_default();
+        ctx.push(&client, request)?;
+        Ok(Empty {})
+    }
+
+    /// Pushes `request` to every client.
+    #[method]
+    async fn broadcast(
+        &self,
+        ctx: &ObjectContext,
+        request: StringValue,
+    ) -> Result<Empty, ObjectError> {
+        ctx.broadcast(request);
+        Ok(Empty {})
+    }
+}
+
+struct Setup {
+    node: Node,
+    gate: Gate,
+    grpc: SocketAddr,
+    http: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl Setup {
+    async fn start(mut config: GateConfig, handler: Arc<dyn GateEventHandler>) -> Self {
+        let node_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let node_addr = node_listener.local_addr().unwrap();
+        let node = Node::builder(NodeConfig {
+            address: node_addr.to_string(),
+            shard_count: 64,
+            ..NodeConfig::default()
+        })
+        .register::<Tally>()
+        .register::<Notifier>()
+        .start()
+        .await
+        .unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(goverse::serve(
+            node.clone(),
+            node_listener,
+            stop.clone().cancelled_owned(),
+        ));
+
+        let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc = grpc_listener.local_addr().unwrap();
+        let http = http_listener.local_addr().unwrap();
+        config.advertise_address = grpc.to_string();
+        config.node = node_addr.to_string();
+        let gate = Gate::start(config, handler).unwrap();
+        assert!(
+            gate.wait_connected(Duration::from_secs(10)).await,
+            "gate reaches the node"
+        );
+        let g = gate.clone();
+        tokio::spawn({
+            let stop = stop.clone();
+            async move { g.serve_grpc(grpc_listener, stop.cancelled_owned()).await }
+        });
+        let g = gate.clone();
+        tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                g.serve_http(http_listener, g.http_router(), stop.cancelled_owned())
+                    .await
+            }
+        });
+        Setup {
+            node,
+            gate,
+            grpc,
+            http,
+            stop,
+        }
+    }
+
+    async fn plain() -> Self {
+        Self::start(GateConfig::default(), Arc::new(AllowAnonymous)).await
+    }
+
+    async fn grpc_client(&self) -> GateServiceClient<Channel> {
+        GateServiceClient::connect(format!("http://{}", self.grpc))
+            .await
+            .unwrap()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.gate.shutdown(Duration::from_secs(5)).await;
+        self.node.shutdown(Duration::from_secs(5)).await;
+    }
+}
+
+fn type_url<M: goverse::prost::Name>() -> String {
+    format!("{}{}", goverse::TYPE_URL_PREFIX, M::full_name())
+}
+
+fn any<M: goverse::prost::Message + goverse::prost::Name>(m: &M) -> prost_types::Any {
+    prost_types::Any {
+        type_url: type_url::<M>(),
+        value: m.encode_to_vec(),
+    }
+}
+
+fn call(
+    client_id: &str,
+    t: &str,
+    id: &str,
+    method: &str,
+    request: prost_types::Any,
+) -> CallObjectRequest {
+    CallObjectRequest {
+        client_id: client_id.to_owned(),
+        r#type: t.to_owned(),
+        id: id.to_owned(),
+        method: method.to_owned(),
+        request: Some(request),
+    }
+}
+
+async fn register(
+    client: &mut GateServiceClient<Channel>,
+) -> (String, tonic::Streaming<prost_types::Any>) {
+    let mut stream = client.register(GateEmpty {}).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.type_url, "type.googleapis.com/gate.RegisterResponse");
+    let id = RegisterResponse::decode(first.value.as_slice())
+        .unwrap()
+        .client_id;
+    (id, stream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_register_call_and_push() {
+    let s = Setup::plain().await;
+    let mut client = s.grpc_client().await;
+    let (client_id, mut pushes) = register(&mut client).await;
+    assert!(
+        client_id.starts_with(&format!("{}/", s.grpc)),
+        "{client_id}"
+    );
+
+    for expected in [5, 12] {
+        let response = client
+            .call_object(call(
+                &client_id,
+                "Tally",
+                "t1",
+                "Add",
+                any(&Int64Value {
+                    value: if expected == 5 { 5 } else { 7 },
+                }),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let any = response.response.unwrap();
+        assert_eq!(any.type_url, type_url::<Int64Value>());
+        assert_eq!(
+            Int64Value::decode(any.value.as_slice()).unwrap().value,
+            expected
+        );
+    }
+
+    // The object sees the client bound to the connection, even when the request names none.
+    let who = client
+        .call_object(call("", "Notifier", "n", "Whoami", any(&Empty {})))
+        .await
+        .unwrap()
+        .into_inner()
+        .response
+        .unwrap();
+    assert_eq!(
+        StringValue::decode(who.value.as_slice()).unwrap().value,
+        format!("{client_id}||")
+    );
+
+    client
+        .call_object(call(
+            &client_id,
+            "Notifier",
+            "n",
+            "PushMe",
+            any(&StringValue {
+                value: "hello".into(),
+            }),
+        ))
+        .await
+        .unwrap();
+    let pushed = pushes.message().await.unwrap().unwrap();
+    assert_eq!(pushed.type_url, type_url::<StringValue>());
+    assert_eq!(
+        StringValue::decode(pushed.value.as_slice()).unwrap().value,
+        "hello"
+    );
+
+    // Create and reliable call; delete is internal by default.
+    let created = client
+        .create_object(CreateObjectRequest {
+            r#type: "Tally".into(),
+            id: "t2".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.id, "t2");
+    let reliable = client
+        .reliable_call_object(ReliableCallObjectRequest {
+            call_id: "c-1".into(),
+            r#type: "Tally".into(),
+            id: "t2".into(),
+            method: "Add".into(),
+            request: Some(any(&Int64Value { value: 3 })),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reliable.status, "SUCCESS");
+    assert_eq!(
+        Int64Value::decode(reliable.response.unwrap().value.as_slice())
+            .unwrap()
+            .value,
+        3
+    );
+    let denied = client
+        .delete_object(DeleteObjectRequest {
+            id: "t2".into(),
+            r#type: "Tally".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+
+    drop(pushes);
+    assert_eventually!(s.gate.stats().clients == 0);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_act_as_another() {
+    let s = Setup::plain().await;
+    let mut alice = s.grpc_client().await;
+    let (alice_id, _alice_pushes) = register(&mut alice).await;
+    // A second connection.
+    let mut mallory = s.grpc_client().await;
+    let err = mallory
+        .call_object(call(&alice_id, "Notifier", "n", "Whoami", any(&Empty {})))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message().contains("not registered on this connection"),
+        "{}",
+        err.message()
+    );
+    let err = mallory
+        .call_object(call(
+            "127.0.0.1:1/nobody",
+            "Notifier",
+            "n",
+            "Whoami",
+            any(&Empty {}),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+
+    // Over HTTP: the id alone is not enough.
+    let http = reqwest::Client::new();
+    let r = http
+        .post(s.url("/api/v1/objects/call/Notifier/n/Whoami"))
+        .header("X-Client-ID", &alice_id)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "UNAUTHENTICATED");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_bad_input_gets_clear_errors() {
+    let s = Setup::start(
+        GateConfig {
+            max_body_bytes: 64 * 1024,
+            ..GateConfig::default()
+        },
+        Arc::new(AllowAnonymous),
+    )
+    .await;
+    let mut client = s.grpc_client().await;
+    let cases: Vec<(CallObjectRequest, Code, &str)> = vec![
+        (
+            call("", "Nope", "x", "Add", any(&Int64Value { value: 1 })),
+            Code::NotFound,
+            "Nope",
+        ),
+        (
+            call("", "Tally", "x", "Nope", any(&Int64Value { value: 1 })),
+            Code::NotFound,
+            "Nope",
+        ),
+        (
+            call(
+                "",
+                "Tally",
+                "x",
+                "Add",
+                any(&StringValue { value: "a".into() }),
+            ),
+            Code::InvalidArgument,
+            "google.protobuf.StringValue",
+        ),
+        (
+            call(
+                "",
+                "Tally",
+                "x",
+                "Add",
+                prost_types::Any {
+                    type_url: type_url::<Int64Value>(),
+                    value: vec![0xff, 0xff, 0xff],
+                },
+            ),
+            Code::InvalidArgument,
+            "Int64Value",
+        ),
+        (
+            call("", "Tally", "", "Add", any(&Int64Value { value: 1 })),
+            Code::InvalidArgument,
+            "object id",
+        ),
+        (
+            call(
+                "",
+                "Tally",
+                "shard#x/y",
+                "Add",
+                any(&Int64Value { value: 1 }),
+            ),
+            Code::InvalidArgument,
+            "shard#x/y",
+        ),
+        (
+            call("", "", "x", "Add", any(&Int64Value { value: 1 })),
+            Code::InvalidArgument,
+            "type",
+        ),
+    ];
+    for (request, code, needle) in cases {
+        let what = format!("{}/{}.{}", request.r#type, request.id, request.method);
+        let err = client.call_object(request).await.unwrap_err();
+        assert_eq!(err.code(), code, "{what}: {err:?}");
+        assert!(
+            err.message().contains(needle),
+            "{what}: {:?} lacks {needle:?}",
+            err.message()
+        );
+    }
+    let huge = StringValue {
+        value: "x".repeat(100 * 1024),
+    };
+    let err = client
+        .call_object(call("", "Notifier", "n", "PushMe", any(&huge)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "{err:?}"
+    );
+    // Still serving.
+    let ok = client
+        .call_object(call("", "Tally", "x", "Add", any(&Int64Value { value: 2 })))
+        .await
+        .unwrap();
+    assert!(ok.into_inner().response.is_some());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_envelopes_plain_json_and_lifecycle() {
+    let s = Setup::start(
+        GateConfig {
+            lifecycle_rules: vec![LifecycleRule {
+                object_type: "Tally".into(),
+                id: "/del-.*/".into(),
+                lifecycle: Lifecycle::Delete,
+                access: Access::Allow,
+            }],
+            ..GateConfig::default()
+        },
+        Arc::new(AllowAnonymous),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+
+    // Upstream's envelope.
+    let envelope =
+        serde_json::json!({ "request": b64.encode(any(&Int64Value { value: 4 }).encode_to_vec()) });
+    let r = http
+        .post(s.url("/api/v1/objects/call/Tally/h1/Add"))
+        .json(&envelope)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let bytes = b64.decode(body["response"].as_str().unwrap()).unwrap();
+    let response = prost_types::Any::decode(bytes.as_slice()).unwrap();
+    assert_eq!(
+        Int64Value::decode(response.value.as_slice()).unwrap().value,
+        4
+    );
+
+    // Plain JSON both ways (64-bit integers are strings in protobuf's JSON mapping).
+    let r = http
+        .post(s.url("/api/v1/objects/call/Tally/h1/Add"))
+        .body(r#"{"value": 5}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap(),
+        serde_json::json!({"value": "9"})
+    );
+
+    // IDs with '/' when percent-encoded.
+    let r = http
+        .post(s.url("/api/v1/objects/call/Tally/shard%233%2Froom/Add"))
+        .body(r#"{"value": 1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    assert!(s.node.is_active(&ObjectId::new("shard#3/room")));
+
+    let r = http
+        .post(s.url("/api/v1/objects/create/Tally/del-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap(),
+        serde_json::json!({"id": "del-1"})
+    );
+    let r = http
+        .post(s.url("/api/v1/objects/delete/Tally/del-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap(),
+        serde_json::json!({"success": true})
+    );
+    let r = http
+        .post(s.url("/api/v1/objects/delete/Tally/h1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["code"],
+        "ACCESS_DENIED"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_bad_input_gets_clear_errors() {
+    let s = Setup::start(
+        GateConfig {
+            max_body_bytes: 1024,
+            ..GateConfig::default()
+        },
+        Arc::new(AllowAnonymous),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        (
+            "/api/v1/objects/call/Tally/x/Add",
+            r#"{"request": "!!!"}"#.into(),
+            400,
+            "INVALID_BASE64",
+        ),
+        (
+            "/api/v1/objects/call/Tally/x/Add",
+            r#"{"request": "////"}"#.into(),
+            400,
+            "INVALID_PROTOBUF",
+        ),
+        (
+            "/api/v1/objects/call/Tally/x/Add",
+            r#"{"value": "#.into(),
+            400,
+            "INVALID_ARGUMENT",
+        ),
+        (
+            "/api/v1/objects/call/Tally/x/Add",
+            r#"{"valu": 1}"#.into(),
+            400,
+            "INVALID_ARGUMENT",
+        ),
+        (
+            "/api/v1/objects/call/Nope/x/Add",
+            "{}".into(),
+            404,
+            "NOT_FOUND",
+        ),
+        (
+            "/api/v1/objects/call/Tally/x/Nope",
+            "{}".into(),
+            404,
+            "NOT_FOUND",
+        ),
+        (
+            "/api/v1/objects/call/Tally/x/Add",
+            "x".repeat(2048),
+            413,
+            "PAYLOAD_TOO_LARGE",
+        ),
+        (
+            "/api/v1/objects/call/Tally/x",
+            "{}".into(),
+            404,
+            "INVALID_PATH",
+        ),
+        (
+            "/api/v1/objects/call/Tally/%FF/Add",
+            "{}".into(),
+            400,
+            "INVALID_PATH",
+        ),
+        (
+            "/api/v1/objects/call/Tally/shard%23x%2Fy/Add",
+            "{}".into(),
+            400,
+            "INVALID_ARGUMENT",
+        ),
+    ];
+    for (path, body, status, code) in cases {
+        let r = http.post(s.url(path)).body(body).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), status, "{path}");
+        let json: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(json["code"], code, "{path}: {json}");
+        assert!(!json["error"].as_str().unwrap().is_empty());
+    }
+    let r = http
+        .post(s.url("/api/v1/objects/call/Tally/x/Add"))
+        .header("X-Client-ID", "g/none")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = http
+        .get(s.url("/api/v1/objects/call/Tally/x/Add"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    // Still serving.
+    let r = http
+        .post(s.url("/api/v1/objects/call/Tally/x/Add"))
+        .body(r#"{"value": 1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    s.stop().await;
+}
+
+/// Reads SSE events (name, data) from a response body.
+struct Events {
+    body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buf: String,
+}
+
+impl Events {
+    fn new(r: reqwest::Response) -> Self {
+        Self {
+            body: Box::pin(r.bytes_stream()),
+            buf: String::new(),
+        }
+    }
+
+    async fn next(&mut self) -> (String, serde_json::Value) {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut name = String::new();
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        name = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim());
+                    }
+                }
+                return (name, serde_json::from_str(&data).unwrap());
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), self.body.next())
+                .await
+                .expect("an event within 10 s")
+                .expect("stream open")
+                .unwrap();
+            self.buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_register_push_and_heartbeat() {
+    let s = Setup::start(
+        GateConfig {
+            heartbeat_interval: Duration::from_millis(200),
+            ..GateConfig::default()
+        },
+        Arc::new(AllowAnonymous),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let r = http
+        .get(s.url("/api/v1/events/stream"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let mut events = Events::new(r);
+    let (name, data) = events.next().await;
+    assert_eq!(name, "register");
+    let client_id = data["clientId"].as_str().unwrap().to_owned();
+    let token = data["token"].as_str().unwrap().to_owned();
+
+    let r = http
+        .post(s.url("/api/v1/objects/call/Notifier/n/PushMe"))
+        .header("X-Client-ID", &client_id)
+        .header("X-Client-Token", &token)
+        .body(r#"{"value": "hi there"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let mut saw = (false, 0);
+    while !saw.0 || saw.1 < 2 {
+        let (name, data) = events.next().await;
+        match name.as_str() {
+            "message" => {
+                assert_eq!(data["type"], type_url::<StringValue>());
+                assert_eq!(data["json"], serde_json::json!({"value": "hi there"}));
+                saw.0 = true;
+            }
+            "heartbeat" => saw.1 += 1,
+            other => panic!("unexpected event {other}"),
+        }
+    }
+    drop(events);
+    assert_eventually!(s.gate.stats().clients == 0);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_rules_are_enforced_for_grpc_and_http() {
+    let s = Setup::start(
+        GateConfig {
+            access_rules: vec![
+                AccessRule {
+                    object_type: "Tally".into(),
+                    id: "/pub-.*/".into(),
+                    method: "Add".into(),
+                    access: Access::Allow,
+                },
+                AccessRule {
+                    object_type: "Notifier".into(),
+                    id: String::new(),
+                    method: "Whoami".into(),
+                    access: Access::External,
+                },
+            ],
+            ..GateConfig::default()
+        },
+        Arc::new(AllowAnonymous),
+    )
+    .await;
+    let mut client = s.grpc_client().await;
+    assert!(
+        client
+            .call_object(call(
+                "",
+                "Tally",
+                "pub-1",
+                "Add",
+                any(&Int64Value { value: 1 })
+            ))
+            .await
+            .is_ok()
+    );
+    assert!(
+        client
+            .call_object(call("", "Notifier", "n", "Whoami", any(&Empty {})))
+            .await
+            .is_ok()
+    );
+    for (t, id, m) in [
+        ("Tally", "priv-1", "Add"),
+        ("Tally", "xpub-1", "Add"),
+        ("Notifier", "n", "PushMe"),
+    ] {
+        let err = client
+            .call_object(call("", t, id, m, any(&Empty {})))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{t}/{id}.{m}");
+        let r = reqwest::Client::new()
+            .post(s.url(&format!("/api/v1/objects/call/{t}/{id}/{m}")))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{t}/{id}.{m}");
+    }
+    s.stop().await;
+}
+
+/// Admits clients presenting `authorization: Bearer <user>`, as that user with role "player".
+#[derive(Default)]
+struct BearerAuth {
+    disconnects: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl GateEventHandler for BearerAuth {
+    async fn authorize(&self, request: &ConnectRequest<'_>) -> Result<Principal, AuthError> {
+        let user = request
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| AuthError::unauthenticated("missing bearer token"))?;
+        Ok(Principal {
+            user_id: user.to_owned(),
+            roles: vec!["player".to_owned()],
+        })
+    }
+
+    async fn on_disconnect(&self, _client: &ClientIdentity) {
+        self.disconnects.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hook_authenticates_and_learns_of_disconnects() {
+    let auth = Arc::new(BearerAuth::default());
+    let s = Setup::start(GateConfig::default(), auth.clone()).await;
+    let mut client = s.grpc_client().await;
+    let err = client.register(GateEmpty {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = client
+        .call_object(call("", "Notifier", "n", "Whoami", any(&Empty {})))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    let mut request = tonic::Request::new(GateEmpty {});
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer alice".parse().unwrap());
+    let mut stream = client.register(request).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    let client_id = RegisterResponse::decode(first.value.as_slice())
+        .unwrap()
+        .client_id;
+    // Calls on the connection act as alice without presenting the token again.
+    let who = client
+        .call_object(call(&client_id, "Notifier", "n", "Whoami", any(&Empty {})))
+        .await
+        .unwrap()
+        .into_inner()
+        .response
+        .unwrap();
+    assert_eq!(
+        StringValue::decode(who.value.as_slice()).unwrap().value,
+        format!("{client_id}|alice|player")
+    );
+    drop(stream);
+    assert_eventually!(auth.disconnects.load(Ordering::SeqCst) == 1);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_loses_pushes_alone() {
+    let s = Setup::start(
+        GateConfig {
+            client_buffer: 8,
+            ..GateConfig::default()
+        },
+        Arc::new(AllowAnonymous),
+    )
+    .await;
+    let mut slow = s.grpc_client().await;
+    let (_slow_id, slow_pushes) = register(&mut slow).await;
+    let mut fast = s.grpc_client().await;
+    let (_fast_id, mut fast_pushes) = register(&mut fast).await;
+
+    // The fast client reads as it goes; the slow one reads nothing.
+    let reader = tokio::spawn(async move {
+        let mut got = 0;
+        while got < 300 {
+            fast_pushes.message().await.unwrap().unwrap();
+            got += 1;
+        }
+        got
+    });
+    // Large messages, so the slow client's connection buffers fill and its gate buffer with them.
+    let big = StringValue {
+        value: "x".repeat(16 * 1024),
+    };
+    for _ in 0..300 {
+        fast.call_object(call("", "Notifier", "n", "Broadcast", any(&big)))
+            .await
+            .unwrap();
+    }
+    let got = tokio::time::timeout(Duration::from_secs(10), reader)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, 300);
+    assert_eventually!(s.gate.stats().pushes_dropped_full >= 100);
+    assert_eq!(s.node.stats().pushes_dropped, 0);
+    drop(slow_pushes);
+    s.stop().await;
+}
