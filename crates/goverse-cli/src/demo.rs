@@ -1,51 +1,89 @@
-//! `goverse demo`: one node on the embedded defaults, the counter sample, and a short scripted
-//! workload that shows activation, turns, idle deactivation and reactivation with state.
+//! `goverse demo`: the embedded default as a long-running service. One process holds the
+//! in-memory cluster store, a SQLite object store, a node with the sample types, the node service
+//! and a gate (gRPC and HTTP). Runs until Ctrl-C or SIGTERM, then saves every object and exits 0.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
-use goverse::persistence::{ObjectStore, SqliteStore};
+use goverse::gate::rules::{Access, Lifecycle, LifecycleRule};
+use goverse::gate::{AllowAnonymous, Gate, GateConfig};
+use goverse::persistence::SqliteStore;
 use goverse::prelude::*;
-use goverse_sample_counter::{Counter, CounterRef};
+use goverse_sample_counter::Counter;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::tour::parse_duration;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct DemoArgs {
-    /// Where the SQLite store lives (default: a fresh temporary directory, removed at exit).
+    /// Run the scripted tour (activation, turns, idle deactivation, reactivation) and exit,
+    /// instead of serving.
+    #[arg(long)]
+    tour: bool,
+    /// Where the SQLite store lives (default: a fresh temporary directory, removed at exit; pass
+    /// a directory to keep objects between runs).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Idle timeout of counters in this demo (the node default is 15 minutes).
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    idle_timeout: Duration,
+    /// Idle timeout of objects (the node default is 15 minutes; the tour uses 1 s).
+    #[arg(long, value_parser = parse_duration)]
+    idle_timeout: Option<Duration>,
+    /// The node service address (gates connect here).
+    #[arg(long, default_value = "127.0.0.1:47000")]
+    node_listen: String,
+    /// The gate's gRPC address (upstream `gate.GateService`).
+    #[arg(long, default_value = "127.0.0.1:49000")]
+    listen: String,
+    /// The gate's HTTP address (JSON API and server-sent events).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http_listen: String,
 }
 
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(text.len()),
-    );
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("bad duration {text:?}: expected e.g. 500ms, 2s, 1m"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" | "" => value,
-        "m" => value * 60.0,
-        _ => return Err(format!("bad duration unit in {text:?}: use ms, s or m")),
-    };
-    Ok(Duration::from_secs_f64(seconds))
+async fn bind(address: &str, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address} for the {what}"))
 }
 
-fn step(title: &str) {
-    println!("\n== {title}");
+/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
+pub(crate) async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(err) => {
+                    tracing::warn!(cause = %err, "cannot watch SIGTERM; stop with Ctrl-C");
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    if args.tour {
+        return crate::tour::run(
+            args.data_dir,
+            args.idle_timeout.unwrap_or(Duration::from_secs(1)),
+        )
+        .await;
+    }
     let temp;
     let data_dir = match args.data_dir {
-        Some(dir) => dir,
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            dir
+        }
         None => {
             temp = tempfile::tempdir().context("cannot create a temporary data directory")?;
             temp.path().to_path_buf()
@@ -56,174 +94,114 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         SqliteStore::open(&db)
             .with_context(|| format!("cannot open the store at {}", db.display()))?,
     );
-    let config = NodeConfig::default();
-    let node = Node::builder(config)
-        .register_with(TypeOptions::<Counter>::default().idle_timeout(args.idle_timeout))
-        .object_store(store.clone())
-        .start()
-        .await
-        .context("cannot start the node")?;
-    println!("GoVerse demo: one node on the embedded defaults");
-    println!("  node       {}", node.address());
+
+    // Bind everything first, so a busy port fails before anything starts.
+    let node_listener = bind(&args.node_listen, "node service").await?;
+    let grpc_listener = bind(&args.listen, "gate (gRPC)").await?;
+    let http_listener = bind(&args.http_listen, "gate (HTTP)").await?;
+    let node_addr = node_listener.local_addr()?.to_string();
+    let grpc_addr = grpc_listener.local_addr()?.to_string();
+    let http_addr = http_listener.local_addr()?.to_string();
+
+    let mut counter = TypeOptions::<Counter>::default();
+    if let Some(idle) = args.idle_timeout {
+        counter = counter.idle_timeout(idle);
+    }
+    let node = Node::builder(NodeConfig {
+        address: node_addr.clone(),
+        ..NodeConfig::default()
+    })
+    .register_with(counter)
+    .object_store(store)
+    .start()
+    .await
+    .context("cannot start the node")?;
+
+    let stop = CancellationToken::new();
+    let node_service = tokio::spawn(goverse::serve(
+        node.clone(),
+        node_listener,
+        stop.clone().cancelled_owned(),
+    ));
+    let gate = Gate::start(
+        GateConfig {
+            advertise_address: grpc_addr.clone(),
+            node: node_addr.clone(),
+            // Counters may be deleted by clients in the demo; everything else keeps the default
+            // (create allowed, delete internal).
+            lifecycle_rules: vec![LifecycleRule {
+                object_type: "Counter".to_owned(),
+                id: String::new(),
+                lifecycle: Lifecycle::Delete,
+                access: Access::Allow,
+            }],
+            ..GateConfig::default()
+        },
+        Arc::new(AllowAnonymous),
+    )
+    .context("cannot start the gate")?;
+    let grpc = tokio::spawn({
+        let gate = gate.clone();
+        let stop = stop.clone();
+        async move { gate.serve_grpc(grpc_listener, stop.cancelled_owned()).await }
+    });
+    let http = tokio::spawn({
+        let gate = gate.clone();
+        let stop = stop.clone();
+        async move {
+            gate.serve_http(http_listener, gate.http_router(), stop.cancelled_owned())
+                .await
+        }
+    });
+    if !gate.wait_connected(Duration::from_secs(10)).await {
+        anyhow::bail!("the gate could not reach the node at {node_addr}");
+    }
+
+    println!("GoVerse demo: node and gate in one process (in-memory cluster store)");
+    println!("  node service  {node_addr}");
+    println!("  gate gRPC     {grpc_addr}   (upstream gate.GateService)");
+    println!("  gate HTTP     http://{http_addr}");
+    println!("  store         SQLite at {}", db.display());
     println!(
-        "  shards     {} (all owned by this node; in-memory cluster store)",
-        node.config().shard_count
-    );
-    println!("  store      SQLite at {}", db.display());
-    println!(
-        "  types      {}",
+        "  types         {}",
         node.types()
             .iter()
             .map(|t| t.name)
             .collect::<Vec<_>>()
             .join(", ")
     );
-
-    step("Activation on first call");
-    let counter = CounterRef::new("my-counter");
+    println!();
+    println!("Try:");
     println!(
-        "  my-counter lands on shard {}",
-        goverse::shard_of(counter.id(), node.config().shard_count)?
+        "  curl -s -d '{{\"value\":5}}' http://{http_addr}/api/v1/objects/call/Counter/my-counter/Add"
     );
-    let value = counter.add(&node, Int32Value { value: 5 }).await?;
-    println!(
-        "  Counter/my-counter Add(5) -> {}   (activated on demand)",
-        value.value
-    );
-    node.create_object("Counter", "created-explicitly").await?;
-    node.create_object("Counter", "created-explicitly").await?;
-    println!("  create_object twice on created-explicitly -> one activation (idempotent)");
-    println!("  activations so far: {}", node.stats().activations);
+    println!("  curl -s -d '{{}}' http://{http_addr}/api/v1/objects/call/Counter/my-counter/Get");
+    println!("  curl -sN http://{http_addr}/api/v1/events/stream");
+    println!("  goverse call --gate {grpc_addr} Counter my-counter Add '{{\"value\":5}}'");
+    println!("  goverse delete --gate {grpc_addr} Counter my-counter");
+    println!();
+    println!("ready; Ctrl-C or SIGTERM stops it and saves every object");
 
-    step("Turns: 64 concurrent callers, 100 Add(1) each, on one counter");
-    let started = Instant::now();
-    let mut callers = Vec::new();
-    for _ in 0..64 {
-        let node = node.clone();
-        callers.push(tokio::spawn(async move {
-            let shared = CounterRef::new("shared-counter");
-            for _ in 0..100 {
-                shared.add(&node, Int32Value { value: 1 }).await?;
-            }
-            Ok::<_, CallError>(())
-        }));
+    stop_signal().await;
+    println!("stopping");
+    stop.cancel();
+    gate.shutdown(Duration::from_secs(5)).await;
+    if let Ok(Err(err)) = grpc.await {
+        tracing::warn!(cause = %err, "gate gRPC server stopped with an error");
     }
-    for caller in callers {
-        caller.await??;
+    if let Ok(Err(err)) = http.await {
+        tracing::warn!(cause = %err, "gate HTTP server stopped with an error");
     }
-    let total = CounterRef::new("shared-counter")
-        .get(&node, Empty {})
-        .await?;
-    println!(
-        "  shared-counter = {} after 6400 concurrent adds in {:.1} ms: write turns run one at a time, no update lost",
-        total.value,
-        started.elapsed().as_secs_f64() * 1e3
-    );
-
-    step("Many objects: 1000 counters, 10 calls each");
-    let started = Instant::now();
-    let mut callers = Vec::new();
-    for chunk in 0..8 {
-        let node = node.clone();
-        callers.push(tokio::spawn(async move {
-            for i in (chunk..1000).step_by(8) {
-                let c = CounterRef::new(format!("counter-{i}"));
-                for _ in 0..10 {
-                    c.add(&node, Int32Value { value: 1 }).await?;
-                }
-            }
-            Ok::<_, CallError>(())
-        }));
+    if let Ok(Err(err)) = node_service.await {
+        tracing::warn!(cause = %err, "node service stopped with an error");
     }
-    for caller in callers {
-        caller.await??;
-    }
-    let stats = node.stats();
-    println!(
-        "  {} objects active, {} activations, 10000 calls in {:.1} ms",
-        stats.active_objects,
-        stats.activations,
-        started.elapsed().as_secs_f64() * 1e3
-    );
-
-    step("Errors name what was wrong");
-    let err = node
-        .call(
-            "Counter",
-            "my-counter",
-            "Multiply",
-            Payload::typed(Int32Value { value: 2 }),
-        )
-        .await
-        .unwrap_err();
-    println!("  unknown method  -> {err}");
-    let err = node
-        .call(
-            "Counter",
-            "my-counter",
-            "Add",
-            Payload::typed(StringValue { value: "5".into() }),
-        )
-        .await
-        .unwrap_err();
-    println!("  wrong payload   -> {err}");
-    let err = CounterRef::new("shard#99999/x")
-        .get(&node, Empty {})
-        .await
-        .unwrap_err();
-    println!("  bad object id   -> {err}");
-
-    step(&format!(
-        "Idle deactivation (counters idle for {:?} are saved and deactivated)",
-        args.idle_timeout
-    ));
-    let started = Instant::now();
-    let limit = args.idle_timeout * 4 + Duration::from_secs(10);
-    loop {
-        let active = node.stats().active_objects;
-        if active == 0 {
-            break;
-        }
-        if started.elapsed() > limit {
-            anyhow::bail!("objects still active after {limit:?}: {active}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let stats = node.stats();
-    println!(
-        "  all objects deactivated after {:.1} s: {} deactivations, {} saves, {} records in SQLite",
-        started.elapsed().as_secs_f64(),
-        stats.deactivations,
-        stats.saves,
-        store.count().await?
-    );
-
-    step("Reactivation with state intact");
-    let value = CounterRef::new("my-counter").get(&node, Empty {}).await?;
-    println!(
-        "  Counter/my-counter Get -> {}   (reactivated from SQLite)",
-        value.value
-    );
-    let value = CounterRef::new("shared-counter")
-        .add(&node, Int32Value { value: 1 })
-        .await?;
-    println!("  Counter/shared-counter Add(1) -> {}", value.value);
-    if value.value != 6401 {
-        anyhow::bail!(
-            "shared-counter lost state: expected 6401, got {}",
-            value.value
-        );
-    }
-
-    step("Shutdown");
     let report = node.shutdown(Duration::from_secs(10)).await;
     println!(
-        "  {} activations closed, {} states saved, {} unsaved; shards released, lease revoked",
+        "stopped: {} objects closed, {} saved, {} unsaved",
         report.deactivated, report.saved, report.unsaved
     );
     if report.unsaved > 0 {
         anyhow::bail!("{} object states could not be saved", report.unsaved);
     }
-    println!("\ndemo finished");
     Ok(())
 }

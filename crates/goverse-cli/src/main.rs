@@ -1,11 +1,14 @@
-//! `goverse`: the one binary for everything generic (demo, shard, bench).
+//! `goverse`: the one binary for everything generic (demo, gate, call, shard, bench).
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod client;
 mod demo;
+mod gate;
+mod tour;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -20,8 +23,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Runs a node on the embedded defaults with the counter sample and a scripted workload.
+    /// Runs a node and a gate on the embedded defaults until stopped (or, with --tour, a scripted
+    /// workload that exits).
     Demo(demo::DemoArgs),
+    /// Runs a gate linked to a node.
+    Gate(gate::GateArgs),
+    /// Calls a method through a gate; request and response are JSON.
+    Call(client::CallArgs),
+    /// Creates (activates) an object through a gate.
+    Create(client::Target),
+    /// Deletes an object through a gate.
+    Delete(client::Target),
     /// Prints the shard an object ID lands on (FNV-1a 32-bit of the ID modulo the shard count).
     Shard {
         /// The object ID (plain, shard#N/name or host:port/name).
@@ -51,6 +63,22 @@ fn main() -> ExitCode {
         Command::Demo(args) => {
             init_tracing("warn");
             run(demo::run(args))
+        }
+        Command::Gate(args) => {
+            init_tracing("info");
+            run(gate::run(args))
+        }
+        Command::Call(args) => {
+            init_tracing("error");
+            run(client::call(args))
+        }
+        Command::Create(target) => {
+            init_tracing("error");
+            run(client::create(target))
+        }
+        Command::Delete(target) => {
+            init_tracing("error");
+            run(client::delete(target))
         }
         Command::Bench(command) => {
             init_tracing("error");

@@ -107,3 +107,130 @@ fn bench_rejects_nonsense_arguments() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--callers"));
 }
+
+fn free_port() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// Kills the child on drop, so a failing test leaves no process behind.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn demo_serves_until_sigterm_then_saves_and_exits_zero() {
+    use std::io::{BufRead, BufReader};
+    let (node, grpc, http) = (free_port(), free_port(), free_port());
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Running(
+        Command::new(env!("CARGO_BIN_EXE_goverse"))
+            .args([
+                "demo",
+                "--node-listen",
+                &node,
+                "--listen",
+                &grpc,
+                "--http-listen",
+                &http,
+            ])
+            .arg("--data-dir")
+            .arg(data.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
+    let mut printed = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        printed.push_str(&line);
+        printed.push('\n');
+        if line.starts_with("ready") {
+            break;
+        }
+    }
+    assert!(
+        printed.contains(&format!(
+            "goverse call --gate {grpc} Counter my-counter Add"
+        )),
+        "{printed}"
+    );
+    assert!(
+        printed.contains(&format!(
+            "http://{http}/api/v1/objects/call/Counter/my-counter/Add"
+        )),
+        "{printed}"
+    );
+
+    let out = goverse(&[
+        "call",
+        "--gate",
+        &grpc,
+        "Counter",
+        "my-counter",
+        "Add",
+        r#"{"value":5}"#,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(value, serde_json::json!({"value": 5}));
+    let out = goverse(&["call", "--gate", &grpc, "Counter", "my-counter", "Nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no method \"Nope\""));
+    let out = goverse(&["create", "--gate", &grpc, "Counter", "c2"]);
+    assert_eq!(stdout(&out).trim(), r#"{"id":"c2"}"#);
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    let exit = child.0.wait().unwrap();
+    assert_eq!(exit.code(), Some(0), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("2 saved, 0 unsaved")),
+        "{rest:?}"
+    );
+
+    // The state survived: the tour over the same data directory adds 5 to my-counter's 5.
+    let reopened = goverse(&[
+        "demo",
+        "--tour",
+        "--data-dir",
+        data.path().to_str().unwrap(),
+    ]);
+    assert!(
+        reopened.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reopened.stderr)
+    );
+    assert!(
+        stdout(&reopened).contains("Counter/my-counter Add(5) -> 10"),
+        "{}",
+        stdout(&reopened)
+    );
+}
+
+#[test]
+fn call_without_a_gate_fails_clearly() {
+    let port = free_port();
+    let out = goverse(&["call", "--gate", &port, "Counter", "c", "Get"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot connect to the gate at {port}")),
+        "{err}"
+    );
+}
