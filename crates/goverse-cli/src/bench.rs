@@ -1,4 +1,5 @@
 //! `goverse bench local`: whole-system load on one in-process node.
+//! `goverse bench gate`: load through a running gate (gRPC or HTTP) to its node.
 
 use std::io::Write as _;
 use std::sync::Arc;
@@ -14,6 +15,34 @@ use hdrhistogram::Histogram;
 pub(crate) enum BenchCommand {
     /// Counters on an in-process node: M callers call random objects of N.
     Local(LocalArgs),
+    /// Counter.Add through a running gate (start one with `goverse demo`): M callers call
+    /// random counters of N.
+    Gate(GateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct GateArgs {
+    /// The gate's gRPC address, or its HTTP address with --http.
+    #[arg(long, default_value = "127.0.0.1:49000")]
+    gate: String,
+    /// Drive the HTTP API (plain JSON bodies) instead of gRPC.
+    #[arg(long)]
+    http: bool,
+    /// Concurrent callers.
+    #[arg(long, default_value_t = 256)]
+    callers: usize,
+    /// Connections the callers share (HTTP/2 multiplexes callers over each).
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Counters to call.
+    #[arg(long, default_value_t = 1000)]
+    objects: usize,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -51,6 +80,7 @@ pub(crate) struct LocalArgs {
 pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Local(args) => local(args).await,
+        BenchCommand::Gate(args) => gate(args).await,
     }
 }
 
@@ -253,4 +283,184 @@ async fn local(args: LocalArgs) -> anyhow::Result<()> {
     node.shutdown(Duration::from_secs(30)).await;
     anyhow::ensure!(errors == 0, "{errors} calls failed");
     Ok(())
+}
+
+/// One caller's next call; returns whether it succeeded.
+type CallFn = Arc<
+    dyn Fn(usize, usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
+        + Send
+        + Sync,
+>;
+
+async fn gate(args: GateArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use goverse::prost::Message as _;
+    use goverse_proto::gate::CallObjectRequest;
+    use goverse_proto::gate::gate_service_client::GateServiceClient;
+
+    anyhow::ensure!(args.objects > 0, "--objects must be at least 1");
+    anyhow::ensure!(args.callers > 0, "--callers must be at least 1");
+    anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
+    anyhow::ensure!(args.duration > 0.0, "--duration must be positive");
+    let objects = args.objects;
+    let call: CallFn = if args.http {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(args.callers)
+            .tcp_nodelay(true)
+            .build()?;
+        let base = format!("http://{}/api/v1/objects/call/Counter", args.gate);
+        client
+            .post(format!("{base}/bench-0/Add"))
+            .body(r#"{"value":0}"#)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .with_context(|| format!("cannot call Counter.Add through http://{}", args.gate))?;
+        Arc::new(move |_caller, object| {
+            let request = client
+                .post(format!("{base}/bench-{object}/Add"))
+                .body(r#"{"value":1}"#);
+            Box::pin(
+                async move { matches!(request.send().await, Ok(r) if r.status().is_success()) },
+            )
+        })
+    } else {
+        let mut clients = Vec::new();
+        for _ in 0..args.connections {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", args.gate))?
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .with_context(|| format!("cannot connect to the gate at {}", args.gate))?;
+            clients.push(GateServiceClient::new(channel));
+        }
+        let one = Int32Value { value: 1 }.encode_to_vec();
+        let type_url = format!("{}google.protobuf.Int32Value", goverse::TYPE_URL_PREFIX);
+        let clients = Arc::new(clients);
+        Arc::new(move |caller, object| {
+            let mut client = clients[caller % clients.len()].clone();
+            let request = CallObjectRequest {
+                client_id: String::new(),
+                r#type: "Counter".to_owned(),
+                id: format!("bench-{object}"),
+                method: "Add".to_owned(),
+                request: Some(prost_types::Any {
+                    type_url: type_url.clone(),
+                    value: one.clone(),
+                }),
+            };
+            Box::pin(async move { client.call_object(request).await.is_ok() })
+        })
+    };
+    let load = drive(args.callers, objects, args.duration, args.json, call).await?;
+    load.report(args.json, objects, args.callers);
+    anyhow::ensure!(load.errors == 0, "{} calls failed", load.errors);
+    Ok(())
+}
+
+struct Load {
+    histogram: Histogram<u64>,
+    errors: u64,
+    elapsed: Duration,
+}
+
+impl Load {
+    fn report(&self, json: bool, objects: usize, callers: usize) {
+        let calls = self.histogram.len();
+        let per_sec = calls as f64 / self.elapsed.as_secs_f64();
+        let us = |q: f64| self.histogram.value_at_quantile(q) as f64 / 1000.0;
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "calls_per_sec": per_sec.round(),
+                    "p50_us": us(0.5),
+                    "p99_us": us(0.99),
+                    "p999_us": us(0.999),
+                    "calls": calls,
+                    "errors": self.errors,
+                    "objects": objects,
+                    "callers": callers,
+                    "seconds": self.elapsed.as_secs_f64(),
+                })
+            );
+        } else {
+            println!(
+                "objects {objects}  callers {callers}  duration {:.1} s",
+                self.elapsed.as_secs_f64()
+            );
+            println!(
+                "calls/s   {per_sec:.0}  ({calls} calls, {} errors)",
+                self.errors
+            );
+            println!(
+                "latency   p50 {:.2} µs  p99 {:.2} µs  p99.9 {:.2} µs",
+                us(0.5),
+                us(0.99),
+                us(0.999)
+            );
+        }
+    }
+}
+
+/// Runs `callers` tasks calling `call(caller, random object)` for `seconds`.
+async fn drive(
+    callers: usize,
+    objects: usize,
+    seconds: f64,
+    quiet: bool,
+    call: CallFn,
+) -> anyhow::Result<Load> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for caller in 0..callers {
+        let (call, stop, done, errors) = (call.clone(), stop.clone(), done.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut histogram = Histogram::<u64>::new(3).expect("valid histogram");
+            let mut rng = fastrand::Rng::new();
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                if !call(caller, rng.usize(..objects)).await {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = histogram.record((started.elapsed().as_nanos() as u64).max(1));
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            histogram
+        }));
+    }
+    let started = Instant::now();
+    let total = Duration::from_secs_f64(seconds);
+    let mut last = (0u64, started);
+    while started.elapsed() < total {
+        tokio::time::sleep(Duration::from_secs(1).min(total.saturating_sub(started.elapsed())))
+            .await;
+        if !quiet {
+            let now = (done.load(Ordering::Relaxed), Instant::now());
+            let rate = (now.0 - last.0) as f64 / now.1.duration_since(last.1).as_secs_f64();
+            eprint!(
+                "\r  {:>5.1} s  {:>10.0} calls/s",
+                started.elapsed().as_secs_f64(),
+                rate
+            );
+            let _ = std::io::stderr().flush();
+            last = now;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    let mut histogram = Histogram::<u64>::new(3)?;
+    for task in tasks {
+        histogram.add(task.await?)?;
+    }
+    if !quiet {
+        eprintln!();
+    }
+    Ok(Load {
+        histogram,
+        errors: errors.load(Ordering::Relaxed),
+        elapsed,
+    })
 }
