@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use goverse::gate::rules::{Access, Lifecycle, LifecycleRule};
+use goverse::gate::rules::{Access, AccessRule, Lifecycle, LifecycleRule};
 use goverse::gate::{AllowAnonymous, Gate, GateConfig};
 use goverse::persistence::SqliteStore;
 use goverse::prelude::*;
@@ -45,28 +45,6 @@ async fn bind(address: &str, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(address)
         .await
         .with_context(|| format!("cannot listen on {address} for the {what}"))
-}
-
-/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
-pub(crate) async fn stop_signal() {
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(err) => {
-                    tracing::warn!(cause = %err, "cannot watch SIGTERM; stop with Ctrl-C");
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -107,15 +85,16 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if let Some(idle) = args.idle_timeout {
         counter = counter.idle_timeout(idle);
     }
-    let node = Node::builder(NodeConfig {
+    let builder = Node::builder(NodeConfig {
         address: node_addr.clone(),
         ..NodeConfig::default()
     })
     .register_with(counter)
-    .object_store(store)
-    .start()
-    .await
-    .context("cannot start the node")?;
+    .object_store(store);
+    let node = goverse_sample_chat::register(builder)
+        .start()
+        .await
+        .context("cannot start the node")?;
 
     let stop = CancellationToken::new();
     let node_service = tokio::spawn(goverse::serve(
@@ -127,6 +106,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         GateConfig {
             advertise_address: grpc_addr.clone(),
             node: node_addr.clone(),
+            access_rules: demo_access_rules(),
             // Counters may be deleted by clients in the demo; everything else keeps the default
             // (create allowed, delete internal).
             lifecycle_rules: vec![LifecycleRule {
@@ -140,17 +120,19 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         Arc::new(AllowAnonymous),
     )
     .context("cannot start the gate")?;
-    let grpc = tokio::spawn({
+    let serving = tokio::spawn({
         let gate = gate.clone();
-        let stop = stop.clone();
-        async move { gate.serve_grpc(grpc_listener, stop.cancelled_owned()).await }
-    });
-    let http = tokio::spawn({
-        let gate = gate.clone();
+        let router = gate.http_router().merge(goverse_sample_chat::web::router());
         let stop = stop.clone();
         async move {
-            gate.serve_http(http_listener, gate.http_router(), stop.cancelled_owned())
-                .await
+            gate.serve(
+                grpc_listener,
+                http_listener,
+                router,
+                stop.cancelled_owned(),
+                Duration::from_secs(5),
+            )
+            .await
         }
     });
     if !gate.wait_connected(Duration::from_secs(10)).await {
@@ -161,6 +143,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("  node service  {node_addr}");
     println!("  gate gRPC     {grpc_addr}   (upstream gate.GateService)");
     println!("  gate HTTP     http://{http_addr}");
+    println!(
+        "  chat          http://{http_addr}/chat/   (web client; two tabs chat with each other)"
+    );
     println!("  store         SQLite at {}", db.display());
     println!(
         "  types         {}",
@@ -176,21 +161,25 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "  curl -s -d '{{\"value\":5}}' http://{http_addr}/api/v1/objects/call/Counter/my-counter/Add"
     );
     println!("  curl -s -d '{{}}' http://{http_addr}/api/v1/objects/call/Counter/my-counter/Get");
+    println!(
+        "  curl -s -d '{{}}' http://{http_addr}/api/v1/objects/call/ChatRoomMgr/ChatRoomMgr0/ListChatRooms"
+    );
     println!("  curl -sN http://{http_addr}/api/v1/events/stream");
     println!("  goverse call --gate {grpc_addr} Counter my-counter Add '{{\"value\":5}}'");
     println!("  goverse delete --gate {grpc_addr} Counter my-counter");
+    println!(
+        "  cargo run --release -p goverse-sample-chat --bin chat-client -- --gate {grpc_addr} --name alice"
+    );
     println!();
     println!("ready; Ctrl-C or SIGTERM stops it and saves every object");
 
-    stop_signal().await;
+    goverse::stop_signal().await;
     println!("stopping");
     stop.cancel();
-    gate.shutdown(Duration::from_secs(5)).await;
-    if let Ok(Err(err)) = grpc.await {
-        tracing::warn!(cause = %err, "gate gRPC server stopped with an error");
-    }
-    if let Ok(Err(err)) = http.await {
-        tracing::warn!(cause = %err, "gate HTTP server stopped with an error");
+    match serving.await {
+        Ok(Err(err)) => tracing::warn!(cause = %err, "the gate stopped with an error"),
+        Err(err) => tracing::warn!(cause = %err, "the gate task failed"),
+        Ok(Ok(())) => {}
     }
     if let Ok(Err(err)) = node_service.await {
         tracing::warn!(cause = %err, "node service stopped with an error");
@@ -204,4 +193,17 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         anyhow::bail!("{} object states could not be saved", report.unsaved);
     }
     Ok(())
+}
+
+/// Clients may use the counter and the chat (except `ChatRoomMgr.RegisterRoom`, which only rooms
+/// call). With rules configured, anything unmatched is refused.
+fn demo_access_rules() -> Vec<AccessRule> {
+    let mut rules = goverse_sample_chat::access_rules();
+    rules.push(AccessRule {
+        object_type: "Counter".to_owned(),
+        id: String::new(),
+        method: String::new(),
+        access: Access::Allow,
+    });
+    rules
 }

@@ -8,7 +8,6 @@ use anyhow::Context as _;
 use goverse::gate::rules::{AccessRule, LifecycleRule};
 use goverse::gate::{AllowAnonymous, Gate, GateConfig};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct GateArgs {
@@ -80,35 +79,27 @@ pub(crate) async fn run(args: GateArgs) -> anyhow::Result<()> {
         },
         Arc::new(AllowAnonymous),
     )?;
-    let stop = CancellationToken::new();
-    let grpc = tokio::spawn({
-        let gate = gate.clone();
-        let stop = stop.clone();
-        async move { gate.serve_grpc(grpc_listener, stop.cancelled_owned()).await }
-    });
-    let http = tokio::spawn({
-        let gate = gate.clone();
-        let stop = stop.clone();
-        async move {
-            gate.serve_http(http_listener, gate.http_router(), stop.cancelled_owned())
-                .await
-        }
-    });
     println!(
         "gate {advertise}: gRPC {}, HTTP http://{}, node {}",
         args.listen, args.http_listen, args.node
     );
-    if !gate.wait_connected(Duration::from_secs(5)).await {
-        println!(
-            "node {} not reachable yet; retrying in the background",
-            args.node
-        );
-    }
-    crate::demo::stop_signal().await;
-    stop.cancel();
-    gate.shutdown(Duration::from_secs(5)).await;
-    let _ = grpc.await;
-    let _ = http.await;
+    tokio::spawn({
+        let gate = gate.clone();
+        let node = args.node.clone();
+        async move {
+            if !gate.wait_connected(Duration::from_secs(5)).await {
+                println!("node {node} not reachable yet; retrying in the background");
+            }
+        }
+    });
+    gate.serve(
+        grpc_listener,
+        http_listener,
+        gate.http_router(),
+        goverse::stop_signal(),
+        Duration::from_secs(5),
+    )
+    .await?;
     println!("gate stopped");
     Ok(())
 }

@@ -113,6 +113,20 @@ fn free_port() -> String {
     listener.local_addr().unwrap().to_string()
 }
 
+/// A plain HTTP/1.1 GET; the whole response as text.
+fn http_get(address: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
 /// Kills the child on drop, so a failing test leaves no process behind.
 struct Running(std::process::Child);
 
@@ -188,6 +202,42 @@ fn demo_serves_until_sigterm_then_saves_and_exits_zero() {
     let out = goverse(&["call", "--gate", &grpc, "Counter", "my-counter", "Nope"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no method \"Nope\""));
+    // The chat web client is served by the gate.
+    let page = http_get(&http, "/chat/");
+    assert!(
+        page.starts_with("HTTP/1.1 200") && page.contains("<title>GoVerse chat</title>"),
+        "{page}"
+    );
+
+    // The chat sample is registered; its manager's internal method is not for clients.
+    let out = goverse(&[
+        "call",
+        "--gate",
+        &grpc,
+        "ChatRoomMgr",
+        "ChatRoomMgr0",
+        "ListChatRooms",
+    ]);
+    let value: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(
+        value,
+        serde_json::json!({"chatRooms": ["Crypto", "General", "Movies", "Sports", "Technology"]})
+    );
+    let out = goverse(&[
+        "call",
+        "--gate",
+        &grpc,
+        "ChatRoomMgr",
+        "ChatRoomMgr0",
+        "RegisterRoom",
+        r#"{"roomName":"Sneaky"}"#,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("PermissionDenied"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = goverse(&["create", "--gate", &grpc, "Counter", "c2"]);
     assert_eq!(stdout(&out).trim(), r#"{"id":"c2"}"#);
 
@@ -200,7 +250,7 @@ fn demo_serves_until_sigterm_then_saves_and_exits_zero() {
     let exit = child.0.wait().unwrap();
     assert_eq!(exit.code(), Some(0), "{rest:?}");
     assert!(
-        rest.iter().any(|l| l.contains("2 saved, 0 unsaved")),
+        rest.iter().any(|l| l.contains("3 saved, 0 unsaved")),
         "{rest:?}"
     );
 

@@ -92,8 +92,9 @@ pub(crate) struct GateInner {
     pub(crate) tasks: TaskTracker,
 }
 
-/// A running gate: a cheap, cloneable handle. Serve it with [`Gate::serve_grpc`] and
-/// [`Gate::serve_http`] (or mount [`Gate::grpc_routes`] / [`Gate::http_router`] yourself).
+/// A running gate: a cheap, cloneable handle. Serve it with [`Gate::serve`] (both front ends),
+/// [`Gate::serve_grpc`] and [`Gate::serve_http`] separately, or mount [`Gate::grpc_routes`] /
+/// [`Gate::http_router`] on servers of your own.
 #[derive(Clone)]
 pub struct Gate {
     pub(crate) inner: Arc<GateInner>,

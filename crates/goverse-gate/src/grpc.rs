@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use goverse_core::{CallError, ClientIdentity, ErrorCode, TYPE_URL_PREFIX};
+use goverse_core::{AnyMessage as _, CallError, ClientIdentity, ErrorCode};
 use goverse_proto::gate::gate_service_server::{GateService, GateServiceServer};
 use goverse_proto::gate::{
     CallObjectRequest, CallObjectResponse, CreateObjectRequest, CreateObjectResponse,
@@ -15,7 +15,6 @@ use goverse_proto::gate::{
 };
 use goverse_proto::gate_info::gate_info_server::{GateInfo, GateInfoServer};
 use goverse_proto::node::{DescribeRequest, DescribeResponse};
-use prost::Message as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -85,13 +84,10 @@ impl GateService for GrpcGate {
             .await
             .map_err(|e| status_of(&e))?;
         let registration = self.inner.register(principal, Binding::Grpc(remote));
-        let first = prost_types::Any {
-            type_url: format!("{TYPE_URL_PREFIX}gate.RegisterResponse"),
-            value: RegisterResponse {
-                client_id: registration.entry.identity.client_id().to_owned(),
-            }
-            .encode_to_vec(),
-        };
+        let first = RegisterResponse {
+            client_id: registration.entry.identity.client_id().to_owned(),
+        }
+        .to_any();
         let (guard, rx) = registration.split();
         let pushes = ReceiverStream::new(rx).map(move |message| {
             // The stream owns the registration: the client is unregistered when it ends.

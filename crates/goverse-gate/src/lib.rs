@@ -25,8 +25,10 @@ mod grpc;
 mod http;
 mod node_link;
 pub mod rules;
+mod serve;
 
 pub use auth::{AllowAnonymous, AuthError, ConnectRequest, GateEventHandler, Principal, Transport};
 pub use gate::{Gate, GateConfig, GateError, GateStats};
 pub use grpc::status_of;
 pub use http::{CLIENT_ID_HEADER, CLIENT_TOKEN_HEADER, http_code_name};
+pub use serve::GateServeError;

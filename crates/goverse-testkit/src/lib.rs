@@ -2,6 +2,7 @@
 //!
 //! - [`assert_eventually!`]: polls a condition (which may `.await`) until it holds or a timeout
 //!   passes, instead of sleeping a fixed time.
+//! - [`Process`]: a child process (node, gate, client) driven through its standard streams.
 
 /// Polls `cond` every 5 ms until it is true; panics naming the condition after `timeout`
 /// (default 10 s). Use inside an async test.
@@ -32,4 +33,149 @@ macro_rules! assert_eventually {
 #[doc(hidden)]
 pub async fn __sleep(duration: std::time::Duration) {
     tokio::time::sleep(duration).await;
+}
+
+/// A child process driven through its standard streams, for end-to-end tests that start nodes,
+/// gates and clients the way a user does. Standard output is read line by line on a thread;
+/// [`Process::expect`] waits for a line containing a text. The process is killed on drop, so a
+/// failing test leaves nothing running.
+#[derive(Debug)]
+pub struct Process {
+    name: String,
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Every line read so far, for failure messages.
+    seen: Vec<String>,
+}
+
+impl Process {
+    /// Starts `program` with `args`, standard input and output piped (standard error inherited,
+    /// so its logs show up in the test's output).
+    pub fn start<S: AsRef<std::ffi::OsStr>>(
+        program: impl AsRef<std::ffi::OsStr>,
+        args: impl IntoIterator<Item = S>,
+    ) -> Self {
+        use std::io::BufRead;
+        let program = program.as_ref();
+        let name = std::path::Path::new(program)
+            .file_name()
+            .map_or_else(|| program.to_string_lossy(), |n| n.to_string_lossy())
+            .into_owned();
+        let mut child = std::process::Command::new(program)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.to_string_lossy()));
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        Self {
+            name,
+            child,
+            stdin,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits up to `timeout` for a line containing `text`; returns it. Panics with everything
+    /// the process printed if none comes (or the process exits first).
+    pub fn expect_within(&mut self, text: &str, timeout: std::time::Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(text) {
+                        return line;
+                    }
+                }
+                Err(err) => panic!(
+                    "{}: no line containing {text:?} ({}); it printed:\n{}",
+                    self.name,
+                    match err {
+                        std::sync::mpsc::RecvTimeoutError::Timeout => "timed out",
+                        std::sync::mpsc::RecvTimeoutError::Disconnected => "output ended",
+                    },
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// [`Process::expect_within`] with a 20 s timeout.
+    pub fn expect(&mut self, text: &str) -> String {
+        self.expect_within(text, std::time::Duration::from_secs(20))
+    }
+
+    /// Writes `line` and a newline to the process's standard input.
+    pub fn send(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("standard input is open");
+        writeln!(stdin, "{line}")
+            .and_then(|()| stdin.flush())
+            .unwrap_or_else(|e| panic!("{}: cannot write to standard input: {e}", self.name));
+    }
+
+    /// Closes standard input (end of input for the process).
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Sends SIGTERM (the way a service manager stops a process).
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -TERM {} failed", self.child.id());
+    }
+
+    /// Waits up to `timeout` for the process to exit; returns its exit code (None if killed by
+    /// a signal). Panics if it is still running.
+    pub fn wait_exit(&mut self, timeout: std::time::Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Collect the rest of the output for later expectations and messages.
+                while let Ok(line) = self
+                    .lines
+                    .recv_timeout(std::time::Duration::from_millis(200))
+                {
+                    self.seen.push(line);
+                }
+                return status.code();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} did not exit within {timeout:?}; it printed:\n{}",
+                self.name,
+                self.seen.join("\n")
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Every line printed so far.
+    pub fn output(&self) -> &[String] {
+        &self.seen
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -60,6 +60,30 @@ pub use goverse_node::{ServeError, serve};
 pub mod gate {
     pub use goverse_gate::*;
 }
+/// Resolves when the process is asked to stop: Ctrl-C (SIGINT) or SIGTERM, the two ways a
+/// terminal and a service manager stop a node or gate. A `main` serving a node awaits it, then
+/// shuts the node down so every object is saved.
+pub async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(err) => {
+                tracing::warn!(cause = %err, "cannot watch SIGTERM; stop with Ctrl-C");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 /// The prost version GoVerse messages are built with.
 pub use prost;
 
