@@ -102,10 +102,11 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         node_listener,
         stop.clone().cancelled_owned(),
     ));
-    let gate = Gate::start(
+    // The gate shares the node's process, so it links to the node in-process: calls run straight
+    // on the node, with no loopback socket between them.
+    let gate = Gate::start_local(
         GateConfig {
             advertise_address: grpc_addr.clone(),
-            node: node_addr.clone(),
             access_rules: demo_access_rules(),
             // Counters may be deleted by clients in the demo; everything else keeps the default
             // (create allowed, delete internal).
@@ -118,6 +119,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             ..GateConfig::default()
         },
         Arc::new(AllowAnonymous),
+        &node,
     )
     .context("cannot start the gate")?;
     let serving = tokio::spawn({

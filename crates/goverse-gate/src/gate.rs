@@ -116,6 +116,28 @@ impl Gate {
         config: GateConfig,
         handler: Arc<dyn GateEventHandler>,
     ) -> Result<Self, GateError> {
+        let link = NodeLink::new(config.node.clone());
+        Self::start_with(config, handler, link)
+    }
+
+    /// Like [`Gate::start`], for a gate in the same process as `node` (as in `goverse demo`):
+    /// calls run straight on the node, with no socket or encoding between gate and node;
+    /// `config.node` is ignored. Clients see no difference.
+    pub fn start_local(
+        mut config: GateConfig,
+        handler: Arc<dyn GateEventHandler>,
+        node: &goverse_node::Node,
+    ) -> Result<Self, GateError> {
+        config.node = node.address().to_string();
+        let link = NodeLink::local(node, &config.advertise_address);
+        Self::start_with(config, handler, link)
+    }
+
+    fn start_with(
+        config: GateConfig,
+        handler: Arc<dyn GateEventHandler>,
+        link: Arc<NodeLink>,
+    ) -> Result<Self, GateError> {
         if config.advertise_address.is_empty() || config.advertise_address.contains('/') {
             return Err(GateError::Config(format!(
                 "advertise address {:?} must be a non-empty host:port",
@@ -136,7 +158,6 @@ impl Gate {
             ));
         }
         let rules = Rules::new(&config.access_rules, &config.lifecycle_rules)?;
-        let link = NodeLink::new(config.node.clone());
         let stop = CancellationToken::new();
         let inner = Arc::new(GateInner {
             rules,

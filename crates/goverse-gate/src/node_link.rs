@@ -1,7 +1,8 @@
 //! The gate's side of the node service: one long-lived stream to the node, reconnected when it
 //! breaks. Requests are tagged with ids, queued, and written in batches (everything queued when
 //! the transport is ready for more); responses complete the waiting callers by id; pushes are
-//! handed to the gate's clients.
+//! handed to the gate's clients. A gate in the node's own process links through an in-process
+//! peer instead: same requests and responses, no socket.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use foldhash::HashMap;
 use futures::Stream;
 use goverse_core::{CallError, ErrorCode};
+use goverse_node::{LocalPeer, LocalPushes};
 use goverse_proto::node::node_service_client::NodeServiceClient;
 use goverse_proto::node::{DescribeRequest, Request, RequestBatch, request, response};
 use parking_lot::{Mutex, RwLock};
@@ -70,6 +72,9 @@ struct Connection {
 pub(crate) struct NodeLink {
     address: String,
     current: RwLock<Option<Arc<Connection>>>,
+    /// Set when the node runs in this process: requests then run in the caller's task.
+    local: Option<LocalPeer>,
+    local_pushes: Mutex<Option<LocalPushes>>,
     next_id: AtomicU64,
 }
 
@@ -86,6 +91,20 @@ impl NodeLink {
         Arc::new(Self {
             address,
             current: RwLock::new(None),
+            local: None,
+            local_pushes: Mutex::new(None),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// A link to a node in this process, through an in-process peer stream.
+    pub(crate) fn local(node: &goverse_node::Node, gate_address: &str) -> Arc<Self> {
+        let (peer, pushes) = goverse_node::open_local(node, gate_address);
+        Arc::new(Self {
+            address: node.address().to_string(),
+            current: RwLock::new(None),
+            local: Some(peer),
+            local_pushes: Mutex::new(Some(pushes)),
             next_id: AtomicU64::new(1),
         })
     }
@@ -95,11 +114,23 @@ impl NodeLink {
     }
 
     pub(crate) fn is_connected(&self) -> bool {
-        self.current.read().is_some()
+        self.local.is_some() || self.current.read().is_some()
     }
 
     /// Sends `op` and waits up to `timeout` for its outcome.
     pub(crate) async fn request(&self, op: request::Op, timeout: Duration) -> Outcome {
+        if let Some(local) = &self.local {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let request = local.request(Request { id, op: Some(op) });
+            // The node enforces the deadline itself; this is a backstop.
+            return match tokio::time::timeout(timeout + Duration::from_millis(500), request).await {
+                Ok(response) => outcome_of(response.result),
+                Err(_) => Err(CallError::new(
+                    ErrorCode::DeadlineExceeded,
+                    format!("node {} did not answer within {timeout:?}", self.address),
+                )),
+            };
+        }
         let Some(conn) = self.current.read().clone() else {
             return Err(CallError::unavailable(format!(
                 "node {} is not connected",
@@ -140,6 +171,12 @@ impl NodeLink {
         catalog: SharedCatalog,
         stop: CancellationToken,
     ) {
+        let local_pushes = self.local_pushes.lock().take();
+        if let (Some(peer), Some(pushes)) = (&self.local, local_pushes) {
+            *catalog.write() = Arc::new(Catalog::from_describe(&peer.describe()));
+            tracing::info!(node = %self.address, "in-process node link up");
+            return Self::deliver_local(pushes, &clients, &stop).await;
+        }
         let mut backoff = Duration::from_millis(50);
         loop {
             let result = tokio::select! {
@@ -218,14 +255,7 @@ impl NodeLink {
                 Ok(Some(batch)) => {
                     for r in batch.responses {
                         if let Some(tx) = pending.take(r.id) {
-                            let outcome = match r.result {
-                                Some(response::Result::Failure(f)) => {
-                                    Err(goverse_node::failure_to_error(f))
-                                }
-                                Some(other) => Ok(other),
-                                None => Err(CallError::internal("node sent an empty response")),
-                            };
-                            let _ = tx.send(outcome);
+                            let _ = tx.send(outcome_of(r.result));
                         }
                     }
                     for push in batch.pushes {
@@ -241,6 +271,33 @@ impl NodeLink {
         *self.current.write() = None;
         pending.close(&format!("connection to node {} was lost", self.address));
         result
+    }
+}
+
+impl NodeLink {
+    /// Hands the in-process node's pushes to the gate's clients until `stop`.
+    async fn deliver_local(mut pushes: LocalPushes, clients: &Clients, stop: &CancellationToken) {
+        loop {
+            let batch = tokio::select! {
+                () = stop.cancelled() => return,
+                batch = pushes.next() => batch,
+            };
+            let Some(batch) = batch else { return };
+            for push in batch {
+                if let Some(message) = push.message {
+                    clients.deliver(&push.client_ids, push.broadcast, message);
+                }
+            }
+        }
+    }
+}
+
+/// What a response's result means to the caller.
+fn outcome_of(result: Option<response::Result>) -> Outcome {
+    match result {
+        Some(response::Result::Failure(f)) => Err(goverse_node::failure_to_error(f)),
+        Some(other) => Ok(other),
+        None => Err(CallError::internal("node sent an empty response")),
     }
 }
 

@@ -102,7 +102,17 @@ struct Setup {
 }
 
 impl Setup {
-    async fn start(mut config: GateConfig, handler: Arc<dyn GateEventHandler>) -> Self {
+    async fn start(config: GateConfig, handler: Arc<dyn GateEventHandler>) -> Self {
+        Self::start_linked(config, handler, false).await
+    }
+
+    /// `local`: the gate links to the node in-process (`Gate::start_local`) instead of over the
+    /// node service.
+    async fn start_linked(
+        mut config: GateConfig,
+        handler: Arc<dyn GateEventHandler>,
+        local: bool,
+    ) -> Self {
         let node_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let node_addr = node_listener.local_addr().unwrap();
         let node = Node::builder(NodeConfig {
@@ -128,7 +138,11 @@ impl Setup {
         let http = http_listener.local_addr().unwrap();
         config.advertise_address = grpc.to_string();
         config.node = node_addr.to_string();
-        let gate = Gate::start(config, handler).unwrap();
+        let gate = if local {
+            Gate::start_local(config, handler, &node).unwrap()
+        } else {
+            Gate::start(config, handler).unwrap()
+        };
         assert!(
             gate.wait_connected(Duration::from_secs(10)).await,
             "gate reaches the node"
@@ -217,7 +231,29 @@ async fn register(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_register_call_and_push() {
-    let s = Setup::plain().await;
+    register_call_and_push(Setup::plain().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_gate_register_call_and_push() {
+    let s = Setup::start_linked(GateConfig::default(), Arc::new(AllowAnonymous), true).await;
+    assert_eq!(s.gate.config().node, s.node.address().to_string());
+    // The catalog comes from the node directly: plain JSON works over HTTP.
+    let response = reqwest::Client::new()
+        .post(s.url("/api/v1/objects/call/Tally/json/Add"))
+        .body(r#"{"value":"4"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.json::<serde_json::Value>().await.unwrap(),
+        serde_json::json!({"value": "4"})
+    );
+    register_call_and_push(s).await;
+}
+
+async fn register_call_and_push(s: Setup) {
     let mut client = s.grpc_client().await;
     let (client_id, mut pushes) = register(&mut client).await;
     assert!(
