@@ -145,7 +145,14 @@ impl Gate {
         router: Router,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        use axum::serve::ListenerExt as _;
         let stop = self.inner.streams_stop.clone();
+        // Small responses go out at once instead of waiting on Nagle's algorithm.
+        let listener = listener.tap_io(|stream| {
+            if let Err(err) = stream.set_nodelay(true) {
+                tracing::debug!(cause = %err, "cannot set TCP_NODELAY on an HTTP connection");
+            }
+        });
         axum::serve(
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
@@ -331,16 +338,21 @@ enum CallBody {
     Plain,
 }
 
+/// Upstream's call body: exactly one field, `request`, a string.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    request: std::borrow::Cow<'a, str>,
+}
+
 fn parse_envelope(body: &[u8]) -> Option<Result<prost_types::Any, HttpError>> {
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let map = value.as_object()?;
-    if map.len() != 1 {
-        return None;
-    }
-    let encoded = map.get("request")?.as_str()?;
+    // Typed, so a plain-JSON body is turned away at its first key without building a value.
+    let envelope: Envelope<'_> = serde_json::from_slice(body).ok()?;
+    let encoded = envelope.request;
     Some(
         BASE64
-            .decode(encoded)
+            .decode(encoded.as_bytes())
             .map_err(|e| {
                 HttpError::new(
                     StatusCode::BAD_REQUEST,
