@@ -391,6 +391,18 @@ impl ChatRoom {
     }
 }
 
+/// Logs to standard error at `default` level unless `RUST_LOG` says otherwise (the sample's
+/// binaries share it).
+pub fn init_logging(default: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// Registers the chat types and publishes their message descriptors.
 pub fn register(builder: goverse::NodeBuilder) -> goverse::NodeBuilder {
     builder

@@ -391,6 +391,20 @@ impl Browser {
         value.as_str().unwrap_or_default().to_owned()
     }
 
+    /// Clicks the element `selector` names.
+    async fn click(&self, selector: &str) {
+        let element = self.client.find(fantoccini::Locator::Css(selector)).await;
+        let element = element.unwrap_or_else(|e| panic!("no element {selector}: {e}"));
+        element.click().await.unwrap();
+    }
+
+    /// Types `text` into the element `selector` names.
+    async fn type_into(&self, selector: &str, text: &str) {
+        let element = self.client.find(fantoccini::Locator::Css(selector)).await;
+        let element = element.unwrap_or_else(|e| panic!("no element {selector}: {e}"));
+        element.send_keys(text).await.unwrap();
+    }
+
     /// Waits until `selector`'s text contains `want`.
     async fn wait_text(&self, selector: &str, want: &str) {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -421,18 +435,8 @@ async fn web_client_in_headless_chromium_chats_with_a_terminal_client() {
     browser.wait_text("#status", "connected as").await;
     browser.wait_text("#rooms", "General").await;
 
-    page.find(Locator::Id("name"))
-        .await
-        .unwrap()
-        .send_keys("carol")
-        .await
-        .unwrap();
-    page.find(Locator::Css("#rooms button[data-room=General]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.type_into("#name", "carol").await;
+    browser.click("#rooms button[data-room=General]").await;
     browser.wait_text("#room-title", "General").await;
     browser.wait_text("#messages", "carol joined").await;
 
@@ -447,18 +451,8 @@ async fn web_client_in_headless_chromium_chats_with_a_terminal_client() {
         .wait_text("#messages", "dave:hello from the terminal")
         .await;
 
-    page.find(Locator::Id("input"))
-        .await
-        .unwrap()
-        .send_keys("hello from the browser")
-        .await
-        .unwrap();
-    page.find(Locator::Id("send"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.type_into("#input", "hello from the browser").await;
+    browser.click("#send").await;
     dave.expect("carol: hello from the browser");
     browser
         .wait_text("#messages li.mine", "carol:hello from the browser")
@@ -472,12 +466,7 @@ async fn web_client_in_headless_chromium_chats_with_a_terminal_client() {
     let images = page.find_all(Locator::Css("#messages img")).await.unwrap();
     assert!(images.is_empty());
 
-    page.find(Locator::Id("leave"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click("#leave").await;
     dave.expect("* carol left");
     browser.client.clone().close().await.unwrap();
 }
