@@ -52,18 +52,29 @@ async fn main() -> anyhow::Result<()> {
         Arc::new(AllowAnonymous),
     )?;
     let router = gate.http_router().merge(goverse_sample_chat::web::router());
-    println!(
-        "chat-gate: gRPC {grpc_addr}, web client http://{http_addr}/chat/, node {}",
-        args.node
-    );
-    gate.serve(
+    let serving = gate.serve(
         grpc,
         http,
         router,
         goverse::stop_signal(),
         Duration::from_secs(5),
-    )
-    .await?;
+    );
+    // Announce once calls can reach the node (serving meanwhile; early calls get Unavailable).
+    let announce = async {
+        let linked = gate.wait_connected(Duration::from_secs(10)).await;
+        println!(
+            "chat-gate: gRPC {grpc_addr}, web client http://{http_addr}/chat/, node {}",
+            args.node
+        );
+        if !linked {
+            println!(
+                "node {} not reachable yet; retrying in the background",
+                args.node
+            );
+        }
+    };
+    let (served, ()) = tokio::join!(serving, announce);
+    served?;
     println!("chat-gate stopped");
     Ok(())
 }
