@@ -9,7 +9,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use goverse::gate::rules::{Access, AccessRule, Lifecycle, LifecycleRule};
 use goverse::gate::{AllowAnonymous, Gate, GateConfig};
-use goverse::persistence::SqliteStore;
 use goverse::prelude::*;
 use goverse_sample_counter::Counter;
 use tokio::net::TcpListener;
@@ -55,23 +54,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         )
         .await;
     }
-    let temp;
-    let data_dir = match args.data_dir {
-        Some(dir) => {
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-            dir
-        }
-        None => {
-            temp = tempfile::tempdir().context("cannot create a temporary data directory")?;
-            temp.path().to_path_buf()
-        }
-    };
-    let db = data_dir.join("objects.db");
-    let store = Arc::new(
-        SqliteStore::open(&db)
-            .with_context(|| format!("cannot open the store at {}", db.display()))?,
-    );
+    let (_temp, db, store) = crate::tour::open_store(args.data_dir)?;
 
     // Bind everything first, so a busy port fails before anything starts.
     let node_listener = bind(&args.node_listen, "node service").await?;

@@ -29,24 +29,35 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+/// The demo's SQLite store: `objects.db` in `data_dir` (created if missing), or in a temporary
+/// directory that lives as long as the returned guard.
+pub(crate) fn open_store(
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<(Option<tempfile::TempDir>, PathBuf, Arc<SqliteStore>)> {
+    let (temp, dir) = match data_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            (None, dir)
+        }
+        None => {
+            let temp = tempfile::tempdir().context("cannot create a temporary data directory")?;
+            let dir = temp.path().to_path_buf();
+            (Some(temp), dir)
+        }
+    };
+    let db = dir.join("objects.db");
+    let store = SqliteStore::open(&db)
+        .with_context(|| format!("cannot open the store at {}", db.display()))?;
+    Ok((temp, db, Arc::new(store)))
+}
+
 fn step(title: &str) {
     println!("\n== {title}");
 }
 
 pub(crate) async fn run(data_dir: Option<PathBuf>, idle_timeout: Duration) -> anyhow::Result<()> {
-    let temp;
-    let data_dir = match data_dir {
-        Some(dir) => dir,
-        None => {
-            temp = tempfile::tempdir().context("cannot create a temporary data directory")?;
-            temp.path().to_path_buf()
-        }
-    };
-    let db = data_dir.join("objects.db");
-    let store = Arc::new(
-        SqliteStore::open(&db)
-            .with_context(|| format!("cannot open the store at {}", db.display()))?,
-    );
+    let (_temp, db, store) = open_store(data_dir)?;
     let config = NodeConfig::default();
     let node = Node::builder(config)
         .register_with(TypeOptions::<Counter>::default().idle_timeout(idle_timeout))
