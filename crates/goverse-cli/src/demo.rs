@@ -132,14 +132,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "  chat          http://{http_addr}/chat/   (web client; two tabs chat with each other)"
     );
     println!("  store         SQLite at {}", db.display());
-    println!(
-        "  types         {}",
-        node.types()
-            .iter()
-            .map(|t| t.name)
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    println!("  types         {}", crate::tour::type_list(&node));
     println!();
     println!("Try:");
     println!(

@@ -52,6 +52,12 @@ pub(crate) fn open_store(
     Ok((temp, db, Arc::new(store)))
 }
 
+/// The node's registered type names, comma-separated.
+pub(crate) fn type_list(node: &Node) -> String {
+    let names: Vec<&str> = node.types().iter().map(|t| t.name).collect();
+    names.join(", ")
+}
+
 fn step(title: &str) {
     println!("\n== {title}");
 }
@@ -72,14 +78,7 @@ pub(crate) async fn run(data_dir: Option<PathBuf>, idle_timeout: Duration) -> an
         node.config().shard_count
     );
     println!("  store      SQLite at {}", db.display());
-    println!(
-        "  types      {}",
-        node.types()
-            .iter()
-            .map(|t| t.name)
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    println!("  types      {}", crate::tour::type_list(&node));
 
     step("Activation on first call");
     let counter = CounterRef::new("my-counter");

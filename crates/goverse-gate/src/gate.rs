@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use goverse_core::{CallError, ClientIdentity, ErrorCode, ObjectId};
-use goverse_proto::node::{self as proto, request, response};
+use goverse_proto::node::{self as proto, response};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{ConnectRequest, GateEventHandler, Transport};
 use crate::clients::{Binding, ClientEntry, Clients};
 use crate::codec::{Catalog, SharedCatalog};
-use crate::node_link::NodeLink;
+use crate::node_link::{NodeLink, NodeOp, NodeRequest};
 use crate::rules::{Access, AccessRule, Lifecycle, LifecycleRule, RuleError, Rules};
 
 /// How a gate runs.
@@ -337,22 +337,10 @@ impl GateInner {
             .map_err(|e| CallError::invalid_argument(format!("invalid object id {id:?}: {e}")))
     }
 
-    fn caller(identity: &ClientIdentity) -> proto::Caller {
-        proto::Caller {
-            client_id: identity.client_id().to_owned(),
-            user_id: identity.user_id().to_owned(),
-            roles: identity.roles().map(str::to_owned).collect(),
-        }
-    }
-
-    fn timeout_micros(&self) -> u64 {
-        u64::try_from(self.config.call_timeout.as_micros()).unwrap_or(u64::MAX)
-    }
-
     /// Calls `object_type/id.method` for `identity`.
     pub(crate) async fn call(
         &self,
-        identity: &ClientIdentity,
+        identity: &Arc<ClientIdentity>,
         object_type: &str,
         id: &str,
         method: &str,
@@ -373,17 +361,12 @@ impl GateInner {
                 format!("access denied for {object_type}/{id} method {method:?}"),
             ));
         }
-        let op = request::Op::Call(proto::Call {
-            r#type: object_type.to_owned(),
-            object_id: id.to_owned(),
-            method: method.to_owned(),
+        let op = NodeOp::Call {
+            method,
             request,
-            chain: 0,
-            timeout_micros: self.timeout_micros(),
-            caller: Some(Self::caller(identity)),
-            reliable_call_id: reliable_call_id.to_owned(),
-        });
-        match self.link.request(op, self.config.call_timeout).await? {
+            reliable_call_id,
+        };
+        match self.send(identity, object_type, id, op).await? {
             response::Result::Value(any) => Ok(any),
             _ => Err(CallError::internal("node answered a call with no value")),
         }
@@ -392,21 +375,13 @@ impl GateInner {
     /// Creates (activates) `object_type/id` for `identity`.
     pub(crate) async fn create(
         &self,
-        identity: &ClientIdentity,
+        identity: &Arc<ClientIdentity>,
         object_type: &str,
         id: &str,
     ) -> Result<(), CallError> {
         Self::check_target(object_type, id)?;
         self.check_lifecycle(Lifecycle::Create, object_type, id)?;
-        let op = request::Op::Create(proto::Create {
-            r#type: object_type.to_owned(),
-            object_id: id.to_owned(),
-            chain: 0,
-            timeout_micros: self.timeout_micros(),
-            caller: Some(Self::caller(identity)),
-        });
-        self.link
-            .request(op, self.config.call_timeout)
+        self.send(identity, object_type, id, NodeOp::Create)
             .await
             .map(|_| ())
     }
@@ -414,7 +389,7 @@ impl GateInner {
     /// Deletes `object_type/id` for `identity`.
     pub(crate) async fn delete(
         &self,
-        identity: &ClientIdentity,
+        identity: &Arc<ClientIdentity>,
         object_type: &str,
         id: &str,
     ) -> Result<(), CallError> {
@@ -425,17 +400,25 @@ impl GateInner {
         }
         Self::check_target(object_type, id)?;
         self.check_lifecycle(Lifecycle::Delete, object_type, id)?;
-        let op = request::Op::Delete(proto::Delete {
-            r#type: object_type.to_owned(),
-            object_id: id.to_owned(),
-            chain: 0,
-            timeout_micros: self.timeout_micros(),
-            caller: Some(Self::caller(identity)),
-        });
-        self.link
-            .request(op, self.config.call_timeout)
+        self.send(identity, object_type, id, NodeOp::Delete)
             .await
             .map(|_| ())
+    }
+
+    async fn send(
+        &self,
+        identity: &Arc<ClientIdentity>,
+        object_type: &str,
+        id: &str,
+        op: NodeOp<'_>,
+    ) -> Result<response::Result, CallError> {
+        let request = NodeRequest {
+            identity,
+            object_type,
+            id,
+            op,
+        };
+        self.link.request(request, self.config.call_timeout).await
     }
 
     fn check_lifecycle(&self, op: Lifecycle, object_type: &str, id: &str) -> Result<(), CallError> {

@@ -12,10 +12,12 @@ use std::time::Duration;
 
 use foldhash::HashMap;
 use futures::Stream;
-use goverse_core::{CallError, ErrorCode};
-use goverse_node::{LocalPeer, LocalPushes};
+use goverse_core::{CallError, ClientIdentity, ErrorCode};
+use goverse_node::{CallOptions, LocalPeer, LocalPushes};
 use goverse_proto::node::node_service_client::NodeServiceClient;
-use goverse_proto::node::{DescribeRequest, Request, RequestBatch, request, response};
+use goverse_proto::node::{
+    self as proto, DescribeRequest, Done, Request, RequestBatch, request, response,
+};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -28,6 +30,68 @@ const MAX_BATCH: usize = 1024;
 
 /// What a request resolves to.
 pub(crate) type Outcome = Result<response::Result, CallError>;
+
+/// A client's request for the node, before it is put on the wire (or handed over in-process).
+pub(crate) struct NodeRequest<'a> {
+    pub(crate) identity: &'a Arc<ClientIdentity>,
+    pub(crate) object_type: &'a str,
+    pub(crate) id: &'a str,
+    pub(crate) op: NodeOp<'a>,
+}
+
+/// What a [`NodeRequest`] asks for.
+pub(crate) enum NodeOp<'a> {
+    Call {
+        method: &'a str,
+        request: Option<prost_types::Any>,
+        reliable_call_id: &'a str,
+    },
+    Create,
+    Delete,
+}
+
+impl NodeRequest<'_> {
+    /// The request as the node service's wire message.
+    fn into_proto(self, timeout: Duration) -> request::Op {
+        let timeout_micros = u64::try_from(timeout.as_micros()).unwrap_or(u64::MAX);
+        let caller = Some(proto::Caller {
+            client_id: self.identity.client_id().to_owned(),
+            user_id: self.identity.user_id().to_owned(),
+            roles: self.identity.roles().map(str::to_owned).collect(),
+        });
+        let (r#type, object_id) = (self.object_type.to_owned(), self.id.to_owned());
+        match self.op {
+            NodeOp::Call {
+                method,
+                request,
+                reliable_call_id,
+            } => request::Op::Call(proto::Call {
+                r#type,
+                object_id,
+                method: method.to_owned(),
+                request,
+                chain: 0,
+                timeout_micros,
+                caller,
+                reliable_call_id: reliable_call_id.to_owned(),
+            }),
+            NodeOp::Create => request::Op::Create(proto::Create {
+                r#type,
+                object_id,
+                chain: 0,
+                timeout_micros,
+                caller,
+            }),
+            NodeOp::Delete => request::Op::Delete(proto::Delete {
+                r#type,
+                object_id,
+                chain: 0,
+                timeout_micros,
+                caller,
+            }),
+        }
+    }
+}
 
 /// Callers waiting for responses on one connection.
 #[derive(Default)]
@@ -117,20 +181,12 @@ impl NodeLink {
         self.local.is_some() || self.current.read().is_some()
     }
 
-    /// Sends `op` and waits up to `timeout` for its outcome.
-    pub(crate) async fn request(&self, op: request::Op, timeout: Duration) -> Outcome {
+    /// Sends `request` and waits up to `timeout` (the call's deadline) for its outcome.
+    pub(crate) async fn request(&self, request: NodeRequest<'_>, timeout: Duration) -> Outcome {
         if let Some(local) = &self.local {
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            let request = local.request(Request { id, op: Some(op) });
-            // The node enforces the deadline itself; this is a backstop.
-            return match tokio::time::timeout(timeout + Duration::from_millis(500), request).await {
-                Ok(response) => outcome_of(response.result),
-                Err(_) => Err(CallError::new(
-                    ErrorCode::DeadlineExceeded,
-                    format!("node {} did not answer within {timeout:?}", self.address),
-                )),
-            };
+            return Self::request_local(local, request, timeout).await;
         }
+        let op = request.into_proto(timeout);
         let Some(conn) = self.current.read().clone() else {
             return Err(CallError::unavailable(format!(
                 "node {} is not connected",
@@ -275,6 +331,38 @@ impl NodeLink {
 }
 
 impl NodeLink {
+    /// Runs `request` on the in-process node: the identity is handed over as is, nothing is
+    /// encoded.
+    async fn request_local(
+        local: &LocalPeer,
+        request: NodeRequest<'_>,
+        timeout: Duration,
+    ) -> Outcome {
+        let options = CallOptions {
+            timeout: Some(timeout),
+            chain: None,
+            client: Some(request.identity.clone()),
+        };
+        let (object_type, id) = (request.object_type, request.id);
+        match request.op {
+            // Reliable calls are plain calls until exactly-once lands; the id is not used.
+            NodeOp::Call {
+                method, request, ..
+            } => local
+                .call(object_type, id, method, request, options)
+                .await
+                .map(response::Result::Value),
+            NodeOp::Create => local
+                .create(object_type, id, options)
+                .await
+                .map(|()| response::Result::Done(Done {})),
+            NodeOp::Delete => local
+                .delete(object_type, id, options)
+                .await
+                .map(|()| response::Result::Done(Done {})),
+        }
+    }
+
     /// Hands the in-process node's pushes to the gate's clients until `stop`.
     async fn deliver_local(mut pushes: LocalPushes, clients: &Clients, stop: &CancellationToken) {
         loop {

@@ -215,21 +215,17 @@ async fn handle(node: &Node, request: proto::Request) -> proto::Response {
     let id = request.id;
     let result = match request.op {
         Some(request::Op::Call(call)) => {
-            if call.object_id.is_empty() {
-                Err(CallError::invalid_argument("object id is empty"))
-            } else {
-                let payload = Payload::Encoded(call.request.unwrap_or_else(empty_any));
-                let options = options(call.chain, call.timeout_micros, call.caller);
-                node.call_with(
-                    &call.r#type,
-                    ObjectId::from(call.object_id),
-                    &call.method,
-                    payload,
-                    options,
-                )
-                .await
-                .map(|p| response::Result::Value(p.into_any()))
-            }
+            let options = options(call.chain, call.timeout_micros, call.caller);
+            call_object(
+                node,
+                &call.r#type,
+                call.object_id,
+                &call.method,
+                call.request,
+                options,
+            )
+            .await
+            .map(response::Result::Value)
         }
         Some(request::Op::Create(create)) => {
             let options = options(create.chain, create.timeout_micros, create.caller);
@@ -256,6 +252,25 @@ async fn handle(node: &Node, request: proto::Request) -> proto::Response {
             })
         })),
     }
+}
+
+/// A peer's call, as the node service runs it (over the network or in-process).
+async fn call_object(
+    node: &Node,
+    object_type: &str,
+    id: impl Into<ObjectId>,
+    method: &str,
+    request: Option<prost_types::Any>,
+    options: CallOptions,
+) -> Result<prost_types::Any, CallError> {
+    let id = id.into();
+    if id.as_str().is_empty() {
+        return Err(CallError::invalid_argument("object id is empty"));
+    }
+    let payload = Payload::Encoded(request.unwrap_or_else(empty_any));
+    node.call_with(object_type, id, method, payload, options)
+        .await
+        .map(Payload::into_any)
 }
 
 /// A missing request travels as `google.protobuf.Empty`, so methods taking `Empty` can be called
@@ -307,9 +322,9 @@ impl Stream for BatchStream {
 }
 
 /// Opens an in-process peer stream for a gate running in the node's own process (as in
-/// `goverse demo`): requests run straight in the caller's task and pushes for clients whose id
-/// starts with `peer_address` arrive on the returned [`LocalPushes`], with no socket and no
-/// encoding in between. Semantics are those of a peer stream over the network.
+/// `goverse demo`): requests run straight in the caller's task, with the caller's identity handed
+/// over as is, and pushes for clients whose id starts with `peer_address` arrive on the returned
+/// [`LocalPushes`]; no socket, no encoding in between. Calls behave as over the network.
 pub fn open_local(node: &Node, peer_address: &str) -> (LocalPeer, LocalPushes) {
     static SERIALS: AtomicU64 = AtomicU64::new(1 << 62);
     let (tx, rx) = mpsc::unbounded_channel();
@@ -337,16 +352,44 @@ pub fn open_local(node: &Node, peer_address: &str) -> (LocalPeer, LocalPushes) {
     )
 }
 
-/// The request side of an in-process peer stream.
+/// The request side of an in-process peer stream: the node service's operations, typed.
 #[derive(Debug, Clone)]
 pub struct LocalPeer {
     node: Node,
 }
 
 impl LocalPeer {
-    /// Runs `request` and returns its response, exactly as the node service would answer it.
-    pub async fn request(&self, request: proto::Request) -> proto::Response {
-        handle(&self.node, request).await
+    /// Calls `object_type/id.method` with an encoded request (`None` means
+    /// `google.protobuf.Empty`), as a peer's call over the network would run.
+    pub async fn call(
+        &self,
+        object_type: &str,
+        id: &str,
+        method: &str,
+        request: Option<prost_types::Any>,
+        options: CallOptions,
+    ) -> Result<prost_types::Any, CallError> {
+        call_object(&self.node, object_type, id, method, request, options).await
+    }
+
+    /// Creates (activates) `object_type/id`.
+    pub async fn create(
+        &self,
+        object_type: &str,
+        id: &str,
+        options: CallOptions,
+    ) -> Result<(), CallError> {
+        self.node.create_object_with(object_type, id, options).await
+    }
+
+    /// Deletes `object_type/id`.
+    pub async fn delete(
+        &self,
+        object_type: &str,
+        id: &str,
+        options: CallOptions,
+    ) -> Result<(), CallError> {
+        self.node.delete_object_with(object_type, id, options).await
     }
 
     /// The node's types and descriptors, as the `Describe` RPC reports them.
