@@ -70,13 +70,16 @@ impl ObjectContext {
         self.activation.node().push().to_client(client_id, message)
     }
 
-    /// Pushes `message` to each of `client_ids` (one copy per gate involved). Fails, without
-    /// sending anything, if any id names a gate that is not connected.
+    /// Pushes `message` to each of `client_ids` (one copy per gate involved), with the delivery
+    /// terms of [`ObjectContext::push`]. Returns the ids it could not route, each with the
+    /// reason: a malformed id (`InvalidArgument`), or no connected gate of that address
+    /// (`NotFound`: the gate left or restarted, so its clients are gone). Everyone else was sent
+    /// the message; an empty result means every id was routed.
     pub fn push_many<'a>(
         &self,
         client_ids: impl IntoIterator<Item = &'a str>,
         message: impl Message,
-    ) -> Result<(), CallError> {
+    ) -> Vec<(String, CallError)> {
         self.activation
             .node()
             .push()

@@ -1106,7 +1106,7 @@ impl Node {
         &self,
         client_ids: impl IntoIterator<Item = &'a str>,
         message: impl Message,
-    ) -> Result<(), CallError> {
+    ) -> Vec<(String, CallError)> {
         self.inner.push.to_clients(client_ids, message)
     }
 

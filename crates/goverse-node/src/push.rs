@@ -86,53 +86,59 @@ impl PushHub {
         client_id: &str,
         message: impl Message,
     ) -> Result<(), CallError> {
-        self.to_clients([client_id], message)
+        match self.to_clients([client_id], message).pop() {
+            None => Ok(()),
+            Some((_, err)) => Err(err),
+        }
     }
 
+    /// Sends `message` to every client whose gate is connected (one copy per gate); returns the
+    /// ids it could not route, each with the reason.
     pub(crate) fn to_clients<'a>(
         &self,
         client_ids: impl IntoIterator<Item = &'a str>,
         message: impl Message,
-    ) -> Result<(), CallError> {
-        let mut by_gate: Vec<(&str, Vec<String>)> = Vec::new();
-        for client in client_ids {
-            let gate = gate_of_client(client).ok_or_else(|| {
-                CallError::invalid_argument(format!(
-                    "client id {client:?} is not of the form gateAddr/uniqueId"
-                ))
-            })?;
-            match by_gate.iter_mut().find(|(g, _)| *g == gate) {
-                Some((_, ids)) => ids.push(client.to_owned()),
-                None => by_gate.push((gate, vec![client.to_owned()])),
+    ) -> Vec<(String, CallError)> {
+        let mut unrouted = Vec::new();
+        let mut by_gate: Vec<(&str, GateLink, Vec<String>)> = Vec::new();
+        {
+            let gates = self.gates.read();
+            for client in client_ids {
+                let Some(gate) = gate_of_client(client) else {
+                    let why = CallError::invalid_argument(format!(
+                        "client id {client:?} is not of the form gateAddr/uniqueId"
+                    ));
+                    unrouted.push((client.to_owned(), why));
+                    continue;
+                };
+                let Some(link) = gates.get(gate) else {
+                    let why = CallError::new(
+                        ErrorCode::NotFound,
+                        format!("no gate {gate} is connected to this node (pushing to {client})"),
+                    );
+                    unrouted.push((client.to_owned(), why));
+                    continue;
+                };
+                match by_gate.iter_mut().find(|(g, _, _)| *g == gate) {
+                    Some((_, _, ids)) => ids.push(client.to_owned()),
+                    None => by_gate.push((gate, link.clone(), vec![client.to_owned()])),
+                }
             }
         }
-        let gates = self.gates.read();
-        let mut links = Vec::with_capacity(by_gate.len());
-        for (gate, ids) in by_gate {
-            let link = gates.get(gate).ok_or_else(|| {
-                CallError::new(
-                    ErrorCode::NotFound,
-                    format!(
-                        "no gate {gate} is connected to this node (pushing to {})",
-                        ids[0]
-                    ),
-                )
-            })?;
-            links.push((link.clone(), ids));
+        if !by_gate.is_empty() {
+            let any = message.to_any();
+            for (_, link, client_ids) in by_gate {
+                self.send(
+                    &link,
+                    Push {
+                        client_ids,
+                        broadcast: false,
+                        message: Some(any.clone()),
+                    },
+                );
+            }
         }
-        drop(gates);
-        let any = message.to_any();
-        for (link, client_ids) in links {
-            self.send(
-                &link,
-                Push {
-                    client_ids,
-                    broadcast: false,
-                    message: Some(any.clone()),
-                },
-            );
-        }
-        Ok(())
+        unrouted
     }
 
     pub(crate) fn broadcast(&self, message: impl Message) -> usize {

@@ -315,6 +315,30 @@ async fn register_call_and_push(s: Setup) {
         "hello"
     );
 
+    // push_many sends to every routable id and names the others.
+    let unrouted = s.node.push_many(
+        [client_id.as_str(), "127.0.0.1:1/gone", "no-gate-part"],
+        StringValue {
+            value: "to many".into(),
+        },
+    );
+    let codes: Vec<_> = unrouted
+        .iter()
+        .map(|(id, e)| (id.as_str(), e.code()))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            ("127.0.0.1:1/gone", ErrorCode::NotFound),
+            ("no-gate-part", ErrorCode::InvalidArgument)
+        ]
+    );
+    let pushed = pushes.message().await.unwrap().unwrap();
+    assert_eq!(
+        StringValue::decode(pushed.value.as_slice()).unwrap().value,
+        "to many"
+    );
+
     // Create and reliable call; delete is internal by default.
     let created = client
         .create_object(CreateObjectRequest {

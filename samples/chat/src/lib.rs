@@ -243,17 +243,17 @@ impl ChatRoom {
             room_name: Self::name(ctx).to_owned(),
         };
         let ids = self.members.iter().map(|m| m.client_id.as_str());
-        if ctx.push_many(ids, notification.clone()).is_ok() {
+        let unrouted = ctx.push_many(ids, notification);
+        if unrouted.is_empty() {
             return;
         }
-        // Some member's gate is gone (it restarted, or left the cluster): its clients went with
-        // it. Deliver to the others one by one and forget those members.
-        let before = self.members.len();
+        // Those members' gate is gone (it restarted, or left the cluster), and their clients
+        // with it: forget them.
         self.members
-            .retain(|m| ctx.push(&m.client_id, notification.clone()).is_ok());
+            .retain(|m| !unrouted.iter().any(|(id, _)| *id == m.client_id));
         tracing::info!(
             room = Self::name(ctx),
-            removed = before - self.members.len(),
+            removed = unrouted.len(),
             "removed members whose gate is no longer connected"
         );
     }
