@@ -29,11 +29,14 @@ pub enum ErrorCode {
     Unknown,
     /// A bug or a panic inside the runtime or a method.
     Internal,
+    /// Stored data is damaged or unreadable (a corrupted database file, a record that does not
+    /// decode). Permanent: retrying does not help; an operator must look.
+    DataLoss,
 }
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::NotFound,
         ErrorCode::InvalidArgument,
         ErrorCode::AlreadyExists,
@@ -45,6 +48,7 @@ impl ErrorCode {
         ErrorCode::Reentrancy,
         ErrorCode::Unknown,
         ErrorCode::Internal,
+        ErrorCode::DataLoss,
     ];
 
     /// A stable lowercase name (`not_found`, `reentrancy`, ...), used in JSON error bodies.
@@ -61,6 +65,7 @@ impl ErrorCode {
             Self::Reentrancy => "reentrancy",
             Self::Unknown => "unknown",
             Self::Internal => "internal",
+            Self::DataLoss => "data_loss",
         }
     }
 
@@ -79,6 +84,7 @@ impl ErrorCode {
             Self::Reentrancy => 9,
             Self::Internal => 13,
             Self::Unavailable => 14,
+            Self::DataLoss => 15,
             Self::Unauthenticated => 16,
         }
     }
@@ -92,7 +98,7 @@ impl ErrorCode {
             Self::NotFound => 404,
             Self::AlreadyExists | Self::Reentrancy => 409,
             Self::ResourceExhausted => 429,
-            Self::Unknown | Self::Internal => 500,
+            Self::Unknown | Self::Internal | Self::DataLoss => 500,
             Self::Unavailable => 503,
             Self::DeadlineExceeded => 504,
         }
@@ -142,7 +148,7 @@ impl CallError {
     pub fn unknown_type(type_name: &str) -> Self {
         Self::new(
             ErrorCode::NotFound,
-            format!("unknown object type {type_name:?}"),
+            format!("unknown object type {:?}", Clipped(type_name)),
         )
     }
 
@@ -150,7 +156,11 @@ impl CallError {
     pub fn unknown_method(type_name: &str, method: &str) -> Self {
         Self::new(
             ErrorCode::NotFound,
-            format!("object type {type_name:?} has no method {method:?}"),
+            format!(
+                "object type {:?} has no method {:?}",
+                Clipped(type_name),
+                Clipped(method)
+            ),
         )
     }
 
@@ -186,6 +196,41 @@ impl CallError {
     }
 }
 
+/// Client-supplied text quoted in an error message, cut short when it is long so a huge name or
+/// ID does not come back whole in every error. `{:?}` quotes it; `{}` writes it as is.
+#[derive(Clone, Copy)]
+pub struct Clipped<'a>(pub &'a str);
+
+impl Clipped<'_> {
+    /// Characters quoted before the text is cut.
+    pub const LIMIT: usize = 80;
+
+    fn parts(&self) -> (&str, Option<usize>) {
+        match self.0.char_indices().nth(Self::LIMIT) {
+            Some((cut, _)) => (&self.0[..cut], Some(self.0.len())),
+            None => (self.0, None),
+        }
+    }
+}
+
+impl fmt::Debug for Clipped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.parts() {
+            (head, None) => fmt::Debug::fmt(head, f),
+            (head, Some(len)) => write!(f, "{head:?}… ({len} bytes)"),
+        }
+    }
+}
+
+impl fmt::Display for Clipped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.parts() {
+            (head, None) => f.write_str(head),
+            (head, Some(len)) => write!(f, "{head}… ({len} bytes)"),
+        }
+    }
+}
+
 impl fmt::Display for CallError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.code, self.message)
@@ -218,6 +263,15 @@ mod tests {
         assert_eq!(ErrorCode::NotFound.grpc_code(), 5);
         assert_eq!(ErrorCode::Unavailable.http_status(), 503);
         assert_eq!(ErrorCode::DeadlineExceeded.http_status(), 504);
+    }
+
+    #[test]
+    fn long_client_text_is_clipped_in_messages() {
+        let long = "x".repeat(10_000);
+        let e = CallError::unknown_type(&long);
+        assert!(e.message().len() < 200, "{e}");
+        assert!(e.message().contains("10000 bytes"), "{e}");
+        assert_eq!(format!("{:?}", Clipped("short")), "\"short\"");
     }
 
     #[test]

@@ -1,12 +1,28 @@
 use std::fmt;
 use std::sync::Arc;
 
+/// The longest object ID accepted, in characters: what every store can hold (upstream's
+/// `object_id` column is `VARCHAR(255)`).
+pub const MAX_OBJECT_ID_CHARS: usize = 255;
+
 /// Why an object ID was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
     /// The ID is the empty string.
     #[error("object id is empty")]
     Empty,
+    /// The ID is longer than [`MAX_OBJECT_ID_CHARS`].
+    #[error(
+        "object id is {chars} characters long ({bytes} bytes, starting {start:?}); the limit is {MAX_OBJECT_ID_CHARS}"
+    )]
+    TooLong {
+        /// Its length in characters.
+        chars: usize,
+        /// Its length in bytes.
+        bytes: usize,
+        /// Its first characters.
+        start: String,
+    },
     /// `shard#.../name` where the part after `shard#` is not a number.
     #[error(
         "invalid object id {id:?}: shard# must be followed by a number and '/', as in shard#12/name"
@@ -69,12 +85,14 @@ impl ObjectId {
         &self.0
     }
 
-    /// Parses the ID's routing form; shard ranges are checked by [`crate::shard_of`].
+    /// Parses the ID's routing form (and checks its length); shard ranges are checked by
+    /// [`crate::shard_of`].
     pub fn kind(&self) -> Result<ObjectIdKind<'_>, IdError> {
         let id = &*self.0;
         if id.is_empty() {
             return Err(IdError::Empty);
         }
+        check_length(id)?;
         let Some((prefix, name)) = id.split_once('/') else {
             if id.starts_with("shard#") {
                 return Err(IdError::BadShardPrefix { id: id.to_owned() });
@@ -100,6 +118,23 @@ impl ObjectId {
         }
         Ok(ObjectIdKind::FixedNode(prefix))
     }
+}
+
+/// Refuses an ID longer than [`MAX_OBJECT_ID_CHARS`] characters. Cheap for short IDs: the
+/// characters are counted only when the byte length could exceed the limit.
+fn check_length(id: &str) -> Result<(), IdError> {
+    if id.len() <= MAX_OBJECT_ID_CHARS {
+        return Ok(());
+    }
+    let chars = id.chars().count();
+    if chars <= MAX_OBJECT_ID_CHARS {
+        return Ok(());
+    }
+    Err(IdError::TooLong {
+        chars,
+        bytes: id.len(),
+        start: id.chars().take(32).collect(),
+    })
 }
 
 impl fmt::Display for ObjectId {
@@ -267,6 +302,23 @@ mod tests {
             msg.contains("shard#x/name") && msg.contains("number"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn ids_longer_than_the_column_are_refused_by_length_in_characters() {
+        let ok = "é".repeat(MAX_OBJECT_ID_CHARS);
+        assert_eq!(kind(&ok), Ok(ObjectIdKind::Regular));
+        let long = "a".repeat(MAX_OBJECT_ID_CHARS + 1);
+        let err = kind(&long).unwrap_err();
+        assert!(matches!(err, IdError::TooLong { chars: 256, .. }), "{err}");
+        let huge = "b".repeat(4_000_000);
+        let msg = kind(&huge).unwrap_err().to_string();
+        assert!(
+            msg.contains("4000000 characters") && msg.len() < 200,
+            "{msg}"
+        );
+        let pinned = format!("shard#1/{}", "c".repeat(300));
+        assert!(matches!(kind(&pinned), Err(IdError::TooLong { .. })));
     }
 
     #[test]

@@ -18,8 +18,8 @@ mod message;
 mod shard;
 pub mod wkt;
 
-pub use error::{CallError, ErrorCode};
-pub use id::{ChainId, IdError, NodeAddr, ObjectId, ObjectIdKind};
+pub use error::{CallError, Clipped, ErrorCode};
+pub use id::{ChainId, IdError, MAX_OBJECT_ID_CHARS, NodeAddr, ObjectId, ObjectIdKind};
 pub use identity::{ClientIdentity, gate_of_client};
 pub use message::{AnyMessage, Message, Payload, TYPE_URL_PREFIX, type_name_of_url};
 pub use shard::{DEFAULT_SHARD_COUNT, ShardId, fnv1a_32, shard_of};

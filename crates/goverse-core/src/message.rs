@@ -128,6 +128,16 @@ impl Payload {
         }
     }
 
+    /// The payload's `google.protobuf.Any` encoding (what a reliable-call record keeps), without
+    /// consuming it.
+    pub fn encoded_any(&self) -> Vec<u8> {
+        use prost::Message as _;
+        match self {
+            Self::Typed(m) => m.to_any().encode_to_vec(),
+            Self::Encoded(any) => any.encode_to_vec(),
+        }
+    }
+
     /// The payload as `google.protobuf.Any`, encoding it if it is typed.
     pub fn into_any(self) -> prost_types::Any {
         match self {

@@ -66,6 +66,7 @@ pub fn http_code_name(code: ErrorCode) -> &'static str {
         ErrorCode::Reentrancy => "REENTRANCY",
         ErrorCode::Unknown => "CALL_FAILED",
         ErrorCode::Internal => "INTERNAL",
+        ErrorCode::DataLoss => "DATA_LOSS",
         _ => "CALL_FAILED",
     }
 }

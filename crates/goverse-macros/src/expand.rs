@@ -98,7 +98,14 @@ pub(crate) fn object(ir: &ObjectIr) -> TokenStream {
                 caller: &(impl #p::Caller + ?Sized),
                 request: #req,
             ) -> ::core::result::Result<#resp, #p::CallError> {
-                #p::call_typed::<#self_ty, #req, #resp>(caller, &self.id, #index, request, self.timeout).await
+                #p::call_typed::<#self_ty, #req, #resp>(
+                    caller,
+                    &self.id,
+                    #index,
+                    request,
+                    self.timeout,
+                    self.reliable.as_deref(),
+                ).await
             }
         }
     });
@@ -119,12 +126,17 @@ pub(crate) fn object(ir: &ObjectIr) -> TokenStream {
         pub struct #stub {
             id: #p::ObjectId,
             timeout: ::core::option::Option<#p::Duration>,
+            reliable: ::core::option::Option<#p::Arc<str>>,
         }
 
         impl #stub {
             /// A stub for the object with this ID (activated on first call).
             pub fn new(id: impl ::core::convert::Into<#p::ObjectId>) -> Self {
-                Self { id: id.into(), timeout: ::core::option::Option::None }
+                Self {
+                    id: id.into(),
+                    timeout: ::core::option::Option::None,
+                    reliable: ::core::option::Option::None,
+                }
             }
 
             /// The object's ID.
@@ -136,6 +148,18 @@ pub(crate) fn object(ir: &ObjectIr) -> TokenStream {
             pub fn with_timeout(mut self, timeout: #p::Duration) -> Self {
                 self.timeout = ::core::option::Option::Some(timeout);
                 self
+            }
+
+            /// A stub whose calls are reliable calls with `call_id`: the first runs the method and
+            /// records its outcome with the object's new state; a retry with the same call id
+            /// (after a timeout, a crash, a restart) returns the recorded outcome without running
+            /// it again. Retrying after any error is safe. The type must be persistent.
+            pub fn call_reliable(&self, call_id: impl ::core::convert::Into<#p::Arc<str>>) -> Self {
+                Self {
+                    id: self.id.clone(),
+                    timeout: self.timeout,
+                    reliable: ::core::option::Option::Some(call_id.into()),
+                }
             }
 
             #(#stub_methods)*

@@ -11,14 +11,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use goverse_core::{CallError, ChainId, ClientIdentity, ObjectId, Payload, ShardId};
-use goverse_persistence::SaveRequest;
+use goverse_core::{CallError, ChainId, ClientIdentity, ErrorCode, ObjectId, Payload, ShardId};
+use goverse_persistence::ReliableCall;
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::node::NodeInner;
+use crate::reliable::{self, RecentCalls, ReliableOutcome};
+use crate::store::{Change, SaveJob, store_error};
 use crate::turn::{self, Status, TurnPermit, TurnState};
-use crate::{Dispatch, MethodKind, ObjectContext};
+use crate::{Dispatch, Durability, MethodKind, ObjectContext};
 
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -62,6 +64,16 @@ pub(crate) trait ActivationDyn: Any + Send + Sync + fmt::Debug {
         deadline: Instant,
         client: Option<Arc<ClientIdentity>>,
     ) -> BoxFuture<Result<Payload, CallError>>;
+    /// Runs one reliable call under a write turn: answers an earlier attempt's outcome, or runs
+    /// the method and commits its record with the new state.
+    fn run_reliable(
+        &self,
+        permit: TurnPermit,
+        call: ReliableRequest,
+        request: Payload,
+        deadline: Instant,
+        client: Option<Arc<ClientIdentity>>,
+    ) -> BoxFuture<ReliableOutcome>;
     /// Closes the activation under a write turn. For [`CloseReason::Shutdown`] returns the state
     /// to save; otherwise saves (idle) or deletes (delete) itself and returns `None`.
     fn close(
@@ -73,8 +85,19 @@ pub(crate) trait ActivationDyn: Any + Send + Sync + fmt::Debug {
     fn fire_timer(&self, permit: TurnPermit, name: Arc<str>) -> BoxFuture<()>;
     /// The state to save, under a read or write turn.
     fn snapshot(&self, permit: &TurnPermit) -> Result<Vec<u8>, CallError>;
+    /// A save of the current state (snapshot and fence), under a read or write turn.
+    fn save_job(&self, permit: &TurnPermit) -> Result<SaveJob, CallError>;
     /// The timers registry.
     fn timers(&self) -> &Mutex<Vec<(Arc<str>, CancellationToken)>>;
+}
+
+/// A reliable call as the activation runs it.
+#[derive(Debug)]
+pub(crate) struct ReliableRequest {
+    /// The caller's call id.
+    pub(crate) call_id: Arc<str>,
+    /// The method's index.
+    pub(crate) method: usize,
 }
 
 /// A live object of type `T`.
@@ -88,6 +111,7 @@ pub(crate) struct Activation<T> {
     idle_since_ms: AtomicU64,
     dirty: AtomicBool,
     timers: Mutex<Vec<(Arc<str>, CancellationToken)>>,
+    recent_calls: Mutex<RecentCalls>,
     object: UnsafeCell<T>,
 }
 
@@ -125,6 +149,7 @@ impl<T: Dispatch> Activation<T> {
             idle_since_ms: AtomicU64::new(now_ms),
             dirty: AtomicBool::new(false),
             timers: Mutex::new(Vec::new()),
+            recent_calls: Mutex::new(RecentCalls::default()),
             object: UnsafeCell::new(object),
         }
     }
@@ -194,11 +219,10 @@ impl<T: Dispatch> Activation<T> {
             && let Some(store) = this.node.store()
         {
             let record = store.load(&this.id).await.map_err(|err| {
-                CallError::unavailable(format!(
-                    "cannot load state of {}/{}: {err}",
-                    T::TYPE_NAME,
-                    this.id
-                ))
+                store_error(
+                    err,
+                    &format!("cannot load state of {}/{}", T::TYPE_NAME, this.id),
+                )
             })?;
             if let Some(record) = record {
                 if record.object_type != T::TYPE_NAME {
@@ -213,11 +237,16 @@ impl<T: Dispatch> Activation<T> {
                     ));
                 }
                 object.restore(&record.data).map_err(|err| {
-                    CallError::internal(format!(
-                        "cannot restore {}/{}: {err}",
-                        T::TYPE_NAME,
-                        this.id
-                    ))
+                    // The record is there but unreadable: damaged data, not a passing failure.
+                    CallError::new(
+                        ErrorCode::DataLoss,
+                        format!(
+                            "cannot restore {}/{} from its saved state: {}",
+                            T::TYPE_NAME,
+                            this.id,
+                            err.message()
+                        ),
+                    )
                 })?;
                 restored = true;
             }
@@ -261,6 +290,87 @@ impl<T: Dispatch> Activation<T> {
         drop(permit);
     }
 
+    /// Whether write turns of `T` commit before they reply on this node.
+    fn writes_through(&self) -> bool {
+        T::PERSISTENT && T::DURABILITY == Durability::WriteThrough && self.node.store().is_some()
+    }
+
+    fn what(&self) -> String {
+        format!("state of {}/{}", T::TYPE_NAME, self.id)
+    }
+
+    /// Commits the current state (a write turn's end, `ctx.save`). On failure the caller decides
+    /// what happens to the activation.
+    async fn commit_state(&self, permit: &TurnPermit) -> Result<(), CallError> {
+        let Some(store) = self.node.store() else {
+            return Ok(());
+        };
+        self.dirty.store(false, Ordering::Relaxed);
+        let job = self.save_job(permit)?;
+        match store.save(job).await {
+            Ok(()) => Ok(()),
+            Err(failure) => {
+                self.dirty.store(true, Ordering::Relaxed);
+                Err(failure.into_call_error(&self.what()))
+            }
+        }
+    }
+
+    /// Runs method `method` under `permit`, catching a panic. Returns the method's result and
+    /// whether the activation was discarded (a write turn that panicked).
+    async fn dispatch(
+        permit: &TurnPermit,
+        method: usize,
+        request: Payload,
+        ctx: &ObjectContext,
+    ) -> (Result<Payload, CallError>, bool) {
+        let this = Self::of(permit);
+        // A read method runs on a shared borrow whatever the turn (a reliable call takes a write
+        // turn for it); a write method needs the write turn.
+        let kind = T::METHODS.get(method).map_or(MethodKind::Write, |m| m.kind);
+        let outcome = match kind {
+            MethodKind::Read => {
+                let object = this.object(permit);
+                AssertUnwindSafe(object.dispatch_ref(method, ctx, request))
+                    .catch_unwind()
+                    .await
+            }
+            MethodKind::Write => {
+                if T::PERSISTENT {
+                    this.dirty.store(true, Ordering::Relaxed);
+                }
+                let object = this.object_mut(permit);
+                AssertUnwindSafe(object.dispatch_mut(method, ctx, request))
+                    .catch_unwind()
+                    .await
+            }
+        };
+        match outcome {
+            Ok(result) => (result, false),
+            Err(panic) => {
+                let name = T::METHODS.get(method).map_or("?", |m| m.name);
+                let message = panic_message(&*panic);
+                let discarded = kind == MethodKind::Write;
+                if discarded {
+                    // A write turn that panicked may have left the object half-updated: discard
+                    // this activation; the next call reactivates from the last saved state.
+                    tracing::error!(object = %this.id, r#type = T::TYPE_NAME, method = name, panic = %message,
+                        "method panicked during a write turn; activation discarded");
+                    this.retire(permit);
+                } else {
+                    tracing::error!(object = %this.id, r#type = T::TYPE_NAME, method = name, panic = %message,
+                        "method panicked during a read turn");
+                }
+                let err = CallError::internal(format!(
+                    "{}.{name} on {} panicked: {message}",
+                    T::TYPE_NAME,
+                    this.id
+                ));
+                (Err(err), discarded)
+            }
+        }
+    }
+
     async fn method_turn(
         permit: TurnPermit,
         method: usize,
@@ -270,43 +380,120 @@ impl<T: Dispatch> Activation<T> {
     ) -> Result<Payload, CallError> {
         let this = Self::of(&permit);
         let ctx = Self::context(&permit, deadline, client);
-        let outcome = match permit.kind() {
-            MethodKind::Write => {
-                if T::PERSISTENT {
-                    this.dirty.store(true, Ordering::Relaxed);
-                }
-                let object = this.object_mut(&permit);
-                AssertUnwindSafe(object.dispatch_mut(method, &ctx, request))
-                    .catch_unwind()
-                    .await
+        let (result, discarded) = Self::dispatch(&permit, method, request, &ctx).await;
+        if discarded || permit.kind() != MethodKind::Write || !this.writes_through() {
+            return result;
+        }
+        // Write-through: the reply waits for the commit of the state this turn left, whatever
+        // the method returned (an error does not undo its changes).
+        match this.commit_state(&permit).await {
+            Ok(()) => result,
+            Err(err) => {
+                // The state in memory is not what is stored: discard it, so nobody sees (or
+                // later saves) a change that was not committed.
+                tracing::warn!(object = %this.id, cause = %err,
+                    "write-through commit failed; activation discarded");
+                this.retire(&permit);
+                Err(err)
             }
-            MethodKind::Read => {
-                let object = this.object(&permit);
-                AssertUnwindSafe(object.dispatch_ref(method, &ctx, request))
-                    .catch_unwind()
-                    .await
+        }
+    }
+
+    async fn reliable_turn(
+        permit: TurnPermit,
+        call: ReliableRequest,
+        request: Payload,
+        deadline: Instant,
+        client: Option<Arc<ClientIdentity>>,
+    ) -> ReliableOutcome {
+        let this = Self::of(&permit);
+        let Some(store) = this.node.store() else {
+            return ReliableOutcome::Skipped(CallError::unavailable(
+                "reliable calls need an object store",
+            ));
+        };
+        let spec = &T::METHODS[call.method];
+        let request_bytes = request.encoded_any();
+
+        // An earlier attempt with this call id? Calls to this object run one at a time, and the
+        // previous ones committed before their turns ended, so the store is up to date.
+        let known = this.recent_calls.lock().get(&call.call_id).cloned();
+        let earlier = match known {
+            Some(record) => Some(record),
+            None => match store.store().reliable_call(&call.call_id).await {
+                Ok(record) => record,
+                Err(err) => {
+                    return ReliableOutcome::Skipped(store_error(
+                        err,
+                        &format!("cannot look up reliable call {:?}", &*call.call_id),
+                    ));
+                }
+            },
+        };
+        if let Some(record) = earlier {
+            if !record.same_request(this.id.as_str(), T::TYPE_NAME, spec.name, &request_bytes) {
+                return ReliableOutcome::Skipped(reliable::reused(&call.call_id, &record));
+            }
+            let outcome = reliable::outcome_of(&record);
+            this.recent_calls.lock().remember(record);
+            return outcome;
+        }
+
+        let ctx = Self::context(&permit, deadline, client);
+        let (result, discarded) = Self::dispatch(&permit, call.method, request, &ctx).await;
+        let record = ReliableCall {
+            call_id: call.call_id.to_string(),
+            object_id: this.id.to_string(),
+            object_type: T::TYPE_NAME.to_owned(),
+            method: spec.name.to_owned(),
+            request: request_bytes,
+            result: reliable::result_of(&result),
+        };
+        // The record commits with the state the call left; a read, or a write whose activation
+        // was discarded (a panic), leaves the stored state as it is.
+        let change = if discarded || spec.kind == MethodKind::Read {
+            Ok(Change::Unchanged)
+        } else {
+            this.dirty.store(false, Ordering::Relaxed);
+            this.snapshot(&permit).map(Change::Save)
+        };
+        let job = match (change, this.node.fence(this.shard)) {
+            (Ok(change), Ok(fence)) => SaveJob {
+                id: this.id.clone(),
+                object_type: T::TYPE_NAME,
+                change,
+                fence,
+                reliable: Some(record.clone()),
+            },
+            (Err(err), _) | (_, Err(err)) => {
+                if !discarded {
+                    this.retire(&permit);
+                }
+                return ReliableOutcome::Skipped(err);
             }
         };
-        match outcome {
-            Ok(result) => result,
-            Err(panic) => {
-                let name = T::METHODS.get(method).map_or("?", |m| m.name);
-                let message = panic_message(&*panic);
-                if permit.kind() == MethodKind::Write {
-                    // A write turn that panicked may have left the object half-updated: discard
-                    // this activation; the next call reactivates from the last saved state.
-                    tracing::error!(object = %this.id, r#type = T::TYPE_NAME, method = name, panic = %message,
-                        "method panicked during a write turn; activation discarded");
-                    this.retire(&permit);
-                } else {
-                    tracing::error!(object = %this.id, r#type = T::TYPE_NAME, method = name, panic = %message,
-                        "method panicked during a read turn");
+        match store.save(job).await {
+            Ok(()) => {
+                this.recent_calls.lock().remember(record);
+                match result {
+                    Ok(payload) => ReliableOutcome::Success(payload),
+                    Err(err) => ReliableOutcome::Failed(err),
                 }
-                Err(CallError::internal(format!(
-                    "{}.{name} on {} panicked: {message}",
+            }
+            Err(failure) => {
+                // Not recorded: roll the in-memory state back by discarding the activation, so
+                // the effect is neither visible nor saved later. The call did not take effect.
+                if !discarded {
+                    this.retire(&permit);
+                }
+                let what = format!(
+                    "reliable call {:?} on {}/{}",
+                    &*call.call_id,
                     T::TYPE_NAME,
                     this.id
-                )))
+                );
+                tracing::warn!(object = %this.id, call_id = %call.call_id, "reliable call not committed; activation discarded");
+                ReliableOutcome::Skipped(failure.into_call_error(&what))
             }
         }
     }
@@ -339,30 +526,19 @@ impl<T: Dispatch> Activation<T> {
             match reason {
                 CloseReason::Shutdown => handed_back = Some(this.snapshot(&permit)?),
                 CloseReason::Idle => {
-                    let data = this.snapshot(&permit)?;
-                    let epoch = this.node.save_epoch(this.shard)?;
-                    store
-                        .save(SaveRequest {
-                            id: &this.id,
-                            object_type: T::TYPE_NAME,
-                            data: &data,
-                            epoch,
-                        })
-                        .await
-                        .map_err(|err| {
-                            CallError::unavailable(format!(
-                                "cannot save {}/{}: {err}",
-                                T::TYPE_NAME,
-                                this.id
-                            ))
-                        })?;
-                    this.dirty.store(false, Ordering::Relaxed);
+                    this.commit_state(&permit).await?;
                 }
                 CloseReason::Delete => {
-                    let epoch = this.node.save_epoch(this.shard)?;
-                    store.delete(&this.id, epoch).await.map_err(|err| {
-                        CallError::unavailable(format!(
-                            "cannot delete saved state of {}/{}: {err}",
+                    let job = SaveJob {
+                        id: this.id.clone(),
+                        object_type: T::TYPE_NAME,
+                        change: Change::Delete,
+                        fence: this.node.fence(this.shard)?,
+                        reliable: None,
+                    };
+                    store.save(job).await.map_err(|failure| {
+                        failure.into_call_error(&format!(
+                            "deletion of the saved state of {}/{}",
                             T::TYPE_NAME,
                             this.id
                         ))
@@ -395,7 +571,15 @@ impl<T: Dispatch> Activation<T> {
                 tracing::error!(object = %this.id, timer = %name, panic = %panic_message(&*panic),
                     "timer turn panicked; activation discarded");
                 this.retire(&permit);
+                return;
             }
+        }
+        if this.writes_through()
+            && let Err(err) = this.commit_state(&permit).await
+        {
+            tracing::warn!(object = %this.id, timer = %name, cause = %err,
+                "write-through commit after a timer failed; activation discarded");
+            this.retire(&permit);
         }
     }
 }
@@ -465,6 +649,17 @@ impl<T: Dispatch> ActivationDyn for Activation<T> {
         Box::pin(Self::method_turn(permit, method, request, deadline, client))
     }
 
+    fn run_reliable(
+        &self,
+        permit: TurnPermit,
+        call: ReliableRequest,
+        request: Payload,
+        deadline: Instant,
+        client: Option<Arc<ClientIdentity>>,
+    ) -> BoxFuture<ReliableOutcome> {
+        Box::pin(Self::reliable_turn(permit, call, request, deadline, client))
+    }
+
     fn close(
         &self,
         permit: TurnPermit,
@@ -484,6 +679,16 @@ impl<T: Dispatch> ActivationDyn for Activation<T> {
                 T::TYPE_NAME,
                 self.id
             ))
+        })
+    }
+
+    fn save_job(&self, permit: &TurnPermit) -> Result<SaveJob, CallError> {
+        Ok(SaveJob {
+            id: self.id.clone(),
+            object_type: T::TYPE_NAME,
+            change: Change::Save(self.snapshot(permit)?),
+            fence: self.node.fence(self.shard)?,
+            reliable: None,
         })
     }
 

@@ -24,6 +24,10 @@ pub struct NodeConfig {
     /// TTL of this node's lease in the cluster store; the node stops serving when it cannot
     /// renew it.
     pub lease_ttl: Duration,
+    /// Reliable-call records older than this are removed from the store (checked every
+    /// twenty-fourth of it, at most hourly). A retry arriving later than this runs the call
+    /// again. Default 7 days.
+    pub reliable_call_retention: Duration,
 }
 
 impl Default for NodeConfig {
@@ -36,6 +40,7 @@ impl Default for NodeConfig {
             idle_check_interval: None,
             save_interval: Duration::from_secs(60),
             lease_ttl: Duration::from_secs(15),
+            reliable_call_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -59,6 +64,12 @@ impl NodeConfig {
             return Err(format!(
                 "lease_ttl {:?} is too short (minimum 300ms)",
                 self.lease_ttl
+            ));
+        }
+        if self.reliable_call_retention < Duration::from_secs(1) {
+            return Err(format!(
+                "reliable_call_retention {:?} is too short (minimum 1s)",
+                self.reliable_call_retention
             ));
         }
         if let Some(interval) = self.idle_check_interval

@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::activation::ActivationDyn;
 use crate::node::NodeInner;
+use crate::store::{Change, SaveJob};
 use crate::{MethodKind, Node, turn};
 
 /// What a method sees of the runtime during its turn: who it is, the call chain it runs on, the
@@ -90,6 +91,52 @@ impl ObjectContext {
     /// gates it was sent to.
     pub fn broadcast(&self, message: impl Message) -> usize {
         self.activation.node().push().broadcast(message)
+    }
+
+    /// Commits `state` (the object's current state: pass `self` from inside a method) to the
+    /// store now, and returns once it is committed. For types that choose their own moment:
+    /// after it returns, the change survives a crash even with [`Durability::Periodic`].
+    ///
+    /// A no-op when the node has no store. Fails when `state` is not this activation's type,
+    /// when the type is not persistent, and when the commit fails (the state stays in memory and
+    /// is saved later as usual).
+    ///
+    /// [`Durability::Periodic`]: crate::Durability::Periodic
+    pub async fn save<T: crate::Dispatch>(&self, state: &T) -> Result<(), CallError> {
+        if T::TYPE_NAME != self.type_name() {
+            return Err(CallError::internal(format!(
+                "ctx.save got a {} but this turn belongs to {}/{}",
+                T::TYPE_NAME,
+                self.type_name(),
+                self.id()
+            )));
+        }
+        if !T::PERSISTENT {
+            return Err(CallError::internal(format!(
+                "ctx.save on {}/{}: the type is not persistent",
+                T::TYPE_NAME,
+                self.id()
+            )));
+        }
+        let node = self.activation.node();
+        let Some(store) = node.store() else {
+            return Ok(());
+        };
+        let what = format!("state of {}/{}", T::TYPE_NAME, self.id());
+        let data = state.snapshot().map_err(|err| {
+            CallError::internal(format!("cannot snapshot {what}: {}", err.message()))
+        })?;
+        let job = SaveJob {
+            id: self.id().clone(),
+            object_type: T::TYPE_NAME,
+            change: Change::Save(data),
+            fence: node.fence(self.activation.shard())?,
+            reliable: None,
+        };
+        store
+            .save(job)
+            .await
+            .map_err(|failure| failure.into_call_error(&what))
     }
 
     /// A handle to the node, for calls that should start a new chain (they will not be detected

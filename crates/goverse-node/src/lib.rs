@@ -22,16 +22,20 @@ mod node;
 mod object;
 mod push;
 mod registry;
+mod reliable;
 mod service;
+mod store;
 mod turn;
 
 pub use config::NodeConfig;
 pub use context::{CallOptions, CallOrigin, Caller, ObjectContext};
 pub use node::{Node, NodeBuilder, NodeError, NodeStats, ShutdownReport};
 pub use object::{
-    Dispatch, MethodKind, MethodSpec, Object, ObjectError, from_json_state, to_json_state,
+    Dispatch, Durability, MethodKind, MethodSpec, Object, ObjectError, from_json_state,
+    to_json_state,
 };
 pub use registry::{TypeInfo, TypeOptions};
+pub use reliable::{MAX_CALL_ID_CHARS, ReliableOutcome, ReliableStatus};
 pub use service::{
     LocalPeer, LocalPushes, MAX_MESSAGE_BYTES, PEER_ADDRESS_HEADER, ServeError, describe,
     failure_to_error, open_local, serve,
@@ -78,31 +82,45 @@ pub mod __private {
     }
 
     /// A typed call from a generated stub: no encoding, the method resolved at compile time.
+    /// With `reliable`, the call is a reliable call with that call id.
     pub async fn call_typed<T: Dispatch, Req: Message, Resp: Message>(
         caller: &(impl Caller + ?Sized),
         id: &ObjectId,
         method: usize,
         request: Req,
         timeout: Option<Duration>,
+        reliable: Option<&str>,
     ) -> Result<Resp, CallError> {
         let origin = caller.call_origin();
         let chain = origin.chain.unwrap_or_else(ChainId::new_root);
         let deadline = deadline_for(origin.node, origin.deadline, timeout);
         let kind = T::METHODS[method].kind;
-        let response = origin
-            .node
-            .invoke(
-                T::TYPE_NAME,
-                id,
-                MethodRef::Index(method, kind),
-                Payload::typed(request),
-                CallScope {
-                    chain,
-                    deadline,
-                    client: origin.client.cloned(),
-                },
-            )
-            .await?;
+        let scope = CallScope {
+            chain,
+            deadline,
+            client: origin.client.cloned(),
+        };
+        let method = MethodRef::Index(method, kind);
+        let response = match reliable {
+            None => {
+                origin
+                    .node
+                    .invoke(T::TYPE_NAME, id, method, Payload::typed(request), scope)
+                    .await?
+            }
+            Some(call_id) => origin
+                .node
+                .invoke_reliable(
+                    T::TYPE_NAME,
+                    id,
+                    method,
+                    call_id,
+                    Payload::typed(request),
+                    scope,
+                )
+                .await?
+                .into_result()?,
+        };
         response.into_message::<Resp>()
     }
 }

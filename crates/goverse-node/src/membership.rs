@@ -2,8 +2,10 @@
 //! compare-and-set, lease renewal, and fencing when renewal fails.
 //!
 //! With one node (the embedded default) the node claims every shard. Placement across several
-//! nodes builds on the same records: each claim bumps the shard's epoch, and the epoch fences
-//! every persisted write.
+//! nodes builds on the same records: each claim bumps the shard's epoch. With an object store,
+//! the claim is then recorded in the store, which keeps its own epoch per shard and may raise it
+//! further (past what an earlier run of the cluster reached); that store epoch is the fence
+//! every write carries, and the node serves a shard only once the store has it.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -11,6 +13,7 @@ use std::time::Duration;
 
 use goverse_cluster::{CasOutcome, ClusterError, Expect, LeaseId, ShardRecord, keys};
 use goverse_core::{NodeAddr, ShardId};
+use goverse_persistence::Fence;
 
 use crate::node::NodeInner;
 
@@ -42,19 +45,30 @@ pub(crate) async fn join(node: &Arc<NodeInner>) -> Result<(), String> {
         }
     }
     *node.lease.lock() = Some(lease);
-    claim_shards(node)
-        .await
-        .map_err(|err| format!("cannot claim shards: {err}"))?;
+    if let Err(err) = claim_shards(node).await {
+        // Leave no registration behind: the shards it claimed are free for the next node.
+        node.lease.lock().take();
+        let _ = cluster.revoke_lease(lease).await;
+        return Err(format!("cannot claim shards: {err}"));
+    }
     Ok(())
 }
 
 /// Claims every shard that is unassigned, assigned to this node, or held by a node that is no
-/// longer registered; each claim raises the shard's epoch.
-async fn claim_shards(node: &Arc<NodeInner>) -> Result<u32, ClusterError> {
+/// longer registered; each claim raises the shard's epoch, in the cluster store and then in the
+/// object store, before the shard is served.
+async fn claim_shards(node: &Arc<NodeInner>) -> Result<u32, String> {
+    let cluster_error = |err: ClusterError| err.to_string();
     let cluster = &node.cluster;
     let me = node.address().clone();
-    let (records, _) = cluster.get_prefix(keys::SHARDS).await?;
-    let (nodes, _) = cluster.get_prefix(keys::NODES).await?;
+    let (records, _) = cluster
+        .get_prefix(keys::SHARDS)
+        .await
+        .map_err(cluster_error)?;
+    let (nodes, _) = cluster
+        .get_prefix(keys::NODES)
+        .await
+        .map_err(cluster_error)?;
     let live: HashSet<String> = nodes
         .into_iter()
         .map(|kv| kv.key[keys::NODES.len()..].to_owned())
@@ -63,15 +77,14 @@ async fn claim_shards(node: &Arc<NodeInner>) -> Result<u32, ClusterError> {
     for kv in records {
         existing.insert(kv.key.clone(), kv);
     }
-    let mut claimed = 0;
+    let mut claimed: Vec<Fence> = Vec::new();
     for n in 0..node.shard_count() {
         let shard = ShardId(n);
         let key = keys::shard(shard);
         let (expect, epoch) = match existing.get(&key) {
             None => (Expect::Absent, 1),
             Some(kv) => {
-                let record =
-                    ShardRecord::decode(shard, &kv.value).map_err(ClusterError::Unavailable)?;
+                let record = ShardRecord::decode(shard, &kv.value)?;
                 let free = match &record.current {
                     None => true,
                     Some(current) => *current == me || !live.contains(current.as_str()),
@@ -90,14 +103,24 @@ async fn claim_shards(node: &Arc<NodeInner>) -> Result<u32, ClusterError> {
         };
         if let CasOutcome::Applied(_) = cluster
             .compare_and_set(&key, expect, record.encode(), None)
-            .await?
+            .await
+            .map_err(cluster_error)?
         {
-            node.shard_table(shard).write().epoch = Some(epoch);
-            claimed += 1;
+            claimed.push(Fence { shard, epoch });
         }
     }
-    tracing::info!(node = %me, claimed, "claimed shards");
-    Ok(claimed)
+    let epochs =
+        match node.store() {
+            Some(store) => store.store().claim_shards(&claimed).await.map_err(|err| {
+                format!("cannot record the shard claims in the object store: {err}")
+            })?,
+            None => claimed.iter().map(|c| c.epoch).collect(),
+        };
+    for (claim, epoch) in claimed.iter().zip(&epochs) {
+        node.shard_table(claim.shard).write().epoch = Some(*epoch);
+    }
+    tracing::info!(node = %me, claimed = claimed.len(), "claimed shards");
+    Ok(claimed.len() as u32)
 }
 
 /// Stops serving every shard (fencing): used when the lease cannot be renewed in time.

@@ -15,14 +15,16 @@ use goverse_core::{
     CallError, ChainId, ClientIdentity, ErrorCode, Message, NodeAddr, ObjectId, ObjectIdKind,
     Payload, ShardId, fnv1a_32, shard_of,
 };
-use goverse_persistence::{ObjectStore, SaveRequest};
+use goverse_persistence::{Fence, ObjectStore};
 use parking_lot::{Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::activation::{ActivationDyn, CloseReason, Detached};
+use crate::activation::{ActivationDyn, CloseReason, Detached, ReliableRequest};
 use crate::push::PushHub;
 use crate::registry::{TypeEntry, TypeInfo, TypeOptions};
+use crate::reliable::{self, ReliableOutcome};
+use crate::store::{Change, SaveJob, StoreLink, wait};
 use crate::turn::{self, AcquireError, TurnPermit};
 use crate::{CallOptions, Dispatch, MethodKind, NodeConfig, membership};
 
@@ -40,6 +42,9 @@ pub enum NodeError {
     /// Two types registered under one name.
     #[error("object type {0:?} is registered twice")]
     DuplicateType(&'static str),
+    /// The object store failed its start check (unreachable, wrong schema, read-only, damaged).
+    #[error("the object store cannot be used: {0}")]
+    Store(String),
 }
 
 /// Counters describing what a node has done.
@@ -57,6 +62,12 @@ pub struct NodeStats {
     pub saves: u64,
     /// Failed state saves (the state stays in memory and is retried).
     pub save_failures: u64,
+    /// Store transactions committed (each carries every write queued when it started).
+    pub commits: u64,
+    /// Writes refused because the shard's epoch in the store had moved on.
+    pub fence_refusals: u64,
+    /// Reliable calls answered (run now, or answered from an earlier attempt's record).
+    pub reliable_calls: u64,
     /// Shards this node serves now.
     pub owned_shards: u64,
     /// Pushes handed to gate streams.
@@ -83,6 +94,7 @@ struct Counters {
     deactivations: AtomicU64,
     saves: AtomicU64,
     save_failures: AtomicU64,
+    reliable_calls: AtomicU64,
 }
 
 pub(crate) struct ShardTable {
@@ -100,7 +112,9 @@ pub(crate) struct NodeInner {
     address: NodeAddr,
     registry: FastMap<&'static str, Box<dyn TypeEntry>>,
     shards: Box<[RwLock<ShardTable>]>,
-    store: Option<Arc<dyn ObjectStore>>,
+    store: Option<StoreLink>,
+    /// Stops the saver and loader, once the last saves are done.
+    store_stop: CancellationToken,
     pub(crate) cluster: Arc<dyn ClusterStore>,
     pub(crate) lease: Mutex<Option<LeaseId>>,
     state: AtomicU8,
@@ -162,7 +176,7 @@ impl NodeInner {
         &self.address
     }
 
-    pub(crate) fn store(&self) -> Option<&Arc<dyn ObjectStore>> {
+    pub(crate) fn store(&self) -> Option<&StoreLink> {
         self.store.as_ref()
     }
 
@@ -217,14 +231,15 @@ impl NodeInner {
         ))
     }
 
-    /// The epoch to stamp on a save for `shard`, refusing when the shard is no longer ours.
-    pub(crate) fn save_epoch(&self, shard: ShardId) -> Result<u64, CallError> {
-        self.shard_table(shard).read().epoch.ok_or_else(|| {
+    /// The fence for a write of an object on `shard`, refusing when the shard is not ours.
+    pub(crate) fn fence(&self, shard: ShardId) -> Result<Fence, CallError> {
+        let epoch = self.shard_table(shard).read().epoch.ok_or_else(|| {
             CallError::unavailable(format!(
                 "shard {shard} is no longer owned by node {}; state not written",
                 self.address
             ))
-        })
+        })?;
+        Ok(Fence { shard, epoch })
     }
 
     /// Removes `activation` from its shard table if it is still the entry there.
@@ -408,6 +423,100 @@ impl NodeInner {
         with_deadline(work, deadline, || format!("{type_name}/{id}")).await
     }
 
+    /// The reliable-call path: the checks a call gets, then one write turn that answers an
+    /// earlier attempt or runs the method and commits its record with the state. Refusals come
+    /// back as [`ReliableOutcome::Skipped`]; `Err` means the outcome is unknown (the deadline
+    /// passed while the call was queued or running): retrying with the same call id is safe.
+    pub(crate) async fn invoke_reliable(
+        self: &Arc<Self>,
+        type_name: &str,
+        id: &ObjectId,
+        method: MethodRef<'_>,
+        call_id: &str,
+        request: Payload,
+        scope: CallScope,
+    ) -> Result<ReliableOutcome, CallError> {
+        let CallScope {
+            chain,
+            deadline,
+            client,
+        } = scope;
+        let checked = (|| {
+            reliable::check_call_id(call_id)?;
+            self.check_serving()?;
+            let shard = self.route(id)?;
+            let entry = self.entry(type_name)?;
+            if !entry.persistent() {
+                return Err(CallError::invalid_argument(format!(
+                    "type {type_name:?} cannot take reliable calls: its state is not persisted, \
+                     so exactly-once could not survive a restart (make it persistent)"
+                )));
+            }
+            if self.store.is_none() {
+                return Err(CallError::unavailable(format!(
+                    "node {} has no object store, so it cannot take reliable calls",
+                    self.address
+                )));
+            }
+            let index = match method {
+                MethodRef::Index(index, _) => index,
+                MethodRef::Name(name) => entry
+                    .method_index(name)
+                    .ok_or_else(|| CallError::unknown_method(type_name, name))?,
+            };
+            let spec = &entry.methods()[index];
+            let expected = (spec.request)();
+            if !request.has_name(&expected) {
+                return Err(CallError::wrong_payload(
+                    type_name,
+                    spec.name,
+                    &expected,
+                    &request.full_name(),
+                ));
+            }
+            Ok((shard, index))
+        })();
+        let (shard, index) = match checked {
+            Ok(found) => found,
+            Err(err) => return Ok(ReliableOutcome::Skipped(err)),
+        };
+        let call_id: Arc<str> = call_id.into();
+        let work = async move {
+            let target = Target {
+                type_name,
+                id,
+                shard,
+            };
+            // A write turn whatever the method: the lookup, the call and its commit are one step.
+            let (activation, permit) = match self
+                .turn_on(
+                    target,
+                    MethodKind::Write,
+                    chain,
+                    deadline,
+                    ErrorCode::InvalidArgument,
+                )
+                .await
+            {
+                Ok(found) => found,
+                Err(err) => return Ok(ReliableOutcome::Skipped(err)),
+            };
+            self.counters.reliable_calls.fetch_add(1, Ordering::Relaxed);
+            let call = ReliableRequest {
+                call_id,
+                method: index,
+            };
+            Ok(
+                Detached::new(activation.run_reliable(permit, call, request, deadline, client))
+                    .await,
+            )
+        };
+        with_deadline(work, deadline, || {
+            format!("reliable call {type_name}/{id} (the call may have run; retry with the same call id)")
+        })
+        .await
+    }
+
     async fn create(
         self: &Arc<Self>,
         type_name: &str,
@@ -544,7 +653,7 @@ impl NodeInner {
 
     /// Saves every persistent activation changed since its last save. Returns (saved, failed).
     async fn save_dirty(self: &Arc<Self>) -> (u64, u64) {
-        let Some(store) = self.store.clone() else {
+        let Some(store) = &self.store else {
             return (0, 0);
         };
         let dirty: Vec<_> = self
@@ -552,43 +661,31 @@ impl NodeInner {
             .into_iter()
             .filter(|a| a.persistent() && a.take_dirty())
             .collect();
-        let mut snapshots: Vec<(Arc<dyn ActivationDyn>, Vec<u8>, u64)> =
-            Vec::with_capacity(dirty.len());
+        // Each state is queued under a read turn, so it commits after any write queued by an
+        // earlier turn and before any queued by a later one.
+        let mut queued = Vec::with_capacity(dirty.len());
         for activation in dirty {
-            let snapshot = async {
+            let submitted = async {
                 let permit = turn::acquire(&activation, MethodKind::Read, ChainId::new_root())
                     .await
                     .ok()?;
-                let data = activation.snapshot(&permit).ok()?;
-                let epoch = self.save_epoch(activation.shard()).ok()?;
-                Some((data, epoch))
+                let job = activation.save_job(&permit).ok()?;
+                Some(store.submit(job))
             }
             .await;
-            match snapshot {
-                Some((data, epoch)) => snapshots.push((activation, data, epoch)),
+            match submitted {
+                Some(reply) => queued.push((activation, reply)),
                 None => activation.mark_dirty(),
             }
         }
         let (mut saved, mut failed) = (0, 0);
-        for chunk in snapshots.chunks(512) {
-            let requests: Vec<SaveRequest<'_>> = chunk
-                .iter()
-                .map(|(a, data, epoch)| SaveRequest {
-                    id: a.id(),
-                    object_type: a.type_name(),
-                    data,
-                    epoch: *epoch,
-                })
-                .collect();
-            for ((activation, _, _), result) in chunk.iter().zip(store.save_batch(&requests).await)
-            {
-                match result {
-                    Ok(()) => saved += 1,
-                    Err(err) => {
-                        failed += 1;
-                        activation.mark_dirty();
-                        tracing::warn!(object = %activation.id(), error = %err, "periodic save failed; will retry");
-                    }
+        for (activation, reply) in queued {
+            match wait(reply).await {
+                Ok(()) => saved += 1,
+                Err(failure) => {
+                    failed += 1;
+                    activation.mark_dirty();
+                    tracing::warn!(object = %activation.id(), cause = ?failure, "periodic save failed; will retry");
                 }
             }
         }
@@ -627,6 +724,15 @@ impl NodeInner {
             deactivations: self.counters.deactivations.load(Ordering::Relaxed),
             saves: self.counters.saves.load(Ordering::Relaxed),
             save_failures: self.counters.save_failures.load(Ordering::Relaxed),
+            commits: self
+                .store
+                .as_ref()
+                .map_or(0, |s| s.counters.commits.load(Ordering::Relaxed)),
+            fence_refusals: self
+                .store
+                .as_ref()
+                .map_or(0, |s| s.counters.fence_refusals.load(Ordering::Relaxed)),
+            reliable_calls: self.counters.reliable_calls.load(Ordering::Relaxed),
             owned_shards: owned,
             pushes_sent: self.push.counters.sent.load(Ordering::Relaxed),
             pushes_dropped: self.push.counters.dropped.load(Ordering::Relaxed),
@@ -676,52 +782,40 @@ impl NodeInner {
             self.counters.deactivations.load(Ordering::Relaxed) - deactivations_before;
         let mut pending: Vec<(Arc<dyn ActivationDyn>, Vec<u8>, ShardId)> = closed.into_inner();
         let mut saved = 0;
-        if let Some(store) = self.store.clone() {
+        if let Some(store) = &self.store {
             let mut backoff = Duration::from_millis(50);
             while !pending.is_empty() {
-                let mut retry = Vec::new();
-                for chunk in pending.chunks(512) {
-                    let epochs: Vec<Option<u64>> = chunk
-                        .iter()
-                        .map(|(_, _, s)| self.shard_table(*s).read().epoch)
-                        .collect();
-                    let requests: Vec<SaveRequest<'_>> = chunk
-                        .iter()
-                        .zip(&epochs)
-                        .filter_map(|((a, data, _), epoch)| {
-                            Some(SaveRequest {
-                                id: a.id(),
-                                object_type: a.type_name(),
-                                data,
-                                epoch: (*epoch)?,
-                            })
-                        })
-                        .collect();
-                    let fenced = chunk.len() - requests.len();
-                    if fenced > 0 {
-                        unsaved.fetch_add(fenced as u64, Ordering::Relaxed);
-                        tracing::error!(
-                            count = fenced,
-                            "states not saved: their shards are no longer owned"
-                        );
+                let mut queued = Vec::with_capacity(pending.len());
+                for item in pending {
+                    let (activation, data, shard) = &item;
+                    match self.fence(*shard) {
+                        Ok(fence) => {
+                            let reply = store.submit(SaveJob {
+                                id: activation.id().clone(),
+                                object_type: activation.type_name(),
+                                change: Change::Save(data.clone()),
+                                fence,
+                                reliable: None,
+                            });
+                            queued.push((item, reply));
+                        }
+                        Err(err) => {
+                            unsaved.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(object = %activation.id(), cause = %err, "state not saved");
+                        }
                     }
-                    let results = store.save_batch(&requests).await;
-                    let owned_chunk = chunk
-                        .iter()
-                        .zip(&epochs)
-                        .filter(|(_, e)| e.is_some())
-                        .map(|(c, _)| c);
-                    for (item, result) in owned_chunk.zip(results) {
-                        match result {
-                            Ok(()) => saved += 1,
-                            Err(goverse_persistence::StoreError::StaleEpoch { .. }) => {
-                                unsaved.fetch_add(1, Ordering::Relaxed);
-                                tracing::error!(object = %item.0.id(), "state not saved: a newer owner wrote it");
-                            }
-                            Err(err) => {
-                                tracing::warn!(object = %item.0.id(), error = %err, "save at shutdown failed; retrying");
-                                retry.push(item.clone());
-                            }
+                }
+                let mut retry = Vec::new();
+                for (item, reply) in queued {
+                    match wait(reply).await {
+                        Ok(()) => saved += 1,
+                        Err(crate::store::SaveFailure::Store(err)) if err.is_transient() => {
+                            tracing::warn!(object = %item.0.id(), cause = %err, "save at shutdown failed; retrying");
+                            retry.push(item);
+                        }
+                        Err(failure) => {
+                            unsaved.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(object = %item.0.id(), cause = ?failure, "state not saved at shutdown");
                         }
                     }
                 }
@@ -743,6 +837,7 @@ impl NodeInner {
         }
         self.counters.saves.fetch_add(saved, Ordering::Relaxed);
         membership::leave(self).await;
+        self.store_stop.cancel();
         self.tasks.close();
         if tokio::time::timeout_at(deadline, self.tasks.wait())
             .await
@@ -871,25 +966,43 @@ impl NodeBuilder {
                 })
             })
             .collect();
+        // The store is checked before anything is claimed: a node that could not write must not
+        // start serving (and lose every write at shutdown).
+        if let Some(store) = &self.store {
+            store
+                .check()
+                .await
+                .map_err(|err| NodeError::Store(format!("{}: {err}", store.describe())))?;
+        }
+        let tasks = TaskTracker::new();
+        let store_stop = CancellationToken::new();
+        let store = self
+            .store
+            .map(|store| StoreLink::start(store, &tasks, store_stop.clone()));
         let inner = Arc::new(NodeInner {
             address: NodeAddr::new(self.config.address.as_str()),
             config: self.config,
             registry: self.registry,
             shards,
-            store: self.store,
+            store,
+            store_stop,
             cluster: self
                 .cluster
                 .unwrap_or_else(|| Arc::new(MemoryClusterStore::new())),
             lease: Mutex::new(None),
             state: AtomicU8::new(STARTING),
             clock: tokio::time::Instant::now(),
-            tasks: TaskTracker::new(),
+            tasks,
             cancel: CancellationToken::new(),
             counters: Counters::default(),
             push: PushHub::default(),
             descriptors: self.descriptors,
         });
-        membership::join(&inner).await.map_err(NodeError::Cluster)?;
+        if let Err(err) = membership::join(&inner).await {
+            inner.store_stop.cancel();
+            inner.tasks.close();
+            return Err(NodeError::Cluster(err));
+        }
         inner.state.store(RUNNING, Ordering::Release);
 
         let lease = inner.lease.lock().expect("joined with a lease");
@@ -919,6 +1032,32 @@ impl NodeBuilder {
                     tokio::select! {
                         () = node.cancel.cancelled() => return,
                         _ = ticker.tick() => { node.save_dirty().await; }
+                    }
+                }
+            });
+        }
+        if let Some(store) = &inner.store {
+            let node = inner.clone();
+            let store = store.store().clone();
+            let retention = inner.config.reliable_call_retention;
+            // Often enough that the table holds about a retention period's worth of records.
+            let period = (retention / 24).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+            inner.tasks.spawn(async move {
+                let mut ticker = tokio::time::interval(period);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        () = node.cancel.cancelled() => return,
+                        _ = ticker.tick() => {}
+                    }
+                    match store.prune_reliable_calls(retention).await {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            tracing::info!(removed = n, ?retention, "pruned reliable-call records")
+                        }
+                        Err(err) => {
+                            tracing::warn!(cause = %err, "cannot prune reliable-call records")
+                        }
                     }
                 }
             });
@@ -1020,6 +1159,62 @@ impl Node {
                 type_name,
                 &id,
                 MethodRef::Name(method),
+                request,
+                CallScope {
+                    chain,
+                    deadline,
+                    client: options.client,
+                },
+            )
+            .await
+    }
+
+    /// Calls `method` on object `id` exactly once for `call_id`: the first call with this call id
+    /// runs the method and records its outcome in the same transaction as the object's new
+    /// state; every later call with the same call id (a retry, after a timeout, a crash, a
+    /// restart) returns that recorded outcome without running the method again. A call id used
+    /// before for another object, method or request is refused.
+    ///
+    /// The type must be persistent and the node must have a store. `Err` means the outcome is
+    /// unknown (the deadline passed); retrying with the same call id is always safe.
+    pub async fn call_reliable(
+        &self,
+        type_name: &str,
+        id: impl Into<ObjectId>,
+        method: &str,
+        call_id: &str,
+        request: Payload,
+    ) -> Result<ReliableOutcome, CallError> {
+        self.call_reliable_with(
+            type_name,
+            id,
+            method,
+            call_id,
+            request,
+            CallOptions::default(),
+        )
+        .await
+    }
+
+    /// [`Node::call_reliable`] with per-call options.
+    pub async fn call_reliable_with(
+        &self,
+        type_name: &str,
+        id: impl Into<ObjectId>,
+        method: &str,
+        call_id: &str,
+        request: Payload,
+        options: CallOptions,
+    ) -> Result<ReliableOutcome, CallError> {
+        let id = id.into();
+        let chain = options.chain.unwrap_or_else(ChainId::new_root);
+        let deadline = deadline_for(&self.inner, None, options.timeout);
+        self.inner
+            .invoke_reliable(
+                type_name,
+                &id,
+                MethodRef::Name(method),
+                call_id,
                 request,
                 CallScope {
                     chain,

@@ -16,6 +16,11 @@ pub trait Object: Send + Sync + 'static {
     /// Whether the runtime loads and saves this type's state.
     const PERSISTENT: bool = false;
 
+    /// When a persistent object's changes are committed: periodically (the default) or before
+    /// each write turn's reply ([`Durability::WriteThrough`]). Ignored when `PERSISTENT` is false
+    /// or the node has no store.
+    const DURABILITY: Durability = Durability::Periodic;
+
     /// Runs once, before the first turn. `restored` is true when saved state was loaded into the
     /// object (through [`Object::restore`]) just before. An error fails the activation: every call
     /// waiting for it gets the error, and the next call tries again.
@@ -63,6 +68,21 @@ pub trait Object: Send + Sync + 'static {
             "restore is not implemented for this type",
         ))
     }
+}
+
+/// When a persistent object's changes reach the store, and so what a crash can lose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Changed objects are saved every `save_interval` (60 s by default), when they deactivate
+    /// and at a clean shutdown. A crash of the process (kill -9, power loss) loses the changes
+    /// made since the last save, including acknowledged ones.
+    #[default]
+    Periodic,
+    /// After every write turn (`&mut self` method, timer) the new state is committed before the
+    /// reply is released; commits of many objects are grouped into one transaction. An
+    /// acknowledged call's effect survives a crash. If the commit fails, the caller gets an
+    /// error and the activation is discarded, so the next call starts from the committed state.
+    WriteThrough,
 }
 
 /// Whether a method reads or writes the object: `&self` methods are reads, `&mut self` writes.

@@ -1,17 +1,28 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use goverse_core::ObjectId;
+use goverse_core::{ObjectId, ShardId};
 use parking_lot::Mutex;
 
-use crate::{ObjectStore, SaveRequest, StoreError, StoredObject};
+use crate::{
+    Fence, ObjectStore, Refusal, ReliableCall, SCHEMA_VERSION, StateChange, StoreError,
+    StoreStatus, StoredObject, Write, next_epoch,
+};
 
 /// An in-process store: fast, lost at exit. For tests and benchmarks.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    records: Mutex<HashMap<ObjectId, StoredObject>>,
+    state: Mutex<State>,
     failing: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    records: HashMap<ObjectId, StoredObject>,
+    shards: HashMap<ShardId, u64>,
+    calls: HashMap<String, (ReliableCall, Instant)>,
 }
 
 impl MemoryStore {
@@ -26,7 +37,7 @@ impl MemoryStore {
         self.failing.store(failing, Ordering::SeqCst);
     }
 
-    fn check(&self) -> Result<(), StoreError> {
+    fn check_up(&self) -> Result<(), StoreError> {
         if self.failing.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("memory store set to fail".into()));
         }
@@ -34,56 +45,114 @@ impl MemoryStore {
     }
 }
 
-#[async_trait]
-impl ObjectStore for MemoryStore {
-    async fn load(&self, id: &ObjectId) -> Result<Option<StoredObject>, StoreError> {
-        self.check()?;
-        Ok(self.records.lock().get(id).cloned())
-    }
-
-    async fn save(&self, request: SaveRequest<'_>) -> Result<(), StoreError> {
-        self.check()?;
-        let mut records = self.records.lock();
-        if let Some(existing) = records.get(request.id)
-            && existing.epoch > request.epoch
-        {
-            return Err(StoreError::StaleEpoch {
-                id: request.id.to_string(),
-                stored: existing.epoch,
-                given: request.epoch,
+impl State {
+    fn fence_ok(&self, fence: Fence) -> Result<(), Refusal> {
+        let current = self.shards.get(&fence.shard).copied().unwrap_or(0);
+        if current == 0 || current != fence.epoch {
+            return Err(Refusal::StaleFence {
+                shard: fence.shard,
+                current,
+                given: fence.epoch,
             });
         }
-        records.insert(
-            request.id.clone(),
-            StoredObject {
-                object_type: request.object_type.to_owned(),
-                data: request.data.to_vec(),
-                epoch: request.epoch,
-            },
-        );
         Ok(())
     }
 
-    async fn delete(&self, id: &ObjectId, epoch: u64) -> Result<bool, StoreError> {
-        self.check()?;
-        let mut records = self.records.lock();
-        match records.get(id) {
-            None => Ok(false),
-            Some(existing) if existing.epoch > epoch => Err(StoreError::StaleEpoch {
-                id: id.to_string(),
-                stored: existing.epoch,
-                given: epoch,
-            }),
-            Some(_) => {
-                records.remove(id);
-                Ok(true)
+    fn apply(&mut self, write: &Write<'_>) -> Result<(), Refusal> {
+        self.fence_ok(write.fence)?;
+        if let Some(call) = write.reliable {
+            if self.calls.contains_key(&call.call_id) {
+                return Err(Refusal::CallIdTaken {
+                    call_id: call.call_id.clone(),
+                });
             }
+            self.calls
+                .insert(call.call_id.clone(), (call.clone(), Instant::now()));
         }
+        match write.change {
+            StateChange::Save(data) => {
+                self.records.insert(
+                    write.id.clone(),
+                    StoredObject {
+                        object_type: write.object_type.to_owned(),
+                        data: data.to_vec(),
+                        epoch: write.fence.epoch,
+                    },
+                );
+            }
+            StateChange::Delete => {
+                self.records.remove(write.id);
+            }
+            StateChange::Unchanged => {}
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ObjectStore for MemoryStore {
+    fn describe(&self) -> String {
+        "in-memory store".to_owned()
     }
 
-    async fn count(&self) -> Result<u64, StoreError> {
-        self.check()?;
-        Ok(self.records.lock().len() as u64)
+    async fn check(&self) -> Result<(), StoreError> {
+        self.check_up()
+    }
+
+    async fn load_many(&self, ids: &[ObjectId]) -> Result<Vec<Option<StoredObject>>, StoreError> {
+        self.check_up()?;
+        let state = self.state.lock();
+        Ok(ids
+            .iter()
+            .map(|id| state.records.get(id).cloned())
+            .collect())
+    }
+
+    fn batches_loads(&self) -> bool {
+        false
+    }
+
+    async fn commit(&self, writes: &[Write<'_>]) -> Result<Vec<Result<(), Refusal>>, StoreError> {
+        self.check_up()?;
+        let mut state = self.state.lock();
+        Ok(writes.iter().map(|w| state.apply(w)).collect())
+    }
+
+    async fn claim_shards(&self, claims: &[Fence]) -> Result<Vec<u64>, StoreError> {
+        self.check_up()?;
+        let mut state = self.state.lock();
+        Ok(claims
+            .iter()
+            .map(|claim| {
+                let epoch = next_epoch(state.shards.get(&claim.shard).copied(), claim.epoch);
+                state.shards.insert(claim.shard, epoch);
+                epoch
+            })
+            .collect())
+    }
+
+    async fn reliable_call(&self, call_id: &str) -> Result<Option<ReliableCall>, StoreError> {
+        self.check_up()?;
+        Ok(self.state.lock().calls.get(call_id).map(|(c, _)| c.clone()))
+    }
+
+    async fn prune_reliable_calls(&self, age: Duration) -> Result<u64, StoreError> {
+        self.check_up()?;
+        let mut state = self.state.lock();
+        let before = state.calls.len();
+        state.calls.retain(|_, (_, at)| at.elapsed() < age);
+        Ok((before - state.calls.len()) as u64)
+    }
+
+    async fn status(&self) -> Result<StoreStatus, StoreError> {
+        self.check_up()?;
+        let state = self.state.lock();
+        Ok(StoreStatus {
+            schema_version: SCHEMA_VERSION,
+            objects: state.records.len() as u64,
+            reliable_calls: state.calls.len() as u64,
+            claimed_shards: state.shards.len() as u64,
+        })
     }
 }
 

@@ -1,57 +1,210 @@
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use goverse_core::ObjectId;
+use goverse_core::{ObjectId, ShardId};
 use parking_lot::Mutex;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use crate::{ObjectStore, SaveRequest, StoreError, StoredObject};
+use crate::{
+    Fence, ObjectStore, Refusal, ReliableCall, ReliableResult, SCHEMA_VERSION, StateChange,
+    StoreError, StoreStatus, StoredObject, Write, next_epoch, result_of_columns, status_name,
+};
+
+/// When SQLite forces a commit to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// Every commit is fsynced before it is acknowledged: committed state survives a power loss
+    /// as well as a crash of the process. The default.
+    #[default]
+    Full,
+    /// Commits reach the operating system but are fsynced only at checkpoints: committed state
+    /// survives a crash of the process (kill -9), not necessarily a power loss.
+    Normal,
+}
+
+/// How a [`SqliteStore`] opens its file.
+#[derive(Debug, Clone)]
+pub struct SqliteConfig {
+    /// The database file (created, with its directory, if missing).
+    pub path: PathBuf,
+    /// When commits are forced to disk. Default [`Synchronous::Full`].
+    pub synchronous: Synchronous,
+    /// How long an operation waits for another process holding the file's lock. Default 5 s.
+    pub busy_timeout: Duration,
+}
+
+impl SqliteConfig {
+    /// The defaults for a file at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            synchronous: Synchronous::Full,
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
 
 /// The embedded default store: one SQLite file.
 ///
-/// The table mirrors upstream's PostgreSQL `goverse_objects` (object id, type, data, timestamps)
-/// plus the epoch column used for fencing. The connection runs in WAL mode; every operation runs on
-/// tokio's blocking pool so callers never block a runtime thread.
+/// The tables mirror upstream's PostgreSQL schema (`goverse_objects`, `goverse_reliable_calls`)
+/// plus the shard epochs used for fencing, created and upgraded by versioned migrations when the
+/// file is opened. The file runs in WAL mode with two connections, one writing and one reading,
+/// so loads are not held up by commits; every operation runs on tokio's blocking pool so callers
+/// never block a runtime thread.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
-    path: PathBuf,
+    writer: Arc<Mutex<Connection>>,
+    reader: Arc<Mutex<Connection>>,
+    path: Arc<Path>,
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS goverse_objects (
-    object_id   TEXT PRIMARY KEY NOT NULL,
-    object_type TEXT NOT NULL,
-    data        BLOB NOT NULL,
-    epoch       INTEGER NOT NULL DEFAULT 0,
-    created_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-    updated_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
-);
-CREATE INDEX IF NOT EXISTS goverse_objects_type ON goverse_objects (object_type);
-";
+const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 
-// Insert, or replace when the stored epoch is not newer. `changes() == 0` afterwards means the
-// fence refused the write.
-const UPSERT: &str = "
-INSERT INTO goverse_objects (object_id, object_type, data, epoch)
-VALUES (?1, ?2, ?3, ?4)
-ON CONFLICT (object_id) DO UPDATE SET
-    object_type = excluded.object_type,
-    data = excluded.data,
-    epoch = excluded.epoch,
-    updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-WHERE goverse_objects.epoch <= excluded.epoch
-";
+/// Versioned migrations: `(version, description, SQL)`. Version 1 is the table files made before
+/// migrations were recorded already have; `IF NOT EXISTS` lets it pass over them.
+const MIGRATIONS: &[(u32, &str, &str)] = &[
+    (
+        1,
+        "object table",
+        "CREATE TABLE IF NOT EXISTS goverse_objects (
+            object_id   TEXT PRIMARY KEY NOT NULL,
+            object_type TEXT NOT NULL,
+            data        BLOB NOT NULL,
+            epoch       INTEGER NOT NULL DEFAULT 0,
+            created_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+            updated_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+        );
+        CREATE INDEX IF NOT EXISTS goverse_objects_type ON goverse_objects (object_type);",
+    ),
+    (
+        2,
+        "shard epochs, reliable calls, next_rcseq",
+        "ALTER TABLE goverse_objects ADD COLUMN next_rcseq INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE goverse_shard_epochs (
+            shard      INTEGER PRIMARY KEY NOT NULL,
+            epoch      INTEGER NOT NULL,
+            updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+        );
+        CREATE TABLE goverse_reliable_calls (
+            seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+            call_id       TEXT NOT NULL UNIQUE,
+            object_id     TEXT NOT NULL,
+            object_type   TEXT NOT NULL,
+            method_name   TEXT NOT NULL,
+            request_data  BLOB NOT NULL,
+            result_data   BLOB,
+            error_message TEXT,
+            error_code    TEXT,
+            status        TEXT NOT NULL DEFAULT 'pending'
+                          CHECK (status IN ('pending', 'success', 'failed', 'skipped')),
+            created_at    TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+            updated_at    TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+        );
+        CREATE INDEX goverse_reliable_calls_object ON goverse_reliable_calls (object_id, status);
+        CREATE INDEX goverse_reliable_calls_created ON goverse_reliable_calls (created_at);",
+    ),
+];
 
-fn backend(err: rusqlite::Error) -> StoreError {
-    StoreError::Backend(format!("sqlite: {err}"))
+/// Sorts a SQLite failure into transient, read-only, corrupt or other, naming the file.
+fn classify(path: &Path, err: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode as C;
+    let at = format!("sqlite file {}: {err}", path.display());
+    match &err {
+        rusqlite::Error::SqliteFailure(e, _) => match e.code {
+            C::DatabaseCorrupt | C::NotADatabase => StoreError::Corrupt(at),
+            C::ReadOnly => StoreError::ReadOnly(at),
+            C::DatabaseBusy
+            | C::DatabaseLocked
+            | C::SystemIoFailure
+            | C::DiskFull
+            | C::CannotOpen
+            | C::OutOfMemory
+            | C::FileLockingProtocolFailed => StoreError::Unavailable(at),
+            _ => StoreError::Backend(at),
+        },
+        _ => StoreError::Backend(at),
+    }
+}
+
+fn open_connection(config: &SqliteConfig) -> Result<Connection, StoreError> {
+    let path = &config.path;
+    let conn = Connection::open(path).map_err(|err| {
+        StoreError::Unavailable(format!("cannot open sqlite file {}: {err}", path.display()))
+    })?;
+    let at = |err| classify(path, err);
+    conn.busy_timeout(config.busy_timeout).map_err(at)?;
+    // Reading the journal mode touches the file header: a file that is not a database fails
+    // here, before anything is written to it.
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(at)?;
+    let sync = match config.synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync).map_err(at)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let at = |err| classify(path, err);
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS goverse_schema_migrations (
+            version     INTEGER PRIMARY KEY NOT NULL,
+            description TEXT NOT NULL,
+            applied_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+        )",
+    )
+    .map_err(at)?;
+    let current = schema_version(conn, path)?;
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::Schema(format!(
+            "sqlite file {} has schema version {current}, newer than this build knows \
+             ({SCHEMA_VERSION}); run a newer goverse",
+            path.display()
+        )));
+    }
+    for (version, description, sql) in MIGRATIONS {
+        if *version <= current {
+            continue;
+        }
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(at)?;
+        tx.execute_batch(sql).map_err(at)?;
+        tx.execute(
+            "INSERT INTO goverse_schema_migrations (version, description) VALUES (?1, ?2)",
+            params![version, description],
+        )
+        .map_err(at)?;
+        tx.commit().map_err(at)?;
+        tracing::info!(file = %path.display(), version, description, "schema migrated");
+    }
+    Ok(())
+}
+
+fn schema_version(conn: &Connection, path: &Path) -> Result<u32, StoreError> {
+    conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM goverse_schema_migrations",
+        [],
+        |row| row.get::<_, i64>(0),
+    )
+    .map(|v| v as u32)
+    .map_err(|err| classify(path, err))
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database file at `path`, creating its parent directory.
+    /// Opens (creating if needed) the database file at `path` with the default settings.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
-        let path = path.as_ref().to_path_buf();
+        Self::open_with(SqliteConfig::new(path.as_ref()))
+    }
+
+    /// Opens (creating if needed) the database file `config.path`, creating its directory and
+    /// bringing its schema up to date.
+    pub fn open_with(config: SqliteConfig) -> Result<Self, StoreError> {
+        let path = config.path.clone();
         if let Some(parent) = path.parent()
             && !parent.as_os_str().is_empty()
         {
@@ -62,25 +215,13 @@ impl SqliteStore {
                 ))
             })?;
         }
-        let conn = Connection::open(&path).map_err(|err| {
-            StoreError::Unavailable(format!("cannot open sqlite file {}: {err}", path.display()))
-        })?;
-        let at = |err: rusqlite::Error| {
-            StoreError::Backend(format!(
-                "sqlite file {}: {err} (is it a GoVerse database?)",
-                path.display()
-            ))
-        };
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(at)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(at)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(at)?;
-        conn.execute_batch(SCHEMA).map_err(at)?;
+        let mut writer = open_connection(&config)?;
+        migrate(&mut writer, &path)?;
+        let reader = open_connection(&config)?;
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
-            path,
+            writer: Arc::new(Mutex::new(writer)),
+            reader: Arc::new(Mutex::new(reader)),
+            path: path.into(),
         })
     }
 
@@ -89,154 +230,377 @@ impl SqliteStore {
         &self.path
     }
 
-    async fn with_conn<R, F>(&self, f: F) -> Result<R, StoreError>
+    async fn blocking<R, F>(&self, conn: &Arc<Mutex<Connection>>, f: F) -> Result<R, StoreError>
     where
-        F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
+        F: FnOnce(&mut Connection, &Path) -> Result<R, StoreError> + Send + 'static,
         R: Send + 'static,
     {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || f(&mut conn.lock()))
+        let (conn, path) = (conn.clone(), self.path.clone());
+        tokio::task::spawn_blocking(move || f(&mut conn.lock(), &path))
             .await
             .map_err(|err| StoreError::Backend(format!("sqlite worker failed: {err}")))?
     }
 }
 
-fn stored_epoch(conn: &Connection, id: &str) -> Result<u64, StoreError> {
-    let epoch: Option<i64> = conn
-        .query_row(
-            "SELECT epoch FROM goverse_objects WHERE object_id = ?1",
-            [id],
-            |row| row.get(0),
-        )
-        .optional()
-        .map_err(backend)?;
-    Ok(epoch.unwrap_or(0) as u64)
+/// A write with its borrowed parts copied, to move onto the blocking pool.
+struct OwnedWrite {
+    id: String,
+    object_type: String,
+    change: OwnedChange,
+    fence: Fence,
+    reliable: Option<ReliableCall>,
 }
 
-fn upsert(
-    conn: &Connection,
-    id: &str,
-    ty: &str,
-    data: &[u8],
-    epoch: u64,
-) -> Result<(), StoreError> {
-    let changed = conn
-        .prepare_cached(UPSERT)
-        .and_then(|mut stmt| stmt.execute(params![id, ty, data, epoch as i64]))
-        .map_err(backend)?;
-    if changed == 0 {
-        return Err(StoreError::StaleEpoch {
-            id: id.to_owned(),
-            stored: stored_epoch(conn, id)?,
-            given: epoch,
-        });
+enum OwnedChange {
+    Save(Vec<u8>),
+    Delete,
+    Unchanged,
+}
+
+impl From<&Write<'_>> for OwnedWrite {
+    fn from(w: &Write<'_>) -> Self {
+        Self {
+            id: w.id.as_str().to_owned(),
+            object_type: w.object_type.to_owned(),
+            change: match w.change {
+                StateChange::Save(data) => OwnedChange::Save(data.to_vec()),
+                StateChange::Delete => OwnedChange::Delete,
+                StateChange::Unchanged => OwnedChange::Unchanged,
+            },
+            fence: w.fence,
+            reliable: w.reliable.cloned(),
+        }
     }
-    Ok(())
+}
+
+const UPSERT: &str = "
+INSERT INTO goverse_objects (object_id, object_type, data, epoch)
+VALUES (?1, ?2, ?3, ?4)
+ON CONFLICT (object_id) DO UPDATE SET
+    object_type = excluded.object_type,
+    data = excluded.data,
+    epoch = excluded.epoch,
+    updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+
+// A record for a call id is written unless one with an outcome exists; upstream's `pending` and
+// `skipped` rows (no outcome) are replaced.
+const RECORD: &str = "
+INSERT INTO goverse_reliable_calls
+    (call_id, object_id, object_type, method_name, request_data, result_data, error_message,
+     error_code, status)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+ON CONFLICT (call_id) DO UPDATE SET
+    object_id = excluded.object_id,
+    object_type = excluded.object_type,
+    method_name = excluded.method_name,
+    request_data = excluded.request_data,
+    result_data = excluded.result_data,
+    error_message = excluded.error_message,
+    error_code = excluded.error_code,
+    status = excluded.status,
+    created_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
+    updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+WHERE goverse_reliable_calls.status IN ('pending', 'skipped')";
+
+fn record_params(call: &ReliableCall) -> (Option<&[u8]>, Option<&str>, Option<&str>) {
+    match &call.result {
+        ReliableResult::Success(bytes) => (Some(bytes), None, None),
+        ReliableResult::Failed { code, message } => (None, Some(message), Some(code)),
+    }
+}
+
+fn commit_blocking(
+    conn: &mut Connection,
+    path: &Path,
+    writes: Vec<OwnedWrite>,
+) -> Result<Vec<Result<(), Refusal>>, StoreError> {
+    let at = |err| classify(path, err);
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(at)?;
+    let mut epochs: HashMap<ShardId, u64> = HashMap::new();
+    let mut results = Vec::with_capacity(writes.len());
+    {
+        let mut epoch_of = tx
+            .prepare_cached("SELECT epoch FROM goverse_shard_epochs WHERE shard = ?1")
+            .map_err(at)?;
+        let mut upsert = tx.prepare_cached(UPSERT).map_err(at)?;
+        let mut delete = tx
+            .prepare_cached("DELETE FROM goverse_objects WHERE object_id = ?1")
+            .map_err(at)?;
+        let mut record = tx.prepare_cached(RECORD).map_err(at)?;
+        for w in &writes {
+            let current = match epochs.get(&w.fence.shard) {
+                Some(e) => *e,
+                None => {
+                    let e: Option<i64> = epoch_of
+                        .query_row([w.fence.shard.0], |row| row.get(0))
+                        .optional()
+                        .map_err(at)?;
+                    let e = e.unwrap_or(0) as u64;
+                    epochs.insert(w.fence.shard, e);
+                    e
+                }
+            };
+            if current == 0 || current != w.fence.epoch {
+                results.push(Err(Refusal::StaleFence {
+                    shard: w.fence.shard,
+                    current,
+                    given: w.fence.epoch,
+                }));
+                continue;
+            }
+            if let Some(call) = &w.reliable {
+                let (result, message, code) = record_params(call);
+                let written = record
+                    .execute(params![
+                        call.call_id,
+                        call.object_id,
+                        call.object_type,
+                        call.method,
+                        call.request,
+                        result,
+                        message,
+                        code,
+                        status_name(&call.result),
+                    ])
+                    .map_err(at)?;
+                if written == 0 {
+                    results.push(Err(Refusal::CallIdTaken {
+                        call_id: call.call_id.clone(),
+                    }));
+                    continue;
+                }
+            }
+            match &w.change {
+                OwnedChange::Save(data) => {
+                    upsert
+                        .execute(params![w.id, w.object_type, data, w.fence.epoch as i64])
+                        .map_err(at)?;
+                }
+                OwnedChange::Delete => {
+                    delete.execute([&w.id]).map_err(at)?;
+                }
+                OwnedChange::Unchanged => {}
+            }
+            results.push(Ok(()));
+        }
+    }
+    tx.commit().map_err(at)?;
+    Ok(results)
 }
 
 #[async_trait]
 impl ObjectStore for SqliteStore {
-    async fn load(&self, id: &ObjectId) -> Result<Option<StoredObject>, StoreError> {
-        let id = id.clone();
-        self.with_conn(move |conn| {
-            conn.prepare_cached(
-                "SELECT object_type, data, epoch FROM goverse_objects WHERE object_id = ?1",
+    fn describe(&self) -> String {
+        format!("SQLite file {}", self.path.display())
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        self.blocking(&self.writer, |conn, path| {
+            let version = schema_version(conn, path)?;
+            if version != SCHEMA_VERSION {
+                return Err(StoreError::Schema(format!(
+                    "sqlite file {} has schema version {version}, this build expects \
+                     {SCHEMA_VERSION}",
+                    path.display()
+                )));
+            }
+            if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
+                return Err(StoreError::ReadOnly(format!(
+                    "sqlite file {} is opened read-only (check its permissions and its \
+                     directory's)",
+                    path.display()
+                )));
+            }
+            // A write that is rolled back: refused on a read-only file, directory or mount.
+            let at = |err| classify(path, err);
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(at)?;
+            tx.execute(
+                "INSERT INTO goverse_shard_epochs (shard, epoch) VALUES (-1, 0)
+                 ON CONFLICT (shard) DO NOTHING",
+                [],
             )
-            .and_then(|mut stmt| {
-                stmt.query_row([id.as_str()], |row| {
-                    Ok(StoredObject {
-                        object_type: row.get(0)?,
-                        data: row.get(1)?,
-                        epoch: row.get::<_, i64>(2)? as u64,
-                    })
-                })
-                .optional()
-            })
-            .map_err(backend)
+            .map_err(at)?;
+            tx.rollback().map_err(at)?;
+            // Reading every page finds a damaged file now rather than mid-run.
+            let verdict: String = conn
+                .query_row("PRAGMA quick_check", [], |row| row.get(0))
+                .map_err(at)?;
+            if verdict != "ok" {
+                return Err(StoreError::Corrupt(format!(
+                    "sqlite file {} failed its integrity check: {verdict}",
+                    path.display()
+                )));
+            }
+            Ok(())
         })
         .await
     }
 
-    async fn save(&self, request: SaveRequest<'_>) -> Result<(), StoreError> {
-        let (id, ty, data, epoch) = (
-            request.id.clone(),
-            request.object_type.to_owned(),
-            request.data.to_vec(),
-            request.epoch,
-        );
-        self.with_conn(move |conn| upsert(conn, id.as_str(), &ty, &data, epoch))
-            .await
-    }
-
-    async fn save_batch(&self, requests: &[SaveRequest<'_>]) -> Vec<Result<(), StoreError>> {
-        let owned: Vec<(ObjectId, String, Vec<u8>, u64)> = requests
-            .iter()
-            .map(|r| {
-                (
-                    r.id.clone(),
-                    r.object_type.to_owned(),
-                    r.data.to_vec(),
-                    r.epoch,
-                )
-            })
-            .collect();
-        let n = owned.len();
-        let outcome = self
-            .with_conn(move |conn| {
-                // One transaction for the batch: a shutdown saving many objects pays one fsync.
-                let tx = conn.transaction().map_err(backend)?;
-                let results: Vec<Result<(), StoreError>> = owned
-                    .iter()
-                    .map(|(id, ty, data, epoch)| upsert(&tx, id.as_str(), ty, data, *epoch))
-                    .collect();
-                tx.commit().map_err(backend)?;
-                Ok(results)
-            })
-            .await;
-        match outcome {
-            Ok(results) => results,
-            Err(err) => vec![Err(err); n],
+    async fn load_many(&self, ids: &[ObjectId]) -> Result<Vec<Option<StoredObject>>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
         }
+        let ids: Vec<ObjectId> = ids.to_vec();
+        self.blocking(&self.reader, move |conn, path| {
+            let at = |err| classify(path, err);
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT object_type, data, epoch FROM goverse_objects WHERE object_id = ?1",
+                )
+                .map_err(at)?;
+            let mut found = Vec::with_capacity(ids.len());
+            for id in &ids {
+                let record = stmt
+                    .query_row([id.as_str()], |row| {
+                        // State written as text (by hand, or by other tools) reads as its bytes.
+                        let data = match row.get_ref(1)? {
+                            rusqlite::types::ValueRef::Blob(b)
+                            | rusqlite::types::ValueRef::Text(b) => b.to_vec(),
+                            _ => Vec::new(),
+                        };
+                        Ok(StoredObject {
+                            object_type: row.get(0)?,
+                            data,
+                            epoch: row.get::<_, i64>(2)? as u64,
+                        })
+                    })
+                    .optional()
+                    .map_err(at)?;
+                found.push(record);
+            }
+            Ok(found)
+        })
+        .await
     }
 
-    async fn delete(&self, id: &ObjectId, epoch: u64) -> Result<bool, StoreError> {
-        let id = id.clone();
-        self.with_conn(move |conn| {
-            let stored: Option<i64> = conn
-                .query_row(
-                    "SELECT epoch FROM goverse_objects WHERE object_id = ?1",
-                    [id.as_str()],
-                    |row| row.get(0),
-                )
-                .optional()
-                .map_err(backend)?;
-            match stored {
-                None => Ok(false),
-                Some(stored) if stored as u64 > epoch => Err(StoreError::StaleEpoch {
-                    id: id.to_string(),
-                    stored: stored as u64,
-                    given: epoch,
-                }),
-                Some(_) => {
-                    conn.execute(
-                        "DELETE FROM goverse_objects WHERE object_id = ?1",
-                        [id.as_str()],
-                    )
-                    .map_err(backend)?;
-                    Ok(true)
+    async fn commit(&self, writes: &[Write<'_>]) -> Result<Vec<Result<(), Refusal>>, StoreError> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let owned: Vec<OwnedWrite> = writes.iter().map(OwnedWrite::from).collect();
+        self.blocking(&self.writer, move |conn, path| {
+            commit_blocking(conn, path, owned)
+        })
+        .await
+    }
+
+    async fn claim_shards(&self, claims: &[Fence]) -> Result<Vec<u64>, StoreError> {
+        let claims = claims.to_vec();
+        self.blocking(&self.writer, move |conn, path| {
+            let at = |err| classify(path, err);
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(at)?;
+            let mut epochs = Vec::with_capacity(claims.len());
+            {
+                let mut read = tx
+                    .prepare_cached("SELECT epoch FROM goverse_shard_epochs WHERE shard = ?1")
+                    .map_err(at)?;
+                let mut write = tx
+                    .prepare_cached(&format!(
+                        "INSERT INTO goverse_shard_epochs (shard, epoch) VALUES (?1, ?2)
+                         ON CONFLICT (shard) DO UPDATE SET epoch = excluded.epoch,
+                             updated_at = {NOW}"
+                    ))
+                    .map_err(at)?;
+                for claim in &claims {
+                    let stored: Option<i64> = read
+                        .query_row([claim.shard.0], |row| row.get(0))
+                        .optional()
+                        .map_err(at)?;
+                    let epoch = next_epoch(stored.map(|e| e as u64), claim.epoch);
+                    write
+                        .execute(params![claim.shard.0, epoch as i64])
+                        .map_err(at)?;
+                    epochs.push(epoch);
                 }
             }
+            tx.commit().map_err(at)?;
+            Ok(epochs)
         })
         .await
     }
 
-    async fn count(&self) -> Result<u64, StoreError> {
-        self.with_conn(|conn| {
-            conn.query_row("SELECT COUNT(*) FROM goverse_objects", [], |row| {
-                row.get::<_, i64>(0)
-            })
+    async fn reliable_call(&self, call_id: &str) -> Result<Option<ReliableCall>, StoreError> {
+        let call_id = call_id.to_owned();
+        self.blocking(&self.reader, move |conn, path| {
+            let at = |err| classify(path, err);
+            let row = conn
+                .prepare_cached(
+                    "SELECT object_id, object_type, method_name, request_data, result_data,
+                            error_code, error_message, status
+                     FROM goverse_reliable_calls WHERE call_id = ?1",
+                )
+                .map_err(at)?
+                .query_row([&call_id], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, Vec<u8>>(3)?,
+                        row.get::<_, Option<Vec<u8>>>(4)?,
+                        row.get::<_, Option<String>>(5)?,
+                        row.get::<_, Option<String>>(6)?,
+                        row.get::<_, String>(7)?,
+                    ))
+                })
+                .optional()
+                .map_err(at)?;
+            let Some((object_id, object_type, method, request, result, code, message, status)) =
+                row
+            else {
+                return Ok(None);
+            };
+            Ok(
+                result_of_columns(&call_id, &status, result, code, message)?.map(|result| {
+                    ReliableCall {
+                        call_id: call_id.clone(),
+                        object_id,
+                        object_type,
+                        method,
+                        request,
+                        result,
+                    }
+                }),
+            )
+        })
+        .await
+    }
+
+    async fn prune_reliable_calls(&self, age: Duration) -> Result<u64, StoreError> {
+        let seconds = age.as_secs_f64();
+        self.blocking(&self.writer, move |conn, path| {
+            conn.execute(
+                "DELETE FROM goverse_reliable_calls
+                 WHERE created_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', printf('-%.3f seconds', ?1))",
+                [seconds],
+            )
             .map(|n| n as u64)
-            .map_err(backend)
+            .map_err(|err| classify(path, err))
+        })
+        .await
+    }
+
+    async fn status(&self) -> Result<StoreStatus, StoreError> {
+        self.blocking(&self.reader, |conn, path| {
+            let at = |err| classify(path, err);
+            let count = |table: &str| -> Result<u64, StoreError> {
+                conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |row| {
+                    row.get::<_, i64>(0)
+                })
+                .map(|n| n as u64)
+                .map_err(at)
+            };
+            Ok(StoreStatus {
+                schema_version: schema_version(conn, path)?,
+                objects: count("goverse_objects")?,
+                reliable_calls: count("goverse_reliable_calls")?,
+                claimed_shards: count("goverse_shard_epochs WHERE shard >= 0")?,
+            })
         })
         .await
     }
@@ -254,33 +618,97 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn survives_reopen() {
+    async fn survives_reopen_with_epochs_and_records() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nested/dir/objects.db");
-        {
+        let fence = {
             let store = SqliteStore::open(&path).unwrap();
-            let id = ObjectId::from("c1");
+            let fence = Fence {
+                shard: ShardId(3),
+                epoch: store
+                    .claim_shards(&[Fence {
+                        shard: ShardId(3),
+                        epoch: 5,
+                    }])
+                    .await
+                    .unwrap()[0],
+            };
             store
-                .save(SaveRequest {
-                    id: &id,
-                    object_type: "Counter",
-                    data: b"{\"value\":3}",
-                    epoch: 1,
-                })
+                .save(&ObjectId::from("c1"), "Counter", b"{\"value\":3}", fence)
                 .await
+                .unwrap()
                 .unwrap();
-        }
+            fence
+        };
         let store = SqliteStore::open(&path).unwrap();
+        store.check().await.unwrap();
         let got = store.load(&ObjectId::from("c1")).await.unwrap().unwrap();
         assert_eq!(got.data, b"{\"value\":3}");
+        let again = store.claim_shards(&[fence]).await.unwrap()[0];
+        assert_eq!(again, fence.epoch + 1, "the epoch survives a restart");
     }
 
     #[tokio::test]
-    async fn a_file_that_is_not_a_database_is_a_clear_error() {
+    async fn a_file_from_before_migrations_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0].2).unwrap();
+            conn.execute(
+                "INSERT INTO goverse_objects (object_id, object_type, data, epoch)
+                 VALUES ('kept', 'Counter', '{\"value\":9}', 12)",
+                [],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        store.check().await.unwrap();
+        assert_eq!(store.status().await.unwrap().schema_version, SCHEMA_VERSION);
+        let got = store.load(&ObjectId::from("kept")).await.unwrap().unwrap();
+        assert_eq!(got.data, b"{\"value\":9}");
+        // Rows written with high epochs before shard epochs existed do not block new writes.
+        let shard = ShardId(1);
+        let epoch = store
+            .claim_shards(&[Fence { shard, epoch: 1 }])
+            .await
+            .unwrap()[0];
+        store
+            .save(
+                &ObjectId::from("kept"),
+                "Counter",
+                b"{\"value\":10}",
+                Fence { shard, epoch },
+            )
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_newer_schema_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("future.db");
+        drop(SqliteStore::open(&path).unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .execute(
+                "INSERT INTO goverse_schema_migrations (version, description) VALUES (99, 'x')",
+                [],
+            )
+            .unwrap();
+        let err = SqliteStore::open(&path).unwrap_err();
+        assert!(matches!(err, StoreError::Schema(_)), "{err}");
+        assert!(err.to_string().contains("99"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_a_database_is_corrupt_not_unavailable() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("garbage.db");
         std::fs::write(&path, vec![0x42u8; 8192]).unwrap();
         let err = SqliteStore::open(&path).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
         assert!(err.to_string().contains("garbage.db"), "{err}");
     }
 }

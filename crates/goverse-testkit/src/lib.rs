@@ -3,6 +3,11 @@
 //! - [`assert_eventually!`]: polls a condition (which may `.await`) until it holds or a timeout
 //!   passes, instead of sleeping a fixed time.
 //! - [`Process`]: a child process (node, gate, client) driven through its standard streams.
+//! - [`PostgresServer`]: a real PostgreSQL server of the test's own, on a free loopback port.
+
+mod postgres;
+
+pub use postgres::{POSTGRES_PASSWORD, POSTGRES_USER, PostgresServer, free_port, is_root};
 
 /// Polls `cond` every 5 ms until it is true; panics naming the condition after `timeout`
 /// (default 10 s). Use inside an async test.

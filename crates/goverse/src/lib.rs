@@ -43,14 +43,15 @@
 
 pub use goverse_core::{
     AnyMessage, CallError, ChainId, ClientIdentity, DEFAULT_SHARD_COUNT, ErrorCode, IdError,
-    Message, NodeAddr, ObjectId, ObjectIdKind, Payload, ShardId, TYPE_URL_PREFIX, fnv1a_32,
-    gate_of_client, shard_of, wkt,
+    MAX_OBJECT_ID_CHARS, Message, NodeAddr, ObjectId, ObjectIdKind, Payload, ShardId,
+    TYPE_URL_PREFIX, fnv1a_32, gate_of_client, shard_of, wkt,
 };
 pub use goverse_macros::{method, object};
 pub use goverse_node::{
-    CallOptions, Caller, Dispatch, MethodKind, MethodSpec, Node, NodeBuilder, NodeConfig,
-    NodeError, NodeStats, Object, ObjectContext, ObjectError, ShutdownReport, TypeInfo,
-    TypeOptions, from_json_state, json_state, to_json_state,
+    CallOptions, Caller, Dispatch, Durability, MAX_CALL_ID_CHARS, MethodKind, MethodSpec, Node,
+    NodeBuilder, NodeConfig, NodeError, NodeStats, Object, ObjectContext, ObjectError,
+    ReliableOutcome, ReliableStatus, ShutdownReport, TypeInfo, TypeOptions, from_json_state,
+    json_state, to_json_state,
 };
 /// The node service: serve a node's objects to gates (`goverse::serve(node, listener, shutdown)`).
 pub use goverse_node::{ServeError, serve};
@@ -87,10 +88,13 @@ pub async fn stop_signal() {
 /// The prost version GoVerse messages are built with.
 pub use prost;
 
-/// Object state storage.
+/// Object state storage: the [`persistence::ObjectStore`] trait and its SQLite, PostgreSQL and
+/// in-memory implementations.
 pub mod persistence {
     pub use goverse_persistence::{
-        MemoryStore, ObjectStore, SaveRequest, SqliteStore, StoreError, StoredObject,
+        Fence, MemoryStore, ObjectStore, PostgresConfig, PostgresStore, Refusal, ReliableCall,
+        ReliableResult, SCHEMA_VERSION, SqliteConfig, SqliteStore, StateChange, StoreError,
+        StoreStatus, StoredObject, Synchronous, Write,
     };
 }
 
@@ -109,8 +113,9 @@ pub mod prelude {
         UInt32Value, UInt64Value,
     };
     pub use crate::{
-        CallError, CallOptions, Caller, ClientIdentity, ErrorCode, Node, NodeConfig, Object,
-        ObjectContext, ObjectError, ObjectId, Payload, TypeOptions, json_state, method, object,
+        CallError, CallOptions, Caller, ClientIdentity, Durability, ErrorCode, Node, NodeConfig,
+        Object, ObjectContext, ObjectError, ObjectId, Payload, ReliableOutcome, ReliableStatus,
+        TypeOptions, json_state, method, object,
     };
 }
 
@@ -121,5 +126,6 @@ pub mod __private {
     pub use goverse_node::__private::*;
     pub use goverse_node::{Caller, Dispatch, MethodKind, MethodSpec, ObjectContext};
     pub use prost::Name;
+    pub use std::sync::Arc;
     pub use std::time::Duration;
 }

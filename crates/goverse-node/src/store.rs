@@ -1,0 +1,297 @@
+//! The node's one way to its object store: a saver that group-commits every write (periodic,
+//! write-through, `ctx.save`, idle close, delete, shutdown, reliable-call records) and a loader
+//! that batches the loads of activations starting at the same time.
+//!
+//! The saver is one task: it takes everything queued, commits it as one transaction, answers each
+//! writer, and takes the next batch, which has grown while the commit ran. One commit is in
+//! flight at a time, so writes of one object commit in the order they were queued. Writers queue
+//! under the turn that produced their state, so that order is the order of the turns.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use goverse_core::{CallError, ErrorCode, ObjectId};
+use goverse_persistence::{
+    Fence, ObjectStore, Refusal, ReliableCall, StateChange, StoreError, StoredObject, Write,
+};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Most writes committed in one transaction.
+const MAX_COMMIT_BATCH: usize = 4096;
+/// Most loads in one query.
+const MAX_LOAD_BATCH: usize = 1024;
+/// Load queries in flight at once.
+const LOADS_IN_FLIGHT: usize = 4;
+
+/// What a queued write does to the object's state.
+#[derive(Debug)]
+pub(crate) enum Change {
+    Save(Vec<u8>),
+    Delete,
+    Unchanged,
+}
+
+/// One write for the saver.
+#[derive(Debug)]
+pub(crate) struct SaveJob {
+    pub(crate) id: ObjectId,
+    pub(crate) object_type: &'static str,
+    pub(crate) change: Change,
+    pub(crate) fence: Fence,
+    pub(crate) reliable: Option<ReliableCall>,
+}
+
+impl SaveJob {
+    fn as_write(&self) -> Write<'_> {
+        Write {
+            id: &self.id,
+            object_type: self.object_type,
+            change: match &self.change {
+                Change::Save(data) => StateChange::Save(data),
+                Change::Delete => StateChange::Delete,
+                Change::Unchanged => StateChange::Unchanged,
+            },
+            fence: self.fence,
+            reliable: self.reliable.as_ref(),
+        }
+    }
+}
+
+/// Why a write was not committed.
+#[derive(Debug, Clone)]
+pub(crate) enum SaveFailure {
+    /// The store refused this write alone (stale fence, taken call id).
+    Refused(Refusal),
+    /// The commit failed as a whole (or its outcome is unknown).
+    Store(StoreError),
+    /// The saver has stopped (the node shut down).
+    Stopped,
+}
+
+impl SaveFailure {
+    /// The failure as a call error about `what` ("state of Counter/c1").
+    pub(crate) fn into_call_error(self, what: &str) -> CallError {
+        match self {
+            Self::Refused(refusal) => {
+                CallError::unavailable(format!("{what} not written: {refusal}"))
+            }
+            Self::Store(err) => store_error(err, &format!("{what} not written")),
+            Self::Stopped => {
+                CallError::unavailable(format!("{what} not written: the node is stopping"))
+            }
+        }
+    }
+}
+
+/// A store failure as a call error: transient failures are `Unavailable` (retry), damaged data is
+/// `DataLoss`, anything else `Internal`.
+pub(crate) fn store_error(err: StoreError, what: &str) -> CallError {
+    let code = match &err {
+        StoreError::Unavailable(_) | StoreError::ReadOnly(_) => ErrorCode::Unavailable,
+        StoreError::Corrupt(_) => ErrorCode::DataLoss,
+        StoreError::Schema(_) | StoreError::Backend(_) => ErrorCode::Internal,
+    };
+    CallError::new(code, format!("{what}: {err}"))
+}
+
+type Reply = oneshot::Sender<Result<(), SaveFailure>>;
+type LoadReply = oneshot::Sender<Result<Option<StoredObject>, StoreError>>;
+
+/// Counters the saver keeps.
+#[derive(Debug, Default)]
+pub(crate) struct StoreCounters {
+    pub(crate) commits: AtomicU64,
+    pub(crate) writes: AtomicU64,
+    pub(crate) fence_refusals: AtomicU64,
+    pub(crate) loads: AtomicU64,
+}
+
+/// The node's handle on its store.
+pub(crate) struct StoreLink {
+    store: Arc<dyn ObjectStore>,
+    saves: mpsc::UnboundedSender<(SaveJob, Reply)>,
+    loads: Option<mpsc::UnboundedSender<(ObjectId, LoadReply)>>,
+    pub(crate) counters: Arc<StoreCounters>,
+}
+
+impl std::fmt::Debug for StoreLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreLink")
+            .field("store", &self.store.describe())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoreLink {
+    /// Starts the saver (and, for stores that batch, the loader) on `tasks`. They run until
+    /// `stop`, after draining what is queued.
+    pub(crate) fn start(
+        store: Arc<dyn ObjectStore>,
+        tasks: &TaskTracker,
+        stop: CancellationToken,
+    ) -> Self {
+        let counters = Arc::new(StoreCounters::default());
+        let (saves, save_rx) = mpsc::unbounded_channel();
+        tasks.spawn(run_saver(
+            store.clone(),
+            save_rx,
+            counters.clone(),
+            stop.clone(),
+        ));
+        let loads = store.batches_loads().then(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tasks.spawn(run_loader(
+                store.clone(),
+                rx,
+                counters.clone(),
+                tasks.clone(),
+                stop,
+            ));
+            tx
+        });
+        Self {
+            store,
+            saves,
+            loads,
+            counters,
+        }
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// Queues `job` for the next commit. Call it under the turn that produced the state, so
+    /// writes of one object commit in turn order; await the receiver for the outcome.
+    pub(crate) fn submit(&self, job: SaveJob) -> oneshot::Receiver<Result<(), SaveFailure>> {
+        let (tx, rx) = oneshot::channel();
+        // A stopped saver drops the reply: the receiver reports `Stopped`.
+        let _ = self.saves.send((job, tx));
+        rx
+    }
+
+    /// Queues `job` and waits for its commit.
+    pub(crate) async fn save(&self, job: SaveJob) -> Result<(), SaveFailure> {
+        wait(self.submit(job)).await
+    }
+
+    /// The object's record, loaded with whatever other loads are waiting.
+    pub(crate) async fn load(&self, id: &ObjectId) -> Result<Option<StoredObject>, StoreError> {
+        let Some(loads) = &self.loads else {
+            self.counters.loads.fetch_add(1, Ordering::Relaxed);
+            return self.store.load(id).await;
+        };
+        let (tx, rx) = oneshot::channel();
+        if loads.send((id.clone(), tx)).is_err() {
+            return Err(StoreError::Unavailable("the node is stopping".to_owned()));
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("the node is stopping".to_owned())))
+    }
+}
+
+/// The outcome of a submitted write.
+pub(crate) async fn wait(
+    rx: oneshot::Receiver<Result<(), SaveFailure>>,
+) -> Result<(), SaveFailure> {
+    rx.await.unwrap_or(Err(SaveFailure::Stopped))
+}
+
+async fn run_saver(
+    store: Arc<dyn ObjectStore>,
+    mut rx: mpsc::UnboundedReceiver<(SaveJob, Reply)>,
+    counters: Arc<StoreCounters>,
+    stop: CancellationToken,
+) {
+    let mut batch: Vec<(SaveJob, Reply)> = Vec::with_capacity(256);
+    loop {
+        let received = tokio::select! {
+            // Whatever is queued is committed before stopping.
+            biased;
+            n = rx.recv_many(&mut batch, MAX_COMMIT_BATCH) => n,
+            () = stop.cancelled() => return,
+        };
+        if received == 0 {
+            return;
+        }
+        let outcome = {
+            let writes: Vec<Write<'_>> = batch.iter().map(|(job, _)| job.as_write()).collect();
+            store.commit(&writes).await
+        };
+        counters.commits.fetch_add(1, Ordering::Relaxed);
+        match outcome {
+            Ok(results) => {
+                for ((job, reply), result) in batch.drain(..).zip(results) {
+                    match &result {
+                        Ok(()) => {
+                            counters.writes.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(refusal @ Refusal::StaleFence { .. }) => {
+                            counters.fence_refusals.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(object = %job.id, cause = %refusal,
+                                "write refused by the shard's fence");
+                        }
+                        Err(refusal @ Refusal::CallIdTaken { .. }) => {
+                            tracing::warn!(object = %job.id, cause = %refusal, "write refused");
+                        }
+                    }
+                    let _ = reply.send(result.map_err(SaveFailure::Refused));
+                }
+            }
+            Err(err) => {
+                tracing::warn!(writes = batch.len(), cause = %err, "commit failed");
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(SaveFailure::Store(err.clone())));
+                }
+            }
+        }
+    }
+}
+
+async fn run_loader(
+    store: Arc<dyn ObjectStore>,
+    mut rx: mpsc::UnboundedReceiver<(ObjectId, LoadReply)>,
+    counters: Arc<StoreCounters>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+) {
+    let in_flight = Arc::new(Semaphore::new(LOADS_IN_FLIGHT));
+    loop {
+        // Wait for room first: while queries are in flight, the next batch grows.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch: Vec<(ObjectId, LoadReply)> = Vec::with_capacity(64);
+        let received = tokio::select! {
+            biased;
+            n = rx.recv_many(&mut batch, MAX_LOAD_BATCH) => n,
+            () = stop.cancelled() => return,
+        };
+        if received == 0 {
+            return;
+        }
+        let store = store.clone();
+        let counters = counters.clone();
+        tasks.spawn(async move {
+            let ids: Vec<ObjectId> = batch.iter().map(|(id, _)| id.clone()).collect();
+            counters
+                .loads
+                .fetch_add(ids.len() as u64, Ordering::Relaxed);
+            match store.load_many(&ids).await {
+                Ok(found) => {
+                    for ((_, reply), record) in batch.into_iter().zip(found) {
+                        let _ = reply.send(Ok(record));
+                    }
+                }
+                Err(err) => {
+                    for (_, reply) in batch {
+                        let _ = reply.send(Err(err.clone()));
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+}

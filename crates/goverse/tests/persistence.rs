@@ -1,0 +1,692 @@
+//! Durability, fencing, batched loads and reliable calls, end to end through the public API.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use goverse::cluster::MemoryClusterStore;
+use goverse::persistence::{
+    Fence, MemoryStore, ObjectStore, Refusal, ReliableCall, SqliteStore, StoreError, StoreStatus,
+    StoredObject, Write,
+};
+use goverse::prelude::*;
+use goverse::{ReliableOutcome, ReliableStatus};
+use goverse_testkit::assert_eventually;
+
+/// How many times methods actually ran, across instances.
+#[derive(Debug, Default)]
+struct Runs {
+    deposits: AtomicUsize,
+}
+
+/// A write-through account: every acknowledged deposit is committed.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Account {
+    balance: i64,
+    #[serde(skip)]
+    runs: Option<Arc<Runs>>,
+}
+
+impl Object for Account {
+    json_state!();
+    const DURABILITY: Durability = Durability::WriteThrough;
+}
+
+#[goverse::object]
+impl Account {
+    #[method]
+    async fn deposit(&mut self, request: Int64Value) -> Result<Int64Value, ObjectError> {
+        if let Some(runs) = &self.runs {
+            runs.deposits.fetch_add(1, Ordering::SeqCst);
+        }
+        if request.value <= 0 {
+            return Err(ObjectError::invalid_argument(format!(
+                "deposit {} is not positive",
+                request.value
+            )));
+        }
+        self.balance += request.value;
+        Ok(Int64Value {
+            value: self.balance,
+        })
+    }
+
+    #[method]
+    async fn balance(&self, _request: Empty) -> Result<Int64Value, ObjectError> {
+        Ok(Int64Value {
+            value: self.balance,
+        })
+    }
+
+    #[method]
+    async fn explode(&mut self, _request: Int64Value) -> Result<Empty, ObjectError> {
+        self.balance += 1_000_000;
+        panic!("explode");
+    }
+}
+
+/// A periodic type that commits when it chooses, with `ctx.save`.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Ledger {
+    entries: Vec<i64>,
+}
+
+impl Object for Ledger {
+    json_state!();
+}
+
+#[goverse::object]
+impl Ledger {
+    #[method]
+    async fn record(&mut self, request: Int64Value) -> Result<Empty, ObjectError> {
+        self.entries.push(request.value);
+        Ok(Empty {})
+    }
+
+    /// Records and commits before answering.
+    #[method]
+    async fn record_now(
+        &mut self,
+        ctx: &ObjectContext,
+        request: Int64Value,
+    ) -> Result<Empty, ObjectError> {
+        self.entries.push(request.value);
+        ctx.save(self).await?;
+        Ok(Empty {})
+    }
+}
+
+/// Not persistent: cannot take reliable calls.
+#[derive(Debug, Default)]
+struct Volatile;
+
+impl Object for Volatile {}
+
+#[goverse::object]
+impl Volatile {
+    #[method]
+    async fn ping(&mut self, _request: Empty) -> Result<Empty, ObjectError> {
+        Ok(Empty {})
+    }
+}
+
+/// Wraps a store, counting what the node asks of it.
+#[derive(Debug)]
+struct Counting {
+    inner: Arc<dyn ObjectStore>,
+    load_queries: AtomicUsize,
+    loaded: AtomicUsize,
+    commits: AtomicUsize,
+}
+
+impl Counting {
+    fn new(inner: Arc<dyn ObjectStore>) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            load_queries: AtomicUsize::new(0),
+            loaded: AtomicUsize::new(0),
+            commits: AtomicUsize::new(0),
+        })
+    }
+}
+
+#[async_trait]
+impl ObjectStore for Counting {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn check(&self) -> Result<(), StoreError> {
+        self.inner.check().await
+    }
+    async fn load_many(&self, ids: &[ObjectId]) -> Result<Vec<Option<StoredObject>>, StoreError> {
+        self.load_queries.fetch_add(1, Ordering::SeqCst);
+        self.loaded.fetch_add(ids.len(), Ordering::SeqCst);
+        self.inner.load_many(ids).await
+    }
+    fn batches_loads(&self) -> bool {
+        true
+    }
+    async fn commit(&self, writes: &[Write<'_>]) -> Result<Vec<Result<(), Refusal>>, StoreError> {
+        self.commits.fetch_add(1, Ordering::SeqCst);
+        self.inner.commit(writes).await
+    }
+    async fn claim_shards(&self, claims: &[Fence]) -> Result<Vec<u64>, StoreError> {
+        self.inner.claim_shards(claims).await
+    }
+    async fn reliable_call(&self, call_id: &str) -> Result<Option<ReliableCall>, StoreError> {
+        self.inner.reliable_call(call_id).await
+    }
+    async fn prune_reliable_calls(&self, age: Duration) -> Result<u64, StoreError> {
+        self.inner.prune_reliable_calls(age).await
+    }
+    async fn status(&self) -> Result<StoreStatus, StoreError> {
+        self.inner.status().await
+    }
+}
+
+fn config() -> NodeConfig {
+    NodeConfig {
+        shard_count: 64,
+        save_interval: Duration::ZERO,
+        ..NodeConfig::default()
+    }
+}
+
+async fn node_on(store: Arc<dyn ObjectStore>, runs: Arc<Runs>) -> Node {
+    node_on_cluster(store, runs, Arc::new(MemoryClusterStore::new())).await
+}
+
+async fn node_on_cluster(
+    store: Arc<dyn ObjectStore>,
+    runs: Arc<Runs>,
+    cluster: Arc<MemoryClusterStore>,
+) -> Node {
+    Node::builder(config())
+        .register_with(TypeOptions::<Account>::with_factory(move |_| Account {
+            balance: 0,
+            runs: Some(runs.clone()),
+        }))
+        .register::<Ledger>()
+        .register::<Volatile>()
+        .object_store(store)
+        .cluster_store(cluster)
+        .start()
+        .await
+        .expect("node starts")
+}
+
+fn balance_in(record: Option<StoredObject>) -> i64 {
+    let record = record.expect("a stored record");
+    serde_json::from_slice::<serde_json::Value>(&record.data).unwrap()["balance"]
+        .as_i64()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_through_replies_only_after_the_state_is_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(SqliteStore::open(dir.path().join("objects.db")).unwrap());
+    let node = node_on(store.clone(), Arc::default()).await;
+    let account = AccountRef::new("acct-1");
+    for i in 1..=5 {
+        let total = account
+            .deposit(&node, Int64Value { value: 10 })
+            .await
+            .unwrap();
+        assert_eq!(total.value, 10 * i);
+        // No periodic save runs (save_interval is zero): the reply means it is stored.
+        assert_eq!(
+            balance_in(store.load(&ObjectId::from("acct-1")).await.unwrap()),
+            10 * i
+        );
+    }
+    // A failing method's changes are committed too (here it changed nothing).
+    let err = account
+        .deposit(&node, Int64Value { value: -1 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::InvalidArgument);
+    node.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_write_through_calls_share_commits() {
+    let memory = Arc::new(MemoryStore::new());
+    let store = Counting::new(memory.clone());
+    let node = node_on(store.clone(), Arc::default()).await;
+    let mut tasks = Vec::new();
+    for i in 0..400 {
+        let node = node.clone();
+        tasks.push(tokio::spawn(async move {
+            AccountRef::new(format!("acct-{}", i % 100))
+                .deposit(&node, Int64Value { value: 1 })
+                .await
+                .unwrap();
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let commits = store.commits.load(Ordering::SeqCst);
+    assert!(
+        commits < 400,
+        "group commit: {commits} commits for 400 writes"
+    );
+    for i in 0..100 {
+        assert_eq!(
+            balance_in(
+                memory
+                    .load(&ObjectId::from(format!("acct-{i}")))
+                    .await
+                    .unwrap()
+            ),
+            4
+        );
+    }
+    node.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_through_commit_discards_the_uncommitted_change() {
+    let memory = Arc::new(MemoryStore::new());
+    let node = node_on(memory.clone(), Arc::default()).await;
+    let account = AccountRef::new("acct-f");
+    account
+        .deposit(&node, Int64Value { value: 5 })
+        .await
+        .unwrap();
+    memory.set_failing(true);
+    let err = account
+        .deposit(&node, Int64Value { value: 100 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Unavailable, "{err}");
+    assert!(err.message().contains("not written"), "{err}");
+    memory.set_failing(false);
+    // The unacknowledged 100 is gone: the activation was discarded and reloads what was stored.
+    assert_eq!(account.balance(&node, Empty {}).await.unwrap().value, 5);
+    node.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctx_save_commits_a_periodic_type_at_the_moment_it_chooses() {
+    let memory = Arc::new(MemoryStore::new());
+    let node = node_on(memory.clone(), Arc::default()).await;
+    let ledger = LedgerRef::new("ledger");
+    ledger.record(&node, Int64Value { value: 1 }).await.unwrap();
+    assert_eq!(memory.load(&ObjectId::from("ledger")).await.unwrap(), None);
+    ledger
+        .record_now(&node, Int64Value { value: 2 })
+        .await
+        .unwrap();
+    let stored = memory
+        .load(&ObjectId::from("ledger"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.data, br#"{"entries":[1,2]}"#);
+    node.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activations_starting_together_share_load_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite: Arc<dyn ObjectStore> =
+        Arc::new(SqliteStore::open(dir.path().join("objects.db")).unwrap());
+    {
+        let node = node_on(sqlite.clone(), Arc::default()).await;
+        for i in 0..500 {
+            AccountRef::new(format!("acct-{i}"))
+                .deposit(&node, Int64Value { value: i + 1 })
+                .await
+                .unwrap();
+        }
+        node.shutdown(Duration::from_secs(5)).await;
+    }
+    let store = Counting::new(sqlite);
+    let node = node_on(store.clone(), Arc::default()).await;
+    let mut tasks = Vec::new();
+    for i in 0..500 {
+        let node = node.clone();
+        tasks.push(tokio::spawn(async move {
+            let got = AccountRef::new(format!("acct-{i}"))
+                .balance(&node, Empty {})
+                .await
+                .unwrap();
+            assert_eq!(got.value, i + 1);
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let (queries, loaded) = (
+        store.load_queries.load(Ordering::SeqCst),
+        store.loaded.load(Ordering::SeqCst),
+    );
+    assert_eq!(loaded, 500);
+    assert!(queries < 100, "{queries} queries for 500 activations");
+    node.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_lost_its_shards_cannot_write_even_to_objects_the_new_owner_never_touched() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(SqliteStore::open(dir.path().join("objects.db")).unwrap());
+    let old = node_on(store.clone(), Arc::default()).await;
+    AccountRef::new("a")
+        .deposit(&old, Int64Value { value: 1 })
+        .await
+        .unwrap();
+    // A second node (its own cluster store: as after a partition, or a restart while the old
+    // process is paused) takes every shard. It writes nothing.
+    let new = node_on(store.clone(), Arc::default()).await;
+    // The old node still believes it owns the shards, and the store refuses it anyway.
+    let err = AccountRef::new("b")
+        .deposit(&old, Int64Value { value: 1 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Unavailable);
+    assert!(err.message().contains("no longer owns"), "{err}");
+    let err = AccountRef::new("a")
+        .deposit(&old, Int64Value { value: 1 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Unavailable);
+    assert!(old.stats().fence_refusals >= 2);
+    assert_eq!(store.load(&ObjectId::from("b")).await.unwrap(), None);
+    assert_eq!(
+        balance_in(store.load(&ObjectId::from("a")).await.unwrap()),
+        1
+    );
+    // Its shutdown saves are refused too, and reported.
+    let report = old.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(report.saved, 0);
+    assert_eq!(
+        AccountRef::new("a")
+            .deposit(&new, Int64Value { value: 2 })
+            .await
+            .unwrap()
+            .value,
+        3
+    );
+    new.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_a_fresh_cluster_store_writes_past_the_stored_epochs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("objects.db");
+    for round in 1..=3 {
+        // Every run starts a new in-memory cluster store at epoch 1, as `goverse demo` does.
+        let store: Arc<dyn ObjectStore> = Arc::new(SqliteStore::open(&path).unwrap());
+        let node = node_on(store, Arc::default()).await;
+        let total = AccountRef::new("acct")
+            .deposit(&node, Int64Value { value: 1 })
+            .await
+            .unwrap();
+        assert_eq!(total.value, round);
+        let report = node.shutdown(Duration::from_secs(5)).await;
+        assert_eq!(report.unsaved, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reliable_calls_run_once_and_replay_their_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("objects.db");
+    let runs = Arc::new(Runs::default());
+    let store: Arc<dyn ObjectStore> = Arc::new(SqliteStore::open(&path).unwrap());
+    let node = node_on(store.clone(), runs.clone()).await;
+    let deposit = |value: i64| Payload::typed(Int64Value { value });
+
+    let first = node
+        .call_reliable("Account", "w", "Deposit", "call-1", deposit(7))
+        .await
+        .unwrap();
+    assert_eq!(first.status(), ReliableStatus::Success);
+    for _ in 0..3 {
+        let again = node
+            .call_reliable("Account", "w", "Deposit", "call-1", deposit(7))
+            .await
+            .unwrap();
+        assert_eq!(again.status(), ReliableStatus::Success);
+        let value = again
+            .into_result()
+            .unwrap()
+            .into_message::<Int64Value>()
+            .unwrap();
+        assert_eq!(
+            value.value, 7,
+            "the first call's response, not a second deposit"
+        );
+    }
+    assert_eq!(runs.deposits.load(Ordering::SeqCst), 1);
+
+    // A failure is recorded and replayed as FAILED, without running again.
+    let failed = node
+        .call_reliable("Account", "w", "Deposit", "call-2", deposit(-5))
+        .await
+        .unwrap();
+    let ReliableOutcome::Failed(err) = failed else {
+        panic!("{failed:?}")
+    };
+    assert_eq!(err.code(), ErrorCode::InvalidArgument);
+    let replay = node
+        .call_reliable("Account", "w", "Deposit", "call-2", deposit(-5))
+        .await
+        .unwrap();
+    assert!(matches!(&replay, ReliableOutcome::Failed(e) if e.message() == err.message()));
+    assert_eq!(runs.deposits.load(Ordering::SeqCst), 2);
+
+    // The same id for another request, method or object is refused, and nothing runs.
+    for (id, method, request) in [
+        ("w", "Deposit", deposit(8)),
+        ("w", "Balance", Payload::typed(Empty {})),
+        ("other", "Deposit", deposit(7)),
+    ] {
+        let refused = node
+            .call_reliable("Account", id, method, "call-1", request)
+            .await
+            .unwrap();
+        let ReliableOutcome::Skipped(err) = refused else {
+            panic!("{refused:?}")
+        };
+        assert_eq!(err.code(), ErrorCode::InvalidArgument);
+        assert!(err.message().contains("already used"), "{err}");
+    }
+    assert_eq!(runs.deposits.load(Ordering::SeqCst), 2);
+
+    // Typed stubs take reliable calls too.
+    let account = AccountRef::new("w");
+    let via_stub = account
+        .call_reliable("call-3")
+        .deposit(&node, Int64Value { value: 3 })
+        .await
+        .unwrap();
+    assert_eq!(via_stub.value, 10);
+    assert_eq!(
+        account
+            .call_reliable("call-3")
+            .deposit(&node, Int64Value { value: 3 })
+            .await
+            .unwrap()
+            .value,
+        10
+    );
+    assert_eq!(account.balance(&node, Empty {}).await.unwrap().value, 10);
+    node.shutdown(Duration::from_secs(5)).await;
+
+    // After a restart the records are still there: retries still do not run.
+    let store: Arc<dyn ObjectStore> = Arc::new(SqliteStore::open(&path).unwrap());
+    let node = node_on(store, runs.clone()).await;
+    let again = node
+        .call_reliable("Account", "w", "Deposit", "call-1", deposit(7))
+        .await
+        .unwrap();
+    assert_eq!(
+        again
+            .into_result()
+            .unwrap()
+            .into_message::<Int64Value>()
+            .unwrap()
+            .value,
+        7
+    );
+    assert_eq!(
+        runs.deposits.load(Ordering::SeqCst),
+        3,
+        "only call-3 ran since"
+    );
+    assert_eq!(node.stats().reliable_calls, 1);
+    node.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reliable_calls_that_cannot_run_are_skipped_with_the_reason() {
+    let memory = Arc::new(MemoryStore::new());
+    let node = node_on(memory.clone(), Arc::default()).await;
+    let cases = [
+        ("Volatile", "v", "Ping", "c1", "not persisted"),
+        ("Nope", "x", "Ping", "c2", "unknown object type"),
+        ("Account", "a", "Nope", "c3", "no method"),
+        ("Account", "a", "Deposit", "", "call id is empty"),
+        ("Account", "a", "Deposit", &"x".repeat(300), "limit is 255"),
+        ("Account", &"y".repeat(300), "Deposit", "c4", "limit is 255"),
+    ];
+    for (ty, id, method, call_id, why) in cases {
+        let outcome = node
+            .call_reliable(
+                ty,
+                id,
+                method,
+                call_id,
+                Payload::typed(Int64Value { value: 1 }),
+            )
+            .await
+            .unwrap();
+        let ReliableOutcome::Skipped(err) = outcome else {
+            panic!("{ty}.{method}: {outcome:?}")
+        };
+        assert!(err.message().contains(why), "{ty}.{method}: {err}");
+    }
+    // Wrong request type.
+    let outcome = node
+        .call_reliable("Account", "a", "Deposit", "c5", Payload::typed(Empty {}))
+        .await
+        .unwrap();
+    assert_eq!(outcome.status(), ReliableStatus::Skipped);
+
+    // A commit that fails rolls the call back: SKIPPED, and the retry runs it.
+    AccountRef::new("a")
+        .deposit(&node, Int64Value { value: 1 })
+        .await
+        .unwrap();
+    memory.set_failing(true);
+    let outcome = node
+        .call_reliable(
+            "Account",
+            "a",
+            "Deposit",
+            "c6",
+            Payload::typed(Int64Value { value: 10 }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.status(), ReliableStatus::Skipped, "{outcome:?}");
+    memory.set_failing(false);
+    let outcome = node
+        .call_reliable(
+            "Account",
+            "a",
+            "Deposit",
+            "c6",
+            Payload::typed(Int64Value { value: 10 }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome
+            .into_result()
+            .unwrap()
+            .into_message::<Int64Value>()
+            .unwrap()
+            .value,
+        11,
+        "applied once"
+    );
+
+    // A panic is recorded as FAILED with the state left as stored.
+    let outcome = node
+        .call_reliable(
+            "Account",
+            "a",
+            "Explode",
+            "c7",
+            Payload::typed(Int64Value { value: 1 }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.status(), ReliableStatus::Failed);
+    assert_eq!(
+        AccountRef::new("a")
+            .balance(&node, Empty {})
+            .await
+            .unwrap()
+            .value,
+        11
+    );
+    node.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reliable_records_are_pruned_after_the_retention() {
+    let memory = Arc::new(MemoryStore::new());
+    let node = Node::builder(NodeConfig {
+        reliable_call_retention: Duration::from_secs(1),
+        ..config()
+    })
+    .register::<Account>()
+    .object_store(memory.clone())
+    .start()
+    .await
+    .unwrap();
+    node.call_reliable(
+        "Account",
+        "p",
+        "Deposit",
+        "old",
+        Payload::typed(Int64Value { value: 1 }),
+    )
+    .await
+    .unwrap();
+    assert!(memory.reliable_call("old").await.unwrap().is_some());
+    assert_eventually!(
+        memory.reliable_call("old").await.unwrap().is_none(),
+        Duration::from_secs(10)
+    );
+    node.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn ids_longer_than_the_store_can_hold_are_refused_everywhere() {
+    let node = node_on(Arc::new(MemoryStore::new()), Arc::default()).await;
+    let long = "z".repeat(256);
+    let err = node
+        .call(
+            "Account",
+            long.as_str(),
+            "Balance",
+            Payload::typed(Empty {}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::InvalidArgument);
+    assert!(err.message().contains("limit is 255"), "{err}");
+    let err = node
+        .create_object("Account", long.as_str())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::InvalidArgument);
+    let err = node
+        .delete_object("Account", long.as_str())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::InvalidArgument);
+    node.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_store_that_fails_its_check_stops_the_start() {
+    let memory = Arc::new(MemoryStore::new());
+    memory.set_failing(true);
+    let err = Node::builder(config())
+        .register::<Account>()
+        .object_store(memory)
+        .start()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("object store"), "{err}");
+}
