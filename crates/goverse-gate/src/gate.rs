@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use goverse_core::{CallError, ClientIdentity, ErrorCode, ObjectId};
+use goverse_node::ReliableStatus;
 use goverse_proto::node::{self as proto, response};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -237,6 +238,29 @@ impl Gate {
     }
 }
 
+/// A reliable call's outcome at the gate.
+#[derive(Debug)]
+pub(crate) struct ReliableAnswer {
+    pub(crate) status: ReliableStatus,
+    /// The response (SUCCESS), or the error (FAILED, SKIPPED).
+    pub(crate) result: Result<prost_types::Any, CallError>,
+}
+
+impl ReliableAnswer {
+    fn from_proto(r: proto::Reliable) -> Self {
+        let status = ReliableStatus::from_name(&r.status).unwrap_or(ReliableStatus::Failed);
+        let result = match (status, r.value, r.error) {
+            (ReliableStatus::Success, Some(value), _) => Ok(value),
+            (ReliableStatus::Success, None, _) => Ok(prost_types::Any::default()),
+            (_, _, Some(failure)) => Err(goverse_node::failure_to_error(failure)),
+            (_, _, None) => Err(CallError::internal(
+                "node sent a failed outcome with no error",
+            )),
+        };
+        Self { status, result }
+    }
+}
+
 /// A registered client's stream; dropping it unregisters the client and runs the disconnect hook.
 pub(crate) struct Registration {
     pub(crate) entry: Arc<ClientEntry>,
@@ -345,7 +369,6 @@ impl GateInner {
         id: &str,
         method: &str,
         request: Option<prost_types::Any>,
-        reliable_call_id: &str,
     ) -> Result<prost_types::Any, CallError> {
         Self::check_target(object_type, id)?;
         if method.is_empty() {
@@ -364,11 +387,64 @@ impl GateInner {
         let op = NodeOp::Call {
             method,
             request,
-            reliable_call_id,
+            reliable_call_id: "",
         };
         match self.send(identity, object_type, id, op).await? {
             response::Result::Value(any) => Ok(any),
             _ => Err(CallError::internal("node answered a call with no value")),
+        }
+    }
+
+    /// Calls `object_type/id.method` for `identity` as a reliable call with `call_id`. What the
+    /// gate refuses (bad target, empty call id, access rules) and what the node refuses or rolls
+    /// back come back as [`ReliableStatus::Skipped`]; `Err` means the outcome is unknown (the
+    /// node link broke, the deadline passed): a retry with the same call id is safe.
+    pub(crate) async fn call_reliable(
+        &self,
+        identity: &Arc<ClientIdentity>,
+        object_type: &str,
+        id: &str,
+        method: &str,
+        request: Option<prost_types::Any>,
+        call_id: &str,
+    ) -> Result<ReliableAnswer, CallError> {
+        let refused = |err| {
+            Ok(ReliableAnswer {
+                status: ReliableStatus::Skipped,
+                result: Err(err),
+            })
+        };
+        if call_id.is_empty() {
+            return refused(CallError::invalid_argument(
+                "call_id is empty: choose one per logical operation and reuse it on retries",
+            ));
+        }
+        if let Err(err) = Self::check_target(object_type, id) {
+            return refused(err);
+        }
+        if method.is_empty() {
+            return refused(CallError::invalid_argument("method is empty"));
+        }
+        if !self
+            .rules
+            .call_access(object_type, id, method)
+            .allows_clients()
+        {
+            return refused(CallError::new(
+                ErrorCode::PermissionDenied,
+                format!("access denied for {object_type}/{id} method {method:?}"),
+            ));
+        }
+        let op = NodeOp::Call {
+            method,
+            request,
+            reliable_call_id: call_id,
+        };
+        match self.send(identity, object_type, id, op).await? {
+            response::Result::Reliable(r) => Ok(ReliableAnswer::from_proto(r)),
+            _ => Err(CallError::internal(
+                "node answered a reliable call without its outcome",
+            )),
         }
     }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use goverse_core::{AnyMessage as _, CallError, ClientIdentity, ErrorCode};
+use goverse_node::ReliableStatus;
 use goverse_proto::gate::gate_service_server::{GateService, GateServiceServer};
 use goverse_proto::gate::{
     CallObjectRequest, CallObjectResponse, CreateObjectRequest, CreateObjectResponse,
@@ -110,7 +111,7 @@ impl GateService for GrpcGate {
         let r = request.into_inner();
         let response = self
             .inner
-            .call(&identity, &r.r#type, &r.id, &r.method, r.request, "")
+            .call(&identity, &r.r#type, &r.id, &r.method, r.request)
             .await
             .map_err(|e| status_of(&e))?;
         Ok(Response::new(CallObjectResponse {
@@ -148,41 +149,48 @@ impl GateService for GrpcGate {
         &self,
         request: Request<ReliableCallObjectRequest>,
     ) -> Result<Response<ReliableCallObjectResponse>, Status> {
-        let identity = self.identity(&request, "").await?;
+        // Refusals travel in the response with status SKIPPED, as upstream's clients expect
+        // (their `ReliableCallError.status` says whether a retry is safe); only an unknown
+        // outcome (link lost, deadline) is a gRPC error, and a retry with the same call_id is
+        // safe then too.
+        let skipped = |err: CallError| {
+            Ok(Response::new(ReliableCallObjectResponse {
+                response: None,
+                error: err.to_string(),
+                status: ReliableStatus::Skipped.as_str().to_owned(),
+            }))
+        };
+        let identity = match self.identity(&request, "").await {
+            Ok(identity) => identity,
+            Err(status) => {
+                let code = ErrorCode::ALL
+                    .into_iter()
+                    .find(|c| c.grpc_code() == status.code() as i32)
+                    .unwrap_or(ErrorCode::Unauthenticated);
+                return skipped(CallError::new(code, status.message()));
+            }
+        };
         let r = request.into_inner();
-        if r.call_id.is_empty() {
-            return Err(Status::invalid_argument("call_id is empty"));
-        }
-        match self
+        let answer = self
             .inner
-            .call(
+            .call_reliable(
                 &identity, &r.r#type, &r.id, &r.method, r.request, &r.call_id,
             )
             .await
-        {
-            Ok(response) => Ok(Response::new(ReliableCallObjectResponse {
+            .map_err(|e| status_of(&e))?;
+        let status = answer.status.as_str().to_owned();
+        Ok(Response::new(match answer.result {
+            Ok(response) => ReliableCallObjectResponse {
                 response: Some(response),
                 error: String::new(),
-                status: "SUCCESS".to_owned(),
-            })),
-            // Refusals before the call reaches the object are request errors, as for CallObject.
-            Err(err)
-                if matches!(
-                    err.code(),
-                    ErrorCode::PermissionDenied
-                        | ErrorCode::Unauthenticated
-                        | ErrorCode::InvalidArgument
-                        | ErrorCode::Unavailable
-                ) =>
-            {
-                Err(status_of(&err))
-            }
-            Err(err) => Ok(Response::new(ReliableCallObjectResponse {
+                status,
+            },
+            Err(err) => ReliableCallObjectResponse {
                 response: None,
-                error: err.message().to_owned(),
-                status: "FAILED".to_owned(),
-            })),
-        }
+                error: err.to_string(),
+                status,
+            },
+        }))
     }
 }
 

@@ -18,6 +18,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use futures::{Stream, StreamExt};
 use goverse_core::{CallError, ClientIdentity, ErrorCode};
+use goverse_node::ReliableStatus;
 use prost::Message as _;
 use serde_json::json;
 use tokio_stream::wrappers::{IntervalStream, ReceiverStream};
@@ -33,13 +34,20 @@ pub const CLIENT_ID_HEADER: &str = "x-client-id";
 pub const CLIENT_TOKEN_HEADER: &str = "x-client-token";
 /// Prefix of the cookie the events stream sets with the client's token (`gv_<unique id>`).
 const TOKEN_COOKIE_PREFIX: &str = "gv_";
+/// Header that makes a call a reliable call with this call id (the envelope's `call_id` field
+/// does the same).
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+/// Header of a reliable call's response: `SUCCESS`, `FAILED` or `SKIPPED`.
+pub const RELIABLE_STATUS_HEADER: &str = "x-reliable-call-status";
 
-/// An error response: `{"error": "...", "code": "..."}` with a fitting status.
+/// An error response: `{"error": "...", "code": "..."}` with a fitting status (and, for a reliable
+/// call, `"status": "FAILED" | "SKIPPED"` and the status header).
 #[derive(Debug)]
 pub(crate) struct HttpError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    reliable: Option<ReliableStatus>,
 }
 
 impl HttpError {
@@ -48,6 +56,14 @@ impl HttpError {
             status,
             code,
             message: message.into(),
+            reliable: None,
+        }
+    }
+
+    fn reliable(err: CallError, status: ReliableStatus) -> Self {
+        Self {
+            reliable: Some(status),
+            ..Self::from(err)
         }
     }
 }
@@ -78,17 +94,25 @@ impl From<CallError> for HttpError {
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             code: http_code_name(err.code()),
             message: err.message().to_owned(),
+            reliable: None,
         }
     }
 }
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            axum::Json(json!({ "error": self.message, "code": self.code })),
-        )
-            .into_response()
+        let mut body = json!({ "error": self.message, "code": self.code });
+        if let Some(status) = self.reliable {
+            body["status"] = status.as_str().into();
+        }
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(status) = self.reliable {
+            response.headers_mut().insert(
+                RELIABLE_STATUS_HEADER,
+                HeaderValue::from_static(status.as_str()),
+            );
+        }
+        response
     }
 }
 
@@ -180,7 +204,13 @@ async fn cors(request: Request, next: Next) -> Response {
     );
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("Content-Type, Authorization, X-Client-ID, X-Client-Token"),
+        HeaderValue::from_static(
+            "Content-Type, Authorization, X-Client-ID, X-Client-Token, Idempotency-Key",
+        ),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("X-Reliable-Call-Status"),
     );
     headers.insert(
         header::ACCESS_CONTROL_MAX_AGE,
@@ -333,23 +363,27 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_owned())
 }
 
-/// A call body: upstream's envelope or plain JSON.
+/// A call body: upstream's envelope (with the call id of a reliable call, if it names one) or
+/// plain JSON.
 enum CallBody {
-    Envelope(prost_types::Any),
+    Envelope(prost_types::Any, Option<String>),
     Plain,
 }
 
-/// Upstream's call body: exactly one field, `request`, a string.
+/// Upstream's call body: the field `request`, a string, and for a reliable call the call id.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Envelope<'a> {
     #[serde(borrow)]
     request: std::borrow::Cow<'a, str>,
+    #[serde(default, alias = "callId")]
+    call_id: Option<String>,
 }
 
-fn parse_envelope(body: &[u8]) -> Option<Result<prost_types::Any, HttpError>> {
+fn parse_envelope(body: &[u8]) -> Option<Result<(prost_types::Any, Option<String>), HttpError>> {
     // Typed, so a plain-JSON body is turned away at its first key without building a value.
     let envelope: Envelope<'_> = serde_json::from_slice(body).ok()?;
+    let call_id = envelope.call_id;
     let encoded = envelope.request;
     Some(
         BASE64
@@ -369,8 +403,26 @@ fn parse_envelope(body: &[u8]) -> Option<Result<prost_types::Any, HttpError>> {
                         format!("request is not an encoded google.protobuf.Any: {e}"),
                     )
                 })
-            }),
+            })
+            .map(|any| (any, call_id)),
     )
+}
+
+/// The call id of a reliable HTTP call: the `Idempotency-Key` header, or the envelope's field.
+fn reliable_call_id(
+    headers: &HeaderMap,
+    from_body: Option<String>,
+) -> Result<Option<String>, HttpError> {
+    match headers.get(IDEMPOTENCY_KEY_HEADER) {
+        Some(value) => value.to_str().map(|v| Some(v.to_owned())).map_err(|_| {
+            HttpError::new(
+                StatusCode::BAD_REQUEST,
+                "INVALID_PARAMETERS",
+                "Idempotency-Key is not text",
+            )
+        }),
+        None => Ok(from_body),
+    }
 }
 
 async fn call_handler(
@@ -385,7 +437,7 @@ async fn call_handler(
     let identity = http_identity(&gate, &parts.headers, remote).await?;
     let catalog = gate.catalog.read().clone();
     let mode = match parse_envelope(&body) {
-        Some(Ok(any)) => CallBody::Envelope(any),
+        Some(Ok((any, call_id))) => CallBody::Envelope(any, call_id),
         Some(Err(err)) => {
             // A message with a single string field named "request" is plain JSON.
             let plain = catalog
@@ -399,24 +451,82 @@ async fn call_handler(
         None => CallBody::Plain,
     };
     match mode {
-        CallBody::Envelope(any) => {
-            let response = gate
-                .call(&identity, &object_type, &id, &method, Some(any), "")
-                .await?;
-            Ok(
-                axum::Json(json!({ "response": BASE64.encode(response.encode_to_vec()) }))
-                    .into_response(),
-            )
+        CallBody::Envelope(any, call_id) => {
+            let encode = |response: prost_types::Any| BASE64.encode(response.encode_to_vec());
+            match reliable_call_id(&parts.headers, call_id)? {
+                None => {
+                    let response = gate
+                        .call(&identity, &object_type, &id, &method, Some(any))
+                        .await?;
+                    Ok(axum::Json(json!({ "response": encode(response) })).into_response())
+                }
+                Some(call_id) => {
+                    let response = call_reliable(
+                        &gate,
+                        &identity,
+                        (&object_type, &id, &method),
+                        Some(any),
+                        &call_id,
+                    )
+                    .await?;
+                    Ok(with_status(axum::Json(json!({
+                        "response": encode(response),
+                        "status": ReliableStatus::Success.as_str(),
+                    }))))
+                }
+            }
         }
         CallBody::Plain => {
             let info = catalog.method(&object_type, &method)?;
             let any = catalog.json_to_any(&info.request_type, &body)?;
-            let response = gate
-                .call(&identity, &object_type, &id, &method, Some(any), "")
-                .await?;
-            Ok(axum::Json(catalog.any_to_json(&response)?).into_response())
+            match reliable_call_id(&parts.headers, None)? {
+                None => {
+                    let response = gate
+                        .call(&identity, &object_type, &id, &method, Some(any))
+                        .await?;
+                    Ok(axum::Json(catalog.any_to_json(&response)?).into_response())
+                }
+                Some(call_id) => {
+                    let response = call_reliable(
+                        &gate,
+                        &identity,
+                        (&object_type, &id, &method),
+                        Some(any),
+                        &call_id,
+                    )
+                    .await?;
+                    Ok(with_status(axum::Json(catalog.any_to_json(&response)?)))
+                }
+            }
         }
     }
+}
+
+/// A reliable call: its response, or its FAILED / SKIPPED error as an error response that says
+/// so. An unknown outcome is a plain error (503, 504): retrying with the same call id is safe.
+async fn call_reliable(
+    gate: &GateInner,
+    identity: &Arc<ClientIdentity>,
+    (object_type, id, method): (&str, &str, &str),
+    request: Option<prost_types::Any>,
+    call_id: &str,
+) -> Result<prost_types::Any, HttpError> {
+    let answer = gate
+        .call_reliable(identity, object_type, id, method, request, call_id)
+        .await?;
+    answer
+        .result
+        .map_err(|err| HttpError::reliable(err, answer.status))
+}
+
+/// A successful reliable call's response, with the status header.
+fn with_status(body: impl IntoResponse) -> Response {
+    let mut response = body.into_response();
+    response.headers_mut().insert(
+        RELIABLE_STATUS_HEADER,
+        HeaderValue::from_static(ReliableStatus::Success.as_str()),
+    );
+    response
 }
 
 async fn create_handler(

@@ -30,5 +30,8 @@ mod serve;
 pub use auth::{AllowAnonymous, AuthError, ConnectRequest, GateEventHandler, Principal, Transport};
 pub use gate::{Gate, GateConfig, GateError, GateStats};
 pub use grpc::status_of;
-pub use http::{CLIENT_ID_HEADER, CLIENT_TOKEN_HEADER, http_code_name};
+pub use http::{
+    CLIENT_ID_HEADER, CLIENT_TOKEN_HEADER, IDEMPOTENCY_KEY_HEADER, RELIABLE_STATUS_HEADER,
+    http_code_name,
+};
 pub use serve::GateServeError;

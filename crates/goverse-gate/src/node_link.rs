@@ -345,7 +345,16 @@ impl NodeLink {
         };
         let (object_type, id) = (request.object_type, request.id);
         match request.op {
-            // Reliable calls are plain calls until exactly-once lands; the id is not used.
+            NodeOp::Call {
+                method,
+                request,
+                reliable_call_id,
+            } if !reliable_call_id.is_empty() => local
+                .call_reliable(object_type, id, method, reliable_call_id, request, options)
+                .await
+                .map(|outcome| {
+                    response::Result::Reliable(goverse_node::reliable_to_proto(outcome))
+                }),
             NodeOp::Call {
                 method, request, ..
             } => local

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::push::{GateLink, Outbound};
-use crate::{CallOptions, MethodKind, Node};
+use crate::{CallOptions, MethodKind, Node, ReliableOutcome};
 
 /// The request header a peer names its own address in (`host:port` of a gate). Pushes for
 /// clients whose id starts with this address are sent on that peer's stream.
@@ -214,6 +214,20 @@ fn run_request(node: &Node, tx: &mpsc::UnboundedSender<Outbound>, request: proto
 async fn handle(node: &Node, request: proto::Request) -> proto::Response {
     let id = request.id;
     let result = match request.op {
+        Some(request::Op::Call(call)) if !call.reliable_call_id.is_empty() => {
+            let options = options(call.chain, call.timeout_micros, call.caller);
+            reliable_call_object(
+                node,
+                &call.r#type,
+                call.object_id,
+                &call.method,
+                &call.reliable_call_id,
+                call.request,
+                options,
+            )
+            .await
+            .map(|outcome| response::Result::Reliable(reliable_to_proto(outcome)))
+        }
         Some(request::Op::Call(call)) => {
             let options = options(call.chain, call.timeout_micros, call.caller);
             call_object(
@@ -245,13 +259,53 @@ async fn handle(node: &Node, request: proto::Request) -> proto::Response {
     };
     proto::Response {
         id,
-        result: Some(result.unwrap_or_else(|err| {
-            response::Result::Failure(proto::Failure {
-                code: err.code().as_str().to_owned(),
-                message: err.message().to_owned(),
-            })
-        })),
+        result: Some(result.unwrap_or_else(|err| response::Result::Failure(failure_of(&err)))),
     }
+}
+
+fn failure_of(err: &CallError) -> proto::Failure {
+    proto::Failure {
+        code: err.code().as_str().to_owned(),
+        message: err.message().to_owned(),
+    }
+}
+
+/// A reliable call's outcome as the node service sends it.
+pub fn reliable_to_proto(outcome: ReliableOutcome) -> proto::Reliable {
+    let status = outcome.status().as_str().to_owned();
+    match outcome {
+        ReliableOutcome::Success(payload) => proto::Reliable {
+            status,
+            value: Some(payload.into_any()),
+            error: None,
+        },
+        ReliableOutcome::Failed(err) | ReliableOutcome::Skipped(err) => proto::Reliable {
+            status,
+            value: None,
+            error: Some(failure_of(&err)),
+        },
+    }
+}
+
+/// A peer's reliable call, as the node service runs it (over the network or in-process).
+async fn reliable_call_object(
+    node: &Node,
+    object_type: &str,
+    id: impl Into<ObjectId>,
+    method: &str,
+    call_id: &str,
+    request: Option<prost_types::Any>,
+    options: CallOptions,
+) -> Result<ReliableOutcome, CallError> {
+    let id = id.into();
+    if id.as_str().is_empty() {
+        return Ok(ReliableOutcome::Skipped(CallError::invalid_argument(
+            "object id is empty",
+        )));
+    }
+    let payload = Payload::Encoded(request.unwrap_or_else(empty_any));
+    node.call_reliable_with(object_type, id, method, call_id, payload, options)
+        .await
 }
 
 /// A peer's call, as the node service runs it (over the network or in-process).
@@ -370,6 +424,29 @@ impl LocalPeer {
         options: CallOptions,
     ) -> Result<prost_types::Any, CallError> {
         call_object(&self.node, object_type, id, method, request, options).await
+    }
+
+    /// Calls `object_type/id.method` as a reliable call with `call_id`, as a peer's reliable
+    /// call over the network would run.
+    pub async fn call_reliable(
+        &self,
+        object_type: &str,
+        id: &str,
+        method: &str,
+        call_id: &str,
+        request: Option<prost_types::Any>,
+        options: CallOptions,
+    ) -> Result<ReliableOutcome, CallError> {
+        reliable_call_object(
+            &self.node,
+            object_type,
+            id,
+            method,
+            call_id,
+            request,
+            options,
+        )
+        .await
     }
 
     /// Creates (activates) `object_type/id`.

@@ -74,6 +74,11 @@ impl SaveFailure {
     /// The failure as a call error about `what` ("state of Counter/c1").
     pub(crate) fn into_call_error(self, what: &str) -> CallError {
         match self {
+            // Another object recorded the call id first: a permanent refusal, not a retry.
+            Self::Refused(refusal @ Refusal::CallIdTaken { .. }) => {
+                CallError::invalid_argument(format!("{what} not written: {refusal}"))
+            }
+            // The shard moved: its new owner will take the retry.
             Self::Refused(refusal) => {
                 CallError::unavailable(format!("{what} not written: {refusal}"))
             }

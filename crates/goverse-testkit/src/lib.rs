@@ -138,6 +138,27 @@ impl Process {
         self.stdin = None;
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the process with SIGKILL (kill -9: no chance to save or clean up) and waits for it
+    /// to be gone.
+    pub fn kill(&mut self) {
+        self.signal("-KILL");
+        let _ = self.child.wait();
+    }
+
+    /// Sends `signal` (as `kill` names it: `-STOP`, `-CONT`, `-TERM`, ...).
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} {} failed", self.child.id());
+    }
+
     /// Sends SIGTERM (the way a service manager stops a process).
     pub fn terminate(&self) {
         let status = std::process::Command::new("kill")

@@ -40,6 +40,27 @@ impl Tally {
     }
 }
 
+/// A persistent counter, for reliable calls.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Purse {
+    coins: i64,
+}
+impl Object for Purse {
+    goverse::json_state!();
+}
+
+#[goverse::object]
+impl Purse {
+    #[method]
+    async fn put(&mut self, request: Int64Value) -> Result<Int64Value, ObjectError> {
+        if request.value < 0 {
+            return Err(ObjectError::invalid_argument("no negative coins"));
+        }
+        self.coins += request.value;
+        Ok(Int64Value { value: self.coins })
+    }
+}
+
 /// Reports and pushes to whoever calls it.
 #[derive(Debug, Default)]
 struct Notifier;
@@ -122,6 +143,8 @@ impl Setup {
         })
         .register::<Tally>()
         .register::<Notifier>()
+        .register::<Purse>()
+        .object_store(Arc::new(goverse::persistence::MemoryStore::new()))
         .start()
         .await
         .unwrap();
@@ -352,9 +375,9 @@ async fn register_call_and_push(s: Setup) {
     let reliable = client
         .reliable_call_object(ReliableCallObjectRequest {
             call_id: "c-1".into(),
-            r#type: "Tally".into(),
-            id: "t2".into(),
-            method: "Add".into(),
+            r#type: "Purse".into(),
+            id: "p2".into(),
+            method: "Put".into(),
             request: Some(any(&Int64Value { value: 3 })),
         })
         .await
@@ -378,6 +401,157 @@ async fn register_call_and_push(s: Setup) {
 
     drop(pushes);
     assert_eventually!(s.gate.stats().clients == 0);
+    s.stop().await;
+}
+
+fn reliable(
+    call_id: &str,
+    t: &str,
+    id: &str,
+    method: &str,
+    value: i64,
+) -> ReliableCallObjectRequest {
+    ReliableCallObjectRequest {
+        call_id: call_id.to_owned(),
+        r#type: t.to_owned(),
+        id: id.to_owned(),
+        method: method.to_owned(),
+        request: Some(any(&Int64Value { value })),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reliable_calls_over_the_node_link_run_once() {
+    reliable_calls_run_once(Setup::plain().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reliable_calls_through_an_in_process_gate_run_once() {
+    let s = Setup::start_linked(GateConfig::default(), Arc::new(AllowAnonymous), true).await;
+    reliable_calls_run_once(s).await;
+}
+
+async fn reliable_calls_run_once(s: Setup) {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut client = s.grpc_client().await;
+    let answer = |r: goverse_proto::gate::ReliableCallObjectResponse| {
+        let value = r
+            .response
+            .map(|a| Int64Value::decode(a.value.as_slice()).unwrap().value);
+        (r.status, value, r.error)
+    };
+    // Run once, replayed on retries (upstream's stress test replays 30% of its calls).
+    for _ in 0..3 {
+        let r = client
+            .reliable_call_object(reliable("g-1", "Purse", "p", "Put", 5))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer(r), ("SUCCESS".into(), Some(5), String::new()));
+    }
+    // A failure is recorded: FAILED, and FAILED again without running.
+    for _ in 0..2 {
+        let r = client
+            .reliable_call_object(reliable("g-2", "Purse", "p", "Put", -1))
+            .await
+            .unwrap()
+            .into_inner();
+        let (status, value, error) = answer(r);
+        assert_eq!((status.as_str(), value), ("FAILED", None));
+        assert!(error.contains("no negative coins"), "{error}");
+    }
+    // Refusals are SKIPPED, in the response, with the reason.
+    for (request, why) in [
+        (reliable("", "Purse", "p", "Put", 1), "call_id is empty"),
+        (reliable("g-3", "Tally", "t", "Add", 1), "not persisted"),
+        (
+            reliable("g-4", "Nope", "p", "Put", 1),
+            "unknown object type",
+        ),
+        (reliable("g-5", "Purse", "p", "Nope", 1), "no method"),
+        (reliable("g-1", "Purse", "p", "Put", 6), "already used"),
+        (
+            reliable("g-6", "Purse", &"x".repeat(300), "Put", 1),
+            "limit is 255",
+        ),
+    ] {
+        let r = client
+            .reliable_call_object(request)
+            .await
+            .unwrap()
+            .into_inner();
+        let (status, _, error) = answer(r);
+        assert_eq!(status, "SKIPPED", "{why}: {error}");
+        assert!(error.contains(why), "{why}: {error}");
+    }
+
+    // HTTP: the envelope's call_id, or an Idempotency-Key with a plain JSON body.
+    let http = reqwest::Client::new();
+    let envelope = |value: i64| {
+        serde_json::json!({
+            "request": b64.encode(any(&Int64Value { value }).encode_to_vec()),
+            "call_id": "h-1",
+        })
+    };
+    for _ in 0..2 {
+        let response = http
+            .post(s.url("/api/v1/objects/call/Purse/p/Put"))
+            .json(&envelope(10))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-reliable-call-status"], "SUCCESS");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["status"], "SUCCESS");
+        let bytes = b64.decode(body["response"].as_str().unwrap()).unwrap();
+        let any = prost_types::Any::decode(bytes.as_slice()).unwrap();
+        assert_eq!(Int64Value::decode(any.value.as_slice()).unwrap().value, 15);
+    }
+    for _ in 0..2 {
+        let response = http
+            .post(s.url("/api/v1/objects/call/Purse/p/Put"))
+            .header("Idempotency-Key", "h-2")
+            .body(r#"{"value":"100"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-reliable-call-status"], "SUCCESS");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body, serde_json::json!({"value": "115"}));
+    }
+    let response = http
+        .post(s.url("/api/v1/objects/call/Purse/p/Put"))
+        .header("Idempotency-Key", "h-3")
+        .body(r#"{"value":"-4"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(response.headers()["x-reliable-call-status"], "FAILED");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "FAILED");
+    let response = http
+        .post(s.url("/api/v1/objects/call/Tally/t/Add"))
+        .header("Idempotency-Key", "h-4")
+        .body(r#"{"value":"1"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-reliable-call-status"], "SKIPPED");
+    // Plain calls are unaffected: the purse holds 115, once.
+    let response = http
+        .post(s.url("/api/v1/objects/call/Purse/p/Put"))
+        .body(r#"{"value":"0"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.json::<serde_json::Value>().await.unwrap(),
+        serde_json::json!({"value": "115"})
+    );
     s.stop().await;
 }
 

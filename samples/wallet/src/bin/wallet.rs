@@ -1,0 +1,132 @@
+//! `wallet`: the wallet sample's terminal client. Deposits, withdrawals and transfers are
+//! reliable calls: each has a call id (chosen here, or given with `--id` to retry one), and
+//! running the same command again with the same id never applies it twice.
+//!
+//! ```text
+//! wallet deposit alice 100
+//! wallet withdraw alice 30 --id my-withdrawal-1
+//! wallet transfer alice bob 25
+//! wallet balance alice
+//! ```
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use goverse_sample_wallet::client::{WalletClient, WalletError, new_call_id};
+use goverse_sample_wallet::proto::WalletResponse;
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "The wallet sample's client: exactly-once deposits, withdrawals and transfers"
+)]
+struct Args {
+    /// The gate's gRPC address.
+    #[arg(long, default_value = "127.0.0.1:49000", env = "GOVERSE_GATE")]
+    gate: String,
+    /// Keep retrying an operation whose outcome is unknown (server down) for this many seconds.
+    #[arg(long, default_value_t = 30.0)]
+    retry_for: f64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Credits AMOUNT to WALLET.
+    Deposit {
+        wallet: String,
+        amount: i64,
+        /// The call id; reuse one to retry an operation whose outcome you did not see.
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Debits AMOUNT from WALLET (refused when the balance is short).
+    Withdraw {
+        wallet: String,
+        amount: i64,
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Moves AMOUNT from FROM to TO.
+    Transfer {
+        from: String,
+        to: String,
+        amount: i64,
+        /// The transfer id; reuse one to finish an interrupted transfer.
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Prints WALLET's balance.
+    Balance { wallet: String },
+}
+
+fn show(response: &WalletResponse) -> String {
+    if response.ok {
+        format!("{}: balance {}", response.wallet_id, response.balance)
+    } else {
+        format!(
+            "{}: refused ({}); balance {}",
+            response.wallet_id, response.reason, response.balance
+        )
+    }
+}
+
+async fn run(args: Args) -> Result<String, WalletError> {
+    let mut client = WalletClient::new(&args.gate)
+        .map_err(|e| WalletError::Refused(format!("bad gate address {:?}: {e}", args.gate)))?
+        .retry_for(Duration::from_secs_f64(args.retry_for.max(0.0)));
+    let id_or_new = |id: Option<String>| id.unwrap_or_else(new_call_id);
+    match args.command {
+        Command::Deposit { wallet, amount, id } => {
+            let id = id_or_new(id);
+            let r = client.deposit(&wallet, amount, &id).await?;
+            Ok(format!("{} (call id {id})", show(&r)))
+        }
+        Command::Withdraw { wallet, amount, id } => {
+            let id = id_or_new(id);
+            let r = client.withdraw(&wallet, amount, &id).await?;
+            Ok(format!("{} (call id {id})", show(&r)))
+        }
+        Command::Transfer {
+            from,
+            to,
+            amount,
+            id,
+        } => {
+            let id = id_or_new(id);
+            let t = client.transfer(&from, &to, amount, &id).await?;
+            Ok(match t.deposited {
+                None => format!(
+                    "transfer refused: {} (transfer id {id})",
+                    show(&t.withdrawn)
+                ),
+                Some(d) => format!(
+                    "transferred {amount}: {}; {} (transfer id {id})",
+                    show(&t.withdrawn),
+                    show(&d)
+                ),
+            })
+        }
+        Command::Balance { wallet } => {
+            let balance = client.balance(&wallet).await?;
+            Ok(format!("{wallet}: balance {balance}"))
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
