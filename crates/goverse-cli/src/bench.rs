@@ -6,10 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use goverse::persistence::{MemoryStore, SqliteStore};
+use anyhow::Context as _;
+use goverse::persistence::{MemoryStore, ObjectStore, PostgresStore, SqliteStore};
 use goverse::prelude::*;
-use goverse_sample_counter::{Counter, CounterRef};
+use goverse_sample_counter::{Counter, CounterRef, DurableCounter, DurableCounterRef};
 use hdrhistogram::Histogram;
+
+use crate::stores::PostgresArgs;
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum BenchCommand {
@@ -45,14 +48,24 @@ pub(crate) struct GateArgs {
     json: bool,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum StoreKind {
     /// No persistence: measures the runtime alone.
     None,
     /// The in-memory store.
     Memory,
-    /// SQLite in a temporary directory.
+    /// SQLite in a temporary directory (fsync on every commit).
     Sqlite,
+    /// PostgreSQL at --postgres (its schema is created or upgraded first).
+    Postgres,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DurabilityKind {
+    /// Counter: saved periodically (here: at shutdown only).
+    Periodic,
+    /// DurableCounter: every Add is committed before it is acknowledged.
+    WriteThrough,
 }
 
 #[derive(Debug, clap::Args)]
@@ -70,11 +83,23 @@ pub(crate) struct LocalArgs {
     #[arg(long)]
     json: bool,
     /// Measure activations per second and resident memory per activation instead of calls.
+    /// With a store, the objects are first given saved state (by another node), so every
+    /// activation loads a record.
     #[arg(long)]
     activate_only: bool,
     /// Object store behind the node.
     #[arg(long, value_enum, default_value_t = StoreKind::None)]
     store: StoreKind,
+    /// When calls commit: periodic (Counter) or write-through (DurableCounter, acknowledged
+    /// only once committed; needs a store).
+    #[arg(long, value_enum, default_value_t = DurabilityKind::Periodic)]
+    durability: DurabilityKind,
+    /// Make every call a reliable call (a fresh call id each: a lookup, the call, and its
+    /// record committed with the state before the reply). Needs a store.
+    #[arg(long)]
+    reliable: bool,
+    #[command(flatten)]
+    postgres: PostgresArgs,
 }
 
 pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -96,28 +121,78 @@ fn resident_bytes() -> u64 {
         .map_or(0, |pages| pages * 4096)
 }
 
-async fn start_node(args: &LocalArgs) -> anyhow::Result<(Node, Option<tempfile::TempDir>)> {
+async fn open_store(
+    args: &LocalArgs,
+) -> anyhow::Result<(Option<Arc<dyn ObjectStore>>, Option<tempfile::TempDir>)> {
+    Ok(match args.store {
+        StoreKind::None => (None, None),
+        StoreKind::Memory => (Some(Arc::new(MemoryStore::new())), None),
+        StoreKind::Sqlite => {
+            let dir = tempfile::tempdir()?;
+            let store = SqliteStore::open(dir.path().join("bench.db"))?;
+            (Some(Arc::new(store)), Some(dir))
+        }
+        StoreKind::Postgres => {
+            let config = args
+                .postgres
+                .resolve(None)?
+                .context("--store postgres needs --postgres URL")?;
+            let store = PostgresStore::connect(&config).await?;
+            store.migrate().await?;
+            (Some(Arc::new(store)), None)
+        }
+    })
+}
+
+async fn start_node(store: Option<Arc<dyn ObjectStore>>) -> anyhow::Result<Node> {
     let config = NodeConfig {
         idle_timeout: Duration::ZERO,
         save_interval: Duration::ZERO,
         ..NodeConfig::default()
     };
-    let builder = Node::builder(config).register::<Counter>();
-    let (builder, dir) = match args.store {
-        StoreKind::None => (builder, None),
-        StoreKind::Memory => (builder.object_store(Arc::new(MemoryStore::new())), None),
-        StoreKind::Sqlite => {
-            let dir = tempfile::tempdir()?;
-            let store = SqliteStore::open(dir.path().join("bench.db"))?;
-            (builder.object_store(Arc::new(store)), Some(dir))
-        }
-    };
-    Ok((builder.start().await?, dir))
+    let mut builder = Node::builder(config)
+        .register::<Counter>()
+        .register::<DurableCounter>();
+    if let Some(store) = store {
+        builder = builder.object_store(store);
+    }
+    Ok(builder.start().await?)
+}
+
+/// Gives every object of `ids` saved state, through a node of its own: Add(1) on each, then one
+/// save of everything changed.
+async fn give_saved_state(
+    store: Arc<dyn ObjectStore>,
+    ids: &Arc<Vec<ObjectId>>,
+    callers: usize,
+) -> anyhow::Result<()> {
+    let node = start_node(Some(store)).await?;
+    let mut tasks = Vec::new();
+    for c in 0..callers.max(1) {
+        let (node, ids) = (node.clone(), ids.clone());
+        tasks.push(tokio::spawn(async move {
+            for id in ids.iter().skip(c).step_by(callers.max(1)) {
+                CounterRef::new(id)
+                    .add(&node, Int32Value { value: 1 })
+                    .await?;
+            }
+            Ok::<_, CallError>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let (_, failed) = node.save_changed().await;
+    anyhow::ensure!(failed == 0, "{failed} states could not be saved");
+    let report = node.shutdown(Duration::from_secs(60)).await;
+    anyhow::ensure!(report.unsaved == 0, "{} states not saved", report.unsaved);
+    Ok(())
 }
 
 /// Activates `ids` with `callers` concurrent creators; returns the elapsed time.
 async fn activate_all(
     node: &Node,
+    type_name: &'static str,
     ids: Arc<Vec<ObjectId>>,
     callers: usize,
 ) -> anyhow::Result<Duration> {
@@ -127,7 +202,7 @@ async fn activate_all(
         let (node, ids) = (node.clone(), ids.clone());
         tasks.push(tokio::spawn(async move {
             for id in ids.iter().skip(c).step_by(callers.max(1)) {
-                node.create_object("Counter", id.clone()).await?;
+                node.create_object(type_name, id.clone()).await?;
             }
             Ok::<_, CallError>(())
         }));
@@ -142,51 +217,91 @@ async fn local(args: LocalArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.objects > 0, "--objects must be at least 1");
     anyhow::ensure!(args.callers > 0, "--callers must be at least 1");
     anyhow::ensure!(args.duration > 0.0, "--duration must be positive");
-    let (node, _dir) = start_node(&args).await?;
+    anyhow::ensure!(
+        args.durability == DurabilityKind::Periodic || args.store != StoreKind::None,
+        "--durability write-through needs a store (--store sqlite, postgres or memory)"
+    );
+    anyhow::ensure!(
+        !args.reliable || args.store != StoreKind::None,
+        "--reliable needs a store (--store sqlite, postgres or memory)"
+    );
+    let (store, _dir) = open_store(&args).await?;
+    // Durable counters get their own IDs: an ID holds one type, and a database may be reused.
+    let prefix = match args.durability {
+        DurabilityKind::Periodic => "counter",
+        DurabilityKind::WriteThrough => "durable",
+    };
     let ids: Arc<Vec<ObjectId>> = Arc::new(
         (0..args.objects)
-            .map(|i| ObjectId::from(format!("counter-{i}")))
+            .map(|i| ObjectId::from(format!("{prefix}-{i}")))
             .collect(),
     );
 
     if args.activate_only {
+        if let Some(store) = &store {
+            if !args.json {
+                eprintln!("giving {} counters saved state first", args.objects);
+            }
+            give_saved_state(store.clone(), &ids, args.callers).await?;
+        }
+        let node = start_node(store.clone()).await?;
         let before = resident_bytes();
-        let elapsed = activate_all(&node, ids.clone(), args.callers).await?;
+        let elapsed = activate_all(&node, "Counter", ids.clone(), args.callers).await?;
         let after = resident_bytes();
         let per_sec = args.objects as f64 / elapsed.as_secs_f64();
         let per_activation = after.saturating_sub(before) as f64 / args.objects as f64;
+        let loaded = node.stats().activations;
         if args.json {
             println!(
                 "{}",
                 serde_json::json!({
                     "objects": args.objects,
                     "activations_per_sec": per_sec.round(),
-                    "rss_bytes_per_activation": per_activation.round(),
+                    // The node that gave the objects state freed memory this one reuses, so
+                    // RSS growth says nothing then.
+                    "rss_bytes_per_activation": store.is_none().then(|| per_activation.round()),
                     "seconds": elapsed.as_secs_f64(),
+                    "with_saved_state": store.is_some(),
                 })
             );
         } else {
             println!(
-                "activated {} counters in {:.3} s",
+                "activated {} counters ({loaded} activations{}) in {:.3} s",
                 args.objects,
+                if store.is_some() {
+                    ", each loading saved state"
+                } else {
+                    ""
+                },
                 elapsed.as_secs_f64()
             );
             println!("activations/s          {per_sec:.0}");
-            println!(
-                "resident bytes/object  {per_activation:.0}  (RSS growth / objects, Counter state is 4 bytes)"
-            );
+            if store.is_none() {
+                println!(
+                    "resident bytes/object  {per_activation:.0}  (RSS growth / objects, Counter state is 4 bytes)"
+                );
+            }
         }
         node.shutdown(Duration::from_secs(30)).await;
         return Ok(());
     }
 
-    activate_all(&node, ids.clone(), args.callers).await?;
-    let refs: Arc<Vec<CounterRef>> = Arc::new(ids.iter().map(CounterRef::new).collect());
+    let node = start_node(store.clone()).await?;
+    let durable = args.durability == DurabilityKind::WriteThrough;
+    let type_name = if durable { "DurableCounter" } else { "Counter" };
+    activate_all(&node, type_name, ids.clone(), args.callers).await?;
+    let refs: Arc<Vec<(CounterRef, DurableCounterRef)>> = Arc::new(
+        ids.iter()
+            .map(|id| (CounterRef::new(id), DurableCounterRef::new(id)))
+            .collect(),
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for _ in 0..args.callers {
+    let reliable = args.reliable;
+    let run = fastrand::u64(..);
+    for caller in 0..args.callers {
         let (node, refs, stop, done, errors) = (
             node.clone(),
             refs.clone(),
@@ -199,16 +314,26 @@ async fn local(args: LocalArgs) -> anyhow::Result<()> {
             let mut rng = fastrand::Rng::new();
             let mut local = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let counter = &refs[rng.usize(..refs.len())];
+                let (counter, durable_counter) = &refs[rng.usize(..refs.len())];
                 let started = Instant::now();
-                let result = counter.add(&node, Int32Value { value: 1 }).await;
+                let result = if reliable {
+                    let call_id = format!("bench-{run:x}-{caller}-{}", histogram.len());
+                    counter
+                        .call_reliable(call_id)
+                        .add(&node, Int32Value { value: 1 })
+                        .await
+                } else if durable {
+                    durable_counter.add(&node, Int32Value { value: 1 }).await
+                } else {
+                    counter.add(&node, Int32Value { value: 1 }).await
+                };
                 let nanos = started.elapsed().as_nanos() as u64;
                 if result.is_err() {
                     errors.fetch_add(1, Ordering::Relaxed);
                 }
                 let _ = histogram.record(nanos.max(1));
                 local += 1;
-                if local == 256 {
+                if local == 32 {
                     done.fetch_add(local, Ordering::Relaxed);
                     local = 0;
                     // Let other callers on this worker run, as a real service's tasks would.
@@ -250,6 +375,7 @@ async fn local(args: LocalArgs) -> anyhow::Result<()> {
     let per_sec = calls as f64 / elapsed.as_secs_f64();
     let us = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     let errors = errors.load(Ordering::Relaxed);
+    let commits = node.stats().commits;
     if args.json {
         println!(
             "{}",
@@ -263,16 +389,30 @@ async fn local(args: LocalArgs) -> anyhow::Result<()> {
                 "objects": args.objects,
                 "callers": args.callers,
                 "seconds": elapsed.as_secs_f64(),
+                "durability": if durable { "write-through" } else { "periodic" },
+                "reliable": reliable,
+                "commits": commits,
             })
         );
     } else {
         println!(
-            "objects {}  callers {}  duration {:.1} s",
+            "objects {}  callers {}  duration {:.1} s  {}",
             args.objects,
             args.callers,
-            elapsed.as_secs_f64()
+            elapsed.as_secs_f64(),
+            if durable {
+                "write-through (each call acknowledged once committed)"
+            } else {
+                "periodic"
+            }
         );
         println!("calls/s   {per_sec:.0}  ({calls} calls, {errors} errors)");
+        if durable && commits > 0 {
+            println!(
+                "commits   {commits}  ({:.1} writes per transaction)",
+                calls as f64 / commits as f64
+            );
+        }
         println!(
             "latency   p50 {:.2} µs  p99 {:.2} µs  p99.9 {:.2} µs",
             us(0.5),

@@ -1,6 +1,7 @@
 //! `goverse demo`: the embedded default as a long-running service. One process holds the
-//! in-memory cluster store, a SQLite object store, a node with the sample types, the node service
-//! and a gate (gRPC and HTTP). Runs until Ctrl-C or SIGTERM, then saves every object and exits 0.
+//! in-memory cluster store, a SQLite object store (or PostgreSQL with `--postgres`), a node with
+//! the sample types, the node service and a gate (gRPC and HTTP). Runs until Ctrl-C or SIGTERM,
+//! then saves every object and exits 0.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,11 +10,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use goverse::gate::rules::{Access, AccessRule, Lifecycle, LifecycleRule};
 use goverse::gate::{AllowAnonymous, Gate, GateConfig};
+use goverse::persistence::{ObjectStore, PostgresStore};
 use goverse::prelude::*;
-use goverse_sample_counter::Counter;
+use goverse_sample_counter::{Counter, DurableCounter};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::stores::PostgresArgs;
 use crate::tour::parse_duration;
 
 #[derive(Debug, clap::Args)]
@@ -24,8 +27,18 @@ pub(crate) struct DemoArgs {
     tour: bool,
     /// Where the SQLite store lives (default: a fresh temporary directory, removed at exit; pass
     /// a directory to keep objects between runs).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "postgres")]
     data_dir: Option<PathBuf>,
+    /// Keep objects in PostgreSQL instead of SQLite (its schema is created or upgraded first).
+    #[command(flatten)]
+    postgres: PostgresArgs,
+    /// The node's lease in the (in-memory) cluster store: a process paused for longer stops
+    /// serving until it has re-claimed its shards.
+    #[arg(long, value_parser = parse_duration)]
+    lease_ttl: Option<Duration>,
+    /// How often objects changed since their last save are saved (periodic durability).
+    #[arg(long, value_parser = parse_duration)]
+    save_interval: Option<Duration>,
     /// Idle timeout of objects (the node default is 15 minutes; the tour uses 1 s).
     #[arg(long, value_parser = parse_duration)]
     idle_timeout: Option<Duration>,
@@ -54,7 +67,20 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         )
         .await;
     }
-    let (_temp, db, store) = crate::tour::open_store(args.data_dir)?;
+    let (_temp, store): (Option<tempfile::TempDir>, Arc<dyn ObjectStore>) =
+        match args.postgres.resolve(None)? {
+            Some(config) => {
+                let store = PostgresStore::connect(&config).await?;
+                for (version, description) in store.migrate().await? {
+                    println!("schema migration {version} applied: {description}");
+                }
+                (None, Arc::new(store))
+            }
+            None => {
+                let (temp, _, store) = crate::tour::open_store(args.data_dir)?;
+                (temp, store)
+            }
+        };
 
     // Bind everything first, so a busy port fails before anything starts.
     let node_listener = bind(&args.node_listen, "node service").await?;
@@ -68,16 +94,26 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if let Some(idle) = args.idle_timeout {
         counter = counter.idle_timeout(idle);
     }
-    let builder = Node::builder(NodeConfig {
+    let mut config = NodeConfig {
         address: node_addr.clone(),
         ..NodeConfig::default()
-    })
-    .register_with(counter)
-    .object_store(store);
-    let node = goverse_sample_chat::register(builder)
-        .start()
-        .await
-        .context("cannot start the node")?;
+    };
+    if let Some(ttl) = args.lease_ttl {
+        config.lease_ttl = ttl;
+    }
+    if let Some(interval) = args.save_interval {
+        config.save_interval = interval;
+    }
+    let mut durable = TypeOptions::<DurableCounter>::default();
+    if let Some(idle) = args.idle_timeout {
+        durable = durable.idle_timeout(idle);
+    }
+    let builder = Node::builder(config)
+        .register_with(counter)
+        .register_with(durable)
+        .object_store(store.clone());
+    let builder = goverse_sample_wallet::register(goverse_sample_chat::register(builder));
+    let node = builder.start().await.context("cannot start the node")?;
 
     let stop = CancellationToken::new();
     let node_service = tokio::spawn(goverse::serve(
@@ -93,12 +129,15 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             access_rules: demo_access_rules(),
             // Counters may be deleted by clients in the demo; everything else keeps the default
             // (create allowed, delete internal).
-            lifecycle_rules: vec![LifecycleRule {
-                object_type: "Counter".to_owned(),
-                id: String::new(),
-                lifecycle: Lifecycle::Delete,
-                access: Access::Allow,
-            }],
+            lifecycle_rules: ["Counter", "DurableCounter"]
+                .into_iter()
+                .map(|object_type| LifecycleRule {
+                    object_type: object_type.to_owned(),
+                    id: String::new(),
+                    lifecycle: Lifecycle::Delete,
+                    access: Access::Allow,
+                })
+                .collect(),
             ..GateConfig::default()
         },
         Arc::new(AllowAnonymous),
@@ -131,7 +170,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!(
         "  chat          http://{http_addr}/chat/   (web client; two tabs chat with each other)"
     );
-    println!("  store         SQLite at {}", db.display());
+    println!("  store         {}", store.describe());
     println!("  types         {}", crate::tour::type_list(&node));
     println!();
     println!("Try:");
@@ -141,6 +180,12 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("  curl -s -d '{{}}' http://{http_addr}/api/v1/objects/call/Counter/my-counter/Get");
     println!(
         "  curl -s -d '{{}}' http://{http_addr}/api/v1/objects/call/ChatRoomMgr/ChatRoomMgr0/ListChatRooms"
+    );
+    println!(
+        "  curl -s -d '{{\"value\":1}}' http://{http_addr}/api/v1/objects/call/DurableCounter/d1/Add   (committed before the reply)"
+    );
+    println!(
+        "  curl -s -H 'Idempotency-Key: dep-1' -d '{{\"amount\":\"100\"}}' http://{http_addr}/api/v1/objects/call/Wallet/alice/Deposit   (exactly once)"
     );
     println!("  curl -sN http://{http_addr}/api/v1/events/stream");
     println!("  goverse call --gate {grpc_addr} Counter my-counter Add '{{\"value\":5}}'");
@@ -173,15 +218,19 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Clients may use the counter and the chat (except `ChatRoomMgr.RegisterRoom`, which only rooms
-/// call). With rules configured, anything unmatched is refused.
+/// Clients may use the counters, the wallets and the chat (except `ChatRoomMgr.RegisterRoom`,
+/// which only rooms call). With rules configured, anything unmatched is refused.
 fn demo_access_rules() -> Vec<AccessRule> {
     let mut rules = goverse_sample_chat::access_rules();
-    rules.push(AccessRule {
-        object_type: "Counter".to_owned(),
-        id: String::new(),
-        method: String::new(),
-        access: Access::Allow,
-    });
+    rules.extend(
+        ["Counter", "DurableCounter", "Wallet"]
+            .into_iter()
+            .map(|object_type| AccessRule {
+                object_type: object_type.to_owned(),
+                id: String::new(),
+                method: String::new(),
+                access: Access::Allow,
+            }),
+    );
     rules
 }

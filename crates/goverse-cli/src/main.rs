@@ -1,4 +1,4 @@
-//! `goverse`: the one binary for everything generic (demo, gate, call, shard, bench).
+//! `goverse`: the one binary for everything generic (demo, gate, call, shard, bench, db).
 
 use std::process::ExitCode;
 
@@ -6,8 +6,10 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod client;
+mod db;
 mod demo;
 mod gate;
+mod stores;
 mod tour;
 
 #[derive(Debug, Parser)]
@@ -45,6 +47,9 @@ enum Command {
     /// Load generators.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// The object store's schema: init, status, verify, reset (PostgreSQL or SQLite).
+    #[command(subcommand)]
+    Db(db::DbCommand),
 }
 
 fn init_tracing(default: &str) {
@@ -83,6 +88,10 @@ fn main() -> ExitCode {
         Command::Bench(command) => {
             init_tracing("error");
             run(bench::run(command))
+        }
+        Command::Db(command) => {
+            init_tracing("warn");
+            run(db::run(command))
         }
     }
 }

@@ -19,12 +19,18 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     );
     let value: f64 = number
         .parse()
-        .map_err(|_| format!("bad duration {text:?}: expected e.g. 500ms, 2s, 1m"))?;
+        .map_err(|_| format!("bad duration {text:?}: expected e.g. 500ms, 2s, 1m, 1h"))?;
     let seconds = match unit {
         "ms" => value / 1000.0,
         "s" | "" => value,
         "m" => value * 60.0,
-        _ => return Err(format!("bad duration unit in {text:?}: use ms, s or m")),
+        "h" => value * 3600.0,
+        "d" => value * 86_400.0,
+        _ => {
+            return Err(format!(
+                "bad duration unit in {text:?}: use ms, s, m, h or d"
+            ));
+        }
     };
     Ok(Duration::from_secs_f64(seconds))
 }

@@ -211,6 +211,9 @@ impl<T: Dispatch> Activation<T> {
         turn::set_status(&self.turn, Status::Closed);
     }
 
+    /// Loads and restores saved state, then runs `on_activate`. A new object (nothing to
+    /// restore) is marked changed, so its first state is saved; changes `on_activate` makes to a
+    /// restored object are saved with its next change.
     async fn activate_inner(permit: &TurnPermit, deadline: Instant) -> Result<(), CallError> {
         let this = Self::of(permit);
         let object = this.object_mut(permit);
@@ -256,7 +259,12 @@ impl<T: Dispatch> Activation<T> {
             .catch_unwind()
             .await
         {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                if T::PERSISTENT && !restored {
+                    this.dirty.store(true, Ordering::Relaxed);
+                }
+                Ok(())
+            }
             Ok(Err(err)) => Err(CallError::new(
                 err.code(),
                 format!(
@@ -420,7 +428,7 @@ impl<T: Dispatch> Activation<T> {
         let known = this.recent_calls.lock().get(&call.call_id).cloned();
         let earlier = match known {
             Some(record) => Some(record),
-            None => match store.store().reliable_call(&call.call_id).await {
+            None => match store.reliable_call(&call.call_id).await {
                 Ok(record) => record,
                 Err(err) => {
                     return ReliableOutcome::Skipped(store_error(
@@ -524,9 +532,17 @@ impl<T: Dispatch> Activation<T> {
             && let Some(store) = this.node.store()
         {
             match reason {
-                CloseReason::Shutdown => handed_back = Some(this.snapshot(&permit)?),
+                // Only changed state is written: an object that was only read is stored as is.
+                CloseReason::Shutdown => {
+                    if this.dirty.load(Ordering::Relaxed) {
+                        handed_back = Some(this.snapshot(&permit)?);
+                    }
+                }
                 CloseReason::Idle => {
-                    this.commit_state(&permit).await?;
+                    if this.dirty.load(Ordering::Relaxed) {
+                        this.commit_state(&permit).await?;
+                        this.node.count_saves(1);
+                    }
                 }
                 CloseReason::Delete => {
                     let job = SaveJob {

@@ -242,6 +242,11 @@ impl NodeInner {
         Ok(Fence { shard, epoch })
     }
 
+    /// Counts states committed outside the periodic and shutdown saves (idle closes).
+    pub(crate) fn count_saves(&self, n: u64) {
+        self.counters.saves.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Removes `activation` from its shard table if it is still the entry there.
     pub(crate) fn remove_activation(&self, activation: &Arc<dyn ActivationDyn>) {
         let mut table = self.shard_table(activation.shard()).write();
@@ -633,9 +638,6 @@ impl NodeInner {
                     };
                     match Detached::new(activation.close(permit, CloseReason::Idle)).await {
                         Ok(_) => {
-                            if activation.persistent() && self.store.is_some() {
-                                self.counters.saves.fetch_add(1, Ordering::Relaxed);
-                            }
                             closed.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(object = %activation.id(), "deactivated idle object");
                         }

@@ -1,6 +1,7 @@
 //! The node's one way to its object store: a saver that group-commits every write (periodic,
-//! write-through, `ctx.save`, idle close, delete, shutdown, reliable-call records) and a loader
-//! that batches the loads of activations starting at the same time.
+//! write-through, `ctx.save`, idle close, delete, shutdown, reliable-call records), and batchers
+//! that turn the loads of activations starting at the same time, and the reliable-call lookups
+//! of calls arriving together, into one query each.
 //!
 //! The saver is one task: it takes everything queued, commits it as one transaction, answers each
 //! writer, and takes the next batch, which has grown while the commit ran. One commit is in
@@ -102,7 +103,6 @@ pub(crate) fn store_error(err: StoreError, what: &str) -> CallError {
 }
 
 type Reply = oneshot::Sender<Result<(), SaveFailure>>;
-type LoadReply = oneshot::Sender<Result<Option<StoredObject>, StoreError>>;
 
 /// Counters the saver keeps.
 #[derive(Debug, Default)]
@@ -117,7 +117,8 @@ pub(crate) struct StoreCounters {
 pub(crate) struct StoreLink {
     store: Arc<dyn ObjectStore>,
     saves: mpsc::UnboundedSender<(SaveJob, Reply)>,
-    loads: Option<mpsc::UnboundedSender<(ObjectId, LoadReply)>>,
+    loads: Option<Batcher<ObjectId, Option<StoredObject>>>,
+    lookups: Option<Batcher<String, Option<ReliableCall>>>,
     pub(crate) counters: Arc<StoreCounters>,
 }
 
@@ -145,21 +146,28 @@ impl StoreLink {
             counters.clone(),
             stop.clone(),
         ));
-        let loads = store.batches_loads().then(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            tasks.spawn(run_loader(
-                store.clone(),
-                rx,
-                counters.clone(),
-                tasks.clone(),
-                stop,
-            ));
-            tx
-        });
+        let (loads, lookups) = if store.batches_loads() {
+            let (loader, finder) = (store.clone(), store.clone());
+            let loads = Batcher::start(tasks, stop.clone(), move |ids: Vec<ObjectId>| {
+                let store = loader.clone();
+                async move { store.load_many(&ids).await }
+            });
+            let lookups = Batcher::start(tasks, stop, move |call_ids: Vec<String>| {
+                let store = finder.clone();
+                async move {
+                    let ids: Vec<&str> = call_ids.iter().map(String::as_str).collect();
+                    store.reliable_calls(&ids).await
+                }
+            });
+            (Some(loads), Some(lookups))
+        } else {
+            (None, None)
+        };
         Self {
             store,
             saves,
             loads,
+            lookups,
             counters,
         }
     }
@@ -184,16 +192,22 @@ impl StoreLink {
 
     /// The object's record, loaded with whatever other loads are waiting.
     pub(crate) async fn load(&self, id: &ObjectId) -> Result<Option<StoredObject>, StoreError> {
-        let Some(loads) = &self.loads else {
-            self.counters.loads.fetch_add(1, Ordering::Relaxed);
-            return self.store.load(id).await;
-        };
-        let (tx, rx) = oneshot::channel();
-        if loads.send((id.clone(), tx)).is_err() {
-            return Err(StoreError::Unavailable("the node is stopping".to_owned()));
+        self.counters.loads.fetch_add(1, Ordering::Relaxed);
+        match &self.loads {
+            Some(loads) => loads.get(id.clone()).await,
+            None => self.store.load(id).await,
         }
-        rx.await
-            .unwrap_or_else(|_| Err(StoreError::Unavailable("the node is stopping".to_owned())))
+    }
+
+    /// The record of reliable call `call_id`, looked up with whatever other lookups are waiting.
+    pub(crate) async fn reliable_call(
+        &self,
+        call_id: &str,
+    ) -> Result<Option<ReliableCall>, StoreError> {
+        match &self.lookups {
+            Some(lookups) => lookups.get(call_id.to_owned()).await,
+            None => self.store.reliable_call(call_id).await,
+        }
     }
 }
 
@@ -255,48 +269,74 @@ async fn run_saver(
     }
 }
 
-async fn run_loader(
-    store: Arc<dyn ObjectStore>,
-    mut rx: mpsc::UnboundedReceiver<(ObjectId, LoadReply)>,
-    counters: Arc<StoreCounters>,
-    tasks: TaskTracker,
-    stop: CancellationToken,
-) {
-    let in_flight = Arc::new(Semaphore::new(LOADS_IN_FLIGHT));
-    loop {
-        // Wait for room first: while queries are in flight, the next batch grows.
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
-        let mut batch: Vec<(ObjectId, LoadReply)> = Vec::with_capacity(64);
-        let received = tokio::select! {
-            biased;
-            n = rx.recv_many(&mut batch, MAX_LOAD_BATCH) => n,
-            () = stop.cancelled() => return,
-        };
-        if received == 0 {
-            return;
-        }
-        let store = store.clone();
-        let counters = counters.clone();
+/// Gathers single reads into batches: while `LOADS_IN_FLIGHT` queries run, the next batch
+/// grows, so a burst of reads costs a few queries instead of one each.
+struct Batcher<K, V> {
+    tx: mpsc::UnboundedSender<(K, oneshot::Sender<Result<V, StoreError>>)>,
+}
+
+impl<K: Send + 'static, V: Send + 'static> Batcher<K, V> {
+    fn start<F, Fut>(tasks: &TaskTracker, stop: CancellationToken, run: F) -> Self
+    where
+        F: Fn(Vec<K>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Vec<V>, StoreError>> + Send + 'static,
+    {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(K, oneshot::Sender<Result<V, StoreError>>)>();
+        let in_flight = Arc::new(Semaphore::new(LOADS_IN_FLIGHT));
+        let spawner = tasks.clone();
         tasks.spawn(async move {
-            let ids: Vec<ObjectId> = batch.iter().map(|(id, _)| id.clone()).collect();
-            counters
-                .loads
-                .fetch_add(ids.len() as u64, Ordering::Relaxed);
-            match store.load_many(&ids).await {
-                Ok(found) => {
-                    for ((_, reply), record) in batch.into_iter().zip(found) {
-                        let _ = reply.send(Ok(record));
-                    }
+            loop {
+                // Wait for room first: while queries are in flight, the next batch grows.
+                let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                    return;
+                };
+                let mut batch = Vec::with_capacity(64);
+                let received = tokio::select! {
+                    biased;
+                    n = rx.recv_many(&mut batch, MAX_LOAD_BATCH) => n,
+                    () = stop.cancelled() => return,
+                };
+                if received == 0 {
+                    return;
                 }
-                Err(err) => {
-                    for (_, reply) in batch {
-                        let _ = reply.send(Err(err.clone()));
+                let (keys, replies): (Vec<K>, Vec<_>) = batch.into_iter().unzip();
+                let query = run(keys);
+                spawner.spawn(async move {
+                    match query.await {
+                        Ok(found) if found.len() == replies.len() => {
+                            for (reply, value) in replies.into_iter().zip(found) {
+                                let _ = reply.send(Ok(value));
+                            }
+                        }
+                        Ok(found) => {
+                            let err = StoreError::Backend(format!(
+                                "the store answered {} of {} reads",
+                                found.len(),
+                                replies.len()
+                            ));
+                            for reply in replies {
+                                let _ = reply.send(Err(err.clone()));
+                            }
+                        }
+                        Err(err) => {
+                            for reply in replies {
+                                let _ = reply.send(Err(err.clone()));
+                            }
+                        }
                     }
-                }
+                    drop(permit);
+                });
             }
-            drop(permit);
         });
+        Self { tx }
+    }
+
+    async fn get(&self, key: K) -> Result<V, StoreError> {
+        let stopping = || StoreError::Unavailable("the node is stopping".to_owned());
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send((key, tx)).is_err() {
+            return Err(stopping());
+        }
+        rx.await.unwrap_or_else(|_| Err(stopping()))
     }
 }

@@ -241,6 +241,18 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
     /// The record of reliable call `call_id`, if any.
     async fn reliable_call(&self, call_id: &str) -> Result<Option<ReliableCall>, StoreError>;
 
+    /// The records of `call_ids`, in the same order, in one query where the store can.
+    async fn reliable_calls(
+        &self,
+        call_ids: &[&str],
+    ) -> Result<Vec<Option<ReliableCall>>, StoreError> {
+        let mut found = Vec::with_capacity(call_ids.len());
+        for call_id in call_ids {
+            found.push(self.reliable_call(call_id).await?);
+        }
+        Ok(found)
+    }
+
     /// Removes reliable-call records older than `age`; returns how many.
     async fn prune_reliable_calls(&self, age: Duration) -> Result<u64, StoreError>;
 

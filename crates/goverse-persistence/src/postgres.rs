@@ -334,8 +334,10 @@ impl PostgresStore {
         let mut pg = config.parsed().map_err(StoreError::Backend)?;
         pg.connect_timeout(config.connect_timeout);
         pg.application_name("goverse");
+        // Custom plans always: a statement prepared while a table was empty would otherwise keep
+        // a generic plan (a sequential scan) for the life of the connection.
         pg.options(format!(
-            "-c statement_timeout={}",
+            "-c statement_timeout={} -c plan_cache_mode=force_custom_plan",
             config.statement_timeout.as_millis()
         ));
         let manager = Manager::from_config(
@@ -941,38 +943,56 @@ impl ObjectStore for PostgresStore {
     }
 
     async fn reliable_call(&self, call_id: &str) -> Result<Option<ReliableCall>, StoreError> {
+        Ok(self.reliable_calls(&[call_id]).await?.pop().flatten())
+    }
+
+    async fn reliable_calls(
+        &self,
+        call_ids: &[&str],
+    ) -> Result<Vec<Option<ReliableCall>>, StoreError> {
+        if call_ids.is_empty() {
+            return Ok(Vec::new());
+        }
         self.timed("a reliable-call lookup", async {
             let client = self.client().await?;
             let stmt = client
                 .prepare_cached(
-                    "SELECT object_id::text, object_type::text, method_name::text, request_data,
-                            result_data, error_code::text, error_message, status::text
-                     FROM goverse_reliable_calls WHERE call_id = $1::text",
+                    "SELECT call_id::text, object_id::text, object_type::text, method_name::text,
+                            request_data, result_data, error_code::text, error_message,
+                            status::text
+                     FROM goverse_reliable_calls WHERE call_id = ANY($1::text[])",
                 )
                 .await
                 .map_err(self.err())?;
-            let Some(row) = client
-                .query_opt(&stmt, &[&call_id])
+            let rows = client
+                .query(&stmt, &[&call_ids])
                 .await
-                .map_err(self.err())?
-            else {
-                return Ok(None);
-            };
-            let result = result_of_columns(
-                call_id,
-                row.get::<_, &str>(7),
-                row.get(4),
-                row.get(5),
-                row.get(6),
-            )?;
-            Ok(result.map(|result| ReliableCall {
-                call_id: call_id.to_owned(),
-                object_id: row.get(0),
-                object_type: row.get(1),
-                method: row.get(2),
-                request: row.get(3),
-                result,
-            }))
+                .map_err(self.err())?;
+            let mut found: HashMap<String, ReliableCall> = HashMap::with_capacity(rows.len());
+            for row in rows {
+                let call_id: String = row.get(0);
+                let result = result_of_columns(
+                    &call_id,
+                    row.get::<_, &str>(8),
+                    row.get(5),
+                    row.get(6),
+                    row.get(7),
+                )?;
+                if let Some(result) = result {
+                    found.insert(
+                        call_id.clone(),
+                        ReliableCall {
+                            call_id,
+                            object_id: row.get(1),
+                            object_type: row.get(2),
+                            method: row.get(3),
+                            request: row.get(4),
+                            result,
+                        },
+                    );
+                }
+            }
+            Ok(call_ids.iter().map(|id| found.remove(*id)).collect())
         })
         .await
     }

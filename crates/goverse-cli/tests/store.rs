@@ -1,0 +1,513 @@
+//! Persistence as a user meets it: `goverse demo` as a real process on SQLite and on a real
+//! PostgreSQL, killed with kill -9, paused with SIGSTOP, given a read-only or damaged file, its
+//! database stopped under it; and `goverse db`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use goverse::prost::Message as _;
+use goverse::wkt::{Empty, Int32Value};
+use goverse_proto::gate::CallObjectRequest;
+use goverse_proto::gate::gate_service_client::GateServiceClient;
+use goverse_testkit::{PostgresServer, Process, free_port};
+use tonic::transport::Channel;
+
+const GOVERSE: &str = env!("CARGO_BIN_EXE_goverse");
+
+fn goverse(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(GOVERSE)
+        .args(args)
+        .output()
+        .expect("goverse runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `goverse demo` on free ports with `store_args`.
+struct Demo {
+    process: Process,
+    grpc: String,
+    args: Vec<String>,
+}
+
+impl Demo {
+    fn args(store_args: &[&str]) -> (Vec<String>, String) {
+        let grpc = format!("127.0.0.1:{}", free_port());
+        let mut args: Vec<String> = vec!["demo".into(), "--listen".into(), grpc.clone()];
+        for (flag, port) in [
+            ("--node-listen", free_port()),
+            ("--http-listen", free_port()),
+        ] {
+            args.push(flag.into());
+            args.push(format!("127.0.0.1:{port}"));
+        }
+        args.extend(store_args.iter().map(|s| s.to_string()));
+        (args, grpc)
+    }
+
+    fn start(store_args: &[&str]) -> Self {
+        let (args, grpc) = Self::args(store_args);
+        let mut process = Process::start(GOVERSE, &args);
+        process.expect_within("ready;", Duration::from_secs(60));
+        Self {
+            process,
+            grpc,
+            args,
+        }
+    }
+
+    /// A new process with the same arguments (same store, same ports).
+    fn restart(&mut self) {
+        self.process = Process::start(GOVERSE, &self.args);
+        self.process
+            .expect_within("ready;", Duration::from_secs(60));
+    }
+
+    /// SIGTERM; the exit code.
+    fn stop(&mut self) -> Option<i32> {
+        self.process.terminate();
+        self.process.wait_exit(Duration::from_secs(30))
+    }
+}
+
+async fn gate(address: &str) -> GateServiceClient<Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .connect_lazy();
+    GateServiceClient::new(channel)
+}
+
+fn any<M: goverse::prost::Message + goverse::prost::Name>(m: &M) -> prost_types::Any {
+    prost_types::Any {
+        type_url: format!("{}{}", goverse::TYPE_URL_PREFIX, M::full_name()),
+        value: m.encode_to_vec(),
+    }
+}
+
+async fn call(
+    client: &mut GateServiceClient<Channel>,
+    object_type: &str,
+    id: &str,
+    method: &str,
+    request: prost_types::Any,
+) -> Result<i32, tonic::Status> {
+    let mut request = tonic::Request::new(CallObjectRequest {
+        client_id: String::new(),
+        r#type: object_type.to_owned(),
+        id: id.to_owned(),
+        method: method.to_owned(),
+        request: Some(request),
+    });
+    request.set_timeout(Duration::from_secs(5));
+    let response = client.call_object(request).await?.into_inner();
+    let any = response.response.expect("a response");
+    Ok(Int32Value::decode(any.value.as_slice()).unwrap().value)
+}
+
+async fn add(
+    client: &mut GateServiceClient<Channel>,
+    t: &str,
+    id: &str,
+) -> Result<i32, tonic::Status> {
+    call(client, t, id, "Add", any(&Int32Value { value: 1 })).await
+}
+
+async fn get(client: &mut GateServiceClient<Channel>, t: &str, id: &str) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match call(client, t, id, "Get", any(&Empty {})).await {
+            Ok(v) => return v,
+            Err(status) if Instant::now() < deadline => {
+                let _ = status;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(status) => panic!("Get {t}/{id}: {status}"),
+        }
+    }
+}
+
+/// Adds to `{prefix}-{task}` of `object_type` from `tasks` concurrent callers until `stop`;
+/// returns the acknowledged adds per object.
+fn spawn_adders(
+    grpc: &str,
+    object_type: &'static str,
+    prefix: &'static str,
+    tasks: usize,
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<(String, u64)>> {
+    (0..tasks)
+        .map(|task| {
+            let (grpc, stop, acked) = (grpc.to_owned(), stop.clone(), acked.clone());
+            tokio::spawn(async move {
+                let mut client = gate(&grpc).await;
+                let id = format!("{prefix}-{task}");
+                let mut mine = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    match add(&mut client, object_type, &id).await {
+                        Ok(_) => {
+                            mine += 1;
+                            acked.fetch_add(1, Ordering::SeqCst);
+                        }
+                        // The server is gone: stop; this add's outcome is unknown.
+                        Err(_) => break,
+                    }
+                }
+                (id, mine)
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_durable_adds_survive_kill_9_and_periodic_ones_do_not() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    // No periodic save during the test: what Counter keeps is only what shutdown would save.
+    let mut demo = Demo::start(&["--data-dir", dir, "--save-interval", "1h"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (durable_acked, periodic_acked) =
+        (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let durable = spawn_adders(
+        &demo.grpc,
+        "DurableCounter",
+        "d",
+        24,
+        stop.clone(),
+        durable_acked.clone(),
+    );
+    let periodic = spawn_adders(
+        &demo.grpc,
+        "Counter",
+        "c",
+        8,
+        stop.clone(),
+        periodic_acked.clone(),
+    );
+    let started = Instant::now();
+    while durable_acked.load(Ordering::SeqCst) < 3000 && started.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    demo.process.kill();
+    stop.store(true, Ordering::SeqCst);
+    let mut durable_counts = Vec::new();
+    for task in durable {
+        durable_counts.push(task.await.unwrap());
+    }
+    let mut periodic_counts = Vec::new();
+    for task in periodic {
+        periodic_counts.push(task.await.unwrap());
+    }
+    let total: u64 = durable_counts.iter().map(|(_, n)| n).sum();
+    assert!(total >= 3000, "thousands of acknowledged adds: {total}");
+
+    demo.restart();
+    let mut client = gate(&demo.grpc).await;
+    for (id, acked) in &durable_counts {
+        let value = get(&mut client, "DurableCounter", id).await as u64;
+        // Every acknowledged add is there; at most the one in flight at the kill was also
+        // committed without its acknowledgement arriving.
+        assert!(
+            (*acked..=acked + 1).contains(&value),
+            "DurableCounter/{id}: {acked} acknowledged, {value} stored"
+        );
+    }
+    let mut lost = 0;
+    let mut acked_periodic = 0;
+    for (id, acked) in &periodic_counts {
+        let value = get(&mut client, "Counter", id).await as u64;
+        assert!(value <= *acked);
+        lost += acked - value;
+        acked_periodic += acked;
+    }
+    println!(
+        "kill -9: DurableCounter kept all {total} acknowledged adds; Counter (periodic) lost \
+         {lost} of {acked_periodic}"
+    );
+    assert!(
+        lost > 0,
+        "a periodic counter loses what changed since its last save"
+    );
+    assert_eq!(demo.stop(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_past_the_lease_then_a_restart_still_writes_and_stops_cleanly() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let mut demo = Demo::start(&["--data-dir", dir, "--lease-ttl", "1s"]);
+    let mut client = gate(&demo.grpc).await;
+    assert_eq!(add(&mut client, "DurableCounter", "p").await.unwrap(), 1);
+    assert_eq!(add(&mut client, "Counter", "q").await.unwrap(), 1);
+
+    // Ctrl-Z, then fg: the lease expired meanwhile.
+    demo.process.signal("-STOP");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    demo.process.signal("-CONT");
+    // The node re-claims its shards (raising their epochs in the store) and serves again.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let value = loop {
+        match add(&mut client, "DurableCounter", "p").await {
+            Ok(value) => break value,
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+                assert!(Instant::now() < deadline, "not serving again: {status}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert!(value >= 2, "{value}");
+    assert_eq!(demo.stop(), Some(0), "every state saved at the stop");
+
+    // A new process (a new in-memory cluster store, starting at epoch 1) writes past the
+    // epochs the store holds, and stops cleanly too.
+    demo.restart();
+    let mut client = gate(&demo.grpc).await;
+    assert_eq!(
+        add(&mut client, "DurableCounter", "p").await.unwrap(),
+        value + 1
+    );
+    assert_eq!(add(&mut client, "Counter", "q").await.unwrap(), 2);
+    assert_eq!(demo.stop(), Some(0));
+}
+
+#[test]
+fn a_read_only_or_damaged_store_stops_the_start_with_the_reason() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap().to_owned();
+    let (args, _) = Demo::args(&["--data-dir", &dir]);
+    // Create the store, then stop.
+    let mut demo = Process::start(GOVERSE, &args);
+    demo.expect_within("ready;", Duration::from_secs(60));
+    demo.terminate();
+    assert_eq!(demo.wait_exit(Duration::from_secs(30)), Some(0));
+
+    // Read-only: the file and its directory may not be written by the user running the demo.
+    let mut command = std::process::Command::new(GOVERSE);
+    command.args(&args);
+    if goverse_testkit::is_root() {
+        // Root writes anything; run as nobody, to whom the root-owned files are read-only.
+        use std::os::unix::process::CommandExt as _;
+        command.uid(65534).gid(65534);
+    } else {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let mut perms = std::fs::metadata(&path).unwrap().permissions();
+            perms.set_readonly(true);
+            std::fs::set_permissions(&path, perms).unwrap();
+        }
+    }
+    let out = command.output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("read-only") || err.contains("readonly"),
+        "{err}"
+    );
+    assert!(err.contains("objects.db"), "{err}");
+
+    // Damaged: a file that is not a database is named as corrupt, not as unavailable.
+    let broken = tempfile::tempdir().unwrap();
+    std::fs::write(broken.path().join("objects.db"), vec![0x5a; 16384]).unwrap();
+    let (args, _) = Demo::args(&["--data-dir", broken.path().to_str().unwrap()]);
+    let out = goverse(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("corrupted"), "{err}");
+    assert!(!err.contains("unavailable"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_on_postgres_survives_the_database_stopping_and_returning() {
+    let mut postgres = PostgresServer::start();
+    postgres.create_database("demo");
+    let url = postgres.url("demo");
+    // Short timeouts so calls during the outage fail quickly.
+    let mut demo = Demo::start(&["--postgres", &url, "--pg-statement-timeout", "2s"]);
+    let mut client = gate(&demo.grpc).await;
+    let mut acked = 0;
+    for _ in 0..20 {
+        add(&mut client, "DurableCounter", "pg").await.unwrap();
+        acked += 1;
+    }
+    // The state is JSON in upstream's table, readable with psql.
+    let stored = postgres.psql(
+        "demo",
+        "SELECT data->>'value' FROM goverse_objects WHERE object_id = 'pg'",
+    );
+    assert_eq!(stored.trim(), "20");
+
+    postgres.stop();
+    let mut failed = 0;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let status = add(&mut client, "DurableCounter", "pg").await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+        assert!(status.message().contains("PostgreSQL"), "{status}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        failed += 1;
+    }
+    postgres.start_again();
+    // The node recovers by itself: no restart, no operator.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match add(&mut client, "DurableCounter", "pg").await {
+            Ok(_) => {
+                acked += 1;
+                break;
+            }
+            Err(status) => {
+                assert!(Instant::now() < deadline, "not recovered: {status}");
+                failed += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let value = get(&mut client, "DurableCounter", "pg").await;
+    assert!(
+        (acked..=acked + failed).contains(&value),
+        "{acked} acknowledged, {failed} failed, {value} stored"
+    );
+    assert_eq!(demo.stop(), Some(0));
+}
+
+#[test]
+fn db_commands_init_status_verify_and_reset_postgres() {
+    let postgres = PostgresServer::start();
+    postgres.create_database("ops");
+    let url = postgres.url("ops");
+
+    let out = goverse(&["db", "status", "--postgres", &url]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("not initialised"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = goverse(&["db", "verify", "--postgres", &url]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).contains("goverse db init"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = goverse(&["db", "init", "--postgres", &url]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("applied migration 2"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = goverse(&["db", "init", "--postgres", &url]);
+    assert!(
+        text(&out.stdout).contains("up to date"),
+        "idempotent: {}",
+        text(&out.stdout)
+    );
+
+    // Upstream's YAML, read for its postgres: section.
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        format!(
+            "version: 1\ncluster:\n  shards: 64\npostgres:\n  host: 127.0.0.1\n  port: {}\n  user: {}\n  password: {}\n  database: ops\n  sslmode: disable\n",
+            postgres.port(),
+            goverse_testkit::POSTGRES_USER,
+            goverse_testkit::POSTGRES_PASSWORD
+        ),
+    )
+    .unwrap();
+    let config_path = config.path().to_str().unwrap();
+    postgres.psql(
+        "ops",
+        "INSERT INTO goverse_objects (object_id, object_type, data) VALUES ('x', 'Counter', '{}')",
+    );
+    let out = goverse(&["db", "status", "--config", config_path]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let status = text(&out.stdout);
+    assert!(
+        status.contains("version 2") && status.contains("objects         1"),
+        "{status}"
+    );
+    let out = goverse(&["db", "verify", "--config", config_path]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+
+    // A broken file names the problem and its line.
+    std::fs::write(config.path(), "postgres:\n  host: [oops\n").unwrap();
+    let out = goverse(&["db", "status", "--config", config_path]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("line"), "{}", text(&out.stderr));
+    std::fs::write(
+        config.path(),
+        "postgres:\n  host: h\n  user: u\n  database: d\n  colour: blue\n",
+    )
+    .unwrap();
+    let out = goverse(&["db", "status", "--config", config_path]);
+    assert!(
+        text(&out.stderr).contains("colour"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // An unreachable server is named by host and port.
+    let port = free_port();
+    let out = goverse(&[
+        "db",
+        "status",
+        "--postgres",
+        &format!("postgres://u:p@127.0.0.1:{port}/x"),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Reset asks first.
+    let out = goverse(&["db", "reset", "--postgres", &url]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("--yes"), "{}", text(&out.stderr));
+    assert_eq!(
+        postgres
+            .psql("ops", "SELECT count(*) FROM goverse_objects")
+            .trim(),
+        "1"
+    );
+    let out = goverse(&["db", "reset", "--postgres", &url, "--yes"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        postgres
+            .psql("ops", "SELECT to_regclass('goverse_objects') IS NULL")
+            .trim(),
+        "t"
+    );
+}
+
+#[test]
+fn db_commands_work_on_a_sqlite_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("objects.db");
+    let file = file.to_str().unwrap();
+    let out = goverse(&["db", "status", "--sqlite", file]);
+    assert_eq!(out.status.code(), Some(1), "no file, no store");
+    let out = goverse(&["db", "init", "--sqlite", file]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = goverse(&["db", "status", "--sqlite", file]);
+    assert!(
+        text(&out.stdout).contains("version 2"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = goverse(&["db", "verify", "--sqlite", file]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    let out = goverse(&["db", "reset", "--sqlite", file, "--yes"]);
+    assert!(out.status.success());
+    assert!(!std::path::Path::new(file).exists());
+}
