@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use goverse_core::{CallError, ClientIdentity, ErrorCode, ObjectId};
+use goverse_core::{CallError, ClientIdentity, Clipped, ErrorCode, ObjectId};
 use goverse_node::ReliableStatus;
 use goverse_proto::node::{self as proto, response};
 use tokio::sync::mpsc;
@@ -355,10 +355,9 @@ impl GateInner {
         if object_type.is_empty() {
             return Err(CallError::invalid_argument("object type is empty"));
         }
-        ObjectId::new(id)
-            .kind()
-            .map(|_| ())
-            .map_err(|e| CallError::invalid_argument(format!("invalid object id {id:?}: {e}")))
+        ObjectId::new(id).kind().map(|_| ()).map_err(|e| {
+            CallError::invalid_argument(format!("invalid object id {:?}: {e}", Clipped(id)))
+        })
     }
 
     /// Calls `object_type/id.method` for `identity`.
@@ -381,7 +380,12 @@ impl GateInner {
         {
             return Err(CallError::new(
                 ErrorCode::PermissionDenied,
-                format!("access denied for {object_type}/{id} method {method:?}"),
+                format!(
+                    "access denied for {}/{} method {:?}",
+                    Clipped(object_type),
+                    Clipped(id),
+                    Clipped(method)
+                ),
             ));
         }
         let op = NodeOp::Call {
@@ -432,7 +436,12 @@ impl GateInner {
         {
             return refused(CallError::new(
                 ErrorCode::PermissionDenied,
-                format!("access denied for {object_type}/{id} method {method:?}"),
+                format!(
+                    "access denied for {}/{} method {:?}",
+                    Clipped(object_type),
+                    Clipped(id),
+                    Clipped(method)
+                ),
             ));
         }
         let op = NodeOp::Call {
@@ -508,7 +517,7 @@ impl GateInner {
         };
         Err(CallError::new(
             ErrorCode::PermissionDenied,
-            format!("{what} denied for {object_type}/{id}"),
+            format!("{what} denied for {}/{}", Clipped(object_type), Clipped(id)),
         ))
     }
 }

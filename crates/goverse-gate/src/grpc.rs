@@ -24,10 +24,19 @@ use crate::auth::Transport;
 use crate::clients::Binding;
 use crate::gate::GateInner;
 
-/// A [`CallError`] as a gRPC status with the matching code.
+/// A [`CallError`] as a gRPC status with the matching code. The message travels in an HTTP/2
+/// header, so a long one is cut (a header of tens of kilobytes resets the stream).
 pub fn status_of(err: &CallError) -> Status {
-    Status::new(tonic::Code::from(err.code().grpc_code()), err.message())
+    let message = err.message();
+    let message = match message.char_indices().nth(MAX_STATUS_CHARS) {
+        Some((cut, _)) => format!("{}… (cut from {} bytes)", &message[..cut], message.len()),
+        None => message.to_owned(),
+    };
+    Status::new(tonic::Code::from(err.code().grpc_code()), message)
 }
+
+/// Longest status message sent, in characters.
+const MAX_STATUS_CHARS: usize = 2048;
 
 pub(crate) struct GrpcGate {
     inner: Arc<GateInner>,

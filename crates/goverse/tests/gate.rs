@@ -652,6 +652,18 @@ async fn grpc_bad_input_gets_clear_errors() {
             "object id",
         ),
         (
+            // Longer than any store's column (upstream's is VARCHAR(255)).
+            call(
+                "",
+                "Tally",
+                &"i".repeat(60_000),
+                "Add",
+                any(&Int64Value { value: 1 }),
+            ),
+            Code::InvalidArgument,
+            "limit is 255",
+        ),
+        (
             call(
                 "",
                 "Tally",
