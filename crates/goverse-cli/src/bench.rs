@@ -333,7 +333,7 @@ async fn local(args: LocalArgs) -> anyhow::Result<()> {
                 }
                 let _ = histogram.record(nanos.max(1));
                 local += 1;
-                if local == 32 {
+                if local == 256 {
                     done.fetch_add(local, Ordering::Relaxed);
                     local = 0;
                     // Let other callers on this worker run, as a real service's tasks would.

@@ -39,6 +39,9 @@ pub(crate) struct DemoArgs {
     /// How often objects changed since their last save are saved (periodic durability).
     #[arg(long, value_parser = parse_duration)]
     save_interval: Option<Duration>,
+    /// How long reliable-call records are kept (a retry arriving later runs the call again).
+    #[arg(long, value_parser = parse_duration)]
+    reliable_call_retention: Option<Duration>,
     /// Idle timeout of objects (the node default is 15 minutes; the tour uses 1 s).
     #[arg(long, value_parser = parse_duration)]
     idle_timeout: Option<Duration>,
@@ -103,6 +106,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     if let Some(interval) = args.save_interval {
         config.save_interval = interval;
+    }
+    if let Some(retention) = args.reliable_call_retention {
+        config.reliable_call_retention = retention;
     }
     let mut durable = TypeOptions::<DurableCounter>::default();
     if let Some(idle) = args.idle_timeout {

@@ -360,15 +360,9 @@ impl GateInner {
         })
     }
 
-    /// Calls `object_type/id.method` for `identity`.
-    pub(crate) async fn call(
-        &self,
-        identity: &Arc<ClientIdentity>,
-        object_type: &str,
-        id: &str,
-        method: &str,
-        request: Option<prost_types::Any>,
-    ) -> Result<prost_types::Any, CallError> {
+    /// What the gate checks before a call leaves for the node: the target, the method, the
+    /// access rules.
+    fn check_call(&self, object_type: &str, id: &str, method: &str) -> Result<(), CallError> {
         Self::check_target(object_type, id)?;
         if method.is_empty() {
             return Err(CallError::invalid_argument("method is empty"));
@@ -388,6 +382,19 @@ impl GateInner {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Calls `object_type/id.method` for `identity`.
+    pub(crate) async fn call(
+        &self,
+        identity: &Arc<ClientIdentity>,
+        object_type: &str,
+        id: &str,
+        method: &str,
+        request: Option<prost_types::Any>,
+    ) -> Result<prost_types::Any, CallError> {
+        self.check_call(object_type, id, method)?;
         let op = NodeOp::Call {
             method,
             request,
@@ -412,37 +419,18 @@ impl GateInner {
         request: Option<prost_types::Any>,
         call_id: &str,
     ) -> Result<ReliableAnswer, CallError> {
-        let refused = |err| {
-            Ok(ReliableAnswer {
+        let checked = if call_id.is_empty() {
+            Err(CallError::invalid_argument(
+                "call_id is empty: choose one per logical operation and reuse it on retries",
+            ))
+        } else {
+            self.check_call(object_type, id, method)
+        };
+        if let Err(err) = checked {
+            return Ok(ReliableAnswer {
                 status: ReliableStatus::Skipped,
                 result: Err(err),
-            })
-        };
-        if call_id.is_empty() {
-            return refused(CallError::invalid_argument(
-                "call_id is empty: choose one per logical operation and reuse it on retries",
-            ));
-        }
-        if let Err(err) = Self::check_target(object_type, id) {
-            return refused(err);
-        }
-        if method.is_empty() {
-            return refused(CallError::invalid_argument("method is empty"));
-        }
-        if !self
-            .rules
-            .call_access(object_type, id, method)
-            .allows_clients()
-        {
-            return refused(CallError::new(
-                ErrorCode::PermissionDenied,
-                format!(
-                    "access denied for {}/{} method {:?}",
-                    Clipped(object_type),
-                    Clipped(id),
-                    Clipped(method)
-                ),
-            ));
+            });
         }
         let op = NodeOp::Call {
             method,

@@ -450,56 +450,45 @@ async fn call_handler(
         }
         None => CallBody::Plain,
     };
-    match mode {
-        CallBody::Envelope(any, call_id) => {
-            let encode = |response: prost_types::Any| BASE64.encode(response.encode_to_vec());
-            match reliable_call_id(&parts.headers, call_id)? {
-                None => {
-                    let response = gate
-                        .call(&identity, &object_type, &id, &method, Some(any))
-                        .await?;
-                    Ok(axum::Json(json!({ "response": encode(response) })).into_response())
-                }
-                Some(call_id) => {
-                    let response = call_reliable(
-                        &gate,
-                        &identity,
-                        (&object_type, &id, &method),
-                        Some(any),
-                        &call_id,
-                    )
-                    .await?;
-                    Ok(with_status(axum::Json(json!({
-                        "response": encode(response),
-                        "status": ReliableStatus::Success.as_str(),
-                    }))))
-                }
-            }
-        }
+    // The request as an Any, and the call id when the envelope names one.
+    let (request, envelope_call_id, envelope) = match mode {
+        CallBody::Envelope(any, call_id) => (any, call_id, true),
         CallBody::Plain => {
             let info = catalog.method(&object_type, &method)?;
-            let any = catalog.json_to_any(&info.request_type, &body)?;
-            match reliable_call_id(&parts.headers, None)? {
-                None => {
-                    let response = gate
-                        .call(&identity, &object_type, &id, &method, Some(any))
-                        .await?;
-                    Ok(axum::Json(catalog.any_to_json(&response)?).into_response())
-                }
-                Some(call_id) => {
-                    let response = call_reliable(
-                        &gate,
-                        &identity,
-                        (&object_type, &id, &method),
-                        Some(any),
-                        &call_id,
-                    )
-                    .await?;
-                    Ok(with_status(axum::Json(catalog.any_to_json(&response)?)))
-                }
-            }
+            (catalog.json_to_any(&info.request_type, &body)?, None, false)
         }
+    };
+    let target = (object_type.as_str(), id.as_str(), method.as_str());
+    let (response, reliable) = match reliable_call_id(&parts.headers, envelope_call_id)? {
+        None => {
+            let response = gate
+                .call(&identity, target.0, target.1, target.2, Some(request))
+                .await?;
+            (response, false)
+        }
+        Some(call_id) => {
+            let response = call_reliable(&gate, &identity, target, Some(request), &call_id).await?;
+            (response, true)
+        }
+    };
+    // Answered as it was asked: upstream's envelope, or plain JSON.
+    let body = if envelope {
+        let mut body = json!({ "response": BASE64.encode(response.encode_to_vec()) });
+        if reliable {
+            body["status"] = ReliableStatus::Success.as_str().into();
+        }
+        body
+    } else {
+        catalog.any_to_json(&response)?
+    };
+    let mut answer = axum::Json(body).into_response();
+    if reliable {
+        answer.headers_mut().insert(
+            RELIABLE_STATUS_HEADER,
+            HeaderValue::from_static(ReliableStatus::Success.as_str()),
+        );
     }
+    Ok(answer)
 }
 
 /// A reliable call: its response, or its FAILED / SKIPPED error as an error response that says
@@ -517,16 +506,6 @@ async fn call_reliable(
     answer
         .result
         .map_err(|err| HttpError::reliable(err, answer.status))
-}
-
-/// A successful reliable call's response, with the status header.
-fn with_status(body: impl IntoResponse) -> Response {
-    let mut response = body.into_response();
-    response.headers_mut().insert(
-        RELIABLE_STATUS_HEADER,
-        HeaderValue::from_static(ReliableStatus::Success.as_str()),
-    );
-    response
 }
 
 async fn create_handler(

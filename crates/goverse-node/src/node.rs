@@ -1154,21 +1154,24 @@ impl Node {
         options: CallOptions,
     ) -> Result<Payload, CallError> {
         let id = id.into();
-        let chain = options.chain.unwrap_or_else(ChainId::new_root);
-        let deadline = deadline_for(&self.inner, None, options.timeout);
         self.inner
             .invoke(
                 type_name,
                 &id,
                 MethodRef::Name(method),
                 request,
-                CallScope {
-                    chain,
-                    deadline,
-                    client: options.client,
-                },
+                self.scope(options),
             )
             .await
+    }
+
+    /// The chain, deadline and client a call from this handle runs with.
+    fn scope(&self, options: CallOptions) -> CallScope {
+        CallScope {
+            chain: options.chain.unwrap_or_else(ChainId::new_root),
+            deadline: deadline_for(&self.inner, None, options.timeout),
+            client: options.client,
+        }
     }
 
     /// Calls `method` on object `id` exactly once for `call_id`: the first call with this call id
@@ -1209,8 +1212,6 @@ impl Node {
         options: CallOptions,
     ) -> Result<ReliableOutcome, CallError> {
         let id = id.into();
-        let chain = options.chain.unwrap_or_else(ChainId::new_root);
-        let deadline = deadline_for(&self.inner, None, options.timeout);
         self.inner
             .invoke_reliable(
                 type_name,
@@ -1218,11 +1219,7 @@ impl Node {
                 MethodRef::Name(method),
                 call_id,
                 request,
-                CallScope {
-                    chain,
-                    deadline,
-                    client: options.client,
-                },
+                self.scope(options),
             )
             .await
     }

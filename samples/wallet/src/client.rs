@@ -181,22 +181,23 @@ impl WalletClient {
             method: "GetBalance".to_owned(),
             request: Some(any(&GetBalanceRequest {})),
         };
-        let started = Instant::now();
-        let mut backoff = Duration::from_millis(50);
-        loop {
+        let timeout = self.call_timeout;
+        self.retrying(|mut gate| {
             let mut call = tonic::Request::new(request.clone());
-            call.set_timeout(self.call_timeout);
-            match self.gate.call_object(call).await {
-                Ok(answer) => return decode(answer.into_inner().response).map(|r| r.balance),
-                Err(status) if worth_retrying(&status) => {}
-                Err(status) => return Err(WalletError::Refused(status.message().to_owned())),
+            call.set_timeout(timeout);
+            async move {
+                match gate.call_object(call).await {
+                    Ok(answer) => {
+                        Try::Done(decode(answer.into_inner().response).map(|r| r.balance))
+                    }
+                    Err(status) if worth_retrying(&status) => Try::Again,
+                    Err(status) => {
+                        Try::Done(Err(WalletError::Refused(status.message().to_owned())))
+                    }
+                }
             }
-            if started.elapsed() >= self.retry_for {
-                return Err(WalletError::GaveUp(self.retry_for));
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
-        }
+        })
+        .await
     }
 
     /// One reliable call, retried with the same call id until its outcome is known.
@@ -214,37 +215,52 @@ impl WalletClient {
             method: method.to_owned(),
             request: Some(request),
         };
+        let timeout = self.call_timeout;
+        self.retrying(|mut gate| {
+            let mut call = tonic::Request::new(request.clone());
+            call.set_timeout(timeout);
+            async move {
+                let answer = match gate.reliable_call_object(call).await {
+                    Ok(answer) => answer.into_inner(),
+                    // The outcome is unknown: the same call id again is safe.
+                    Err(status) if worth_retrying(&status) => return Try::Again,
+                    Err(status) => {
+                        return Try::Done(Err(WalletError::Refused(status.message().to_owned())));
+                    }
+                };
+                match answer.status.as_str() {
+                    "SUCCESS" => Try::Done(decode(answer.response)),
+                    "FAILED" => Try::Done(Err(WalletError::Failed(answer.error))),
+                    // Did not take effect. A store or node that was unavailable may be back on
+                    // the next try; other refusals stay refused.
+                    "SKIPPED"
+                        if answer.error.starts_with("unavailable")
+                            || answer.error.starts_with("deadline_exceeded") =>
+                    {
+                        Try::Again
+                    }
+                    "SKIPPED" => Try::Done(Err(WalletError::Refused(answer.error))),
+                    other => Try::Done(Err(WalletError::Failed(format!(
+                        "unknown status {other:?}: {}",
+                        answer.error
+                    )))),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Runs `attempt` until it is done, with back-off, for at most the retry period.
+    async fn retrying<T, F, Fut>(&self, mut attempt: F) -> Result<T, WalletError>
+    where
+        F: FnMut(GateServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Try<T>>,
+    {
         let started = Instant::now();
         let mut backoff = Duration::from_millis(50);
         loop {
-            let mut call = tonic::Request::new(request.clone());
-            call.set_timeout(self.call_timeout);
-            match self.gate.reliable_call_object(call).await {
-                Ok(answer) => {
-                    let answer = answer.into_inner();
-                    match answer.status.as_str() {
-                        "SUCCESS" => return decode(answer.response),
-                        "FAILED" => return Err(WalletError::Failed(answer.error)),
-                        // Did not take effect. Refusals stay refused; a store or node that was
-                        // unavailable may be back on the next try.
-                        "SKIPPED"
-                            if !answer.error.starts_with("unavailable")
-                                && !answer.error.starts_with("deadline_exceeded") =>
-                        {
-                            return Err(WalletError::Refused(answer.error));
-                        }
-                        "SKIPPED" => {}
-                        other => {
-                            return Err(WalletError::Failed(format!(
-                                "unknown status {other:?}: {}",
-                                answer.error
-                            )));
-                        }
-                    }
-                }
-                // The outcome is unknown: the same call id again is safe.
-                Err(status) if worth_retrying(&status) => {}
-                Err(status) => return Err(WalletError::Refused(status.message().to_owned())),
+            if let Try::Done(result) = attempt(self.gate.clone()).await {
+                return result;
             }
             if started.elapsed() >= self.retry_for {
                 return Err(WalletError::GaveUp(self.retry_for));
@@ -253,4 +269,10 @@ impl WalletClient {
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }
     }
+}
+
+/// One attempt's verdict.
+enum Try<T> {
+    Done(Result<T, WalletError>),
+    Again,
 }
