@@ -111,7 +111,8 @@ pub(crate) struct Activation<T> {
     idle_since_ms: AtomicU64,
     dirty: AtomicBool,
     timers: Mutex<Vec<(Arc<str>, CancellationToken)>>,
-    recent_calls: Mutex<RecentCalls>,
+    /// Allocated on the first reliable call: most objects never take one.
+    recent_calls: Mutex<Option<Box<RecentCalls>>>,
     object: UnsafeCell<T>,
 }
 
@@ -149,7 +150,7 @@ impl<T: Dispatch> Activation<T> {
             idle_since_ms: AtomicU64::new(now_ms),
             dirty: AtomicBool::new(false),
             timers: Mutex::new(Vec::new()),
-            recent_calls: Mutex::new(RecentCalls::default()),
+            recent_calls: Mutex::new(None),
             object: UnsafeCell::new(object),
         }
     }
@@ -298,6 +299,14 @@ impl<T: Dispatch> Activation<T> {
         drop(permit);
     }
 
+    /// Keeps `record` among the activation's recent reliable calls.
+    fn remember(&self, record: ReliableCall) {
+        self.recent_calls
+            .lock()
+            .get_or_insert_with(Box::default)
+            .remember(record);
+    }
+
     /// Whether write turns of `T` commit before they reply on this node.
     fn writes_through(&self) -> bool {
         T::PERSISTENT && T::DURABILITY == Durability::WriteThrough && self.node.store().is_some()
@@ -316,7 +325,10 @@ impl<T: Dispatch> Activation<T> {
         self.dirty.store(false, Ordering::Relaxed);
         let job = self.save_job(permit)?;
         match store.save(job).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.node.count_saves(1);
+                Ok(())
+            }
             Err(failure) => {
                 self.dirty.store(true, Ordering::Relaxed);
                 Err(failure.into_call_error(&self.what()))
@@ -425,7 +437,11 @@ impl<T: Dispatch> Activation<T> {
 
         // An earlier attempt with this call id? Calls to this object run one at a time, and the
         // previous ones committed before their turns ended, so the store is up to date.
-        let known = this.recent_calls.lock().get(&call.call_id).cloned();
+        let known = this
+            .recent_calls
+            .lock()
+            .as_ref()
+            .and_then(|recent| recent.get(&call.call_id).cloned());
         let earlier = match known {
             Some(record) => Some(record),
             None => match store.reliable_call(&call.call_id).await {
@@ -443,7 +459,7 @@ impl<T: Dispatch> Activation<T> {
                 return ReliableOutcome::Skipped(reliable::reused(&call.call_id, &record));
             }
             let outcome = reliable::outcome_of(&record);
-            this.recent_calls.lock().remember(record);
+            this.remember(record);
             return outcome;
         }
 
@@ -482,7 +498,7 @@ impl<T: Dispatch> Activation<T> {
         };
         match store.save(job).await {
             Ok(()) => {
-                this.recent_calls.lock().remember(record);
+                this.remember(record);
                 match result {
                     Ok(payload) => ReliableOutcome::Success(payload),
                     Err(err) => ReliableOutcome::Failed(err),
@@ -541,7 +557,6 @@ impl<T: Dispatch> Activation<T> {
                 CloseReason::Idle => {
                     if this.dirty.load(Ordering::Relaxed) {
                         this.commit_state(&permit).await?;
-                        this.node.count_saves(1);
                     }
                 }
                 CloseReason::Delete => {

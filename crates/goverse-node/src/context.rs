@@ -136,7 +136,9 @@ impl ObjectContext {
         store
             .save(job)
             .await
-            .map_err(|failure| failure.into_call_error(&what))
+            .map_err(|failure| failure.into_call_error(&what))?;
+        node.count_saves(1);
+        Ok(())
     }
 
     /// A handle to the node, for calls that should start a new chain (they will not be detected

@@ -242,7 +242,8 @@ impl NodeInner {
         Ok(Fence { shard, epoch })
     }
 
-    /// Counts states committed outside the periodic and shutdown saves (idle closes).
+    /// Counts states committed outside the periodic and shutdown saves (write-through turns,
+    /// idle closes).
     pub(crate) fn count_saves(&self, n: u64) {
         self.counters.saves.fetch_add(n, Ordering::Relaxed);
     }
