@@ -279,6 +279,16 @@ async fn a_pause_past_the_lease_then_a_restart_still_writes_and_stops_cleanly() 
         value + 1
     );
     assert_eq!(add(&mut client, "Counter", "q").await.unwrap(), 2);
+
+    // Ctrl-Z past the lease, fg, and Ctrl-C at once: the node stops while it may still be
+    // fenced, takes back the shards nobody else holds, and saves the periodic counter.
+    demo.process.signal("-STOP");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    demo.process.signal("-CONT");
+    assert_eq!(demo.stop(), Some(0), "saved at the stop after the pause");
+    demo.restart();
+    let mut client = gate(&demo.grpc).await;
+    assert_eq!(get(&mut client, "Counter", "q").await, 2);
     assert_eq!(demo.stop(), Some(0));
 }
 

@@ -51,19 +51,21 @@ impl GrpcGate {
         &self,
         request: &Request<T>,
         client_id: &str,
-    ) -> Result<Arc<ClientIdentity>, Status> {
+    ) -> Result<Arc<ClientIdentity>, CallError> {
         let remote: Option<SocketAddr> = request.remote_addr();
         let clients = &self.inner.clients;
         if !client_id.is_empty() {
             let Some(entry) = clients.get(client_id) else {
-                return Err(Status::not_found(format!(
-                    "client {client_id:?} is not registered at this gate"
-                )));
+                return Err(CallError::new(
+                    ErrorCode::NotFound,
+                    format!("client {client_id:?} is not registered at this gate"),
+                ));
             };
             if entry.binding != Binding::Grpc(remote) || remote.is_none() {
-                return Err(Status::permission_denied(format!(
-                    "client {client_id:?} is not registered on this connection"
-                )));
+                return Err(CallError::new(
+                    ErrorCode::PermissionDenied,
+                    format!("client {client_id:?} is not registered on this connection"),
+                ));
             }
             return Ok(entry.identity.clone());
         }
@@ -71,10 +73,7 @@ impl GrpcGate {
             return Ok(entry.identity.clone());
         }
         let headers = request.metadata().clone().into_headers();
-        self.inner
-            .anonymous(&headers, remote)
-            .await
-            .map_err(|e| status_of(&e))
+        self.inner.anonymous(&headers, remote).await
     }
 }
 
@@ -116,7 +115,8 @@ impl GateService for GrpcGate {
     ) -> Result<Response<CallObjectResponse>, Status> {
         let identity = self
             .identity(&request, &request.get_ref().client_id)
-            .await?;
+            .await
+            .map_err(|e| status_of(&e))?;
         let r = request.into_inner();
         let response = self
             .inner
@@ -132,7 +132,10 @@ impl GateService for GrpcGate {
         &self,
         request: Request<CreateObjectRequest>,
     ) -> Result<Response<CreateObjectResponse>, Status> {
-        let identity = self.identity(&request, "").await?;
+        let identity = self
+            .identity(&request, "")
+            .await
+            .map_err(|e| status_of(&e))?;
         let r = request.into_inner();
         self.inner
             .create(&identity, &r.r#type, &r.id)
@@ -145,7 +148,10 @@ impl GateService for GrpcGate {
         &self,
         request: Request<DeleteObjectRequest>,
     ) -> Result<Response<DeleteObjectResponse>, Status> {
-        let identity = self.identity(&request, "").await?;
+        let identity = self
+            .identity(&request, "")
+            .await
+            .map_err(|e| status_of(&e))?;
         let r = request.into_inner();
         self.inner
             .delete(&identity, &r.r#type, &r.id)
@@ -171,13 +177,7 @@ impl GateService for GrpcGate {
         };
         let identity = match self.identity(&request, "").await {
             Ok(identity) => identity,
-            Err(status) => {
-                let code = ErrorCode::ALL
-                    .into_iter()
-                    .find(|c| c.grpc_code() == status.code() as i32)
-                    .unwrap_or(ErrorCode::Unauthenticated);
-                return skipped(CallError::new(code, status.message()));
-            }
+            Err(err) => return skipped(err),
         };
         let r = request.into_inner();
         let answer = self

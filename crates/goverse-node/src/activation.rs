@@ -98,6 +98,8 @@ pub(crate) struct ReliableRequest {
     pub(crate) call_id: Arc<str>,
     /// The method's index.
     pub(crate) method: usize,
+    /// The method's kind.
+    pub(crate) kind: MethodKind,
 }
 
 /// A live object of type `T`.
@@ -336,18 +338,18 @@ impl<T: Dispatch> Activation<T> {
         }
     }
 
-    /// Runs method `method` under `permit`, catching a panic. Returns the method's result and
-    /// whether the activation was discarded (a write turn that panicked).
+    /// Runs method `method` of kind `kind` under `permit`, catching a panic. Returns the
+    /// method's result and whether the activation was discarded (a write method that panicked).
+    /// A read method runs on a shared borrow whatever the turn (a reliable call takes a write
+    /// turn for it); a write method needs the write turn.
     async fn dispatch(
         permit: &TurnPermit,
         method: usize,
+        kind: MethodKind,
         request: Payload,
         ctx: &ObjectContext,
     ) -> (Result<Payload, CallError>, bool) {
         let this = Self::of(permit);
-        // A read method runs on a shared borrow whatever the turn (a reliable call takes a write
-        // turn for it); a write method needs the write turn.
-        let kind = T::METHODS.get(method).map_or(MethodKind::Write, |m| m.kind);
         let outcome = match kind {
             MethodKind::Read => {
                 let object = this.object(permit);
@@ -400,8 +402,10 @@ impl<T: Dispatch> Activation<T> {
     ) -> Result<Payload, CallError> {
         let this = Self::of(&permit);
         let ctx = Self::context(&permit, deadline, client);
-        let (result, discarded) = Self::dispatch(&permit, method, request, &ctx).await;
-        if discarded || permit.kind() != MethodKind::Write || !this.writes_through() {
+        // The turn's kind is the method's: calls take the turn their method needs.
+        let kind = permit.kind();
+        let (result, discarded) = Self::dispatch(&permit, method, kind, request, &ctx).await;
+        if discarded || kind != MethodKind::Write || !this.writes_through() {
             return result;
         }
         // Write-through: the reply waits for the commit of the state this turn left, whatever
@@ -464,7 +468,8 @@ impl<T: Dispatch> Activation<T> {
         }
 
         let ctx = Self::context(&permit, deadline, client);
-        let (result, discarded) = Self::dispatch(&permit, call.method, request, &ctx).await;
+        let (result, discarded) =
+            Self::dispatch(&permit, call.method, call.kind, request, &ctx).await;
         let record = ReliableCall {
             call_id: call.call_id.to_string(),
             object_id: this.id.to_string(),
@@ -475,7 +480,7 @@ impl<T: Dispatch> Activation<T> {
         };
         // The record commits with the state the call left; a read, or a write whose activation
         // was discarded (a panic), leaves the stored state as it is.
-        let change = if discarded || spec.kind == MethodKind::Read {
+        let change = if discarded || call.kind == MethodKind::Read {
             Ok(Change::Unchanged)
         } else {
             this.dirty.store(false, Ordering::Relaxed);

@@ -163,7 +163,10 @@ pub(crate) async fn keep_alive(node: Arc<NodeInner>, lease: LeaseId) {
                         fenced = true;
                     }
                     if matches!(err, ClusterError::LeaseExpired(_)) && rejoin(&node).await {
-                        lease = node.lease.lock().expect("rejoined with a lease");
+                        let Some(renewed) = *node.lease.lock() else {
+                            return;
+                        };
+                        lease = renewed;
                         last_renewed = tokio::time::Instant::now();
                         fenced = false;
                     }

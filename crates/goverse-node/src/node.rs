@@ -117,6 +117,8 @@ pub(crate) struct NodeInner {
     store_stop: CancellationToken,
     pub(crate) cluster: Arc<dyn ClusterStore>,
     pub(crate) lease: Mutex<Option<LeaseId>>,
+    /// The lease renewal task, which shutdown waits for before it saves.
+    renewing: Mutex<Option<tokio::task::JoinHandle<()>>>,
     state: AtomicU8,
     clock: tokio::time::Instant,
     tasks: TaskTracker,
@@ -389,27 +391,7 @@ impl NodeInner {
         } = scope;
         self.check_serving()?;
         let shard = self.route(id)?;
-        let (index, kind) = match method {
-            MethodRef::Index(index, kind) => (index, kind),
-            MethodRef::Name(name) => {
-                let entry = self.entry(type_name)?;
-                let index = entry
-                    .method_index(name)
-                    .ok_or_else(|| CallError::unknown_method(type_name, name))?;
-                let spec = &entry.methods()[index];
-                // Refuse a request of the wrong type before activating anything for it.
-                let expected = (spec.request)();
-                if !request.has_name(&expected) {
-                    return Err(CallError::wrong_payload(
-                        type_name,
-                        spec.name,
-                        &expected,
-                        &request.full_name(),
-                    ));
-                }
-                (index, spec.kind)
-            }
-        };
+        let (index, kind) = self.resolve(type_name, method, &request)?;
         let work = async move {
             let (activation, permit) = self
                 .turn_on(
@@ -427,6 +409,36 @@ impl NodeInner {
             Detached::new(activation.run(permit, index, request, deadline, client)).await
         };
         with_deadline(work, deadline, || format!("{type_name}/{id}")).await
+    }
+
+    /// The method a call names, as index and kind. A call by name is checked here: the type and
+    /// method exist, and the request is of the type the method takes (refused before anything
+    /// is activated for it). A typed stub's call was checked at compile time.
+    fn resolve(
+        &self,
+        type_name: &str,
+        method: MethodRef<'_>,
+        request: &Payload,
+    ) -> Result<(usize, MethodKind), CallError> {
+        let name = match method {
+            MethodRef::Index(index, kind) => return Ok((index, kind)),
+            MethodRef::Name(name) => name,
+        };
+        let entry = self.entry(type_name)?;
+        let index = entry
+            .method_index(name)
+            .ok_or_else(|| CallError::unknown_method(type_name, name))?;
+        let spec = &entry.methods()[index];
+        let expected = (spec.request)();
+        if !request.has_name(&expected) {
+            return Err(CallError::wrong_payload(
+                type_name,
+                spec.name,
+                &expected,
+                &request.full_name(),
+            ));
+        }
+        Ok((index, spec.kind))
     }
 
     /// The reliable-call path: the checks a call gets, then one write turn that answers an
@@ -464,25 +476,10 @@ impl NodeInner {
                     self.address
                 )));
             }
-            let index = match method {
-                MethodRef::Index(index, _) => index,
-                MethodRef::Name(name) => entry
-                    .method_index(name)
-                    .ok_or_else(|| CallError::unknown_method(type_name, name))?,
-            };
-            let spec = &entry.methods()[index];
-            let expected = (spec.request)();
-            if !request.has_name(&expected) {
-                return Err(CallError::wrong_payload(
-                    type_name,
-                    spec.name,
-                    &expected,
-                    &request.full_name(),
-                ));
-            }
-            Ok((shard, index))
+            let (index, kind) = self.resolve(type_name, method, &request)?;
+            Ok((shard, index, kind))
         })();
-        let (shard, index) = match checked {
+        let (shard, index, kind) = match checked {
             Ok(found) => found,
             Err(err) => return Ok(ReliableOutcome::Skipped(err)),
         };
@@ -511,6 +508,7 @@ impl NodeInner {
             let call = ReliableRequest {
                 call_id,
                 method: index,
+                kind,
             };
             Ok(
                 Detached::new(activation.run_reliable(permit, call, request, deadline, client))
@@ -752,6 +750,12 @@ impl NodeInner {
         }
         let deadline = tokio::time::Instant::now() + grace;
         self.cancel.cancel();
+        // A renewal or rejoin in progress finishes before the saves (and before `leave` takes
+        // the lease), so the shards it re-claims can be saved to.
+        let renewing = self.renewing.lock().take();
+        if let Some(renewing) = renewing {
+            let _ = tokio::time::timeout_at(deadline, renewing).await;
+        }
 
         // Close every activation, collecting the states to save in batches.
         let deactivations_before = self.counters.deactivations.load(Ordering::Relaxed);
@@ -993,6 +997,7 @@ impl NodeBuilder {
                 .cluster
                 .unwrap_or_else(|| Arc::new(MemoryClusterStore::new())),
             lease: Mutex::new(None),
+            renewing: Mutex::new(None),
             state: AtomicU8::new(STARTING),
             clock: tokio::time::Instant::now(),
             tasks,
@@ -1009,9 +1014,10 @@ impl NodeBuilder {
         inner.state.store(RUNNING, Ordering::Release);
 
         let lease = inner.lease.lock().expect("joined with a lease");
-        inner
+        let renewing = inner
             .tasks
             .spawn(membership::keep_alive(inner.clone(), lease));
+        *inner.renewing.lock() = Some(renewing);
         if let Some(interval) = inner.idle_check_interval() {
             let node = inner.clone();
             inner.tasks.spawn(async move {

@@ -297,12 +297,7 @@ async fn reliable_call_object(
     request: Option<prost_types::Any>,
     options: CallOptions,
 ) -> Result<ReliableOutcome, CallError> {
-    let id = id.into();
-    if id.as_str().is_empty() {
-        return Ok(ReliableOutcome::Skipped(CallError::invalid_argument(
-            "object id is empty",
-        )));
-    }
+    // An empty or malformed ID is refused (SKIPPED) where every call's ID is checked.
     let payload = Payload::Encoded(request.unwrap_or_else(empty_any));
     node.call_reliable_with(object_type, id, method, call_id, payload, options)
         .await

@@ -104,13 +104,13 @@ pub(crate) fn store_error(err: StoreError, what: &str) -> CallError {
 
 type Reply = oneshot::Sender<Result<(), SaveFailure>>;
 
-/// Counters the saver keeps.
+/// Counters the saver keeps (reported in `NodeStats`).
 #[derive(Debug, Default)]
 pub(crate) struct StoreCounters {
+    /// Transactions committed.
     pub(crate) commits: AtomicU64,
-    pub(crate) writes: AtomicU64,
+    /// Writes refused by a shard's fence.
     pub(crate) fence_refusals: AtomicU64,
-    pub(crate) loads: AtomicU64,
 }
 
 /// The node's handle on its store.
@@ -192,7 +192,6 @@ impl StoreLink {
 
     /// The object's record, loaded with whatever other loads are waiting.
     pub(crate) async fn load(&self, id: &ObjectId) -> Result<Option<StoredObject>, StoreError> {
-        self.counters.loads.fetch_add(1, Ordering::Relaxed);
         match &self.loads {
             Some(loads) => loads.get(id.clone()).await,
             None => self.store.load(id).await,
@@ -239,14 +238,12 @@ async fn run_saver(
             let writes: Vec<Write<'_>> = batch.iter().map(|(job, _)| job.as_write()).collect();
             store.commit(&writes).await
         };
-        counters.commits.fetch_add(1, Ordering::Relaxed);
         match outcome {
             Ok(results) => {
+                counters.commits.fetch_add(1, Ordering::Relaxed);
                 for ((job, reply), result) in batch.drain(..).zip(results) {
                     match &result {
-                        Ok(()) => {
-                            counters.writes.fetch_add(1, Ordering::Relaxed);
-                        }
+                        Ok(()) => {}
                         Err(refusal @ Refusal::StaleFence { .. }) => {
                             counters.fence_refusals.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(object = %job.id, cause = %refusal,

@@ -238,19 +238,15 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
     /// Returns the new epochs, in order; they are the fences for the writer's writes.
     async fn claim_shards(&self, claims: &[Fence]) -> Result<Vec<u64>, StoreError>;
 
-    /// The record of reliable call `call_id`, if any.
-    async fn reliable_call(&self, call_id: &str) -> Result<Option<ReliableCall>, StoreError>;
-
-    /// The records of `call_ids`, in the same order, in one query where the store can.
+    /// The records of `call_ids`, in the same order (`None` where there is none), in one query.
     async fn reliable_calls(
         &self,
         call_ids: &[&str],
-    ) -> Result<Vec<Option<ReliableCall>>, StoreError> {
-        let mut found = Vec::with_capacity(call_ids.len());
-        for call_id in call_ids {
-            found.push(self.reliable_call(call_id).await?);
-        }
-        Ok(found)
+    ) -> Result<Vec<Option<ReliableCall>>, StoreError>;
+
+    /// The record of reliable call `call_id`, if any.
+    async fn reliable_call(&self, call_id: &str) -> Result<Option<ReliableCall>, StoreError> {
+        Ok(self.reliable_calls(&[call_id]).await?.pop().flatten())
     }
 
     /// Removes reliable-call records older than `age`; returns how many.

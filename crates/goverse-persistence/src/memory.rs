@@ -131,9 +131,16 @@ impl ObjectStore for MemoryStore {
             .collect())
     }
 
-    async fn reliable_call(&self, call_id: &str) -> Result<Option<ReliableCall>, StoreError> {
+    async fn reliable_calls(
+        &self,
+        call_ids: &[&str],
+    ) -> Result<Vec<Option<ReliableCall>>, StoreError> {
         self.check_up()?;
-        Ok(self.state.lock().calls.get(call_id).map(|(c, _)| c.clone()))
+        let state = self.state.lock();
+        Ok(call_ids
+            .iter()
+            .map(|id| state.calls.get(*id).map(|(c, _)| c.clone()))
+            .collect())
     }
 
     async fn prune_reliable_calls(&self, age: Duration) -> Result<u64, StoreError> {

@@ -214,6 +214,9 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
     ),
 ];
 
+/// The schema version recorded in the migrations table.
+const SCHEMA_VERSION_SQL: &str = "SELECT COALESCE(MAX(version), 0) FROM goverse_schema_migrations";
+
 /// Every table this project writes, for `reset`.
 const TABLES: &[&str] = &[
     "goverse_reliable_calls",
@@ -420,10 +423,7 @@ impl PostgresStore {
             return Ok((0, has_objects));
         }
         let version: i32 = client
-            .query_one(
-                "SELECT COALESCE(MAX(version), 0) FROM goverse_schema_migrations",
-                &[],
-            )
+            .query_one(SCHEMA_VERSION_SQL, &[])
             .await
             .map_err(self.err())?
             .get(0);
@@ -457,10 +457,7 @@ impl PostgresStore {
         .await
         .map_err(self.err())?;
         let current: i32 = tx
-            .query_one(
-                "SELECT COALESCE(MAX(version), 0) FROM goverse_schema_migrations",
-                &[],
-            )
+            .query_one(SCHEMA_VERSION_SQL, &[])
             .await
             .map_err(self.err())?
             .get(0);
@@ -940,10 +937,6 @@ impl ObjectStore for PostgresStore {
                 .collect()
         })
         .await
-    }
-
-    async fn reliable_call(&self, call_id: &str) -> Result<Option<ReliableCall>, StoreError> {
-        Ok(self.reliable_calls(&[call_id]).await?.pop().flatten())
     }
 
     async fn reliable_calls(

@@ -556,10 +556,6 @@ impl ObjectStore for SqliteStore {
         .await
     }
 
-    async fn reliable_call(&self, call_id: &str) -> Result<Option<ReliableCall>, StoreError> {
-        Ok(self.reliable_calls(&[call_id]).await?.pop().flatten())
-    }
-
     async fn reliable_calls(
         &self,
         call_ids: &[&str],

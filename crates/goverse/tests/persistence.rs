@@ -154,8 +154,11 @@ impl ObjectStore for Counting {
     async fn claim_shards(&self, claims: &[Fence]) -> Result<Vec<u64>, StoreError> {
         self.inner.claim_shards(claims).await
     }
-    async fn reliable_call(&self, call_id: &str) -> Result<Option<ReliableCall>, StoreError> {
-        self.inner.reliable_call(call_id).await
+    async fn reliable_calls(
+        &self,
+        call_ids: &[&str],
+    ) -> Result<Vec<Option<ReliableCall>>, StoreError> {
+        self.inner.reliable_calls(call_ids).await
     }
     async fn prune_reliable_calls(&self, age: Duration) -> Result<u64, StoreError> {
         self.inner.prune_reliable_calls(age).await
