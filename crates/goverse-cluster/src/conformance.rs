@@ -1,15 +1,111 @@
-//! The contract every [`ClusterStore`] keeps (etcd included, later).
+//! The contract every [`ClusterStore`] keeps: run against the in-memory store and a real etcd.
 
 use std::time::Duration;
 
-use crate::{CasOutcome, ClusterError, ClusterStore, Expect, WatchEvent};
+use crate::{
+    CasOutcome, ClusterError, ClusterStore, Expect, MAX_TXN_OPS, TxnOp, TxnOutcome, TxnWrite,
+    WatchEvent,
+};
 
 pub(crate) async fn run_all(store: &dyn ClusterStore) {
     put_get_and_revisions(store).await;
     compare_and_set(store).await;
     prefix_listing(store).await;
+    transactions_apply_whole_or_not_at_all(store).await;
     watch_resumes_from_revision(store).await;
     leases_expire_and_take_keys(store).await;
+}
+
+fn put(key: &str, value: &str, expect: Option<Expect>) -> TxnWrite {
+    TxnWrite {
+        key: key.to_owned(),
+        expect,
+        op: TxnOp::Put {
+            value: value.as_bytes().to_vec(),
+            lease: None,
+        },
+    }
+}
+
+async fn transactions_apply_whole_or_not_at_all(store: &dyn ClusterStore) {
+    let (_, before) = store.get_prefix("/txn/").await.unwrap();
+    let mut watch = store.watch_prefix("/txn/", before).await.unwrap();
+    let writes = [
+        put("/txn/a", "1", Some(Expect::Absent)),
+        put("/txn/b", "1", Some(Expect::Absent)),
+        put("/txn/c", "1", None),
+    ];
+    let TxnOutcome::Applied(rev) = store.transact(&writes).await.unwrap() else {
+        panic!("a batch of fresh keys must apply");
+    };
+    let (kvs, _) = store.get_prefix("/txn/").await.unwrap();
+    assert_eq!(kvs.len(), 3);
+    assert!(kvs.iter().all(|kv| kv.mod_revision == rev), "one revision");
+    for _ in 0..3 {
+        let event = watch.recv().await.unwrap();
+        assert_eq!(event.revision(), rev);
+    }
+
+    // One stale expectation: nothing is written, and the current values come back.
+    let b = store.get("/txn/b").await.unwrap().unwrap();
+    let writes = [
+        put("/txn/b", "2", Some(Expect::ModRevision(b.mod_revision))),
+        put("/txn/a", "2", Some(Expect::Absent)),
+        TxnWrite {
+            key: "/txn/c".to_owned(),
+            expect: None,
+            op: TxnOp::Delete,
+        },
+    ];
+    let TxnOutcome::Conflict(current) = store.transact(&writes).await.unwrap() else {
+        panic!("an expectation failed: nothing may apply");
+    };
+    assert_eq!(current.len(), 3);
+    assert_eq!(current[0].as_ref().unwrap().value, b"1");
+    assert_eq!(current[1].as_ref().unwrap().key, "/txn/a");
+    assert_eq!(store.get("/txn/b").await.unwrap().unwrap().value, b"1");
+    assert!(
+        store.get("/txn/c").await.unwrap().is_some(),
+        "delete not applied"
+    );
+
+    // Fixed: the batch applies, the delete included.
+    let a = store.get("/txn/a").await.unwrap().unwrap();
+    let writes = [
+        put("/txn/b", "2", Some(Expect::ModRevision(b.mod_revision))),
+        put("/txn/a", "2", Some(Expect::ModRevision(a.mod_revision))),
+        TxnWrite {
+            key: "/txn/c".to_owned(),
+            expect: None,
+            op: TxnOp::Delete,
+        },
+    ];
+    assert!(matches!(
+        store.transact(&writes).await.unwrap(),
+        TxnOutcome::Applied(r) if r > rev
+    ));
+    assert_eq!(store.get("/txn/a").await.unwrap().unwrap().value, b"2");
+    assert_eq!(store.get("/txn/c").await.unwrap(), None);
+
+    // The largest batch allowed applies; one more write, or a key written twice, is refused.
+    let big: Vec<TxnWrite> = (0..MAX_TXN_OPS)
+        .map(|i| put(&format!("/txn/big/{i:03}"), "x", Some(Expect::Absent)))
+        .collect();
+    assert!(matches!(
+        store.transact(&big).await.unwrap(),
+        TxnOutcome::Applied(_)
+    ));
+    let mut too_big = big.clone();
+    too_big.push(put("/txn/big/one-more", "x", None));
+    assert!(matches!(
+        store.transact(&too_big).await,
+        Err(ClusterError::Rejected(_))
+    ));
+    let twice = [put("/txn/d", "1", None), put("/txn/d", "2", None)];
+    assert!(matches!(
+        store.transact(&twice).await,
+        Err(ClusterError::Rejected(ref text)) if text.contains("/txn/d")
+    ));
 }
 
 async fn put_get_and_revisions(store: &dyn ClusterStore) {

@@ -3,17 +3,27 @@
 //! [`ClusterStore`] is a small key/value contract shaped after etcd: keys with revisions, leases
 //! that expire, compare-and-set, and prefix watches that resume from a revision. The node uses it
 //! to register itself on a lease and to claim shards with compare-and-set, recording an epoch per
-//! shard ([`ShardRecord`]) that fences persisted writes. [`MemoryClusterStore`] is the embedded
-//! default; etcd implements the same trait.
+//! shard ([`ShardRecord`]) that fences persisted writes. Every key lives under one prefix
+//! ([`Keys`], `/goverse` by default).
+//!
+//! Two implementations keep the same contract, checked by one conformance suite:
+//! [`MemoryClusterStore`] (the embedded default, on tokio time) and [`EtcdClusterStore`] (etcd
+//! 3.4+ over its v3 gRPC API, every configured endpoint used).
 
+mod etcd;
 mod memory;
 mod shardmap;
 
 #[cfg(test)]
 mod conformance;
 
+pub use etcd::{EtcdClusterStore, EtcdConfig};
 pub use memory::MemoryClusterStore;
-pub use shardmap::{ShardRecord, keys};
+pub use shardmap::{DEFAULT_PREFIX, Keys, ShardRecord};
+
+/// The most writes one [`ClusterStore::transact`] call may carry (etcd's default
+/// `--max-txn-ops`). Larger batches are split by the caller into several transactions.
+pub const MAX_TXN_OPS: usize = 128;
 
 use std::time::Duration;
 
@@ -84,7 +94,44 @@ impl WatchEvent {
     }
 }
 
-/// Events of one watch, in revision order. Ends when the store goes away.
+/// One write of a [`ClusterStore::transact`] batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnWrite {
+    /// The key written.
+    pub key: String,
+    /// What the key must hold for the batch to apply; `None`: anything.
+    pub expect: Option<Expect>,
+    /// The change.
+    pub op: TxnOp,
+}
+
+/// What a [`TxnWrite`] does to its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxnOp {
+    /// Writes the value, attached to the lease if one is given.
+    Put {
+        /// The new value.
+        value: Vec<u8>,
+        /// The lease the key is attached to.
+        lease: Option<LeaseId>,
+    },
+    /// Deletes the key (a no-op when it is absent).
+    Delete,
+}
+
+/// The outcome of [`ClusterStore::transact`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxnOutcome {
+    /// Every write happened, all at this one revision.
+    Applied(Revision),
+    /// Some expectation failed and nothing was written; what each written key holds now, in
+    /// the order of the writes.
+    Conflict(Vec<Option<KeyValue>>),
+}
+
+/// Events of one watch, in revision order. Ends when the store goes away, or when the store
+/// can no longer replay what the watcher missed (its history was compacted while the watch was
+/// reconnecting): the watcher then lists the prefix again and watches from there.
 pub type WatchStream = mpsc::UnboundedReceiver<WatchEvent>;
 
 /// Why a cluster-store operation failed.
@@ -104,6 +151,9 @@ pub enum ClusterError {
     /// The store could not be reached.
     #[error("cluster store unavailable: {0}")]
     Unavailable(String),
+    /// The store refused the request as malformed or too large (the text says which).
+    #[error("cluster store refused the request: {0}")]
+    Rejected(String),
 }
 
 /// The coordination store: etcd in a cluster, [`MemoryClusterStore`] embedded.
@@ -134,6 +184,9 @@ pub trait ClusterStore: Send + Sync + std::fmt::Debug + 'static {
         value: Vec<u8>,
         lease: Option<LeaseId>,
     ) -> Result<CasOutcome, ClusterError>;
+    /// Applies every write or none: all expectations are checked and all writes land at one
+    /// revision, atomically. At most [`MAX_TXN_OPS`] writes, each key at most once.
+    async fn transact(&self, writes: &[TxnWrite]) -> Result<TxnOutcome, ClusterError>;
     /// Deletes a key; `false` when it did not exist.
     async fn delete(&self, key: &str) -> Result<bool, ClusterError>;
     /// Changes under `prefix` with revision greater than `after`.
@@ -142,4 +195,23 @@ pub trait ClusterStore: Send + Sync + std::fmt::Debug + 'static {
         prefix: &str,
         after: Revision,
     ) -> Result<WatchStream, ClusterError>;
+}
+
+/// Refuses a batch no store may apply: too many writes, or one key written twice.
+pub(crate) fn check_batch(writes: &[TxnWrite]) -> Result<(), ClusterError> {
+    if writes.len() > MAX_TXN_OPS {
+        return Err(ClusterError::Rejected(format!(
+            "a transaction carries {} writes, more than the {MAX_TXN_OPS} allowed",
+            writes.len()
+        )));
+    }
+    let mut keys: Vec<&str> = writes.iter().map(|w| w.key.as_str()).collect();
+    keys.sort_unstable();
+    if let Some(pair) = keys.windows(2).find(|pair| pair[0] == pair[1]) {
+        return Err(ClusterError::Rejected(format!(
+            "key {:?} is written twice in one transaction",
+            pair[0]
+        )));
+    }
+    Ok(())
 }

@@ -8,8 +8,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::{
-    CasOutcome, ClusterError, ClusterStore, Expect, KeyValue, LeaseId, Revision, WatchEvent,
-    WatchStream,
+    CasOutcome, ClusterError, ClusterStore, Expect, KeyValue, LeaseId, Revision, TxnOp, TxnOutcome,
+    TxnWrite, WatchEvent, WatchStream,
 };
 
 /// How many past events a watch can resume from.
@@ -54,45 +54,66 @@ impl State {
         self.history.push_back(event);
     }
 
+    fn check_lease(&self, lease: Option<LeaseId>) -> Result<(), ClusterError> {
+        match lease {
+            Some(LeaseId(id)) if !self.leases.contains_key(&id) => {
+                Err(ClusterError::LeaseExpired(id))
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn write(
         &mut self,
         key: &str,
         value: Vec<u8>,
         lease: Option<LeaseId>,
     ) -> Result<Revision, ClusterError> {
-        if let Some(LeaseId(id)) = lease
-            && !self.leases.contains_key(&id)
-        {
-            return Err(ClusterError::LeaseExpired(id));
-        }
+        self.check_lease(lease)?;
         self.revision += 1;
-        let create_revision = self
-            .keys
-            .get(key)
-            .map_or(self.revision, |kv| kv.create_revision);
+        self.write_at(self.revision, key, value, lease);
+        Ok(self.revision)
+    }
+
+    /// Writes at `revision`, which the caller has already taken.
+    fn write_at(&mut self, revision: Revision, key: &str, value: Vec<u8>, lease: Option<LeaseId>) {
+        let create_revision = self.keys.get(key).map_or(revision, |kv| kv.create_revision);
         let kv = KeyValue {
             key: key.to_owned(),
             value,
             create_revision,
-            mod_revision: self.revision,
+            mod_revision: revision,
             lease,
         };
         self.keys.insert(key.to_owned(), kv.clone());
         self.emit(WatchEvent::Put(kv));
-        Ok(self.revision)
     }
 
     fn remove(&mut self, key: &str) -> bool {
-        if self.keys.remove(key).is_none() {
+        if !self.keys.contains_key(key) {
             return false;
         }
         self.revision += 1;
-        let mod_revision = self.revision;
+        self.remove_at(self.revision, key)
+    }
+
+    fn remove_at(&mut self, revision: Revision, key: &str) -> bool {
+        if self.keys.remove(key).is_none() {
+            return false;
+        }
         self.emit(WatchEvent::Delete {
             key: key.to_owned(),
-            mod_revision,
+            mod_revision: revision,
         });
         true
+    }
+
+    fn matches(&self, key: &str, expect: Expect) -> bool {
+        match (expect, self.keys.get(key)) {
+            (Expect::Absent, None) => true,
+            (Expect::ModRevision(rev), Some(kv)) => kv.mod_revision == rev,
+            _ => false,
+        }
     }
 
     fn drop_lease(&mut self, id: i64) {
@@ -212,16 +233,43 @@ impl ClusterStore for MemoryClusterStore {
         lease: Option<LeaseId>,
     ) -> Result<CasOutcome, ClusterError> {
         let mut state = self.inner.lock();
-        let current = state.keys.get(key);
-        let matches = match (expect, current) {
-            (Expect::Absent, None) => true,
-            (Expect::ModRevision(rev), Some(kv)) => kv.mod_revision == rev,
-            _ => false,
-        };
-        if !matches {
-            return Ok(CasOutcome::Conflict(current.cloned()));
+        if !state.matches(key, expect) {
+            return Ok(CasOutcome::Conflict(state.keys.get(key).cloned()));
         }
         state.write(key, value, lease).map(CasOutcome::Applied)
+    }
+
+    async fn transact(&self, writes: &[TxnWrite]) -> Result<TxnOutcome, ClusterError> {
+        crate::check_batch(writes)?;
+        let mut state = self.inner.lock();
+        let all_match = writes
+            .iter()
+            .all(|w| w.expect.is_none_or(|expect| state.matches(&w.key, expect)));
+        if !all_match {
+            let current = writes
+                .iter()
+                .map(|w| state.keys.get(&w.key).cloned())
+                .collect();
+            return Ok(TxnOutcome::Conflict(current));
+        }
+        for write in writes {
+            if let TxnOp::Put { lease, .. } = &write.op {
+                state.check_lease(*lease)?;
+            }
+        }
+        state.revision += 1;
+        let revision = state.revision;
+        for write in writes {
+            match &write.op {
+                TxnOp::Put { value, lease } => {
+                    state.write_at(revision, &write.key, value.clone(), *lease);
+                }
+                TxnOp::Delete => {
+                    state.remove_at(revision, &write.key);
+                }
+            }
+        }
+        Ok(TxnOutcome::Applied(revision))
     }
 
     async fn delete(&self, key: &str) -> Result<bool, ClusterError> {

@@ -1,22 +1,76 @@
 use goverse_core::{NodeAddr, ShardId};
 
-/// Key layout in the cluster store.
-pub mod keys {
-    use goverse_core::{NodeAddr, ShardId};
+/// The prefix every GoVerse key lives under unless configured otherwise (as upstream).
+pub const DEFAULT_PREFIX: &str = "/goverse";
+
+/// Where a cluster keeps its keys: everything under one prefix (`/goverse` by default), so
+/// several clusters can share one etcd.
+///
+/// ```text
+/// {prefix}/nodes/{host:port}     a live node, on its lease
+/// {prefix}/shards/{00000..}      a shard record (target, current, epoch)
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Self {
+            prefix: DEFAULT_PREFIX.to_owned(),
+        }
+    }
+}
+
+impl Keys {
+    /// A layout under `prefix`: it must start with `/`, must not end with one, and may hold
+    /// no whitespace.
+    pub fn new(prefix: &str) -> Result<Self, String> {
+        if !prefix.starts_with('/')
+            || prefix.len() < 2
+            || prefix.ends_with('/')
+            || prefix.chars().any(char::is_whitespace)
+        {
+            return Err(format!(
+                "cluster key prefix {prefix:?} must start with '/', not end with '/', \
+                 and hold no whitespace (e.g. \"/goverse\")"
+            ));
+        }
+        Ok(Self {
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    /// The prefix itself.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
 
     /// Prefix of live node registrations (each on its node's lease).
-    pub const NODES: &str = "/goverse/nodes/";
-    /// Prefix of shard records.
-    pub const SHARDS: &str = "/goverse/shards/";
+    pub fn nodes(&self) -> String {
+        format!("{}/nodes/", self.prefix)
+    }
 
     /// A node's registration key.
-    pub fn node(addr: &NodeAddr) -> String {
-        format!("{NODES}{addr}")
+    pub fn node(&self, addr: &NodeAddr) -> String {
+        format!("{}/nodes/{addr}", self.prefix)
+    }
+
+    /// Prefix of shard records.
+    pub fn shards(&self) -> String {
+        format!("{}/shards/", self.prefix)
     }
 
     /// A shard's record key (zero-padded so prefix listings come back in shard order).
-    pub fn shard(shard: ShardId) -> String {
-        format!("{SHARDS}{:05}", shard.0)
+    pub fn shard(&self, shard: ShardId) -> String {
+        format!("{}/shards/{:05}", self.prefix, shard.0)
+    }
+
+    /// The shard a record key names, if it is one.
+    pub fn shard_of_key(&self, key: &str) -> Option<ShardId> {
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix("/shards/")?;
+        rest.parse::<u32>().ok().map(ShardId)
     }
 }
 
@@ -91,6 +145,14 @@ mod tests {
             rec
         );
         assert!(ShardRecord::decode(ShardId(1), b"nonsense").is_err());
-        assert_eq!(keys::shard(ShardId(7)), "/goverse/shards/00007");
+        let keys = Keys::default();
+        assert_eq!(keys.shard(ShardId(7)), "/goverse/shards/00007");
+        assert_eq!(keys.shard_of_key("/goverse/shards/00007"), Some(ShardId(7)));
+        assert_eq!(keys.shard_of_key("/other/shards/00007"), None);
+        let keys = Keys::new("/apps/game1").unwrap();
+        assert_eq!(keys.nodes(), "/apps/game1/nodes/");
+        for bad in ["", "/", "goverse", "/goverse/", "/a b"] {
+            assert!(Keys::new(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -28,6 +28,9 @@ pub struct NodeConfig {
     /// twenty-fourth of it, at most hourly). A retry arriving later than this runs the call
     /// again. Default 7 days.
     pub reliable_call_retention: Duration,
+    /// The prefix of every key this node writes in the cluster store (`/goverse`, as upstream);
+    /// every node and gate of one cluster uses the same one.
+    pub cluster_prefix: String,
 }
 
 impl Default for NodeConfig {
@@ -41,6 +44,7 @@ impl Default for NodeConfig {
             save_interval: Duration::from_secs(60),
             lease_ttl: Duration::from_secs(15),
             reliable_call_retention: Duration::from_secs(7 * 24 * 3600),
+            cluster_prefix: goverse_cluster::DEFAULT_PREFIX.to_owned(),
         }
     }
 }
@@ -72,6 +76,7 @@ impl NodeConfig {
                 self.reliable_call_retention
             ));
         }
+        goverse_cluster::Keys::new(&self.cluster_prefix)?;
         if let Some(interval) = self.idle_check_interval
             && interval.is_zero()
         {

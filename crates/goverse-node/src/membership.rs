@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use goverse_cluster::{CasOutcome, ClusterError, Expect, LeaseId, ShardRecord, keys};
+use goverse_cluster::{CasOutcome, ClusterError, Expect, LeaseId, ShardRecord};
 use goverse_core::{NodeAddr, ShardId};
 use goverse_persistence::Fence;
 
@@ -25,7 +25,7 @@ pub(crate) async fn join(node: &Arc<NodeInner>) -> Result<(), String> {
         .grant_lease(node.config().lease_ttl)
         .await
         .map_err(|err| format!("cannot get a lease: {err}"))?;
-    let key = keys::node(&address);
+    let key = node.keys.node(&address);
     match cluster
         .compare_and_set(
             &key,
@@ -62,16 +62,17 @@ async fn claim_shards(node: &Arc<NodeInner>) -> Result<u32, String> {
     let cluster = &node.cluster;
     let me = node.address().clone();
     let (records, _) = cluster
-        .get_prefix(keys::SHARDS)
+        .get_prefix(&node.keys.shards())
         .await
         .map_err(cluster_error)?;
+    let nodes_prefix = node.keys.nodes();
     let (nodes, _) = cluster
-        .get_prefix(keys::NODES)
+        .get_prefix(&nodes_prefix)
         .await
         .map_err(cluster_error)?;
     let live: HashSet<String> = nodes
         .into_iter()
-        .map(|kv| kv.key[keys::NODES.len()..].to_owned())
+        .map(|kv| kv.key[nodes_prefix.len()..].to_owned())
         .collect();
     let mut existing = std::collections::HashMap::with_capacity(records.len());
     for kv in records {
@@ -80,7 +81,7 @@ async fn claim_shards(node: &Arc<NodeInner>) -> Result<u32, String> {
     let mut claimed: Vec<Fence> = Vec::new();
     for n in 0..node.shard_count() {
         let shard = ShardId(n);
-        let key = keys::shard(shard);
+        let key = node.keys.shard(shard);
         let (expect, epoch) = match existing.get(&key) {
             None => (Expect::Absent, 1),
             Some(kv) => {
@@ -194,13 +195,13 @@ pub(crate) async fn leave(node: &Arc<NodeInner>) {
     let me: NodeAddr = node.address().clone();
     fence(node);
     let cluster = &node.cluster;
-    match cluster.get_prefix(keys::SHARDS).await {
+    match cluster.get_prefix(&node.keys.shards()).await {
         Ok((records, _)) => {
             for kv in records {
-                let Some(n) = kv.key[keys::SHARDS.len()..].parse::<u32>().ok() else {
+                let Some(shard) = node.keys.shard_of_key(&kv.key) else {
                     continue;
                 };
-                let Ok(mut record) = ShardRecord::decode(ShardId(n), &kv.value) else {
+                let Ok(mut record) = ShardRecord::decode(shard, &kv.value) else {
                     continue;
                 };
                 if record.current.as_ref() != Some(&me) {

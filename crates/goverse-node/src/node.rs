@@ -10,7 +10,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use goverse_cluster::{ClusterStore, LeaseId, MemoryClusterStore};
+use goverse_cluster::{ClusterStore, Keys, LeaseId, MemoryClusterStore};
 use goverse_core::{
     CallError, ChainId, ClientIdentity, ErrorCode, Message, NodeAddr, ObjectId, ObjectIdKind,
     Payload, ShardId, fnv1a_32, shard_of,
@@ -116,6 +116,8 @@ pub(crate) struct NodeInner {
     /// Stops the saver and loader, once the last saves are done.
     store_stop: CancellationToken,
     pub(crate) cluster: Arc<dyn ClusterStore>,
+    /// Where this cluster's keys live in the cluster store.
+    pub(crate) keys: Keys,
     pub(crate) lease: Mutex<Option<LeaseId>>,
     /// The lease renewal task, which shutdown waits for before it saves.
     renewing: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -986,7 +988,9 @@ impl NodeBuilder {
         let store = self
             .store
             .map(|store| StoreLink::start(store, &tasks, store_stop.clone()));
+        let keys = Keys::new(&self.config.cluster_prefix).map_err(NodeError::Config)?;
         let inner = Arc::new(NodeInner {
+            keys,
             address: NodeAddr::new(self.config.address.as_str()),
             config: self.config,
             registry: self.registry,

@@ -4,9 +4,12 @@
 //!   passes, instead of sleeping a fixed time.
 //! - [`Process`]: a child process (node, gate, client) driven through its standard streams.
 //! - [`PostgresServer`]: a real PostgreSQL server of the test's own, on a free loopback port.
+//! - [`EtcdServer`]: a real one-member etcd of the test's own, on free loopback ports.
 
+mod etcd;
 mod postgres;
 
+pub use etcd::EtcdServer;
 pub use postgres::{POSTGRES_PASSWORD, POSTGRES_USER, PostgresServer, free_port, is_root};
 
 /// Polls `cond` every 5 ms until it is true; panics naming the condition after `timeout`

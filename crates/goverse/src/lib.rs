@@ -101,8 +101,9 @@ pub mod persistence {
 /// Cluster coordination.
 pub mod cluster {
     pub use goverse_cluster::{
-        CasOutcome, ClusterError, ClusterStore, Expect, KeyValue, LeaseId, MemoryClusterStore,
-        Revision, ShardRecord, WatchEvent, WatchStream, keys,
+        CasOutcome, ClusterError, ClusterStore, DEFAULT_PREFIX, EtcdClusterStore, EtcdConfig,
+        Expect, KeyValue, Keys, LeaseId, MAX_TXN_OPS, MemoryClusterStore, Revision, ShardRecord,
+        TxnOp, TxnOutcome, TxnWrite, WatchEvent, WatchStream,
     };
 }
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use goverse::cluster::{ClusterStore, MemoryClusterStore, ShardRecord, keys};
+use goverse::cluster::{ClusterStore, Keys, MemoryClusterStore, ShardRecord};
 use goverse::persistence::{MemoryStore, ObjectStore, SqliteStore};
 use goverse::prelude::*;
 use goverse::{ShardId, TypeOptions};
@@ -888,7 +888,7 @@ async fn shutdown_saves_refuses_new_calls_and_releases_shards() {
         .unwrap();
     assert_eq!(node.stats().owned_shards, 64);
     let record = cluster
-        .get(&keys::shard(ShardId(5)))
+        .get(&Keys::default().shard(ShardId(5)))
         .await
         .unwrap()
         .unwrap();
@@ -896,7 +896,7 @@ async fn shutdown_saves_refuses_new_calls_and_releases_shards() {
     assert_eq!(record.current.unwrap().as_str(), "127.0.0.1:47000");
     assert!(
         cluster
-            .get(&keys::node(node.address()))
+            .get(&Keys::default().node(node.address()))
             .await
             .unwrap()
             .is_some()
@@ -929,14 +929,17 @@ async fn shutdown_saves_refuses_new_calls_and_releases_shards() {
     assert_eq!(err.code(), ErrorCode::Unavailable);
     assert!(err.message().contains("shutting down"), "{err}");
     let record = cluster
-        .get(&keys::shard(ShardId(5)))
+        .get(&Keys::default().shard(ShardId(5)))
         .await
         .unwrap()
         .unwrap();
     let record = ShardRecord::decode(ShardId(5), &record.value).unwrap();
     assert_eq!(record.current, None, "shard released");
     assert_eq!(
-        cluster.get(&keys::node(node.address())).await.unwrap(),
+        cluster
+            .get(&Keys::default().node(node.address()))
+            .await
+            .unwrap(),
         None,
         "lease revoked"
     );
@@ -948,7 +951,7 @@ async fn shutdown_saves_refuses_new_calls_and_releases_shards() {
         .await
         .unwrap();
     let record = cluster
-        .get(&keys::shard(ShardId(5)))
+        .get(&Keys::default().shard(ShardId(5)))
         .await
         .unwrap()
         .unwrap();
