@@ -16,10 +16,15 @@ use goverse_persistence::ReliableCall;
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::node::NodeInner;
+use crate::host::Host;
 use crate::reliable::{self, RecentCalls, ReliableOutcome};
 use crate::store::{Change, SaveJob, store_error};
-use crate::turn::{self, Status, TurnPermit, TurnState};
+use crate::turn::{self, Scheduled, Status};
+
+/// A turn on a live object.
+pub(crate) type TurnPermit = turn::TurnPermit<dyn ActivationDyn>;
+/// The turn state of a live object.
+pub(crate) type TurnState = turn::TurnState<dyn ActivationDyn>;
 use crate::{Dispatch, Durability, MethodKind, ObjectContext};
 
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -40,7 +45,9 @@ pub(crate) trait ActivationDyn: Any + Send + Sync + fmt::Debug {
     fn id(&self) -> &ObjectId;
     fn type_name(&self) -> &'static str;
     fn shard(&self) -> ShardId;
-    fn node(&self) -> &Arc<NodeInner>;
+    /// Tells this activation apart from earlier and later ones of the same object.
+    fn serial(&self) -> u64;
+    fn host(&self) -> &Arc<dyn Host>;
     fn turn_state(&self) -> &Mutex<TurnState>;
     fn idle_timeout(&self) -> Duration;
     /// Records a call, for idle tracking.
@@ -91,6 +98,20 @@ pub(crate) trait ActivationDyn: Any + Send + Sync + fmt::Debug {
     fn timers(&self) -> &Mutex<Vec<(Arc<str>, CancellationToken)>>;
 }
 
+impl Scheduled for dyn ActivationDyn {
+    fn turn_state(&self) -> &Mutex<TurnState> {
+        ActivationDyn::turn_state(self)
+    }
+
+    fn id(&self) -> &ObjectId {
+        ActivationDyn::id(self)
+    }
+
+    fn type_name(&self) -> &'static str {
+        ActivationDyn::type_name(self)
+    }
+}
+
 /// A reliable call as the activation runs it.
 #[derive(Debug)]
 pub(crate) struct ReliableRequest {
@@ -106,7 +127,8 @@ pub(crate) struct ReliableRequest {
 pub(crate) struct Activation<T> {
     id: ObjectId,
     shard: ShardId,
-    node: Arc<NodeInner>,
+    serial: u64,
+    host: Arc<dyn Host>,
     idle_timeout: Duration,
     turn: Mutex<TurnState>,
     touched: AtomicBool,
@@ -134,7 +156,7 @@ impl<T> fmt::Debug for Activation<T> {
 
 impl<T: Dispatch> Activation<T> {
     pub(crate) fn new(
-        node: Arc<NodeInner>,
+        host: Arc<dyn Host>,
         id: ObjectId,
         shard: ShardId,
         object: T,
@@ -142,10 +164,13 @@ impl<T: Dispatch> Activation<T> {
         activating_chain: ChainId,
         now_ms: u64,
     ) -> Self {
+        /// Activations made by this process so far.
+        static SERIALS: AtomicU64 = AtomicU64::new(0);
         Self {
             id,
             shard,
-            node,
+            serial: SERIALS.fetch_add(1, Ordering::Relaxed),
+            host,
             idle_timeout,
             turn: Mutex::new(TurnState::activating(activating_chain)),
             touched: AtomicBool::new(false),
@@ -208,9 +233,9 @@ impl<T: Dispatch> Activation<T> {
 
     /// Takes the activation out of service: off the table, closed to new turns. Waiters are told
     /// to look the object up again when `permit` is dropped.
-    fn retire(&self, permit: &TurnPermit) {
+    fn retire(&self, _permit: &TurnPermit) {
         self.cancel_timers();
-        self.node.remove_activation(permit.activation());
+        self.host.detach(self.shard, &self.id, self.serial);
         turn::set_status(&self.turn, Status::Closed);
     }
 
@@ -222,7 +247,7 @@ impl<T: Dispatch> Activation<T> {
         let object = this.object_mut(permit);
         let mut restored = false;
         if T::PERSISTENT
-            && let Some(store) = this.node.store()
+            && let Some(store) = this.host.store()
         {
             let record = store.load(&this.id).await.map_err(|err| {
                 store_error(
@@ -293,7 +318,7 @@ impl<T: Dispatch> Activation<T> {
             Ok(()) => turn::set_status(&this.turn, Status::Active),
             Err(err) => {
                 tracing::warn!(object = %this.id, r#type = T::TYPE_NAME, error = %err, "activation failed");
-                this.node.remove_activation(permit.activation());
+                this.host.detach(this.shard, &this.id, this.serial);
                 turn::set_status(&this.turn, Status::Failed(err));
             }
         }
@@ -311,7 +336,7 @@ impl<T: Dispatch> Activation<T> {
 
     /// Whether write turns of `T` commit before they reply on this node.
     fn writes_through(&self) -> bool {
-        T::PERSISTENT && T::DURABILITY == Durability::WriteThrough && self.node.store().is_some()
+        T::PERSISTENT && T::DURABILITY == Durability::WriteThrough && self.host.store().is_some()
     }
 
     fn what(&self) -> String {
@@ -321,14 +346,14 @@ impl<T: Dispatch> Activation<T> {
     /// Commits the current state (a write turn's end, `ctx.save`). On failure the caller decides
     /// what happens to the activation.
     async fn commit_state(&self, permit: &TurnPermit) -> Result<(), CallError> {
-        let Some(store) = self.node.store() else {
+        let Some(store) = self.host.store() else {
             return Ok(());
         };
         self.dirty.store(false, Ordering::Relaxed);
         let job = self.save_job(permit)?;
         match store.save(job).await {
             Ok(()) => {
-                self.node.count_saves(1);
+                self.host.count_saves(1);
                 Ok(())
             }
             Err(failure) => {
@@ -431,7 +456,7 @@ impl<T: Dispatch> Activation<T> {
         client: Option<Arc<ClientIdentity>>,
     ) -> ReliableOutcome {
         let this = Self::of(&permit);
-        let Some(store) = this.node.store() else {
+        let Some(store) = this.host.store() else {
             return ReliableOutcome::Skipped(CallError::unavailable(
                 "reliable calls need an object store",
             ));
@@ -486,7 +511,7 @@ impl<T: Dispatch> Activation<T> {
             this.dirty.store(false, Ordering::Relaxed);
             this.snapshot(&permit).map(Change::Save)
         };
-        let job = match (change, this.node.fence(this.shard)) {
+        let job = match (change, this.host.fence(this.shard)) {
             (Ok(change), Ok(fence)) => SaveJob {
                 id: this.id.clone(),
                 object_type: T::TYPE_NAME,
@@ -532,11 +557,7 @@ impl<T: Dispatch> Activation<T> {
         reason: CloseReason,
     ) -> Result<Option<Vec<u8>>, CallError> {
         let this = Self::of(&permit);
-        let ctx = Self::context(
-            &permit,
-            Instant::now() + this.node.config().call_timeout,
-            None,
-        );
+        let ctx = Self::context(&permit, Instant::now() + this.host.call_timeout(), None);
         let object = this.object_mut(&permit);
         match AssertUnwindSafe(object.on_deactivate(&ctx))
             .catch_unwind()
@@ -550,7 +571,7 @@ impl<T: Dispatch> Activation<T> {
         }
         let mut handed_back = None;
         if T::PERSISTENT
-            && let Some(store) = this.node.store()
+            && let Some(store) = this.host.store()
         {
             match reason {
                 // Only changed state is written: an object that was only read is stored as is.
@@ -569,7 +590,7 @@ impl<T: Dispatch> Activation<T> {
                         id: this.id.clone(),
                         object_type: T::TYPE_NAME,
                         change: Change::Delete,
-                        fence: this.node.fence(this.shard)?,
+                        fence: this.host.fence(this.shard)?,
                         reliable: None,
                     };
                     store.save(job).await.map_err(|failure| {
@@ -589,7 +610,7 @@ impl<T: Dispatch> Activation<T> {
 
     async fn timer_turn(permit: TurnPermit, name: Arc<str>) {
         let this = Self::of(&permit);
-        let deadline = Instant::now() + this.node.config().call_timeout;
+        let deadline = Instant::now() + this.host.call_timeout();
         let ctx = Self::context(&permit, deadline, None);
         if T::PERSISTENT {
             this.dirty.store(true, Ordering::Relaxed);
@@ -633,8 +654,12 @@ impl<T: Dispatch> ActivationDyn for Activation<T> {
         self.shard
     }
 
-    fn node(&self) -> &Arc<NodeInner> {
-        &self.node
+    fn serial(&self) -> u64 {
+        self.serial
+    }
+
+    fn host(&self) -> &Arc<dyn Host> {
+        &self.host
     }
 
     fn turn_state(&self) -> &Mutex<TurnState> {
@@ -723,7 +748,7 @@ impl<T: Dispatch> ActivationDyn for Activation<T> {
             id: self.id.clone(),
             object_type: T::TYPE_NAME,
             change: Change::Save(self.snapshot(permit)?),
-            fence: self.node.fence(self.shard)?,
+            fence: self.host.fence(self.shard)?,
             reliable: None,
         })
     }

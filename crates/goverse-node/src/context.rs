@@ -6,12 +6,12 @@ use goverse_core::{CallError, ChainId, ClientIdentity, Message, ObjectId};
 use tokio_util::sync::CancellationToken;
 
 use crate::activation::ActivationDyn;
-use crate::node::NodeInner;
+use crate::host::Host;
 use crate::store::{Change, SaveJob};
-use crate::{MethodKind, Node, turn};
+use crate::{MethodKind, turn};
 
 /// What a method sees of the runtime during its turn: who it is, the call chain it runs on, the
-/// deadline, timers, and (through [`Caller`]) calls to other objects on the same chain.
+/// deadline, timers, and (through [`Caller`](crate::Caller)) calls to other objects on the same chain.
 pub struct ObjectContext {
     activation: Arc<dyn ActivationDyn>,
     chain: ChainId,
@@ -68,7 +68,7 @@ impl ObjectContext {
     /// client, or one whose buffer is full, loses the message and the gate counts and logs it.
     /// Fails at once when no gate of that address is connected to this node.
     pub fn push(&self, client_id: &str, message: impl Message) -> Result<(), CallError> {
-        self.activation.node().push().to_client(client_id, message)
+        self.activation.host().push().to_client(client_id, message)
     }
 
     /// Pushes `message` to each of `client_ids` (one copy per gate involved), with the delivery
@@ -82,7 +82,7 @@ impl ObjectContext {
         message: impl Message,
     ) -> Vec<(String, CallError)> {
         self.activation
-            .node()
+            .host()
             .push()
             .to_clients(client_ids, message)
     }
@@ -90,7 +90,7 @@ impl ObjectContext {
     /// Pushes `message` to every client of every gate connected to this node; returns how many
     /// gates it was sent to.
     pub fn broadcast(&self, message: impl Message) -> usize {
-        self.activation.node().push().broadcast(message)
+        self.activation.host().push().broadcast(message)
     }
 
     /// Commits `state` (the object's current state: pass `self` from inside a method) to the
@@ -118,8 +118,8 @@ impl ObjectContext {
                 self.id()
             )));
         }
-        let node = self.activation.node();
-        let Some(store) = node.store() else {
+        let host = self.activation.host();
+        let Some(store) = host.store() else {
             return Ok(());
         };
         let what = format!("state of {}/{}", T::TYPE_NAME, self.id());
@@ -130,21 +130,29 @@ impl ObjectContext {
             id: self.id().clone(),
             object_type: T::TYPE_NAME,
             change: Change::Save(data),
-            fence: node.fence(self.activation.shard())?,
+            fence: host.fence(self.activation.shard())?,
             reliable: None,
         };
         store
             .save(job)
             .await
             .map_err(|failure| failure.into_call_error(&what))?;
-        node.count_saves(1);
+        host.count_saves(1);
         Ok(())
     }
 
-    /// A handle to the node, for calls that should start a new chain (they will not be detected
-    /// as re-entrant, and do not inherit this deadline).
-    pub fn node(&self) -> Node {
-        Node::from_inner(self.activation.node().clone())
+    /// A caller for calls that start a new chain from this turn: they are not detected as
+    /// re-entrant, do not inherit this deadline, and act for no client.
+    pub fn new_chain(&self) -> NewChain<'_> {
+        NewChain { context: self }
+    }
+
+    pub(crate) fn host(&self) -> &Arc<dyn Host> {
+        self.activation.host()
+    }
+
+    pub(crate) fn client_arc(&self) -> Option<&Arc<ClientIdentity>> {
+        self.client.as_ref()
     }
 
     /// Calls [`Object::on_timer`](crate::Object::on_timer) with `name` every `period`, as a
@@ -182,7 +190,7 @@ impl ObjectContext {
         }
         let activation = self.activation.clone();
         let period = period.max(Duration::from_millis(1));
-        self.activation.node().spawn_task(async move {
+        self.activation.host().spawn(Box::pin(async move {
             loop {
                 tokio::select! {
                     () = token.cancelled() => return,
@@ -213,8 +221,14 @@ impl ObjectContext {
                     return;
                 }
             }
-        });
+        }));
     }
+}
+
+/// Calls from a turn on new chains; see [`ObjectContext::new_chain`].
+#[derive(Debug)]
+pub struct NewChain<'a> {
+    pub(crate) context: &'a ObjectContext,
 }
 
 impl fmt::Debug for ObjectContext {
@@ -224,51 +238,6 @@ impl fmt::Debug for ObjectContext {
             .field("id", self.id())
             .field("chain", &self.chain)
             .finish_non_exhaustive()
-    }
-}
-
-/// Where a call comes from: a [`Node`] handle (a new call chain) or an [`ObjectContext`] (the
-/// running turn's chain and deadline). Generated `…Ref` stubs take any `Caller`.
-pub trait Caller: sealed::Sealed {
-    #[doc(hidden)]
-    fn call_origin(&self) -> CallOrigin<'_>;
-}
-
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for crate::Node {}
-    impl Sealed for crate::ObjectContext {}
-}
-
-/// The node, chain and deadline a call starts from.
-#[doc(hidden)]
-#[derive(Debug)]
-pub struct CallOrigin<'a> {
-    pub(crate) node: &'a Arc<NodeInner>,
-    pub(crate) chain: Option<ChainId>,
-    pub(crate) deadline: Option<Instant>,
-    pub(crate) client: Option<&'a Arc<ClientIdentity>>,
-}
-
-impl Caller for ObjectContext {
-    fn call_origin(&self) -> CallOrigin<'_> {
-        CallOrigin {
-            node: self.activation.node(),
-            chain: Some(self.chain),
-            deadline: Some(self.deadline),
-            client: self.client.as_ref(),
-        }
-    }
-}
-
-impl Caller for Node {
-    fn call_origin(&self) -> CallOrigin<'_> {
-        CallOrigin {
-            node: self.inner(),
-            chain: None,
-            deadline: None,
-            client: None,
-        }
     }
 }
 

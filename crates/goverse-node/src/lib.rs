@@ -15,8 +15,11 @@
 //! - [`Object`], [`Dispatch`], [`ObjectContext`]: what object types implement and see.
 
 mod activation;
+mod caller;
 mod config;
 mod context;
+mod directory;
+mod host;
 mod membership;
 mod node;
 mod object;
@@ -27,8 +30,9 @@ mod service;
 mod store;
 mod turn;
 
+pub use caller::{CallOrigin, Caller};
 pub use config::NodeConfig;
-pub use context::{CallOptions, CallOrigin, Caller, ObjectContext};
+pub use context::{CallOptions, NewChain, ObjectContext};
 pub use node::{Node, NodeBuilder, NodeError, NodeStats, ShutdownReport};
 pub use object::{
     Dispatch, Durability, MethodKind, MethodSpec, Object, ObjectError, from_json_state,
@@ -48,7 +52,8 @@ pub mod __private {
 
     use goverse_core::{CallError, ChainId, Message, ObjectId, Payload};
 
-    use crate::node::{CallScope, MethodRef, deadline_for};
+    use crate::caller::Via;
+    use crate::host::{CallScope, MethodRef, deadline_for};
     use crate::{Caller, Dispatch, ObjectError};
 
     /// Decodes a request for `T.method`, naming both message types when it is the wrong one.
@@ -93,7 +98,11 @@ pub mod __private {
     ) -> Result<Resp, CallError> {
         let origin = caller.call_origin();
         let chain = origin.chain.unwrap_or_else(ChainId::new_root);
-        let deadline = deadline_for(origin.node, origin.deadline, timeout);
+        let default_timeout = match origin.via {
+            Via::Node(node) => node.call_timeout(),
+            Via::Host(host) => host.call_timeout(),
+        };
+        let deadline = deadline_for(default_timeout, origin.deadline, timeout);
         let kind = T::METHODS[method].kind;
         let scope = CallScope {
             chain,
@@ -101,23 +110,24 @@ pub mod __private {
             client: origin.client.cloned(),
         };
         let method = MethodRef::Index(method, kind);
-        let response = match reliable {
-            None => {
-                origin
-                    .node
-                    .invoke(T::TYPE_NAME, id, method, Payload::typed(request), scope)
+        let request = Payload::typed(request);
+        let response = match (reliable, origin.via) {
+            (None, Via::Node(node)) => {
+                node.invoke(T::TYPE_NAME, id, method, request, scope)
                     .await?
             }
-            Some(call_id) => origin
-                .node
-                .invoke_reliable(
-                    T::TYPE_NAME,
-                    id,
-                    method,
-                    call_id,
-                    Payload::typed(request),
-                    scope,
-                )
+            (None, Via::Host(host)) => {
+                host.clone()
+                    .call_object(T::TYPE_NAME, id, method, request, scope)
+                    .await?
+            }
+            (Some(call_id), Via::Node(node)) => node
+                .invoke_reliable(T::TYPE_NAME, id, method, call_id, request, scope)
+                .await?
+                .into_result()?,
+            (Some(call_id), Via::Host(host)) => host
+                .clone()
+                .call_object_reliable(T::TYPE_NAME, id, method, call_id, request, scope)
                 .await?
                 .into_result()?,
         };

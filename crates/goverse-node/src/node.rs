@@ -10,23 +10,26 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use goverse_cluster::{ClusterStore, Keys, LeaseId, MemoryClusterStore};
+use goverse_cluster::{ClusterStore, Keys, MemoryClusterStore};
 use goverse_core::{
-    CallError, ChainId, ClientIdentity, ErrorCode, Message, NodeAddr, ObjectId, ObjectIdKind,
-    Payload, ShardId, fnv1a_32, shard_of,
+    CallError, ChainId, ErrorCode, Message, NodeAddr, ObjectId, ObjectIdKind, Payload, ShardId,
+    fnv1a_32, shard_of,
 };
 use goverse_persistence::{Fence, ObjectStore};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::activation::{ActivationDyn, CloseReason, Detached, ReliableRequest};
+use crate::activation::{ActivationDyn, CloseReason, Detached, ReliableRequest, TurnPermit};
+use crate::directory::{Lookup, ShardDirectory, ShardEvent, ShardState};
+use crate::host::{CallScope, Host, MethodRef, deadline_for};
+use crate::membership::Membership;
 use crate::push::PushHub;
 use crate::registry::{TypeEntry, TypeInfo, TypeOptions};
 use crate::reliable::{self, ReliableOutcome};
 use crate::store::{Change, SaveJob, StoreLink, wait};
-use crate::turn::{self, AcquireError, TurnPermit};
-use crate::{CallOptions, Dispatch, MethodKind, NodeConfig, membership};
+use crate::turn::{self, AcquireError};
+use crate::{CallOptions, Dispatch, MethodKind, NodeConfig};
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -97,12 +100,6 @@ struct Counters {
     reliable_calls: AtomicU64,
 }
 
-pub(crate) struct ShardTable {
-    /// The ownership epoch while this node serves the shard; `None` when it does not.
-    pub(crate) epoch: Option<u64>,
-    objects: FastMap<ObjectId, Arc<dyn ActivationDyn>>,
-}
-
 const STARTING: u8 = 0;
 const RUNNING: u8 = 1;
 const STOPPING: u8 = 2;
@@ -111,14 +108,12 @@ pub(crate) struct NodeInner {
     config: NodeConfig,
     address: NodeAddr,
     registry: FastMap<&'static str, Box<dyn TypeEntry>>,
-    shards: Box<[RwLock<ShardTable>]>,
+    /// Which shards this node serves, and their activations.
+    directory: Arc<ShardDirectory>,
     store: Option<StoreLink>,
     /// Stops the saver and loader, once the last saves are done.
     store_stop: CancellationToken,
-    pub(crate) cluster: Arc<dyn ClusterStore>,
-    /// Where this cluster's keys live in the cluster store.
-    pub(crate) keys: Keys,
-    pub(crate) lease: Mutex<Option<LeaseId>>,
+    membership: Arc<Membership>,
     /// The lease renewal task, which shutdown waits for before it saves.
     renewing: Mutex<Option<tokio::task::JoinHandle<()>>>,
     state: AtomicU8,
@@ -140,34 +135,13 @@ impl fmt::Debug for NodeInner {
 
 /// The object a call is for.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Target<'a> {
+struct Target<'a> {
     type_name: &'a str,
     id: &'a ObjectId,
     shard: ShardId,
 }
 
-/// The chain, deadline and client a call runs with.
-#[derive(Debug)]
-pub(crate) struct CallScope {
-    pub(crate) chain: ChainId,
-    pub(crate) deadline: Instant,
-    pub(crate) client: Option<Arc<ClientIdentity>>,
-}
-
-/// The way a call names its method.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum MethodRef<'a> {
-    /// By wire name (untyped and wire calls).
-    Name(&'a str),
-    /// By index, with its kind (typed stubs, resolved at compile time).
-    Index(usize, MethodKind),
-}
-
 impl NodeInner {
-    pub(crate) fn config(&self) -> &NodeConfig {
-        &self.config
-    }
-
     pub(crate) fn push(&self) -> &PushHub {
         &self.push
     }
@@ -180,16 +154,12 @@ impl NodeInner {
         &self.address
     }
 
-    pub(crate) fn store(&self) -> Option<&StoreLink> {
-        self.store.as_ref()
-    }
-
     pub(crate) fn shard_count(&self) -> u32 {
         self.config.shard_count
     }
 
-    pub(crate) fn shard_table(&self, shard: ShardId) -> &RwLock<ShardTable> {
-        &self.shards[shard.0 as usize]
+    pub(crate) fn call_timeout(&self) -> Duration {
+        self.config.call_timeout
     }
 
     fn now_ms(&self) -> u64 {
@@ -228,41 +198,6 @@ impl NodeInner {
         }
     }
 
-    fn not_owned(&self, shard: ShardId) -> CallError {
-        CallError::unavailable(format!(
-            "shard {shard} is not served by node {}",
-            self.address
-        ))
-    }
-
-    /// The fence for a write of an object on `shard`, refusing when the shard is not ours.
-    pub(crate) fn fence(&self, shard: ShardId) -> Result<Fence, CallError> {
-        let epoch = self.shard_table(shard).read().epoch.ok_or_else(|| {
-            CallError::unavailable(format!(
-                "shard {shard} is no longer owned by node {}; state not written",
-                self.address
-            ))
-        })?;
-        Ok(Fence { shard, epoch })
-    }
-
-    /// Counts states committed outside the periodic and shutdown saves (write-through turns,
-    /// idle closes).
-    pub(crate) fn count_saves(&self, n: u64) {
-        self.counters.saves.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Removes `activation` from its shard table if it is still the entry there.
-    pub(crate) fn remove_activation(&self, activation: &Arc<dyn ActivationDyn>) {
-        let mut table = self.shard_table(activation.shard()).write();
-        if let Some(current) = table.objects.get(activation.id())
-            && Arc::ptr_eq(current, activation)
-        {
-            table.objects.remove(activation.id());
-            self.counters.deactivations.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
     fn entry(&self, type_name: &str) -> Result<&dyn TypeEntry, CallError> {
         self.registry
             .get(type_name)
@@ -277,29 +212,22 @@ impl NodeInner {
         )
     }
 
-    /// What the table says about `id`: not served, the live activation, or a type clash;
-    /// `None` when the object is not active.
-    fn existing(
-        &self,
-        table: &ShardTable,
+    /// The activation the directory holds for `id`, refusing a type clash.
+    fn checked(
+        activation: Arc<dyn ActivationDyn>,
         type_name: &str,
         id: &ObjectId,
-        shard: ShardId,
         mismatch: ErrorCode,
-    ) -> Option<Result<Arc<dyn ActivationDyn>, CallError>> {
-        if table.epoch.is_none() {
-            return Some(Err(self.not_owned(shard)));
-        }
-        let activation = table.objects.get(id)?;
+    ) -> Result<Arc<dyn ActivationDyn>, CallError> {
         if activation.type_name() != type_name {
-            return Some(Err(Self::type_mismatch(
+            return Err(Self::type_mismatch(
                 id,
                 activation.type_name(),
                 type_name,
                 mismatch,
-            )));
+            ));
         }
-        Some(Ok(activation.clone()))
+        Ok(activation)
     }
 
     /// The live activation of `id`, activating it (as `type_name`) if there is none.
@@ -315,32 +243,28 @@ impl NodeInner {
             id,
             shard,
         } = target;
-        if let Some(found) = self.existing(
-            &self.shard_table(shard).read(),
-            type_name,
-            id,
-            shard,
-            mismatch,
-        ) {
-            return found;
+        match self.directory.lookup(shard, id) {
+            Lookup::NotServed(err) => return Err(err),
+            Lookup::Active(activation) => {
+                return Self::checked(activation, type_name, id, mismatch);
+            }
+            Lookup::Inactive => {}
         }
         let entry = self.entry(type_name)?;
-        let activation = {
-            let mut table = self.shard_table(shard).write();
-            if let Some(found) = self.existing(&table, type_name, id, shard, mismatch) {
-                return found;
-            }
-            let activation = entry.new_activation(
-                self.clone(),
+        let host: Arc<dyn Host> = self.clone();
+        let (activation, made) = self.directory.get_or_insert(shard, id, || {
+            entry.new_activation(
+                host,
                 id.clone(),
                 shard,
                 chain,
                 self.now_ms(),
                 self.config.idle_timeout,
-            );
-            table.objects.insert(id.clone(), activation.clone());
-            activation
-        };
+            )
+        })?;
+        if !made {
+            return Self::checked(activation, type_name, id, mismatch);
+        }
         self.counters.activations.fetch_add(1, Ordering::Relaxed);
         // The new activation was born holding its write turn on `chain`; run on_activate under it.
         let permit = TurnPermit::preassigned(activation.clone(), MethodKind::Write, chain);
@@ -567,7 +491,7 @@ impl NodeInner {
         let persistent = self.store.is_some() && entry.persistent();
         let work = async move {
             loop {
-                let live = self.shard_table(shard).read().objects.get(id).cloned();
+                let live = self.directory.get(shard, id);
                 let activation = match live {
                     Some(activation) if activation.type_name() != type_name => {
                         return Err(Self::type_mismatch(
@@ -607,28 +531,12 @@ impl NodeInner {
         with_deadline(work, deadline, || format!("delete {type_name}/{id}")).await
     }
 
-    fn all_activations(&self) -> Vec<Arc<dyn ActivationDyn>> {
-        let mut all = Vec::new();
-        for shard in self.shards.iter() {
-            all.extend(shard.read().objects.values().cloned());
-        }
-        all
-    }
-
     /// Closes every activation idle past its timeout. Returns how many closed.
     async fn sweep_idle(self: &Arc<Self>) -> u64 {
         let now = self.now_ms();
-        let mut candidates = Vec::new();
-        for shard in self.shards.iter() {
-            let table = shard.read();
-            candidates.extend(
-                table
-                    .objects
-                    .values()
-                    .filter(|a| !a.idle_timeout().is_zero() && a.idle_for(now, a.idle_timeout()))
-                    .cloned(),
-            );
-        }
+        let candidates = self.directory.activations_where(|a| {
+            !a.idle_timeout().is_zero() && a.idle_for(now, a.idle_timeout())
+        });
         let closed = AtomicU64::new(0);
         futures::stream::iter(candidates)
             .for_each_concurrent(64, |activation| {
@@ -660,6 +568,7 @@ impl NodeInner {
             return (0, 0);
         };
         let dirty: Vec<_> = self
+            .directory
             .all_activations()
             .into_iter()
             .filter(|a| a.persistent() && a.take_dirty())
@@ -713,13 +622,7 @@ impl NodeInner {
     }
 
     fn stats(&self) -> NodeStats {
-        let mut active = 0;
-        let mut owned = 0;
-        for shard in self.shards.iter() {
-            let table = shard.read();
-            active += table.objects.len() as u64;
-            owned += u64::from(table.epoch.is_some());
-        }
+        let (active, owned) = self.directory.counts();
         NodeStats {
             active_objects: active,
             activations: self.counters.activations.load(Ordering::Relaxed),
@@ -759,9 +662,13 @@ impl NodeInner {
             let _ = tokio::time::timeout_at(deadline, renewing).await;
         }
 
+        // No new activations from here on; running turns finish and states are saved under
+        // each shard's epoch.
+        self.directory
+            .apply_all(|s| matches!(s, ShardState::Owned { .. }), ShardEvent::Drain);
         // Close every activation, collecting the states to save in batches.
         let deactivations_before = self.counters.deactivations.load(Ordering::Relaxed);
-        let activations = self.all_activations();
+        let activations = self.directory.all_activations();
         let closed = Mutex::new(Vec::new());
         let unsaved = AtomicU64::new(0);
         let close_all = futures::stream::iter(activations).for_each_concurrent(256, |activation| {
@@ -797,7 +704,7 @@ impl NodeInner {
                 let mut queued = Vec::with_capacity(pending.len());
                 for item in pending {
                     let (activation, data, shard) = &item;
-                    match self.fence(*shard) {
+                    match self.directory.fence(*shard) {
                         Ok(fence) => {
                             let reply = store.submit(SaveJob {
                                 id: activation.id().clone(),
@@ -845,7 +752,7 @@ impl NodeInner {
             }
         }
         self.counters.saves.fetch_add(saved, Ordering::Relaxed);
-        membership::leave(self).await;
+        self.membership.leave().await;
         self.store_stop.cancel();
         self.tasks.close();
         if tokio::time::timeout_at(deadline, self.tasks.wait())
@@ -859,6 +766,64 @@ impl NodeInner {
             saved,
             unsaved: unsaved.into_inner(),
         }
+    }
+}
+
+impl Host for NodeInner {
+    fn call_timeout(&self) -> Duration {
+        self.config.call_timeout
+    }
+
+    fn store(&self) -> Option<&StoreLink> {
+        self.store.as_ref()
+    }
+
+    fn fence(&self, shard: ShardId) -> Result<Fence, CallError> {
+        self.directory.fence(shard)
+    }
+
+    fn detach(&self, shard: ShardId, id: &ObjectId, serial: u64) {
+        if self.directory.remove(shard, id, serial) {
+            self.counters.deactivations.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn count_saves(&self, n: u64) {
+        self.counters.saves.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn spawn(&self, task: futures::future::BoxFuture<'static, ()>) {
+        self.tasks.spawn(task);
+    }
+
+    fn push(&self) -> &PushHub {
+        &self.push
+    }
+
+    fn call_object<'a>(
+        self: Arc<Self>,
+        type_name: &'a str,
+        id: &'a ObjectId,
+        method: MethodRef<'a>,
+        request: Payload,
+        scope: CallScope,
+    ) -> futures::future::BoxFuture<'a, Result<Payload, CallError>> {
+        Box::pin(async move { self.invoke(type_name, id, method, request, scope).await })
+    }
+
+    fn call_object_reliable<'a>(
+        self: Arc<Self>,
+        type_name: &'a str,
+        id: &'a ObjectId,
+        method: MethodRef<'a>,
+        call_id: &'a str,
+        request: Payload,
+        scope: CallScope,
+    ) -> futures::future::BoxFuture<'a, Result<ReliableOutcome, CallError>> {
+        Box::pin(async move {
+            self.invoke_reliable(type_name, id, method, call_id, request, scope)
+                .await
+        })
     }
 }
 
@@ -887,19 +852,6 @@ where
         }
     })
     .await
-}
-
-/// The deadline for a call: the caller's own, or now plus the timeout, whichever comes first.
-pub(crate) fn deadline_for(
-    node: &NodeInner,
-    inherited: Option<Instant>,
-    timeout: Option<Duration>,
-) -> Instant {
-    let own = Instant::now() + timeout.unwrap_or(node.config.call_timeout);
-    match inherited {
-        Some(inherited) if inherited < own => inherited,
-        _ => own,
-    }
 }
 
 /// Builds and starts a [`Node`].
@@ -967,14 +919,6 @@ impl NodeBuilder {
         if let Some(name) = self.duplicate {
             return Err(NodeError::DuplicateType(name));
         }
-        let shards = (0..self.config.shard_count)
-            .map(|_| {
-                RwLock::new(ShardTable {
-                    epoch: None,
-                    objects: FastMap::default(),
-                })
-            })
-            .collect();
         // The store is checked before anything is claimed: a node that could not write must not
         // start serving (and lose every write at shutdown).
         if let Some(store) = &self.store {
@@ -989,18 +933,28 @@ impl NodeBuilder {
             .store
             .map(|store| StoreLink::start(store, &tasks, store_stop.clone()));
         let keys = Keys::new(&self.config.cluster_prefix).map_err(NodeError::Config)?;
-        let inner = Arc::new(NodeInner {
+        let address = NodeAddr::new(self.config.address.as_str());
+        let directory = Arc::new(ShardDirectory::new(
+            address.clone(),
+            self.config.shard_count,
+        ));
+        let membership = Arc::new(Membership::new(
+            self.cluster
+                .unwrap_or_else(|| Arc::new(MemoryClusterStore::new())),
             keys,
-            address: NodeAddr::new(self.config.address.as_str()),
+            address.clone(),
+            self.config.lease_ttl,
+            directory.clone(),
+            store.as_ref().map(|s| s.store().clone()),
+        ));
+        let inner = Arc::new(NodeInner {
+            address,
             config: self.config,
             registry: self.registry,
-            shards,
+            directory,
             store,
             store_stop,
-            cluster: self
-                .cluster
-                .unwrap_or_else(|| Arc::new(MemoryClusterStore::new())),
-            lease: Mutex::new(None),
+            membership,
             renewing: Mutex::new(None),
             state: AtomicU8::new(STARTING),
             clock: tokio::time::Instant::now(),
@@ -1010,17 +964,16 @@ impl NodeBuilder {
             push: PushHub::default(),
             descriptors: self.descriptors,
         });
-        if let Err(err) = membership::join(&inner).await {
+        if let Err(err) = inner.membership.join().await {
             inner.store_stop.cancel();
             inner.tasks.close();
             return Err(NodeError::Cluster(err));
         }
         inner.state.store(RUNNING, Ordering::Release);
 
-        let lease = inner.lease.lock().expect("joined with a lease");
         let renewing = inner
             .tasks
-            .spawn(membership::keep_alive(inner.clone(), lease));
+            .spawn(inner.membership.clone().keep_alive(inner.cancel.clone()));
         *inner.renewing.lock() = Some(renewing);
         if let Some(interval) = inner.idle_check_interval() {
             let node = inner.clone();
@@ -1110,10 +1063,6 @@ impl Node {
         }
     }
 
-    pub(crate) fn from_inner(inner: Arc<NodeInner>) -> Self {
-        Self { inner }
-    }
-
     pub(crate) fn inner(&self) -> &Arc<NodeInner> {
         &self.inner
     }
@@ -1180,7 +1129,7 @@ impl Node {
     fn scope(&self, options: CallOptions) -> CallScope {
         CallScope {
             chain: options.chain.unwrap_or_else(ChainId::new_root),
-            deadline: deadline_for(&self.inner, None, options.timeout),
+            deadline: deadline_for(self.inner.call_timeout(), None, options.timeout),
             client: options.client,
         }
     }
@@ -1255,7 +1204,7 @@ impl Node {
         options: CallOptions,
     ) -> Result<(), CallError> {
         let id = id.into();
-        let deadline = deadline_for(&self.inner, None, options.timeout);
+        let deadline = deadline_for(self.inner.call_timeout(), None, options.timeout);
         let chain = options.chain.unwrap_or_else(ChainId::new_root);
         self.inner.create(type_name, &id, chain, deadline).await
     }
@@ -1279,7 +1228,7 @@ impl Node {
         options: CallOptions,
     ) -> Result<(), CallError> {
         let id = id.into();
-        let deadline = deadline_for(&self.inner, None, options.timeout);
+        let deadline = deadline_for(self.inner.call_timeout(), None, options.timeout);
         let chain = options.chain.unwrap_or_else(ChainId::new_root);
         self.inner.delete(type_name, &id, chain, deadline).await
     }
@@ -1287,12 +1236,7 @@ impl Node {
     /// Whether object `id` is active on this node now.
     pub fn is_active(&self, id: &ObjectId) -> bool {
         match shard_of(id, self.inner.shard_count()) {
-            Ok(shard) => self
-                .inner
-                .shard_table(shard)
-                .read()
-                .objects
-                .contains_key(id),
+            Ok(shard) => self.inner.directory.is_active(shard, id),
             Err(_) => false,
         }
     }

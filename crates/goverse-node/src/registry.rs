@@ -6,7 +6,7 @@ use std::time::Duration;
 use goverse_core::{ChainId, ObjectId, ShardId};
 
 use crate::activation::{Activation, ActivationDyn};
-use crate::node::NodeInner;
+use crate::host::Host;
 use crate::{Dispatch, MethodSpec};
 
 /// How instances of a registered type are built and how long they may sit idle.
@@ -55,7 +55,7 @@ pub(crate) trait TypeEntry: Send + Sync {
     fn persistent(&self) -> bool;
     fn new_activation(
         &self,
-        node: Arc<NodeInner>,
+        host: Arc<dyn Host>,
         id: ObjectId,
         shard: ShardId,
         chain: ChainId,
@@ -83,7 +83,7 @@ impl<T: Dispatch> TypeEntry for TypeOptions<T> {
 
     fn new_activation(
         &self,
-        node: Arc<NodeInner>,
+        host: Arc<dyn Host>,
         id: ObjectId,
         shard: ShardId,
         chain: ChainId,
@@ -93,7 +93,7 @@ impl<T: Dispatch> TypeEntry for TypeOptions<T> {
         let object = (self.factory)(&id);
         let idle = self.idle_timeout.unwrap_or(default_idle);
         Arc::new(Activation::new(
-            node, id, shard, object, idle, chain, now_ms,
+            host, id, shard, object, idle, chain, now_ms,
         ))
     }
 }

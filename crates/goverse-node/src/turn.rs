@@ -14,7 +14,17 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use crate::MethodKind;
-use crate::activation::ActivationDyn;
+
+/// What the scheduler needs of what it schedules. Implemented by the node's type-erased
+/// activations, and by the small test objects of the scheduler's own tests.
+pub(crate) trait Scheduled: Send + Sync + 'static {
+    /// The turn state, guarded.
+    fn turn_state(&self) -> &Mutex<TurnState<Self>>;
+    /// The object's ID, for error messages.
+    fn id(&self) -> &ObjectId;
+    /// The object's type name, for error messages.
+    fn type_name(&self) -> &'static str;
+}
 
 /// The lifecycle of an activation as the scheduler sees it.
 #[derive(Debug)]
@@ -29,25 +39,34 @@ pub(crate) enum Status {
     Failed(CallError),
 }
 
-#[derive(Debug)]
-struct Waiter {
+struct Waiter<A: ?Sized + Scheduled> {
     kind: MethodKind,
     chain: ChainId,
-    tx: oneshot::Sender<Grant>,
+    tx: oneshot::Sender<Grant<A>>,
 }
 
-#[derive(Debug)]
-pub(crate) struct TurnState {
+/// Who runs on one activation, and who waits.
+pub(crate) struct TurnState<A: ?Sized + Scheduled> {
     pub(crate) status: Status,
     writer: Option<ChainId>,
     readers: Vec<ChainId>,
-    queue: VecDeque<Waiter>,
+    queue: VecDeque<Waiter<A>>,
+}
+
+impl<A: ?Sized + Scheduled> std::fmt::Debug for TurnState<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnState")
+            .field("status", &self.status)
+            .field("writer", &self.writer)
+            .field("readers", &self.readers)
+            .field("waiting", &self.queue.len())
+            .finish()
+    }
 }
 
 /// What a waiting call receives.
-#[derive(Debug)]
-enum Grant {
-    Granted(TurnPermit),
+enum Grant<A: ?Sized + Scheduled> {
+    Granted(TurnPermit<A>),
     Retry,
     Failed(CallError),
 }
@@ -62,15 +81,23 @@ pub(crate) enum AcquireError {
 }
 
 /// The right to run one turn. Dropping it ends the turn and hands over to the next waiter.
-#[derive(Debug)]
-pub(crate) struct TurnPermit {
-    activation: Option<Arc<dyn ActivationDyn>>,
+pub(crate) struct TurnPermit<A: ?Sized + Scheduled> {
+    activation: Option<Arc<A>>,
     kind: MethodKind,
     chain: ChainId,
 }
 
-impl TurnPermit {
-    pub(crate) fn activation(&self) -> &Arc<dyn ActivationDyn> {
+impl<A: ?Sized + Scheduled> std::fmt::Debug for TurnPermit<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnPermit")
+            .field("kind", &self.kind)
+            .field("chain", &self.chain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: ?Sized + Scheduled> TurnPermit<A> {
+    pub(crate) fn activation(&self) -> &Arc<A> {
         self.activation
             .as_ref()
             .expect("permit is live until dropped")
@@ -85,14 +112,10 @@ impl TurnPermit {
     }
 }
 
-impl TurnPermit {
+impl<A: ?Sized + Scheduled> TurnPermit<A> {
     /// The permit for a turn already recorded in the activation's state (the activating write
     /// turn a new activation is born with).
-    pub(crate) fn preassigned(
-        activation: Arc<dyn ActivationDyn>,
-        kind: MethodKind,
-        chain: ChainId,
-    ) -> Self {
+    pub(crate) fn preassigned(activation: Arc<A>, kind: MethodKind, chain: ChainId) -> Self {
         Self {
             activation: Some(activation),
             kind,
@@ -101,7 +124,7 @@ impl TurnPermit {
     }
 }
 
-impl Drop for TurnPermit {
+impl<A: ?Sized + Scheduled> Drop for TurnPermit<A> {
     fn drop(&mut self) {
         if let Some(activation) = self.activation.take() {
             release(activation, self.kind, self.chain);
@@ -109,7 +132,7 @@ impl Drop for TurnPermit {
     }
 }
 
-impl TurnState {
+impl<A: ?Sized + Scheduled> TurnState<A> {
     /// The state of a new activation: activating, with the activating call holding the write turn.
     pub(crate) fn activating(chain: ChainId) -> Self {
         Self {
@@ -156,20 +179,20 @@ fn reentrancy(id: &ObjectId, type_name: &str, chain: ChainId) -> CallError {
     )
 }
 
-enum Decision {
+enum Decision<A: ?Sized + Scheduled> {
     Granted,
-    Wait(oneshot::Receiver<Grant>),
+    Wait(oneshot::Receiver<Grant<A>>),
 }
 
 /// Takes a turn on `activation`, waiting in line if needed.
 ///
 /// Cancellation-safe: dropping the future while waiting leaves the line (a turn handed over to a
 /// dropped waiter passes on to the next one).
-pub(crate) async fn acquire(
-    activation: &Arc<dyn ActivationDyn>,
+pub(crate) async fn acquire<A: ?Sized + Scheduled>(
+    activation: &Arc<A>,
     kind: MethodKind,
     chain: ChainId,
-) -> Result<TurnPermit, AcquireError> {
+) -> Result<TurnPermit<A>, AcquireError> {
     let decision = {
         let mut state = activation.turn_state().lock();
         match &state.status {
@@ -214,10 +237,10 @@ pub(crate) async fn acquire(
 }
 
 /// Takes the write turn only if it is free now and nobody waits (idle deactivation, saves).
-pub(crate) fn try_acquire_write(
-    activation: &Arc<dyn ActivationDyn>,
+pub(crate) fn try_acquire_write<A: ?Sized + Scheduled>(
+    activation: &Arc<A>,
     chain: ChainId,
-) -> Option<TurnPermit> {
+) -> Option<TurnPermit<A>> {
     let mut state = activation.turn_state().lock();
     if !matches!(state.status, Status::Active)
         || !state.queue.is_empty()
@@ -235,14 +258,14 @@ pub(crate) fn try_acquire_write(
 
 /// Ends a turn and hands over to waiters in queue order: a run of readers, or one writer. When
 /// the activation is closed or failed, every waiter is told so instead.
-fn release(activation: Arc<dyn ActivationDyn>, kind: MethodKind, chain: ChainId) {
+fn release<A: ?Sized + Scheduled>(activation: Arc<A>, kind: MethodKind, chain: ChainId) {
     // A grant sent to a waiter that has gone comes back and is released here in turn; loop rather
     // than recurse so a long line of abandoned waiters cannot overflow the stack. The common case
     // (nobody waiting) allocates nothing.
     let mut next = Some((kind, chain));
     let mut returned: Vec<(MethodKind, ChainId)> = Vec::new();
     while let Some((kind, chain)) = next.take().or_else(|| returned.pop()) {
-        let mut handover: Vec<(Waiter, Grant)> = Vec::new();
+        let mut handover: Vec<(Waiter<A>, Grant<A>)> = Vec::new();
         {
             let mut state = activation.turn_state().lock();
             state.ungrant(kind, chain);
@@ -296,6 +319,6 @@ fn release(activation: Arc<dyn ActivationDyn>, kind: MethodKind, chain: ChainId)
 
 /// Marks an activation closed or failed. The caller holds the write turn; dropping that permit
 /// then hands every waiter the news.
-pub(crate) fn set_status(state: &Mutex<TurnState>, status: Status) {
+pub(crate) fn set_status<A: ?Sized + Scheduled>(state: &Mutex<TurnState<A>>, status: Status) {
     state.lock().status = status;
 }

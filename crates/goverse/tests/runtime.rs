@@ -183,6 +183,25 @@ impl Probe {
         Ok(Empty {})
     }
 
+    /// A -> B on a new chain, then B -> A on that chain: not re-entrant by chain, so B's call
+    /// waits behind A's running turn.
+    #[method]
+    async fn call_via_new_chain(
+        &mut self,
+        ctx: &ObjectContext,
+        request: StringValue,
+    ) -> Result<Empty, ObjectError> {
+        ProbeRef::new(request.value)
+            .call_back(
+                &ctx.new_chain(),
+                StringValue {
+                    value: ctx.id().to_string(),
+                },
+            )
+            .await?;
+        Ok(Empty {})
+    }
+
     /// A(read) -> B(read) -> A(read): a reentrant read, allowed.
     #[method]
     async fn read_via(
@@ -529,6 +548,28 @@ async fn reentrant_calls_fail_fast_naming_the_chain() {
     // Both objects keep serving.
     assert_eq!(log_of(&f.node, "a").await, "");
     assert_eq!(log_of(&f.node, "b").await, "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_on_a_new_chain_are_not_checked_for_reentrancy() {
+    let f = fixture().await;
+    // A -> B (new chain) -> A: B's call back waits behind A's turn; the cycle ends at the
+    // deadline instead of failing at once as re-entrant (which the same chain would).
+    let err = f
+        .node
+        .call_with(
+            "Probe",
+            "a",
+            "CallViaNewChain",
+            Payload::typed(StringValue { value: "b".into() }),
+            CallOptions {
+                timeout: Some(Duration::from_millis(300)),
+                ..CallOptions::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::DeadlineExceeded, "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
