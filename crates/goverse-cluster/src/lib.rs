@@ -12,6 +12,7 @@
 
 mod etcd;
 mod memory;
+mod placement;
 mod shardmap;
 
 #[cfg(test)]
@@ -19,6 +20,7 @@ mod conformance;
 
 pub use etcd::{EtcdClusterStore, EtcdConfig};
 pub use memory::MemoryClusterStore;
+pub use placement::{Move, MoveReason, Placement, PlacementConfig};
 pub use shardmap::{DEFAULT_PREFIX, Keys, ShardRecord};
 
 /// The most writes one [`ClusterStore::transact`] call may carry (etcd's default
