@@ -147,7 +147,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             ..GateConfig::default()
         },
         Arc::new(AllowAnonymous),
-        &node,
+        node.handler(),
     )
     .context("cannot start the gate")?;
     let serving = tokio::spawn({

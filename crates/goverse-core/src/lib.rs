@@ -9,12 +9,15 @@
 //! - [`Payload`] and [`Message`]: how requests and responses travel, typed inside a process and as
 //!   `google.protobuf.Any` on the wire.
 //! - [`ClientIdentity`]: who a call acts for, as a gate authenticated it.
+//! - [`ReliableOutcome`] and [`ReliableStatus`]: how a reliable call ended (SUCCESS, FAILED,
+//!   SKIPPED, as upstream's clients read them).
 //! - [`wkt`]: the protobuf well-known wrapper messages (`Int32Value`, `Empty`, ...).
 
 mod error;
 mod id;
 mod identity;
 mod message;
+mod reliable;
 mod shard;
 pub mod wkt;
 
@@ -22,4 +25,5 @@ pub use error::{CallError, Clipped, ErrorCode};
 pub use id::{ChainId, IdError, MAX_OBJECT_ID_CHARS, NodeAddr, ObjectId, ObjectIdKind};
 pub use identity::{ClientIdentity, gate_of_client};
 pub use message::{AnyMessage, Message, Payload, TYPE_URL_PREFIX, type_name_of_url};
+pub use reliable::{MAX_CALL_ID_CHARS, ReliableOutcome, ReliableStatus};
 pub use shard::{DEFAULT_SHARD_COUNT, ShardId, fnv1a_32, shard_of};

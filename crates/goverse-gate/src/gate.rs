@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use goverse_core::{CallError, ClientIdentity, Clipped, ErrorCode, ObjectId};
-use goverse_node::ReliableStatus;
-use goverse_proto::node::{self as proto, response};
+use goverse_core::{CallError, ClientIdentity, Clipped, ErrorCode, ObjectId, ReliableStatus};
+use goverse_proto::node::{self as proto, DescribeResponse, Push, response};
+use goverse_transport::{Handler, LinkEvents, NodeLink, Op, Request};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -16,7 +16,6 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{ConnectRequest, GateEventHandler, Transport};
 use crate::clients::{Binding, ClientEntry, Clients};
 use crate::codec::{Catalog, SharedCatalog};
-use crate::node_link::{NodeLink, NodeOp, NodeRequest};
 use crate::rules::{Access, AccessRule, Lifecycle, LifecycleRule, RuleError, Rules};
 
 /// How a gate runs.
@@ -117,20 +116,21 @@ impl Gate {
         config: GateConfig,
         handler: Arc<dyn GateEventHandler>,
     ) -> Result<Self, GateError> {
-        let link = NodeLink::new(config.node.clone());
+        let link = NodeLink::remote(config.node.clone());
         Self::start_with(config, handler, link)
     }
 
-    /// Like [`Gate::start`], for a gate in the same process as `node` (as in `goverse demo`):
-    /// calls run straight on the node, with no socket or encoding between gate and node;
-    /// `config.node` is ignored. Clients see no difference.
+    /// Like [`Gate::start`], for a gate in the same process as the node behind `node` (a
+    /// node's `handler()`, as in `goverse demo`): calls run straight on the node, with no
+    /// socket or encoding between gate and node; `config.node` is ignored. Clients see no
+    /// difference.
     pub fn start_local(
         mut config: GateConfig,
         handler: Arc<dyn GateEventHandler>,
-        node: &goverse_node::Node,
+        node: Arc<dyn Handler>,
     ) -> Result<Self, GateError> {
-        config.node = node.address().to_string();
-        let link = NodeLink::local(node, &config.advertise_address);
+        config.node = node.describe().node_address;
+        let link = NodeLink::local(node, config.node.clone());
         Self::start_with(config, handler, link)
     }
 
@@ -171,10 +171,13 @@ impl Gate {
             tasks: TaskTracker::new(),
             config,
         });
+        let events = Arc::new(GateLinkEvents {
+            clients: inner.clients.clone(),
+            catalog: inner.catalog.clone(),
+        });
         inner.tasks.spawn(link.run(
             inner.config.advertise_address.clone(),
-            inner.clients.clone(),
-            inner.catalog.clone(),
+            events,
             inner.stop.clone(),
         ));
         tracing::info!(address = %inner.config.advertise_address, node = %inner.config.node, "gate started");
@@ -252,7 +255,7 @@ impl ReliableAnswer {
         let result = match (status, r.value, r.error) {
             (ReliableStatus::Success, Some(value), _) => Ok(value),
             (ReliableStatus::Success, None, _) => Ok(prost_types::Any::default()),
-            (_, _, Some(failure)) => Err(goverse_node::failure_to_error(failure)),
+            (_, _, Some(failure)) => Err(goverse_transport::failure_to_error(failure)),
             (_, _, None) => Err(CallError::internal(
                 "node sent a failed outcome with no error",
             )),
@@ -395,10 +398,10 @@ impl GateInner {
         request: Option<prost_types::Any>,
     ) -> Result<prost_types::Any, CallError> {
         self.check_call(object_type, id, method)?;
-        let op = NodeOp::Call {
+        let op = Op::Call {
             method,
             request,
-            reliable_call_id: "",
+            reliable_call_id: None,
         };
         match self.send(identity, object_type, id, op).await? {
             response::Result::Value(any) => Ok(any),
@@ -432,10 +435,10 @@ impl GateInner {
                 result: Err(err),
             });
         }
-        let op = NodeOp::Call {
+        let op = Op::Call {
             method,
             request,
-            reliable_call_id: call_id,
+            reliable_call_id: Some(call_id),
         };
         match self.send(identity, object_type, id, op).await? {
             response::Result::Reliable(r) => Ok(ReliableAnswer::from_proto(r)),
@@ -454,7 +457,7 @@ impl GateInner {
     ) -> Result<(), CallError> {
         Self::check_target(object_type, id)?;
         self.check_lifecycle(Lifecycle::Create, object_type, id)?;
-        self.send(identity, object_type, id, NodeOp::Create)
+        self.send(identity, object_type, id, Op::Create)
             .await
             .map(|_| ())
     }
@@ -473,7 +476,7 @@ impl GateInner {
         }
         Self::check_target(object_type, id)?;
         self.check_lifecycle(Lifecycle::Delete, object_type, id)?;
-        self.send(identity, object_type, id, NodeOp::Delete)
+        self.send(identity, object_type, id, Op::Delete)
             .await
             .map(|_| ())
     }
@@ -483,13 +486,15 @@ impl GateInner {
         identity: &Arc<ClientIdentity>,
         object_type: &str,
         id: &str,
-        op: NodeOp<'_>,
+        op: Op<'_>,
     ) -> Result<response::Result, CallError> {
-        let request = NodeRequest {
-            identity,
+        let request = Request {
             object_type,
-            id,
+            object_id: id,
             op,
+            chain: None,
+            timeout: None,
+            caller: Some(identity.clone()),
         };
         self.link.request(request, self.config.call_timeout).await
     }
@@ -507,5 +512,27 @@ impl GateInner {
             ErrorCode::PermissionDenied,
             format!("{what} denied for {}/{}", Clipped(object_type), Clipped(id)),
         ))
+    }
+}
+
+/// What the node link reports, applied to the gate: the node's catalog, and pushes for the
+/// gate's clients.
+struct GateLinkEvents {
+    clients: Arc<Clients>,
+    catalog: SharedCatalog,
+}
+
+impl LinkEvents for GateLinkEvents {
+    fn connected(&self, described: &DescribeResponse) {
+        let catalog = Catalog::from_describe(described);
+        tracing::info!(types = ?catalog.type_names(), "node catalog received");
+        *self.catalog.write() = Arc::new(catalog);
+    }
+
+    fn pushed(&self, push: Push) {
+        if let Some(message) = push.message {
+            self.clients
+                .deliver(&push.client_ids, push.broadcast, message);
+        }
     }
 }

@@ -6,8 +6,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
+use goverse_core::ReliableStatus;
 use goverse_core::{AnyMessage as _, CallError, ClientIdentity, ErrorCode};
-use goverse_node::ReliableStatus;
 use goverse_proto::gate::gate_service_server::{GateService, GateServiceServer};
 use goverse_proto::gate::{
     CallObjectRequest, CallObjectResponse, CreateObjectRequest, CreateObjectResponse,

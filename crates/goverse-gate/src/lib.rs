@@ -14,8 +14,9 @@
 //! request field. Access and lifecycle [`rules`] are checked on every request. Pushes from
 //! objects reach clients through bounded per-client buffers; drops are counted and logged.
 //!
-//! Layout: `gate` (core: identity, rules, routing), `grpc`, `http`, `node_link` (the stream to
-//! the node), `clients` (registry and push delivery), [`codec`] (JSON ⇄ protobuf), [`rules`].
+//! Layout: `gate` (core: identity, rules, routing to the node over a `goverse-transport` link),
+//! `grpc`, `http`, `clients` (registry and push delivery), [`codec`] (JSON ⇄ protobuf),
+//! [`rules`]. The gate links no runtime and no store.
 
 mod auth;
 mod clients;
@@ -23,7 +24,6 @@ pub mod codec;
 mod gate;
 mod grpc;
 mod http;
-mod node_link;
 pub mod rules;
 mod serve;
 

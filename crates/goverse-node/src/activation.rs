@@ -17,9 +17,10 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::host::Host;
-use crate::reliable::{self, RecentCalls, ReliableOutcome};
+use crate::reliable::{self, RecentCalls};
 use crate::store::{Change, SaveJob, store_error};
 use crate::turn::{self, Scheduled, Status};
+use goverse_core::ReliableOutcome;
 
 /// A turn on a live object.
 pub(crate) type TurnPermit = turn::TurnPermit<dyn ActivationDyn>;

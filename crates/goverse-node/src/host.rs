@@ -14,8 +14,8 @@ use goverse_persistence::Fence;
 
 use crate::MethodKind;
 use crate::push::PushHub;
-use crate::reliable::ReliableOutcome;
 use crate::store::StoreLink;
+use goverse_core::ReliableOutcome;
 
 /// The chain, deadline and client a call runs with.
 #[derive(Debug)]

@@ -26,10 +26,11 @@ use crate::host::{CallScope, Host, MethodRef, deadline_for};
 use crate::membership::Membership;
 use crate::push::PushHub;
 use crate::registry::{TypeEntry, TypeInfo, TypeOptions};
-use crate::reliable::{self, ReliableOutcome};
+use crate::reliable;
 use crate::store::{Change, SaveJob, StoreLink, wait};
 use crate::turn::{self, AcquireError};
 use crate::{CallOptions, Dispatch, MethodKind, NodeConfig};
+use goverse_core::ReliableOutcome;
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -164,10 +165,6 @@ impl NodeInner {
 
     fn now_ms(&self) -> u64 {
         self.clock.elapsed().as_millis() as u64
-    }
-
-    pub(crate) fn spawn_task<F: Future<Output = ()> + Send + 'static>(&self, future: F) {
-        self.tasks.spawn(future);
     }
 
     fn check_serving(&self) -> Result<(), CallError> {
@@ -1061,6 +1058,13 @@ impl Node {
             cluster: None,
             descriptors: Vec::new(),
         }
+    }
+
+    /// The node as the node protocol serves it: hand it to `goverse_transport::serve` (what
+    /// [`serve`](crate::serve) does), or to an in-process link (`NodeLink::local`) for a gate in
+    /// this process.
+    pub fn handler(&self) -> Arc<dyn goverse_transport::Handler> {
+        Arc::new(crate::service::NodeHandler { node: self.clone() })
     }
 
     pub(crate) fn inner(&self) -> &Arc<NodeInner> {

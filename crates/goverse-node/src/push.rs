@@ -1,50 +1,18 @@
 //! Routing of pushes from objects to the gates their clients are connected to.
 //!
-//! Every gate holds one node-service stream to this node; the stream registers a [`GateLink`]
+//! Every gate holds one node-service stream to this node; the stream registers a [`PeerSink`]
 //! under the gate's address. A push to client `gateAddr/uniqueId` goes to the link of `gateAddr`.
 //! Each link has a bounded backlog: a gate that stops reading loses pushes (counted and logged)
 //! instead of growing the node's memory.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use foldhash::HashMap;
 use goverse_core::{AnyMessage, CallError, ErrorCode, Message, gate_of_client};
-use goverse_proto::node::{Push, Response, ResponseBatch};
+use goverse_proto::node::Push;
+use goverse_transport::PeerSink;
 use parking_lot::RwLock;
-use tokio::sync::mpsc;
-
-/// Pushes a link may have queued before further pushes to its gate are dropped.
-pub(crate) const LINK_PUSH_BACKLOG: usize = 65_536;
-
-/// What the node writes to one gate stream.
-#[derive(Debug)]
-pub(crate) enum Outbound {
-    Response(Response),
-    Push(Push),
-}
-
-impl Outbound {
-    /// Adds this item to `batch`.
-    pub(crate) fn add_to(self, batch: &mut ResponseBatch, pending_pushes: &AtomicUsize) {
-        match self {
-            Self::Response(r) => batch.responses.push(r),
-            Self::Push(p) => {
-                pending_pushes.fetch_sub(1, Ordering::Relaxed);
-                batch.pushes.push(p);
-            }
-        }
-    }
-}
-
-/// One connected gate.
-#[derive(Debug, Clone)]
-pub(crate) struct GateLink {
-    /// Distinguishes successive connections from the same gate address.
-    pub(crate) serial: u64,
-    pub(crate) tx: mpsc::UnboundedSender<Outbound>,
-    pub(crate) pending_pushes: Arc<AtomicUsize>,
-}
 
 /// Counters of the push path.
 #[derive(Debug, Default)]
@@ -56,20 +24,20 @@ pub(crate) struct PushCounters {
 /// The node's table of connected gates.
 #[derive(Debug, Default)]
 pub(crate) struct PushHub {
-    gates: RwLock<HashMap<Arc<str>, GateLink>>,
+    gates: RwLock<HashMap<Arc<str>, PeerSink>>,
     pub(crate) counters: PushCounters,
 }
 
 impl PushHub {
     /// Registers the stream of gate `address`, replacing an older stream of the same gate.
-    pub(crate) fn attach(&self, address: Arc<str>, link: GateLink) {
+    pub(crate) fn attach(&self, address: Arc<str>, link: PeerSink) {
         self.gates.write().insert(address, link);
     }
 
     /// Removes the stream of gate `address` if it is still the one with `serial`.
     pub(crate) fn detach(&self, address: &str, serial: u64) {
         let mut gates = self.gates.write();
-        if gates.get(address).is_some_and(|l| l.serial == serial) {
+        if gates.get(address).is_some_and(|l| l.serial() == serial) {
             gates.remove(address);
         }
     }
@@ -100,7 +68,7 @@ impl PushHub {
         message: impl Message,
     ) -> Vec<(String, CallError)> {
         let mut unrouted = Vec::new();
-        let mut by_gate: Vec<(&str, GateLink, Vec<String>)> = Vec::new();
+        let mut by_gate: Vec<(&str, PeerSink, Vec<String>)> = Vec::new();
         {
             let gates = self.gates.read();
             for client in client_ids {
@@ -142,7 +110,7 @@ impl PushHub {
     }
 
     pub(crate) fn broadcast(&self, message: impl Message) -> usize {
-        let links: Vec<GateLink> = self.gates.read().values().cloned().collect();
+        let links: Vec<PeerSink> = self.gates.read().values().cloned().collect();
         let any = message.to_any();
         for link in &links {
             self.send(
@@ -157,17 +125,11 @@ impl PushHub {
         links.len()
     }
 
-    fn send(&self, link: &GateLink, push: Push) {
-        let queued = link.pending_pushes.fetch_add(1, Ordering::Relaxed);
-        if queued >= LINK_PUSH_BACKLOG || link.tx.send(Outbound::Push(push)).is_err() {
-            link.pending_pushes.fetch_sub(1, Ordering::Relaxed);
+    fn send(&self, link: &PeerSink, push: Push) {
+        if let Err(refused) = link.push(push) {
             let dropped = self.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {
-                tracing::warn!(
-                    dropped_total = dropped,
-                    backlog = queued,
-                    "push dropped: the gate's stream is gone or not reading"
-                );
+                tracing::warn!(dropped_total = dropped, cause = %refused, "push dropped");
             }
             return;
         }

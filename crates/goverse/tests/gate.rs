@@ -162,7 +162,7 @@ impl Setup {
         config.advertise_address = grpc.to_string();
         config.node = node_addr.to_string();
         let gate = if local {
-            Gate::start_local(config, handler, &node).unwrap()
+            Gate::start_local(config, handler, node.handler()).unwrap()
         } else {
             Gate::start(config, handler).unwrap()
         };

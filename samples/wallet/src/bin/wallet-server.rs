@@ -77,7 +77,7 @@ async fn main() -> anyhow::Result<()> {
             ..GateConfig::default()
         },
         Arc::new(AllowAnonymous),
-        &node,
+        node.handler(),
     )?;
     let stop = CancellationToken::new();
     let serving = tokio::spawn({

@@ -1,0 +1,33 @@
+//! The node protocol of GoVerse, both halves.
+//!
+//! A peer (a gate, later another node) holds one long-lived bidirectional gRPC stream to each
+//! node it talks to. Requests are tagged with ids and written in batches (everything queued
+//! when the transport is ready for more); responses come back tagged, in whatever order they
+//! finish, batched the same way; pushes for the peer's clients travel on the node's half.
+//!
+//! - [`Handler`]: what a node offers its peers. The node implements it; this crate knows
+//!   nothing else of the runtime.
+//! - [`serve`]: the server half: a node's [`Handler`] on a listener.
+//! - [`NodeLink`]: the client half: a reconnecting link to one node, or an in-process link
+//!   straight to a [`Handler`] in the same process (no socket, no encoding, same semantics).
+//! - [`Request`], [`Op`], [`Outcome`]: one request as both halves see it.
+
+mod handler;
+mod link;
+mod server;
+mod wire;
+
+pub use handler::{Handler, Op, Outcome, PEER_PUSH_BACKLOG, PeerSink, PushRefused, Request};
+pub use link::{LinkEvents, NodeLink};
+pub use server::{ServeError, serve};
+pub use wire::{failure_of, failure_to_error, reliable_to_proto};
+
+/// The request header a peer names its own address in (`host:port` of a gate). Pushes for
+/// clients whose id starts with this address are sent on that peer's stream.
+pub const PEER_ADDRESS_HEADER: &str = "goverse-peer-address";
+
+/// Largest message either half accepts or sends.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Most items written in one batch.
+const MAX_BATCH: usize = 1024;

@@ -1,0 +1,331 @@
+//! The client half: one link to one node.
+//!
+//! A remote link holds one long-lived stream to the node, reconnected with backoff whenever it
+//! breaks. Requests are tagged with ids, queued, and written in batches (everything queued when
+//! the transport is ready for more); responses complete the waiting callers by id; pushes go to
+//! the link's [`LinkEvents`]. A local link reaches a [`Handler`] in the same process instead:
+//! the same requests and responses, run in the caller's task, with no socket and no encoding.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use foldhash::HashMap;
+use futures::Stream;
+use goverse_core::{CallError, ErrorCode};
+use goverse_proto::node::node_service_client::NodeServiceClient;
+use goverse_proto::node::{
+    DescribeRequest, DescribeResponse, Push, Request as WireRequest, RequestBatch, ResponseBatch,
+};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::wire::{outcome_of, request_to_proto};
+use crate::{
+    Handler, MAX_BATCH, MAX_MESSAGE_BYTES, Outcome, PEER_ADDRESS_HEADER, PeerSink, Request,
+};
+
+/// What a link reports to its owner.
+pub trait LinkEvents: Send + Sync + 'static {
+    /// The link is up; this is what the node serves.
+    fn connected(&self, described: &DescribeResponse);
+    /// A push for clients of this peer arrived.
+    fn pushed(&self, push: Push);
+}
+
+/// Callers waiting for responses on one connection.
+#[derive(Default)]
+struct Pending {
+    waiting: Mutex<(bool, HashMap<u64, oneshot::Sender<Outcome>>)>,
+}
+
+impl Pending {
+    /// Registers request `id`; fails if the connection already closed.
+    fn insert(&self, id: u64, tx: oneshot::Sender<Outcome>) -> bool {
+        let mut guard = self.waiting.lock();
+        if guard.0 {
+            return false;
+        }
+        guard.1.insert(id, tx);
+        true
+    }
+
+    fn take(&self, id: u64) -> Option<oneshot::Sender<Outcome>> {
+        self.waiting.lock().1.remove(&id)
+    }
+
+    /// Closes the connection's table and fails everything still waiting.
+    fn close(&self, why: &str) {
+        let waiting = {
+            let mut guard = self.waiting.lock();
+            guard.0 = true;
+            std::mem::take(&mut guard.1)
+        };
+        for (_, tx) in waiting {
+            let _ = tx.send(Err(CallError::unavailable(why.to_owned())));
+        }
+    }
+}
+
+struct Connection {
+    tx: mpsc::UnboundedSender<WireRequest>,
+    pending: Arc<Pending>,
+}
+
+/// A link to one node: over the network, or in-process.
+pub struct NodeLink {
+    address: String,
+    current: RwLock<Option<Arc<Connection>>>,
+    /// Set when the node runs in this process: requests then run in the caller's task.
+    local: Option<Arc<dyn Handler>>,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for NodeLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeLink")
+            .field("address", &self.address)
+            .field("local", &self.local.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeLink {
+    /// A link to the node serving at `address` (`host:port`); it connects once
+    /// [`NodeLink::run`] runs.
+    pub fn remote(address: String) -> Arc<Self> {
+        Arc::new(Self {
+            address,
+            current: RwLock::new(None),
+            local: None,
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// A link to `handler`, a node in this process known as `address`.
+    pub fn local(handler: Arc<dyn Handler>, address: String) -> Arc<Self> {
+        Arc::new(Self {
+            address,
+            current: RwLock::new(None),
+            local: Some(handler),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// The node's address.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Whether requests can be sent now.
+    pub fn is_connected(&self) -> bool {
+        self.local.is_some() || self.current.read().is_some()
+    }
+
+    /// Sends `request` and waits up to `timeout` (the call's deadline, which travels with the
+    /// request) for its outcome.
+    pub async fn request(&self, mut request: Request<'_>, timeout: Duration) -> Outcome {
+        request.timeout = Some(timeout);
+        if let Some(local) = &self.local {
+            return local.handle(request).await;
+        }
+        let op = request_to_proto(request);
+        let Some(conn) = self.current.read().clone() else {
+            return Err(CallError::unavailable(format!(
+                "node {} is not connected",
+                self.address
+            )));
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        if !conn.pending.insert(id, tx) || conn.tx.send(WireRequest { id, op: Some(op) }).is_err() {
+            conn.pending.take(id);
+            return Err(CallError::unavailable(format!(
+                "connection to node {} was lost",
+                self.address
+            )));
+        }
+        // The node enforces the deadline itself; the margin covers the trip back.
+        match tokio::time::timeout(timeout + Duration::from_millis(500), rx).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(CallError::unavailable(format!(
+                "connection to node {} was lost",
+                self.address
+            ))),
+            Err(_) => {
+                conn.pending.take(id);
+                Err(CallError::new(
+                    ErrorCode::DeadlineExceeded,
+                    format!("node {} did not answer within {timeout:?}", self.address),
+                ))
+            }
+        }
+    }
+
+    /// Keeps the link up until `stop` is cancelled, naming this peer `peer_address` to the
+    /// node (pushes for clients whose id starts with it come back on this link).
+    pub async fn run(
+        self: Arc<Self>,
+        peer_address: String,
+        events: Arc<dyn LinkEvents>,
+        stop: CancellationToken,
+    ) {
+        if let Some(local) = &self.local {
+            return Self::run_local(local, &self.address, peer_address, &*events, &stop).await;
+        }
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let result = tokio::select! {
+                () = stop.cancelled() => return,
+                result = self.connect_once(&peer_address, &*events, &stop) => result,
+            };
+            match result {
+                Ok(()) => backoff = Duration::from_millis(50),
+                Err(err) => {
+                    tracing::warn!(node = %self.address, cause = %err, retry_in = ?backoff,
+                        "node link down");
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// One connection: describe, open the stream, serve it until it breaks.
+    async fn connect_once(
+        &self,
+        peer_address: &str,
+        events: &dyn LinkEvents,
+        stop: &CancellationToken,
+    ) -> Result<(), String> {
+        let endpoint = Endpoint::from_shared(format!("http://{}", self.address))
+            .map_err(|e| format!("bad node address {:?}: {e}", self.address))?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(2))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(20));
+        let channel: Channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+        let mut client = NodeServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let described = client
+            .describe(DescribeRequest {})
+            .await
+            .map_err(|s| format!("describe failed: {}", s.message()))?
+            .into_inner();
+        events.connected(&described);
+
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut open = tonic::Request::new(RequestStream {
+            rx,
+            buf: Vec::with_capacity(64),
+        });
+        open.metadata_mut().insert(
+            PEER_ADDRESS_HEADER,
+            peer_address
+                .parse()
+                .map_err(|_| format!("peer address {peer_address:?} is not a valid header"))?,
+        );
+        let mut inbound = client
+            .open(open)
+            .await
+            .map_err(|s| format!("open failed: {}", s.message()))?
+            .into_inner();
+        let pending = Arc::new(Pending::default());
+        *self.current.write() = Some(Arc::new(Connection {
+            tx,
+            pending: pending.clone(),
+        }));
+        tracing::info!(node = %self.address, "node link up");
+
+        let result = loop {
+            let batch = tokio::select! {
+                () = stop.cancelled() => break Ok(()),
+                batch = inbound.message() => batch,
+            };
+            match batch {
+                Ok(Some(batch)) => {
+                    for r in batch.responses {
+                        if let Some(tx) = pending.take(r.id) {
+                            let _ = tx.send(outcome_of(r.result));
+                        }
+                    }
+                    for push in batch.pushes {
+                        events.pushed(push);
+                    }
+                }
+                Ok(None) => break Err("node closed the stream".to_owned()),
+                Err(status) => break Err(format!("stream failed: {}", status.message())),
+            }
+        };
+        *self.current.write() = None;
+        pending.close(&format!("connection to node {} was lost", self.address));
+        result
+    }
+
+    /// An in-process link: attaches a push sink to the handler and hands what arrives on it to
+    /// `events` until `stop`.
+    async fn run_local(
+        handler: &Arc<dyn Handler>,
+        address: &str,
+        peer_address: String,
+        events: &dyn LinkEvents,
+        stop: &CancellationToken,
+    ) {
+        /// Serials of in-process streams, apart from the network ones.
+        static SERIALS: AtomicU64 = AtomicU64::new(1 << 62);
+        let serial = SERIALS.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (sink, pending_pushes) = PeerSink::new(serial, tx);
+        let peer: Arc<str> = peer_address.into();
+        handler.peer_opened(peer.clone(), sink);
+        events.connected(&handler.describe());
+        tracing::info!(node = %address, "in-process node link up");
+        let mut buf = Vec::with_capacity(64);
+        loop {
+            let received = tokio::select! {
+                () = stop.cancelled() => break,
+                n = rx.recv_many(&mut buf, MAX_BATCH) => n,
+            };
+            if received == 0 {
+                break;
+            }
+            let mut batch = ResponseBatch::default();
+            for item in buf.drain(..) {
+                item.add_to(&mut batch, &pending_pushes);
+            }
+            for push in batch.pushes {
+                events.pushed(push);
+            }
+        }
+        handler.peer_closed(&peer, serial);
+    }
+}
+
+/// The request half of the stream: everything queued when polled, as one batch.
+struct RequestStream {
+    rx: mpsc::UnboundedReceiver<WireRequest>,
+    buf: Vec<WireRequest>,
+}
+
+impl Stream for RequestStream {
+    type Item = RequestBatch;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<RequestBatch>> {
+        let this = self.get_mut();
+        match this.rx.poll_recv_many(cx, &mut this.buf, MAX_BATCH) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(0) => Poll::Ready(None),
+            Poll::Ready(_) => Poll::Ready(Some(RequestBatch {
+                requests: std::mem::take(&mut this.buf),
+            })),
+        }
+    }
+}

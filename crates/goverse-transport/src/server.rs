@@ -1,0 +1,195 @@
+//! The server half: a node's [`Handler`] served to peers on a listener.
+//!
+//! A peer opens one long-lived `Open` stream and writes batches of id-tagged requests. Each
+//! request is polled once as it is read and becomes a task of its own only if it has to wait
+//! (for its turn, a load, a nested call), so it never holds up the requests behind it, and a
+//! request that completes at once costs no task spawn and no cross-thread wake-up. The response
+//! half drains everything queued when it is polled into one batch, so batches grow with load and
+//! a lone response is written at once. Pushes for the peer's clients travel on the same half.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::Stream;
+use goverse_core::CallError;
+use goverse_proto::node::node_service_server::{NodeService, NodeServiceServer};
+use goverse_proto::node::{
+    self as proto, DescribeRequest, DescribeResponse, RequestBatch, ResponseBatch,
+};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::{Response, Status, Streaming};
+
+use crate::handler::Outbound;
+use crate::wire::{Received, response_of};
+use crate::{Handler, MAX_BATCH, MAX_MESSAGE_BYTES, PEER_ADDRESS_HEADER, PeerSink};
+
+/// Why [`serve`] stopped.
+#[derive(Debug, thiserror::Error)]
+#[error("node service failed: {0}")]
+pub struct ServeError(#[from] tonic::transport::Error);
+
+/// Serves `handler` to peers on `listener` until `shutdown` completes; then ends every peer
+/// stream (requests already received still get their responses) and returns.
+pub async fn serve(
+    handler: Arc<dyn Handler>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let stop = CancellationToken::new();
+    let readers = TaskTracker::new();
+    let service = NodeServiceServer::new(NodeRpc {
+        handler,
+        stop: stop.clone(),
+        readers: readers.clone(),
+        serials: AtomicU64::new(0),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let served = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.await;
+            stop.cancel();
+        })
+        .await;
+    readers.close();
+    readers.wait().await;
+    served?;
+    Ok(())
+}
+
+struct NodeRpc {
+    handler: Arc<dyn Handler>,
+    stop: CancellationToken,
+    readers: TaskTracker,
+    serials: AtomicU64,
+}
+
+#[tonic::async_trait]
+impl NodeService for NodeRpc {
+    type OpenStream = BatchStream;
+
+    async fn open(
+        &self,
+        request: tonic::Request<Streaming<RequestBatch>>,
+    ) -> Result<Response<BatchStream>, Status> {
+        let peer: Option<Arc<str>> = request
+            .metadata()
+            .get(PEER_ADDRESS_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .map(Into::into);
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let serial = self.serials.fetch_add(1, Ordering::Relaxed);
+        let (sink, pending_pushes) = PeerSink::new(serial, tx.clone());
+        if let Some(peer) = &peer {
+            self.handler.peer_opened(peer.clone(), sink);
+            tracing::info!(peer = %peer, "peer stream opened");
+        }
+        let handler = self.handler.clone();
+        let stop = self.stop.clone();
+        self.readers.spawn(async move {
+            loop {
+                let batch = tokio::select! {
+                    () = stop.cancelled() => break,
+                    batch = inbound.message() => batch,
+                };
+                match batch {
+                    Ok(Some(batch)) => {
+                        for request in batch.requests {
+                            run_request(&handler, &tx, request);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(cause = %status, "peer stream failed");
+                        break;
+                    }
+                }
+            }
+            if let Some(peer) = &peer {
+                handler.peer_closed(peer, serial);
+                tracing::info!(peer = %peer, "peer stream closed");
+            }
+        });
+        Ok(Response::new(BatchStream {
+            rx,
+            buf: Vec::with_capacity(64),
+            pending_pushes,
+        }))
+    }
+
+    async fn describe(
+        &self,
+        _request: tonic::Request<DescribeRequest>,
+    ) -> Result<Response<DescribeResponse>, Status> {
+        Ok(Response::new(self.handler.describe()))
+    }
+}
+
+/// Starts one request: polled once here, and spawned only if it has to wait.
+fn run_request(
+    handler: &Arc<dyn Handler>,
+    tx: &mpsc::UnboundedSender<Outbound>,
+    request: proto::Request,
+) {
+    let handler = handler.clone();
+    let tx = tx.clone();
+    let id = request.id;
+    let mut task = Box::pin(async move {
+        let outcome = match Received::from_proto(request.op) {
+            Some(mut received) => handler.handle(received.request()).await,
+            None => Err(CallError::invalid_argument(
+                "request carries no operation (call, create or delete)",
+            )),
+        };
+        // The peer may be gone; its responses are then dropped.
+        let _ = tx.send(Outbound::Response(response_of(id, outcome)));
+    });
+    let waker = futures::task::noop_waker_ref();
+    if task
+        .as_mut()
+        .poll(&mut Context::from_waker(waker))
+        .is_pending()
+    {
+        // Spawned tasks are polled again at once, registering their own waker.
+        tokio::spawn(task);
+    }
+}
+
+/// The response half of a peer stream: everything queued when polled, as one batch.
+pub(crate) struct BatchStream {
+    rx: mpsc::UnboundedReceiver<Outbound>,
+    buf: Vec<Outbound>,
+    pending_pushes: Arc<AtomicUsize>,
+}
+
+impl Stream for BatchStream {
+    type Item = Result<ResponseBatch, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        match this.rx.poll_recv_many(cx, &mut this.buf, MAX_BATCH) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(0) => Poll::Ready(None),
+            Poll::Ready(_) => {
+                let mut batch = ResponseBatch::default();
+                for item in this.buf.drain(..) {
+                    item.add_to(&mut batch, &this.pending_pushes);
+                }
+                Poll::Ready(Some(Ok(batch)))
+            }
+        }
+    }
+}
