@@ -8,7 +8,9 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures::FutureExt;
 use goverse_core::{CallError, ChainId, ClientIdentity, ErrorCode, ObjectId, Payload, ShardId};
@@ -19,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::host::Host;
 use crate::reliable::{self, RecentCalls};
 use crate::store::{Change, SaveJob, store_error};
-use crate::turn::{self, Scheduled, Status};
+use crate::turn::{self, Scheduled, Status, TurnLock};
 use goverse_core::ReliableOutcome;
 
 /// A turn on a live object.
@@ -49,7 +51,7 @@ pub(crate) trait ActivationDyn: Any + Send + Sync + fmt::Debug {
     /// Tells this activation apart from earlier and later ones of the same object.
     fn serial(&self) -> u64;
     fn host(&self) -> &Arc<dyn Host>;
-    fn turn_state(&self) -> &Mutex<TurnState>;
+    fn turn_state(&self) -> &TurnLock<TurnState>;
     fn idle_timeout(&self) -> Duration;
     /// Records a call, for idle tracking.
     fn touch(&self);
@@ -100,7 +102,7 @@ pub(crate) trait ActivationDyn: Any + Send + Sync + fmt::Debug {
 }
 
 impl Scheduled for dyn ActivationDyn {
-    fn turn_state(&self) -> &Mutex<TurnState> {
+    fn turn_state(&self) -> &TurnLock<TurnState> {
         ActivationDyn::turn_state(self)
     }
 
@@ -131,7 +133,7 @@ pub(crate) struct Activation<T> {
     serial: u64,
     host: Arc<dyn Host>,
     idle_timeout: Duration,
-    turn: Mutex<TurnState>,
+    turn: TurnLock<TurnState>,
     touched: AtomicBool,
     idle_since_ms: AtomicU64,
     dirty: AtomicBool,
@@ -173,7 +175,7 @@ impl<T: Dispatch> Activation<T> {
             serial: SERIALS.fetch_add(1, Ordering::Relaxed),
             host,
             idle_timeout,
-            turn: Mutex::new(TurnState::activating(activating_chain)),
+            turn: TurnLock::new(TurnState::activating(activating_chain)),
             touched: AtomicBool::new(false),
             idle_since_ms: AtomicU64::new(now_ms),
             dirty: AtomicBool::new(false),
@@ -663,7 +665,7 @@ impl<T: Dispatch> ActivationDyn for Activation<T> {
         &self.host
     }
 
-    fn turn_state(&self) -> &Mutex<TurnState> {
+    fn turn_state(&self) -> &TurnLock<TurnState> {
         &self.turn
     }
 

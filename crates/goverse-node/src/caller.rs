@@ -1,7 +1,7 @@
 //! Where a call starts: a [`Node`] handle, a running turn, or a turn starting a new chain.
 
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use goverse_core::{ChainId, ClientIdentity};
 

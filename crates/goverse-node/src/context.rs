@@ -1,6 +1,8 @@
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use goverse_core::{CallError, ChainId, ClientIdentity, Message, ObjectId};
 use tokio_util::sync::CancellationToken;
@@ -49,7 +51,8 @@ impl ObjectContext {
         self.chain
     }
 
-    /// When the call that started this turn stops waiting. Calls made through this context
+    /// When the call that started this turn stops waiting, on tokio's clock (so tests with
+    /// paused time see deadlines pass as the clock is advanced). Calls made through this context
     /// inherit it (or a shorter timeout of their own).
     pub fn deadline(&self) -> Instant {
         self.deadline

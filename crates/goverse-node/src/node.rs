@@ -7,7 +7,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures::StreamExt;
 use goverse_cluster::{ClusterStore, Keys, MemoryClusterStore};
@@ -838,8 +840,7 @@ where
         if let Poll::Ready(out) = work.as_mut().poll(cx) {
             return Poll::Ready(out);
         }
-        let timer =
-            timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         match timer.as_mut().poll(cx) {
             Poll::Ready(()) => {
                 let what = describe.take().map_or_else(String::new, |d| d());

@@ -10,16 +10,37 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use goverse_core::{CallError, ChainId, ErrorCode, ObjectId};
-use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use crate::MethodKind;
+
+/// The lock around a turn state: parking_lot's mutex, or loom's when the scheduler's loom tests
+/// are built (`--cfg goverse_loom`), so loom explores every interleaving of the lock sections.
+#[cfg(not(goverse_loom))]
+pub(crate) use parking_lot::Mutex as TurnLock;
+
+#[cfg(goverse_loom)]
+#[derive(Debug)]
+pub(crate) struct TurnLock<T>(loom::sync::Mutex<T>);
+
+#[cfg(goverse_loom)]
+impl<T> TurnLock<T> {
+    pub(crate) fn new(value: T) -> Self {
+        Self(loom::sync::Mutex::new(value))
+    }
+
+    pub(crate) fn lock(&self) -> loom::sync::MutexGuard<'_, T> {
+        self.0
+            .lock()
+            .expect("no test thread panics while holding a turn lock")
+    }
+}
 
 /// What the scheduler needs of what it schedules. Implemented by the node's type-erased
 /// activations, and by the small test objects of the scheduler's own tests.
 pub(crate) trait Scheduled: Send + Sync + 'static {
     /// The turn state, guarded.
-    fn turn_state(&self) -> &Mutex<TurnState<Self>>;
+    fn turn_state(&self) -> &TurnLock<TurnState<Self>>;
     /// The object's ID, for error messages.
     fn id(&self) -> &ObjectId;
     /// The object's type name, for error messages.
@@ -319,6 +340,189 @@ fn release<A: ?Sized + Scheduled>(activation: Arc<A>, kind: MethodKind, chain: C
 
 /// Marks an activation closed or failed. The caller holds the write turn; dropping that permit
 /// then hands every waiter the news.
-pub(crate) fn set_status<A: ?Sized + Scheduled>(state: &Mutex<TurnState<A>>, status: Status) {
+pub(crate) fn set_status<A: ?Sized + Scheduled>(state: &TurnLock<TurnState<A>>, status: Status) {
     state.lock().status = status;
+}
+
+/// The scheduler under loom: every interleaving of its lock sections, hand-overs and abandoned
+/// waiters, with a small object of its own. Built only with `--cfg goverse_loom`
+/// (`scripts/test` runs them).
+#[cfg(all(test, goverse_loom))]
+mod loom_tests {
+    use std::sync::Arc;
+
+    use goverse_core::{ChainId, ObjectId};
+    use loom::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    struct Probe {
+        turns: TurnLock<TurnState<Probe>>,
+        id: ObjectId,
+        writers: AtomicUsize,
+        readers: AtomicUsize,
+        done: AtomicUsize,
+    }
+
+    impl Scheduled for Probe {
+        fn turn_state(&self) -> &TurnLock<TurnState<Self>> {
+            &self.turns
+        }
+
+        fn id(&self) -> &ObjectId {
+            &self.id
+        }
+
+        fn type_name(&self) -> &'static str {
+            "Probe"
+        }
+    }
+
+    /// An object whose activating write turn (chain 99) the returned permit still holds.
+    fn activating() -> (Arc<Probe>, TurnPermit<Probe>) {
+        let probe = Arc::new(Probe {
+            turns: TurnLock::new(TurnState::activating(ChainId::from_raw(99))),
+            id: ObjectId::from("p"),
+            writers: AtomicUsize::new(0),
+            readers: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+        });
+        let permit =
+            TurnPermit::preassigned(probe.clone(), MethodKind::Write, ChainId::from_raw(99));
+        (probe, permit)
+    }
+
+    /// Explores every interleaving with up to two preemptions (loom's recommended bound: most
+    /// concurrency bugs need no more, and the full space of three threads takes minutes).
+    fn model(test: impl Fn() + Sync + Send + 'static) {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(2);
+        builder.check(test);
+    }
+
+    /// Takes a turn, checks nobody is inside who must not be, and leaves.
+    async fn take_turn(probe: &Arc<Probe>, kind: MethodKind, chain: u64) {
+        let permit = acquire(probe, kind, ChainId::from_raw(chain))
+            .await
+            .expect("the object is active");
+        match kind {
+            MethodKind::Write => {
+                assert_eq!(
+                    probe.writers.fetch_add(1, Ordering::SeqCst),
+                    0,
+                    "two writers"
+                );
+                assert_eq!(
+                    probe.readers.load(Ordering::SeqCst),
+                    0,
+                    "a reader during a write"
+                );
+                loom::thread::yield_now();
+                probe.writers.fetch_sub(1, Ordering::SeqCst);
+            }
+            MethodKind::Read => {
+                probe.readers.fetch_add(1, Ordering::SeqCst);
+                assert_eq!(
+                    probe.writers.load(Ordering::SeqCst),
+                    0,
+                    "a write during a read"
+                );
+                loom::thread::yield_now();
+                probe.readers.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        probe.done.fetch_add(1, Ordering::SeqCst);
+        drop(permit);
+    }
+
+    #[test]
+    fn writes_exclude_everything_and_every_waiter_gets_its_turn() {
+        model(|| {
+            let (probe, activating) = activating();
+            let threads: Vec<_> = [
+                (MethodKind::Write, 1),
+                (MethodKind::Write, 2),
+                (MethodKind::Read, 3),
+            ]
+            .into_iter()
+            .map(|(kind, chain)| {
+                let probe = probe.clone();
+                loom::thread::spawn(move || loom::future::block_on(take_turn(&probe, kind, chain)))
+            })
+            .collect();
+            // on_activate finishes while the others arrive: they were queued or come after.
+            set_status(&probe.turns, Status::Active);
+            drop(activating);
+            for thread in threads {
+                thread.join().unwrap();
+            }
+            assert_eq!(probe.done.load(Ordering::SeqCst), 3);
+        });
+    }
+
+    #[test]
+    fn readers_share_and_an_abandoned_waiter_passes_its_turn_on() {
+        model(|| {
+            let (probe, activating) = activating();
+            set_status(&probe.turns, Status::Active);
+            let reader = {
+                let probe = probe.clone();
+                loom::thread::spawn(move || {
+                    loom::future::block_on(take_turn(&probe, MethodKind::Read, 1));
+                })
+            };
+            // A writer that gives up while it may be waiting: whatever turn it was handed
+            // must reach the others.
+            let quitter = {
+                let probe = probe.clone();
+                loom::thread::spawn(move || {
+                    loom::future::block_on(async {
+                        let mut waiting = std::pin::pin!(acquire(
+                            &probe,
+                            MethodKind::Write,
+                            ChainId::from_raw(2)
+                        ));
+                        let _ = futures::poll!(waiting.as_mut());
+                    });
+                })
+            };
+            let writer = {
+                let probe = probe.clone();
+                loom::thread::spawn(move || {
+                    loom::future::block_on(take_turn(&probe, MethodKind::Write, 3));
+                })
+            };
+            drop(activating);
+            reader.join().unwrap();
+            quitter.join().unwrap();
+            writer.join().unwrap();
+            assert_eq!(probe.done.load(Ordering::SeqCst), 2);
+            // Nobody holds or waits for a turn any more.
+            let state = probe.turns.lock();
+            assert!(state.writer.is_none() && state.readers.is_empty() && state.queue.is_empty());
+        });
+    }
+
+    #[test]
+    fn a_failed_activation_fails_every_waiter() {
+        model(|| {
+            let (probe, activating) = activating();
+            let waiter = {
+                let probe = probe.clone();
+                loom::thread::spawn(move || {
+                    loom::future::block_on(acquire(&probe, MethodKind::Read, ChainId::from_raw(1)))
+                        .map(drop)
+                })
+            };
+            set_status(
+                &probe.turns,
+                Status::Failed(CallError::internal("on_activate failed")),
+            );
+            drop(activating);
+            assert!(matches!(
+                waiter.join().unwrap(),
+                Err(AcquireError::Failed(_))
+            ));
+        });
+    }
 }

@@ -828,6 +828,27 @@ async fn a_caller_that_times_out_does_not_cut_the_turn_short() {
     assert_eq!(log_of(&f.node, "t").await, "-1,-1");
 }
 
+/// Deadlines run on tokio's clock: with paused time an hour-long turn and a 30 s deadline take
+/// no real time, and the deadline is met exactly.
+#[tokio::test(start_paused = true)]
+async fn deadlines_follow_paused_time() {
+    let f = fixture().await;
+    let (real, clock) = (Instant::now(), tokio::time::Instant::now());
+    let err = ProbeRef::new("p")
+        .with_timeout(Duration::from_secs(30))
+        .slow_write(&f.node, Int32Value { value: 3_600_000 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::DeadlineExceeded, "{err}");
+    assert_eq!(clock.elapsed(), Duration::from_secs(30));
+    // The turn runs to its end, an hour later on the paused clock.
+    assert_eq!(f.shared.slow_done.load(Ordering::SeqCst), 0);
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(f.shared.slow_done.load(Ordering::SeqCst), 1);
+    assert_eq!(log_of(&f.node, "p").await, "-1");
+    assert!(real.elapsed() < Duration::from_secs(5), "no real waiting");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timers_run_as_turns_and_stop_at_deactivation() {
     let f = fixture().await;
