@@ -10,6 +10,7 @@
 //! [`MemoryClusterStore`] (the embedded default, on tokio time) and [`EtcdClusterStore`] (etcd
 //! 3.4+ over its v3 gRPC API, every configured endpoint used).
 
+mod claims;
 mod etcd;
 mod memory;
 mod placement;
@@ -18,6 +19,7 @@ mod shardmap;
 #[cfg(test)]
 mod conformance;
 
+pub use claims::{ReadRecord, RecordWrite, claims, releases};
 pub use etcd::{EtcdClusterStore, EtcdConfig};
 pub use memory::MemoryClusterStore;
 pub use placement::{Move, MoveReason, Placement, PlacementConfig};

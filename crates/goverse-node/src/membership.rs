@@ -8,11 +8,14 @@
 //! every write carries, and the node serves a shard only once the store has it. Every change of
 //! a shard's state goes through the [`ShardDirectory`].
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use goverse_cluster::{CasOutcome, ClusterError, ClusterStore, Expect, Keys, LeaseId, ShardRecord};
+use goverse_cluster::{
+    CasOutcome, ClusterError, ClusterStore, Expect, Keys, LeaseId, MAX_TXN_OPS, ReadRecord,
+    ShardRecord, TxnOutcome, claims, releases,
+};
 use goverse_core::{NodeAddr, ShardId};
 use goverse_persistence::{Fence, ObjectStore};
 use parking_lot::Mutex;
@@ -96,61 +99,101 @@ impl Membership {
         Ok(())
     }
 
-    /// Claims every shard that is unassigned, assigned to this node, or held by a node that is no
-    /// longer registered; each claim raises the shard's epoch, in the cluster store and then in the
-    /// object store, before the shard is served.
-    async fn claim_shards(&self) -> Result<u32, String> {
-        let cluster_error = |err: ClusterError| err.to_string();
-        let cluster = &self.cluster;
-        let me = self.address.clone();
-        let (records, _) = cluster
+    /// Every shard's record as the cluster store holds it now, in shard order.
+    async fn read_records(&self) -> Result<Vec<ReadRecord>, String> {
+        let (kvs, _) = self
+            .cluster
             .get_prefix(&self.keys.shards())
             .await
-            .map_err(cluster_error)?;
-        let nodes_prefix = self.keys.nodes();
-        let (nodes, _) = cluster
-            .get_prefix(&nodes_prefix)
-            .await
-            .map_err(cluster_error)?;
-        let live: HashSet<String> = nodes
-            .into_iter()
-            .map(|kv| kv.key[nodes_prefix.len()..].to_owned())
+            .map_err(|err| err.to_string())?;
+        let mut records: Vec<ReadRecord> = (0..self.directory.count())
+            .map(|n| ReadRecord {
+                shard: ShardId(n),
+                record: None,
+            })
             .collect();
-        let mut existing = std::collections::HashMap::with_capacity(records.len());
-        for kv in records {
-            existing.insert(kv.key.clone(), kv);
+        for kv in kvs {
+            let Some(shard) = self.keys.shard_of_key(&kv.key) else {
+                continue;
+            };
+            let Some(slot) = records.get_mut(shard.0 as usize) else {
+                return Err(format!(
+                    "the cluster store holds a record for shard {shard}, but this node is \
+                     configured with {} shards: every node of a cluster needs the same shard count",
+                    self.directory.count()
+                ));
+            };
+            slot.record = Some((ShardRecord::decode(shard, &kv.value)?, kv.mod_revision));
         }
+        Ok(records)
+    }
+
+    /// The nodes registered now.
+    async fn live_nodes(&self) -> Result<BTreeSet<NodeAddr>, String> {
+        let prefix = self.keys.nodes();
+        let (nodes, _) = self
+            .cluster
+            .get_prefix(&prefix)
+            .await
+            .map_err(|err| err.to_string())?;
+        Ok(nodes
+            .into_iter()
+            .map(|kv| NodeAddr::new(&kv.key[prefix.len()..]))
+            .collect())
+    }
+
+    /// Claims every shard nobody live serves and placement does not want elsewhere
+    /// ([`claims`] decides); each claim raises the shard's epoch, in the cluster store (in
+    /// transactions of up to [`MAX_TXN_OPS`] records) and then in the object store, before the
+    /// shard is served. A batch that meets a record changed since it was read is decided again
+    /// on what the store holds now.
+    async fn claim_shards(&self) -> Result<u32, String> {
+        let me = &self.address;
+        let live = self.live_nodes().await?;
+        let records = self.read_records().await?;
         let mut claimed: Vec<Fence> = Vec::new();
-        for n in 0..self.directory.count() {
-            let shard = ShardId(n);
-            let key = self.keys.shard(shard);
-            let (expect, epoch) = match existing.get(&key) {
-                None => (Expect::Absent, 1),
-                Some(kv) => {
-                    let record = ShardRecord::decode(shard, &kv.value)?;
-                    let free = match &record.current {
-                        None => true,
-                        Some(current) => *current == me || !live.contains(current.as_str()),
-                    };
-                    if !free {
-                        continue;
-                    }
-                    (Expect::ModRevision(kv.mod_revision), record.epoch + 1)
+        for batch in claims(me, &live, &records).chunks(MAX_TXN_OPS) {
+            let mut batch = batch.to_vec();
+            for _attempt in 0..3 {
+                if batch.is_empty() {
+                    break;
                 }
-            };
-            let record = ShardRecord {
-                shard,
-                target: Some(me.clone()),
-                current: Some(me.clone()),
-                epoch,
-            };
-            if let CasOutcome::Applied(_) = cluster
-                .compare_and_set(&key, expect, record.encode(), None)
-                .await
-                .map_err(cluster_error)?
-            {
-                self.directory.apply(shard, ShardEvent::ClaimStarted);
-                claimed.push(Fence { shard, epoch });
+                let txn: Vec<_> = batch.iter().map(|w| w.to_txn(&self.keys)).collect();
+                match self
+                    .cluster
+                    .transact(&txn)
+                    .await
+                    .map_err(|err| err.to_string())?
+                {
+                    TxnOutcome::Applied(_) => {
+                        for write in &batch {
+                            self.directory
+                                .apply(write.record.shard, ShardEvent::ClaimStarted);
+                            claimed.push(Fence {
+                                shard: write.record.shard,
+                                epoch: write.record.epoch,
+                            });
+                        }
+                        break;
+                    }
+                    TxnOutcome::Conflict(current) => {
+                        let reread: Vec<ReadRecord> = batch
+                            .iter()
+                            .zip(current)
+                            .map(|(write, kv)| {
+                                let shard = write.record.shard;
+                                let record = kv
+                                    .map(|kv| {
+                                        ShardRecord::decode(shard, &kv.value)
+                                            .map(|r| (r, kv.mod_revision))
+                                    })
+                                    .transpose()?;
+                                Ok(ReadRecord { shard, record })
+                            })
+                            .collect::<Result<_, String>>()?;
+                        batch = claims(me, &live, &reread);
+                    }
+                }
             }
         }
         let epochs = match &self.store {
@@ -239,35 +282,21 @@ impl Membership {
         // Nothing runs or writes from here on: the shards are free once the records say so.
         self.fence();
         self.directory.apply_all(|_| true, ShardEvent::Release);
-        let cluster = &self.cluster;
-        match cluster.get_prefix(&self.keys.shards()).await {
-            Ok((records, _)) => {
-                for kv in records {
-                    let Some(shard) = self.keys.shard_of_key(&kv.key) else {
-                        continue;
-                    };
-                    let Ok(mut record) = ShardRecord::decode(shard, &kv.value) else {
-                        continue;
-                    };
-                    if record.current.as_ref() != Some(me) {
-                        continue;
+        match self.read_records().await {
+            Ok(records) => {
+                for batch in releases(me, &records).chunks(MAX_TXN_OPS) {
+                    let txn: Vec<_> = batch.iter().map(|w| w.to_txn(&self.keys)).collect();
+                    // A record changed meanwhile belongs to someone else now: nothing to give up.
+                    if let Err(err) = self.cluster.transact(&txn).await {
+                        tracing::warn!(error = %err, "cannot release shards at shutdown");
                     }
-                    record.current = None;
-                    let _ = cluster
-                        .compare_and_set(
-                            &kv.key,
-                            Expect::ModRevision(kv.mod_revision),
-                            record.encode(),
-                            None,
-                        )
-                        .await;
                 }
             }
             Err(err) => tracing::warn!(error = %err, "cannot release shards at shutdown"),
         }
         let lease = self.lease.lock().take();
         if let Some(lease) = lease {
-            let cluster = cluster.clone();
+            let cluster = self.cluster.clone();
             // Bounded: a dead store must not hold up shutdown.
             let _ = tokio::time::timeout(Duration::from_secs(2), cluster.revoke_lease(lease)).await;
         }

@@ -1,0 +1,236 @@
+//! Which shards a node takes and gives up: pure decisions over what it read from the store.
+//!
+//! [`claims`] and [`releases`] turn a snapshot of the shard records (with their revisions) and
+//! the live nodes into compare-and-set writes. The expectations make the writes safe when the
+//! snapshot is stale or two nodes decide at once: each write applies only if the record is still
+//! the one decided on, so at most one node wins a shard, and a loser re-reads and decides again.
+
+use std::collections::BTreeSet;
+
+use goverse_core::{NodeAddr, ShardId};
+
+use crate::{Expect, Keys, Revision, ShardRecord, TxnOp, TxnWrite};
+
+/// A shard's record as read, with the revision it was read at; `None` when it has none yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadRecord {
+    /// The shard.
+    pub shard: ShardId,
+    /// Its record and that record's mod revision.
+    pub record: Option<(ShardRecord, Revision)>,
+}
+
+/// One compare-and-set write of a shard record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordWrite {
+    /// What the record must still be for the write to apply.
+    pub expect: Expect,
+    /// The new record.
+    pub record: ShardRecord,
+}
+
+impl RecordWrite {
+    /// The write as a transaction entry under `keys`.
+    pub fn to_txn(&self, keys: &Keys) -> TxnWrite {
+        TxnWrite {
+            key: keys.shard(self.record.shard),
+            expect: Some(self.expect),
+            op: TxnOp::Put {
+                value: self.record.encode(),
+                lease: None,
+            },
+        }
+    }
+}
+
+/// The shards `me` may serve now, as claims that raise each shard's epoch.
+///
+/// A shard is claimed when nobody live serves it (no current owner, `me`, or an owner that is
+/// no longer live) and placement does not want it elsewhere (its target is `me`, none, or a node
+/// that is no longer live). A shard a live node serves is never claimed, whatever its target: a
+/// hand-over starts with that node releasing it.
+pub fn claims(
+    me: &NodeAddr,
+    live: &BTreeSet<NodeAddr>,
+    records: &[ReadRecord],
+) -> Vec<RecordWrite> {
+    let gone = |node: &Option<NodeAddr>| node.as_ref().is_none_or(|n| !live.contains(n));
+    let mut writes = Vec::new();
+    for read in records {
+        let (expect, epoch, free) = match &read.record {
+            None => (Expect::Absent, 1, true),
+            Some((record, revision)) => {
+                let served_elsewhere =
+                    record.current.as_ref() != Some(me) && !gone(&record.current);
+                let wanted_elsewhere = record.target.as_ref() != Some(me) && !gone(&record.target);
+                (
+                    Expect::ModRevision(*revision),
+                    record.epoch + 1,
+                    !served_elsewhere && !wanted_elsewhere,
+                )
+            }
+        };
+        if free {
+            writes.push(RecordWrite {
+                expect,
+                record: ShardRecord {
+                    shard: read.shard,
+                    target: Some(me.clone()),
+                    current: Some(me.clone()),
+                    epoch,
+                },
+            });
+        }
+    }
+    writes
+}
+
+/// Writes that give up every shard `me` serves: the current owner is cleared, the target and
+/// the epoch stay (the next claim raises the epoch).
+pub fn releases(me: &NodeAddr, records: &[ReadRecord]) -> Vec<RecordWrite> {
+    records
+        .iter()
+        .filter_map(|read| {
+            let (record, revision) = read.record.as_ref()?;
+            (record.current.as_ref() == Some(me)).then(|| RecordWrite {
+                expect: Expect::ModRevision(*revision),
+                record: ShardRecord {
+                    current: None,
+                    ..record.clone()
+                },
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn node(n: u8) -> NodeAddr {
+        NodeAddr::new(format!("127.0.0.1:{}", 47000 + u16::from(n)))
+    }
+
+    fn read(
+        shard: u32,
+        target: Option<u8>,
+        current: Option<u8>,
+        epoch: u64,
+        rev: i64,
+    ) -> ReadRecord {
+        ReadRecord {
+            shard: ShardId(shard),
+            record: Some((
+                ShardRecord {
+                    shard: ShardId(shard),
+                    target: target.map(node),
+                    current: current.map(node),
+                    epoch,
+                },
+                rev,
+            )),
+        }
+    }
+
+    #[test]
+    fn free_shards_are_claimed_and_served_ones_are_left_alone() {
+        let me = node(0);
+        let live: BTreeSet<_> = [node(0), node(1)].into();
+        let records = [
+            ReadRecord {
+                shard: ShardId(0),
+                record: None,
+            },
+            read(1, Some(0), None, 4, 10),    // mine, unserved
+            read(2, Some(1), Some(1), 2, 11), // node 1 serves it
+            read(3, Some(1), None, 2, 12),    // wanted by live node 1
+            read(4, Some(5), Some(5), 7, 13), // its node is gone
+            read(5, Some(1), Some(0), 3, 14), // I serve it, placement moves it: hand over, no claim
+            read(6, None, Some(0), 9, 15),    // I served it before a restart
+        ];
+        let claimed: BTreeMap<u32, (Expect, u64)> = claims(&me, &live, &records)
+            .into_iter()
+            .map(|w| (w.record.shard.0, (w.expect, w.record.epoch)))
+            .collect();
+        assert_eq!(
+            claimed,
+            BTreeMap::from([
+                (0, (Expect::Absent, 1)),
+                (1, (Expect::ModRevision(10), 5)),
+                (4, (Expect::ModRevision(13), 8)),
+                (6, (Expect::ModRevision(15), 10)),
+            ])
+        );
+        let released: Vec<u32> = releases(&me, &records)
+            .iter()
+            .map(|w| w.record.shard.0)
+            .collect();
+        assert_eq!(released, [5, 6]);
+    }
+
+    fn record_strategy() -> impl Strategy<Value = Option<(Option<u8>, Option<u8>, u64)>> {
+        proptest::option::of((
+            proptest::option::of(0u8..5),
+            proptest::option::of(0u8..5),
+            0u64..100,
+        ))
+    }
+
+    proptest! {
+        /// Whatever the records and live nodes: no claim of a shard a live node serves, every
+        /// claim raises the epoch and expects exactly the record it read, and of two nodes
+        /// deciding on one snapshot at most one wins each shard (both expect the same revision,
+        /// so only the first compare-and-set applies).
+        #[test]
+        fn claims_never_take_a_served_shard_and_race_safely(
+            records in proptest::collection::vec(record_strategy(), 1..40),
+            live_mask in 0u8..32,
+        ) {
+            let live: BTreeSet<NodeAddr> = (0..5).filter(|n| live_mask & (1 << n) != 0).map(node).collect();
+            let reads: Vec<ReadRecord> = records
+                .iter()
+                .enumerate()
+                .map(|(i, r)| match r {
+                    None => ReadRecord { shard: ShardId(i as u32), record: None },
+                    Some((t, c, e)) => read(i as u32, *t, *c, *e, 100 + i as i64),
+                })
+                .collect();
+            let mut winners: BTreeMap<ShardId, NodeAddr> = BTreeMap::new();
+            for me in live.iter() {
+                for write in claims(me, &live, &reads) {
+                    let read = &reads[write.record.shard.0 as usize];
+                    match &read.record {
+                        None => prop_assert_eq!(write.expect, Expect::Absent),
+                        Some((record, revision)) => {
+                            prop_assert_eq!(write.expect, Expect::ModRevision(*revision));
+                            prop_assert!(write.record.epoch > record.epoch);
+                            if let Some(current) = &record.current {
+                                prop_assert!(current == me || !live.contains(current),
+                                    "claimed a shard live {} serves", current);
+                            }
+                        }
+                    }
+                    prop_assert_eq!(write.record.current.as_ref(), Some(me));
+                    // The store applies the first write expecting this revision; a second one
+                    // expecting the same revision finds the first's and fails.
+                    winners.entry(write.record.shard).or_insert_with(|| me.clone());
+                }
+            }
+            // A free shard with no live target is claimed by someone when any node is live.
+            for read in &reads {
+                let free = match &read.record {
+                    None => true,
+                    Some((r, _)) => r.current.as_ref().is_none_or(|c| !live.contains(c))
+                        && r.target.as_ref().is_none_or(|t| !live.contains(t)),
+                };
+                if free && !live.is_empty() {
+                    prop_assert!(winners.contains_key(&read.shard), "shard {} left unclaimed", read.shard);
+                }
+            }
+        }
+    }
+}
