@@ -14,11 +14,12 @@ use std::time::Duration;
 
 use goverse_cluster::{
     CasOutcome, ClusterError, ClusterStore, Expect, Keys, LeaseId, MAX_TXN_OPS, ReadRecord,
-    ShardRecord, TxnOutcome, claims, releases,
+    ShardRecord, TxnOutcome, WatchEvent, claims, releases,
 };
 use goverse_core::{NodeAddr, ShardId};
 use goverse_persistence::{Fence, ObjectStore};
 use parking_lot::Mutex;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::directory::{ShardDirectory, ShardEvent, ShardState};
@@ -33,6 +34,8 @@ pub(crate) struct Membership {
     directory: Arc<ShardDirectory>,
     store: Option<Arc<dyn ObjectStore>>,
     lease: Mutex<Option<LeaseId>>,
+    /// Woken when a node left or a shard was released: a claim pass may find shards to take.
+    claims_wanted: Notify,
 }
 
 impl Membership {
@@ -52,6 +55,7 @@ impl Membership {
             directory,
             store,
             lease: Mutex::new(None),
+            claims_wanted: Notify::new(),
         }
     }
 
@@ -152,7 +156,19 @@ impl Membership {
         let live = self.live_nodes().await?;
         let records = self.read_records().await?;
         let mut claimed: Vec<Fence> = Vec::new();
-        for batch in claims(me, &live, &records).chunks(MAX_TXN_OPS) {
+        // Shards this node serves or is claiming already are not claimed again (that would
+        // raise their epoch under the running activations and fence their writes).
+        let mine = |shard: ShardId| {
+            !matches!(
+                self.directory.state(shard),
+                ShardState::Unowned | ShardState::Fenced
+            )
+        };
+        let wanted: Vec<_> = claims(me, &live, &records)
+            .into_iter()
+            .filter(|w| !mine(w.record.shard))
+            .collect();
+        for batch in wanted.chunks(MAX_TXN_OPS) {
             let mut batch = batch.to_vec();
             for _attempt in 0..3 {
                 if batch.is_empty() {
@@ -191,7 +207,10 @@ impl Membership {
                                 Ok(ReadRecord { shard, record })
                             })
                             .collect::<Result<_, String>>()?;
-                        batch = claims(me, &live, &reread);
+                        batch = claims(me, &live, &reread)
+                            .into_iter()
+                            .filter(|w| !mine(w.record.shard))
+                            .collect();
                     }
                 }
             }
@@ -226,9 +245,17 @@ impl Membership {
         let mut last_renewed = tokio::time::Instant::now();
         let mut fenced = false;
         loop {
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = tokio::time::sleep(ttl / 3) => {}
+            let renew_at = tokio::time::Instant::now() + ttl / 3;
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep_until(renew_at) => break,
+                    () = self.claims_wanted.notified() => {
+                        if !fenced && let Err(err) = self.claim_shards().await {
+                            tracing::warn!(error = %err, "cannot claim released shards yet");
+                        }
+                    }
+                }
             }
             match self.cluster.keep_alive(lease).await {
                 Ok(()) => {
@@ -258,6 +285,61 @@ impl Membership {
                             fenced = false;
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// Watches the cluster's registrations and shard records, and asks for a claim pass
+    /// whenever a node leaves or a shard is released. Re-lists and watches again when the
+    /// watch ends (the store restarted, or could not replay what was missed).
+    pub(crate) async fn watch(self: Arc<Self>, cancel: CancellationToken) {
+        let prefix = format!("{}/", self.keys.prefix());
+        let nodes = self.keys.nodes();
+        let shards = self.keys.shards();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let watching = match self.cluster.get_prefix(&prefix).await {
+                Ok((_, revision)) => self.cluster.watch_prefix(&prefix, revision).await,
+                Err(err) => Err(err),
+            };
+            let mut events = match watching {
+                Ok(events) => {
+                    backoff = Duration::from_millis(100);
+                    events
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, retry_in = ?backoff, "cannot watch the cluster");
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            // Whatever changed before the watch started is picked up by one pass now.
+            self.claims_wanted.notify_one();
+            loop {
+                let event = tokio::select! {
+                    () = cancel.cancelled() => return,
+                    event = events.recv() => event,
+                };
+                let Some(event) = event else { break };
+                let frees = match &event {
+                    WatchEvent::Delete { key, .. } => {
+                        key.starts_with(&nodes) || key.starts_with(&shards)
+                    }
+                    WatchEvent::Put(kv) => {
+                        kv.key.starts_with(&shards)
+                            && self.keys.shard_of_key(&kv.key).is_some_and(|shard| {
+                                ShardRecord::decode(shard, &kv.value)
+                                    .is_ok_and(|record| record.current.is_none())
+                            })
+                    }
+                };
+                if frees {
+                    self.claims_wanted.notify_one();
                 }
             }
         }

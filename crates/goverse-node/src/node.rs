@@ -973,6 +973,9 @@ impl NodeBuilder {
             .tasks
             .spawn(inner.membership.clone().keep_alive(inner.cancel.clone()));
         *inner.renewing.lock() = Some(renewing);
+        inner
+            .tasks
+            .spawn(inner.membership.clone().watch(inner.cancel.clone()));
         if let Some(interval) = inner.idle_check_interval() {
             let node = inner.clone();
             inner.tasks.spawn(async move {
