@@ -1,5 +1,6 @@
 //! `goverse bench local`: whole-system load on one in-process node.
 //! `goverse bench gate`: load through a running gate (gRPC or HTTP) to its node.
+//! `goverse bench shard-map`: a whole shard map written to etcd (in `bench_map`).
 
 use std::io::Write as _;
 use std::sync::Arc;
@@ -21,6 +22,8 @@ pub(crate) enum BenchCommand {
     /// Counter.Add through a running gate (start one with `goverse demo`): M callers call
     /// random counters of N.
     Gate(GateArgs),
+    /// Places a whole shard map and writes it to a running etcd in batched transactions.
+    ShardMap(crate::bench_map::ShardMapArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -106,6 +109,7 @@ pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Local(args) => local(args).await,
         BenchCommand::Gate(args) => gate(args).await,
+        BenchCommand::ShardMap(args) => crate::bench_map::shard_map(args).await,
     }
 }
 

@@ -104,6 +104,62 @@ fn bench_local_json_has_the_documented_keys() {
 }
 
 #[test]
+fn bench_shard_map_writes_and_removes_a_whole_map_on_a_real_etcd() {
+    let etcd = goverse_testkit::EtcdServer::start();
+    let out = goverse(&[
+        "bench",
+        "shard-map",
+        "--etcd",
+        &etcd.endpoint(),
+        "--shards",
+        "1024",
+        "--nodes",
+        "3",
+        "--rounds",
+        "2",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(report["transactions"], 8, "{report}");
+    assert!(
+        report["write_ms_median"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    // Nothing is left behind.
+    let left = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use goverse::cluster::{ClusterStore, EtcdClusterStore, EtcdConfig};
+        let store = EtcdClusterStore::connect(&EtcdConfig {
+            endpoints: vec![etcd.endpoint()],
+            ..EtcdConfig::default()
+        })
+        .await
+        .unwrap();
+        store.get_prefix("/").await.unwrap().0.len()
+    });
+    assert_eq!(left, 0, "the bench removes its maps");
+    // An etcd nobody answers at is named.
+    let out = goverse(&[
+        "bench",
+        "shard-map",
+        "--etcd",
+        "127.0.0.1:1",
+        "--shards",
+        "8",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("127.0.0.1:1"),
+        "names the endpoint: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn bench_rejects_nonsense_arguments() {
     let out = goverse(&["bench", "local", "--callers", "0"]);
     assert!(!out.status.success());

@@ -188,8 +188,12 @@ fn status_text(status: &Status) -> String {
     let mut text = status.message().to_owned();
     let mut source = status.source();
     while let Some(err) = source {
-        text.push_str(": ");
-        text.push_str(&err.to_string());
+        // Layers often repeat their cause's words: keep each new piece once.
+        let piece = err.to_string();
+        if !text.contains(&piece) {
+            text.push_str(": ");
+            text.push_str(&piece);
+        }
         source = err.source();
     }
     if text.is_empty() {

@@ -102,8 +102,9 @@ pub mod persistence {
 pub mod cluster {
     pub use goverse_cluster::{
         CasOutcome, ClusterError, ClusterStore, DEFAULT_PREFIX, EtcdClusterStore, EtcdConfig,
-        Expect, KeyValue, Keys, LeaseId, MAX_TXN_OPS, MemoryClusterStore, Revision, ShardRecord,
-        TxnOp, TxnOutcome, TxnWrite, WatchEvent, WatchStream,
+        Expect, KeyValue, Keys, LeaseId, MAX_TXN_OPS, MemoryClusterStore, Move, MoveReason,
+        Placement, PlacementConfig, ReadRecord, RecordWrite, Revision, ShardRecord, TxnOp,
+        TxnOutcome, TxnWrite, WatchEvent, WatchStream, claims, releases,
     };
 }
 
