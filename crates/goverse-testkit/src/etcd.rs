@@ -136,20 +136,8 @@ impl EtcdServer {
     }
 
     fn signal_and_wait(&mut self, signal: &str) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let _ = Command::new("kill")
-            .args([signal, &child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while child.try_wait().ok().flatten().is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(child) = self.child.take() {
+            crate::signal_and_wait(child, signal, Duration::from_secs(20));
         }
     }
 }

@@ -208,3 +208,24 @@ impl Drop for Process {
         let _ = self.child.wait();
     }
 }
+
+/// Sends `signal` (`-TERM`, `-KILL`, ...) to `child` and waits up to `grace` for it to exit,
+/// killing it outright if it has not by then.
+pub(crate) fn signal_and_wait(
+    mut child: std::process::Child,
+    signal: &str,
+    grace: std::time::Duration,
+) {
+    let _ = std::process::Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status();
+    let deadline = std::time::Instant::now() + grace;
+    while child.try_wait().ok().flatten().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

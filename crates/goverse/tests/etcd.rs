@@ -17,6 +17,15 @@ fn config(address: &str) -> NodeConfig {
     }
 }
 
+async fn connect(etcd: &EtcdServer) -> EtcdClusterStore {
+    EtcdClusterStore::connect(&EtcdConfig {
+        endpoints: vec![etcd.endpoint()],
+        ..EtcdConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
 async fn records(store: &EtcdClusterStore) -> Vec<ShardRecord> {
     let keys = Keys::default();
     let (kvs, _) = store.get_prefix(&keys.shards()).await.unwrap();
@@ -31,12 +40,7 @@ async fn records(store: &EtcdClusterStore) -> Vec<ShardRecord> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_claims_its_shards_in_etcd_and_gives_them_back_at_shutdown() {
     let etcd = EtcdServer::start();
-    let store = EtcdClusterStore::connect(&EtcdConfig {
-        endpoints: vec![etcd.endpoint()],
-        ..EtcdConfig::default()
-    })
-    .await
-    .unwrap();
+    let store = connect(&etcd).await;
     let cluster: Arc<dyn ClusterStore> = Arc::new(store.clone());
 
     let first = Node::builder(config("127.0.0.1:47001"))
@@ -102,12 +106,7 @@ async fn a_node_claims_its_shards_in_etcd_and_gives_them_back_at_shutdown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_starting_together_never_claim_the_same_shard() {
     let etcd = EtcdServer::start();
-    let store = EtcdClusterStore::connect(&EtcdConfig {
-        endpoints: vec![etcd.endpoint()],
-        ..EtcdConfig::default()
-    })
-    .await
-    .unwrap();
+    let store = connect(&etcd).await;
     let cluster: Arc<dyn ClusterStore> = Arc::new(store.clone());
     let start = |address: &'static str| {
         let cluster = cluster.clone();
@@ -155,12 +154,7 @@ async fn nodes_starting_together_never_claim_the_same_shard() {
 
 /// Two nodes on one etcd; the first serves every shard.
 async fn pair(etcd: &EtcdServer) -> (EtcdClusterStore, Node, Node) {
-    let store = EtcdClusterStore::connect(&EtcdConfig {
-        endpoints: vec![etcd.endpoint()],
-        ..EtcdConfig::default()
-    })
-    .await
-    .unwrap();
+    let store = connect(etcd).await;
     let cluster: Arc<dyn ClusterStore> = Arc::new(store.clone());
     let first = Node::builder(config("127.0.0.1:47021"))
         .cluster_store(cluster.clone())
