@@ -218,13 +218,15 @@ async fn a_node_whose_lease_is_lost_stops_serving_and_the_others_take_over() {
             .iter()
             .all(|r| r.current.as_ref() == Some(second.address()))
     );
-    assert!(
-        store
-            .get(&Keys::default().node(first.address()))
-            .await
-            .unwrap()
-            .is_some(),
-        "registered again"
+    let key = Keys::default().node(first.address());
+    goverse_testkit::assert_eventually!(
+        store.get(&key).await.unwrap().is_some(),
+        Duration::from_secs(15)
+    );
+    assert_eq!(
+        first.stats().owned_shards,
+        0,
+        "registered again, serving nothing"
     );
     first.shutdown(Duration::from_secs(5)).await;
     second.shutdown(Duration::from_secs(5)).await;
