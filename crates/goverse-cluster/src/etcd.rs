@@ -806,16 +806,14 @@ mod tests {
         etcd.start_again();
 
         // The store reconnects on its own: the next request works.
-        let mut written = None;
-        for _ in 0..100 {
-            match store.put("/r/after", b"2".to_vec(), None).await {
-                Ok(rev) => {
-                    written = Some(rev);
-                    break;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
+        let mut written: Option<Revision>;
+        goverse_testkit::assert_eventually!(
+            {
+                written = store.put("/r/after", b"2".to_vec(), None).await.ok();
+                written.is_some()
+            },
+            Duration::from_secs(10)
+        );
         let written = written.expect("etcd is back");
         // The watch reconnected too, and delivers what was written after the restart.
         let event = tokio::time::timeout(Duration::from_secs(15), watch.recv())

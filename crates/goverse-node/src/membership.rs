@@ -299,7 +299,9 @@ impl Membership {
         let shards = self.keys.shards();
         let mut backoff = Duration::from_millis(100);
         loop {
-            let watching = match self.cluster.get_prefix(&prefix).await {
+            // Any read gives the store-wide revision to watch from; the registrations are the
+            // small listing (the shard records are thousands).
+            let watching = match self.cluster.get_prefix(&nodes).await {
                 Ok((_, revision)) => self.cluster.watch_prefix(&prefix, revision).await,
                 Err(err) => Err(err),
             };

@@ -250,10 +250,10 @@ impl NodeInner {
             Lookup::Inactive => {}
         }
         let entry = self.entry(type_name)?;
-        let host: Arc<dyn Host> = self.clone();
+        // The host handle is cloned only when an activation is made.
         let (activation, made) = self.directory.get_or_insert(shard, id, || {
             entry.new_activation(
-                host,
+                self.clone(),
                 id.clone(),
                 shard,
                 chain,

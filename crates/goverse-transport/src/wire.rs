@@ -153,29 +153,45 @@ impl Received {
                 timeout: timeout_of(call.timeout_micros),
                 caller: client_of(call.caller),
             },
-            request::Op::Create(create) => Self {
-                object_type: create.r#type,
-                object_id: create.object_id,
-                method: String::new(),
-                reliable_call_id: String::new(),
-                request: None,
-                kind: Kind::Create,
-                chain: chain_of(create.chain),
-                timeout: timeout_of(create.timeout_micros),
-                caller: client_of(create.caller),
-            },
-            request::Op::Delete(delete) => Self {
-                object_type: delete.r#type,
-                object_id: delete.object_id,
-                method: String::new(),
-                reliable_call_id: String::new(),
-                request: None,
-                kind: Kind::Delete,
-                chain: chain_of(delete.chain),
-                timeout: timeout_of(delete.timeout_micros),
-                caller: client_of(delete.caller),
-            },
+            request::Op::Create(create) => Self::lifecycle(
+                Kind::Create,
+                create.r#type,
+                create.object_id,
+                create.chain,
+                create.timeout_micros,
+                create.caller,
+            ),
+            request::Op::Delete(delete) => Self::lifecycle(
+                Kind::Delete,
+                delete.r#type,
+                delete.object_id,
+                delete.chain,
+                delete.timeout_micros,
+                delete.caller,
+            ),
         })
+    }
+
+    /// A create or delete: the fields they share.
+    fn lifecycle(
+        kind: Kind,
+        object_type: String,
+        object_id: String,
+        chain: u64,
+        timeout_micros: u64,
+        caller: Option<proto::Caller>,
+    ) -> Self {
+        Self {
+            object_type,
+            object_id,
+            method: String::new(),
+            reliable_call_id: String::new(),
+            request: None,
+            kind,
+            chain: chain_of(chain),
+            timeout: timeout_of(timeout_micros),
+            caller: client_of(caller),
+        }
     }
 
     /// The request, borrowing the strings.
