@@ -153,8 +153,11 @@ impl Membership {
     /// on what the store holds now.
     async fn claim_shards(&self) -> Result<u32, String> {
         let me = &self.address;
-        let live = self.live_nodes().await?;
+        // Records first, then registrations: a node registers before it claims, so every owner
+        // a record names is in the later listing unless its lease has really ended. (The other
+        // order could take a node that registered and claimed in between for a gone one.)
         let records = self.read_records().await?;
+        let live = self.live_nodes().await?;
         let mut claimed: Vec<Fence> = Vec::new();
         // Shards this node serves or is claiming already are not claimed again (that would
         // raise their epoch under the running activations and fence their writes).
@@ -332,19 +335,31 @@ impl Membership {
                     WatchEvent::Delete { key, .. } => {
                         key.starts_with(&nodes) || key.starts_with(&shards)
                     }
-                    WatchEvent::Put(kv) => {
-                        kv.key.starts_with(&shards)
-                            && self.keys.shard_of_key(&kv.key).is_some_and(|shard| {
-                                ShardRecord::decode(shard, &kv.value)
-                                    .is_ok_and(|record| record.current.is_none())
-                            })
-                    }
+                    WatchEvent::Put(kv) => self.record_changed(&kv.key, &kv.value),
                 };
                 if frees {
                     self.claims_wanted.notify_one();
                 }
             }
         }
+    }
+
+    /// A shard record was written: stops serving the shard at once if the record names
+    /// another owner (this node lost it), and returns whether the shard is now free.
+    fn record_changed(&self, key: &str, value: &[u8]) -> bool {
+        let Some(shard) = self.keys.shard_of_key(key) else {
+            return false;
+        };
+        let Ok(record) = ShardRecord::decode(shard, value) else {
+            return false;
+        };
+        if record.current.as_ref() != Some(&self.address)
+            && self.directory.state(shard).write_epoch().is_some()
+        {
+            tracing::warn!(%shard, owner = ?record.current, "shard taken by another node; fencing it");
+            self.directory.apply(shard, ShardEvent::Fence);
+        }
+        record.current.is_none()
     }
 
     async fn rejoin(&self) -> bool {
