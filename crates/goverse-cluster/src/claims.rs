@@ -46,9 +46,11 @@ impl RecordWrite {
 /// The shards `me` may serve now, as claims that raise each shard's epoch.
 ///
 /// A shard is claimed when nobody live serves it (no current owner, `me`, or an owner that is
-/// no longer live) and placement does not want it elsewhere (its target is `me`, none, or a node
-/// that is no longer live). A shard a live node serves is never claimed, whatever its target: a
-/// hand-over starts with that node releasing it.
+/// no longer live) and placement wants it here: its target is `me`; or it has no live target
+/// and either `me` served it last or `me` is its [`preferred`] node among the live ones (so the
+/// shards of a node that died are spread over the others at once, each claimed by one node,
+/// before the leader balances them exactly). A shard a live node serves is never claimed,
+/// whatever its target: a hand-over starts with that node releasing it.
 pub fn claims(
     me: &NodeAddr,
     live: &BTreeSet<NodeAddr>,
@@ -62,14 +64,20 @@ pub fn claims(
             Some((record, revision)) => {
                 let served_elsewhere =
                     record.current.as_ref() != Some(me) && !gone(&record.current);
-                let wanted_elsewhere = record.target.as_ref() != Some(me) && !gone(&record.target);
+                let wanted_here = match &record.target {
+                    Some(target) if live.contains(target) => target == me,
+                    _ => {
+                        record.current.as_ref() == Some(me) || preferred(read.shard, live, me) == me
+                    }
+                };
                 (
                     Expect::ModRevision(*revision),
                     record.epoch + 1,
-                    !served_elsewhere && !wanted_elsewhere,
+                    !served_elsewhere && wanted_here,
                 )
             }
         };
+        let free = free && (read.record.is_some() || preferred(read.shard, live, me) == me);
         if free {
             writes.push(RecordWrite {
                 expect,
@@ -83,6 +91,33 @@ pub fn claims(
         }
     }
     writes
+}
+
+/// The node that takes `shard` when it has no live target: the highest of a hash of the shard
+/// and each node (rendezvous hashing) over the `live` nodes and `me`. Every node computes the
+/// same answer from the same registrations, and when a node leaves only its own shards get a
+/// new preferred node.
+pub fn preferred<'a>(
+    shard: ShardId,
+    live: &'a BTreeSet<NodeAddr>,
+    me: &'a NodeAddr,
+) -> &'a NodeAddr {
+    let score = |node: &NodeAddr| -> u64 {
+        // FNV-1a over the address and the shard, then a 64-bit finaliser (splitmix64) so close
+        // addresses still spread evenly.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in node.as_str().bytes().chain(shard.0.to_le_bytes()) {
+            h ^= u64::from(byte);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        h ^ (h >> 31)
+    };
+    live.iter()
+        .chain(std::iter::once(me))
+        .max_by(|a, b| score(a).cmp(&score(b)).then_with(|| a.cmp(b)))
+        .expect("me is always a candidate")
 }
 
 /// Writes that give up every shard `me` serves: the current owner is cleared, the target and
@@ -156,15 +191,24 @@ mod tests {
             .into_iter()
             .map(|w| (w.record.shard.0, (w.expect, w.record.epoch)))
             .collect();
-        assert_eq!(
-            claimed,
-            BTreeMap::from([
-                (0, (Expect::Absent, 1)),
-                (1, (Expect::ModRevision(10), 5)),
-                (4, (Expect::ModRevision(13), 8)),
-                (6, (Expect::ModRevision(15), 10)),
-            ])
-        );
+        let mut expected = BTreeMap::from([
+            (1, (Expect::ModRevision(10), 5)),
+            (6, (Expect::ModRevision(15), 10)),
+        ]);
+        // Shards with no live target go to their preferred node: 0 (never recorded) and 4.
+        if preferred(ShardId(0), &live, &me) == &me {
+            expected.insert(0, (Expect::Absent, 1));
+        }
+        if preferred(ShardId(4), &live, &me) == &me {
+            expected.insert(4, (Expect::ModRevision(13), 8));
+        }
+        assert_eq!(claimed, expected);
+        let other = claims(&node(1), &live, &records);
+        for shard in [0, 4] {
+            let mine = claimed.contains_key(&shard);
+            let theirs = other.iter().any(|w| w.record.shard.0 == shard);
+            assert!(mine != theirs, "shard {shard}: exactly one node claims it");
+        }
         let released: Vec<u32> = releases(&me, &records)
             .iter()
             .map(|w| w.record.shard.0)
@@ -229,7 +273,38 @@ mod tests {
                 };
                 if free && !live.is_empty() {
                     prop_assert!(winners.contains_key(&read.shard), "shard {} left unclaimed", read.shard);
+                    let claimants = live.iter()
+                        .filter(|me| claims(me, &live, std::slice::from_ref(read)).len() == 1)
+                        .count();
+                    // Only a node that served it last may claim it besides the preferred one.
+                    let last = read.record.as_ref().and_then(|(r, _)| r.current.as_ref());
+                    prop_assert!(claimants == 1 || last.is_some_and(|c| live.contains(c)),
+                        "shard {}: {} claimants", read.shard, claimants);
                 }
+            }
+        }
+    }
+
+    /// Rendezvous spreads shards evenly enough for a failover to land everywhere, and a node
+    /// leaving changes the preferred node of its own shards only.
+    #[test]
+    fn preferred_nodes_spread_and_move_only_what_must() {
+        let live: BTreeSet<_> = (0..5).map(node).collect();
+        let me = node(0);
+        let mut counts: BTreeMap<NodeAddr, usize> = BTreeMap::new();
+        for shard in 0..8192 {
+            *counts
+                .entry(preferred(ShardId(shard), &live, &me).clone())
+                .or_default() += 1;
+        }
+        for (node, n) in &counts {
+            assert!((1400..=1880).contains(n), "{node}: {n} of 8192");
+        }
+        let fewer: BTreeSet<_> = (0..4).map(node).collect();
+        for shard in 0..8192 {
+            let before = preferred(ShardId(shard), &live, &me);
+            if before != &node(4) {
+                assert_eq!(preferred(ShardId(shard), &fewer, &me), before);
             }
         }
     }

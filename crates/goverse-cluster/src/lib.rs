@@ -15,15 +15,17 @@ mod etcd;
 mod memory;
 mod placement;
 mod shardmap;
+mod view;
 
 #[cfg(test)]
 mod conformance;
 
-pub use claims::{ReadRecord, RecordWrite, claims, releases};
+pub use claims::{ReadRecord, RecordWrite, claims, preferred, releases};
 pub use etcd::{EtcdClusterStore, EtcdConfig};
 pub use memory::MemoryClusterStore;
 pub use placement::{Move, MoveReason, Placement, PlacementConfig};
 pub use shardmap::{DEFAULT_PREFIX, Keys, ShardRecord};
+pub use view::{ClusterMap, MapView, Stability};
 
 /// The most writes one [`ClusterStore::transact`] call may carry (etcd's default
 /// `--max-txn-ops`). Larger batches are split by the caller into several transactions.

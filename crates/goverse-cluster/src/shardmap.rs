@@ -8,6 +8,8 @@ pub const DEFAULT_PREFIX: &str = "/goverse";
 ///
 /// ```text
 /// {prefix}/nodes/{host:port}     a live node, on its lease
+/// {prefix}/gates/{host:port}     a live gate, on its lease
+/// {prefix}/leader                the leader node's address, on its lease
 /// {prefix}/shards/{00000..}      a shard record (target, current, epoch)
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +57,22 @@ impl Keys {
     /// A node's registration key.
     pub fn node(&self, addr: &NodeAddr) -> String {
         format!("{}/nodes/{addr}", self.prefix)
+    }
+
+    /// Prefix of live gate registrations (each on its gate's lease).
+    pub fn gates(&self) -> String {
+        format!("{}/gates/", self.prefix)
+    }
+
+    /// A gate's registration key.
+    pub fn gate(&self, addr: &str) -> String {
+        format!("{}/gates/{addr}", self.prefix)
+    }
+
+    /// The leader key: the leading node's address, attached to that node's lease, so a leader
+    /// that dies is gone when its lease ends.
+    pub fn leader(&self) -> String {
+        format!("{}/leader", self.prefix)
     }
 
     /// Prefix of shard records.

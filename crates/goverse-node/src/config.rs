@@ -21,9 +21,18 @@ pub struct NodeConfig {
     /// Persistent objects changed since their last save are saved this often. Zero: only on
     /// deactivation and shutdown.
     pub save_interval: Duration,
-    /// TTL of this node's lease in the cluster store; the node stops serving when it cannot
-    /// renew it.
+    /// TTL of this node's lease in the cluster store (default 10 s); the node stops serving
+    /// when it cannot renew it, and a node that dies is replaced within it.
     pub lease_ttl: Duration,
+    /// Nodes the cluster needs before shards are first given out and placement runs; below
+    /// it a node reports not ready (a running cluster still fails over). Default 1.
+    pub min_quorum: usize,
+    /// How long the set of nodes must hold still before the leader rebalances (upstream's
+    /// `cluster_state_stability_duration`, default 10 s).
+    pub stability_window: Duration,
+    /// A shard whose target node has not taken it for this long is given to another node
+    /// (upstream's `stuck_shard_reallocation_timeout`, default 60 s).
+    pub stuck_shard_timeout: Duration,
     /// Reliable-call records older than this are removed from the store (checked every
     /// twenty-fourth of it, at most hourly). A retry arriving later than this runs the call
     /// again. Default 7 days.
@@ -42,7 +51,10 @@ impl Default for NodeConfig {
             idle_timeout: Duration::from_secs(15 * 60),
             idle_check_interval: None,
             save_interval: Duration::from_secs(60),
-            lease_ttl: Duration::from_secs(15),
+            lease_ttl: Duration::from_secs(10),
+            min_quorum: 1,
+            stability_window: Duration::from_secs(10),
+            stuck_shard_timeout: Duration::from_secs(60),
             reliable_call_retention: Duration::from_secs(7 * 24 * 3600),
             cluster_prefix: goverse_cluster::DEFAULT_PREFIX.to_owned(),
         }
@@ -75,6 +87,12 @@ impl NodeConfig {
                 "reliable_call_retention {:?} is too short (minimum 1s)",
                 self.reliable_call_retention
             ));
+        }
+        if self.min_quorum == 0 {
+            return Err("min_quorum must be at least 1".to_owned());
+        }
+        if self.stuck_shard_timeout.is_zero() {
+            return Err("stuck_shard_timeout must be positive".to_owned());
         }
         goverse_cluster::Keys::new(&self.cluster_prefix)?;
         if let Some(interval) = self.idle_check_interval

@@ -256,6 +256,15 @@ impl ShardDirectory {
         all
     }
 
+    /// Every activation of `shards`.
+    pub(crate) fn activations_of(&self, shards: &[ShardId]) -> Vec<Arc<dyn ActivationDyn>> {
+        let mut found = Vec::new();
+        for shard in shards {
+            found.extend(self.slot(*shard).read().objects.values().cloned());
+        }
+        found
+    }
+
     /// Every activation `keep` accepts, shard by shard (the shard's lock held while `keep`
     /// runs: keep it short).
     pub(crate) fn activations_where(

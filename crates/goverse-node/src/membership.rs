@@ -8,21 +8,32 @@
 //! every write carries, and the node serves a shard only once the store has it. Every change of
 //! a shard's state goes through the [`ShardDirectory`].
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use goverse_cluster::{
-    CasOutcome, ClusterError, ClusterStore, Expect, Keys, LeaseId, MAX_TXN_OPS, ReadRecord,
-    ShardRecord, TxnOutcome, WatchEvent, claims, releases,
+    CasOutcome, ClusterError, ClusterMap, ClusterStore, Expect, Keys, LeaseId, MAX_TXN_OPS,
+    MapView, Placement, PlacementConfig, ReadRecord, RecordWrite, Revision, ShardRecord, Stability,
+    TxnOp, TxnOutcome, TxnWrite, claims,
 };
 use goverse_core::{NodeAddr, ShardId};
 use goverse_persistence::{Fence, ObjectStore};
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::directory::{ShardDirectory, ShardEvent, ShardState};
+
+/// How this node takes part in the cluster (from [`crate::NodeConfig`]).
+#[derive(Debug, Clone)]
+pub(crate) struct ClusterSettings {
+    pub(crate) lease_ttl: Duration,
+    pub(crate) min_quorum: usize,
+    pub(crate) stability_window: Duration,
+    pub(crate) stuck_timeout: Duration,
+}
 
 /// This node's membership: its registration, its lease, and the claims behind its shards.
 #[derive(Debug)]
@@ -30,32 +41,117 @@ pub(crate) struct Membership {
     pub(crate) cluster: Arc<dyn ClusterStore>,
     pub(crate) keys: Keys,
     address: NodeAddr,
-    lease_ttl: Duration,
+    settings: ClusterSettings,
     directory: Arc<ShardDirectory>,
     store: Option<Arc<dyn ObjectStore>>,
+    view: MapView,
     lease: Mutex<Option<LeaseId>>,
-    /// Woken when a node left or a shard was released: a claim pass may find shards to take.
-    claims_wanted: Notify,
+    /// Set while the lease may be lost: nothing is served, claimed or written.
+    fenced: AtomicBool,
+    /// Wakes the reactor: a hand-over finished, or the lease is back.
+    wake: Notify,
+    /// Held by a claim pass: joining and the reactor never claim at once.
+    claiming: tokio::sync::Mutex<()>,
+}
+
+/// What this node does about the map it sees (decided by [`plan`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Plan {
+    /// Shards another live node serves now while this node still writes for them.
+    fence: Vec<ShardId>,
+    /// Shards served here that placement wants on another live node: drain and give up.
+    hand_over: Vec<ShardId>,
+    /// Records that still name this node as owner of a shard it no longer serves, while
+    /// placement wants the shard elsewhere: clear the owner so the target can claim it.
+    release: Vec<RecordWrite>,
+    /// Shards to take ([`claims`]).
+    claim: Vec<RecordWrite>,
+    /// Nobody leads: stand for leader.
+    campaign: bool,
+}
+
+/// Decides, from the map and this node's shard states, what this node does. Pure.
+///
+/// Without quorum, only shards that had a target (a node that died, or this one) are claimed:
+/// a cluster that is still starting waits for its nodes, a running one fails over at once.
+fn plan(
+    me: &NodeAddr,
+    map: &ClusterMap,
+    min_quorum: usize,
+    state: impl Fn(ShardId) -> ShardState,
+) -> Plan {
+    let mut live = map.nodes.clone();
+    live.insert(me.clone());
+    let quorum = live.len() >= min_quorum;
+    let live_other = |n: &Option<NodeAddr>| n.as_ref().is_some_and(|n| n != me && live.contains(n));
+    let mut plan = Plan {
+        campaign: map.leader.is_none(),
+        ..Plan::default()
+    };
+    for read in &map.shards {
+        let Some((record, revision)) = &read.record else {
+            continue;
+        };
+        let here = state(read.shard);
+        let mine = record.current.as_ref() == Some(me);
+        if live_other(&record.current) && here.write_epoch().is_some() {
+            plan.fence.push(read.shard);
+        }
+        if mine && live_other(&record.target) {
+            match here {
+                ShardState::Owned { .. } => plan.hand_over.push(read.shard),
+                ShardState::Unowned | ShardState::Fenced => plan.release.push(RecordWrite {
+                    expect: Expect::ModRevision(*revision),
+                    record: ShardRecord {
+                        current: None,
+                        ..record.clone()
+                    },
+                }),
+                ShardState::Incoming | ShardState::Draining { .. } => {}
+            }
+        }
+    }
+    plan.claim = claims(me, &live, &map.shards)
+        .into_iter()
+        .filter(|w| {
+            matches!(
+                state(w.record.shard),
+                ShardState::Unowned | ShardState::Fenced
+            )
+        })
+        .filter(|w| {
+            quorum
+                || map
+                    .record(w.record.shard)
+                    .is_some_and(|r| r.target.is_some())
+        })
+        .collect();
+    plan
 }
 
 impl Membership {
+    /// Membership of the node at `address`, deciding from `view`.
     pub(crate) fn new(
         cluster: Arc<dyn ClusterStore>,
         keys: Keys,
         address: NodeAddr,
-        lease_ttl: Duration,
+        settings: ClusterSettings,
         directory: Arc<ShardDirectory>,
         store: Option<Arc<dyn ObjectStore>>,
+        view: MapView,
     ) -> Self {
         Self {
             cluster,
             keys,
             address,
-            lease_ttl,
+            settings,
             directory,
             store,
+            view,
             lease: Mutex::new(None),
-            claims_wanted: Notify::new(),
+            fenced: AtomicBool::new(false),
+            wake: Notify::new(),
+            claiming: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -64,12 +160,33 @@ impl Membership {
         *self.lease.lock()
     }
 
-    /// Registers the node and claims the shards no live node holds.
+    /// The watched map.
+    pub(crate) fn view(&self) -> &MapView {
+        &self.view
+    }
+
+    /// Whether the node serves now: registered on a lease it renews, in a cluster that has its
+    /// quorum.
+    pub(crate) fn is_ready(&self) -> bool {
+        if self.lease().is_none() || self.fenced.load(Ordering::Acquire) {
+            return false;
+        }
+        let map = self.view.borrow();
+        let others = map.nodes.iter().filter(|n| **n != self.address).count();
+        others + 1 >= self.settings.min_quorum
+    }
+
+    /// Asks the reactor to look at the map again.
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Registers the node and claims the shards the map gives it.
     pub(crate) async fn join(&self) -> Result<(), String> {
         let cluster = &self.cluster;
         let address = self.address.clone();
         let lease = cluster
-            .grant_lease(self.lease_ttl)
+            .grant_lease(self.settings.lease_ttl)
             .await
             .map_err(|err| format!("cannot get a lease: {err}"))?;
         let key = self.keys.node(&address);
@@ -92,7 +209,9 @@ impl Membership {
             }
         }
         *self.lease.lock() = Some(lease);
-        if let Err(err) = self.claim_shards().await {
+        self.fenced.store(false, Ordering::Release);
+        let claims = self.plan().claim;
+        if let Err(err) = self.claim(claims).await {
             // Leave no registration behind: the shards it claimed are free for the next node.
             self.directory
                 .apply_all(|s| s == ShardState::Incoming, ShardEvent::Release);
@@ -103,37 +222,26 @@ impl Membership {
         Ok(())
     }
 
+    /// What to do about the map as the view holds it now.
+    fn plan(&self) -> Plan {
+        let map = self.view.borrow();
+        plan(&self.address, &map, self.settings.min_quorum, |s| {
+            self.directory.state(s)
+        })
+    }
+
     /// Every shard's record as the cluster store holds it now, in shard order.
     async fn read_records(&self) -> Result<Vec<ReadRecord>, String> {
-        let (kvs, _) = self
+        let (kvs, revision) = self
             .cluster
             .get_prefix(&self.keys.shards())
             .await
             .map_err(|err| err.to_string())?;
-        let mut records: Vec<ReadRecord> = (0..self.directory.count())
-            .map(|n| ReadRecord {
-                shard: ShardId(n),
-                record: None,
-            })
-            .collect();
-        for kv in kvs {
-            let Some(shard) = self.keys.shard_of_key(&kv.key) else {
-                continue;
-            };
-            let Some(slot) = records.get_mut(shard.0 as usize) else {
-                return Err(format!(
-                    "the cluster store holds a record for shard {shard}, but this node is \
-                     configured with {} shards: every node of a cluster needs the same shard count",
-                    self.directory.count()
-                ));
-            };
-            slot.record = Some((ShardRecord::decode(shard, &kv.value)?, kv.mod_revision));
-        }
-        Ok(records)
+        Ok(ClusterMap::load(&self.keys, self.directory.count(), &kvs, revision)?.shards)
     }
 
-    /// The nodes registered now.
-    async fn live_nodes(&self) -> Result<BTreeSet<NodeAddr>, String> {
+    /// The nodes registered now, as the store lists them.
+    async fn live_nodes(&self) -> Result<std::collections::BTreeSet<NodeAddr>, String> {
         let prefix = self.keys.nodes();
         let (nodes, _) = self
             .cluster
@@ -146,30 +254,30 @@ impl Membership {
             .collect())
     }
 
-    /// Claims every shard nobody live serves and placement does not want elsewhere
-    /// ([`claims`] decides); each claim raises the shard's epoch, in the cluster store (in
+    /// Takes `wanted` shards: each claim raises the shard's epoch, in the cluster store (in
     /// transactions of up to [`MAX_TXN_OPS`] records) and then in the object store, before the
-    /// shard is served. A batch that meets a record changed since it was read is decided again
-    /// on what the store holds now.
-    async fn claim_shards(&self) -> Result<u32, String> {
+    /// shard is served. A batch that meets a record changed since the map was read is decided
+    /// again on what the store holds now.
+    async fn claim(&self, wanted: Vec<RecordWrite>) -> Result<u32, String> {
+        if wanted.is_empty() {
+            return Ok(0);
+        }
+        let _claiming = self.claiming.lock().await;
         let me = &self.address;
-        // Records first, then registrations: a node registers before it claims, so every owner
-        // a record names is in the later listing unless its lease has really ended. (The other
-        // order could take a node that registered and claimed in between for a gone one.)
-        let records = self.read_records().await?;
-        let live = self.live_nodes().await?;
+        let mut live = self.view.borrow().nodes.clone();
+        live.insert(me.clone());
         let mut claimed: Vec<Fence> = Vec::new();
         // Shards this node serves or is claiming already are not claimed again (that would
         // raise their epoch under the running activations and fence their writes).
-        let mine = |shard: ShardId| {
-            !matches!(
+        let free = |shard: ShardId| {
+            matches!(
                 self.directory.state(shard),
                 ShardState::Unowned | ShardState::Fenced
             )
         };
-        let wanted: Vec<_> = claims(me, &live, &records)
+        let wanted: Vec<RecordWrite> = wanted
             .into_iter()
-            .filter(|w| !mine(w.record.shard))
+            .filter(|w| free(w.record.shard))
             .collect();
         for batch in wanted.chunks(MAX_TXN_OPS) {
             let mut batch = batch.to_vec();
@@ -196,23 +304,14 @@ impl Membership {
                         break;
                     }
                     TxnOutcome::Conflict(current) => {
-                        let reread: Vec<ReadRecord> = batch
-                            .iter()
-                            .zip(current)
-                            .map(|(write, kv)| {
-                                let shard = write.record.shard;
-                                let record = kv
-                                    .map(|kv| {
-                                        ShardRecord::decode(shard, &kv.value)
-                                            .map(|r| (r, kv.mod_revision))
-                                    })
-                                    .transpose()?;
-                                Ok(ReadRecord { shard, record })
-                            })
-                            .collect::<Result<_, String>>()?;
+                        let reread = reread(&batch, current)?;
+                        // Registrations listed after the records: a node that registered and
+                        // claimed since the map was read is live here, not taken for gone.
+                        live = self.live_nodes().await?;
+                        live.insert(me.clone());
                         batch = claims(me, &live, &reread)
                             .into_iter()
-                            .filter(|w| !mine(w.record.shard))
+                            .filter(|w| free(w.record.shard))
                             .collect();
                     }
                 }
@@ -232,134 +331,192 @@ impl Membership {
         Ok(claimed.len() as u32)
     }
 
+    /// Writes records (releases, target changes) in transactions of up to [`MAX_TXN_OPS`].
+    /// A batch that meets a changed record is written again without the writes whose record
+    /// changed (those are decided again from the next map). Returns the last revision written.
+    async fn write_records(&self, writes: &[RecordWrite]) -> Result<Revision, ClusterError> {
+        let mut last = 0;
+        for batch in writes.chunks(MAX_TXN_OPS) {
+            let mut batch = batch.to_vec();
+            while !batch.is_empty() {
+                let txn: Vec<_> = batch.iter().map(|w| w.to_txn(&self.keys)).collect();
+                match self.cluster.transact(&txn).await? {
+                    TxnOutcome::Applied(revision) => {
+                        last = revision;
+                        break;
+                    }
+                    TxnOutcome::Conflict(current) => {
+                        let before = batch.len();
+                        batch = batch
+                            .into_iter()
+                            .zip(current)
+                            .filter(|(w, kv)| match (w.expect, kv) {
+                                (Expect::Absent, None) => true,
+                                (Expect::ModRevision(r), Some(kv)) => kv.mod_revision == r,
+                                _ => false,
+                            })
+                            .map(|(w, _)| w)
+                            .collect();
+                        if batch.len() == before {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(last)
+    }
+
     /// Stops serving every shard (fencing): used when the lease cannot be renewed in time.
     fn fence(&self) {
+        self.fenced.store(true, Ordering::Release);
         self.directory.apply_all(|_| true, ShardEvent::Fence);
     }
 
     /// Renews the lease every third of its TTL. If renewal has failed for half the TTL the node
     /// stops serving before the lease can expire; once renewal works again (or a new lease is had)
-    /// the node re-registers and reclaims its shards.
+    /// the node re-registers and its reactor reclaims its shards.
     pub(crate) async fn keep_alive(self: Arc<Self>, cancel: CancellationToken) {
-        let ttl = self.lease_ttl;
+        let ttl = self.settings.lease_ttl;
         let Some(mut lease) = self.lease() else {
             return;
         };
         let mut last_renewed = tokio::time::Instant::now();
-        let mut fenced = false;
         loop {
-            let renew_at = tokio::time::Instant::now() + ttl / 3;
-            loop {
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    () = tokio::time::sleep_until(renew_at) => break,
-                    () = self.claims_wanted.notified() => {
-                        if !fenced && let Err(err) = self.claim_shards().await {
-                            tracing::warn!(error = %err, "cannot claim released shards yet");
-                        }
-                    }
-                }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(ttl / 3) => {}
             }
+            let fenced = self.fenced.load(Ordering::Acquire);
             match self.cluster.keep_alive(lease).await {
                 Ok(()) => {
                     last_renewed = tokio::time::Instant::now();
-                    if fenced && self.claim_shards().await.is_ok() {
-                        fenced = false;
+                    if fenced {
+                        tracing::info!("lease renewed; serving again");
+                        self.fenced.store(false, Ordering::Release);
+                        self.wake();
                     }
                 }
                 Err(err) => {
                     tracing::error!(error = %err, "cannot renew the node lease");
-                    if !fenced && last_renewed.elapsed() >= ttl / 2
-                        || matches!(err, ClusterError::LeaseExpired(_))
-                    {
-                        if !fenced {
-                            tracing::error!(
-                                "stopping service of every shard until the lease is renewed"
-                            );
-                            self.fence();
-                            fenced = true;
-                        }
-                        if matches!(err, ClusterError::LeaseExpired(_)) && self.rejoin().await {
-                            let Some(renewed) = self.lease() else {
-                                return;
-                            };
-                            lease = renewed;
-                            last_renewed = tokio::time::Instant::now();
-                            fenced = false;
-                        }
+                    let expired = matches!(err, ClusterError::LeaseExpired(_));
+                    if !fenced && (last_renewed.elapsed() >= ttl / 2 || expired) {
+                        tracing::error!(
+                            "stopping service of every shard until the lease is renewed"
+                        );
+                        self.fence();
+                    }
+                    if expired && self.rejoin().await {
+                        let Some(renewed) = self.lease() else {
+                            return;
+                        };
+                        lease = renewed;
+                        last_renewed = tokio::time::Instant::now();
+                        self.wake();
                     }
                 }
             }
         }
     }
 
-    /// Watches the cluster's registrations and shard records, and asks for a claim pass
-    /// whenever a node leaves or a shard is released. Re-lists and watches again when the
-    /// watch ends (the store restarted, or could not replay what was missed).
-    pub(crate) async fn watch(self: Arc<Self>, cancel: CancellationToken) {
-        let prefix = format!("{}/", self.keys.prefix());
-        let nodes = self.keys.nodes();
-        let shards = self.keys.shards();
-        let mut backoff = Duration::from_millis(100);
+    /// Acts on every change of the map: fences shards another node took, hands over shards
+    /// placement moved away, releases records left naming this node, claims what the map gives
+    /// it, stands for leader when nobody leads, and while leading steps placement. Shards to
+    /// hand over go to `hand_overs` (the node drains and saves them, then wakes the reactor,
+    /// which releases them).
+    pub(crate) async fn react(
+        self: Arc<Self>,
+        hand_overs: mpsc::UnboundedSender<Vec<ShardId>>,
+        cancel: CancellationToken,
+    ) {
+        let mut changes = self.view.subscribe();
+        let mut leader = Leader::new(&self.settings);
+        let origin = tokio::time::Instant::now();
+        // A first pass at once: the map changed while the node was joining.
+        self.wake();
         loop {
-            // Any read gives the store-wide revision to watch from; the registrations are the
-            // small listing (the shard records are thousands).
-            let watching = match self.cluster.get_prefix(&nodes).await {
-                Ok((_, revision)) => self.cluster.watch_prefix(&prefix, revision).await,
-                Err(err) => Err(err),
-            };
-            let mut events = match watching {
-                Ok(events) => {
-                    backoff = Duration::from_millis(100);
-                    events
+            let tick = leader.next_tick(origin);
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                changed = changes.changed() => if changed.is_err() { return },
+                () = self.wake.notified() => {}
+                () = sleep_until_some(tick) => {}
+            }
+            if self.fenced.load(Ordering::Acquire) || self.lease().is_none() {
+                continue;
+            }
+            let plan = self.plan();
+            for shard in &plan.fence {
+                tracing::warn!(%shard, "shard taken by another node; fencing it");
+                self.directory.apply(*shard, ShardEvent::Fence);
+            }
+            if !plan.hand_over.is_empty() {
+                for shard in &plan.hand_over {
+                    self.directory.apply(*shard, ShardEvent::Drain);
                 }
-                Err(err) => {
-                    tracing::warn!(error = %err, retry_in = ?backoff, "cannot watch the cluster");
-                    tokio::select! {
-                        () = cancel.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
-                }
+                tracing::info!(shards = plan.hand_over.len(), "handing shards over");
+                let _ = hand_overs.send(plan.hand_over);
+            }
+            if !plan.release.is_empty()
+                && let Err(err) = self.write_records(&plan.release).await
+            {
+                tracing::warn!(error = %err, "cannot release shards yet");
+            }
+            if let Err(err) = self.claim(plan.claim).await {
+                tracing::warn!(error = %err, "cannot claim shards yet");
+            }
+            if plan.campaign {
+                self.campaign().await;
+            }
+            let now = origin.elapsed();
+            let moves = {
+                let map = self.view.borrow();
+                let leading = map.leader.as_ref().is_some_and(|(l, _)| *l == self.address);
+                leader.step(now, leading, &map)
             };
-            // Whatever changed before the watch started is picked up by one pass now.
-            self.claims_wanted.notify_one();
-            loop {
-                let event = tokio::select! {
-                    () = cancel.cancelled() => return,
-                    event = events.recv() => event,
-                };
-                let Some(event) = event else { break };
-                let frees = match &event {
-                    WatchEvent::Delete { key, .. } => {
-                        key.starts_with(&nodes) || key.starts_with(&shards)
-                    }
-                    WatchEvent::Put(kv) => self.record_changed(&kv.key, &kv.value),
-                };
-                if frees {
-                    self.claims_wanted.notify_one();
+            if !moves.is_empty() {
+                match self.write_records(&moves).await {
+                    Ok(revision) => leader.written(revision),
+                    Err(err) => tracing::warn!(error = %err, "cannot write shard targets"),
                 }
             }
         }
     }
 
-    /// A shard record was written: stops serving the shard at once if the record names
-    /// another owner (this node lost it), and returns whether the shard is now free.
-    fn record_changed(&self, key: &str, value: &[u8]) -> bool {
-        let Some(shard) = self.keys.shard_of_key(key) else {
-            return false;
-        };
-        let Ok(record) = ShardRecord::decode(shard, value) else {
-            return false;
-        };
-        if record.current.as_ref() != Some(&self.address)
-            && self.directory.state(shard).write_epoch().is_some()
+    /// Stands for leader: writes the leader key on this node's lease if nobody holds it.
+    async fn campaign(&self) {
+        let Some(lease) = self.lease() else { return };
+        let key = self.keys.leader();
+        let me = self.address.as_str().as_bytes().to_vec();
+        match self
+            .cluster
+            .compare_and_set(&key, Expect::Absent, me, Some(lease))
+            .await
         {
-            tracing::warn!(%shard, owner = ?record.current, "shard taken by another node; fencing it");
-            self.directory.apply(shard, ShardEvent::Fence);
+            Ok(CasOutcome::Applied(_)) => {
+                tracing::info!(node = %self.address, "leading the cluster")
+            }
+            Ok(CasOutcome::Conflict(_)) => {}
+            Err(err) => tracing::warn!(error = %err, "cannot stand for leader"),
         }
-        record.current.is_none()
+    }
+
+    /// Gives up leadership, if this node has it, so another node can lead at once.
+    async fn resign(&self) {
+        let leader = self.view.borrow().leader.clone();
+        if let Some((addr, revision)) = leader
+            && addr == self.address
+        {
+            let write = TxnWrite {
+                key: self.keys.leader(),
+                expect: Some(Expect::ModRevision(revision)),
+                op: TxnOp::Delete,
+            };
+            match self.cluster.transact(&[write]).await {
+                Ok(_) => tracing::info!(node = %self.address, "resigned as leader"),
+                Err(err) => tracing::warn!(error = %err, "cannot resign as leader"),
+            }
+        }
     }
 
     async fn rejoin(&self) -> bool {
@@ -375,20 +532,20 @@ impl Membership {
         }
     }
 
-    /// Releases this node's shards (clearing `current`, keeping the epoch) and revokes its lease.
+    /// Resigns, releases this node's shards (clearing `current`, keeping the epoch) and revokes
+    /// its lease.
     pub(crate) async fn leave(&self) {
         let me = &self.address;
+        self.resign().await;
         // Nothing runs or writes from here on: the shards are free once the records say so.
         self.fence();
         self.directory.apply_all(|_| true, ShardEvent::Release);
         match self.read_records().await {
             Ok(records) => {
-                for batch in releases(me, &records).chunks(MAX_TXN_OPS) {
-                    let txn: Vec<_> = batch.iter().map(|w| w.to_txn(&self.keys)).collect();
-                    // A record changed meanwhile belongs to someone else now: nothing to give up.
-                    if let Err(err) = self.cluster.transact(&txn).await {
-                        tracing::warn!(error = %err, "cannot release shards at shutdown");
-                    }
+                let releases = goverse_cluster::releases(me, &records);
+                // A record changed meanwhile belongs to someone else now: nothing to give up.
+                if let Err(err) = self.write_records(&releases).await {
+                    tracing::warn!(error = %err, "cannot release shards at shutdown");
                 }
             }
             Err(err) => tracing::warn!(error = %err, "cannot release shards at shutdown"),
@@ -399,5 +556,219 @@ impl Membership {
             // Bounded: a dead store must not hold up shutdown.
             let _ = tokio::time::timeout(Duration::from_secs(2), cluster.revoke_lease(lease)).await;
         }
+    }
+}
+
+/// The records a conflicting batch met, as the store returned them.
+fn reread(
+    batch: &[RecordWrite],
+    current: Vec<Option<goverse_cluster::KeyValue>>,
+) -> Result<Vec<ReadRecord>, String> {
+    batch
+        .iter()
+        .zip(current)
+        .map(|(write, kv)| {
+            let shard = write.record.shard;
+            let record = kv
+                .map(|kv| ShardRecord::decode(shard, &kv.value).map(|r| (r, kv.mod_revision)))
+                .transpose()?;
+            Ok(ReadRecord { shard, record })
+        })
+        .collect()
+}
+
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The leader's side of the reactor: placement stepped over the map once the cluster is
+/// stable, and never again before the map shows the targets it wrote last.
+#[derive(Debug)]
+struct Leader {
+    placement: Placement,
+    stability: Stability,
+    window: Duration,
+    min_quorum: usize,
+    leading: bool,
+    /// The revision of the last targets written; placement waits until the map has it.
+    written: Revision,
+    tick: Duration,
+}
+
+impl Leader {
+    fn new(settings: &ClusterSettings) -> Self {
+        Self {
+            placement: Placement::new(PlacementConfig {
+                stuck_timeout: settings.stuck_timeout,
+                ..PlacementConfig::default()
+            }),
+            stability: Stability::new(settings.stability_window, settings.min_quorum),
+            window: settings.stability_window,
+            min_quorum: settings.min_quorum,
+            leading: false,
+            written: 0,
+            // Often enough to act soon after the window ends and to notice stuck shards.
+            tick: (settings.stability_window / 4)
+                .clamp(Duration::from_millis(10), Duration::from_secs(1)),
+        }
+    }
+
+    /// When the reactor looks again without a change: only while leading.
+    fn next_tick(&self, origin: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        self.leading.then(|| {
+            let now = tokio::time::Instant::now();
+            let stable_at = origin + self.stability.stable_at();
+            if stable_at > now {
+                stable_at.min(now + self.tick)
+            } else {
+                now + self.tick
+            }
+        })
+    }
+
+    /// The target changes to write now, as compare-and-set writes of the records read.
+    fn step(&mut self, now: Duration, leading: bool, map: &ClusterMap) -> Vec<RecordWrite> {
+        if !leading {
+            if self.leading {
+                tracing::info!("no longer leading");
+            }
+            self.leading = false;
+            return Vec::new();
+        }
+        if !self.leading {
+            // A new term: the window starts now, whatever an earlier term saw.
+            self.stability = Stability::new(self.window, self.min_quorum);
+            self.leading = true;
+        }
+        self.stability.observe(now, &map.nodes);
+        if !self.stability.is_stable(now) || map.revision < self.written {
+            return Vec::new();
+        }
+        let records = map.records();
+        let moves = self
+            .placement
+            .step(now, &map.nodes, &records, &BTreeMap::new());
+        moves
+            .into_iter()
+            .map(|m| {
+                let read = &map.shards[m.shard.0 as usize];
+                let (expect, record) = match &read.record {
+                    Some((record, revision)) => (Expect::ModRevision(*revision), record.clone()),
+                    None => (Expect::Absent, records[m.shard.0 as usize].clone()),
+                };
+                RecordWrite {
+                    expect,
+                    record: ShardRecord {
+                        target: Some(m.to),
+                        ..record
+                    },
+                }
+            })
+            .collect()
+    }
+
+    fn written(&mut self, revision: Revision) {
+        self.written = self.written.max(revision);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use goverse_cluster::{KeyValue, WatchEvent};
+
+    use super::*;
+
+    fn node(n: u16) -> NodeAddr {
+        NodeAddr::new(format!("127.0.0.1:{}", 47000 + n))
+    }
+
+    /// A map of six shards with the given (target, current) and nodes 1 and 2 registered.
+    fn map(records: &[(Option<u16>, Option<u16>)]) -> ClusterMap {
+        let keys = Keys::default();
+        let mut map = ClusterMap::empty(records.len() as u32);
+        for n in [1, 2] {
+            let kv = KeyValue {
+                key: keys.node(&node(n)),
+                value: Vec::new(),
+                create_revision: 1,
+                mod_revision: 1,
+                lease: None,
+            };
+            map.apply(&keys, &WatchEvent::Put(kv)).unwrap();
+        }
+        for (i, (target, current)) in records.iter().enumerate() {
+            let record = ShardRecord {
+                shard: ShardId(i as u32),
+                target: target.map(node),
+                current: current.map(node),
+                epoch: 3,
+            };
+            let kv = KeyValue {
+                key: keys.shard(ShardId(i as u32)),
+                value: record.encode(),
+                create_revision: 10 + i as i64,
+                mod_revision: 10 + i as i64,
+                lease: None,
+            };
+            map.apply(&keys, &WatchEvent::Put(kv)).unwrap();
+        }
+        map
+    }
+
+    #[test]
+    fn the_plan_follows_the_map() {
+        let me = node(1);
+        let map = map(&[
+            (Some(1), Some(1)), // 0: mine, served here: nothing
+            (Some(2), Some(1)), // 1: moved to node 2 while served here: hand over
+            (Some(2), Some(1)), // 2: moved to node 2, no longer served here: release
+            (Some(2), Some(2)), // 3: node 2 serves it, but this node still writes: fence
+            (Some(1), None),    // 4: targeted here, nobody serves it: claim
+            (Some(9), Some(9)), // 5: its node is gone: claimed by its preferred node
+        ]);
+        let states = |s: ShardId| match s.0 {
+            0 | 1 => ShardState::Owned { epoch: 3 },
+            3 => ShardState::Draining { epoch: 3 },
+            _ => ShardState::Unowned,
+        };
+        let plan = plan(&me, &map, 1, states);
+        assert_eq!(plan.fence, [ShardId(3)]);
+        assert_eq!(plan.hand_over, [ShardId(1)]);
+        assert_eq!(plan.release.len(), 1);
+        assert_eq!(plan.release[0].record.shard, ShardId(2));
+        assert_eq!(plan.release[0].record.current, None);
+        assert_eq!(plan.release[0].record.target, Some(node(2)));
+        assert_eq!(plan.release[0].expect, Expect::ModRevision(12));
+        let mut live = map.nodes.clone();
+        live.insert(me.clone());
+        let mut claimed: Vec<u32> = vec![4];
+        if goverse_cluster::preferred(ShardId(5), &live, &me) == &me {
+            claimed.push(5);
+        }
+        let got: Vec<u32> = plan.claim.iter().map(|w| w.record.shard.0).collect();
+        assert_eq!(got, claimed);
+        assert!(plan.campaign, "nobody leads");
+
+        // Without the quorum, shards nobody was ever given stay where they are; shards of a
+        // node that died are still taken.
+        let fresh = ClusterMap::empty(4);
+        assert!(plan_claims(&me, &fresh, 3).is_empty());
+        assert_eq!(plan_claims(&me, &fresh, 1).len(), 4);
+        let orphaned = map_with_gone_target();
+        assert_eq!(plan_claims(&me, &orphaned, 3).len(), 1);
+    }
+
+    fn plan_claims(me: &NodeAddr, map: &ClusterMap, quorum: usize) -> Vec<RecordWrite> {
+        plan(me, map, quorum, |_| ShardState::Unowned).claim
+    }
+
+    fn map_with_gone_target() -> ClusterMap {
+        // Shard 0 was node 9's, which is gone; node 1 is its only candidate.
+        let mut map = map(&[(Some(9), Some(9))]);
+        map.nodes.remove(&node(2));
+        map
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use futures::StreamExt;
-use goverse_cluster::{ClusterStore, Keys, MemoryClusterStore};
+use goverse_cluster::{ClusterStore, Keys, MapView, MemoryClusterStore};
 use goverse_core::{
     CallError, ChainId, ErrorCode, Message, NodeAddr, ObjectId, ObjectIdKind, Payload, ShardId,
     fnv1a_32, shard_of,
@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use crate::activation::{ActivationDyn, CloseReason, Detached, ReliableRequest, TurnPermit};
 use crate::directory::{Lookup, ShardDirectory, ShardEvent, ShardState};
 use crate::host::{CallScope, Host, MethodRef, deadline_for};
-use crate::membership::Membership;
+use crate::membership::{ClusterSettings, Membership};
 use crate::push::PushHub;
 use crate::registry::{TypeEntry, TypeInfo, TypeOptions};
 use crate::reliable;
@@ -117,8 +117,9 @@ pub(crate) struct NodeInner {
     /// Stops the saver and loader, once the last saves are done.
     store_stop: CancellationToken,
     membership: Arc<Membership>,
-    /// The lease renewal task, which shutdown waits for before it saves.
-    renewing: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The lease renewal and membership reactor tasks, which shutdown waits for before it
+    /// saves (a claim they are making finishes first).
+    renewing: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     state: AtomicU8,
     clock: tokio::time::Instant,
     tasks: TaskTracker,
@@ -654,20 +655,66 @@ impl NodeInner {
         }
         let deadline = tokio::time::Instant::now() + grace;
         self.cancel.cancel();
-        // A renewal or rejoin in progress finishes before the saves (and before `leave` takes
-        // the lease), so the shards it re-claims can be saved to.
-        let renewing = self.renewing.lock().take();
-        if let Some(renewing) = renewing {
-            let _ = tokio::time::timeout_at(deadline, renewing).await;
+        // A renewal, rejoin or claim pass in progress finishes before the saves (and before
+        // `leave` takes the lease), so the shards it claims can be saved to.
+        let renewing = std::mem::take(&mut *self.renewing.lock());
+        for task in renewing {
+            let _ = tokio::time::timeout_at(deadline, task).await;
         }
 
         // No new activations from here on; running turns finish and states are saved under
         // each shard's epoch.
         self.directory
             .apply_all(|s| matches!(s, ShardState::Owned { .. }), ShardEvent::Drain);
-        // Close every activation, collecting the states to save in batches.
+        let report = self
+            .close_and_save(self.directory.all_activations(), Some(deadline))
+            .await;
+        self.membership.leave().await;
+        self.store_stop.cancel();
+        self.tasks.close();
+        if tokio::time::timeout_at(deadline, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("background tasks did not stop within the shutdown grace");
+        }
+        report
+    }
+
+    /// Hands `shards` (already draining) over: closes their activations once their running
+    /// turns finish, saves the changed states under each shard's epoch (retrying until saved or
+    /// the node stops), then gives the shards up and lets membership release their records.
+    async fn hand_over(self: &Arc<Self>, shards: Vec<ShardId>) {
+        let report = self
+            .close_and_save(self.directory.activations_of(&shards), None)
+            .await;
+        for shard in &shards {
+            if matches!(
+                self.directory.state(*shard),
+                ShardState::Draining { .. } | ShardState::Fenced
+            ) {
+                self.directory.apply(*shard, ShardEvent::Release);
+            }
+        }
+        tracing::info!(
+            shards = shards.len(),
+            deactivated = report.deactivated,
+            saved = report.saved,
+            unsaved = report.unsaved,
+            "shards handed over"
+        );
+        self.membership.wake();
+    }
+
+    /// Closes `activations` (each after its running turn) and saves the states they hand back,
+    /// in batches under each shard's epoch, retrying transient store failures until `deadline`
+    /// (`None`: until saved, or the node stops).
+    async fn close_and_save(
+        self: &Arc<Self>,
+        activations: Vec<Arc<dyn ActivationDyn>>,
+        deadline: Option<Instant>,
+    ) -> ShutdownReport {
         let deactivations_before = self.counters.deactivations.load(Ordering::Relaxed);
-        let activations = self.directory.all_activations();
         let closed = Mutex::new(Vec::new());
         let unsaved = AtomicU64::new(0);
         let close_all = futures::stream::iter(activations).for_each_concurrent(256, |activation| {
@@ -683,15 +730,20 @@ impl NodeInner {
                     Ok(None) => {}
                     Err(err) => {
                         unsaved.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(object = %activation.id(), error = %err, "cannot snapshot at shutdown");
+                        tracing::error!(object = %activation.id(), error = %err, "cannot snapshot its state");
                     }
                 }
             }
         });
-        if tokio::time::timeout_at(deadline, close_all).await.is_err() {
-            tracing::error!(
-                "shutdown grace ran out while closing activations (a turn did not finish)"
-            );
+        match deadline {
+            Some(deadline) => {
+                if tokio::time::timeout_at(deadline, close_all).await.is_err() {
+                    tracing::error!(
+                        "grace ran out while closing activations (a turn did not finish)"
+                    );
+                }
+            }
+            None => close_all.await,
         }
         let deactivated =
             self.counters.deactivations.load(Ordering::Relaxed) - deactivations_before;
@@ -725,12 +777,12 @@ impl NodeInner {
                     match wait(reply).await {
                         Ok(()) => saved += 1,
                         Err(crate::store::SaveFailure::Store(err)) if err.is_transient() => {
-                            tracing::warn!(object = %item.0.id(), cause = %err, "save at shutdown failed; retrying");
+                            tracing::warn!(object = %item.0.id(), cause = %err, "save failed; retrying");
                             retry.push(item);
                         }
                         Err(failure) => {
                             unsaved.fetch_add(1, Ordering::Relaxed);
-                            tracing::error!(object = %item.0.id(), cause = ?failure, "state not saved at shutdown");
+                            tracing::error!(object = %item.0.id(), cause = ?failure, "state not saved");
                         }
                     }
                 }
@@ -738,28 +790,28 @@ impl NodeInner {
                 if pending.is_empty() {
                     break;
                 }
-                if tokio::time::Instant::now() + backoff > deadline {
+                let give_up = match deadline {
+                    Some(deadline) => {
+                        let late = tokio::time::Instant::now() + backoff > deadline;
+                        if !late {
+                            tokio::time::sleep(backoff).await;
+                        }
+                        late
+                    }
+                    None => tokio::select! {
+                        () = self.cancel.cancelled() => true,
+                        () = tokio::time::sleep(backoff) => false,
+                    },
+                };
+                if give_up {
                     unsaved.fetch_add(pending.len() as u64, Ordering::Relaxed);
-                    tracing::error!(
-                        count = pending.len(),
-                        "shutdown grace ran out; states not saved"
-                    );
+                    tracing::error!(count = pending.len(), "gave up saving; states not saved");
                     break;
                 }
-                tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
         self.counters.saves.fetch_add(saved, Ordering::Relaxed);
-        self.membership.leave().await;
-        self.store_stop.cancel();
-        self.tasks.close();
-        if tokio::time::timeout_at(deadline, self.tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("background tasks did not stop within the shutdown grace");
-        }
         ShutdownReport {
             deactivated,
             saved,
@@ -936,14 +988,31 @@ impl NodeBuilder {
             address.clone(),
             self.config.shard_count,
         ));
+        let cluster: Arc<dyn ClusterStore> = self
+            .cluster
+            .unwrap_or_else(|| Arc::new(MemoryClusterStore::new()));
+        let view =
+            match MapView::start(cluster.clone(), keys.clone(), self.config.shard_count).await {
+                Ok(view) => view,
+                Err(err) => {
+                    store_stop.cancel();
+                    tasks.close();
+                    return Err(NodeError::Cluster(err));
+                }
+            };
         let membership = Arc::new(Membership::new(
-            self.cluster
-                .unwrap_or_else(|| Arc::new(MemoryClusterStore::new())),
+            cluster,
             keys,
             address.clone(),
-            self.config.lease_ttl,
+            ClusterSettings {
+                lease_ttl: self.config.lease_ttl,
+                min_quorum: self.config.min_quorum,
+                stability_window: self.config.stability_window,
+                stuck_timeout: self.config.stuck_shard_timeout,
+            },
             directory.clone(),
             store.as_ref().map(|s| s.store().clone()),
+            view,
         ));
         let inner = Arc::new(NodeInner {
             address,
@@ -953,7 +1022,7 @@ impl NodeBuilder {
             store,
             store_stop,
             membership,
-            renewing: Mutex::new(None),
+            renewing: Mutex::new(Vec::new()),
             state: AtomicU8::new(STARTING),
             clock: tokio::time::Instant::now(),
             tasks,
@@ -972,10 +1041,27 @@ impl NodeBuilder {
         let renewing = inner
             .tasks
             .spawn(inner.membership.clone().keep_alive(inner.cancel.clone()));
-        *inner.renewing.lock() = Some(renewing);
-        inner
-            .tasks
-            .spawn(inner.membership.clone().watch(inner.cancel.clone()));
+        let (hand_overs, mut handing_over) = tokio::sync::mpsc::unbounded_channel();
+        let reacting = inner.tasks.spawn(
+            inner
+                .membership
+                .clone()
+                .react(hand_overs, inner.cancel.clone()),
+        );
+        *inner.renewing.lock() = vec![renewing, reacting];
+        {
+            let node = inner.clone();
+            inner.tasks.spawn(async move {
+                loop {
+                    let shards = tokio::select! {
+                        () = node.cancel.cancelled() => return,
+                        shards = handing_over.recv() => shards,
+                    };
+                    let Some(shards) = shards else { return };
+                    node.hand_over(shards).await;
+                }
+            });
+        }
         if let Some(interval) = inner.idle_check_interval() {
             let node = inner.clone();
             inner.tasks.spawn(async move {
@@ -1275,6 +1361,19 @@ impl Node {
     /// Addresses of the gates connected to this node now.
     pub fn connected_gates(&self) -> Vec<String> {
         self.inner.push.gates()
+    }
+
+    /// Whether the node serves now: running, registered on a lease it renews, in a cluster that
+    /// has its `min_quorum` of nodes. Live: it turns false when the lease or the quorum is lost
+    /// and true again when they are back.
+    pub fn is_ready(&self) -> bool {
+        self.inner.state.load(Ordering::Acquire) == RUNNING && self.inner.membership.is_ready()
+    }
+
+    /// The cluster as this node sees it now: registered nodes and gates, the leader, and every
+    /// shard's record (a copy of the watched map).
+    pub fn cluster_map(&self) -> goverse_cluster::ClusterMap {
+        self.inner.membership.view().borrow().clone()
     }
 
     /// Counters and gauges.

@@ -101,10 +101,11 @@ pub mod persistence {
 /// Cluster coordination.
 pub mod cluster {
     pub use goverse_cluster::{
-        CasOutcome, ClusterError, ClusterStore, DEFAULT_PREFIX, EtcdClusterStore, EtcdConfig,
-        Expect, KeyValue, Keys, LeaseId, MAX_TXN_OPS, MemoryClusterStore, Move, MoveReason,
-        Placement, PlacementConfig, ReadRecord, RecordWrite, Revision, ShardRecord, TxnOp,
-        TxnOutcome, TxnWrite, WatchEvent, WatchStream, claims, releases,
+        CasOutcome, ClusterError, ClusterMap, ClusterStore, DEFAULT_PREFIX, EtcdClusterStore,
+        EtcdConfig, Expect, KeyValue, Keys, LeaseId, MAX_TXN_OPS, MapView, MemoryClusterStore,
+        Move, MoveReason, Placement, PlacementConfig, ReadRecord, RecordWrite, Revision,
+        ShardRecord, Stability, TxnOp, TxnOutcome, TxnWrite, WatchEvent, WatchStream, claims,
+        preferred, releases,
     };
 }
 

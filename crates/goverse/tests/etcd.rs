@@ -232,3 +232,76 @@ async fn a_node_whose_lease_is_lost_stops_serving_and_its_shards_are_claimed_aga
     first.shutdown(Duration::from_secs(5)).await;
     second.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_balances_the_shards_and_a_lost_leader_is_replaced() {
+    let etcd = EtcdServer::start();
+    let store = connect(&etcd).await;
+    let cluster: Arc<dyn ClusterStore> = Arc::new(store.clone());
+    let mut nodes = Vec::new();
+    for port in [47031, 47032, 47033] {
+        let node = Node::builder(NodeConfig {
+            stability_window: Duration::from_millis(500),
+            ..config(&format!("127.0.0.1:{port}"))
+        })
+        .cluster_store(cluster.clone())
+        .start()
+        .await
+        .unwrap();
+        nodes.push(node);
+    }
+    // ±1 of 64 over three nodes, every record's owner its target, as etcd holds them.
+    let balanced = |nodes: &[Node]| {
+        let store = store.clone();
+        let owned: Vec<u64> = nodes.iter().map(|n| n.stats().owned_shards).collect();
+        async move {
+            let recorded = records(&store).await;
+            owned.iter().sum::<u64>() == 64
+                && owned.iter().max().unwrap() - owned.iter().min().unwrap() <= 1
+                && recorded.len() == 64
+                && recorded
+                    .iter()
+                    .all(|r| r.current.is_some() && r.current == r.target)
+        }
+    };
+    goverse_testkit::assert_eventually!(balanced(&nodes).await, Duration::from_secs(20));
+    let leader_key = Keys::default().leader();
+    let leader = store.get(&leader_key).await.unwrap().expect("a leader");
+    let leader_addr = String::from_utf8(leader.value.clone()).unwrap();
+    assert!(nodes.iter().any(|n| n.address().as_str() == leader_addr));
+
+    // The leader's lease ends (as when its process dies): its key goes with it, and another
+    // node leads at once.
+    store.revoke_lease(leader.lease.unwrap()).await.unwrap();
+    goverse_testkit::assert_eventually!(
+        store
+            .get(&leader_key)
+            .await
+            .unwrap()
+            .is_some_and(|kv| kv.create_revision > leader.create_revision),
+        Duration::from_secs(5)
+    );
+    // The old leader rejoins; the cluster settles balanced again.
+    goverse_testkit::assert_eventually!(balanced(&nodes).await, Duration::from_secs(20));
+
+    // A leader that shuts down resigns: the key is taken over without waiting for its lease.
+    let leader = store.get(&leader_key).await.unwrap().unwrap();
+    let at = nodes
+        .iter()
+        .position(|n| n.address().as_str().as_bytes() == leader.value.as_slice())
+        .unwrap();
+    let gone = nodes.remove(at);
+    gone.shutdown(Duration::from_secs(5)).await;
+    goverse_testkit::assert_eventually!(
+        store
+            .get(&leader_key)
+            .await
+            .unwrap()
+            .is_some_and(|kv| kv.value != leader.value),
+        Duration::from_secs(2)
+    );
+    goverse_testkit::assert_eventually!(balanced(&nodes).await, Duration::from_secs(20));
+    for node in nodes {
+        node.shutdown(Duration::from_secs(5)).await;
+    }
+}

@@ -1,0 +1,454 @@
+//! A watched copy of the cluster: registrations, the leader and every shard record.
+//!
+//! [`ClusterMap`] is the plain data (loaded from one listing, changed by watch events, both
+//! pure); [`MapView`] keeps one up to date from a [`ClusterStore`]: it lists everything under
+//! the prefix at one revision, watches from that revision, applies each burst of events in one
+//! update, and lists again when the watch ends. Nodes decide their claims, hand-overs and
+//! placement from it; routers send calls by it.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use goverse_core::{NodeAddr, ShardId};
+use tokio::sync::watch;
+
+use crate::{ClusterStore, KeyValue, Keys, ReadRecord, Revision, ShardRecord, WatchEvent};
+
+/// The cluster as last read: who is registered, who leads, and every shard's record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterMap {
+    /// The store revision this copy reflects.
+    pub revision: Revision,
+    /// Registered nodes.
+    pub nodes: BTreeSet<NodeAddr>,
+    /// Registered gates.
+    pub gates: BTreeSet<String>,
+    /// The leader and the revision its key was written at (what resigning expects).
+    pub leader: Option<(NodeAddr, Revision)>,
+    /// One entry per shard, in shard order.
+    pub shards: Vec<ReadRecord>,
+}
+
+impl ClusterMap {
+    /// A map of `shard_count` shards with nothing recorded.
+    pub fn empty(shard_count: u32) -> Self {
+        Self {
+            revision: 0,
+            nodes: BTreeSet::new(),
+            gates: BTreeSet::new(),
+            leader: None,
+            shards: (0..shard_count)
+                .map(|n| ReadRecord {
+                    shard: ShardId(n),
+                    record: None,
+                })
+                .collect(),
+        }
+    }
+
+    /// The map a listing of everything under `keys`' prefix describes, read at `revision`.
+    /// A shard record the shard count has no room for is an error (every node and gate of a
+    /// cluster needs the same count); an undecodable one is too.
+    pub fn load(
+        keys: &Keys,
+        shard_count: u32,
+        kvs: &[KeyValue],
+        revision: Revision,
+    ) -> Result<Self, String> {
+        let mut map = Self::empty(shard_count);
+        map.revision = revision;
+        for kv in kvs {
+            map.put(keys, kv)?;
+        }
+        Ok(map)
+    }
+
+    /// Applies one watch event. Keys outside the layout are ignored; a bad shard record is an
+    /// error and leaves the map as it was.
+    pub fn apply(&mut self, keys: &Keys, event: &WatchEvent) -> Result<(), String> {
+        self.revision = self.revision.max(event.revision());
+        match event {
+            WatchEvent::Put(kv) => self.put(keys, kv),
+            WatchEvent::Delete { key, .. } => {
+                if let Some(node) = key.strip_prefix(&keys.nodes()) {
+                    self.nodes.remove(&NodeAddr::new(node));
+                } else if let Some(gate) = key.strip_prefix(&keys.gates()) {
+                    self.gates.remove(gate);
+                } else if *key == keys.leader() {
+                    self.leader = None;
+                } else if let Some(shard) = keys.shard_of_key(key)
+                    && let Some(slot) = self.shards.get_mut(shard.0 as usize)
+                {
+                    slot.record = None;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn put(&mut self, keys: &Keys, kv: &KeyValue) -> Result<(), String> {
+        if let Some(node) = kv.key.strip_prefix(&keys.nodes()) {
+            self.nodes.insert(NodeAddr::new(node));
+        } else if let Some(gate) = kv.key.strip_prefix(&keys.gates()) {
+            self.gates.insert(gate.to_owned());
+        } else if kv.key == keys.leader() {
+            let addr = std::str::from_utf8(&kv.value)
+                .map_err(|_| format!("leader key {} is not utf-8", kv.key))?;
+            self.leader = Some((NodeAddr::new(addr), kv.mod_revision));
+        } else if let Some(shard) = keys.shard_of_key(&kv.key) {
+            let count = self.shards.len();
+            let slot = self.shards.get_mut(shard.0 as usize).ok_or_else(|| {
+                format!(
+                    "the cluster store holds a record for shard {shard}, but this process is \
+                     configured with {count} shards: every node and gate of a cluster needs the \
+                     same shard count"
+                )
+            })?;
+            slot.record = Some((ShardRecord::decode(shard, &kv.value)?, kv.mod_revision));
+        }
+        Ok(())
+    }
+
+    /// The record of `shard`, if it has one.
+    pub fn record(&self, shard: ShardId) -> Option<&ShardRecord> {
+        self.shards
+            .get(shard.0 as usize)?
+            .record
+            .as_ref()
+            .map(|(record, _)| record)
+    }
+
+    /// The node serving `shard` now, if it is a registered one.
+    pub fn owner(&self, shard: ShardId) -> Option<&NodeAddr> {
+        self.record(shard)?
+            .current
+            .as_ref()
+            .filter(|n| self.nodes.contains(*n))
+    }
+
+    /// Every shard's record, an absent one as an empty record of epoch 0 (what placement reads).
+    pub fn records(&self) -> Vec<ShardRecord> {
+        self.shards
+            .iter()
+            .map(|read| match &read.record {
+                Some((record, _)) => record.clone(),
+                None => ShardRecord {
+                    shard: read.shard,
+                    target: None,
+                    current: None,
+                    epoch: 0,
+                },
+            })
+            .collect()
+    }
+
+    /// Shards with no registered node serving them.
+    pub fn unowned(&self) -> usize {
+        (0..self.shards.len() as u32)
+            .filter(|n| self.owner(ShardId(*n)).is_none())
+            .count()
+    }
+
+    /// Shards whose target is a registered node other than the one serving them: hand-overs
+    /// placement asked for that have not finished.
+    pub fn moving(&self) -> usize {
+        self.shards
+            .iter()
+            .filter_map(|read| read.record.as_ref())
+            .filter(|(r, _)| {
+                r.target.as_ref().is_some_and(|t| self.nodes.contains(t)) && r.target != r.current
+            })
+            .count()
+    }
+}
+
+/// Whether the set of nodes has held still long enough for placement to act on it: it is
+/// stable once it has not changed for `window` and holds at least `min_quorum` nodes. Pure:
+/// the caller passes the time.
+#[derive(Debug, Clone)]
+pub struct Stability {
+    window: Duration,
+    min_quorum: usize,
+    nodes: BTreeSet<NodeAddr>,
+    since: Duration,
+}
+
+impl Stability {
+    /// Stability over `window` with at least `min_quorum` nodes.
+    pub fn new(window: Duration, min_quorum: usize) -> Self {
+        Self {
+            window,
+            min_quorum,
+            nodes: BTreeSet::new(),
+            since: Duration::ZERO,
+        }
+    }
+
+    /// Records the nodes seen at `now`; a change restarts the window.
+    pub fn observe(&mut self, now: Duration, nodes: &BTreeSet<NodeAddr>) {
+        if *nodes != self.nodes {
+            self.nodes = nodes.clone();
+            self.since = now;
+        }
+    }
+
+    /// Whether the cluster has its quorum.
+    pub fn has_quorum(&self) -> bool {
+        self.nodes.len() >= self.min_quorum
+    }
+
+    /// Whether placement may act at `now`: quorum, and no change for the window.
+    pub fn is_stable(&self, now: Duration) -> bool {
+        self.has_quorum() && now.saturating_sub(self.since) >= self.window
+    }
+
+    /// When the window started by the last change ends.
+    pub fn stable_at(&self) -> Duration {
+        self.since + self.window
+    }
+}
+
+/// A [`ClusterMap`] kept up to date from a store by a background task; cheap to clone.
+/// The task ends when the last clone is dropped.
+#[derive(Debug, Clone)]
+pub struct MapView {
+    map: watch::Receiver<ClusterMap>,
+    _task: Arc<AbortOnDrop>,
+}
+
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl MapView {
+    /// Lists the cluster under `keys` (an error when the store cannot be read or holds a map
+    /// for another shard count), then follows it. Must run inside a tokio runtime.
+    pub async fn start(
+        store: Arc<dyn ClusterStore>,
+        keys: Keys,
+        shard_count: u32,
+    ) -> Result<Self, String> {
+        let prefix = format!("{}/", keys.prefix());
+        let (kvs, revision) = store
+            .get_prefix(&prefix)
+            .await
+            .map_err(|err| format!("cannot read the cluster map: {err}"))?;
+        let map = ClusterMap::load(&keys, shard_count, &kvs, revision)?;
+        let (tx, rx) = watch::channel(map);
+        let task = tokio::spawn(follow(store, keys, shard_count, tx, revision));
+        Ok(Self {
+            map: rx,
+            _task: Arc::new(AbortOnDrop(task.abort_handle())),
+        })
+    }
+
+    /// The map now. Holds a read lock: copy out what is needed, never hold it across an await.
+    pub fn borrow(&self) -> watch::Ref<'_, ClusterMap> {
+        self.map.borrow()
+    }
+
+    /// A receiver that sees every later update (`changed().await`).
+    pub fn subscribe(&self) -> watch::Receiver<ClusterMap> {
+        let mut rx = self.map.clone();
+        rx.mark_unchanged();
+        rx
+    }
+
+    /// Waits until `ready` holds for the map (checked now and after every update), or `timeout`
+    /// passes; returns whether it held.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        ready: impl FnMut(&ClusterMap) -> bool,
+    ) -> bool {
+        let mut rx = self.map.clone();
+        tokio::time::timeout(timeout, rx.wait_for(ready))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// Follows the store from `after`, publishing each burst of events as one update; lists and
+/// watches again when the watch ends.
+async fn follow(
+    store: Arc<dyn ClusterStore>,
+    keys: Keys,
+    shard_count: u32,
+    tx: watch::Sender<ClusterMap>,
+    mut after: Revision,
+) {
+    let prefix = format!("{}/", keys.prefix());
+    let mut backoff = Duration::from_millis(100);
+    let mut relist = false;
+    loop {
+        if relist {
+            match store.get_prefix(&prefix).await {
+                Ok((kvs, revision)) => match ClusterMap::load(&keys, shard_count, &kvs, revision) {
+                    Ok(map) => {
+                        after = revision;
+                        tx.send_replace(map);
+                    }
+                    Err(err) => tracing::error!(error = %err, "cannot load the cluster map"),
+                },
+                Err(err) => {
+                    tracing::warn!(error = %err, retry_in = ?backoff, "cannot list the cluster");
+                    if pause(&tx, &mut backoff).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        let mut events = match store.watch_prefix(&prefix, after).await {
+            Ok(events) => {
+                backoff = Duration::from_millis(100);
+                events
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, retry_in = ?backoff, "cannot watch the cluster");
+                relist = true;
+                if pause(&tx, &mut backoff).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        loop {
+            let first = tokio::select! {
+                () = tx.closed() => return,
+                event = events.recv() => event,
+            };
+            let Some(first) = first else { break };
+            let mut burst = vec![first];
+            while let Ok(event) = events.try_recv() {
+                burst.push(event);
+            }
+            tx.send_modify(|map| {
+                for event in &burst {
+                    if let Err(err) = map.apply(&keys, event) {
+                        tracing::warn!(error = %err, "ignoring a bad cluster record");
+                    }
+                }
+            });
+            after = burst.last().map_or(after, WatchEvent::revision);
+        }
+        relist = true;
+    }
+}
+
+/// Waits out a backoff (doubling it, up to 5 s); `true` when every receiver is gone.
+async fn pause(tx: &watch::Sender<ClusterMap>, backoff: &mut Duration) -> bool {
+    let closed = tokio::select! {
+        () = tx.closed() => true,
+        () = tokio::time::sleep(*backoff) => false,
+    };
+    *backoff = (*backoff * 2).min(Duration::from_secs(5));
+    closed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Expect, MemoryClusterStore};
+
+    fn addr(n: u16) -> NodeAddr {
+        NodeAddr::new(format!("127.0.0.1:{}", 47000 + n))
+    }
+
+    #[test]
+    fn stability_needs_quorum_and_a_quiet_window() {
+        let mut s = Stability::new(Duration::from_secs(10), 2);
+        let one: BTreeSet<_> = [addr(1)].into();
+        let two: BTreeSet<_> = [addr(1), addr(2)].into();
+        s.observe(Duration::from_secs(1), &one);
+        assert!(!s.has_quorum());
+        assert!(!s.is_stable(Duration::from_secs(100)));
+        s.observe(Duration::from_secs(5), &two);
+        assert!(s.has_quorum());
+        assert!(!s.is_stable(Duration::from_secs(14)));
+        // Seeing the same nodes again does not restart the window.
+        s.observe(Duration::from_secs(12), &two);
+        assert!(s.is_stable(Duration::from_secs(15)));
+        assert_eq!(s.stable_at(), Duration::from_secs(15));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_view_follows_the_store() {
+        let store = Arc::new(MemoryClusterStore::new());
+        let keys = Keys::default();
+        let record = |target: u16, epoch| ShardRecord {
+            shard: ShardId(3),
+            target: Some(addr(target)),
+            current: Some(addr(target)),
+            epoch,
+        };
+        store
+            .put(&keys.node(&addr(1)), b"x".to_vec(), None)
+            .await
+            .unwrap();
+        store
+            .put(&keys.shard(ShardId(3)), record(1, 1).encode(), None)
+            .await
+            .unwrap();
+        let view = MapView::start(store.clone(), keys.clone(), 8)
+            .await
+            .unwrap();
+        assert_eq!(view.borrow().owner(ShardId(3)), Some(&addr(1)));
+        assert_eq!(view.borrow().unowned(), 7);
+
+        store
+            .compare_and_set(
+                &keys.leader(),
+                Expect::Absent,
+                b"127.0.0.1:47002".to_vec(),
+                None,
+            )
+            .await
+            .unwrap();
+        store
+            .put(&keys.node(&addr(2)), b"x".to_vec(), None)
+            .await
+            .unwrap();
+        store
+            .put(&keys.gate("127.0.0.1:48000"), b"x".to_vec(), None)
+            .await
+            .unwrap();
+        store
+            .put(&keys.shard(ShardId(3)), record(2, 2).encode(), None)
+            .await
+            .unwrap();
+        assert!(
+            view.wait_for(Duration::from_secs(5), |m| m.owner(ShardId(3))
+                == Some(&addr(2)))
+                .await
+        );
+        {
+            let map = view.borrow();
+            assert_eq!(map.leader.as_ref().map(|l| &l.0), Some(&addr(2)));
+            assert_eq!(map.gates.len(), 1);
+            assert_eq!(map.nodes.len(), 2);
+            assert_eq!(map.record(ShardId(3)).unwrap().epoch, 2);
+        }
+        // A node that is gone serves nothing, whatever its records say.
+        store.delete(&keys.node(&addr(2))).await.unwrap();
+        assert!(
+            view.wait_for(Duration::from_secs(5), |m| m.owner(ShardId(3)).is_none())
+                .await
+        );
+        assert_eq!(view.borrow().moving(), 0);
+
+        // A record for a shard the count has no room for is refused when listing.
+        store
+            .put(&keys.shard(ShardId(100)), record(1, 1).encode(), None)
+            .await
+            .unwrap();
+        let err = MapView::start(store, keys, 8).await.unwrap_err();
+        assert!(err.contains("shard count"), "{err}");
+    }
+}

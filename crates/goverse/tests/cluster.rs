@@ -1,0 +1,209 @@
+//! Several nodes of one cluster in one process, on the in-memory coordinator and a shared object
+//! store, on paused time: leadership, placement to ±1, hand-overs that keep every object's state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use goverse::cluster::{ClusterMap, ClusterStore, MemoryClusterStore};
+use goverse::persistence::{MemoryStore, ObjectStore};
+use goverse::prelude::*;
+use goverse::{ShardId, shard_of};
+use goverse_testkit::assert_eventually;
+
+const SHARDS: u32 = 64;
+
+/// A counter whose state is saved only when it is deactivated or handed over.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Tally {
+    total: i64,
+}
+
+impl Object for Tally {
+    json_state!();
+}
+
+#[goverse::object]
+impl Tally {
+    #[method]
+    async fn add(&mut self, request: Int64Value) -> Result<Int64Value, ObjectError> {
+        self.total += request.value;
+        Ok(Int64Value { value: self.total })
+    }
+
+    #[method]
+    async fn get(&self, _request: Empty) -> Result<Int64Value, ObjectError> {
+        Ok(Int64Value { value: self.total })
+    }
+}
+
+struct Cluster {
+    coordinator: Arc<dyn ClusterStore>,
+    objects: Arc<dyn ObjectStore>,
+}
+
+impl Cluster {
+    fn new() -> Self {
+        Self {
+            coordinator: Arc::new(MemoryClusterStore::new()),
+            objects: Arc::new(MemoryStore::new()),
+        }
+    }
+
+    async fn node(&self, n: u16, min_quorum: usize) -> Node {
+        let config = NodeConfig {
+            address: format!("127.0.0.1:{}", 47000 + n),
+            shard_count: SHARDS,
+            lease_ttl: Duration::from_secs(3),
+            stability_window: Duration::from_secs(2),
+            save_interval: Duration::ZERO,
+            min_quorum,
+            ..NodeConfig::default()
+        };
+        Node::builder(config)
+            .register::<Tally>()
+            .cluster_store(self.coordinator.clone())
+            .object_store(self.objects.clone())
+            .start()
+            .await
+            .unwrap()
+    }
+}
+
+/// Each node serves its share to ±1, every shard has its target as owner, and the shard states
+/// the nodes report agree with the map.
+fn balanced(nodes: &[&Node]) -> bool {
+    let map = nodes[0].cluster_map();
+    let owned: Vec<u64> = nodes.iter().map(|n| n.stats().owned_shards).collect();
+    let (min, max) = (owned.iter().min().unwrap(), owned.iter().max().unwrap());
+    max - min <= 1
+        && owned.iter().sum::<u64>() == u64::from(SHARDS)
+        && map.unowned() == 0
+        && map.moving() == 0
+        && map.nodes.len() == nodes.len()
+}
+
+fn owner_of<'a>(map: &ClusterMap, nodes: &'a [&'a Node], id: &str) -> &'a Node {
+    let shard = shard_of(&ObjectId::from(id), SHARDS).unwrap();
+    let addr = map.owner(shard).expect("every shard has an owner");
+    nodes.iter().find(|n| n.address() == addr).unwrap()
+}
+
+async fn total(node: &Node, id: &str) -> i64 {
+    TallyRef::new(id).get(node, Empty {}).await.unwrap().value
+}
+
+#[tokio::test(start_paused = true)]
+async fn joining_nodes_get_an_even_share_and_objects_keep_their_state_across_hand_overs() {
+    let cluster = Cluster::new();
+    let a = cluster.node(1, 1).await;
+    assert!(a.is_ready());
+    assert_eq!(a.stats().owned_shards, u64::from(SHARDS));
+    assert_eventually!(
+        a.cluster_map()
+            .leader
+            .is_some_and(|(l, _)| &l == a.address())
+    );
+    let ids: Vec<String> = (0..120).map(|i| format!("tally-{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        TallyRef::new(id.as_str())
+            .add(&a, Int64Value { value: i as i64 })
+            .await
+            .unwrap();
+    }
+
+    let b = cluster.node(2, 1).await;
+    let c = cluster.node(3, 1).await;
+    // Nothing moves while the joins are within the stability window.
+    assert_eq!(b.stats().owned_shards + c.stats().owned_shards, 0);
+    assert_eventually!(balanced(&[&a, &b, &c]), Duration::from_secs(20));
+
+    // Every object answers on its shard's new owner with the state it had, and is active on
+    // no other node.
+    let nodes = [&a, &b, &c];
+    let map = a.cluster_map();
+    let moved = ids
+        .iter()
+        .filter(|id| owner_of(&map, &nodes, id).address() != a.address())
+        .count();
+    assert!(moved > 40, "only {moved} of 120 objects moved");
+    for (i, id) in ids.iter().enumerate() {
+        let owner = owner_of(&map, &nodes, id);
+        assert_eq!(total(owner, id).await, i as i64, "{id}");
+        let oid = ObjectId::from(id.as_str());
+        let active = nodes.iter().filter(|n| n.is_active(&oid)).count();
+        assert_eq!(active, 1, "{id} active on {active} nodes");
+        let other = nodes
+            .iter()
+            .find(|n| n.address() != owner.address())
+            .unwrap();
+        let err = TallyRef::new(id.as_str())
+            .get(*other, Empty {})
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Unavailable, "{err}");
+    }
+    // Each move raised its shard's epoch once.
+    for n in 0..SHARDS {
+        let record = map.record(ShardId(n)).unwrap();
+        let expected = if record.current.as_ref() == Some(a.address()) {
+            1
+        } else {
+            2
+        };
+        assert_eq!(record.epoch, expected, "shard {n}");
+    }
+
+    // The leader leaves: it resigns, another node leads, and the two left share every shard.
+    let report = a.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(report.unsaved, 0);
+    assert_eventually!(
+        b.cluster_map()
+            .leader
+            .is_some_and(|(l, _)| &l == b.address() || &l == c.address()),
+        Duration::from_secs(1)
+    );
+    assert_eventually!(balanced(&[&b, &c]), Duration::from_secs(20));
+    let nodes = [&b, &c];
+    let map = b.cluster_map();
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(
+            total(owner_of(&map, &nodes, id), id).await,
+            i as i64,
+            "{id}"
+        );
+    }
+    b.shutdown(Duration::from_secs(5)).await;
+    c.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_starting_cluster_waits_for_its_quorum_then_spreads_the_shards() {
+    let cluster = Cluster::new();
+    let a = cluster.node(1, 3).await;
+    assert!(!a.is_ready(), "one node of three is not ready");
+    assert_eq!(
+        a.stats().owned_shards,
+        0,
+        "no shard is given out before the quorum"
+    );
+    let b = cluster.node(2, 3).await;
+    assert!(!b.is_ready());
+    assert_eq!(a.stats().owned_shards + b.stats().owned_shards, 0);
+    let c = cluster.node(3, 3).await;
+    // With the quorum, each node takes its preferred shards at once; the leader then evens
+    // them out to ±1 once the window has passed.
+    assert_eventually!(a.is_ready() && b.is_ready() && c.is_ready());
+    assert_eventually!(
+        [&a, &b, &c].iter().all(|n| n.stats().owned_shards > 0) && a.cluster_map().unowned() == 0
+    );
+    assert_eventually!(balanced(&[&a, &b, &c]), Duration::from_secs(20));
+    // Losing a node loses the quorum: the others report not ready, and still serve its shards.
+    c.shutdown(Duration::from_secs(5)).await;
+    assert_eventually!(!a.is_ready() && !b.is_ready());
+    assert_eventually!(
+        a.cluster_map().unowned() == 0
+            && a.stats().owned_shards + b.stats().owned_shards == u64::from(SHARDS)
+    );
+    a.shutdown(Duration::from_secs(5)).await;
+    b.shutdown(Duration::from_secs(5)).await;
+}
