@@ -123,6 +123,8 @@ impl fmt::Display for ErrorCode {
 pub struct CallError {
     code: ErrorCode,
     message: Arc<str>,
+    /// The request did not run: the node does not serve the object's shard now.
+    not_served: bool,
 }
 
 impl CallError {
@@ -131,7 +133,24 @@ impl CallError {
         Self {
             code,
             message: message.into(),
+            not_served: false,
         }
+    }
+
+    /// The node does not serve the object's shard now (it is moving, or another node has it),
+    /// and the request did not run: a router sends it again to the shard's owner. Clients that
+    /// see it (their deadline passed before the shard found an owner) see `Unavailable`.
+    pub fn not_served(message: impl Into<Arc<str>>) -> Self {
+        Self {
+            not_served: true,
+            ..Self::new(ErrorCode::Unavailable, message)
+        }
+    }
+
+    /// Whether this is a [`CallError::not_served`] refusal: nothing ran, sending the request
+    /// elsewhere is safe.
+    pub fn is_not_served(&self) -> bool {
+        self.not_served
     }
 
     /// The code.

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use goverse_cluster::{ClusterStore, Keys, LeaseId, MapView};
 use goverse_core::{CallError, ClientIdentity, Clipped, ErrorCode, ObjectId, ReliableStatus};
 use goverse_proto::node::{self as proto, DescribeResponse, Push, response};
-use goverse_transport::{Handler, LinkEvents, NodeLink, Op, Request};
+use goverse_transport::{Handler, LinkEvents, NetworkConnector, NodeLink, Op, Request, Router};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -55,6 +56,62 @@ impl Default for GateConfig {
     }
 }
 
+/// How a gate reaches nodes.
+enum Routing {
+    Single(Arc<NodeLink>),
+    Map(MapView, u32),
+}
+
+/// Registers the gate at `key` on a new lease of `ttl`.
+async fn register(
+    cluster: &dyn ClusterStore,
+    key: &str,
+    ttl: Duration,
+) -> Result<LeaseId, GateError> {
+    let lease = cluster
+        .grant_lease(ttl)
+        .await
+        .map_err(|err| GateError::Cluster(format!("cannot get a lease: {err}")))?;
+    cluster
+        .put(key, Vec::new(), Some(lease))
+        .await
+        .map_err(|err| GateError::Cluster(format!("cannot register the gate at {key}: {err}")))?;
+    Ok(lease)
+}
+
+/// Renews the gate's lease every third of its TTL; registers again on a new lease if it ended.
+async fn keep_registered(
+    gate: Arc<GateInner>,
+    cluster: Arc<dyn ClusterStore>,
+    key: String,
+    mut lease: LeaseId,
+    ttl: Duration,
+) {
+    loop {
+        tokio::select! {
+            () = gate.stop.cancelled() => return,
+            () = tokio::time::sleep(ttl / 3) => {}
+        }
+        match cluster.keep_alive(lease).await {
+            Ok(()) => {}
+            Err(goverse_cluster::ClusterError::LeaseExpired(_)) => {
+                match register(&*cluster, &key, ttl).await {
+                    Ok(renewed) => {
+                        lease = renewed;
+                        let mut registration = gate.registration.lock();
+                        if registration.is_some() {
+                            *registration = Some((cluster.clone(), lease));
+                        }
+                        tracing::info!(%key, "gate registered again on a new lease");
+                    }
+                    Err(err) => tracing::warn!(error = %err, "cannot register the gate again yet"),
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot renew the gate lease"),
+        }
+    }
+}
+
 /// Why a gate could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum GateError {
@@ -64,6 +121,9 @@ pub enum GateError {
     /// An access or lifecycle rule does not compile.
     #[error("invalid rule: {0}")]
     Rule(#[from] RuleError),
+    /// The cluster store cannot be read or written.
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 /// Counters of a gate.
@@ -85,7 +145,9 @@ pub(crate) struct GateInner {
     pub(crate) handler: Arc<dyn GateEventHandler>,
     pub(crate) clients: Arc<Clients>,
     pub(crate) catalog: SharedCatalog,
-    link: Arc<NodeLink>,
+    router: Router,
+    /// The gate's registration in the cluster, when it is in one.
+    registration: parking_lot::Mutex<Option<(Arc<dyn ClusterStore>, LeaseId)>>,
     pub(crate) stop: CancellationToken,
     /// Ends client streams (Register and SSE); a child of `stop`.
     pub(crate) streams_stop: CancellationToken,
@@ -104,7 +166,7 @@ impl std::fmt::Debug for Gate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gate")
             .field("address", &self.inner.config.advertise_address)
-            .field("node", &self.inner.link.address())
+            .field("node", &self.inner.config.node)
             .finish_non_exhaustive()
     }
 }
@@ -117,7 +179,7 @@ impl Gate {
         handler: Arc<dyn GateEventHandler>,
     ) -> Result<Self, GateError> {
         let link = NodeLink::remote(config.node.clone());
-        Self::start_with(config, handler, link)
+        Self::start_with(config, handler, Routing::Single(link))
     }
 
     /// Like [`Gate::start`], for a gate in the same process as the node behind `node` (a
@@ -131,13 +193,52 @@ impl Gate {
     ) -> Result<Self, GateError> {
         config.node = node.describe().node_address;
         let link = NodeLink::local(node, config.node.clone());
-        Self::start_with(config, handler, link)
+        Self::start_with(config, handler, Routing::Single(link))
+    }
+
+    /// A gate of a cluster: it registers on a lease of `cluster` (under `cluster_prefix`, with
+    /// `lease_ttl`), links to every node the map names, and sends each call to the node serving
+    /// its object, holding calls while their shard moves. `config.node` is ignored.
+    pub async fn start_in_cluster(
+        mut config: GateConfig,
+        handler: Arc<dyn GateEventHandler>,
+        cluster: Arc<dyn ClusterStore>,
+        cluster_prefix: &str,
+        shard_count: u32,
+        lease_ttl: Duration,
+    ) -> Result<Self, GateError> {
+        let keys = Keys::new(cluster_prefix).map_err(GateError::Config)?;
+        if lease_ttl < Duration::from_millis(300) {
+            return Err(GateError::Config(format!(
+                "lease_ttl {lease_ttl:?} is too short (minimum 300ms)"
+            )));
+        }
+        let view = MapView::start(cluster.clone(), keys.clone(), shard_count)
+            .await
+            .map_err(GateError::Cluster)?;
+        config.node = format!("cluster {}", keys.prefix());
+        let key = keys.gate(&config.advertise_address);
+        let gate = Self::start_with(config, handler, Routing::Map(view, shard_count))?;
+        let lease = register(&*cluster, &key, lease_ttl)
+            .await
+            .inspect_err(|_| {
+                gate.inner.stop.cancel();
+            })?;
+        *gate.inner.registration.lock() = Some((cluster.clone(), lease));
+        gate.inner.tasks.spawn(keep_registered(
+            gate.inner.clone(),
+            cluster,
+            key,
+            lease,
+            lease_ttl,
+        ));
+        Ok(gate)
     }
 
     fn start_with(
         config: GateConfig,
         handler: Arc<dyn GateEventHandler>,
-        link: Arc<NodeLink>,
+        routing: Routing,
     ) -> Result<Self, GateError> {
         if config.advertise_address.is_empty() || config.advertise_address.contains('/') {
             return Err(GateError::Config(format!(
@@ -160,26 +261,37 @@ impl Gate {
         }
         let rules = Rules::new(&config.access_rules, &config.lifecycle_rules)?;
         let stop = CancellationToken::new();
+        let clients = Arc::new(Clients::default());
+        let catalog: SharedCatalog =
+            Arc::new(parking_lot::RwLock::new(Arc::new(Catalog::default())));
+        let events = Arc::new(GateLinkEvents {
+            clients: clients.clone(),
+            catalog: catalog.clone(),
+        });
+        let peer = config.advertise_address.clone();
+        let router = match routing {
+            Routing::Single(link) => Router::single(link, peer, events, stop.clone()),
+            Routing::Map(view, shard_count) => Router::by_map(
+                view,
+                shard_count,
+                Arc::new(NetworkConnector),
+                peer,
+                events,
+                stop.clone(),
+            ),
+        };
         let inner = Arc::new(GateInner {
             rules,
             handler,
-            clients: Arc::new(Clients::default()),
-            catalog: Arc::new(parking_lot::RwLock::new(Arc::new(Catalog::default()))),
-            link: link.clone(),
+            clients,
+            catalog,
+            router,
+            registration: parking_lot::Mutex::new(None),
             streams_stop: stop.child_token(),
             stop,
             tasks: TaskTracker::new(),
             config,
         });
-        let events = Arc::new(GateLinkEvents {
-            clients: inner.clients.clone(),
-            catalog: inner.catalog.clone(),
-        });
-        inner.tasks.spawn(link.run(
-            inner.config.advertise_address.clone(),
-            events,
-            inner.stop.clone(),
-        ));
         tracing::info!(address = %inner.config.advertise_address, node = %inner.config.node, "gate started");
         Ok(Self { inner })
     }
@@ -189,12 +301,23 @@ impl Gate {
         &self.inner.config
     }
 
-    /// Whether the link to the node is up now.
+    /// Whether a link to a node is up now (in a cluster: to at least one node).
     pub fn is_connected(&self) -> bool {
-        self.inner.link.is_connected()
+        self.inner.router.links().iter().any(|l| l.is_connected())
     }
 
-    /// Waits until the link to the node is up, or `timeout` passes; returns whether it is up.
+    /// Whether the gate is linked to every node of its cluster's map (or to its one node).
+    pub fn is_linked_to_all(&self) -> bool {
+        let links = self.inner.router.links();
+        let nodes = self
+            .inner
+            .router
+            .view()
+            .map_or(links.len(), |view| view.borrow().nodes.len());
+        links.len() == nodes && links.iter().all(|l| l.is_connected())
+    }
+
+    /// Waits until a link to a node is up, or `timeout` passes; returns whether it is up.
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         while !self.is_connected() {
@@ -226,6 +349,11 @@ impl Gate {
     /// waits up to `grace` for background work to finish. Serving futures should be stopped by
     /// their own shutdown signals first.
     pub async fn shutdown(&self, grace: Duration) {
+        let registration = self.inner.registration.lock().take();
+        if let Some((cluster, lease)) = registration {
+            // Bounded: a dead store must not hold up shutdown.
+            let _ = tokio::time::timeout(grace, cluster.revoke_lease(lease)).await;
+        }
         self.inner.stop.cancel();
         for client in self.inner.clients.clear() {
             let handler = self.inner.handler.clone();
@@ -496,7 +624,7 @@ impl GateInner {
             timeout: None,
             caller: Some(identity.clone()),
         };
-        self.link.request(request, self.config.call_timeout).await
+        self.router.request(request, self.config.call_timeout).await
     }
 
     fn check_lifecycle(&self, op: Lifecycle, object_type: &str, id: &str) -> Result<(), CallError> {

@@ -117,9 +117,11 @@ pub(crate) struct ShardDirectory {
 }
 
 impl ShardDirectory {
-    /// A directory of `count` shards, none served.
+    /// A directory of `count` shards, none served, and the node's own slot (for objects
+    /// pinned to this node, `host:port/name`: they never move, and are served while the node
+    /// is a member).
     pub(crate) fn new(address: NodeAddr, count: u32) -> Self {
-        let shards = (0..count)
+        let shards = (0..=count)
             .map(|_| {
                 RwLock::new(ShardSlot {
                     state: ShardState::Unowned,
@@ -132,11 +134,27 @@ impl ShardDirectory {
 
     /// Shards in the cluster.
     pub(crate) fn count(&self) -> u32 {
-        self.shards.len() as u32
+        self.shards.len() as u32 - 1
+    }
+
+    /// The slot of objects pinned to this node: not a shard of the map, never handed over.
+    pub(crate) fn node_slot(&self) -> ShardId {
+        ShardId(self.count())
     }
 
     fn slot(&self, shard: ShardId) -> &RwLock<ShardSlot> {
         &self.shards[shard.0 as usize]
+    }
+
+    /// The table `id` lives in: its shard's, or the node's own for a node-pinned ID (whose
+    /// shard only fences its writes).
+    fn table(&self, shard: ShardId, id: &ObjectId) -> (ShardId, &RwLock<ShardSlot>) {
+        if matches!(id.kind(), Ok(goverse_core::ObjectIdKind::FixedNode(_))) {
+            let own = self.node_slot();
+            (own, self.slot(own))
+        } else {
+            (shard, self.slot(shard))
+        }
     }
 
     /// A shard's state now.
@@ -157,7 +175,7 @@ impl ShardDirectory {
 
     /// Applies `event` to every shard in a state `filter` accepts.
     pub(crate) fn apply_all(&self, filter: impl Fn(ShardState) -> bool, event: ShardEvent) {
-        for n in 0..self.count() {
+        for n in 0..=self.count() {
             let shard = ShardId(n);
             if filter(self.state(shard)) {
                 self.apply(shard, event);
@@ -173,7 +191,13 @@ impl ShardDirectory {
             ShardState::Draining { .. } => "is being handed over by",
             ShardState::Fenced => "is fenced (lease not renewed) on",
         };
-        CallError::unavailable(format!("shard {shard} {why} node {}", self.address))
+        if shard == self.node_slot() {
+            return CallError::not_served(format!(
+                "objects pinned to node {} are not served now (the node is {state:?})",
+                self.address
+            ));
+        }
+        CallError::not_served(format!("shard {shard} {why} node {}", self.address))
     }
 
     fn lookup_in(&self, slot: &ShardSlot, shard: ShardId, id: &ObjectId) -> Lookup {
@@ -188,13 +212,14 @@ impl ShardDirectory {
 
     /// What the directory knows of `id` on `shard`.
     pub(crate) fn lookup(&self, shard: ShardId, id: &ObjectId) -> Lookup {
-        self.lookup_in(&self.slot(shard).read(), shard, id)
+        let (shard, table) = self.table(shard, id);
+        self.lookup_in(&table.read(), shard, id)
     }
 
     /// The live activation of `id`, whatever its shard's state (delete and idle sweeps reach
     /// activations of a shard being drained).
     pub(crate) fn get(&self, shard: ShardId, id: &ObjectId) -> Option<Arc<dyn ActivationDyn>> {
-        self.slot(shard).read().objects.get(id).cloned()
+        self.table(shard, id).1.read().objects.get(id).cloned()
     }
 
     /// The activation of `id`, made by `make` and added when there is none, atomically with
@@ -205,7 +230,8 @@ impl ShardDirectory {
         id: &ObjectId,
         make: impl FnOnce() -> Arc<dyn ActivationDyn>,
     ) -> Result<(Arc<dyn ActivationDyn>, bool), CallError> {
-        let mut slot = self.slot(shard).write();
+        let (shard, table) = self.table(shard, id);
+        let mut slot = table.write();
         match self.lookup_in(&slot, shard, id) {
             Lookup::NotServed(err) => Err(err),
             Lookup::Active(activation) => Ok((activation, false)),
@@ -219,7 +245,7 @@ impl ShardDirectory {
 
     /// Removes activation `serial` of `id` if it is still the entry there; `true` if it was.
     pub(crate) fn remove(&self, shard: ShardId, id: &ObjectId, serial: u64) -> bool {
-        let mut slot = self.slot(shard).write();
+        let mut slot = self.table(shard, id).1.write();
         match slot.objects.get(id) {
             Some(current) if current.serial() == serial => {
                 slot.objects.remove(id);
@@ -244,7 +270,7 @@ impl ShardDirectory {
 
     /// Whether `id` is active.
     pub(crate) fn is_active(&self, shard: ShardId, id: &ObjectId) -> bool {
-        self.slot(shard).read().objects.contains_key(id)
+        self.table(shard, id).1.read().objects.contains_key(id)
     }
 
     /// Every activation, of every shard.
@@ -282,12 +308,23 @@ impl ShardDirectory {
     /// (activations, shards served) now.
     pub(crate) fn counts(&self) -> (u64, u64) {
         let (mut active, mut owned) = (0, 0);
-        for slot in self.shards.iter() {
+        for (n, slot) in self.shards.iter().enumerate() {
             let slot = slot.read();
             active += slot.objects.len() as u64;
-            owned += u64::from(slot.state.write_epoch().is_some());
+            if n < self.count() as usize {
+                owned += u64::from(slot.state.write_epoch().is_some());
+            }
         }
         (active, owned)
+    }
+
+    /// Serves the node's own slot (the node joined, or rejoined after its lease was lost).
+    pub(crate) fn serve_node_slot(&self) {
+        let own = self.node_slot();
+        if matches!(self.state(own), ShardState::Unowned | ShardState::Fenced) {
+            self.apply(own, ShardEvent::ClaimStarted);
+            self.apply(own, ShardEvent::Claimed { epoch: 0 });
+        }
     }
 }
 

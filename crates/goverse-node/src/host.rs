@@ -25,6 +25,10 @@ pub(crate) struct CallScope {
     pub(crate) chain: ChainId,
     pub(crate) deadline: Instant,
     pub(crate) client: Option<Arc<ClientIdentity>>,
+    /// Whether a call for an object this node does not serve is sent on to the node that does
+    /// (calls made here), or refused as not served (calls a peer routed here: the peer's router
+    /// holds and resends them by its map).
+    pub(crate) forward: bool,
 }
 
 /// The way a call names its method.

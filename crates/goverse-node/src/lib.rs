@@ -106,6 +106,7 @@ pub mod __private {
             chain,
             deadline,
             client: origin.client.cloned(),
+            forward: true,
         };
         let method = MethodRef::Index(method, kind);
         let request = Payload::typed(request);

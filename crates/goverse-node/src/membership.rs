@@ -219,6 +219,7 @@ impl Membership {
             let _ = cluster.revoke_lease(lease).await;
             return Err(format!("cannot claim shards: {err}"));
         }
+        self.directory.serve_node_slot();
         Ok(())
     }
 

@@ -14,10 +14,12 @@ use tokio::time::Instant;
 use futures::StreamExt;
 use goverse_cluster::{ClusterStore, Keys, MapView, MemoryClusterStore};
 use goverse_core::{
-    CallError, ChainId, ErrorCode, Message, NodeAddr, ObjectId, ObjectIdKind, Payload, ShardId,
-    fnv1a_32, shard_of,
+    CallError, ChainId, ClientIdentity, ErrorCode, Message, NodeAddr, ObjectId, ObjectIdKind,
+    Payload, ShardId, fnv1a_32, shard_of,
 };
 use goverse_persistence::{Fence, ObjectStore};
+use goverse_proto::node::response;
+use goverse_transport::{Connector, Op, Request, Router};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -117,6 +119,10 @@ pub(crate) struct NodeInner {
     /// Stops the saver and loader, once the last saves are done.
     store_stop: CancellationToken,
     membership: Arc<Membership>,
+    /// Sends calls for objects other nodes serve to them (set once the node has started).
+    router: std::sync::OnceLock<Router>,
+    /// Stops the router's links, once the node has handed everything over.
+    links_stop: CancellationToken,
     /// The lease renewal and membership reactor tasks, which shutdown waits for before it
     /// saves (a claim they are making finishes first).
     renewing: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -134,6 +140,62 @@ impl fmt::Debug for NodeInner {
         f.debug_struct("Node")
             .field("address", &self.address)
             .finish_non_exhaustive()
+    }
+}
+
+/// A call as it is sent on to another node: the object, and what travels with the call.
+struct Routed<'a> {
+    type_name: &'a str,
+    id: &'a ObjectId,
+    chain: ChainId,
+    deadline: Instant,
+    client: Option<Arc<ClientIdentity>>,
+}
+
+impl<'a> Routed<'a> {
+    fn call(
+        type_name: &'a str,
+        id: &'a ObjectId,
+        chain: ChainId,
+        deadline: Instant,
+        client: Option<Arc<ClientIdentity>>,
+    ) -> Self {
+        Self {
+            type_name,
+            id,
+            chain,
+            deadline,
+            client,
+        }
+    }
+}
+
+/// What became of a call that reached this node: done here, or its request handed back to be
+/// sent to the node serving the object (nothing ran here).
+enum Here<T, R> {
+    Done(T),
+    Elsewhere(R),
+}
+
+/// A response of another kind than the request asked for: a peer that speaks the protocol
+/// wrongly.
+fn unexpected(result: &response::Result) -> CallError {
+    CallError::internal(format!(
+        "a node answered with an unexpected response: {result:?}"
+    ))
+}
+
+/// What the links to other nodes report: nodes push only to gates, so nothing arrives here.
+struct PeerEvents;
+
+impl goverse_transport::LinkEvents for PeerEvents {
+    fn connected(&self, _described: &goverse_proto::node::DescribeResponse) {}
+
+    fn pushed(&self, push: goverse_proto::node::Push) {
+        tracing::debug!(
+            clients = push.client_ids.len(),
+            "a node pushed to a node; dropped"
+        );
     }
 }
 
@@ -173,11 +235,11 @@ impl NodeInner {
     fn check_serving(&self) -> Result<(), CallError> {
         match self.state.load(Ordering::Acquire) {
             RUNNING => Ok(()),
-            STARTING => Err(CallError::unavailable(format!(
+            STARTING => Err(CallError::not_served(format!(
                 "node {} is starting",
                 self.address
             ))),
-            _ => Err(CallError::unavailable(format!(
+            _ => Err(CallError::not_served(format!(
                 "node {} is shutting down",
                 self.address
             ))),
@@ -189,7 +251,7 @@ impl NodeInner {
         match id.kind()? {
             ObjectIdKind::Regular => Ok(ShardId(fnv1a_32(id.as_str().as_bytes()) % count)),
             ObjectIdKind::FixedNode(addr) if addr != self.address.as_str() => {
-                Err(CallError::unavailable(format!(
+                Err(CallError::not_served(format!(
                     "object {id} is pinned to node {addr}, and this is node {}",
                     self.address
                 )))
@@ -301,7 +363,9 @@ impl NodeInner {
         }
     }
 
-    /// The call path shared by typed stubs, the untyped API and (later) the wire.
+    /// The call path shared by typed stubs, the untyped API and the node protocol. A call for
+    /// an object this node does not serve (now, or any more once its turn would start) goes to
+    /// the node that does when `scope.forward` is set.
     pub(crate) async fn invoke(
         self: &Arc<Self>,
         type_name: &str,
@@ -314,12 +378,21 @@ impl NodeInner {
             chain,
             deadline,
             client,
+            forward,
         } = scope;
-        self.check_serving()?;
-        let shard = self.route(id)?;
+        let shard = match self.check_serving().and_then(|()| self.route(id)) {
+            Ok(shard) => Some(shard),
+            Err(err) if err.is_not_served() && forward && self.forwards() => None,
+            Err(err) => return Err(err),
+        };
         let (index, kind) = self.resolve(type_name, method, &request)?;
+        let Some(shard) = shard else {
+            let routed = Routed::call(type_name, id, chain, deadline, client);
+            return self.forward_call(routed, method, request).await;
+        };
+        let routed = Routed::call(type_name, id, chain, deadline, client.clone());
         let work = async move {
-            let (activation, permit) = self
+            let turn = self
                 .turn_on(
                     Target {
                         type_name,
@@ -331,10 +404,81 @@ impl NodeInner {
                     deadline,
                     ErrorCode::InvalidArgument,
                 )
-                .await?;
-            Detached::new(activation.run(permit, index, request, deadline, client)).await
+                .await;
+            match turn {
+                Ok((activation, permit)) => {
+                    Detached::new(activation.run(permit, index, request, deadline, client))
+                        .await
+                        .map(Here::Done)
+                }
+                // Nothing ran: the request goes to the shard's owner instead.
+                Err(err) if err.is_not_served() && forward && self.forwards() => {
+                    Ok(Here::Elsewhere(request))
+                }
+                Err(err) => Err(err),
+            }
         };
-        with_deadline(work, deadline, || format!("{type_name}/{id}")).await
+        match with_deadline(work, deadline, || format!("{type_name}/{id}")).await? {
+            Here::Done(payload) => Ok(payload),
+            Here::Elsewhere(request) => self.forward_call(routed, method, request).await,
+        }
+    }
+
+    /// Whether calls for objects served elsewhere can be sent on: the router runs until the
+    /// node has stopped.
+    fn forwards(&self) -> bool {
+        self.router.get().is_some() && !self.links_stop.is_cancelled()
+    }
+
+    /// Sends a call on to the node serving its object, through the router.
+    async fn forward_call(
+        &self,
+        routed: Routed<'_>,
+        method: MethodRef<'_>,
+        request: Payload,
+    ) -> Result<Payload, CallError> {
+        let name = self.method_name(routed.type_name, method)?;
+        let op = Op::Call {
+            method: name,
+            request: Some(request.into_any()),
+            reliable_call_id: None,
+        };
+        match self.forward(routed, op).await? {
+            response::Result::Value(any) => Ok(Payload::Encoded(any)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The wire name of the method `method` refers to.
+    fn method_name<'m>(
+        &'m self,
+        type_name: &str,
+        method: MethodRef<'m>,
+    ) -> Result<&'m str, CallError> {
+        match method {
+            MethodRef::Name(name) => Ok(name),
+            MethodRef::Index(index, _) => Ok(self.entry(type_name)?.methods()[index].name),
+        }
+    }
+
+    /// Sends `op` for `routed`'s object to the node serving it, within the call's deadline.
+    async fn forward(&self, routed: Routed<'_>, op: Op<'_>) -> Result<response::Result, CallError> {
+        let Some(router) = self.router.get() else {
+            return Err(CallError::unavailable(format!(
+                "node {} does not serve {} and routes to no other node",
+                self.address, routed.id
+            )));
+        };
+        let timeout = routed.deadline.saturating_duration_since(Instant::now());
+        let request = Request {
+            object_type: routed.type_name,
+            object_id: routed.id.as_str(),
+            op,
+            chain: Some(routed.chain),
+            timeout: None,
+            caller: routed.client,
+        };
+        router.request(request, timeout).await
     }
 
     /// The method a call names, as index and kind. A call by name is checked here: the type and
@@ -384,11 +528,17 @@ impl NodeInner {
             chain,
             deadline,
             client,
+            forward,
         } = scope;
+        if let Err(err) = reliable::check_call_id(call_id) {
+            return Ok(ReliableOutcome::Skipped(err));
+        }
+        let served = match self.check_serving().and_then(|()| self.route(id)) {
+            Ok(shard) => Some(shard),
+            Err(err) if err.is_not_served() && forward && self.forwards() => None,
+            Err(err) => return Ok(ReliableOutcome::Skipped(err)),
+        };
         let checked = (|| {
-            reliable::check_call_id(call_id)?;
-            self.check_serving()?;
-            let shard = self.route(id)?;
             let entry = self.entry(type_name)?;
             if !entry.persistent() {
                 return Err(CallError::invalid_argument(format!(
@@ -402,14 +552,19 @@ impl NodeInner {
                     self.address
                 )));
             }
-            let (index, kind) = self.resolve(type_name, method, &request)?;
-            Ok((shard, index, kind))
+            self.resolve(type_name, method, &request)
         })();
-        let (shard, index, kind) = match checked {
+        let (index, kind) = match checked {
             Ok(found) => found,
             Err(err) => return Ok(ReliableOutcome::Skipped(err)),
         };
-        let call_id: Arc<str> = call_id.into();
+        let routed = Routed::call(type_name, id, chain, deadline, client.clone());
+        let Some(shard) = served else {
+            return self
+                .forward_reliable(routed, method, call_id, request)
+                .await;
+        };
+        let shared_id: Arc<str> = call_id.into();
         let work = async move {
             let target = Target {
                 type_name,
@@ -428,23 +583,91 @@ impl NodeInner {
                 .await
             {
                 Ok(found) => found,
-                Err(err) => return Ok(ReliableOutcome::Skipped(err)),
+                Err(err) if err.is_not_served() && forward && self.forwards() => {
+                    return Ok(Here::Elsewhere(request));
+                }
+                Err(err) => return Ok(Here::Done(ReliableOutcome::Skipped(err))),
             };
             self.counters.reliable_calls.fetch_add(1, Ordering::Relaxed);
             let call = ReliableRequest {
-                call_id,
+                call_id: shared_id,
                 method: index,
                 kind,
             };
-            Ok(
+            Ok(Here::Done(
                 Detached::new(activation.run_reliable(permit, call, request, deadline, client))
                     .await,
-            )
+            ))
         };
-        with_deadline(work, deadline, || {
+        let here = with_deadline(work, deadline, || {
             format!("reliable call {type_name}/{id} (the call may have run; retry with the same call id)")
         })
-        .await
+        .await?;
+        match here {
+            Here::Done(outcome) => Ok(outcome),
+            Here::Elsewhere(request) => {
+                self.forward_reliable(routed, method, call_id, request)
+                    .await
+            }
+        }
+    }
+
+    /// Sends a reliable call on to the node serving its object, through the router.
+    async fn forward_reliable(
+        &self,
+        routed: Routed<'_>,
+        method: MethodRef<'_>,
+        call_id: &str,
+        request: Payload,
+    ) -> Result<ReliableOutcome, CallError> {
+        let name = self.method_name(routed.type_name, method)?;
+        let op = Op::Call {
+            method: name,
+            request: Some(request.into_any()),
+            reliable_call_id: Some(call_id),
+        };
+        match self.forward(routed, op).await? {
+            response::Result::Reliable(reliable) => {
+                Ok(goverse_transport::reliable_from_proto(reliable))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Creates `id` here, or on the node serving it when `forward` is set and this one does not.
+    pub(crate) async fn create_routed(
+        self: &Arc<Self>,
+        type_name: &str,
+        id: &ObjectId,
+        chain: ChainId,
+        deadline: Instant,
+        forward: bool,
+    ) -> Result<(), CallError> {
+        match self.create(type_name, id, chain, deadline).await {
+            Err(err) if err.is_not_served() && forward && self.forwards() => {
+                let routed = Routed::call(type_name, id, chain, deadline, None);
+                self.forward(routed, Op::Create).await.map(|_| ())
+            }
+            done => done,
+        }
+    }
+
+    /// Deletes `id` here, or on the node serving it when `forward` is set and this one does not.
+    pub(crate) async fn delete_routed(
+        self: &Arc<Self>,
+        type_name: &str,
+        id: &ObjectId,
+        chain: ChainId,
+        deadline: Instant,
+        forward: bool,
+    ) -> Result<(), CallError> {
+        match self.delete(type_name, id, chain, deadline).await {
+            Err(err) if err.is_not_served() && forward && self.forwards() => {
+                let routed = Routed::call(type_name, id, chain, deadline, None);
+                self.forward(routed, Op::Delete).await.map(|_| ())
+            }
+            done => done,
+        }
     }
 
     async fn create(
@@ -671,6 +894,7 @@ impl NodeInner {
             .await;
         self.membership.leave().await;
         self.store_stop.cancel();
+        self.links_stop.cancel();
         self.tasks.close();
         if tokio::time::timeout_at(deadline, self.tasks.wait())
             .await
@@ -911,6 +1135,7 @@ pub struct NodeBuilder {
     duplicate: Option<&'static str>,
     store: Option<Arc<dyn ObjectStore>>,
     cluster: Option<Arc<dyn ClusterStore>>,
+    connector: Option<Arc<dyn Connector>>,
     descriptors: Vec<u8>,
 }
 
@@ -949,6 +1174,13 @@ impl NodeBuilder {
     /// Coordinates through `cluster`. Default: a private in-memory store (single node).
     pub fn cluster_store(mut self, cluster: Arc<dyn ClusterStore>) -> Self {
         self.cluster = Some(cluster);
+        self
+    }
+
+    /// How this node links to the other nodes of its cluster; by default over the network
+    /// (`goverse_transport::NetworkConnector`). Nodes of one process may be linked in-process.
+    pub fn connector(mut self, connector: Arc<dyn Connector>) -> Self {
+        self.connector = Some(connector);
         self
     }
 
@@ -1022,6 +1254,8 @@ impl NodeBuilder {
             store,
             store_stop,
             membership,
+            router: std::sync::OnceLock::new(),
+            links_stop: CancellationToken::new(),
             renewing: Mutex::new(Vec::new()),
             state: AtomicU8::new(STARTING),
             clock: tokio::time::Instant::now(),
@@ -1031,7 +1265,21 @@ impl NodeBuilder {
             push: PushHub::default(),
             descriptors: self.descriptors,
         });
+        let router = Router::for_node(
+            inner.membership.view().clone(),
+            inner.config.shard_count,
+            self.connector
+                .unwrap_or_else(|| Arc::new(goverse_transport::NetworkConnector)),
+            inner.address.clone(),
+            Arc::new(crate::service::NodeHandler {
+                node: crate::service::HeldNode::Weak(Arc::downgrade(&inner)),
+            }),
+            Arc::new(PeerEvents),
+            inner.links_stop.clone(),
+        );
+        let _ = inner.router.set(router);
         if let Err(err) = inner.membership.join().await {
+            inner.links_stop.cancel();
             inner.store_stop.cancel();
             inner.tasks.close();
             return Err(NodeError::Cluster(err));
@@ -1146,6 +1394,7 @@ impl Node {
             duplicate: None,
             store: None,
             cluster: None,
+            connector: None,
             descriptors: Vec::new(),
         }
     }
@@ -1154,7 +1403,13 @@ impl Node {
     /// [`serve`](crate::serve) does), or to an in-process link (`NodeLink::local`) for a gate in
     /// this process.
     pub fn handler(&self) -> Arc<dyn goverse_transport::Handler> {
-        Arc::new(crate::service::NodeHandler { node: self.clone() })
+        Arc::new(crate::service::NodeHandler {
+            node: crate::service::HeldNode::Strong(self.clone()),
+        })
+    }
+
+    pub(crate) fn from_inner(inner: Arc<NodeInner>) -> Self {
+        Self { inner }
     }
 
     pub(crate) fn inner(&self) -> &Arc<NodeInner> {
@@ -1225,6 +1480,7 @@ impl Node {
             chain: options.chain.unwrap_or_else(ChainId::new_root),
             deadline: deadline_for(self.inner.call_timeout(), None, options.timeout),
             client: options.client,
+            forward: true,
         }
     }
 
@@ -1300,7 +1556,9 @@ impl Node {
         let id = id.into();
         let deadline = deadline_for(self.inner.call_timeout(), None, options.timeout);
         let chain = options.chain.unwrap_or_else(ChainId::new_root);
-        self.inner.create(type_name, &id, chain, deadline).await
+        self.inner
+            .create_routed(type_name, &id, chain, deadline, true)
+            .await
     }
 
     /// Deletes object `id`: waits for its running turn, runs `on_deactivate`, removes it and its
@@ -1324,7 +1582,9 @@ impl Node {
         let id = id.into();
         let deadline = deadline_for(self.inner.call_timeout(), None, options.timeout);
         let chain = options.chain.unwrap_or_else(ChainId::new_root);
-        self.inner.delete(type_name, &id, chain, deadline).await
+        self.inner
+            .delete_routed(type_name, &id, chain, deadline, true)
+            .await
     }
 
     /// Whether object `id` is active on this node now.

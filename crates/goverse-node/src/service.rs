@@ -4,15 +4,17 @@
 //! this module maps its requests onto the node's calls and its peer streams onto the push hub.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use futures::future::BoxFuture;
-use goverse_core::{CallError, ObjectId, Payload};
+use goverse_core::{CallError, ChainId, ObjectId, Payload};
 use goverse_proto::node::{self as proto, DescribeResponse, response};
 use goverse_transport::{Handler, Op, Outcome, PeerSink, Request, ServeError, reliable_to_proto};
 use tokio::net::TcpListener;
 
-use crate::{CallOptions, MethodKind, Node};
+use crate::host::{CallScope, MethodRef, deadline_for};
+use crate::node::NodeInner;
+use crate::{MethodKind, Node};
 
 /// Serves `node` to peers on `listener` until `shutdown` completes; then ends every peer stream
 /// (requests already received still get their responses) and returns.
@@ -28,24 +30,52 @@ pub async fn serve(
 
 /// The node behind the transport.
 pub(crate) struct NodeHandler {
-    pub(crate) node: Node,
+    pub(crate) node: HeldNode,
+}
+
+/// How a handler holds its node: strongly for servers and gates, weakly for the node's own
+/// router (which the node holds).
+pub(crate) enum HeldNode {
+    Strong(Node),
+    Weak(Weak<NodeInner>),
+}
+
+impl HeldNode {
+    fn get(&self) -> Option<Node> {
+        match self {
+            Self::Strong(node) => Some(node.clone()),
+            Self::Weak(inner) => inner.upgrade().map(Node::from_inner),
+        }
+    }
 }
 
 impl Handler for NodeHandler {
     fn handle<'a>(&'a self, request: Request<'a>) -> BoxFuture<'a, Outcome> {
-        Box::pin(handle(&self.node, request))
+        Box::pin(async move {
+            match self.node.get() {
+                Some(node) => handle(&node, request).await,
+                None => Err(CallError::not_served("the node has stopped")),
+            }
+        })
     }
 
     fn describe(&self) -> DescribeResponse {
-        describe(&self.node)
+        match self.node.get() {
+            Some(node) => describe(&node),
+            None => DescribeResponse::default(),
+        }
     }
 
     fn peer_opened(&self, peer: Arc<str>, sink: PeerSink) {
-        self.node.inner().push().attach(peer, sink);
+        if let Some(node) = self.node.get() {
+            node.inner().push().attach(peer, sink);
+        }
     }
 
     fn peer_closed(&self, peer: &str, serial: u64) {
-        self.node.inner().push().detach(peer, serial);
+        if let Some(node) = self.node.get() {
+            node.inner().push().detach(peer, serial);
+        }
     }
 }
 
@@ -74,12 +104,16 @@ pub fn describe(node: &Node) -> DescribeResponse {
     }
 }
 
-/// Runs one peer request on the node.
+/// Runs one peer request on the node. A request for an object this node does not serve is
+/// refused as not served (nothing runs): the peer routed it by its map, and its router sends it
+/// again once the map shows the owner.
 async fn handle(node: &Node, request: Request<'_>) -> Outcome {
-    let options = CallOptions {
-        timeout: request.timeout,
-        chain: request.chain,
+    let inner = node.inner();
+    let scope = CallScope {
+        chain: request.chain.unwrap_or_else(ChainId::new_root),
+        deadline: deadline_for(inner.call_timeout(), None, request.timeout),
         client: request.caller,
+        forward: false,
     };
     let object_type = request.object_type;
     let id = ObjectId::from(request.object_id);
@@ -91,7 +125,15 @@ async fn handle(node: &Node, request: Request<'_>) -> Outcome {
         } => {
             // An empty or malformed ID is refused (SKIPPED) where every call's ID is checked.
             let payload = Payload::Encoded(request.unwrap_or_else(empty_any));
-            node.call_reliable_with(object_type, id, method, call_id, payload, options)
+            inner
+                .invoke_reliable(
+                    object_type,
+                    &id,
+                    MethodRef::Name(method),
+                    call_id,
+                    payload,
+                    scope,
+                )
                 .await
                 .map(|outcome| response::Result::Reliable(reliable_to_proto(outcome)))
         }
@@ -102,16 +144,17 @@ async fn handle(node: &Node, request: Request<'_>) -> Outcome {
                 return Err(CallError::invalid_argument("object id is empty"));
             }
             let payload = Payload::Encoded(request.unwrap_or_else(empty_any));
-            node.call_with(object_type, id, method, payload, options)
+            inner
+                .invoke(object_type, &id, MethodRef::Name(method), payload, scope)
                 .await
                 .map(|payload| response::Result::Value(payload.into_any()))
         }
-        Op::Create => node
-            .create_object_with(object_type, id, options)
+        Op::Create => inner
+            .create_routed(object_type, &id, scope.chain, scope.deadline, false)
             .await
             .map(|()| response::Result::Done(proto::Done {})),
-        Op::Delete => node
-            .delete_object_with(object_type, id, options)
+        Op::Delete => inner
+            .delete_routed(object_type, &id, scope.chain, scope.deadline, false)
             .await
             .map(|()| response::Result::Done(proto::Done {})),
     }

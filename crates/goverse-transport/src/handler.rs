@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 pub type Outcome = Result<response::Result, CallError>;
 
 /// One request for a node's objects.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Request<'a> {
     /// The object's type name.
     pub object_type: &'a str,
@@ -31,7 +31,7 @@ pub struct Request<'a> {
 }
 
 /// What a [`Request`] asks for.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Op<'a> {
     /// A method call; with a call id, a reliable (exactly-once) one.
     Call {

@@ -10,17 +10,21 @@
 //! - [`serve`]: the server half: a node's [`Handler`] on a listener.
 //! - [`NodeLink`]: the client half: a reconnecting link to one node, or an in-process link
 //!   straight to a [`Handler`] in the same process (no socket, no encoding, same semantics).
+//! - [`Router`]: a link to every node of the cluster, and each request sent to the node that
+//!   serves its object by the watched shard map (held and sent again while its shard moves).
 //! - [`Request`], [`Op`], [`Outcome`]: one request as both halves see it.
 
 mod handler;
 mod link;
+mod router;
 mod server;
 mod wire;
 
 pub use handler::{Handler, Op, Outcome, PEER_PUSH_BACKLOG, PeerSink, PushRefused, Request};
 pub use link::{LinkEvents, NodeLink};
+pub use router::{Connector, InProcessNetwork, NetworkConnector, Router};
 pub use server::{ServeError, serve};
-pub use wire::{failure_of, failure_to_error, reliable_to_proto};
+pub use wire::{failure_of, failure_to_error, reliable_from_proto, reliable_to_proto};
 
 /// The request header a peer names its own address in (`host:port` of a gate). Pushes for
 /// clients whose id starts with this address are sent on that peer's stream.

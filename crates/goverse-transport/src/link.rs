@@ -135,7 +135,8 @@ impl NodeLink {
         }
         let op = request_to_proto(request);
         let Some(conn) = self.current.read().clone() else {
-            return Err(CallError::unavailable(format!(
+            // Nothing was sent: a router may send it again elsewhere or later.
+            return Err(CallError::not_served(format!(
                 "node {} is not connected",
                 self.address
             )));

@@ -12,13 +12,40 @@ pub fn failure_of(err: &CallError) -> proto::Failure {
     proto::Failure {
         code: err.code().as_str().to_owned(),
         message: err.message().to_owned(),
+        not_served: err.is_not_served(),
     }
 }
 
 /// Converts a [`proto::Failure`] back into a [`CallError`].
 pub fn failure_to_error(failure: proto::Failure) -> CallError {
+    if failure.not_served {
+        return CallError::not_served(failure.message);
+    }
     let code = ErrorCode::from_name(&failure.code).unwrap_or(ErrorCode::Unknown);
     CallError::new(code, failure.message)
+}
+
+/// A reliable call's outcome as the protocol carried it, back as the runtime's. An unknown
+/// status is a failure naming it.
+pub fn reliable_from_proto(reliable: proto::Reliable) -> ReliableOutcome {
+    let error = || {
+        reliable.error.clone().map_or_else(
+            || CallError::internal("a reliable outcome without its error"),
+            failure_to_error,
+        )
+    };
+    match reliable.status.as_str() {
+        s if s == goverse_core::ReliableStatus::Success.as_str() => ReliableOutcome::Success(
+            goverse_core::Payload::Encoded(reliable.value.clone().unwrap_or_default()),
+        ),
+        s if s == goverse_core::ReliableStatus::Skipped.as_str() => {
+            ReliableOutcome::Skipped(error())
+        }
+        s if s == goverse_core::ReliableStatus::Failed.as_str() => ReliableOutcome::Failed(error()),
+        other => ReliableOutcome::Failed(CallError::internal(format!(
+            "a reliable outcome with unknown status {other:?}"
+        ))),
+    }
 }
 
 /// A reliable call's outcome as the protocol carries it.

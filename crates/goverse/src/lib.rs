@@ -61,6 +61,14 @@ pub use goverse_node::{ServeError, serve};
 pub mod gate {
     pub use goverse_gate::*;
 }
+
+/// The node protocol: links to nodes, and the router that sends each call to the node serving
+/// its object by the cluster's shard map.
+pub mod transport {
+    pub use goverse_transport::{
+        Connector, Handler, InProcessNetwork, LinkEvents, NetworkConnector, NodeLink, Router,
+    };
+}
 /// Resolves when the process is asked to stop: Ctrl-C (SIGINT) or SIGTERM, the two ways a
 /// terminal and a service manager stop a node or gate. A `main` serving a node awaits it, then
 /// shuts the node down so every object is saved.

@@ -1,12 +1,15 @@
 //! Several nodes of one cluster in one process, on the in-memory coordinator and a shared object
-//! store, on paused time: leadership, placement to ±1, hand-overs that keep every object's state.
+//! store, linked in-process, on paused time: leadership, placement to ±1, hand-overs that keep
+//! every object's state, and calls through any node that never fail while shards move.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use goverse::cluster::{ClusterMap, ClusterStore, MemoryClusterStore};
 use goverse::persistence::{MemoryStore, ObjectStore};
 use goverse::prelude::*;
+use goverse::transport::InProcessNetwork;
 use goverse::{ShardId, shard_of};
 use goverse_testkit::assert_eventually;
 
@@ -39,6 +42,7 @@ impl Tally {
 struct Cluster {
     coordinator: Arc<dyn ClusterStore>,
     objects: Arc<dyn ObjectStore>,
+    network: Arc<InProcessNetwork>,
 }
 
 impl Cluster {
@@ -46,6 +50,7 @@ impl Cluster {
         Self {
             coordinator: Arc::new(MemoryClusterStore::new()),
             objects: Arc::new(MemoryStore::new()),
+            network: InProcessNetwork::new(),
         }
     }
 
@@ -59,13 +64,61 @@ impl Cluster {
             min_quorum,
             ..NodeConfig::default()
         };
-        Node::builder(config)
+        let node = Node::builder(config)
             .register::<Tally>()
             .cluster_store(self.coordinator.clone())
             .object_store(self.objects.clone())
+            .connector(self.network.clone())
             .start()
             .await
-            .unwrap()
+            .unwrap();
+        self.network.add(node.address(), node.handler());
+        node
+    }
+}
+
+/// Adds 1 to random tallies through random nodes of `via` until stopped, counting every
+/// acknowledged add per tally and every failure.
+struct Load {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<(Vec<i64>, Vec<String>)>,
+    calls: Arc<AtomicU64>,
+}
+
+impl Load {
+    fn start(via: Vec<Node>, tallies: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let calls = Arc::new(AtomicU64::new(0));
+        let (flag, count) = (stop.clone(), calls.clone());
+        let task = tokio::spawn(async move {
+            let mut acked = vec![0i64; tallies];
+            let mut failures = Vec::new();
+            let mut n: u64 = 0;
+            while !flag.load(Ordering::Relaxed) {
+                n += 1;
+                // A cheap spread over tallies and nodes (deterministic, so reruns match).
+                let i = (n.wrapping_mul(2_654_435_761) % tallies as u64) as usize;
+                let node = &via[(n as usize / 7) % via.len()];
+                match TallyRef::new(format!("tally-{i}").as_str())
+                    .add(node, Int64Value { value: 1 })
+                    .await
+                {
+                    Ok(_) => acked[i] += 1,
+                    Err(err) => failures.push(format!("tally-{i} via {}: {err}", node.address())),
+                }
+                count.fetch_add(1, Ordering::Relaxed);
+                // Lets paused time move on between calls.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            (acked, failures)
+        });
+        Self { stop, task, calls }
+    }
+
+    async fn finish(self) -> (Vec<i64>, Vec<String>, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (acked, failures) = self.task.await.unwrap();
+        (acked, failures, self.calls.load(Ordering::Relaxed))
     }
 }
 
@@ -93,7 +146,7 @@ async fn total(node: &Node, id: &str) -> i64 {
 }
 
 #[tokio::test(start_paused = true)]
-async fn joining_nodes_get_an_even_share_and_objects_keep_their_state_across_hand_overs() {
+async fn joining_nodes_get_an_even_share_and_calls_never_fail_while_shards_move() {
     let cluster = Cluster::new();
     let a = cluster.node(1, 1).await;
     assert!(a.is_ready());
@@ -103,44 +156,57 @@ async fn joining_nodes_get_an_even_share_and_objects_keep_their_state_across_han
             .leader
             .is_some_and(|(l, _)| &l == a.address())
     );
-    let ids: Vec<String> = (0..120).map(|i| format!("tally-{i}")).collect();
+    const TALLIES: usize = 120;
+    let ids: Vec<String> = (0..TALLIES).map(|i| format!("tally-{i}")).collect();
     for (i, id) in ids.iter().enumerate() {
         TallyRef::new(id.as_str())
-            .add(&a, Int64Value { value: i as i64 })
+            .add(
+                &a,
+                Int64Value {
+                    value: 1000 * i as i64,
+                },
+            )
             .await
             .unwrap();
     }
 
+    // Calls through the first node go on while two nodes join and the shards move.
+    let load = Load::start(vec![a.clone()], TALLIES);
     let b = cluster.node(2, 1).await;
     let c = cluster.node(3, 1).await;
     // Nothing moves while the joins are within the stability window.
     assert_eq!(b.stats().owned_shards + c.stats().owned_shards, 0);
     assert_eventually!(balanced(&[&a, &b, &c]), Duration::from_secs(20));
+    let (acked, failures, calls) = load.finish().await;
+    assert!(
+        failures.is_empty(),
+        "{} of {calls} calls failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(calls > 500, "only {calls} calls");
 
-    // Every object answers on its shard's new owner with the state it had, and is active on
-    // no other node.
+    // Every object holds exactly what was acknowledged, answers through any node, and is
+    // active on its shard's owner only.
     let nodes = [&a, &b, &c];
     let map = a.cluster_map();
     let moved = ids
         .iter()
         .filter(|id| owner_of(&map, &nodes, id).address() != a.address())
         .count();
-    assert!(moved > 40, "only {moved} of 120 objects moved");
+    assert!(moved > 40, "only {moved} of {TALLIES} objects moved");
     for (i, id) in ids.iter().enumerate() {
-        let owner = owner_of(&map, &nodes, id);
-        assert_eq!(total(owner, id).await, i as i64, "{id}");
+        let expected = 1000 * i as i64 + acked[i];
+        for via in nodes {
+            assert_eq!(total(via, id).await, expected, "{id} via {}", via.address());
+        }
         let oid = ObjectId::from(id.as_str());
-        let active = nodes.iter().filter(|n| n.is_active(&oid)).count();
-        assert_eq!(active, 1, "{id} active on {active} nodes");
-        let other = nodes
+        let active: Vec<_> = nodes
             .iter()
-            .find(|n| n.address() != owner.address())
-            .unwrap();
-        let err = TallyRef::new(id.as_str())
-            .get(*other, Empty {})
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), ErrorCode::Unavailable, "{err}");
+            .filter(|n| n.is_active(&oid))
+            .map(|n| n.address())
+            .collect();
+        assert_eq!(active, [owner_of(&map, &nodes, id).address()], "{id}");
     }
     // Each move raised its shard's epoch once.
     for n in 0..SHARDS {
@@ -153,7 +219,9 @@ async fn joining_nodes_get_an_even_share_and_objects_keep_their_state_across_han
         assert_eq!(record.epoch, expected, "shard {n}");
     }
 
-    // The leader leaves: it resigns, another node leads, and the two left share every shard.
+    // The leader leaves under load: it resigns, another node leads, and the two left share
+    // every shard, with nothing acknowledged lost.
+    let load = Load::start(vec![b.clone(), c.clone()], TALLIES);
     let report = a.shutdown(Duration::from_secs(5)).await;
     assert_eq!(report.unsaved, 0);
     assert_eventually!(
@@ -163,12 +231,17 @@ async fn joining_nodes_get_an_even_share_and_objects_keep_their_state_across_han
         Duration::from_secs(1)
     );
     assert_eventually!(balanced(&[&b, &c]), Duration::from_secs(20));
-    let nodes = [&b, &c];
-    let map = b.cluster_map();
+    let (more, failures, calls) = load.finish().await;
+    assert!(
+        failures.is_empty(),
+        "{} of {calls} calls failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
     for (i, id) in ids.iter().enumerate() {
         assert_eq!(
-            total(owner_of(&map, &nodes, id), id).await,
-            i as i64,
+            total(&b, id).await,
+            1000 * i as i64 + acked[i] + more[i],
             "{id}"
         );
     }

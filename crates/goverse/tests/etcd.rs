@@ -305,3 +305,134 @@ async fn the_leader_balances_the_shards_and_a_lost_leader_is_replaced() {
         node.shutdown(Duration::from_secs(5)).await;
     }
 }
+
+/// Answers with its ID, or bounces a call to another echo (which calls back).
+#[derive(Debug, Default)]
+struct Echo;
+
+impl Object for Echo {}
+
+#[goverse::object]
+impl Echo {
+    #[method]
+    async fn hello(&self, _request: Empty) -> Result<StringValue, ObjectError> {
+        Ok(StringValue {
+            value: "hello".to_owned(),
+        })
+    }
+
+    /// Calls `request.value`'s `bounce` with this object's ID, which calls this one back on
+    /// the same chain while this turn waits: a cycle, whichever nodes the two live on.
+    #[method]
+    async fn bounce(
+        &mut self,
+        ctx: &ObjectContext,
+        request: StringValue,
+    ) -> Result<StringValue, ObjectError> {
+        if request.value.is_empty() {
+            return Ok(StringValue {
+                value: ctx.id().to_string(),
+            });
+        }
+        let back = StringValue {
+            value: ctx.id().to_string(),
+        };
+        Ok(EchoRef::new(request.value.as_str())
+            .bounce(ctx, back)
+            .await?)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_reach_the_owning_node_over_the_network_and_cycles_across_nodes_fail_at_once() {
+    let etcd = EtcdServer::start();
+    let store = connect(&etcd).await;
+    let cluster: Arc<dyn ClusterStore> = Arc::new(store.clone());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let node = Node::builder(NodeConfig {
+            stability_window: Duration::from_millis(300),
+            ..config(&address)
+        })
+        .register::<Echo>()
+        .cluster_store(cluster.clone())
+        .start()
+        .await
+        .unwrap();
+        let stop = stop.clone();
+        tokio::spawn(goverse::serve(node.clone(), listener, async move {
+            stop.cancelled().await
+        }));
+        nodes.push(node);
+    }
+    goverse_testkit::assert_eventually!(
+        nodes.iter().all(|n| n.stats().owned_shards >= 21) && nodes[0].cluster_map().moving() == 0,
+        Duration::from_secs(20)
+    );
+
+    // Every object answers through every node; it is active on its shard's owner only.
+    let map = nodes[0].cluster_map();
+    let owner = |id: &str| {
+        let shard = goverse::shard_of(&ObjectId::from(id), 64).unwrap();
+        map.owner(shard).unwrap().clone()
+    };
+    for i in 0..30 {
+        let id = format!("echo-{i}");
+        for via in &nodes {
+            let reply = EchoRef::new(id.as_str())
+                .hello(via, Empty {})
+                .await
+                .unwrap();
+            assert_eq!(reply.value, "hello");
+        }
+        let active: Vec<_> = nodes
+            .iter()
+            .filter(|n| n.is_active(&ObjectId::from(id.as_str())))
+            .map(|n| n.address().clone())
+            .collect();
+        assert_eq!(active, [owner(&id)], "{id}");
+    }
+
+    // A→B→A with A and B on different nodes: the chain travels with each call, so the call
+    // back into A fails at once with Reentrancy instead of waiting for its deadline.
+    let a = "echo-0".to_owned();
+    let b = (1..)
+        .map(|i| format!("echo-{i}"))
+        .find(|b| owner(b) != owner(&a))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let err = EchoRef::new(a.as_str())
+        .bounce(&nodes[0], StringValue { value: b.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Reentrancy, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A node-pinned ID runs on its node, whichever node it is called through.
+    let pinned = format!("{}/pinned", nodes[2].address());
+    let reply = EchoRef::new(pinned.as_str())
+        .bounce(&nodes[0], StringValue::default())
+        .await
+        .unwrap();
+    assert_eq!(reply.value, pinned);
+    assert!(nodes[2].is_active(&ObjectId::from(pinned.as_str())));
+    assert!(!nodes[0].is_active(&ObjectId::from(pinned.as_str())));
+    // A pinned node that is not a member is refused at once.
+    let err = EchoRef::new("127.0.0.1:1/nobody")
+        .hello(&nodes[0], Empty {})
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("not a member"), "{err}");
+
+    for node in nodes {
+        node.shutdown(Duration::from_secs(5)).await;
+    }
+    stop.cancel();
+}

@@ -1167,3 +1167,178 @@ async fn a_slow_client_loses_pushes_alone() {
     drop(slow_pushes);
     s.stop().await;
 }
+
+/// Three nodes on a real etcd behind two gates: every call through either gate reaches the node
+/// serving its object; the caller's identity is the same on every node; pushes from any node
+/// reach a client on its own gate; broadcasts reach the clients of every gate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gates_route_calls_and_pushes_across_three_nodes() {
+    use goverse::cluster::{ClusterStore, EtcdClusterStore, EtcdConfig};
+    let etcd = goverse_testkit::EtcdServer::start();
+    let cluster: Arc<dyn ClusterStore> = Arc::new(
+        EtcdClusterStore::connect(&EtcdConfig {
+            endpoints: vec![etcd.endpoint()],
+            ..EtcdConfig::default()
+        })
+        .await
+        .unwrap(),
+    );
+    let stop = CancellationToken::new();
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let node = Node::builder(NodeConfig {
+            address: listener.local_addr().unwrap().to_string(),
+            shard_count: 64,
+            lease_ttl: Duration::from_secs(3),
+            stability_window: Duration::from_millis(300),
+            ..NodeConfig::default()
+        })
+        .register::<Tally>()
+        .register::<Notifier>()
+        .cluster_store(cluster.clone())
+        .start()
+        .await
+        .unwrap();
+        tokio::spawn(goverse::serve(
+            node.clone(),
+            listener,
+            stop.clone().cancelled_owned(),
+        ));
+        nodes.push(node);
+    }
+    assert_eventually!(
+        nodes.iter().all(|n| n.stats().owned_shards >= 21),
+        Duration::from_secs(20)
+    );
+    let mut gates = Vec::new();
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc = listener.local_addr().unwrap();
+        let gate = Gate::start_in_cluster(
+            GateConfig {
+                advertise_address: grpc.to_string(),
+                ..GateConfig::default()
+            },
+            Arc::new(AllowAnonymous),
+            cluster.clone(),
+            "/goverse",
+            64,
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap();
+        assert_eventually!(gate.is_linked_to_all(), Duration::from_secs(10));
+        let g = gate.clone();
+        let s = stop.clone();
+        tokio::spawn(async move { g.serve_grpc(listener, s.cancelled_owned()).await });
+        gates.push(gate);
+        clients.push(
+            GateServiceClient::connect(format!("http://{grpc}"))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eventually!(nodes[0].cluster_map().gates.len() == 2);
+
+    let (first_id, mut first_pushes) = register(&mut clients[0]).await;
+    let (_second_id, mut second_pushes) = register(&mut clients[1]).await;
+    let map = nodes[0].cluster_map();
+    let mut owners = std::collections::BTreeSet::new();
+    for i in 0..24 {
+        let id = format!("n{i}");
+        owners.insert(
+            map.owner(goverse::shard_of(&ObjectId::from(id.as_str()), 64).unwrap())
+                .unwrap()
+                .clone(),
+        );
+        // Calls through either gate reach the object.
+        for client in clients.iter_mut() {
+            let reply = client
+                .call_object(call(
+                    "",
+                    "Tally",
+                    &format!("t{i}"),
+                    "Add",
+                    any(&Int64Value { value: 1 }),
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .response
+                .unwrap();
+            assert!(Int64Value::decode(reply.value.as_slice()).unwrap().value >= 1);
+        }
+        // The object on whichever node sees the caller the gate authenticated, and its push
+        // comes back through the caller's gate.
+        let who = clients[0]
+            .call_object(call("", "Notifier", &id, "Whoami", any(&Empty {})))
+            .await
+            .unwrap()
+            .into_inner()
+            .response
+            .unwrap();
+        assert_eq!(
+            StringValue::decode(who.value.as_slice()).unwrap().value,
+            format!("{first_id}||")
+        );
+        clients[0]
+            .call_object(call(
+                "",
+                "Notifier",
+                &id,
+                "PushMe",
+                any(&StringValue { value: id.clone() }),
+            ))
+            .await
+            .unwrap();
+        let push = tokio::time::timeout(Duration::from_secs(5), first_pushes.message())
+            .await
+            .expect("push arrives")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            StringValue::decode(push.value.as_slice()).unwrap().value,
+            id
+        );
+    }
+    assert_eq!(owners.len(), 3, "the objects live on every node");
+
+    // A broadcast from one node reaches the clients of both gates.
+    clients[1]
+        .call_object(call(
+            "",
+            "Notifier",
+            "n0",
+            "Broadcast",
+            any(&StringValue {
+                value: "all".into(),
+            }),
+        ))
+        .await
+        .unwrap();
+    for pushes in [&mut first_pushes, &mut second_pushes] {
+        let push = tokio::time::timeout(Duration::from_secs(5), pushes.message())
+            .await
+            .expect("broadcast arrives")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            StringValue::decode(push.value.as_slice()).unwrap().value,
+            "all"
+        );
+    }
+
+    stop.cancel();
+    for gate in gates {
+        gate.shutdown(Duration::from_secs(5)).await;
+    }
+    assert_eventually!(
+        nodes[0].cluster_map().gates.is_empty(),
+        Duration::from_secs(5)
+    );
+    for node in nodes {
+        node.shutdown(Duration::from_secs(5)).await;
+    }
+}

@@ -1,0 +1,399 @@
+//! Sending each request to the node that serves its object, by the cluster's map.
+//!
+//! A [`Router`] keeps a link to every registered node (opened when the node registers, closed
+//! when it leaves) and resolves each request by the watched [`MapView`]: a node-pinned ID
+//! (`host:port/name`) goes to that node, any other to the current owner of its shard. A request
+//! whose shard has no owner yet (it is moving, or its node died and the lease has not ended),
+//! or that the node refuses as not served there ([`CallError::is_not_served`]: nothing ran), is
+//! held and sent again when the map changes, until its deadline: callers see a move as latency,
+//! never as an error.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use goverse_cluster::{ClusterMap, MapView};
+use goverse_core::{CallError, ErrorCode, NodeAddr, ObjectId, ObjectIdKind, shard_of};
+use goverse_proto::node::response;
+use parking_lot::RwLock;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Handler, LinkEvents, NodeLink, Outcome, Request};
+
+/// Makes the link to a node: over the network by default ([`NodeLink::remote`]); tests and
+/// single-process clusters may link nodes in-process. `None`: the node cannot be reached yet
+/// (asked again on the next map change or request).
+pub trait Connector: Send + Sync + 'static {
+    /// The link to the node at `address`; the router runs it.
+    fn connect(&self, address: &NodeAddr) -> Option<Arc<NodeLink>>;
+}
+
+/// Links over the network, one long-lived batched stream per node.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NetworkConnector;
+
+impl Connector for NetworkConnector {
+    fn connect(&self, address: &NodeAddr) -> Option<Arc<NodeLink>> {
+        Some(NodeLink::remote(address.to_string()))
+    }
+}
+
+/// Nodes of one process linked without sockets: each node's handler is added once it has
+/// started, and links to it are in-process links ([`NodeLink::local`]).
+#[derive(Default)]
+pub struct InProcessNetwork {
+    handlers: RwLock<foldhash::HashMap<NodeAddr, Arc<dyn Handler>>>,
+}
+
+impl std::fmt::Debug for InProcessNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InProcessNetwork")
+            .field("nodes", &self.handlers.read().keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl InProcessNetwork {
+    /// An empty network.
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// Makes the node at `address` reachable through `handler`.
+    pub fn add(&self, address: &NodeAddr, handler: Arc<dyn Handler>) {
+        self.handlers.write().insert(address.clone(), handler);
+    }
+
+    /// Makes the node at `address` unreachable (links made before keep their handler).
+    pub fn remove(&self, address: &NodeAddr) {
+        self.handlers.write().remove(address);
+    }
+}
+
+impl Connector for InProcessNetwork {
+    fn connect(&self, address: &NodeAddr) -> Option<Arc<NodeLink>> {
+        let handler = self.handlers.read().get(address)?.clone();
+        Some(NodeLink::local(handler, address.to_string()))
+    }
+}
+
+/// Where a router's requests go: by the cluster map, or all to one node (a gate in front of a
+/// single node, with no cluster store).
+enum Routes {
+    Map {
+        view: MapView,
+        shard_count: u32,
+        connector: Arc<dyn Connector>,
+        links: RwLock<foldhash::HashMap<NodeAddr, (Arc<NodeLink>, CancellationToken)>>,
+    },
+    Single(Arc<NodeLink>),
+}
+
+struct RouterInner {
+    routes: Routes,
+    /// The node in this process, reached without a socket.
+    local: Option<(NodeAddr, Arc<NodeLink>)>,
+    peer_address: String,
+    events: Arc<dyn LinkEvents>,
+    stop: CancellationToken,
+}
+
+/// Sends requests to the nodes that serve their objects. Cheap to clone.
+#[derive(Clone)]
+pub struct Router {
+    inner: Arc<RouterInner>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("peer", &self.inner.peer_address)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long a held request waits before it is tried again when the map has not changed (a
+/// shard claimed in the cluster store is served only once the object store has the claim).
+const RETRY_FLOOR: Duration = Duration::from_millis(2);
+const RETRY_CEILING: Duration = Duration::from_millis(100);
+
+impl Router {
+    /// A router by `view`, which names this process to nodes as `peer_address` (pushes for
+    /// clients whose id starts with it come back to `events`). Links are made by `connector`
+    /// and run until `stop`.
+    pub fn by_map(
+        view: MapView,
+        shard_count: u32,
+        connector: Arc<dyn Connector>,
+        peer_address: String,
+        events: Arc<dyn LinkEvents>,
+        stop: CancellationToken,
+    ) -> Self {
+        let router = Self {
+            inner: Arc::new(RouterInner {
+                routes: Routes::Map {
+                    view,
+                    shard_count,
+                    connector,
+                    links: RwLock::new(foldhash::HashMap::default()),
+                },
+                local: None,
+                peer_address,
+                events,
+                stop,
+            }),
+        };
+        router.start_following();
+        router
+    }
+
+    /// A router by `view` for the node `address` in this process: its own shards are reached
+    /// through `handler` without a socket, every other node through `connector`.
+    pub fn for_node(
+        view: MapView,
+        shard_count: u32,
+        connector: Arc<dyn Connector>,
+        address: NodeAddr,
+        handler: Arc<dyn Handler>,
+        events: Arc<dyn LinkEvents>,
+        stop: CancellationToken,
+    ) -> Self {
+        let local = NodeLink::local(handler, address.to_string());
+        let router = Self {
+            inner: Arc::new(RouterInner {
+                routes: Routes::Map {
+                    view,
+                    shard_count,
+                    connector,
+                    links: RwLock::new(foldhash::HashMap::default()),
+                },
+                local: Some((address.clone(), local)),
+                peer_address: address.to_string(),
+                events,
+                stop,
+            }),
+        };
+        router.start_following();
+        router
+    }
+
+    /// A router that sends everything to `link` (one node, no cluster store), running it until
+    /// `stop`.
+    pub fn single(
+        link: Arc<NodeLink>,
+        peer_address: String,
+        events: Arc<dyn LinkEvents>,
+        stop: CancellationToken,
+    ) -> Self {
+        tokio::spawn(
+            link.clone()
+                .run(peer_address.clone(), events.clone(), stop.clone()),
+        );
+        Self {
+            inner: Arc::new(RouterInner {
+                routes: Routes::Single(link),
+                local: None,
+                peer_address,
+                events,
+                stop,
+            }),
+        }
+    }
+
+    /// The links open now (one per registered node, or the single one).
+    pub fn links(&self) -> Vec<Arc<NodeLink>> {
+        match &self.inner.routes {
+            Routes::Single(link) => vec![link.clone()],
+            Routes::Map { links, .. } => links.read().values().map(|(l, _)| l.clone()).collect(),
+        }
+    }
+
+    /// The watched map, when routing by one.
+    pub fn view(&self) -> Option<&MapView> {
+        match &self.inner.routes {
+            Routes::Map { view, .. } => Some(view),
+            Routes::Single(_) => None,
+        }
+    }
+
+    /// Opens links to nodes that registered and closes those of nodes that left, whenever the
+    /// map changes, until the router stops.
+    fn start_following(&self) {
+        let Routes::Map { view, .. } = &self.inner.routes else {
+            return;
+        };
+        let mut changes = view.subscribe();
+        let router = Arc::downgrade(&self.inner);
+        let stop = self.inner.stop.clone();
+        let nodes = view.borrow().nodes.clone();
+        Self::sync_links(&self.inner, &nodes);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    changed = changes.changed() => if changed.is_err() { return },
+                }
+                let nodes = changes.borrow_and_update().nodes.clone();
+                let Some(inner) = router.upgrade() else {
+                    return;
+                };
+                Self::sync_links(&inner, &nodes);
+            }
+        });
+    }
+
+    fn sync_links(inner: &Arc<RouterInner>, nodes: &BTreeSet<NodeAddr>) {
+        let Routes::Map {
+            connector, links, ..
+        } = &inner.routes
+        else {
+            return;
+        };
+        let own = inner.local.as_ref().map(|(addr, _)| addr);
+        let mut links = links.write();
+        links.retain(|addr, (_, stop)| {
+            let keep = nodes.contains(addr);
+            if !keep {
+                stop.cancel();
+            }
+            keep
+        });
+        for addr in nodes {
+            if Some(addr) == own || links.contains_key(addr) {
+                continue;
+            }
+            let Some(link) = connector.connect(addr) else {
+                continue;
+            };
+            let stop = inner.stop.child_token();
+            tokio::spawn(link.clone().run(
+                inner.peer_address.clone(),
+                inner.events.clone(),
+                stop.clone(),
+            ));
+            links.insert(addr.clone(), (link, stop));
+        }
+    }
+
+    /// The link to `addr`, making it if the map has the node and the router has none yet.
+    fn link_to(&self, addr: &NodeAddr) -> Option<Arc<NodeLink>> {
+        if let Some((own, link)) = &self.inner.local
+            && own == addr
+        {
+            return Some(link.clone());
+        }
+        let Routes::Map { links, view, .. } = &self.inner.routes else {
+            return None;
+        };
+        if let Some((link, _)) = links.read().get(addr) {
+            return Some(link.clone());
+        }
+        let nodes = view.borrow().nodes.clone();
+        Self::sync_links(&self.inner, &nodes);
+        links.read().get(addr).map(|(link, _)| link.clone())
+    }
+
+    /// Sends `request` to the node serving its object and waits up to `timeout` for the
+    /// outcome, holding it while its shard has no owner and sending it again when a node
+    /// refuses it as not served there.
+    pub async fn request(&self, request: Request<'_>, timeout: Duration) -> Outcome {
+        let (view, shard_count) = match &self.inner.routes {
+            Routes::Single(link) => return link.request(request, timeout).await,
+            Routes::Map {
+                view, shard_count, ..
+            } => (view, *shard_count),
+        };
+        let deadline = Instant::now() + timeout;
+        let id = ObjectId::from(request.object_id);
+        let mut changes = view.subscribe();
+        let mut pause = RETRY_FLOOR;
+        let mut last: Option<CallError> = None;
+        loop {
+            let target = resolve(&changes.borrow_and_update(), &id, shard_count)?;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(held_too_long(&id, last, timeout));
+            }
+            let link = target.as_ref().and_then(|addr| self.link_to(addr));
+            match link {
+                Some(link) if link.is_connected() => {
+                    let outcome = link.request(request.clone(), remaining).await;
+                    match refusal(&outcome) {
+                        Some(err) => last = Some(err),
+                        None => return outcome,
+                    }
+                }
+                Some(link) => {
+                    last = Some(CallError::unavailable(format!(
+                        "node {} is not connected yet",
+                        link.address()
+                    )));
+                }
+                None => {
+                    last = Some(CallError::unavailable(match &target {
+                        Some(addr) => format!("node {addr} cannot be reached"),
+                        None => format!("the shard of {id} has no owner now (it is moving)"),
+                    }));
+                }
+            }
+            // Held: until the map changes, or a short pause (growing while nothing changes).
+            let until = (Instant::now() + pause).min(deadline);
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return Err(CallError::unavailable("the cluster map is gone (shutting down)"));
+                    }
+                    pause = RETRY_FLOOR;
+                }
+                () = tokio::time::sleep_until(until) => pause = (pause * 2).min(RETRY_CEILING),
+                () = self.inner.stop.cancelled() => {
+                    return Err(CallError::unavailable("the router is stopping"));
+                }
+            }
+        }
+    }
+}
+
+/// The node a request for `id` goes to by `map`: the pinned node of a node-pinned ID, the
+/// owner of the shard otherwise (`None`: no owner now). A malformed ID, or a pinned node that is
+/// not a member, is an error at once.
+fn resolve(
+    map: &ClusterMap,
+    id: &ObjectId,
+    shard_count: u32,
+) -> Result<Option<NodeAddr>, CallError> {
+    if let ObjectIdKind::FixedNode(addr) = id.kind()? {
+        let addr = NodeAddr::new(addr);
+        if !map.nodes.contains(&addr) {
+            return Err(CallError::unavailable(format!(
+                "object {id} is pinned to node {addr}, which is not a member of the cluster"
+            )));
+        }
+        return Ok(Some(addr));
+    }
+    let shard = shard_of(id, shard_count)?;
+    Ok(map.owner(shard).cloned())
+}
+
+/// The refusal in `outcome` that makes sending it again safe (nothing ran), if it is one.
+fn refusal(outcome: &Outcome) -> Option<CallError> {
+    match outcome {
+        Err(err) if err.is_not_served() => Some(err.clone()),
+        Ok(response::Result::Reliable(reliable)) => {
+            let failure = reliable.error.as_ref()?;
+            (reliable.status == goverse_core::ReliableStatus::Skipped.as_str()
+                && failure.not_served)
+                .then(|| crate::failure_to_error(failure.clone()))
+        }
+        _ => None,
+    }
+}
+
+fn held_too_long(id: &ObjectId, last: Option<CallError>, timeout: Duration) -> CallError {
+    let why = last.map_or_else(String::new, |err| format!(": {}", err.message()));
+    CallError::new(
+        ErrorCode::DeadlineExceeded,
+        format!("deadline exceeded after {timeout:?} waiting for a node to serve {id}{why}"),
+    )
+}
