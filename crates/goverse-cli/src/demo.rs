@@ -224,6 +224,13 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The bundled sample types, as `goverse demo` and `goverse node` serve them: `Counter`,
+/// `DurableCounter`, the chat sample's and the wallet sample's types.
+pub(crate) fn register_samples(builder: goverse::NodeBuilder) -> goverse::NodeBuilder {
+    let builder = builder.register::<Counter>().register::<DurableCounter>();
+    goverse_sample_wallet::register(goverse_sample_chat::register(builder))
+}
+
 /// Clients may use the counters, the wallets and the chat (except `ChatRoomMgr.RegisterRoom`,
 /// which only rooms call). With rules configured, anything unmatched is refused.
 fn demo_access_rules() -> Vec<AccessRule> {

@@ -1,4 +1,5 @@
-//! `goverse gate`: a gate process linked to one node.
+//! `goverse gate`: a gate process linked to one node (or, with `--gate-id`, a gate of a
+//! cluster: see `cluster.rs`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,10 +25,14 @@ pub(crate) struct GateArgs {
     /// The node's service address.
     #[arg(long, default_value = "127.0.0.1:47000")]
     node: String,
-    /// A YAML file in upstream's format; its `object_access_rules` and `object_lifecycle_rules`
-    /// are enforced.
+    /// A YAML file in upstream's format. With `--gate-id`, the cluster configuration the gate
+    /// joins; without, only its `object_access_rules` and `object_lifecycle_rules` are read.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Which of the configuration's `gates` this process is: the gate joins the cluster and
+    /// routes by the shard map (`--listen`, `--http-listen` and `--node` are then unused).
+    #[arg(long, requires = "config")]
+    gate_id: Option<String>,
     /// Largest request body or message accepted, in bytes.
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     max_body_bytes: usize,
@@ -53,6 +58,9 @@ fn load_rules(path: &Path) -> anyhow::Result<RulesFile> {
 }
 
 pub(crate) async fn run(args: GateArgs) -> anyhow::Result<()> {
+    if let (Some(config), Some(gate_id)) = (&args.config, &args.gate_id) {
+        return crate::cluster::gate(config, gate_id).await;
+    }
     let rules = match &args.config {
         Some(path) => load_rules(path)?,
         None => RulesFile::default(),

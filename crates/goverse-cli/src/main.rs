@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bench_map;
 mod client;
+mod cluster;
 mod db;
 mod demo;
 mod gate;
@@ -29,8 +30,16 @@ enum Command {
     /// Runs a node and a gate on the embedded defaults until stopped (or, with --tour, a scripted
     /// workload that exits).
     Demo(demo::DemoArgs),
-    /// Runs a gate linked to a node.
+    /// Runs a node of a cluster from its configuration file (serving the bundled sample types).
+    Node(cluster::NodeArgs),
+    /// Runs a gate: of a cluster (`--config FILE --gate-id ID`), or linked to one node (`--node`).
     Gate(gate::GateArgs),
+    /// Checks or generates a cluster configuration file.
+    #[command(subcommand)]
+    Config(cluster::ConfigCommand),
+    /// Looks at a running cluster.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
     /// Calls a method through a gate; request and response are JSON.
     Call(client::CallArgs),
     /// Creates (activates) an object through a gate.
@@ -70,9 +79,21 @@ fn main() -> ExitCode {
             init_tracing("warn");
             run(demo::run(args))
         }
+        Command::Node(args) => {
+            init_tracing("info");
+            run(cluster::node(args))
+        }
         Command::Gate(args) => {
             init_tracing("info");
             run(gate::run(args))
+        }
+        Command::Config(command) => {
+            init_tracing("warn");
+            run(async move { cluster::config(command) })
+        }
+        Command::Cluster(command) => {
+            init_tracing("error");
+            run(cluster::cluster(command))
         }
         Command::Call(args) => {
             init_tracing("error");

@@ -126,6 +126,14 @@ impl NodeLink {
         self.local.is_some() || self.current.read().is_some()
     }
 
+    /// Requests sent on the current connection and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.current
+            .read()
+            .as_ref()
+            .map_or(0, |conn| conn.pending.waiting.lock().1.len())
+    }
+
     /// Sends `request` and waits up to `timeout` (the call's deadline, which travels with the
     /// request) for its outcome.
     pub async fn request(&self, mut request: Request<'_>, timeout: Duration) -> Outcome {
@@ -181,7 +189,14 @@ impl NodeLink {
         let mut backoff = Duration::from_millis(50);
         loop {
             let result = tokio::select! {
-                () = stop.cancelled() => return,
+                () = stop.cancelled() => {
+                    // The connection attempt may have been dropped half-way: forget it, failing
+                    // whatever still waits on it.
+                    if let Some(conn) = self.current.write().take() {
+                        conn.pending.close(&format!("link to node {} closed", self.address));
+                    }
+                    return;
+                }
                 result = self.connect_once(&peer_address, &*events, &stop) => result,
             };
             match result {

@@ -117,6 +117,10 @@ impl std::fmt::Debug for Router {
 /// shard claimed in the cluster store is served only once the object store has the claim).
 const RETRY_FLOOR: Duration = Duration::from_millis(2);
 const RETRY_CEILING: Duration = Duration::from_millis(100);
+/// How long the link to a node that left the map stays open for the answers still due.
+const LEFT_NODE_DRAIN: Duration = Duration::from_secs(5);
+/// A call held this long is logged once (with why it waits).
+const HELD_WARNING: Duration = Duration::from_secs(2);
 
 impl Router {
     /// A router by `view`, which names this process to nodes as `peer_address` (pushes for
@@ -252,10 +256,19 @@ impl Router {
         };
         let own = inner.local.as_ref().map(|(addr, _)| addr);
         let mut links = links.write();
-        links.retain(|addr, (_, stop)| {
+        links.retain(|addr, (link, stop)| {
             let keep = nodes.contains(addr);
             if !keep {
-                stop.cancel();
+                // No new requests go to a node that left; those on their way still get their
+                // answers (its node service answers until it exits), then the link closes.
+                let (link, stop) = (link.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let deadline = Instant::now() + LEFT_NODE_DRAIN;
+                    while link.in_flight() > 0 && Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    stop.cancel();
+                });
             }
             keep
         });
@@ -309,6 +322,8 @@ impl Router {
         let mut changes = view.subscribe();
         let mut pause = RETRY_FLOOR;
         let mut last: Option<CallError> = None;
+        let started = Instant::now();
+        let mut warned = false;
         loop {
             let target = resolve(&changes.borrow_and_update(), &id, shard_count)?;
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -318,7 +333,12 @@ impl Router {
             let link = target.as_ref().and_then(|addr| self.link_to(addr));
             match link {
                 Some(link) if link.is_connected() => {
+                    let sent = Instant::now();
                     let outcome = link.request(request.clone(), remaining).await;
+                    if sent.elapsed() > HELD_WARNING {
+                        tracing::warn!(object = %id, node = link.address(), took = ?sent.elapsed(),
+                            ok = outcome.is_ok(), "a node was slow to answer");
+                    }
                     match refusal(&outcome) {
                         Some(err) => last = Some(err),
                         None => return outcome,
@@ -336,6 +356,11 @@ impl Router {
                         None => format!("the shard of {id} has no owner now (it is moving)"),
                     }));
                 }
+            }
+            if !warned && started.elapsed() > HELD_WARNING {
+                warned = true;
+                tracing::warn!(object = %id, held = ?started.elapsed(), cause = ?last,
+                    "a call is still waiting for a node to serve its object");
             }
             // Held: until the map changes, or a short pause (growing while nothing changes).
             let until = (Instant::now() + pause).min(deadline);

@@ -62,6 +62,8 @@ pub mod gate {
     pub use goverse_gate::*;
 }
 
+pub mod config;
+
 /// The node protocol: links to nodes, and the router that sends each call to the node serving
 /// its object by the cluster's shard map.
 pub mod transport {

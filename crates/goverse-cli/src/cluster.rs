@@ -1,0 +1,354 @@
+//! The cluster commands: `goverse node`, `goverse gate --gate-id`, `goverse config check|gen`
+//! and `goverse cluster status`, all from one configuration file.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use goverse::cluster::{ClusterStore, EtcdClusterStore};
+use goverse::config::ClusterFile;
+use goverse::gate::{AllowAnonymous, Gate, GateConfig};
+use goverse::persistence::{ObjectStore, PostgresConfig, PostgresStore, SqliteStore};
+use goverse::prelude::*;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::tour::parse_duration;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct NodeArgs {
+    /// The cluster configuration file.
+    #[arg(long)]
+    config: PathBuf,
+    /// Which of the file's `nodes` this process is.
+    #[arg(long)]
+    node_id: String,
+    /// How long shutdown may take (hand-over, saves, draining connections).
+    #[arg(long, value_parser = parse_duration, default_value = "20s")]
+    grace: Duration,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum ConfigCommand {
+    /// Reads and checks a configuration file (and the GOVERSE_* variables); prints a summary.
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+    /// Writes a ready configuration for a local cluster (etcd on 127.0.0.1:2379, SQLite).
+    Gen {
+        /// Nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Gates.
+        #[arg(long, default_value_t = 1)]
+        gates: usize,
+        /// Shards.
+        #[arg(long, default_value_t = goverse::DEFAULT_SHARD_COUNT)]
+        shards: u32,
+        /// Where to write it (default: standard output).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum ClusterCommand {
+    /// The cluster as etcd holds it: leader, readiness, nodes and their shards, gates, moves.
+    Status {
+        /// The cluster configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub(crate) fn load(path: &Path) -> anyhow::Result<ClusterFile> {
+    Ok(ClusterFile::load(path)?)
+}
+
+pub(crate) fn config(command: ConfigCommand) -> anyhow::Result<()> {
+    match command {
+        ConfigCommand::Check { file } => {
+            let config = load(&file)?;
+            println!(
+                "{}: valid; {} shards, etcd {} (prefix {}), {} nodes, {} gates, store {}",
+                file.display(),
+                config.cluster.shards,
+                config.cluster.etcd.endpoints.join(","),
+                config.cluster.etcd.prefix,
+                config.nodes.len(),
+                config.gates.len(),
+                match (&config.postgres, &config.sqlite) {
+                    (Some(pg), _) => format!("postgres {}:{}/{}", pg.host, pg.port, pg.database),
+                    (None, Some(sqlite)) => format!("sqlite {}", sqlite.path.display()),
+                    (None, None) => "none (objects are not persisted)".to_owned(),
+                }
+            );
+            Ok(())
+        }
+        ConfigCommand::Gen {
+            nodes,
+            gates,
+            shards,
+            output,
+        } => {
+            anyhow::ensure!(nodes > 0, "--nodes must be at least 1");
+            anyhow::ensure!(shards > 0, "--shards must be at least 1");
+            let text = ClusterFile::generate(nodes, gates, shards);
+            match output {
+                Some(path) => std::fs::write(&path, text)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+                None => print!("{text}"),
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The object store the file names, opened (PostgreSQL migrated first).
+async fn open_store(config: &ClusterFile) -> anyhow::Result<Option<Arc<dyn ObjectStore>>> {
+    if let Some(pg) = &config.postgres {
+        let mut pg_config = PostgresConfig::from_parts(
+            &pg.host,
+            pg.port,
+            &pg.user,
+            &pg.password,
+            &pg.database,
+            &pg.sslmode,
+        );
+        if let Some(size) = pg.pool_size {
+            pg_config.pool_size = size;
+        }
+        if let Some(timeout) = pg.statement_timeout {
+            pg_config.statement_timeout = timeout;
+        }
+        let store = PostgresStore::connect(&pg_config).await?;
+        store.migrate().await?;
+        return Ok(Some(Arc::new(store)));
+    }
+    if let Some(sqlite) = &config.sqlite {
+        let store = SqliteStore::open(&sqlite.path)
+            .with_context(|| format!("cannot open the SQLite store {}", sqlite.path.display()))?;
+        return Ok(Some(Arc::new(store)));
+    }
+    Ok(None)
+}
+
+async fn connect_etcd(config: &ClusterFile) -> anyhow::Result<Arc<dyn ClusterStore>> {
+    let etcd = EtcdClusterStore::connect(&config.etcd())
+        .await
+        .context("cannot reach etcd")?;
+    Ok(Arc::new(etcd))
+}
+
+fn warn_unauthenticated(config: &ClusterFile) -> anyhow::Result<()> {
+    if config.all_loopback() {
+        tracing::warn!(
+            "node and gate ports are not authenticated: fine on loopback, as this file has it"
+        );
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "this file puts nodes or gates on non-loopback addresses, and peer authentication \
+             is not there yet: keep every address on 127.0.0.1 until it is"
+        )
+    }
+}
+
+pub(crate) async fn node(args: NodeArgs) -> anyhow::Result<()> {
+    let file = load(&args.config)?;
+    let entry = file
+        .node(&args.node_id)
+        .map_err(anyhow::Error::msg)?
+        .clone();
+    let node_config = file
+        .node_config(&args.node_id)
+        .map_err(anyhow::Error::msg)?;
+    warn_unauthenticated(&file)?;
+    if file.inspector.is_some() {
+        tracing::warn!("the inspector section is not used yet");
+    }
+    if entry.http_addr.is_some() {
+        tracing::warn!(node = %entry.id, "a node's http_addr is not served yet");
+    }
+    let listener = TcpListener::bind(&entry.grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} for the node service", entry.grpc_addr))?;
+    let cluster = connect_etcd(&file).await?;
+    let store = open_store(&file).await?;
+    let mut builder =
+        crate::demo::register_samples(Node::builder(node_config)).cluster_store(cluster);
+    if let Some(store) = &store {
+        builder = builder.object_store(store.clone());
+    }
+    let node = builder.start().await.context("cannot start the node")?;
+    let stop = CancellationToken::new();
+    let service = tokio::spawn(goverse::serve(
+        node.clone(),
+        listener,
+        stop.clone().cancelled_owned(),
+    ));
+    println!(
+        "node {} ({}) serving on {}; {} shards; store {}",
+        entry.id,
+        node.address(),
+        entry.grpc_addr,
+        file.cluster.shards,
+        store.as_ref().map_or("none".to_owned(), |s| s.describe())
+    );
+    goverse::stop_signal().await;
+    println!("stopping: handing shards over and saving");
+    // Save first, while the node service still answers (peers' calls for shards handed over
+    // are refused as not served and follow the shards), then end the connections.
+    let report = node.shutdown(args.grace).await;
+    // The node has left the map; its peers stop sending to it and close their links once the
+    // answers still due have arrived. Requests that arrive meanwhile are refused as not served
+    // (their senders resend them to the new owners). Then the connections end.
+    let drained = tokio::time::Instant::now() + Duration::from_secs(2);
+    while !node.connected_gates().is_empty() && tokio::time::Instant::now() < drained {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), service).await;
+    println!(
+        "stopped: {} objects closed, {} saved, {} unsaved",
+        report.deactivated, report.saved, report.unsaved
+    );
+    if report.unsaved > 0 {
+        anyhow::bail!("{} object states could not be saved", report.unsaved);
+    }
+    Ok(())
+}
+
+/// `goverse gate --config FILE --gate-id ID`: a gate of the file's cluster.
+pub(crate) async fn gate(config_path: &Path, gate_id: &str) -> anyhow::Result<()> {
+    let file = load(config_path)?;
+    let entry = file.gate(gate_id).map_err(anyhow::Error::msg)?.clone();
+    warn_unauthenticated(&file)?;
+    let grpc_listener = TcpListener::bind(&entry.grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (gRPC)", entry.grpc_addr))?;
+    let http_listener = match &entry.http_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (HTTP)"))?,
+        ),
+        None => None,
+    };
+    let cluster = connect_etcd(&file).await?;
+    let lease_ttl = file.cluster.lease_ttl.unwrap_or(Duration::from_secs(10));
+    let gate = Gate::start_in_cluster(
+        GateConfig {
+            advertise_address: entry.advertise().to_owned(),
+            call_timeout: file
+                .cluster
+                .default_call_timeout
+                .unwrap_or(Duration::from_secs(30)),
+            access_rules: file.object_access_rules.clone(),
+            lifecycle_rules: file.object_lifecycle_rules.clone(),
+            ..GateConfig::default()
+        },
+        Arc::new(AllowAnonymous),
+        cluster,
+        &file.cluster.etcd.prefix,
+        file.cluster.shards,
+        lease_ttl,
+    )
+    .await?;
+    println!(
+        "gate {} ({}): gRPC {}{}",
+        entry.id,
+        entry.advertise(),
+        entry.grpc_addr,
+        entry
+            .http_addr
+            .as_ref()
+            .map_or(String::new(), |h| format!(", HTTP http://{h}"))
+    );
+    let stop = CancellationToken::new();
+    let grpc = tokio::spawn({
+        let gate = gate.clone();
+        let stop = stop.clone();
+        async move { gate.serve_grpc(grpc_listener, stop.cancelled_owned()).await }
+    });
+    let http = http_listener.map(|listener| {
+        let gate = gate.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            gate.serve_http(listener, gate.http_router(), stop.cancelled_owned())
+                .await
+        })
+    });
+    goverse::stop_signal().await;
+    stop.cancel();
+    let grace = Duration::from_secs(5);
+    let _ = tokio::time::timeout(grace, grpc).await;
+    if let Some(http) = http {
+        let _ = tokio::time::timeout(grace, http).await;
+    }
+    gate.shutdown(grace).await;
+    println!("gate stopped");
+    Ok(())
+}
+
+/// `goverse cluster status`.
+pub(crate) async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
+    let ClusterCommand::Status { config, json } = command;
+    let file = load(&config)?;
+    let store = connect_etcd(&file).await?;
+    let keys =
+        goverse::cluster::Keys::new(&file.cluster.etcd.prefix).map_err(anyhow::Error::msg)?;
+    let (kvs, revision) = store
+        .get_prefix(&format!("{}/", keys.prefix()))
+        .await
+        .context("cannot read the cluster from etcd")?;
+    let map = goverse::cluster::ClusterMap::load(&keys, file.cluster.shards, &kvs, revision)
+        .map_err(anyhow::Error::msg)?;
+    let mut served: std::collections::BTreeMap<String, usize> =
+        map.nodes.iter().map(|n| (n.to_string(), 0)).collect();
+    for n in 0..file.cluster.shards {
+        if let Some(owner) = map.owner(goverse::ShardId(n)) {
+            *served.entry(owner.to_string()).or_default() += 1;
+        }
+    }
+    let quorum = file.cluster.min_quorum.unwrap_or(1);
+    let unowned = map.unowned();
+    let moving = map.moving();
+    let leader = map.leader.as_ref().map(|(l, _)| l.to_string());
+    let ready = leader.is_some() && map.nodes.len() >= quorum && unowned == 0;
+    if json {
+        let status = serde_json::json!({
+            "ready": ready,
+            "leader": leader,
+            "nodes": served,
+            "gates": map.gates,
+            "unowned": unowned,
+            "moving": moving,
+            "shards": file.cluster.shards,
+            "revision": revision,
+        });
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        println!(
+            "cluster {} ({} shards): {}",
+            keys.prefix(),
+            file.cluster.shards,
+            if ready { "ready" } else { "not ready" }
+        );
+        println!("  leader   {}", leader.as_deref().unwrap_or("none"));
+        for (node, shards) in &served {
+            println!("  node     {node}  {shards} shards");
+        }
+        for gate in &map.gates {
+            println!("  gate     {gate}");
+        }
+        println!("  unowned  {unowned}");
+        println!("  moving   {moving}");
+    }
+    Ok(())
+}

@@ -1,0 +1,294 @@
+//! A cluster as a user starts it: `goverse config gen`/`check`, three `goverse node` processes
+//! and a `goverse gate --gate-id` from one file, on a real etcd and one shared SQLite file; one
+//! node killed with kill -9 under load; `goverse cluster status`; SIGTERM stops each cleanly.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use goverse::prost::Message as _;
+use goverse::wkt::{Empty, Int32Value};
+use goverse_proto::gate::CallObjectRequest;
+use goverse_proto::gate::gate_service_client::GateServiceClient;
+use goverse_testkit::{EtcdServer, Process, free_port};
+use parking_lot::Mutex;
+use tonic::transport::Channel;
+
+const GOVERSE: &str = env!("CARGO_BIN_EXE_goverse");
+const LEASE_TTL: Duration = Duration::from_secs(2);
+
+fn goverse(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(GOVERSE)
+        .args(args)
+        .output()
+        .expect("goverse runs")
+}
+
+fn any<M: goverse::prost::Message + goverse::prost::Name>(m: &M) -> prost_types::Any {
+    prost_types::Any {
+        type_url: format!("{}{}", goverse::TYPE_URL_PREFIX, M::full_name()),
+        value: m.encode_to_vec(),
+    }
+}
+
+async fn call(
+    client: &mut GateServiceClient<Channel>,
+    id: &str,
+    method: &str,
+    request: prost_types::Any,
+) -> Result<i32, tonic::Status> {
+    let mut request = tonic::Request::new(CallObjectRequest {
+        client_id: String::new(),
+        r#type: "DurableCounter".to_owned(),
+        id: id.to_owned(),
+        method: method.to_owned(),
+        request: Some(request),
+    });
+    request.set_timeout(Duration::from_secs(20));
+    let response = client.call_object(request).await?.into_inner();
+    let any = response.response.expect("a response");
+    Ok(Int32Value::decode(any.value.as_slice()).unwrap().value)
+}
+
+/// The cluster's status as `goverse cluster status --json` prints it.
+fn status(config: &str) -> serde_json::Value {
+    let out = goverse(&["cluster", "status", "--config", config, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn balanced(status: &serde_json::Value, nodes: usize, shards: u64) -> bool {
+    let served: Vec<u64> = status["nodes"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    status["ready"] == true
+        && served.len() == nodes
+        && served.iter().sum::<u64>() == shards
+        && served.iter().max().unwrap() - served.iter().min().unwrap() <= 1
+        && status["moving"] == 0
+}
+
+type Caller = tokio::task::JoinHandle<(String, i32, i32, Vec<Instant>)>;
+
+/// 16 callers adding 1 to `{prefix}-{n}` through the gate until stopped; each returns its
+/// counter, the adds acknowledged, the adds whose outcome is unknown (failed), and when each
+/// acknowledgement came.
+fn load(
+    channel: &Channel,
+    prefix: &'static str,
+) -> (Arc<AtomicBool>, Arc<Mutex<Vec<String>>>, Vec<Caller>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut callers = Vec::new();
+    for c in 0..16 {
+        let mut client = GateServiceClient::new(channel.clone());
+        let (stop, failures) = (stop.clone(), failures.clone());
+        callers.push(tokio::spawn(async move {
+            let id = format!("{prefix}-{c}");
+            let (mut acked, mut unknown) = (0, 0);
+            let mut successes = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match call(&mut client, &id, "Add", any(&Int32Value { value: 1 })).await {
+                    Ok(_) => {
+                        acked += 1;
+                        successes.push(Instant::now());
+                    }
+                    Err(status) => {
+                        // The outcome of a call in flight when its node died is unknown.
+                        unknown += 1;
+                        failures.lock().push(format!("{id}: {status}"));
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+            (id, acked, unknown, successes)
+        }));
+    }
+    (stop, failures, callers)
+}
+
+/// Stops the callers and checks every counter: each acknowledged add is stored, and each add
+/// whose outcome was unknown at most once.
+async fn finish(
+    channel: &Channel,
+    stop: &AtomicBool,
+    callers: Vec<Caller>,
+) -> Vec<(String, i32, i32, Vec<Instant>)> {
+    stop.store(true, Ordering::Relaxed);
+    let mut results = Vec::new();
+    for caller in callers {
+        results.push(caller.await.unwrap());
+    }
+    let mut client = GateServiceClient::new(channel.clone());
+    for (id, acked, unknown, _) in &results {
+        let value = call(&mut client, id, "Get", any(&Empty {})).await.unwrap();
+        assert!(
+            value >= *acked && value <= acked + unknown,
+            "{id}: {value} stored, {acked} acknowledged, {unknown} unknown"
+        );
+    }
+    results
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_from_one_file_fails_over_a_killed_node_without_losing_a_write() {
+    let etcd = EtcdServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cluster.yaml");
+    let config_str = config.to_str().unwrap().to_owned();
+
+    // The generated file, moved onto this test's etcd and free ports, with short timings.
+    let out = goverse(&[
+        "config", "gen", "--nodes", "3", "--gates", "1", "--shards", "64",
+    ]);
+    assert!(out.status.success());
+    let mut text = String::from_utf8(out.stdout).unwrap();
+    text = text
+        .replace("127.0.0.1:2379", &etcd.endpoint())
+        .replace(
+            "cluster_state_stability_duration: 10s",
+            "cluster_state_stability_duration: 1s",
+        )
+        .replace("lease_ttl: 10s", "lease_ttl: 2s");
+    for port in ["47001", "47002", "47003", "49001", "8081"] {
+        text = text.replace(&format!(":{port}\""), &format!(":{}\"", free_port()));
+    }
+    std::fs::write(&config, &text).unwrap();
+    let out = goverse(&["config", "check", &config_str]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("3 nodes, 1 gates"));
+    let file = goverse::config::ClusterFile::load(&config).unwrap();
+    let gate_addr = file.gates[0].grpc_addr.clone();
+
+    let start_node = |id: &str| {
+        let mut node = Process::start(GOVERSE, ["node", "--config", &config_str, "--node-id", id]);
+        node.expect_within("serving on", Duration::from_secs(60));
+        node
+    };
+    let mut nodes: BTreeMap<String, Process> = ["node-1", "node-2", "node-3"]
+        .into_iter()
+        .map(|id| (id.to_owned(), start_node(id)))
+        .collect();
+    let mut gate = Process::start(
+        GOVERSE,
+        ["gate", "--config", &config_str, "--gate-id", "gate-1"],
+    );
+    gate.expect_within("gRPC", Duration::from_secs(60));
+    goverse_testkit::assert_eventually!(
+        balanced(&status(&config_str), 3, 64) && status(&config_str)["gates"][0] == gate_addr,
+        Duration::from_secs(30)
+    );
+
+    // Load: 16 callers adding to their own durable counters through the gate, counting every
+    // acknowledged add and every failure.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{gate_addr}"))
+        .unwrap()
+        .connect_lazy();
+    let (stop, failures, callers) = load(&channel, "fail");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(failures.lock().is_empty(), "{:?}", failures.lock());
+
+    // kill -9 one node: about a third of the counters live on it.
+    let victim = "node-2";
+    let killed_at = Instant::now();
+    nodes.get_mut(victim).unwrap().kill();
+    // Calls succeed again once the lease ends and the others take the shards.
+    goverse_testkit::assert_eventually!(
+        balanced(&status(&config_str), 2, 64),
+        Duration::from_secs(30)
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let results = finish(&channel, &stop, callers).await;
+    // A caller's longest gap between acknowledged calls after the kill is how long its
+    // counter was unreachable; the longest of them is the time to recover.
+    let mut gap = Duration::ZERO;
+    let mut stalled = 0;
+    for (_, _, _, successes) in &results {
+        let mut last = killed_at;
+        let mut longest = Duration::ZERO;
+        for at in successes.iter().filter(|t| **t >= killed_at) {
+            longest = longest.max(at.duration_since(last));
+            last = *at;
+        }
+        stalled += usize::from(longest > Duration::from_millis(500));
+        gap = gap.max(longest);
+    }
+    println!(
+        "kill -9: calls to the dead node's counters succeeded again after {gap:?} (lease TTL \
+         {LEASE_TTL:?}); {stalled} of 16 counters stalled; {} calls failed",
+        failures.lock().len()
+    );
+    assert!(stalled > 0, "no counter lived on the killed node");
+    assert!(
+        gap <= LEASE_TTL + Duration::from_secs(2),
+        "calls stalled for {gap:?}"
+    );
+
+    // The killed node comes back and gets its share again.
+    nodes.insert(victim.to_owned(), start_node(victim));
+    goverse_testkit::assert_eventually!(
+        balanced(&status(&config_str), 3, 64),
+        Duration::from_secs(30)
+    );
+
+    // A rolling restart under load: each node in turn is stopped with SIGTERM (it hands its
+    // shards over and saves) and started again. Planned moves fail no call.
+    let (stop, failures, callers) = load(&channel, "roll");
+    let started = Instant::now();
+    for id in ["node-1", "node-2", "node-3"] {
+        let node = nodes.get_mut(id).unwrap();
+        node.terminate();
+        assert_eq!(node.wait_exit(Duration::from_secs(30)), Some(0), "{id}");
+        goverse_testkit::assert_eventually!(
+            balanced(&status(&config_str), 2, 64),
+            Duration::from_secs(30)
+        );
+        nodes.insert(id.to_owned(), start_node(id));
+        goverse_testkit::assert_eventually!(
+            balanced(&status(&config_str), 3, 64),
+            Duration::from_secs(30)
+        );
+    }
+    let results = finish(&channel, &stop, callers).await;
+    let calls: i32 = results.iter().map(|r| r.1).sum();
+    println!(
+        "rolling restart of 3 nodes in {:?}: {calls} calls acknowledged, {} failed",
+        started.elapsed(),
+        failures.lock().len()
+    );
+    if !failures.lock().is_empty() {
+        for (id, node) in &nodes {
+            eprintln!("---- {id}");
+            for line in node.output().iter().rev().take(60).rev() {
+                eprintln!("{line}");
+            }
+        }
+        eprintln!("---- gate");
+        for line in gate.output().iter().rev().take(60).rev() {
+            eprintln!("{line}");
+        }
+    }
+    assert!(failures.lock().is_empty(), "{:?}", failures.lock());
+
+    // SIGTERM stops everything cleanly.
+    gate.terminate();
+    assert_eq!(gate.wait_exit(Duration::from_secs(20)), Some(0));
+    for (id, node) in nodes.iter_mut() {
+        node.terminate();
+        assert_eq!(node.wait_exit(Duration::from_secs(30)), Some(0), "{id}");
+    }
+    let last = status(&config_str);
+    assert_eq!(last["nodes"].as_object().unwrap().len(), 0, "{last}");
+}

@@ -1,0 +1,703 @@
+//! The cluster configuration file: upstream's YAML (`version: 1`, `cluster`, `postgres`,
+//! `nodes`, `gates`, `object_access_rules`, `object_lifecycle_rules`) with this project's
+//! additions (`cluster.lease_ttl`, `cluster.min_quorum`, `cluster.save_interval`, `sqlite`).
+//!
+//! Every field is applied; an unknown field, or a value that does not parse, is an error naming
+//! it and its line. Environment variables `GOVERSE_<SECTION>__<FIELD>` override fields after the
+//! file is read (`GOVERSE_CLUSTER__SHARDS=64`, `GOVERSE_POSTGRES__PASSWORD=…`,
+//! `GOVERSE_CLUSTER__ETCD__ENDPOINTS='[a:2379, b:2379]'`): `__` separates the levels, the value
+//! is read as YAML.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::gate::rules::{AccessRule, LifecycleRule};
+
+/// A whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// Must be 1.
+    pub version: u32,
+    /// The cluster: shards, coordination, timeouts.
+    pub cluster: ClusterSection,
+    /// The object store, when it is PostgreSQL.
+    #[serde(default)]
+    pub postgres: Option<PostgresSection>,
+    /// The object store, when it is one SQLite file shared by the processes of one machine.
+    #[serde(default)]
+    pub sqlite: Option<SqliteSection>,
+    /// The nodes.
+    #[serde(default)]
+    pub nodes: Vec<NodeEntry>,
+    /// The gates.
+    #[serde(default)]
+    pub gates: Vec<GateEntry>,
+    /// Upstream's `object_access_rules`, enforced by every gate.
+    #[serde(default)]
+    pub object_access_rules: Vec<AccessRule>,
+    /// Upstream's `object_lifecycle_rules`, enforced by every gate.
+    #[serde(default)]
+    pub object_lifecycle_rules: Vec<LifecycleRule>,
+    /// Upstream's inspector section: accepted so upstream files load; the inspector comes
+    /// later, and a file that configures one gets a warning.
+    #[serde(default)]
+    pub inspector: Option<serde_yaml_ng::Value>,
+}
+
+/// `cluster:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Shards (8192 as upstream); every process of the cluster uses the same count.
+    pub shards: u32,
+    /// Must be `etcd`.
+    pub provider: String,
+    /// The etcd endpoints and key prefix.
+    pub etcd: EtcdSection,
+    /// How long the set of nodes must hold still before the leader rebalances (10s).
+    #[serde(default, with = "opt_duration")]
+    pub cluster_state_stability_duration: Option<Duration>,
+    /// A shard its target has not taken for this long goes to another node (1m).
+    #[serde(default, with = "opt_duration")]
+    pub stuck_shard_reallocation_timeout: Option<Duration>,
+    /// Default deadline of calls (30s).
+    #[serde(default, with = "opt_duration")]
+    pub default_call_timeout: Option<Duration>,
+    /// Default deadline of creates (30s).
+    #[serde(default, with = "opt_duration")]
+    pub default_create_timeout: Option<Duration>,
+    /// Default deadline of deletes (30s).
+    #[serde(default, with = "opt_duration")]
+    pub default_delete_timeout: Option<Duration>,
+    /// Objects created once the cluster is stable. Not supported yet: a file that lists any is
+    /// refused, naming the field.
+    #[serde(default)]
+    pub auto_load_objects: Vec<serde_yaml_ng::Value>,
+    /// Ours: the TTL of every node's and gate's lease (10s).
+    #[serde(default, with = "opt_duration")]
+    pub lease_ttl: Option<Duration>,
+    /// Ours: nodes needed before shards are given out and placement runs (1).
+    #[serde(default)]
+    pub min_quorum: Option<usize>,
+    /// Ours: how often changed persistent objects are saved (60s; `0s`: only on deactivation,
+    /// hand-over and shutdown).
+    #[serde(default, with = "opt_duration")]
+    pub save_interval: Option<Duration>,
+}
+
+/// `cluster.etcd:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdSection {
+    /// `host:port` of each etcd member; every one is used.
+    pub endpoints: Vec<String>,
+    /// The key prefix (`/goverse`).
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+}
+
+fn default_prefix() -> String {
+    crate::cluster::DEFAULT_PREFIX.to_owned()
+}
+
+/// `postgres:` (upstream's fields).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSection {
+    /// Host (`localhost`).
+    #[serde(default = "default_host")]
+    pub host: String,
+    /// Port (5432).
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// User.
+    pub user: String,
+    /// Password (better given as `GOVERSE_POSTGRES__PASSWORD`).
+    #[serde(default)]
+    pub password: String,
+    /// Database.
+    pub database: String,
+    /// `disable`, `prefer`, `require`…
+    #[serde(default)]
+    pub sslmode: String,
+    /// Ours: connections in the pool.
+    #[serde(default)]
+    pub pool_size: Option<usize>,
+    /// Ours: longest a statement may run.
+    #[serde(default, with = "opt_duration")]
+    pub statement_timeout: Option<Duration>,
+}
+
+fn default_host() -> String {
+    "localhost".to_owned()
+}
+
+fn default_port() -> u16 {
+    5432
+}
+
+/// `sqlite:` (ours).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteSection {
+    /// The database file (relative paths are taken from the configuration file's directory).
+    pub path: PathBuf,
+}
+
+/// One of `nodes:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeEntry {
+    /// The name `--node-id` picks it by.
+    pub id: String,
+    /// Where the node service listens.
+    pub grpc_addr: String,
+    /// Where the others reach it (its identity in the cluster); `grpc_addr` when absent.
+    #[serde(default)]
+    pub advertise_addr: Option<String>,
+    /// Upstream's HTTP port of a node (metrics, health); not served yet, and a warning says so.
+    #[serde(default)]
+    pub http_addr: Option<String>,
+}
+
+impl NodeEntry {
+    /// The address the node is known by.
+    pub fn advertise(&self) -> &str {
+        self.advertise_addr.as_deref().unwrap_or(&self.grpc_addr)
+    }
+}
+
+/// One of `gates:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateEntry {
+    /// The name `--gate-id` picks it by.
+    pub id: String,
+    /// Where clients reach the gate over gRPC.
+    pub grpc_addr: String,
+    /// The address client ids start with; `grpc_addr` when absent.
+    #[serde(default)]
+    pub advertise_addr: Option<String>,
+    /// Where the gate serves HTTP/JSON and server-sent events, if it does.
+    #[serde(default)]
+    pub http_addr: Option<String>,
+}
+
+impl GateEntry {
+    /// The address the gate is known by.
+    pub fn advertise(&self) -> &str {
+        self.advertise_addr.as_deref().unwrap_or(&self.grpc_addr)
+    }
+}
+
+/// Why a configuration cannot be used: the file, and what is wrong (with its line for YAML).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    /// The file (or the environment variable) at fault.
+    pub file: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ClusterFile {
+    /// Reads `path`, applies the `GOVERSE_*` variables of this process's environment, and
+    /// checks the result.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
+            file: path.display().to_string(),
+            message: format!("cannot read it: {err}"),
+        })?;
+        let env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        let mut file = Self::parse(&text, &path.display().to_string(), &env)?;
+        if let Some(sqlite) = &mut file.sqlite
+            && sqlite.path.is_relative()
+            && let Some(dir) = path.parent()
+        {
+            sqlite.path = dir.join(&sqlite.path);
+        }
+        Ok(file)
+    }
+
+    /// Parses `text` (named `name` in errors) with the overrides in `env` (pairs of
+    /// `GOVERSE_…` names and values), and checks it.
+    pub fn parse(text: &str, name: &str, env: &[(String, String)]) -> Result<Self, ConfigError> {
+        let error = |message: String| ConfigError {
+            file: name.to_owned(),
+            message,
+        };
+        // First straight from the text, so an error names its line.
+        let file: Self =
+            serde_yaml_ng::from_str(text).map_err(|err| error(yaml_error(&err, text)))?;
+        let overrides: Vec<_> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
+            .collect();
+        let file = if overrides.is_empty() {
+            file
+        } else {
+            let mut doc: serde_yaml_ng::Value =
+                serde_yaml_ng::from_str(text).map_err(|err| error(yaml_error(&err, text)))?;
+            for (key, value) in &overrides {
+                apply_override(&mut doc, key, value).map_err(|message| ConfigError {
+                    file: key.clone(),
+                    message,
+                })?;
+            }
+            let names: Vec<&str> = overrides.iter().map(|(k, _)| k.as_str()).collect();
+            serde_yaml_ng::from_value(doc).map_err(|err| ConfigError {
+                file: format!("{name} with {}", names.join(", ")),
+                message: err.to_string(),
+            })?
+        };
+        file.validate().map_err(error)?;
+        Ok(file)
+    }
+
+    /// Checks what serde cannot: the version, the provider, addresses, unique ids.
+    fn validate(&self) -> Result<(), String> {
+        if self.version != 1 {
+            return Err(format!(
+                "version: {} is not supported (expected 1)",
+                self.version
+            ));
+        }
+        let c = &self.cluster;
+        if c.provider != "etcd" {
+            return Err(format!(
+                "cluster.provider: {:?} is not supported (only \"etcd\")",
+                c.provider
+            ));
+        }
+        if c.shards == 0 {
+            return Err("cluster.shards: must be at least 1".to_owned());
+        }
+        if c.etcd.endpoints.is_empty() {
+            return Err("cluster.etcd.endpoints: at least one endpoint is needed".to_owned());
+        }
+        crate::cluster::Keys::new(&c.etcd.prefix)
+            .map_err(|e| format!("cluster.etcd.prefix: {e}"))?;
+        if !c.auto_load_objects.is_empty() {
+            return Err(
+                "cluster.auto_load_objects: not supported yet; remove the entries (create the \
+                 objects from a node instead)"
+                    .to_owned(),
+            );
+        }
+        if c.min_quorum == Some(0) {
+            return Err("cluster.min_quorum: must be at least 1".to_owned());
+        }
+        if let Some(ttl) = c.lease_ttl
+            && ttl < Duration::from_millis(300)
+        {
+            return Err(format!(
+                "cluster.lease_ttl: {ttl:?} is too short (minimum 300ms)"
+            ));
+        }
+        for (field, value) in [
+            ("default_call_timeout", c.default_call_timeout),
+            ("default_create_timeout", c.default_create_timeout),
+            ("default_delete_timeout", c.default_delete_timeout),
+            (
+                "stuck_shard_reallocation_timeout",
+                c.stuck_shard_reallocation_timeout,
+            ),
+        ] {
+            if value.is_some_and(|v| v.is_zero()) {
+                return Err(format!("cluster.{field}: must be positive"));
+            }
+        }
+        if self.postgres.is_some() && self.sqlite.is_some() {
+            return Err("postgres and sqlite: choose one object store".to_owned());
+        }
+        let mut ids = BTreeSet::new();
+        let mut addresses = BTreeSet::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.id.is_empty() || !ids.insert(("node", node.id.clone())) {
+                return Err(format!(
+                    "nodes[{i}].id: {:?} is empty or used twice",
+                    node.id
+                ));
+            }
+            check_address(&format!("nodes[{i}].grpc_addr"), &node.grpc_addr)?;
+            check_address(&format!("nodes[{i}].advertise_addr"), node.advertise())?;
+            if !addresses.insert(node.advertise().to_owned()) {
+                return Err(format!(
+                    "nodes[{i}].advertise_addr: {} is used twice",
+                    node.advertise()
+                ));
+            }
+        }
+        for (i, gate) in self.gates.iter().enumerate() {
+            if gate.id.is_empty() || !ids.insert(("gate", gate.id.clone())) {
+                return Err(format!(
+                    "gates[{i}].id: {:?} is empty or used twice",
+                    gate.id
+                ));
+            }
+            check_address(&format!("gates[{i}].grpc_addr"), &gate.grpc_addr)?;
+            if let Some(http) = &gate.http_addr {
+                check_address(&format!("gates[{i}].http_addr"), http)?;
+            }
+        }
+        crate::gate::rules::Rules::new(&self.object_access_rules, &self.object_lifecycle_rules)
+            .map_err(|e| format!("object rules: {e}"))?;
+        Ok(())
+    }
+
+    /// The node entry named `id`.
+    pub fn node(&self, id: &str) -> Result<&NodeEntry, String> {
+        self.nodes.iter().find(|n| n.id == id).ok_or_else(|| {
+            let known: Vec<&str> = self.nodes.iter().map(|n| n.id.as_str()).collect();
+            format!(
+                "no node {id:?} in the configuration (nodes: {})",
+                known.join(", ")
+            )
+        })
+    }
+
+    /// The gate entry named `id`.
+    pub fn gate(&self, id: &str) -> Result<&GateEntry, String> {
+        self.gates.iter().find(|g| g.id == id).ok_or_else(|| {
+            let known: Vec<&str> = self.gates.iter().map(|g| g.id.as_str()).collect();
+            format!(
+                "no gate {id:?} in the configuration (gates: {})",
+                known.join(", ")
+            )
+        })
+    }
+
+    /// The node configuration of node `id`.
+    pub fn node_config(&self, id: &str) -> Result<crate::NodeConfig, String> {
+        let entry = self.node(id)?;
+        let c = &self.cluster;
+        let defaults = crate::NodeConfig::default();
+        Ok(crate::NodeConfig {
+            address: entry.advertise().to_owned(),
+            shard_count: c.shards,
+            call_timeout: c.default_call_timeout.unwrap_or(defaults.call_timeout),
+            lease_ttl: c.lease_ttl.unwrap_or(defaults.lease_ttl),
+            min_quorum: c.min_quorum.unwrap_or(defaults.min_quorum),
+            stability_window: c
+                .cluster_state_stability_duration
+                .unwrap_or(defaults.stability_window),
+            stuck_shard_timeout: c
+                .stuck_shard_reallocation_timeout
+                .unwrap_or(defaults.stuck_shard_timeout),
+            save_interval: c.save_interval.unwrap_or(defaults.save_interval),
+            cluster_prefix: c.etcd.prefix.clone(),
+            ..defaults
+        })
+    }
+
+    /// The etcd connection settings.
+    pub fn etcd(&self) -> crate::cluster::EtcdConfig {
+        crate::cluster::EtcdConfig {
+            endpoints: self.cluster.etcd.endpoints.clone(),
+            ..crate::cluster::EtcdConfig::default()
+        }
+    }
+
+    /// Whether every node and gate address is on loopback (a cluster on one machine).
+    pub fn all_loopback(&self) -> bool {
+        let loopback = |addr: &str| {
+            addr.parse::<std::net::SocketAddr>()
+                .map(|a| a.ip().is_loopback())
+                .unwrap_or_else(|_| addr.starts_with("localhost:"))
+        };
+        self.nodes
+            .iter()
+            .all(|n| loopback(&n.grpc_addr) && loopback(n.advertise()))
+            && self
+                .gates
+                .iter()
+                .all(|g| loopback(&g.grpc_addr) && g.http_addr.as_deref().is_none_or(loopback))
+    }
+
+    /// A ready local cluster: `nodes` nodes and `gates` gates on loopback ports from 47001
+    /// (nodes), 49001 (gate gRPC) and 8081 (gate HTTP), one etcd at `127.0.0.1:2379`, and a
+    /// SQLite file next to the configuration.
+    pub fn generate(nodes: usize, gates: usize, shards: u32) -> String {
+        let mut out = String::new();
+        out.push_str("# A local GoVerse cluster (goverse config gen).\nversion: 1\n\n");
+        out.push_str(&format!(
+            "cluster:\n  shards: {shards}\n  provider: etcd\n  etcd:\n    endpoints:\n      - \
+             \"127.0.0.1:2379\"\n    prefix: /goverse\n  cluster_state_stability_duration: 10s\n  \
+             stuck_shard_reallocation_timeout: 1m\n  default_call_timeout: 30s\n  lease_ttl: 10s\n  \
+             min_quorum: 1\n  save_interval: 60s\n\n"
+        ));
+        out.push_str("sqlite:\n  path: objects.db\n\nnodes:\n");
+        for n in 0..nodes {
+            out.push_str(&format!(
+                "  - id: node-{}\n    grpc_addr: \"127.0.0.1:{}\"\n",
+                n + 1,
+                47001 + n
+            ));
+        }
+        out.push_str(if gates == 0 {
+            "\ngates: []\n"
+        } else {
+            "\ngates:\n"
+        });
+        for g in 0..gates {
+            out.push_str(&format!(
+                "  - id: gate-{}\n    grpc_addr: \"127.0.0.1:{}\"\n    http_addr: \"127.0.0.1:{}\"\n",
+                g + 1,
+                49001 + g,
+                8081 + g
+            ));
+        }
+        out
+    }
+}
+
+const ENV_PREFIX: &str = "GOVERSE_";
+
+/// Sets the field `GOVERSE_A__B__C` names in `doc` to `value` read as YAML.
+fn apply_override(doc: &mut serde_yaml_ng::Value, key: &str, value: &str) -> Result<(), String> {
+    let path: Vec<String> = key[ENV_PREFIX.len()..]
+        .split("__")
+        .map(str::to_ascii_lowercase)
+        .collect();
+    if path.iter().any(String::is_empty) {
+        return Err("a level of the name is empty".to_owned());
+    }
+    let parsed: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(value).map_err(|err| format!("value is not YAML: {err}"))?;
+    let mut at = doc;
+    for (i, segment) in path.iter().enumerate() {
+        let map = match at {
+            serde_yaml_ng::Value::Null => {
+                *at = serde_yaml_ng::Value::Mapping(Default::default());
+                at.as_mapping_mut().expect("just made a mapping")
+            }
+            serde_yaml_ng::Value::Mapping(map) => map,
+            _ => return Err(format!("{} is not a section", path[..i].join("."))),
+        };
+        let key = serde_yaml_ng::Value::String(segment.clone());
+        if i + 1 == path.len() {
+            map.insert(key, parsed);
+            return Ok(());
+        }
+        at = map.entry(key).or_insert(serde_yaml_ng::Value::Null);
+    }
+    Ok(())
+}
+
+/// A YAML error with its line, as "line N, column M: …". A value that does not parse (a bad
+/// duration) is reported by the parser at its section; the line of the value itself is found
+/// by the text the message quotes.
+fn yaml_error(err: &serde_yaml_ng::Error, text: &str) -> String {
+    let message = err.to_string();
+    let Some(at) = err.location() else {
+        return message;
+    };
+    let quoted = message
+        .split('"')
+        .nth(1)
+        .filter(|q| !q.is_empty() && message.contains("is not a duration"));
+    if let Some(quoted) = quoted
+        && let Some((n, line)) = text
+            .lines()
+            .enumerate()
+            .skip(at.line().saturating_sub(1))
+            .find(|(_, line)| line.contains(quoted))
+    {
+        let field = line.trim().split(':').next().unwrap_or_default();
+        let reason = message.split(" at line ").next().unwrap_or(&message);
+        return format!(
+            "line {}: {field}: {}",
+            n + 1,
+            reason.trim_start_matches(|c| c != '"')
+        );
+    }
+    if message.contains("line ") {
+        message
+    } else {
+        format!("line {}, column {}: {message}", at.line(), at.column())
+    }
+}
+
+fn check_address(field: &str, addr: &str) -> Result<(), String> {
+    let ok = addr
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        && !addr.contains('/');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{field}: {addr:?} is not host:port"))
+    }
+}
+
+/// Durations as upstream writes them: `500ms`, `10s`, `1m`, `1h30m`.
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let text = Option::<String>::deserialize(d)?;
+        text.map(|t| super::parse_duration(&t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// Parses a Go-style duration: one or more `<number><unit>` with units `ms`, `s`, `m`, `h`
+/// (`90s`, `1m30s`, `0.5s`); `0` alone is zero.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration (e.g. 500ms, 10s, 1m, 1h30m)");
+    let text = text.trim();
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut rest = text;
+    let mut total = Duration::ZERO;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .ok_or_else(bad)?;
+        let value: f64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "ms" => value / 1000.0,
+            "s" => value,
+            "m" => value * 60.0,
+            "h" => value * 3600.0,
+            _ => return Err(bad()),
+        };
+        total += Duration::try_from_secs_f64(seconds).map_err(|_| bad())?;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "version: 1
+cluster:
+  shards: 64
+  provider: etcd
+  etcd:
+    endpoints: [\"127.0.0.1:2379\"]
+    prefix: /goverse/test
+  cluster_state_stability_duration: 1m30s
+  lease_ttl: 3s
+nodes:
+  - id: a
+    grpc_addr: \"127.0.0.1:47001\"
+  - id: b
+    grpc_addr: \"0.0.0.0:47002\"
+    advertise_addr: \"10.0.0.2:47002\"
+gates:
+  - id: g
+    grpc_addr: \"127.0.0.1:49001\"
+";
+
+    #[test]
+    fn a_file_maps_onto_node_configs() {
+        let file = ClusterFile::parse(FILE, "test.yaml", &[]).unwrap();
+        let a = file.node_config("a").unwrap();
+        assert_eq!(a.address, "127.0.0.1:47001");
+        assert_eq!(a.shard_count, 64);
+        assert_eq!(a.stability_window, Duration::from_secs(90));
+        assert_eq!(a.lease_ttl, Duration::from_secs(3));
+        assert_eq!(a.cluster_prefix, "/goverse/test");
+        assert_eq!(file.node_config("b").unwrap().address, "10.0.0.2:47002");
+        assert!(!file.all_loopback());
+        let err = file.node_config("c").unwrap_err();
+        assert!(err.contains("nodes: a, b"), "{err}");
+    }
+
+    #[test]
+    fn unknown_and_bad_fields_are_named_with_their_line() {
+        let bad = FILE.replace("  lease_ttl: 3s", "  lease_tll: 3s");
+        let err = ClusterFile::parse(&bad, "test.yaml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lease_tll") && err.contains("line 9"), "{err}");
+        let bad = FILE.replace("1m30s", "ninety");
+        let err = ClusterFile::parse(&bad, "test.yaml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ninety") && err.contains("line 8"), "{err}");
+        let bad = FILE.replace("provider: etcd", "provider: consul");
+        let err = ClusterFile::parse(&bad, "test.yaml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cluster.provider"), "{err}");
+        let bad = FILE.replace("id: b", "id: a");
+        let err = ClusterFile::parse(&bad, "test.yaml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nodes[1].id"), "{err}");
+        let err = ClusterFile::parse("version: 1\ncluster: [", "x.yaml", &[]).unwrap_err();
+        assert!(err.to_string().contains("line"), "{err}");
+    }
+
+    #[test]
+    fn environment_variables_override_fields() {
+        let env = vec![
+            ("GOVERSE_CLUSTER__SHARDS".to_owned(), "128".to_owned()),
+            (
+                "GOVERSE_CLUSTER__ETCD__ENDPOINTS".to_owned(),
+                "[\"10.1.1.1:2379\", \"10.1.1.2:2379\"]".to_owned(),
+            ),
+            ("GOVERSE_CLUSTER__MIN_QUORUM".to_owned(), "2".to_owned()),
+            (
+                "GOVERSE_POSTGRES".to_owned(),
+                "ignored: no level".to_owned(),
+            ),
+        ];
+        let file = ClusterFile::parse(FILE, "test.yaml", &env).unwrap();
+        assert_eq!(file.cluster.shards, 128);
+        assert_eq!(file.etcd().endpoints.len(), 2);
+        assert_eq!(file.node_config("a").unwrap().min_quorum, 2);
+        let env = vec![("GOVERSE_CLUSTER__SHARDZ".to_owned(), "1".to_owned())];
+        let err = ClusterFile::parse(FILE, "test.yaml", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("GOVERSE_CLUSTER__SHARDZ") && err.contains("shardz"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_generated_file_is_valid_and_local() {
+        let text = ClusterFile::generate(3, 2, 256);
+        let file = ClusterFile::parse(&text, "gen.yaml", &[]).unwrap();
+        assert_eq!(file.nodes.len(), 3);
+        assert_eq!(file.gates.len(), 2);
+        assert_eq!(file.cluster.shards, 256);
+        assert!(file.all_loopback());
+        assert!(file.sqlite.is_some());
+    }
+
+    #[test]
+    fn durations_parse_as_upstream_writes_them() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("0.5s"), Ok(Duration::from_millis(500)));
+        for bad in ["", "10", "s", "1x", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+}
