@@ -24,6 +24,25 @@ pub(crate) enum BenchCommand {
     Gate(GateArgs),
     /// Places a whole shard map and writes it to a running etcd in batched transactions.
     ShardMap(crate::bench_map::ShardMapArgs),
+    /// Two nodes in this process linked over loopback TCP: M callers on one node call random
+    /// counters of N that the other node serves, every call over the batched node link.
+    Cluster(ClusterArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ClusterArgs {
+    /// Counters to call (all served by the other node).
+    #[arg(long, default_value_t = 10_000)]
+    objects: usize,
+    /// Concurrent callers.
+    #[arg(long, default_value_t = 256)]
+    callers: usize,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -110,6 +129,7 @@ pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Local(args) => local(args).await,
         BenchCommand::Gate(args) => gate(args).await,
         BenchCommand::ShardMap(args) => crate::bench_map::shard_map(args).await,
+        BenchCommand::Cluster(args) => cluster(args).await,
     }
 }
 
@@ -426,6 +446,92 @@ async fn local(args: LocalArgs) -> anyhow::Result<()> {
     }
     node.shutdown(Duration::from_secs(30)).await;
     anyhow::ensure!(errors == 0, "{errors} calls failed");
+    Ok(())
+}
+
+/// `goverse bench cluster`: node B serves every shard; callers on node A call B's counters,
+/// each call forwarded over A's link to B (loopback TCP, one batched stream).
+async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
+    use goverse::cluster::{ClusterStore, MemoryClusterStore};
+    anyhow::ensure!(args.objects > 0, "--objects must be at least 1");
+    anyhow::ensure!(args.callers > 0, "--callers must be at least 1");
+    anyhow::ensure!(args.duration > 0.0, "--duration must be positive");
+    let coordinator: Arc<dyn ClusterStore> = Arc::new(MemoryClusterStore::new());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let config = NodeConfig {
+            address: listener.local_addr()?.to_string(),
+            idle_timeout: Duration::ZERO,
+            save_interval: Duration::ZERO,
+            // No rebalancing while the benchmark runs: the first node keeps every shard.
+            stability_window: Duration::from_secs(24 * 3600),
+            ..NodeConfig::default()
+        };
+        let node = Node::builder(config)
+            .register::<Counter>()
+            .register::<DurableCounter>()
+            .cluster_store(coordinator.clone())
+            .start()
+            .await?;
+        tokio::spawn(goverse::serve(
+            node.clone(),
+            listener,
+            stop.clone().cancelled_owned(),
+        ));
+        nodes.push(node);
+    }
+    let (owner, caller) = (nodes[0].clone(), nodes[1].clone());
+    anyhow::ensure!(
+        owner.stats().owned_shards == u64::from(owner.config().shard_count)
+            && caller.stats().owned_shards == 0,
+        "the serving node does not own every shard"
+    );
+    let ids: Arc<Vec<CounterRef>> = Arc::new(
+        (0..args.objects)
+            .map(|i| CounterRef::new(format!("counter-{i}").as_str()))
+            .collect(),
+    );
+    // Activate every counter on its owner, through the calling node (and wait for its link).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ids[0].add(&caller, Int32Value { value: 0 }).await.is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "the nodes did not link");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    activate_all(
+        &caller,
+        "Counter",
+        Arc::new(
+            (0..args.objects)
+                .map(|i| ObjectId::from(format!("counter-{i}")))
+                .collect(),
+        ),
+        args.callers,
+    )
+    .await?;
+    anyhow::ensure!(
+        caller.stats().active_objects == 0,
+        "objects became active on the caller"
+    );
+    let call: CallFn = {
+        let (caller, ids) = (caller.clone(), ids.clone());
+        Arc::new(move |_caller, object| {
+            let (caller, ids) = (caller.clone(), ids.clone());
+            Box::pin(async move {
+                ids[object]
+                    .add(&caller, Int32Value { value: 1 })
+                    .await
+                    .is_ok()
+            })
+        })
+    };
+    let load = drive(args.callers, args.objects, args.duration, args.json, call).await?;
+    load.report(args.json, args.objects, args.callers);
+    caller.shutdown(Duration::from_secs(10)).await;
+    owner.shutdown(Duration::from_secs(10)).await;
+    stop.cancel();
+    anyhow::ensure!(load.errors == 0, "{} calls failed", load.errors);
     Ok(())
 }
 

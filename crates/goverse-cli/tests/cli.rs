@@ -160,6 +160,36 @@ fn bench_shard_map_writes_and_removes_a_whole_map_on_a_real_etcd() {
 }
 
 #[test]
+fn bench_cluster_calls_another_node_over_the_network_without_errors() {
+    let out = goverse(&[
+        "bench",
+        "cluster",
+        "--objects",
+        "200",
+        "--callers",
+        "8",
+        "--duration",
+        "0.5",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(stdout(&out).trim()).expect("one JSON object");
+    for key in ["calls_per_sec", "p50_us", "p99_us", "p999_us"] {
+        assert!(
+            report[key].as_f64().is_some_and(|v| v > 0.0),
+            "{key} in {report}"
+        );
+    }
+    assert_eq!(report["errors"], 0);
+    assert_eq!(report["callers"], 8);
+}
+
+#[test]
 fn bench_rejects_nonsense_arguments() {
     let out = goverse(&["bench", "local", "--callers", "0"]);
     assert!(!out.status.success());

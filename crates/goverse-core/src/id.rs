@@ -88,36 +88,40 @@ impl ObjectId {
     /// Parses the ID's routing form (and checks its length); shard ranges are checked by
     /// [`crate::shard_of`].
     pub fn kind(&self) -> Result<ObjectIdKind<'_>, IdError> {
-        let id = &*self.0;
-        if id.is_empty() {
-            return Err(IdError::Empty);
+        kind_of(&self.0)
+    }
+}
+
+/// [`ObjectId::kind`] of an ID not (yet) held as an [`ObjectId`].
+pub fn kind_of(id: &str) -> Result<ObjectIdKind<'_>, IdError> {
+    if id.is_empty() {
+        return Err(IdError::Empty);
+    }
+    check_length(id)?;
+    let Some((prefix, name)) = id.split_once('/') else {
+        if id.starts_with("shard#") {
+            return Err(IdError::BadShardPrefix { id: id.to_owned() });
         }
-        check_length(id)?;
-        let Some((prefix, name)) = id.split_once('/') else {
-            if id.starts_with("shard#") {
-                return Err(IdError::BadShardPrefix { id: id.to_owned() });
-            }
-            return Ok(ObjectIdKind::Regular);
-        };
-        if let Some(number) = prefix.strip_prefix("shard#") {
-            if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(IdError::BadShardPrefix { id: id.to_owned() });
-            }
-            if name.is_empty() {
-                return Err(IdError::EmptyName { id: id.to_owned() });
-            }
-            // Saturate absurdly long numbers: they are out of range either way.
-            let shard = number.parse::<u64>().unwrap_or(u64::MAX);
-            return Ok(ObjectIdKind::FixedShard(shard));
-        }
-        if prefix.is_empty() {
-            return Err(IdError::EmptyNodeAddress { id: id.to_owned() });
+        return Ok(ObjectIdKind::Regular);
+    };
+    if let Some(number) = prefix.strip_prefix("shard#") {
+        if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(IdError::BadShardPrefix { id: id.to_owned() });
         }
         if name.is_empty() {
             return Err(IdError::EmptyName { id: id.to_owned() });
         }
-        Ok(ObjectIdKind::FixedNode(prefix))
+        // Saturate absurdly long numbers: they are out of range either way.
+        let shard = number.parse::<u64>().unwrap_or(u64::MAX);
+        return Ok(ObjectIdKind::FixedShard(shard));
     }
+    if prefix.is_empty() {
+        return Err(IdError::EmptyNodeAddress { id: id.to_owned() });
+    }
+    if name.is_empty() {
+        return Err(IdError::EmptyName { id: id.to_owned() });
+    }
+    Ok(ObjectIdKind::FixedNode(prefix))
 }
 
 /// Refuses an ID longer than [`MAX_OBJECT_ID_CHARS`] characters. Cheap for short IDs: the

@@ -97,6 +97,8 @@ impl ShardState {
 pub(crate) struct ShardSlot {
     state: ShardState,
     objects: FastMap<ObjectId, Arc<dyn ActivationDyn>>,
+    /// The cluster-store epoch of this node's last claim of the shard (0: never claimed).
+    claim_epoch: u64,
 }
 
 /// What the directory knows of an object.
@@ -126,6 +128,7 @@ impl ShardDirectory {
                 RwLock::new(ShardSlot {
                     state: ShardState::Unowned,
                     objects: FastMap::default(),
+                    claim_epoch: 0,
                 })
             })
             .collect();
@@ -171,6 +174,37 @@ impl ShardDirectory {
             Err(err) => tracing::error!(%shard, cause = %err, "shard state unchanged"),
         }
         slot.state
+    }
+
+    /// The cluster store recorded this node's claim of `shard` under `epoch`. Activations left
+    /// from an earlier claim stay only if that claim's epoch is the one just before (nobody
+    /// else claimed the shard between: a lease that lapsed and came back); otherwise another
+    /// node may have served their objects since, so they go and the next call loads what the
+    /// store holds.
+    pub(crate) fn claim_started(&self, shard: ShardId, epoch: u64) {
+        let mut slot = self.slot(shard).write();
+        if slot.claim_epoch + 1 != epoch && !slot.objects.is_empty() {
+            tracing::warn!(%shard, activations = slot.objects.len(),
+                "dropping activations from an earlier claim of the shard");
+            slot.objects.clear();
+        }
+        slot.claim_epoch = epoch;
+        match slot.state.step(ShardEvent::ClaimStarted) {
+            Ok(next) => slot.state = next,
+            Err(err) => tracing::error!(%shard, cause = %err, "shard state unchanged"),
+        }
+    }
+
+    /// Stops serving `shard` because another node has it now: its activations are stale and
+    /// go without being saved (the new owner holds the objects). Returns how many went.
+    pub(crate) fn lose(&self, shard: ShardId) -> usize {
+        let mut slot = self.slot(shard).write();
+        if let Ok(next) = slot.state.step(ShardEvent::Fence) {
+            slot.state = next;
+        }
+        let dropped = slot.objects.len();
+        slot.objects.clear();
+        dropped
     }
 
     /// Applies `event` to every shard in a state `filter` accepts.

@@ -52,6 +52,12 @@ pub(crate) struct Membership {
     wake: Notify,
     /// Held by a claim pass: joining and the reactor never claim at once.
     claiming: tokio::sync::Mutex<()>,
+    /// Origin of `serve_until_us`.
+    origin: tokio::time::Instant,
+    /// Turns are admitted until then (µs since `origin`): half the TTL after the last renewal
+    /// was asked for, so a node paused or starved past it refuses work the moment it runs
+    /// again, before any of its tasks has noticed the lease may be gone.
+    serve_until_us: std::sync::atomic::AtomicU64,
 }
 
 /// What this node does about the map it sees (decided by [`plan`]).
@@ -94,7 +100,13 @@ fn plan(
         };
         let here = state(read.shard);
         let mine = record.current.as_ref() == Some(me);
-        if live_other(&record.current) && here.write_epoch().is_some() {
+        // Served (or, fenced, still holding activations) here while another live node has it.
+        if live_other(&record.current)
+            && matches!(
+                here,
+                ShardState::Owned { .. } | ShardState::Draining { .. } | ShardState::Fenced
+            )
+        {
             plan.fence.push(read.shard);
         }
         if mine && live_other(&record.target) {
@@ -152,7 +164,22 @@ impl Membership {
             fenced: AtomicBool::new(false),
             wake: Notify::new(),
             claiming: tokio::sync::Mutex::new(()),
+            origin: tokio::time::Instant::now(),
+            serve_until_us: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Whether the lease is surely still held: the last renewal was asked for less than half
+    /// the TTL ago.
+    pub(crate) fn lease_fresh(&self) -> bool {
+        (self.origin.elapsed().as_micros() as u64) < self.serve_until_us.load(Ordering::Acquire)
+    }
+
+    /// A renewal (or the grant) asked for at `asked` succeeded.
+    fn renewed(&self, asked: tokio::time::Instant) {
+        let until = asked.duration_since(self.origin) + self.settings.lease_ttl / 2;
+        self.serve_until_us
+            .fetch_max(until.as_micros() as u64, Ordering::AcqRel);
     }
 
     /// The lease the node is registered on, while it is.
@@ -185,6 +212,7 @@ impl Membership {
     pub(crate) async fn join(&self) -> Result<(), String> {
         let cluster = &self.cluster;
         let address = self.address.clone();
+        let asked = tokio::time::Instant::now();
         let lease = cluster
             .grant_lease(self.settings.lease_ttl)
             .await
@@ -209,6 +237,7 @@ impl Membership {
             }
         }
         *self.lease.lock() = Some(lease);
+        self.renewed(asked);
         self.fenced.store(false, Ordering::Release);
         let claims = self.plan().claim;
         if let Err(err) = self.claim(claims).await {
@@ -296,7 +325,7 @@ impl Membership {
                     TxnOutcome::Applied(_) => {
                         for write in &batch {
                             self.directory
-                                .apply(write.record.shard, ShardEvent::ClaimStarted);
+                                .claim_started(write.record.shard, write.record.epoch);
                             claimed.push(Fence {
                                 shard: write.record.shard,
                                 epoch: write.record.epoch,
@@ -389,8 +418,10 @@ impl Membership {
                 () = tokio::time::sleep(ttl / 3) => {}
             }
             let fenced = self.fenced.load(Ordering::Acquire);
+            let asked = tokio::time::Instant::now();
             match self.cluster.keep_alive(lease).await {
                 Ok(()) => {
+                    self.renewed(asked);
                     last_renewed = tokio::time::Instant::now();
                     if fenced {
                         tracing::info!("lease renewed; serving again");
@@ -448,8 +479,11 @@ impl Membership {
             }
             let plan = self.plan();
             for shard in &plan.fence {
-                tracing::warn!(%shard, "shard taken by another node; fencing it");
-                self.directory.apply(*shard, ShardEvent::Fence);
+                let was = self.directory.state(*shard);
+                let dropped = self.directory.lose(*shard);
+                if was.write_epoch().is_some() || dropped > 0 {
+                    tracing::warn!(%shard, dropped, "shard taken by another node; stopped serving it");
+                }
             }
             if !plan.hand_over.is_empty() {
                 for shard in &plan.hand_over {

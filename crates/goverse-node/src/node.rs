@@ -234,7 +234,12 @@ impl NodeInner {
 
     fn check_serving(&self) -> Result<(), CallError> {
         match self.state.load(Ordering::Acquire) {
-            RUNNING => Ok(()),
+            RUNNING if self.membership.lease_fresh() => Ok(()),
+            RUNNING => Err(CallError::not_served(format!(
+                "node {} has not renewed its lease in time (paused or starved?); it serves \
+                 again once the lease is renewed",
+                self.address
+            ))),
             STARTING => Err(CallError::not_served(format!(
                 "node {} is starting",
                 self.address
@@ -388,7 +393,7 @@ impl NodeInner {
         let (index, kind) = self.resolve(type_name, method, &request)?;
         let Some(shard) = shard else {
             let routed = Routed::call(type_name, id, chain, deadline, client);
-            return self.forward_call(routed, method, request).await;
+            return Box::pin(self.forward_call(routed, method, request)).await;
         };
         let routed = Routed::call(type_name, id, chain, deadline, client.clone());
         let work = async move {
@@ -420,7 +425,7 @@ impl NodeInner {
         };
         match with_deadline(work, deadline, || format!("{type_name}/{id}")).await? {
             Here::Done(payload) => Ok(payload),
-            Here::Elsewhere(request) => self.forward_call(routed, method, request).await,
+            Here::Elsewhere(request) => Box::pin(self.forward_call(routed, method, request)).await,
         }
     }
 

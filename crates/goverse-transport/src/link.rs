@@ -141,7 +141,21 @@ impl NodeLink {
         if let Some(local) = &self.local {
             return local.handle(request).await;
         }
-        let op = request_to_proto(request);
+        self.send(request_to_proto(&request), timeout).await
+    }
+
+    /// [`NodeLink::request`] of a request the caller keeps (to send it again elsewhere): over
+    /// the network it is encoded from the reference; in-process it is copied.
+    pub async fn request_ref(&self, request: &Request<'_>, timeout: Duration) -> Outcome {
+        if self.local.is_some() {
+            return self.request(request.clone(), timeout).await;
+        }
+        let mut op = request_to_proto(request);
+        crate::wire::set_timeout(&mut op, timeout);
+        self.send(op, timeout).await
+    }
+
+    async fn send(&self, op: goverse_proto::node::request::Op, timeout: Duration) -> Outcome {
         let Some(conn) = self.current.read().clone() else {
             // Nothing was sent: a router may send it again elsewhere or later.
             return Err(CallError::not_served(format!(

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use goverse_cluster::{ClusterMap, MapView};
-use goverse_core::{CallError, ErrorCode, NodeAddr, ObjectId, ObjectIdKind, shard_of};
+use goverse_core::{
+    CallError, ErrorCode, NodeAddr, ObjectId, ObjectIdKind, ShardId, fnv1a_32, kind_of, shard_of,
+};
 use goverse_proto::node::response;
 use parking_lot::RwLock;
 use tokio::time::Instant;
@@ -318,23 +320,23 @@ impl Router {
             } => (view, *shard_count),
         };
         let deadline = Instant::now() + timeout;
-        let id = ObjectId::from(request.object_id);
+        let id = request.object_id;
         let mut changes = view.subscribe();
         let mut pause = RETRY_FLOOR;
         let mut last: Option<CallError> = None;
         let started = Instant::now();
         let mut warned = false;
         loop {
-            let target = resolve(&changes.borrow_and_update(), &id, shard_count)?;
+            let target = resolve(&changes.borrow_and_update(), id, shard_count)?;
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return Err(held_too_long(&id, last, timeout));
+                return Err(held_too_long(id, last, timeout));
             }
             let link = target.as_ref().and_then(|addr| self.link_to(addr));
             match link {
                 Some(link) if link.is_connected() => {
                     let sent = Instant::now();
-                    let outcome = link.request(request.clone(), remaining).await;
+                    let outcome = link.request_ref(&request, remaining).await;
                     if sent.elapsed() > HELD_WARNING {
                         tracing::warn!(object = %id, node = link.address(), took = ?sent.elapsed(),
                             ok = outcome.is_ok(), "a node was slow to answer");
@@ -383,21 +385,20 @@ impl Router {
 /// The node a request for `id` goes to by `map`: the pinned node of a node-pinned ID, the
 /// owner of the shard otherwise (`None`: no owner now). A malformed ID, or a pinned node that is
 /// not a member, is an error at once.
-fn resolve(
-    map: &ClusterMap,
-    id: &ObjectId,
-    shard_count: u32,
-) -> Result<Option<NodeAddr>, CallError> {
-    if let ObjectIdKind::FixedNode(addr) = id.kind()? {
-        let addr = NodeAddr::new(addr);
-        if !map.nodes.contains(&addr) {
-            return Err(CallError::unavailable(format!(
-                "object {id} is pinned to node {addr}, which is not a member of the cluster"
-            )));
+fn resolve(map: &ClusterMap, id: &str, shard_count: u32) -> Result<Option<NodeAddr>, CallError> {
+    let shard = match kind_of(id)? {
+        ObjectIdKind::FixedNode(addr) => {
+            let addr = NodeAddr::new(addr);
+            if !map.nodes.contains(&addr) {
+                return Err(CallError::unavailable(format!(
+                    "object {id} is pinned to node {addr}, which is not a member of the cluster"
+                )));
+            }
+            return Ok(Some(addr));
         }
-        return Ok(Some(addr));
-    }
-    let shard = shard_of(id, shard_count)?;
+        ObjectIdKind::FixedShard(_) => shard_of(&ObjectId::from(id), shard_count)?,
+        ObjectIdKind::Regular => ShardId(fnv1a_32(id.as_bytes()) % shard_count),
+    };
     Ok(map.owner(shard).cloned())
 }
 
@@ -415,7 +416,7 @@ fn refusal(outcome: &Outcome) -> Option<CallError> {
     }
 }
 
-fn held_too_long(id: &ObjectId, last: Option<CallError>, timeout: Duration) -> CallError {
+fn held_too_long(id: &str, last: Option<CallError>, timeout: Duration) -> CallError {
     let why = last.map_or_else(String::new, |err| format!(": {}", err.message()));
     CallError::new(
         ErrorCode::DeadlineExceeded,

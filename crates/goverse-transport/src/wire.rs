@@ -97,12 +97,12 @@ fn caller_of(identity: Option<&ClientIdentity>) -> Option<proto::Caller> {
 }
 
 /// A request as its wire message.
-pub(crate) fn request_to_proto(request: Request<'_>) -> request::Op {
+pub(crate) fn request_to_proto(request: &Request<'_>) -> request::Op {
     let timeout_micros = micros(request.timeout);
     let chain = request.chain.map_or(0, ChainId::raw);
     let caller = caller_of(request.caller.as_deref());
     let (r#type, object_id) = (request.object_type.to_owned(), request.object_id.to_owned());
-    match request.op {
+    match &request.op {
         Op::Call {
             method,
             request,
@@ -110,8 +110,8 @@ pub(crate) fn request_to_proto(request: Request<'_>) -> request::Op {
         } => request::Op::Call(proto::Call {
             r#type,
             object_id,
-            method: method.to_owned(),
-            request,
+            method: (*method).to_owned(),
+            request: request.clone(),
             chain,
             timeout_micros,
             caller,
@@ -131,6 +131,16 @@ pub(crate) fn request_to_proto(request: Request<'_>) -> request::Op {
             timeout_micros,
             caller,
         }),
+    }
+}
+
+/// Sets the deadline a request carries.
+pub(crate) fn set_timeout(op: &mut request::Op, timeout: Duration) {
+    let micros = micros(Some(timeout));
+    match op {
+        request::Op::Call(call) => call.timeout_micros = micros,
+        request::Op::Create(create) => create.timeout_micros = micros,
+        request::Op::Delete(delete) => delete.timeout_micros = micros,
     }
 }
 
