@@ -39,6 +39,9 @@ pub struct GateConfig {
     pub access_rules: Vec<AccessRule>,
     /// `object_lifecycle_rules`; defaults apply when none match.
     pub lifecycle_rules: Vec<LifecycleRule>,
+    /// The cluster's shared secret, presented to every node (which refuse peers without it
+    /// when they have one).
+    pub peer_secret: Option<String>,
 }
 
 impl Default for GateConfig {
@@ -52,6 +55,7 @@ impl Default for GateConfig {
             heartbeat_interval: Duration::from_secs(15),
             access_rules: Vec::new(),
             lifecycle_rules: Vec::new(),
+            peer_secret: None,
         }
     }
 }
@@ -178,7 +182,8 @@ impl Gate {
         config: GateConfig,
         handler: Arc<dyn GateEventHandler>,
     ) -> Result<Self, GateError> {
-        let link = NodeLink::remote(config.node.clone());
+        let secret = config.peer_secret.as_deref().map(Into::into);
+        let link = NodeLink::remote_with_secret(config.node.clone(), secret);
         Self::start_with(config, handler, Routing::Single(link))
     }
 
@@ -274,7 +279,9 @@ impl Gate {
             Routing::Map(view, shard_count) => Router::by_map(
                 view,
                 shard_count,
-                Arc::new(NetworkConnector),
+                Arc::new(NetworkConnector::with_secret(
+                    config.peer_secret.as_deref().map(Into::into),
+                )),
                 peer,
                 events,
                 stop.clone(),

@@ -37,6 +37,10 @@ pub struct NodeConfig {
     /// twenty-fourth of it, at most hourly). A retry arriving later than this runs the call
     /// again. Default 7 days.
     pub reliable_call_retention: Duration,
+    /// The cluster's shared secret: the node service admits only peers (gates, other nodes)
+    /// that present it, and this node presents it to the others. `None` admits every peer:
+    /// only for clusters whose every address is loopback.
+    pub peer_secret: Option<String>,
     /// The prefix of every key this node writes in the cluster store (`/goverse`, as upstream);
     /// every node and gate of one cluster uses the same one.
     pub cluster_prefix: String,
@@ -57,6 +61,7 @@ impl Default for NodeConfig {
             stuck_shard_timeout: Duration::from_secs(60),
             reliable_call_retention: Duration::from_secs(7 * 24 * 3600),
             cluster_prefix: goverse_cluster::DEFAULT_PREFIX.to_owned(),
+            peer_secret: None,
         }
     }
 }
@@ -87,6 +92,9 @@ impl NodeConfig {
                 "reliable_call_retention {:?} is too short (minimum 1s)",
                 self.reliable_call_retention
             ));
+        }
+        if self.peer_secret.as_deref().is_some_and(|s| s.len() < 16) {
+            return Err("peer_secret must be at least 16 characters".to_owned());
         }
         if self.min_quorum == 0 {
             return Err("min_quorum must be at least 1".to_owned());

@@ -1273,8 +1273,11 @@ impl NodeBuilder {
         let router = Router::for_node(
             inner.membership.view().clone(),
             inner.config.shard_count,
-            self.connector
-                .unwrap_or_else(|| Arc::new(goverse_transport::NetworkConnector)),
+            self.connector.unwrap_or_else(|| {
+                Arc::new(goverse_transport::NetworkConnector::with_secret(
+                    inner.config.peer_secret.as_deref().map(Into::into),
+                ))
+            }),
             inner.address.clone(),
             Arc::new(crate::service::NodeHandler {
                 node: crate::service::HeldNode::Weak(Arc::downgrade(&inner)),

@@ -25,7 +25,9 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    goverse_transport::serve(node.handler(), listener, shutdown).await
+    // With a cluster secret configured, only peers that present it are admitted.
+    let secret = node.config().peer_secret.as_deref().map(Into::into);
+    goverse_transport::serve_with_secret(node.handler(), listener, secret, shutdown).await
 }
 
 /// The node behind the transport.

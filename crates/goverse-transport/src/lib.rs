@@ -23,12 +23,16 @@ mod wire;
 pub use handler::{Handler, Op, Outcome, PEER_PUSH_BACKLOG, PeerSink, PushRefused, Request};
 pub use link::{LinkEvents, NodeLink};
 pub use router::{Connector, InProcessNetwork, NetworkConnector, Router};
-pub use server::{ServeError, serve};
+pub use server::{ServeError, serve, serve_with_secret};
 pub use wire::{failure_of, failure_to_error, reliable_from_proto, reliable_to_proto};
 
 /// The request header a peer names its own address in (`host:port` of a gate). Pushes for
 /// clients whose id starts with this address are sent on that peer's stream.
 pub const PEER_ADDRESS_HEADER: &str = "goverse-peer-address";
+
+/// The request header a peer proves it belongs to the cluster with: the cluster's shared
+/// secret. A node serving with a secret refuses every peer without it.
+pub const PEER_SECRET_HEADER: &str = "goverse-peer-secret";
 
 /// Largest message either half accepts or sends.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;

@@ -79,6 +79,8 @@ struct Connection {
 /// A link to one node: over the network, or in-process.
 pub struct NodeLink {
     address: String,
+    /// The cluster secret this link presents to the node, if the cluster has one.
+    secret: Option<Arc<str>>,
     current: RwLock<Option<Arc<Connection>>>,
     /// Set when the node runs in this process: requests then run in the caller's task.
     local: Option<Arc<dyn Handler>>,
@@ -98,8 +100,14 @@ impl NodeLink {
     /// A link to the node serving at `address` (`host:port`); it connects once
     /// [`NodeLink::run`] runs.
     pub fn remote(address: String) -> Arc<Self> {
+        Self::remote_with_secret(address, None)
+    }
+
+    /// [`NodeLink::remote`] presenting the cluster's `secret` to the node.
+    pub fn remote_with_secret(address: String, secret: Option<Arc<str>>) -> Arc<Self> {
         Arc::new(Self {
             address,
+            secret,
             current: RwLock::new(None),
             local: None,
             next_id: AtomicU64::new(1),
@@ -110,6 +118,7 @@ impl NodeLink {
     pub fn local(handler: Arc<dyn Handler>, address: String) -> Arc<Self> {
         Arc::new(Self {
             address,
+            secret: None,
             current: RwLock::new(None),
             local: Some(handler),
             next_id: AtomicU64::new(1),
@@ -245,8 +254,10 @@ impl NodeLink {
         let mut client = NodeServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let mut describe = tonic::Request::new(DescribeRequest {});
+        self.present_secret(describe.metadata_mut())?;
         let described = client
-            .describe(DescribeRequest {})
+            .describe(describe)
             .await
             .map_err(|s| format!("describe failed: {}", s.message()))?
             .into_inner();
@@ -263,6 +274,7 @@ impl NodeLink {
                 .parse()
                 .map_err(|_| format!("peer address {peer_address:?} is not a valid header"))?,
         );
+        self.present_secret(open.metadata_mut())?;
         let mut inbound = client
             .open(open)
             .await
@@ -298,6 +310,16 @@ impl NodeLink {
         *self.current.write() = None;
         pending.close(&format!("connection to node {} was lost", self.address));
         result
+    }
+
+    fn present_secret(&self, metadata: &mut tonic::metadata::MetadataMap) -> Result<(), String> {
+        if let Some(secret) = &self.secret {
+            let value = secret
+                .parse()
+                .map_err(|_| "the cluster secret is not a valid header value".to_owned())?;
+            metadata.insert(crate::PEER_SECRET_HEADER, value);
+        }
+        Ok(())
     }
 
     /// An in-process link: attaches a push sink to the handler and hands what arrives on it to

@@ -31,13 +31,26 @@ pub trait Connector: Send + Sync + 'static {
     fn connect(&self, address: &NodeAddr) -> Option<Arc<NodeLink>>;
 }
 
-/// Links over the network, one long-lived batched stream per node.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct NetworkConnector;
+/// Links over the network, one long-lived batched stream per node, presenting the cluster's
+/// secret when it has one.
+#[derive(Debug, Default, Clone)]
+pub struct NetworkConnector {
+    secret: Option<Arc<str>>,
+}
+
+impl NetworkConnector {
+    /// Links that present `secret` (`None`: the cluster has none).
+    pub fn with_secret(secret: Option<Arc<str>>) -> Self {
+        Self { secret }
+    }
+}
 
 impl Connector for NetworkConnector {
     fn connect(&self, address: &NodeAddr) -> Option<Arc<NodeLink>> {
-        Some(NodeLink::remote(address.to_string()))
+        Some(NodeLink::remote_with_secret(
+            address.to_string(),
+            self.secret.clone(),
+        ))
     }
 }
 

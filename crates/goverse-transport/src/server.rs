@@ -42,10 +42,23 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    serve_with_secret(handler, listener, None, shutdown).await
+}
+
+/// [`serve`], admitting only peers that send `secret` (the cluster's shared secret) in the
+/// [`crate::PEER_SECRET_HEADER`] header; `None` admits every peer (loopback-only clusters).
+/// A refused peer gets `Unauthenticated` and is logged with its address.
+pub async fn serve_with_secret(
+    handler: Arc<dyn Handler>,
+    listener: TcpListener,
+    secret: Option<Arc<str>>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
     let stop = CancellationToken::new();
     let readers = TaskTracker::new();
     let service = NodeServiceServer::new(NodeRpc {
         handler,
+        secret,
         stop: stop.clone(),
         readers: readers.clone(),
         serials: AtomicU64::new(0),
@@ -70,9 +83,43 @@ pub async fn serve(
 
 struct NodeRpc {
     handler: Arc<dyn Handler>,
+    secret: Option<Arc<str>>,
     stop: CancellationToken,
     readers: TaskTracker,
     serials: AtomicU64,
+}
+
+impl NodeRpc {
+    /// Refuses a peer that does not send the cluster's secret (when there is one).
+    fn admit<T>(&self, request: &tonic::Request<T>) -> Result<(), Status> {
+        let Some(secret) = &self.secret else {
+            return Ok(());
+        };
+        let sent = request
+            .metadata()
+            .get(crate::PEER_SECRET_HEADER)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        if constant_time_eq(sent, secret.as_bytes()) {
+            return Ok(());
+        }
+        let from = request
+            .remote_addr()
+            .map_or_else(|| "an unknown address".to_owned(), |a| a.to_string());
+        tracing::warn!(peer = %from, sent = !sent.is_empty(),
+            "refused a peer without the cluster secret");
+        Err(Status::unauthenticated(
+            "this node admits only peers of its cluster: the peer secret is missing or wrong",
+        ))
+    }
+}
+
+/// Compares without an early exit, so the time taken says nothing of how much matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[tonic::async_trait]
@@ -83,6 +130,7 @@ impl NodeService for NodeRpc {
         &self,
         request: tonic::Request<Streaming<RequestBatch>>,
     ) -> Result<Response<BatchStream>, Status> {
+        self.admit(&request)?;
         let peer: Option<Arc<str>> = request
             .metadata()
             .get(PEER_ADDRESS_HEADER)
@@ -132,8 +180,9 @@ impl NodeService for NodeRpc {
 
     async fn describe(
         &self,
-        _request: tonic::Request<DescribeRequest>,
+        request: tonic::Request<DescribeRequest>,
     ) -> Result<Response<DescribeResponse>, Status> {
+        self.admit(&request)?;
         Ok(Response::new(self.handler.describe()))
     }
 }

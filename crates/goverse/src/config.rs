@@ -87,6 +87,11 @@ pub struct ClusterSection {
     /// hand-over and shutdown).
     #[serde(default, with = "opt_duration")]
     pub save_interval: Option<Duration>,
+    /// Ours: the cluster's shared secret (at least 16 characters; better given as
+    /// `GOVERSE_CLUSTER__SECRET`). Nodes admit only peers that present it. Without one, every
+    /// node and gate address must be loopback.
+    #[serde(default)]
+    pub secret: Option<String>,
 }
 
 /// `cluster.etcd:`.
@@ -290,6 +295,16 @@ impl ClusterFile {
                     .to_owned(),
             );
         }
+        if c.secret.as_deref().is_some_and(|s| s.len() < 16) {
+            return Err("cluster.secret: must be at least 16 characters".to_owned());
+        }
+        if c.secret.is_none() && !self.all_loopback() {
+            return Err(
+                "cluster.secret: needed when nodes or gates listen on non-loopback addresses \
+                 (peers authenticate with it; set it here or in GOVERSE_CLUSTER__SECRET)"
+                    .to_owned(),
+            );
+        }
         if c.min_quorum == Some(0) {
             return Err("cluster.min_quorum: must be at least 1".to_owned());
         }
@@ -392,6 +407,7 @@ impl ClusterFile {
                 .unwrap_or(defaults.stuck_shard_timeout),
             save_interval: c.save_interval.unwrap_or(defaults.save_interval),
             cluster_prefix: c.etcd.prefix.clone(),
+            peer_secret: c.secret.clone(),
             ..defaults
         })
     }
@@ -430,7 +446,9 @@ impl ClusterFile {
             "cluster:\n  shards: {shards}\n  provider: etcd\n  etcd:\n    endpoints:\n      - \
              \"127.0.0.1:2379\"\n    prefix: /goverse\n  cluster_state_stability_duration: 10s\n  \
              stuck_shard_reallocation_timeout: 1m\n  default_call_timeout: 30s\n  lease_ttl: 10s\n  \
-             min_quorum: 1\n  save_interval: 60s\n\n"
+             min_quorum: 1\n  save_interval: 60s\n  # Peers authenticate with it; keep it out of version \
+             control (or set GOVERSE_CLUSTER__SECRET).\n  secret: {}\n\n",
+            random_secret()
         ));
         out.push_str("sqlite:\n  path: objects.db\n\nnodes:\n");
         for n in 0..nodes {
@@ -458,6 +476,13 @@ impl ClusterFile {
 }
 
 const ENV_PREFIX: &str = "GOVERSE_";
+
+/// 32 random hex digits from the operating system's generator.
+fn random_secret() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the operating system's random generator works");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// Sets the field `GOVERSE_A__B__C` names in `doc` to `value` read as YAML.
 fn apply_override(doc: &mut serde_yaml_ng::Value, key: &str, value: &str) -> Result<(), String> {
@@ -599,6 +624,7 @@ cluster:
     prefix: /goverse/test
   cluster_state_stability_duration: 1m30s
   lease_ttl: 3s
+  secret: a-long-enough-cluster-secret
 nodes:
   - id: a
     grpc_addr: \"127.0.0.1:47001\"
@@ -621,6 +647,21 @@ gates:
         assert_eq!(a.cluster_prefix, "/goverse/test");
         assert_eq!(file.node_config("b").unwrap().address, "10.0.0.2:47002");
         assert!(!file.all_loopback());
+        assert_eq!(
+            a.peer_secret.as_deref(),
+            Some("a-long-enough-cluster-secret")
+        );
+        // Off loopback, peers must authenticate: no secret, no cluster.
+        let open = FILE.replace("  secret: a-long-enough-cluster-secret\n", "");
+        let err = ClusterFile::parse(&open, "test.yaml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cluster.secret"), "{err}");
+        let short = FILE.replace("a-long-enough-cluster-secret", "short");
+        let err = ClusterFile::parse(&short, "test.yaml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("16 characters"), "{err}");
         let err = file.node_config("c").unwrap_err();
         assert!(err.contains("nodes: a, b"), "{err}");
     }
@@ -688,6 +729,16 @@ gates:
         assert_eq!(file.cluster.shards, 256);
         assert!(file.all_loopback());
         assert!(file.sqlite.is_some());
+        let secret = file.cluster.secret.clone().unwrap();
+        assert_eq!(secret.len(), 32);
+        assert_ne!(
+            ClusterFile::parse(&ClusterFile::generate(1, 0, 8), "gen.yaml", &[])
+                .unwrap()
+                .cluster
+                .secret,
+            Some(secret),
+            "each file gets its own secret"
+        );
     }
 
     #[test]

@@ -1342,3 +1342,67 @@ async fn two_gates_route_calls_and_pushes_across_three_nodes() {
         node.shutdown(Duration::from_secs(5)).await;
     }
 }
+
+/// A node with a cluster secret admits only peers that present it: a raw client without it and a
+/// gate with the wrong one are refused (`Unauthenticated`, and the gate never links); a gate
+/// with it links and calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_cluster_secret_admits_only_peers_that_present_it() {
+    use goverse_proto::node::DescribeRequest;
+    use goverse_proto::node::node_service_client::NodeServiceClient;
+    const SECRET: &str = "correct-horse-battery-staple";
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node_addr = listener.local_addr().unwrap().to_string();
+    let node = Node::builder(NodeConfig {
+        address: node_addr.clone(),
+        shard_count: 64,
+        peer_secret: Some(SECRET.to_owned()),
+        ..NodeConfig::default()
+    })
+    .register::<Tally>()
+    .start()
+    .await
+    .unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(goverse::serve(
+        node.clone(),
+        listener,
+        stop.clone().cancelled_owned(),
+    ));
+
+    let mut raw = NodeServiceClient::connect(format!("http://{node_addr}"))
+        .await
+        .unwrap();
+    let err = raw.describe(DescribeRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    let mut forged = tonic::Request::new(DescribeRequest {});
+    forged
+        .metadata_mut()
+        .insert("goverse-peer-secret", "guess".parse().unwrap());
+    let err = raw.describe(forged).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+
+    let gate_with = |secret: &str| {
+        Gate::start(
+            GateConfig {
+                node: node_addr.clone(),
+                advertise_address: format!("127.0.0.1:{}", goverse_testkit::free_port()),
+                peer_secret: Some(secret.to_owned()),
+                ..GateConfig::default()
+            },
+            Arc::new(AllowAnonymous),
+        )
+        .unwrap()
+    };
+    let impostor = gate_with("not-the-cluster-secret");
+    assert!(!impostor.wait_connected(Duration::from_millis(800)).await);
+    assert!(node.connected_gates().is_empty(), "no stream opened");
+    let gate = gate_with(SECRET);
+    assert!(gate.wait_connected(Duration::from_secs(10)).await);
+    assert_eq!(node.connected_gates().len(), 1);
+
+    impostor.shutdown(Duration::from_secs(1)).await;
+    gate.shutdown(Duration::from_secs(1)).await;
+    stop.cancel();
+    node.shutdown(Duration::from_secs(5)).await;
+}
