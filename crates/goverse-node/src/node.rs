@@ -648,13 +648,9 @@ impl NodeInner {
         deadline: Instant,
         forward: bool,
     ) -> Result<(), CallError> {
-        match self.create(type_name, id, chain, deadline).await {
-            Err(err) if err.is_not_served() && forward && self.forwards() => {
-                let routed = Routed::call(type_name, id, chain, deadline, None);
-                self.forward(routed, Op::Create).await.map(|_| ())
-            }
-            done => done,
-        }
+        let done = self.create(type_name, id, chain, deadline).await;
+        let routed = Routed::call(type_name, id, chain, deadline, None);
+        self.or_forward(done, Op::Create, routed, forward).await
     }
 
     /// Deletes `id` here, or on the node serving it when `forward` is set and this one does not.
@@ -666,10 +662,23 @@ impl NodeInner {
         deadline: Instant,
         forward: bool,
     ) -> Result<(), CallError> {
-        match self.delete(type_name, id, chain, deadline).await {
+        let done = self.delete(type_name, id, chain, deadline).await;
+        let routed = Routed::call(type_name, id, chain, deadline, None);
+        self.or_forward(done, Op::Delete, routed, forward).await
+    }
+
+    /// `done`, or `op` sent to the node serving the object when this one refused it as not
+    /// served.
+    async fn or_forward(
+        &self,
+        done: Result<(), CallError>,
+        op: Op<'_>,
+        routed: Routed<'_>,
+        forward: bool,
+    ) -> Result<(), CallError> {
+        match done {
             Err(err) if err.is_not_served() && forward && self.forwards() => {
-                let routed = Routed::call(type_name, id, chain, deadline, None);
-                self.forward(routed, Op::Delete).await.map(|_| ())
+                self.forward(routed, op).await.map(|_| ())
             }
             done => done,
         }

@@ -29,9 +29,21 @@ pub(crate) struct PushHub {
 }
 
 impl PushHub {
-    /// Registers the stream of gate `address`, replacing an older stream of the same gate.
-    pub(crate) fn attach(&self, address: Arc<str>, link: PeerSink) {
-        self.gates.write().insert(address, link);
+    /// Registers the stream of gate `address`. An older stream of the same address that is
+    /// still open keeps it: the new one is refused (a peer that reconnects gets in once its old
+    /// stream is gone).
+    pub(crate) fn attach(&self, address: Arc<str>, link: PeerSink) -> Result<(), String> {
+        let mut gates = self.gates.write();
+        if let Some(current) = gates.get(&address)
+            && current.is_open()
+            && current.serial() != link.serial()
+        {
+            return Err(format!(
+                "peer {address} already has a live stream to this node; a second one is refused"
+            ));
+        }
+        gates.insert(address, link);
+        Ok(())
     }
 
     /// Removes the stream of gate `address` if it is still the one with `serial`.

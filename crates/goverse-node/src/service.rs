@@ -68,9 +68,10 @@ impl Handler for NodeHandler {
         }
     }
 
-    fn peer_opened(&self, peer: Arc<str>, sink: PeerSink) {
-        if let Some(node) = self.node.get() {
-            node.inner().push().attach(peer, sink);
+    fn peer_opened(&self, peer: Arc<str>, sink: PeerSink) -> Result<(), String> {
+        match self.node.get() {
+            Some(node) => node.inner().push().attach(peer, sink),
+            None => Err("the node has stopped".to_owned()),
         }
     }
 

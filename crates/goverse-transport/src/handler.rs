@@ -56,8 +56,10 @@ pub trait Handler: Send + Sync + 'static {
     fn handle<'a>(&'a self, request: Request<'a>) -> BoxFuture<'a, Outcome>;
     /// The node's types and the descriptors of their messages.
     fn describe(&self) -> DescribeResponse;
-    /// A stream from peer `peer` opened: pushes for its clients go to `sink`.
-    fn peer_opened(&self, peer: Arc<str>, sink: PeerSink);
+    /// A stream from peer `peer` opened: pushes for its clients go to `sink`. Refused (the
+    /// reason says why) while another live stream holds the same peer address: a second stream
+    /// never silently takes over a connected peer's pushes.
+    fn peer_opened(&self, peer: Arc<str>, sink: PeerSink) -> Result<(), String>;
     /// The stream of `peer` with sink serial `serial` closed.
     fn peer_closed(&self, peer: &str, serial: u64);
 }
@@ -101,6 +103,11 @@ impl PeerSink {
     /// Tells this stream apart from earlier and later streams of the same peer.
     pub fn serial(&self) -> u64 {
         self.serial
+    }
+
+    /// Whether the stream is still there to take pushes.
+    pub fn is_open(&self) -> bool {
+        !self.tx.is_closed()
     }
 
     /// Queues `push` for the peer, unless its stream is gone or too far behind.

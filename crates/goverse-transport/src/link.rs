@@ -337,7 +337,10 @@ impl NodeLink {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (sink, pending_pushes) = PeerSink::new(serial, tx);
         let peer: Arc<str> = peer_address.into();
-        handler.peer_opened(peer.clone(), sink);
+        if let Err(why) = handler.peer_opened(peer.clone(), sink) {
+            tracing::warn!(node = %address, cause = %why, "in-process node link refused");
+            return;
+        }
         events.connected(&handler.describe());
         tracing::info!(node = %address, "in-process node link up");
         let mut buf = Vec::with_capacity(64);

@@ -149,22 +149,8 @@ impl Router {
         events: Arc<dyn LinkEvents>,
         stop: CancellationToken,
     ) -> Self {
-        let router = Self {
-            inner: Arc::new(RouterInner {
-                routes: Routes::Map {
-                    view,
-                    shard_count,
-                    connector,
-                    links: RwLock::new(foldhash::HashMap::default()),
-                },
-                local: None,
-                peer_address,
-                events,
-                stop,
-            }),
-        };
-        router.start_following();
-        router
+        let routes = Self::routes(view, shard_count, connector);
+        Self::following(routes, None, peer_address, events, stop)
     }
 
     /// A router by `view` for the node `address` in this process: its own shards are reached
@@ -179,16 +165,33 @@ impl Router {
         stop: CancellationToken,
     ) -> Self {
         let local = NodeLink::local(handler, address.to_string());
+        let routes = Self::routes(view, shard_count, connector);
+        let peer = address.to_string();
+        Self::following(routes, Some((address, local)), peer, events, stop)
+    }
+
+    fn routes(view: MapView, shard_count: u32, connector: Arc<dyn Connector>) -> Routes {
+        Routes::Map {
+            view,
+            shard_count,
+            connector,
+            links: RwLock::new(foldhash::HashMap::default()),
+        }
+    }
+
+    /// A router by a map, following it from now on.
+    fn following(
+        routes: Routes,
+        local: Option<(NodeAddr, Arc<NodeLink>)>,
+        peer_address: String,
+        events: Arc<dyn LinkEvents>,
+        stop: CancellationToken,
+    ) -> Self {
         let router = Self {
             inner: Arc::new(RouterInner {
-                routes: Routes::Map {
-                    view,
-                    shard_count,
-                    connector,
-                    links: RwLock::new(foldhash::HashMap::default()),
-                },
-                local: Some((address.clone(), local)),
-                peer_address: address.to_string(),
+                routes,
+                local,
+                peer_address,
                 events,
                 stop,
             }),

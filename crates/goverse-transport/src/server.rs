@@ -137,12 +137,17 @@ impl NodeService for NodeRpc {
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty())
             .map(Into::into);
+        let request_remote = request.remote_addr();
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::unbounded_channel();
         let serial = self.serials.fetch_add(1, Ordering::Relaxed);
         let (sink, pending_pushes) = PeerSink::new(serial, tx.clone());
         if let Some(peer) = &peer {
-            self.handler.peer_opened(peer.clone(), sink);
+            if let Err(why) = self.handler.peer_opened(peer.clone(), sink) {
+                tracing::warn!(peer = %peer, remote = ?request_remote, cause = %why,
+                    "refused a second stream for a connected peer");
+                return Err(Status::already_exists(why));
+            }
             tracing::info!(peer = %peer, "peer stream opened");
         }
         let handler = self.handler.clone();

@@ -1406,3 +1406,49 @@ async fn a_node_with_a_cluster_secret_admits_only_peers_that_present_it() {
     stop.cancel();
     node.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A second link under the address of a connected gate never takes over its pushes: it is
+/// refused while the first is linked, and gets in once the first has gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_link_cannot_take_over_a_connected_gate_s_pushes() {
+    let s = Setup::plain().await;
+    let mut client = s.grpc_client().await;
+    let (client_id, mut pushes) = register(&mut client).await;
+    let twin = Gate::start(
+        GateConfig {
+            advertise_address: s.gate.config().advertise_address.clone(),
+            node: s.gate.config().node.clone(),
+            ..GateConfig::default()
+        },
+        Arc::new(AllowAnonymous),
+    )
+    .unwrap();
+    assert!(!twin.wait_connected(Duration::from_millis(800)).await);
+    // The real gate's client still gets its pushes.
+    client
+        .call_object(call(
+            &client_id,
+            "Notifier",
+            "n",
+            "PushMe",
+            any(&StringValue {
+                value: "still mine".into(),
+            }),
+        ))
+        .await
+        .unwrap();
+    let push = tokio::time::timeout(Duration::from_secs(5), pushes.message())
+        .await
+        .expect("push arrives")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        StringValue::decode(push.value.as_slice()).unwrap().value,
+        "still mine"
+    );
+    // Once the real gate has gone, a gate under its address (a restarted one) links.
+    s.gate.shutdown(Duration::from_secs(5)).await;
+    assert!(twin.wait_connected(Duration::from_secs(10)).await);
+    twin.shutdown(Duration::from_secs(1)).await;
+    s.stop().await;
+}
