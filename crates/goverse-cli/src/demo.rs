@@ -25,6 +25,10 @@ pub(crate) struct DemoArgs {
     /// instead of serving.
     #[arg(long)]
     tour: bool,
+    /// Run a cluster instead: its own etcd, this many `goverse node` processes and a
+    /// `goverse gate`, all on loopback (needs etcd installed: apt-get install etcd-server).
+    #[arg(long, conflicts_with_all = ["tour", "postgres"])]
+    nodes: Option<usize>,
     /// Where the SQLite store lives (default: a fresh temporary directory, removed at exit; pass
     /// a directory to keep objects between runs).
     #[arg(long, conflicts_with = "postgres")]
@@ -63,6 +67,9 @@ async fn bind(address: &str, what: &str) -> anyhow::Result<TcpListener> {
 }
 
 pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    if let Some(nodes) = args.nodes {
+        return crate::demo_cluster::run(nodes, args.data_dir).await;
+    }
     if args.tour {
         return crate::tour::run(
             args.data_dir,

@@ -10,6 +10,7 @@ mod client;
 mod cluster;
 mod db;
 mod demo;
+mod demo_cluster;
 mod gate;
 mod stores;
 mod tour;

@@ -345,3 +345,49 @@ async fn a_cluster_from_one_file_survives_kill_restart_and_pause_without_losing_
     let last = status(&config_str);
     assert_eq!(last["nodes"].as_object().unwrap().len(), 0, "{last}");
 }
+
+#[test]
+fn demo_with_nodes_runs_a_cluster_of_processes_and_stops_it_cleanly() {
+    let mut demo = Process::start(GOVERSE, ["demo", "--nodes", "3"]);
+    let banner = demo.expect_within("ready;", Duration::from_secs(120));
+    let _ = banner;
+    let grpc = demo
+        .output()
+        .iter()
+        .find_map(|line| {
+            line.trim()
+                .strip_prefix("gate gRPC")
+                .map(|a| a.trim().to_owned())
+        })
+        .expect("the gate's address is printed");
+    let config = demo
+        .output()
+        .iter()
+        .find_map(|line| {
+            line.trim()
+                .strip_prefix("configuration")
+                .map(|a| a.trim().to_owned())
+        })
+        .expect("the configuration is printed");
+    let out = goverse(&[
+        "call",
+        "--gate",
+        &grpc,
+        "DurableCounter",
+        "demo-1",
+        "Add",
+        r#"{"value":2}"#,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains('2'));
+    let status = status(&config);
+    assert_eq!(status["nodes"].as_object().unwrap().len(), 3, "{status}");
+    assert_eq!(status["gates"].as_array().unwrap().len(), 1, "{status}");
+    demo.terminate();
+    assert_eq!(demo.wait_exit(Duration::from_secs(60)), Some(0));
+    assert!(demo.output().iter().any(|l| l.contains("stopped")));
+}

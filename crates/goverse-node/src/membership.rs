@@ -403,7 +403,7 @@ impl Membership {
         self.directory.apply_all(|_| true, ShardEvent::Fence);
     }
 
-    /// Renews the lease every third of its TTL. If renewal has failed for half the TTL the node
+    /// Renews the lease every quarter of its TTL. If renewal has failed for half the TTL the node
     /// stops serving before the lease can expire; once renewal works again (or a new lease is had)
     /// the node re-registers and its reactor reclaims its shards.
     pub(crate) async fn keep_alive(self: Arc<Self>, cancel: CancellationToken) {
@@ -413,9 +413,11 @@ impl Membership {
         };
         let mut last_renewed = tokio::time::Instant::now();
         loop {
+            // A quarter of the TTL: turns are admitted for half of it after each renewal asked
+            // for, so a late renewal has a quarter of the TTL before the node stops serving.
             tokio::select! {
                 () = cancel.cancelled() => return,
-                () = tokio::time::sleep(ttl / 3) => {}
+                () = tokio::time::sleep(ttl / 4) => {}
             }
             let fenced = self.fenced.load(Ordering::Acquire);
             let asked = tokio::time::Instant::now();

@@ -330,7 +330,7 @@ impl Router {
     /// refuses it as not served there.
     pub async fn request(&self, request: Request<'_>, timeout: Duration) -> Outcome {
         let (view, shard_count) = match &self.inner.routes {
-            Routes::Single(link) => return link.request(request, timeout).await,
+            Routes::Single(link) => return self.request_single(link, request, timeout).await,
             Routes::Map {
                 view, shard_count, ..
             } => (view, *shard_count),
@@ -394,6 +394,37 @@ impl Router {
                     return Err(CallError::unavailable("the router is stopping"));
                 }
             }
+        }
+    }
+}
+
+impl Router {
+    /// The one node's answer to `request`, sent again while the node refuses it as not served
+    /// (it is starting, or renewing a late lease: nothing ran), within the deadline.
+    async fn request_single(
+        &self,
+        link: &NodeLink,
+        request: Request<'_>,
+        timeout: Duration,
+    ) -> Outcome {
+        let deadline = Instant::now() + timeout;
+        let mut pause = RETRY_FLOOR;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let outcome = link.request_ref(&request, remaining).await;
+            let Some(err) = refusal(&outcome) else {
+                return outcome;
+            };
+            if Instant::now() + pause >= deadline {
+                return Err(held_too_long(request.object_id, Some(err), timeout));
+            }
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = self.inner.stop.cancelled() => {
+                    return Err(CallError::unavailable("the router is stopping"));
+                }
+            }
+            pause = (pause * 2).min(RETRY_CEILING);
         }
     }
 }
