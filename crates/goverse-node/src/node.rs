@@ -395,7 +395,6 @@ impl NodeInner {
             let routed = Routed::call(type_name, id, chain, deadline, client);
             return Box::pin(self.forward_call(routed, method, request)).await;
         };
-        let routed = Routed::call(type_name, id, chain, deadline, client.clone());
         let work = async move {
             let turn = self
                 .turn_on(
@@ -418,14 +417,17 @@ impl NodeInner {
                 }
                 // Nothing ran: the request goes to the shard's owner instead.
                 Err(err) if err.is_not_served() && forward && self.forwards() => {
-                    Ok(Here::Elsewhere(request))
+                    Ok(Here::Elsewhere((request, client)))
                 }
                 Err(err) => Err(err),
             }
         };
         match with_deadline(work, deadline, || format!("{type_name}/{id}")).await? {
             Here::Done(payload) => Ok(payload),
-            Here::Elsewhere(request) => Box::pin(self.forward_call(routed, method, request)).await,
+            Here::Elsewhere((request, client)) => {
+                let routed = Routed::call(type_name, id, chain, deadline, client);
+                Box::pin(self.forward_call(routed, method, request)).await
+            }
         }
     }
 
@@ -563,8 +565,8 @@ impl NodeInner {
             Ok(found) => found,
             Err(err) => return Ok(ReliableOutcome::Skipped(err)),
         };
-        let routed = Routed::call(type_name, id, chain, deadline, client.clone());
         let Some(shard) = served else {
+            let routed = Routed::call(type_name, id, chain, deadline, client);
             return self
                 .forward_reliable(routed, method, call_id, request)
                 .await;
@@ -589,7 +591,7 @@ impl NodeInner {
             {
                 Ok(found) => found,
                 Err(err) if err.is_not_served() && forward && self.forwards() => {
-                    return Ok(Here::Elsewhere(request));
+                    return Ok(Here::Elsewhere((request, client)));
                 }
                 Err(err) => return Ok(Here::Done(ReliableOutcome::Skipped(err))),
             };
@@ -610,7 +612,8 @@ impl NodeInner {
         .await?;
         match here {
             Here::Done(outcome) => Ok(outcome),
-            Here::Elsewhere(request) => {
+            Here::Elsewhere((request, client)) => {
+                let routed = Routed::call(type_name, id, chain, deadline, client);
                 self.forward_reliable(routed, method, call_id, request)
                     .await
             }
