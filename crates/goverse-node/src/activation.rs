@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::host::Host;
 use crate::reliable::{self, RecentCalls};
 use crate::store::{Change, SaveJob, store_error};
-use crate::turn::{self, Scheduled, Status, TurnLock};
+use crate::turn::{self, Scheduled, Status};
 use goverse_core::ReliableOutcome;
 
 /// A turn on a live object.
@@ -51,7 +51,7 @@ pub(crate) trait ActivationDyn: Any + Send + Sync + fmt::Debug {
     /// Tells this activation apart from earlier and later ones of the same object.
     fn serial(&self) -> u64;
     fn host(&self) -> &Arc<dyn Host>;
-    fn turn_state(&self) -> &TurnLock<TurnState>;
+    fn turn_state(&self) -> &Mutex<TurnState>;
     fn idle_timeout(&self) -> Duration;
     /// Records a call, for idle tracking.
     fn touch(&self);
@@ -102,7 +102,9 @@ pub(crate) trait ActivationDyn: Any + Send + Sync + fmt::Debug {
 }
 
 impl Scheduled for dyn ActivationDyn {
-    fn turn_state(&self) -> &TurnLock<TurnState> {
+    type Lock = Mutex<TurnState>;
+
+    fn turn_state(&self) -> &Mutex<TurnState> {
         ActivationDyn::turn_state(self)
     }
 
@@ -133,7 +135,7 @@ pub(crate) struct Activation<T> {
     serial: u64,
     host: Arc<dyn Host>,
     idle_timeout: Duration,
-    turn: TurnLock<TurnState>,
+    turn: Mutex<TurnState>,
     touched: AtomicBool,
     idle_since_ms: AtomicU64,
     dirty: AtomicBool,
@@ -175,7 +177,7 @@ impl<T: Dispatch> Activation<T> {
             serial: SERIALS.fetch_add(1, Ordering::Relaxed),
             host,
             idle_timeout,
-            turn: TurnLock::new(TurnState::activating(activating_chain)),
+            turn: Mutex::new(TurnState::activating(activating_chain)),
             touched: AtomicBool::new(false),
             idle_since_ms: AtomicU64::new(now_ms),
             dirty: AtomicBool::new(false),
@@ -665,7 +667,7 @@ impl<T: Dispatch> ActivationDyn for Activation<T> {
         &self.host
     }
 
-    fn turn_state(&self) -> &TurnLock<TurnState> {
+    fn turn_state(&self) -> &Mutex<TurnState> {
         &self.turn
     }
 

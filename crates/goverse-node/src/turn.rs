@@ -14,33 +14,37 @@ use tokio::sync::oneshot;
 
 use crate::MethodKind;
 
-/// The lock around a turn state: parking_lot's mutex, or loom's when the scheduler's loom tests
-/// are built (`--cfg goverse_loom`), so loom explores every interleaving of the lock sections.
-#[cfg(not(goverse_loom))]
-pub(crate) use parking_lot::Mutex as TurnLock;
+/// The lock around a turn state. The node uses parking_lot's mutex; the scheduler's loom tests
+/// put loom's mutex here, so loom explores every interleaving of the lock sections in an
+/// ordinary test build.
+pub(crate) trait TurnLock<T>: Send + Sync {
+    /// The guard [`TurnLock::lock`] hands out.
+    type Guard<'a>: std::ops::DerefMut<Target = T>
+    where
+        Self: 'a;
 
-#[cfg(goverse_loom)]
-#[derive(Debug)]
-pub(crate) struct TurnLock<T>(loom::sync::Mutex<T>);
+    /// Locks the state.
+    fn lock(&self) -> Self::Guard<'_>;
+}
 
-#[cfg(goverse_loom)]
-impl<T> TurnLock<T> {
-    pub(crate) fn new(value: T) -> Self {
-        Self(loom::sync::Mutex::new(value))
-    }
+impl<T: Send> TurnLock<T> for parking_lot::Mutex<T> {
+    type Guard<'a>
+        = parking_lot::MutexGuard<'a, T>
+    where
+        T: 'a;
 
-    pub(crate) fn lock(&self) -> loom::sync::MutexGuard<'_, T> {
-        self.0
-            .lock()
-            .expect("no test thread panics while holding a turn lock")
+    fn lock(&self) -> Self::Guard<'_> {
+        parking_lot::Mutex::lock(self)
     }
 }
 
 /// What the scheduler needs of what it schedules. Implemented by the node's type-erased
 /// activations, and by the small test objects of the scheduler's own tests.
 pub(crate) trait Scheduled: Send + Sync + 'static {
+    /// The lock the turn state sits in.
+    type Lock: TurnLock<TurnState<Self>>;
     /// The turn state, guarded.
-    fn turn_state(&self) -> &TurnLock<TurnState<Self>>;
+    fn turn_state(&self) -> &Self::Lock;
     /// The object's ID, for error messages.
     fn id(&self) -> &ObjectId;
     /// The object's type name, for error messages.
@@ -340,14 +344,16 @@ fn release<A: ?Sized + Scheduled>(activation: Arc<A>, kind: MethodKind, chain: C
 
 /// Marks an activation closed or failed. The caller holds the write turn; dropping that permit
 /// then hands every waiter the news.
-pub(crate) fn set_status<A: ?Sized + Scheduled>(state: &TurnLock<TurnState<A>>, status: Status) {
+pub(crate) fn set_status<A: ?Sized + Scheduled>(
+    state: &impl TurnLock<TurnState<A>>,
+    status: Status,
+) {
     state.lock().status = status;
 }
 
 /// The scheduler under loom: every interleaving of its lock sections, hand-overs and abandoned
-/// waiters, with a small object of its own. Built only with `--cfg goverse_loom`
-/// (`scripts/test` runs them).
-#[cfg(all(test, goverse_loom))]
+/// waiters, with a small object of its own whose turn state sits in loom's mutex.
+#[cfg(test)]
 mod loom_tests {
     use std::sync::Arc;
 
@@ -356,8 +362,24 @@ mod loom_tests {
 
     use super::*;
 
+    /// loom's mutex as a turn lock.
+    struct LoomLock<T>(loom::sync::Mutex<T>);
+
+    impl<T: Send> TurnLock<T> for LoomLock<T> {
+        type Guard<'a>
+            = loom::sync::MutexGuard<'a, T>
+        where
+            T: 'a;
+
+        fn lock(&self) -> Self::Guard<'_> {
+            self.0
+                .lock()
+                .expect("no test thread panics while holding a turn lock")
+        }
+    }
+
     struct Probe {
-        turns: TurnLock<TurnState<Probe>>,
+        turns: LoomLock<TurnState<Probe>>,
         id: ObjectId,
         writers: AtomicUsize,
         readers: AtomicUsize,
@@ -365,7 +387,9 @@ mod loom_tests {
     }
 
     impl Scheduled for Probe {
-        fn turn_state(&self) -> &TurnLock<TurnState<Self>> {
+        type Lock = LoomLock<TurnState<Self>>;
+
+        fn turn_state(&self) -> &Self::Lock {
             &self.turns
         }
 
@@ -381,7 +405,9 @@ mod loom_tests {
     /// An object whose activating write turn (chain 99) the returned permit still holds.
     fn activating() -> (Arc<Probe>, TurnPermit<Probe>) {
         let probe = Arc::new(Probe {
-            turns: TurnLock::new(TurnState::activating(ChainId::from_raw(99))),
+            turns: LoomLock(loom::sync::Mutex::new(TurnState::activating(
+                ChainId::from_raw(99),
+            ))),
             id: ObjectId::from("p"),
             writers: AtomicUsize::new(0),
             readers: AtomicUsize::new(0),
