@@ -6,11 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use goverse::cluster::{ClusterStore, EtcdClusterStore};
 use goverse::config::ClusterFile;
 use goverse::gate::{AllowAnonymous, Gate, GateConfig};
-use goverse::persistence::{ObjectStore, PostgresConfig, PostgresStore, SqliteStore};
-use goverse::prelude::*;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -109,114 +106,24 @@ pub(crate) fn config(command: ConfigCommand) -> anyhow::Result<()> {
     }
 }
 
-/// The object store the file names, opened (PostgreSQL migrated first).
-async fn open_store(config: &ClusterFile) -> anyhow::Result<Option<Arc<dyn ObjectStore>>> {
-    if let Some(pg) = &config.postgres {
-        let mut pg_config = PostgresConfig::from_parts(
-            &pg.host,
-            pg.port,
-            &pg.user,
-            &pg.password,
-            &pg.database,
-            &pg.sslmode,
-        );
-        if let Some(size) = pg.pool_size {
-            pg_config.pool_size = size;
-        }
-        if let Some(timeout) = pg.statement_timeout {
-            pg_config.statement_timeout = timeout;
-        }
-        let store = PostgresStore::connect(&pg_config).await?;
-        store.migrate().await?;
-        return Ok(Some(Arc::new(store)));
-    }
-    if let Some(sqlite) = &config.sqlite {
-        let store = SqliteStore::open(&sqlite.path)
-            .with_context(|| format!("cannot open the SQLite store {}", sqlite.path.display()))?;
-        return Ok(Some(Arc::new(store)));
-    }
-    Ok(None)
-}
-
-async fn connect_etcd(config: &ClusterFile) -> anyhow::Result<Arc<dyn ClusterStore>> {
-    let etcd = EtcdClusterStore::connect(&config.etcd())
-        .await
-        .context("cannot reach etcd")?;
-    Ok(Arc::new(etcd))
-}
-
-fn warn_unauthenticated(config: &ClusterFile) -> anyhow::Result<()> {
+fn warn_unauthenticated(config: &ClusterFile) {
     // The file is checked on load: without a secret every address is loopback.
     if config.cluster.secret.is_none() {
         tracing::warn!(
             "peers are not authenticated (no cluster.secret): fine on loopback, as this file has it"
         );
     }
-    Ok(())
 }
 
+/// `goverse node --config FILE --node-id ID`: a node of the file's cluster serving the bundled
+/// sample types, through the same helper a user's node program calls.
 pub(crate) async fn node(args: NodeArgs) -> anyhow::Result<()> {
-    let file = load(&args.config)?;
-    let entry = file
-        .node(&args.node_id)
-        .map_err(anyhow::Error::msg)?
-        .clone();
-    let node_config = file
-        .node_config(&args.node_id)
-        .map_err(anyhow::Error::msg)?;
-    warn_unauthenticated(&file)?;
-    if file.inspector.is_some() {
-        tracing::warn!("the inspector section is not used yet");
-    }
-    if entry.http_addr.is_some() {
-        tracing::warn!(node = %entry.id, "a node's http_addr is not served yet");
-    }
-    let listener = TcpListener::bind(&entry.grpc_addr)
-        .await
-        .with_context(|| format!("cannot listen on {} for the node service", entry.grpc_addr))?;
-    let cluster = connect_etcd(&file).await?;
-    let store = open_store(&file).await?;
-    let mut builder =
-        crate::demo::register_samples(Node::builder(node_config)).cluster_store(cluster);
-    if let Some(store) = &store {
-        builder = builder.object_store(store.clone());
-    }
-    let node = builder.start().await.context("cannot start the node")?;
-    let stop = CancellationToken::new();
-    let service = tokio::spawn(goverse::serve(
-        node.clone(),
-        listener,
-        stop.clone().cancelled_owned(),
-    ));
-    println!(
-        "node {} ({}) serving on {}; {} shards; store {}",
-        entry.id,
-        node.address(),
-        entry.grpc_addr,
-        file.cluster.shards,
-        store.as_ref().map_or("none".to_owned(), |s| s.describe())
-    );
-    goverse::stop_signal().await;
-    println!("stopping: handing shards over and saving");
-    // Save first, while the node service still answers (peers' calls for shards handed over
-    // are refused as not served and follow the shards), then end the connections.
-    let report = node.shutdown(args.grace).await;
-    // The node has left the map; its peers stop sending to it and close their links once the
-    // answers still due have arrived. Requests that arrive meanwhile are refused as not served
-    // (their senders resend them to the new owners). Then the connections end.
-    let drained = tokio::time::Instant::now() + Duration::from_secs(2);
-    while !node.connected_gates().is_empty() && tokio::time::Instant::now() < drained {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(2), service).await;
-    println!(
-        "stopped: {} objects closed, {} saved, {} unsaved",
-        report.deactivated, report.saved, report.unsaved
-    );
-    if report.unsaved > 0 {
-        anyhow::bail!("{} object states could not be saved", report.unsaved);
-    }
+    let flags = goverse::run::NodeFlags {
+        config: args.config,
+        node_id: args.node_id,
+        grace: args.grace,
+    };
+    goverse::run::run_node(&flags, crate::demo::register_samples).await?;
     Ok(())
 }
 
@@ -224,7 +131,7 @@ pub(crate) async fn node(args: NodeArgs) -> anyhow::Result<()> {
 pub(crate) async fn gate(config_path: &Path, gate_id: &str) -> anyhow::Result<()> {
     let file = load(config_path)?;
     let entry = file.gate(gate_id).map_err(anyhow::Error::msg)?.clone();
-    warn_unauthenticated(&file)?;
+    warn_unauthenticated(&file);
     let grpc_listener = TcpListener::bind(&entry.grpc_addr)
         .await
         .with_context(|| format!("cannot listen on {} (gRPC)", entry.grpc_addr))?;
@@ -236,7 +143,7 @@ pub(crate) async fn gate(config_path: &Path, gate_id: &str) -> anyhow::Result<()
         ),
         None => None,
     };
-    let cluster = connect_etcd(&file).await?;
+    let cluster = goverse::run::connect_cluster(&file).await?;
     let lease_ttl = file.cluster.lease_ttl.unwrap_or(Duration::from_secs(10));
     let gate = Gate::start_in_cluster(
         GateConfig {
@@ -297,7 +204,7 @@ pub(crate) async fn gate(config_path: &Path, gate_id: &str) -> anyhow::Result<()
 pub(crate) async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
     let ClusterCommand::Status { config, json } = command;
     let file = load(&config)?;
-    let store = connect_etcd(&file).await?;
+    let store = goverse::run::connect_cluster(&file).await?;
     let keys =
         goverse::cluster::Keys::new(&file.cluster.etcd.prefix).map_err(anyhow::Error::msg)?;
     let (kvs, revision) = store

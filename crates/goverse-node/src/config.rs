@@ -44,6 +44,10 @@ pub struct NodeConfig {
     /// The prefix of every key this node writes in the cluster store (`/goverse`, as upstream);
     /// every node and gate of one cluster uses the same one.
     pub cluster_prefix: String,
+    /// Objects this node keeps alive without anybody calling them (upstream's
+    /// `auto_load_objects`): created once the cluster has been stable for its window, on the
+    /// node serving each one, recreated when missing.
+    pub auto_load: Vec<crate::AutoLoad>,
 }
 
 impl Default for NodeConfig {
@@ -62,6 +66,7 @@ impl Default for NodeConfig {
             reliable_call_retention: Duration::from_secs(7 * 24 * 3600),
             cluster_prefix: goverse_cluster::DEFAULT_PREFIX.to_owned(),
             peer_secret: None,
+            auto_load: Vec::new(),
         }
     }
 }
@@ -103,6 +108,9 @@ impl NodeConfig {
             return Err("stuck_shard_timeout must be positive".to_owned());
         }
         goverse_cluster::Keys::new(&self.cluster_prefix)?;
+        for entry in &self.auto_load {
+            entry.validate()?;
+        }
         if let Some(interval) = self.idle_check_interval
             && interval.is_zero()
         {

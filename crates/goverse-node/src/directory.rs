@@ -116,6 +116,8 @@ pub(crate) enum Lookup {
 pub(crate) struct ShardDirectory {
     address: NodeAddr,
     shards: Box<[RwLock<ShardSlot>]>,
+    /// Notified when a shard starts being served (the auto-loader waits on it).
+    served: tokio::sync::Notify,
 }
 
 impl ShardDirectory {
@@ -132,7 +134,11 @@ impl ShardDirectory {
                 })
             })
             .collect();
-        Self { address, shards }
+        Self {
+            address,
+            shards,
+            served: tokio::sync::Notify::new(),
+        }
     }
 
     /// Shards in the cluster.
@@ -170,10 +176,25 @@ impl ShardDirectory {
     pub(crate) fn apply(&self, shard: ShardId, event: ShardEvent) -> ShardState {
         let mut slot = self.slot(shard).write();
         match slot.state.step(event) {
-            Ok(next) => slot.state = next,
+            Ok(next) => {
+                if next.admits_turns() && !slot.state.admits_turns() {
+                    self.served.notify_one();
+                }
+                slot.state = next;
+            }
             Err(err) => tracing::error!(%shard, cause = %err, "shard state unchanged"),
         }
         slot.state
+    }
+
+    /// Resolves once a shard has started being served since the last time it resolved.
+    pub(crate) async fn served_more(&self) {
+        self.served.notified().await;
+    }
+
+    /// Whether the table `id` lives in admits turns now.
+    pub(crate) fn admits(&self, shard: ShardId, id: &ObjectId) -> bool {
+        self.table(shard, id).1.read().state.admits_turns()
     }
 
     /// The cluster store recorded this node's claim of `shard` under `epoch`. Activations left

@@ -15,6 +15,7 @@
 //! - [`Object`], [`Dispatch`], [`ObjectContext`]: what object types implement and see.
 
 mod activation;
+mod autoload;
 mod caller;
 mod config;
 mod context;
@@ -30,6 +31,7 @@ mod service;
 mod store;
 mod turn;
 
+pub use autoload::{AutoLoad, AutoLoadScope};
 pub use caller::{CallOrigin, Caller};
 pub use config::NodeConfig;
 pub use context::{CallOptions, NewChain, ObjectContext};

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::activation::{ActivationDyn, CloseReason, Detached, ReliableRequest, TurnPermit};
+use crate::autoload::AutoLoaded;
 use crate::directory::{Lookup, ShardDirectory, ShardEvent, ShardState};
 use crate::host::{CallScope, Host, MethodRef, deadline_for};
 use crate::membership::{ClusterSettings, Membership};
@@ -133,6 +134,12 @@ pub(crate) struct NodeInner {
     counters: Counters,
     push: PushHub,
     descriptors: Vec<u8>,
+    /// The objects this node keeps alive (`NodeConfig::auto_load`).
+    auto_loaded: AutoLoaded,
+    /// Wakes the auto-loader (an auto-load object was deleted).
+    auto_load_wake: tokio::sync::Notify,
+    /// Cancelled to make shutdown stop waiting for running turns and store retries.
+    hurry: CancellationToken,
 }
 
 impl fmt::Debug for NodeInner {
@@ -759,9 +766,13 @@ impl NodeInner {
                 };
                 match turn::acquire(&activation, MethodKind::Write, chain).await {
                     Ok(permit) => {
-                        return Detached::new(activation.close(permit, CloseReason::Delete))
+                        let deleted = Detached::new(activation.close(permit, CloseReason::Delete))
                             .await
                             .map(|_| ());
+                        if deleted.is_ok() && self.auto_loaded.contains(id) {
+                            self.auto_load_wake.notify_one();
+                        }
+                        return deleted;
                     }
                     Err(AcquireError::Retry) => continue,
                     Err(AcquireError::Failed(err)) => return Err(err),
@@ -775,7 +786,9 @@ impl NodeInner {
     async fn sweep_idle(self: &Arc<Self>) -> u64 {
         let now = self.now_ms();
         let candidates = self.directory.activations_where(|a| {
-            !a.idle_timeout().is_zero() && a.idle_for(now, a.idle_timeout())
+            !a.idle_timeout().is_zero()
+                && a.idle_for(now, a.idle_timeout())
+                && !self.auto_loaded.contains(a.id())
         });
         let closed = AtomicU64::new(0);
         futures::stream::iter(candidates)
@@ -800,6 +813,63 @@ impl NodeInner {
             })
             .await;
         closed.into_inner()
+    }
+
+    /// Keeps the auto-load objects alive: once the cluster has first been stable for its
+    /// window, creates every one this node serves and lacks, again whenever a shard starts
+    /// being served here, one was deleted, or the map changed, and at least every second.
+    async fn keep_auto_loaded(self: Arc<Self>) {
+        let mut changes = self.membership.view().subscribe();
+        let mut stability =
+            goverse_cluster::Stability::new(self.config.stability_window, self.config.min_quorum);
+        let origin = tokio::time::Instant::now();
+        let mut stable_once = false;
+        loop {
+            let now = origin.elapsed();
+            stability.observe(now, &self.membership.view().borrow().nodes);
+            let mut wait = crate::autoload::RECHECK;
+            if !stable_once {
+                stable_once = stability.is_stable(now);
+                if !stable_once && stability.has_quorum() {
+                    wait = wait.min(stability.stable_at().saturating_sub(now));
+                }
+            }
+            if stable_once && self.membership.is_ready() {
+                let deadline = Instant::now() + self.config.call_timeout;
+                let (created, failed, first) = self
+                    .auto_loaded
+                    .load_missing(
+                        |shard, id| self.directory.admits(shard, id),
+                        |shard, id| self.directory.is_active(shard, id),
+                        |type_name, id| {
+                            let node = self.clone();
+                            async move {
+                                node.create(type_name, &id, crate::autoload::chain(), deadline)
+                                    .await
+                            }
+                        },
+                    )
+                    .await;
+                if created > 0 {
+                    tracing::info!(created, "auto-load objects created");
+                }
+                if let Some(first) = first {
+                    tracing::warn!(failed, first = %first,
+                        "auto-load objects could not be created; retrying");
+                }
+            }
+            tokio::select! {
+                () = self.cancel.cancelled() => return,
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                () = self.directory.served_more() => {}
+                () = self.auto_load_wake.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
     }
 
     /// Saves every persistent activation changed since its last save. Returns (saved, failed).
@@ -899,7 +969,10 @@ impl NodeInner {
         // `leave` takes the lease), so the shards it claims can be saved to.
         let renewing = std::mem::take(&mut *self.renewing.lock());
         for task in renewing {
-            let _ = tokio::time::timeout_at(deadline, task).await;
+            tokio::select! {
+                _ = tokio::time::timeout_at(deadline, task) => {}
+                () = self.hurry.cancelled() => {}
+            }
         }
 
         // No new activations from here on; running turns finish and states are saved under
@@ -961,9 +1034,24 @@ impl NodeInner {
         let close_all = futures::stream::iter(activations).for_each_concurrent(256, |activation| {
             let (closed, unsaved) = (&closed, &unsaved);
             async move {
-                let permit = match turn::acquire(&activation, MethodKind::Write, ChainId::new_root()).await {
-                    Ok(permit) => permit,
-                    Err(_) => return,
+                let chain = ChainId::new_root();
+                let permit = tokio::select! {
+                    biased;
+                    permit = turn::acquire(&activation, MethodKind::Write, chain) => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => return,
+                    },
+                    // In a hurry: whatever is not in the middle of a turn is closed now, the
+                    // rest is left.
+                    () = self.hurry.cancelled() => match turn::try_acquire_write(&activation, chain) {
+                        Some(permit) => permit,
+                        None => {
+                            unsaved.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(object = %activation.id(),
+                                "left unsaved: in the middle of a turn when shutdown was hurried");
+                            return;
+                        }
+                    },
                 };
                 let shard = activation.shard();
                 match Detached::new(activation.close(permit, CloseReason::Shutdown)).await {
@@ -1032,12 +1120,16 @@ impl NodeInner {
                     break;
                 }
                 let give_up = match deadline {
+                    Some(_) if self.hurry.is_cancelled() => true,
                     Some(deadline) => {
                         let late = tokio::time::Instant::now() + backoff > deadline;
                         if !late {
-                            tokio::time::sleep(backoff).await;
+                            tokio::select! {
+                                () = tokio::time::sleep(backoff) => {}
+                                () = self.hurry.cancelled() => {}
+                            }
                         }
-                        late
+                        late || self.hurry.is_cancelled()
                     }
                     None => tokio::select! {
                         () = self.cancel.cancelled() => true,
@@ -1226,13 +1318,20 @@ impl NodeBuilder {
                 .await
                 .map_err(|err| NodeError::Store(format!("{}: {err}", store.describe())))?;
         }
+        let address = NodeAddr::new(self.config.address.as_str());
+        let auto_loaded = AutoLoaded::new(
+            &self.config.auto_load,
+            &address,
+            self.config.shard_count,
+            |name| self.registry.get_key_value(name).map(|(name, _)| *name),
+        )
+        .map_err(NodeError::Config)?;
         let tasks = TaskTracker::new();
         let store_stop = CancellationToken::new();
         let store = self
             .store
             .map(|store| StoreLink::start(store, &tasks, store_stop.clone()));
         let keys = Keys::new(&self.config.cluster_prefix).map_err(NodeError::Config)?;
-        let address = NodeAddr::new(self.config.address.as_str());
         let directory = Arc::new(ShardDirectory::new(
             address.clone(),
             self.config.shard_count,
@@ -1281,6 +1380,9 @@ impl NodeBuilder {
             counters: Counters::default(),
             push: PushHub::default(),
             descriptors: self.descriptors,
+            auto_loaded,
+            auto_load_wake: tokio::sync::Notify::new(),
+            hurry: CancellationToken::new(),
         });
         let router = Router::for_node(
             inner.membership.view().clone(),
@@ -1329,6 +1431,9 @@ impl NodeBuilder {
                     node.hand_over(shards).await;
                 }
             });
+        }
+        if !inner.auto_loaded.is_empty() {
+            inner.tasks.spawn(inner.clone().keep_auto_loaded());
         }
         if let Some(interval) = inner.idle_check_interval() {
             let node = inner.clone();
@@ -1676,5 +1781,12 @@ impl Node {
     /// are released and the lease revoked. Idempotent.
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
         self.inner.shutdown(grace).await
+    }
+
+    /// Makes a shutdown in progress (or the next one) stop waiting: objects in the middle of a
+    /// turn are left unsaved (and counted in [`ShutdownReport::unsaved`]), every other one is
+    /// closed and saved at once, and a failing store is not retried. For a second stop signal.
+    pub fn hurry_shutdown(&self) {
+        self.inner.hurry.cancel();
     }
 }

@@ -73,10 +73,10 @@ pub struct ClusterSection {
     /// Default deadline of deletes (30s).
     #[serde(default, with = "opt_duration")]
     pub default_delete_timeout: Option<Duration>,
-    /// Objects created once the cluster is stable. Not supported yet: a file that lists any is
-    /// refused, naming the field.
+    /// Objects every node keeps alive: created once the cluster is stable, on the node serving
+    /// each, moving with their shard, recreated when deleted.
     #[serde(default)]
-    pub auto_load_objects: Vec<serde_yaml_ng::Value>,
+    pub auto_load_objects: Vec<AutoLoadEntry>,
     /// Ours: the TTL of every node's and gate's lease (10s).
     #[serde(default, with = "opt_duration")]
     pub lease_ttl: Option<Duration>,
@@ -92,6 +92,38 @@ pub struct ClusterSection {
     /// node and gate address must be loopback.
     #[serde(default)]
     pub secret: Option<String>,
+}
+
+/// One `cluster.auto_load_objects` entry (upstream's fields).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoLoadEntry {
+    /// The object type.
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// The plain ID.
+    pub id: String,
+    /// One object per shard, `shard#N/id`.
+    #[serde(default)]
+    pub per_shard: bool,
+    /// One object per node, `host:port/id`.
+    #[serde(default)]
+    pub per_node: bool,
+}
+
+impl AutoLoadEntry {
+    /// The node's form of the entry.
+    pub fn to_auto_load(&self) -> crate::AutoLoad {
+        crate::AutoLoad {
+            type_name: self.type_name.clone(),
+            id: self.id.clone(),
+            scope: match (self.per_shard, self.per_node) {
+                (true, _) => crate::AutoLoadScope::PerShard,
+                (false, true) => crate::AutoLoadScope::PerNode,
+                (false, false) => crate::AutoLoadScope::Singleton,
+            },
+        }
+    }
 }
 
 /// `cluster.etcd:`.
@@ -288,12 +320,19 @@ impl ClusterFile {
         }
         crate::cluster::Keys::new(&c.etcd.prefix)
             .map_err(|e| format!("cluster.etcd.prefix: {e}"))?;
-        if !c.auto_load_objects.is_empty() {
-            return Err(
-                "cluster.auto_load_objects: not supported yet; remove the entries (create the \
-                 objects from a node instead)"
-                    .to_owned(),
-            );
+        let mut auto_loaded = BTreeSet::new();
+        for (i, entry) in c.auto_load_objects.iter().enumerate() {
+            let field = format!("cluster.auto_load_objects[{i}]");
+            if entry.per_shard && entry.per_node {
+                return Err(format!(
+                    "{field}: per_shard and per_node cannot both be set"
+                ));
+            }
+            let auto_load = entry.to_auto_load();
+            auto_load.validate().map_err(|e| format!("{field}: {e}"))?;
+            if !auto_loaded.insert((entry.id.clone(), auto_load.scope)) {
+                return Err(format!("{field}: id {:?} is listed twice", entry.id));
+            }
         }
         if c.secret.as_deref().is_some_and(|s| s.len() < 16) {
             return Err("cluster.secret: must be at least 16 characters".to_owned());
@@ -408,6 +447,11 @@ impl ClusterFile {
             save_interval: c.save_interval.unwrap_or(defaults.save_interval),
             cluster_prefix: c.etcd.prefix.clone(),
             peer_secret: c.secret.clone(),
+            auto_load: c
+                .auto_load_objects
+                .iter()
+                .map(AutoLoadEntry::to_auto_load)
+                .collect(),
             ..defaults
         })
     }
@@ -664,6 +708,78 @@ gates:
         assert!(err.contains("16 characters"), "{err}");
         let err = file.node_config("c").unwrap_err();
         assert!(err.contains("nodes: a, b"), "{err}");
+    }
+
+    #[test]
+    fn auto_load_entries_map_onto_every_node_and_bad_ones_are_named() {
+        let entries = "  auto_load_objects:
+    - type: GlobalMonitor
+      id: GlobalMonitor
+    - type: ShardMonitor
+      id: ShardMonitor
+      per_shard: true
+    - type: NodeMonitor
+      id: NodeMonitor
+      per_node: true
+";
+        let with = FILE.replace("  lease_ttl: 3s\n", &format!("  lease_ttl: 3s\n{entries}"));
+        let file = ClusterFile::parse(&with, "test.yaml", &[]).unwrap();
+        for node in ["a", "b"] {
+            let scopes: Vec<_> = file
+                .node_config(node)
+                .unwrap()
+                .auto_load
+                .into_iter()
+                .map(|a| (a.type_name, a.id, a.scope))
+                .collect();
+            assert_eq!(
+                scopes,
+                [
+                    (
+                        "GlobalMonitor".into(),
+                        "GlobalMonitor".into(),
+                        crate::AutoLoadScope::Singleton
+                    ),
+                    (
+                        "ShardMonitor".into(),
+                        "ShardMonitor".into(),
+                        crate::AutoLoadScope::PerShard
+                    ),
+                    (
+                        "NodeMonitor".into(),
+                        "NodeMonitor".into(),
+                        crate::AutoLoadScope::PerNode
+                    ),
+                ]
+            );
+        }
+        let both = with.replace(
+            "      per_node: true",
+            "      per_node: true\n      per_shard: true",
+        );
+        let err = ClusterFile::parse(&both, "test.yaml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cluster.auto_load_objects[2]") && err.contains("both"),
+            "{err}"
+        );
+        let slash = with.replace("      id: GlobalMonitor", "      id: a/b");
+        let err = ClusterFile::parse(&slash, "test.yaml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cluster.auto_load_objects[0]") && err.contains("plain"),
+            "{err}"
+        );
+        let typo = with.replace("      per_shard: true", "      per_shards: true");
+        let err = ClusterFile::parse(&typo, "test.yaml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("per_shards") && err.contains("line 15"),
+            "{err}"
+        );
     }
 
     #[test]

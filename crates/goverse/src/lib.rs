@@ -48,10 +48,10 @@ pub use goverse_core::{
 };
 pub use goverse_macros::{method, object};
 pub use goverse_node::{
-    CallOptions, Caller, Dispatch, Durability, MAX_CALL_ID_CHARS, MethodKind, MethodSpec, Node,
-    NodeBuilder, NodeConfig, NodeError, NodeStats, Object, ObjectContext, ObjectError,
-    ReliableOutcome, ReliableStatus, ShutdownReport, TypeInfo, TypeOptions, from_json_state,
-    json_state, to_json_state,
+    AutoLoad, AutoLoadScope, CallOptions, Caller, Dispatch, Durability, MAX_CALL_ID_CHARS,
+    MethodKind, MethodSpec, Node, NodeBuilder, NodeConfig, NodeError, NodeStats, Object,
+    ObjectContext, ObjectError, ReliableOutcome, ReliableStatus, ShutdownReport, TypeInfo,
+    TypeOptions, from_json_state, json_state, to_json_state,
 };
 /// The node service: serve a node's objects to gates (`goverse::serve(node, listener, shutdown)`).
 pub use goverse_node::{ServeError, serve};
@@ -63,6 +63,7 @@ pub mod gate {
 }
 
 pub mod config;
+pub mod run;
 
 /// The node protocol: links to nodes, and the router that sends each call to the node serving
 /// its object by the cluster's shard map.

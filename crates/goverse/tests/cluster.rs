@@ -10,7 +10,7 @@ use goverse::cluster::{ClusterMap, ClusterStore, MemoryClusterStore};
 use goverse::persistence::{MemoryStore, ObjectStore};
 use goverse::prelude::*;
 use goverse::transport::InProcessNetwork;
-use goverse::{ShardId, shard_of};
+use goverse::{AutoLoad, AutoLoadScope, NodeAddr, ShardId, shard_of};
 use goverse_testkit::assert_eventually;
 
 const SHARDS: u32 = 64;
@@ -55,7 +55,25 @@ impl Cluster {
     }
 
     async fn node(&self, n: u16, min_quorum: usize) -> Node {
+        self.node_with(
+            n,
+            min_quorum,
+            Vec::new(),
+            NodeConfig::default().idle_timeout,
+        )
+        .await
+    }
+
+    async fn node_with(
+        &self,
+        n: u16,
+        min_quorum: usize,
+        auto_load: Vec<AutoLoad>,
+        idle_timeout: Duration,
+    ) -> Node {
         let config = NodeConfig {
+            auto_load,
+            idle_timeout,
             address: format!("127.0.0.1:{}", 47000 + n),
             shard_count: SHARDS,
             lease_ttl: Duration::from_secs(3),
@@ -278,5 +296,128 @@ async fn a_starting_cluster_waits_for_its_quorum_then_spreads_the_shards() {
             && a.stats().owned_shards + b.stats().owned_shards == u64::from(SHARDS)
     );
     a.shutdown(Duration::from_secs(5)).await;
+    b.shutdown(Duration::from_secs(5)).await;
+}
+
+const IDLE: Duration = Duration::from_secs(30);
+
+fn auto_loaded() -> Vec<AutoLoad> {
+    [
+        ("global", AutoLoadScope::Singleton),
+        ("monitor", AutoLoadScope::PerShard),
+        ("local", AutoLoadScope::PerNode),
+    ]
+    .into_iter()
+    .map(|(id, scope)| AutoLoad {
+        type_name: "Tally".into(),
+        id: id.into(),
+        scope,
+    })
+    .collect()
+}
+
+/// The nodes on which `id` is active.
+fn active_on<'a>(nodes: &[&'a Node], id: &str) -> Vec<&'a NodeAddr> {
+    let id = ObjectId::from(id);
+    nodes
+        .iter()
+        .filter(|n| n.is_active(&id))
+        .map(|n| n.address())
+        .collect()
+}
+
+/// Every auto-load object of `nodes` is active exactly once, on the node serving it.
+fn auto_loaded_once(nodes: &[&Node]) -> Result<(), String> {
+    let map = nodes[0].cluster_map();
+    let mut wanted: Vec<(String, &NodeAddr)> = (0..SHARDS)
+        .map(|n| {
+            let owner = map
+                .owner(ShardId(n))
+                .ok_or(format!("shard {n} has no owner"))?;
+            Ok((format!("shard#{n}/monitor"), owner))
+        })
+        .collect::<Result<_, String>>()?;
+    let global = shard_of(&ObjectId::from("global"), SHARDS).unwrap();
+    wanted.push(("global".into(), map.owner(global).unwrap()));
+    for node in nodes {
+        wanted.push((format!("{}/local", node.address()), node.address()));
+    }
+    for (id, owner) in wanted {
+        let on = active_on(nodes, &id);
+        if on != [owner] {
+            return Err(format!("{id} is active on {on:?}, wanted on {owner}"));
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn auto_load_objects_exist_once_move_with_their_shard_and_come_back_when_deleted() {
+    let cluster = Cluster::new();
+    let a = cluster.node_with(1, 1, auto_loaded(), IDLE).await;
+    // Created once the cluster has been stable for its window (2 s), not before.
+    assert!(active_on(&[&a], "global").is_empty());
+    assert_eventually!(auto_loaded_once(&[&a]).is_ok(), Duration::from_secs(5));
+    for n in 0..SHARDS {
+        TallyRef::new(format!("shard#{n}/monitor").as_str())
+            .add(&a, Int64Value { value: 5 })
+            .await
+            .unwrap();
+    }
+    let ordinary = ObjectId::from("tally-ordinary");
+    TallyRef::new(ordinary.clone())
+        .add(&a, Int64Value { value: 1 })
+        .await
+        .unwrap();
+
+    // A second node joins: half the shards move, and their monitors with them, state and all,
+    // leaving no copy behind.
+    let b = cluster.node_with(2, 1, auto_loaded(), IDLE).await;
+    assert_eventually!(balanced(&[&a, &b]), Duration::from_secs(20));
+    assert_eventually!(auto_loaded_once(&[&a, &b]).is_ok(), Duration::from_secs(5));
+    if let Err(err) = auto_loaded_once(&[&a, &b]) {
+        panic!("{err}");
+    }
+    assert!(b.stats().owned_shards > 0);
+    for n in 0..SHARDS {
+        assert_eq!(
+            total(&b, &format!("shard#{n}/monitor")).await,
+            5,
+            "shard {n}"
+        );
+    }
+
+    // Idle for longer than the idle timeout: the ordinary object goes, the auto-load ones stay
+    // (none is closed and recreated).
+    let activations = |nodes: &[&Node]| -> (u64, u64) {
+        nodes.iter().fold((0, 0), |(a, d), n| {
+            let stats = n.stats();
+            (a + stats.activations, d + stats.deactivations)
+        })
+    };
+    let before = activations(&[&a, &b]);
+    tokio::time::sleep(IDLE * 2).await;
+    assert!(active_on(&[&a, &b], ordinary.as_str()).is_empty());
+    assert!(auto_loaded_once(&[&a, &b]).is_ok());
+    assert_eq!(activations(&[&a, &b]), (before.0, before.1 + 1));
+
+    // Deleted, one comes back, fresh, on its shard's owner.
+    let deleted = "shard#3/monitor";
+    a.delete_object("Tally", deleted).await.unwrap();
+    assert_eventually!(
+        active_on(&[&a, &b], deleted).len() == 1,
+        Duration::from_secs(2)
+    );
+    assert_eq!(total(&a, deleted).await, 0);
+    assert!(auto_loaded_once(&[&a, &b]).is_ok());
+
+    // The first node leaves: everything it held comes back on the other.
+    a.shutdown(Duration::from_secs(5)).await;
+    assert_eventually!(balanced(&[&b]), Duration::from_secs(20));
+    assert_eventually!(
+        (0..SHARDS).all(|n| b.is_active(&ObjectId::from(format!("shard#{n}/monitor").as_str()))),
+        Duration::from_secs(5)
+    );
+    assert_eq!(total(&b, "shard#5/monitor").await, 5);
     b.shutdown(Duration::from_secs(5)).await;
 }

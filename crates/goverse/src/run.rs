@@ -1,0 +1,307 @@
+//! Node processes of a configured cluster, in one call.
+//!
+//! A node program registers its object types and hands the rest to [`node_main`]: it reads
+//! `--config FILE --node-id ID [--grace 20s]`, loads and checks the file (with its
+//! `GOVERSE_*` overrides), connects to every etcd endpoint, opens the file's object store,
+//! starts the node, serves the node service on the node's `grpc_addr` (peers authenticate with
+//! the cluster secret) and runs until SIGTERM or Ctrl-C. Then it hands its shards over, saving
+//! every object (within the grace), leaves the cluster and ends its connections. A second
+//! signal during that stops waiting for running turns: what is not in the middle of one is
+//! saved, and the process exits.
+//!
+//! ```no_run
+//! # use goverse::prelude::*;
+//! # #[derive(Debug, Default)] struct Counter;
+//! # impl Object for Counter {}
+//! # #[goverse::object] impl Counter {
+//! #     #[method] async fn get(&self, _r: Empty) -> Result<Empty, ObjectError> { Ok(Empty {}) }
+//! # }
+//! #[tokio::main]
+//! async fn main() -> std::process::ExitCode {
+//!     goverse::run::node_main(|node| node.register::<Counter>()).await
+//! }
+//! ```
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::cluster::{ClusterStore, EtcdClusterStore};
+use crate::config::{ClusterFile, parse_duration};
+use crate::persistence::{ObjectStore, PostgresConfig, PostgresStore, SqliteStore};
+use crate::{Node, NodeBuilder};
+
+/// The flags of a node process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeFlags {
+    /// `--config FILE`: the cluster configuration file.
+    pub config: PathBuf,
+    /// `--node-id ID`: which of the file's `nodes` this process is.
+    pub node_id: String,
+    /// `--grace DURATION`: how long shutdown may take (hand-over, saves, connections); 20s.
+    pub grace: Duration,
+}
+
+/// How the flags are written.
+pub const NODE_USAGE: &str = "--config FILE --node-id ID [--grace 20s]";
+
+impl NodeFlags {
+    /// Parses the flags (without the program name), naming what is wrong.
+    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, String> {
+        let mut config = None;
+        let mut node_id = None;
+        let mut grace = Duration::from_secs(20);
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            let (flag, inline) = match arg.split_once('=') {
+                Some((flag, value)) => (flag.to_owned(), Some(value.to_owned())),
+                None => (arg, None),
+            };
+            let mut value = || {
+                inline
+                    .clone()
+                    .or_else(|| args.next())
+                    .ok_or_else(|| format!("{flag} needs a value (usage: {NODE_USAGE})"))
+            };
+            match flag.as_str() {
+                "--config" => config = Some(PathBuf::from(value()?)),
+                "--node-id" => node_id = Some(value()?),
+                "--grace" => {
+                    let text = value()?;
+                    grace = parse_duration(&text).map_err(|e| format!("--grace: {e}"))?;
+                }
+                other => return Err(format!("unknown argument {other:?} (usage: {NODE_USAGE})")),
+            }
+        }
+        Ok(Self {
+            config: config.ok_or_else(|| format!("--config is required (usage: {NODE_USAGE})"))?,
+            node_id: node_id
+                .ok_or_else(|| format!("--node-id is required (usage: {NODE_USAGE})"))?,
+            grace,
+        })
+    }
+}
+
+/// Why a node process stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RunError(String);
+
+impl RunError {
+    fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+/// Parses the process's flags and runs the node until it is stopped (see the module docs).
+/// Errors are printed; the exit code is 0 after a clean stop, 1 otherwise, 2 for bad flags.
+pub async fn node_main(
+    register: impl FnOnce(NodeBuilder) -> NodeBuilder,
+) -> std::process::ExitCode {
+    let flags = match NodeFlags::parse(std::env::args().skip(1)) {
+        Ok(flags) => flags,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match run_node(&flags, register).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Opens the object store the file names: PostgreSQL (migrated first), one SQLite file, or
+/// none.
+pub async fn open_store(file: &ClusterFile) -> Result<Option<Arc<dyn ObjectStore>>, RunError> {
+    if let Some(pg) = &file.postgres {
+        let mut config = PostgresConfig::from_parts(
+            &pg.host,
+            pg.port,
+            &pg.user,
+            &pg.password,
+            &pg.database,
+            &pg.sslmode,
+        );
+        if let Some(size) = pg.pool_size {
+            config.pool_size = size;
+        }
+        if let Some(timeout) = pg.statement_timeout {
+            config.statement_timeout = timeout;
+        }
+        let store = PostgresStore::connect(&config)
+            .await
+            .map_err(|e| RunError::new(format!("cannot open the PostgreSQL store: {e}")))?;
+        store
+            .migrate()
+            .await
+            .map_err(|e| RunError::new(format!("cannot migrate the PostgreSQL store: {e}")))?;
+        return Ok(Some(Arc::new(store)));
+    }
+    if let Some(sqlite) = &file.sqlite {
+        let store = SqliteStore::open(&sqlite.path).map_err(|e| {
+            RunError::new(format!(
+                "cannot open the SQLite store {}: {e}",
+                sqlite.path.display()
+            ))
+        })?;
+        return Ok(Some(Arc::new(store)));
+    }
+    Ok(None)
+}
+
+/// Connects to the file's etcd (every endpoint).
+pub async fn connect_cluster(file: &ClusterFile) -> Result<Arc<dyn ClusterStore>, RunError> {
+    let etcd = EtcdClusterStore::connect(&file.etcd())
+        .await
+        .map_err(|e| RunError::new(format!("cannot reach etcd: {e}")))?;
+    Ok(Arc::new(etcd))
+}
+
+/// Runs node `flags.node_id` of the file until SIGTERM or Ctrl-C, with the object types
+/// `register` adds (see the module docs).
+pub async fn run_node(
+    flags: &NodeFlags,
+    register: impl FnOnce(NodeBuilder) -> NodeBuilder,
+) -> Result<(), RunError> {
+    let file = ClusterFile::load(&flags.config).map_err(|e| RunError::new(e.to_string()))?;
+    let entry = file.node(&flags.node_id).map_err(RunError::new)?.clone();
+    let config = file.node_config(&flags.node_id).map_err(RunError::new)?;
+    if file.cluster.secret.is_none() {
+        // The file is checked on load: without a secret every address is loopback.
+        tracing::warn!(
+            "peers are not authenticated (no cluster.secret): fine on loopback, as this file has it"
+        );
+    }
+    if file.inspector.is_some() {
+        tracing::warn!("the inspector section is not used yet");
+    }
+    if entry.http_addr.is_some() {
+        tracing::warn!(node = %entry.id, "a node's http_addr is not served yet");
+    }
+    let listener = TcpListener::bind(&entry.grpc_addr).await.map_err(|e| {
+        RunError::new(format!(
+            "cannot listen on {} for the node service: {e}",
+            entry.grpc_addr
+        ))
+    })?;
+    let cluster = connect_cluster(&file).await?;
+    let store = open_store(&file).await?;
+    let mut builder = register(Node::builder(config)).cluster_store(cluster);
+    if let Some(store) = &store {
+        builder = builder.object_store(store.clone());
+    }
+    let node = builder
+        .start()
+        .await
+        .map_err(|e| RunError::new(format!("cannot start the node: {e}")))?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let service = tokio::spawn(crate::serve(node.clone(), listener, async {
+        let _ = stopped.await;
+    }));
+    println!(
+        "node {} ({}) serving on {}; {} shards; store {}",
+        entry.id,
+        node.address(),
+        entry.grpc_addr,
+        file.cluster.shards,
+        store.as_ref().map_or("none".to_owned(), |s| s.describe())
+    );
+    crate::stop_signal().await;
+    println!("stopping: handing shards over and saving (a second signal stops waiting)");
+    // Save first, while the node service still answers (peers' calls for shards handed over
+    // are refused as not served and follow the shards), then end the connections.
+    let shutdown = node.shutdown(flags.grace);
+    tokio::pin!(shutdown);
+    let mut hurried = false;
+    let report = loop {
+        tokio::select! {
+            report = &mut shutdown => break report,
+            () = crate::stop_signal(), if !hurried => {
+                println!("stopping now: saving what is not in the middle of a turn");
+                node.hurry_shutdown();
+                hurried = true;
+            }
+        }
+    };
+    if !hurried {
+        // The node has left the map; its peers stop sending to it and close their links once
+        // the answers still due have arrived. Requests that arrive meanwhile are refused as not
+        // served (their senders resend them to the new owners). Then the connections end.
+        let drained = tokio::time::Instant::now() + Duration::from_secs(2);
+        while !node.connected_gates().is_empty() && tokio::time::Instant::now() < drained {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let _ = stop.send(());
+    let wait = if hurried {
+        Duration::from_millis(100)
+    } else {
+        Duration::from_secs(2)
+    };
+    let _ = tokio::time::timeout(wait, service).await;
+    println!(
+        "stopped: {} objects closed, {} saved, {} unsaved",
+        report.deactivated, report.saved, report.unsaved
+    );
+    if report.unsaved > 0 {
+        return Err(RunError::new(format!(
+            "{} object states could not be saved",
+            report.unsaved
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<NodeFlags, String> {
+        NodeFlags::parse(args.iter().map(|a| (*a).to_owned()))
+    }
+
+    #[test]
+    fn flags_parse_and_mistakes_are_named() {
+        let flags = parse(&["--config", "c.yml", "--node-id=n1", "--grace", "5s"]).unwrap();
+        assert_eq!(
+            flags,
+            NodeFlags {
+                config: "c.yml".into(),
+                node_id: "n1".into(),
+                grace: Duration::from_secs(5),
+            }
+        );
+        assert_eq!(
+            parse(&["--node-id", "n1", "--config", "c.yml"])
+                .unwrap()
+                .grace,
+            Duration::from_secs(20)
+        );
+        assert!(
+            parse(&["--config", "c.yml"])
+                .unwrap_err()
+                .contains("--node-id is required")
+        );
+        assert!(
+            parse(&["--config"])
+                .unwrap_err()
+                .contains("--config needs a value")
+        );
+        assert!(
+            parse(&["--confg", "x"])
+                .unwrap_err()
+                .contains("\"--confg\"")
+        );
+        assert!(
+            parse(&["--config", "c", "--node-id", "n", "--grace", "soon"])
+                .unwrap_err()
+                .contains("--grace")
+        );
+    }
+}
