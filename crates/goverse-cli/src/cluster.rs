@@ -1,6 +1,7 @@
 //! The cluster commands: `goverse node`, `goverse gate --gate-id`, `goverse config check|gen`
 //! and `goverse cluster status`, all from one configuration file.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +45,21 @@ pub(crate) enum ConfigCommand {
         /// Shards.
         #[arg(long, default_value_t = goverse::DEFAULT_SHARD_COUNT)]
         shards: u32,
+        /// The etcd endpoint.
+        #[arg(long, default_value = "127.0.0.1:2379")]
+        etcd: String,
+        /// The SQLite file the nodes share.
+        #[arg(long, default_value = "objects.db")]
+        sqlite: String,
+        /// The first node's port; the others follow.
+        #[arg(long, default_value_t = 47001)]
+        node_port: u16,
+        /// The first gate's gRPC port; the others follow.
+        #[arg(long, default_value_t = 49001)]
+        gate_port: u16,
+        /// The first gate's HTTP port; the others follow.
+        #[arg(long, default_value_t = 8081)]
+        http_port: u16,
         /// Where to write it (default: standard output).
         #[arg(long, short)]
         output: Option<PathBuf>,
@@ -60,6 +76,11 @@ pub(crate) enum ClusterCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Wait up to this long for the cluster to settle: ready, every node and gate of the
+        /// file registered, no shard unowned or moving, shards balanced to ±1. Exits 1 if it
+        /// does not.
+        #[arg(long, value_parser = parse_duration)]
+        wait: Option<Duration>,
     },
 }
 
@@ -91,11 +112,37 @@ pub(crate) fn config(command: ConfigCommand) -> anyhow::Result<()> {
             nodes,
             gates,
             shards,
+            etcd,
+            sqlite,
+            node_port,
+            gate_port,
+            http_port,
             output,
         } => {
             anyhow::ensure!(nodes > 0, "--nodes must be at least 1");
             anyhow::ensure!(shards > 0, "--shards must be at least 1");
-            let text = ClusterFile::generate(nodes, gates, shards);
+            for (flag, first, count) in [
+                ("--node-port", node_port, nodes),
+                ("--gate-port", gate_port, gates),
+                ("--http-port", http_port, gates),
+            ] {
+                anyhow::ensure!(
+                    first > 0 && usize::from(first) + count <= usize::from(u16::MAX),
+                    "{flag} {first}: {count} ports from there do not fit"
+                );
+            }
+            let text = ClusterFile::generate_with(&goverse::config::Generate {
+                nodes,
+                gates,
+                shards,
+                etcd,
+                sqlite_path: sqlite,
+                node_port,
+                gate_port,
+                http_port,
+            });
+            // What was written must load (a bad --etcd or --sqlite is named now, not later).
+            ClusterFile::parse(&text, "the generated configuration", &[])?;
             match output {
                 Some(path) => std::fs::write(&path, text)
                     .with_context(|| format!("cannot write {}", path.display()))?,
@@ -202,29 +249,77 @@ pub(crate) async fn gate(config_path: &Path, gate_id: &str) -> anyhow::Result<()
 
 /// `goverse cluster status`.
 pub(crate) async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
-    let ClusterCommand::Status { config, json } = command;
+    let ClusterCommand::Status { config, json, wait } = command;
     let file = load(&config)?;
     let store = goverse::run::connect_cluster(&file).await?;
     let keys =
         goverse::cluster::Keys::new(&file.cluster.etcd.prefix).map_err(anyhow::Error::msg)?;
-    let (kvs, revision) = store
-        .get_prefix(&format!("{}/", keys.prefix()))
-        .await
-        .context("cannot read the cluster from etcd")?;
-    let map = goverse::cluster::ClusterMap::load(&keys, file.cluster.shards, &kvs, revision)
-        .map_err(anyhow::Error::msg)?;
-    let mut served: std::collections::BTreeMap<String, usize> =
+    let deadline = wait.map(|w| tokio::time::Instant::now() + w);
+    let (map, revision) = loop {
+        let (kvs, revision) = store
+            .get_prefix(&format!("{}/", keys.prefix()))
+            .await
+            .context("cannot read the cluster from etcd")?;
+        let map = goverse::cluster::ClusterMap::load(&keys, file.cluster.shards, &kvs, revision)
+            .map_err(anyhow::Error::msg)?;
+        match deadline {
+            Some(deadline) if !settled(&file, &map) => {
+                if tokio::time::Instant::now() >= deadline {
+                    print_status(&file, &keys, &map, revision, json)?;
+                    anyhow::bail!(
+                        "the cluster did not settle within {:?}",
+                        wait.unwrap_or_default()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            _ => break (map, revision),
+        }
+    };
+    print_status(&file, &keys, &map, revision, json)
+}
+
+/// Shards each node of the map serves.
+fn served(file: &ClusterFile, map: &goverse::cluster::ClusterMap) -> BTreeMap<String, usize> {
+    let mut served: BTreeMap<String, usize> =
         map.nodes.iter().map(|n| (n.to_string(), 0)).collect();
     for n in 0..file.cluster.shards {
         if let Some(owner) = map.owner(goverse::ShardId(n)) {
             *served.entry(owner.to_string()).or_default() += 1;
         }
     }
-    let quorum = file.cluster.min_quorum.unwrap_or(1);
+    served
+}
+
+fn is_ready(file: &ClusterFile, map: &goverse::cluster::ClusterMap) -> bool {
+    map.leader.is_some()
+        && map.nodes.len() >= file.cluster.min_quorum.unwrap_or(1)
+        && map.unowned() == 0
+}
+
+/// Ready, with every node and gate of the file registered, nothing moving, and ±1 balance.
+fn settled(file: &ClusterFile, map: &goverse::cluster::ClusterMap) -> bool {
+    let served = served(file, map);
+    let (min, max) = (served.values().min(), served.values().max());
+    is_ready(file, map)
+        && map.moving() == 0
+        && map.nodes.len() == file.nodes.len()
+        && map.gates.len() == file.gates.len()
+        && matches!((min, max), (Some(min), Some(max)) if max - min <= 1)
+}
+
+fn print_status(
+    file: &ClusterFile,
+    keys: &goverse::cluster::Keys,
+    map: &goverse::cluster::ClusterMap,
+    revision: goverse::cluster::Revision,
+    json: bool,
+) -> anyhow::Result<()> {
+    let served = served(file, map);
     let unowned = map.unowned();
     let moving = map.moving();
     let leader = map.leader.as_ref().map(|(l, _)| l.to_string());
-    let ready = leader.is_some() && map.nodes.len() >= quorum && unowned == 0;
+    let ready = is_ready(file, map);
     if json {
         let status = serde_json::json!({
             "ready": ready,

@@ -140,6 +140,27 @@ fn classify(path: &Path, err: rusqlite::Error) -> StoreError {
     }
 }
 
+/// `f`, again while SQLite reports the file busy or locked, until the busy timeout.
+fn busy_retry<T>(
+    config: &SqliteConfig,
+    mut f: impl FnMut() -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    let deadline = std::time::Instant::now() + config.busy_timeout;
+    loop {
+        match f() {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            done => return done,
+        }
+    }
+}
+
 fn open_connection(config: &SqliteConfig) -> Result<Connection, StoreError> {
     let path = &config.path;
     let conn = Connection::open(path).map_err(|err| {
@@ -149,8 +170,10 @@ fn open_connection(config: &SqliteConfig) -> Result<Connection, StoreError> {
     conn.busy_timeout(config.busy_timeout).map_err(at)?;
     // Reading the journal mode touches the file header: a file that is not a database fails
     // here, before anything is written to it.
-    conn.pragma_update(None, "journal_mode", "WAL")
-        .map_err(at)?;
+    // Switching a new file to WAL needs it to itself, and SQLite answers "locked" at once
+    // (without its busy handler) while another process does the same: retried within the
+    // busy timeout.
+    busy_retry(config, || conn.pragma_update(None, "journal_mode", "WAL")).map_err(at)?;
     let sync = match config.synchronous {
         Synchronous::Full => "FULL",
         Synchronous::Normal => "NORMAL",
@@ -165,7 +188,32 @@ fn open_connection(config: &SqliteConfig) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+fn migrate(conn: &mut Connection, config: &SqliteConfig) -> Result<(), StoreError> {
+    let path = &config.path;
+    let at = |err| classify(path, err);
+    // One write transaction for the check and every step: processes opening a new shared file
+    // at once take turns, and each later one finds the schema already current.
+    busy_retry(config, || conn.execute_batch("BEGIN IMMEDIATE")).map_err(at)?;
+    match migrate_in_transaction(conn, path) {
+        Ok(applied) => {
+            conn.execute_batch("COMMIT").map_err(at)?;
+            for (version, description) in applied {
+                tracing::info!(file = %path.display(), version, description, "schema migrated");
+            }
+            Ok(())
+        }
+        Err(err) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(err)
+        }
+    }
+}
+
+/// The migrations still to apply, applied; the caller holds the write transaction.
+fn migrate_in_transaction(
+    conn: &Connection,
+    path: &Path,
+) -> Result<Vec<(u32, &'static str)>, StoreError> {
     let at = |err| classify(path, err);
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS goverse_schema_migrations (
@@ -183,23 +231,20 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
             path.display()
         )));
     }
+    let mut applied = Vec::new();
     for (version, description, sql) in MIGRATIONS {
         if *version <= current {
             continue;
         }
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(at)?;
-        tx.execute_batch(sql).map_err(at)?;
-        tx.execute(
+        conn.execute_batch(sql).map_err(at)?;
+        conn.execute(
             "INSERT INTO goverse_schema_migrations (version, description) VALUES (?1, ?2)",
             params![version, description],
         )
         .map_err(at)?;
-        tx.commit().map_err(at)?;
-        tracing::info!(file = %path.display(), version, description, "schema migrated");
+        applied.push((*version, *description));
     }
-    Ok(())
+    Ok(applied)
 }
 
 fn schema_version(conn: &Connection, path: &Path) -> Result<u32, StoreError> {
@@ -233,7 +278,7 @@ impl SqliteStore {
             })?;
         }
         let mut writer = open_connection(&config)?;
-        migrate(&mut writer, &path)?;
+        migrate(&mut writer, &config)?;
         let reader = open_connection(&config)?;
         Ok(Self {
             writer: Arc::new(Mutex::new(writer)),
@@ -686,6 +731,27 @@ mod tests {
         assert_eq!(got.data, b"{\"value\":3}");
         let again = store.claim_shards(&[fence]).await.unwrap()[0];
         assert_eq!(again, fence.epoch + 1, "the epoch survives a restart");
+    }
+
+    #[test]
+    fn processes_opening_a_new_file_at_once_all_find_the_schema_current() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shared.db");
+        let start = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let openers: Vec<_> = (0..8)
+            .map(|_| {
+                let (path, start) = (path.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    SqliteStore::open(&path).map(drop)
+                })
+            })
+            .collect();
+        for opener in openers {
+            opener.join().unwrap().expect("every opener succeeds");
+        }
+        let conn = Connection::open(&path).unwrap();
+        assert_eq!(schema_version(&conn, &path).unwrap(), SCHEMA_VERSION);
     }
 
     #[tokio::test]

@@ -126,6 +126,42 @@ impl AutoLoadEntry {
     }
 }
 
+/// What [`ClusterFile::generate_with`] writes.
+#[derive(Debug, Clone)]
+pub struct Generate {
+    /// Nodes (`node-1`, …).
+    pub nodes: usize,
+    /// Gates (`gate-1`, …).
+    pub gates: usize,
+    /// Shards.
+    pub shards: u32,
+    /// The etcd endpoint (`127.0.0.1:2379`).
+    pub etcd: String,
+    /// The SQLite file (`objects.db`, relative to the processes' directory).
+    pub sqlite_path: String,
+    /// The first node's port (47001); the others follow.
+    pub node_port: u16,
+    /// The first gate's gRPC port (49001); the others follow.
+    pub gate_port: u16,
+    /// The first gate's HTTP port (8081); the others follow.
+    pub http_port: u16,
+}
+
+impl Default for Generate {
+    fn default() -> Self {
+        Self {
+            nodes: 3,
+            gates: 1,
+            shards: crate::DEFAULT_SHARD_COUNT,
+            etcd: "127.0.0.1:2379".to_owned(),
+            sqlite_path: "objects.db".to_owned(),
+            node_port: 47001,
+            gate_port: 49001,
+            http_port: 8081,
+        }
+    }
+}
+
 /// `cluster.etcd:`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -480,39 +516,50 @@ impl ClusterFile {
                 .all(|g| loopback(&g.grpc_addr) && g.http_addr.as_deref().is_none_or(loopback))
     }
 
-    /// A ready local cluster: `nodes` nodes and `gates` gates on loopback ports from 47001
-    /// (nodes), 49001 (gate gRPC) and 8081 (gate HTTP), one etcd at `127.0.0.1:2379`, and a
-    /// SQLite file next to the configuration.
+    /// A ready configuration for a local cluster of `nodes` nodes and `gates` gates on etcd at
+    /// 127.0.0.1:2379 and one SQLite file, with a fresh random secret.
     pub fn generate(nodes: usize, gates: usize, shards: u32) -> String {
+        Self::generate_with(&Generate {
+            nodes,
+            gates,
+            shards,
+            ..Generate::default()
+        })
+    }
+
+    /// [`ClusterFile::generate`] with every choice spelled out.
+    pub fn generate_with(g: &Generate) -> String {
         let mut out = String::new();
         out.push_str("# A local GoVerse cluster (goverse config gen).\nversion: 1\n\n");
         out.push_str(&format!(
-            "cluster:\n  shards: {shards}\n  provider: etcd\n  etcd:\n    endpoints:\n      - \
-             \"127.0.0.1:2379\"\n    prefix: /goverse\n  cluster_state_stability_duration: 10s\n  \
+            "cluster:\n  shards: {}\n  provider: etcd\n  etcd:\n    endpoints:\n      - \
+             \"{}\"\n    prefix: /goverse\n  cluster_state_stability_duration: 10s\n  \
              stuck_shard_reallocation_timeout: 1m\n  default_call_timeout: 30s\n  lease_ttl: 10s\n  \
              min_quorum: 1\n  save_interval: 60s\n  # Peers authenticate with it; keep it out of version \
              control (or set GOVERSE_CLUSTER__SECRET).\n  secret: {}\n\n",
+            g.shards,
+            g.etcd,
             random_secret()
         ));
-        out.push_str("sqlite:\n  path: objects.db\n\nnodes:\n");
-        for n in 0..nodes {
+        out.push_str(&format!("sqlite:\n  path: {:?}\n\nnodes:\n", g.sqlite_path));
+        for n in 0..g.nodes {
             out.push_str(&format!(
                 "  - id: node-{}\n    grpc_addr: \"127.0.0.1:{}\"\n",
                 n + 1,
-                47001 + n
+                usize::from(g.node_port) + n
             ));
         }
-        out.push_str(if gates == 0 {
+        out.push_str(if g.gates == 0 {
             "\ngates: []\n"
         } else {
             "\ngates:\n"
         });
-        for g in 0..gates {
+        for n in 0..g.gates {
             out.push_str(&format!(
                 "  - id: gate-{}\n    grpc_addr: \"127.0.0.1:{}\"\n    http_addr: \"127.0.0.1:{}\"\n",
-                g + 1,
-                49001 + g,
-                8081 + g
+                n + 1,
+                usize::from(g.gate_port) + n,
+                usize::from(g.http_port) + n
             ));
         }
         out
