@@ -1,7 +1,10 @@
-//! A cluster as a user starts it: `goverse config gen`/`check`, three `goverse node` processes
-//! and a `goverse gate --gate-id` from one file, on a real etcd and one shared SQLite file;
-//! under load, one node killed with kill -9, every node restarted in turn, one node paused with
-//! SIGSTOP past its lease; `goverse cluster status`; SIGTERM stops each cleanly.
+//! A cluster as a user starts it: `goverse config gen`/`check`, `goverse node` processes and two
+//! `goverse gate --gate-id` processes from one file, on a real etcd and a real PostgreSQL;
+//! under load through both gates: a third node joins, one node is killed with kill -9, every
+//! node is restarted in turn, one node is paused with SIGSTOP past its lease. Throughout, no
+//! acknowledged add of a write-through counter is lost or applied twice, the shards are
+//! balanced to ±1 at rest, and planned moves fail no call. `goverse cluster status`; SIGTERM
+//! stops each cleanly.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,7 +15,9 @@ use goverse::prost::Message as _;
 use goverse::wkt::{Empty, Int32Value};
 use goverse_proto::gate::CallObjectRequest;
 use goverse_proto::gate::gate_service_client::GateServiceClient;
-use goverse_testkit::{EtcdServer, Process, free_port};
+use goverse_testkit::{
+    EtcdServer, POSTGRES_PASSWORD, POSTGRES_USER, PostgresServer, Process, free_port,
+};
 use parking_lot::Mutex;
 use tonic::transport::Channel;
 
@@ -80,11 +85,11 @@ fn balanced(status: &serde_json::Value, nodes: usize, shards: u64) -> bool {
 
 type Caller = tokio::task::JoinHandle<(String, i32, i32, Vec<Instant>)>;
 
-/// 16 callers adding 1 to `{prefix}-{n}` through the gate until stopped; each returns its
-/// counter, the adds acknowledged, the adds whose outcome is unknown (failed), and when each
-/// acknowledgement came.
+/// 16 callers adding 1 to `{prefix}-{n}` through the gates (by turns) until stopped; each
+/// returns its counter, the adds acknowledged, the adds whose outcome is unknown (failed), and
+/// when each acknowledgement came.
 fn load(
-    channel: &Channel,
+    channels: &[Channel],
     object_type: &'static str,
     prefix: &'static str,
 ) -> (Arc<AtomicBool>, Arc<Mutex<Vec<String>>>, Vec<Caller>) {
@@ -92,7 +97,7 @@ fn load(
     let failures: Arc<Mutex<Vec<String>>> = Arc::default();
     let mut callers = Vec::new();
     for c in 0..16 {
-        let mut client = GateServiceClient::new(channel.clone());
+        let mut client = GateServiceClient::new(channels[c % channels.len()].clone());
         let (stop, failures) = (stop.clone(), failures.clone());
         callers.push(tokio::spawn(async move {
             let id = format!("{prefix}-{c}");
@@ -154,13 +159,16 @@ async fn finish(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_from_one_file_survives_kill_restart_and_pause_without_losing_a_write() {
     let etcd = EtcdServer::start();
+    let postgres = PostgresServer::start();
+    postgres.create_database("cluster");
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("cluster.yaml");
     let config_str = config.to_str().unwrap().to_owned();
 
-    // The generated file, moved onto this test's etcd and free ports, with short timings.
+    // The generated file, moved onto this test's etcd, PostgreSQL and free ports, with short
+    // timings.
     let out = goverse(&[
-        "config", "gen", "--nodes", "3", "--gates", "1", "--shards", "64",
+        "config", "gen", "--nodes", "3", "--gates", "2", "--shards", "64",
     ]);
     assert!(out.status.success());
     let mut text = String::from_utf8(out.stdout).unwrap();
@@ -170,8 +178,17 @@ async fn a_cluster_from_one_file_survives_kill_restart_and_pause_without_losing_
             "cluster_state_stability_duration: 10s",
             "cluster_state_stability_duration: 1s",
         )
-        .replace("lease_ttl: 10s", "lease_ttl: 2s");
-    for port in ["47001", "47002", "47003", "49001", "8081"] {
+        .replace("lease_ttl: 10s", "lease_ttl: 2s")
+        .replace(
+            "sqlite:\n  path: \"objects.db\"\n",
+            &format!(
+                "postgres:\n  host: 127.0.0.1\n  port: {}\n  user: {POSTGRES_USER}\n  password: \
+                 {POSTGRES_PASSWORD}\n  database: cluster\n  sslmode: disable\n  \
+                 statement_timeout: 2s\n",
+                postgres.port()
+            ),
+        );
+    for port in ["47001", "47002", "47003", "49001", "49002", "8081", "8082"] {
         text = text.replace(&format!(":{port}\""), &format!(":{}\"", free_port()));
     }
     std::fs::write(&config, &text).unwrap();
@@ -181,35 +198,67 @@ async fn a_cluster_from_one_file_survives_kill_restart_and_pause_without_losing_
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("3 nodes, 1 gates"));
+    let checked = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        checked.contains("3 nodes, 2 gates") && checked.contains("store postgres"),
+        "{checked}"
+    );
     let file = goverse::config::ClusterFile::load(&config).unwrap();
-    let gate_addr = file.gates[0].grpc_addr.clone();
+    let gate_addrs: Vec<String> = file.gates.iter().map(|g| g.grpc_addr.clone()).collect();
 
     let start_node = |id: &str| {
         let mut node = Process::start(GOVERSE, ["node", "--config", &config_str, "--node-id", id]);
         node.expect_within("serving on", Duration::from_secs(60));
         node
     };
-    let mut nodes: BTreeMap<String, Process> = ["node-1", "node-2", "node-3"]
+    let mut nodes: BTreeMap<String, Process> = ["node-1", "node-2"]
         .into_iter()
         .map(|id| (id.to_owned(), start_node(id)))
         .collect();
-    let mut gate = Process::start(
-        GOVERSE,
-        ["gate", "--config", &config_str, "--gate-id", "gate-1"],
-    );
-    gate.expect_within("gRPC", Duration::from_secs(60));
+    let mut gates: Vec<Process> = ["gate-1", "gate-2"]
+        .into_iter()
+        .map(|id| {
+            let mut gate =
+                Process::start(GOVERSE, ["gate", "--config", &config_str, "--gate-id", id]);
+            gate.expect_within("gRPC", Duration::from_secs(60));
+            gate
+        })
+        .collect();
     goverse_testkit::assert_eventually!(
-        balanced(&status(&config_str), 3, 64) && status(&config_str)["gates"][0] == gate_addr,
+        balanced(&status(&config_str), 2, 64)
+            && status(&config_str)["gates"].as_array().unwrap().len() == 2,
         Duration::from_secs(30)
     );
+    let channels: Vec<Channel> = gate_addrs
+        .iter()
+        .map(|addr| {
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect_lazy()
+        })
+        .collect();
+    let channel = &channels[0];
 
-    // Load: 16 callers adding to their own durable counters through the gate, counting every
-    // acknowledged add and every failure.
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{gate_addr}"))
-        .unwrap()
-        .connect_lazy();
-    let (stop, failures, callers) = load(&channel, "DurableCounter", "fail");
+    // A third node joins under load: the shards it takes move as planned, failing no call.
+    let (stop, failures, callers) = load(&channels, "DurableCounter", "join");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    nodes.insert("node-3".to_owned(), start_node("node-3"));
+    goverse_testkit::assert_eventually!(
+        balanced(&status(&config_str), 3, 64),
+        Duration::from_secs(30)
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let results = finish(channel, &stop, callers).await;
+    let calls: i32 = results.iter().map(|r| r.1).sum();
+    println!(
+        "join under load: {calls} calls acknowledged, {} failed",
+        failures.lock().len()
+    );
+    assert!(failures.lock().is_empty(), "{:?}", failures.lock());
+
+    // Load: 16 callers adding to their own durable counters through both gates, counting
+    // every acknowledged add and every failure.
+    let (stop, failures, callers) = load(&channels, "DurableCounter", "fail");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(failures.lock().is_empty(), "{:?}", failures.lock());
 
@@ -223,7 +272,7 @@ async fn a_cluster_from_one_file_survives_kill_restart_and_pause_without_losing_
         Duration::from_secs(30)
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let results = finish(&channel, &stop, callers).await;
+    let results = finish(channel, &stop, callers).await;
     // A caller's longest gap between acknowledged calls after the kill is how long its
     // counter was unreachable; the longest of them is the time to recover.
     let mut gap = Duration::ZERO;
@@ -258,7 +307,7 @@ async fn a_cluster_from_one_file_survives_kill_restart_and_pause_without_losing_
 
     // A rolling restart under load: each node in turn is stopped with SIGTERM (it hands its
     // shards over and saves) and started again. Planned moves fail no call.
-    let (stop, failures, callers) = load(&channel, "DurableCounter", "roll");
+    let (stop, failures, callers) = load(&channels, "DurableCounter", "roll");
     let started = Instant::now();
     for id in ["node-1", "node-2", "node-3"] {
         let node = nodes.get_mut(id).unwrap();
@@ -274,7 +323,7 @@ async fn a_cluster_from_one_file_survives_kill_restart_and_pause_without_losing_
             Duration::from_secs(30)
         );
     }
-    let results = finish(&channel, &stop, callers).await;
+    let results = finish(channel, &stop, callers).await;
     let calls: i32 = results.iter().map(|r| r.1).sum();
     println!(
         "rolling restart of 3 nodes in {:?}: {calls} calls acknowledged, {} failed",
@@ -288,18 +337,20 @@ async fn a_cluster_from_one_file_survives_kill_restart_and_pause_without_losing_
                 eprintln!("{line}");
             }
         }
-        eprintln!("---- gate");
-        for line in gate.output().iter().rev().take(60).rev() {
-            eprintln!("{line}");
+        for gate in &gates {
+            eprintln!("---- gate");
+            for line in gate.output().iter().rev().take(60).rev() {
+                eprintln!("{line}");
+            }
         }
     }
     assert!(failures.lock().is_empty(), "{:?}", failures.lock());
 
-    // SIGSTOP one node past its lease under load (of in-memory counters: a process stopped
-    // inside a SQLite write transaction would hold the file's lock for the whole pause): the
-    // others take its shards; on SIGCONT it refuses every call before anything else runs (its
-    // lease is overdue), rejoins, and gets its share back.
-    let (stop, failures, callers) = load(&channel, "Counter", "pause");
+    // SIGSTOP one node past its lease under load: the others take its shards (a write it was
+    // making when it stopped is ended by PostgreSQL, releasing its locks); on SIGCONT it
+    // refuses every call before anything else runs (its lease is overdue), writes nothing for
+    // the shards it lost (fenced), rejoins, and gets its share back.
+    let (stop, failures, callers) = load(&channels, "DurableCounter", "pause");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let paused = nodes.get("node-1").unwrap();
     paused.signal("-STOP");
@@ -317,12 +368,11 @@ async fn a_cluster_from_one_file_survives_kill_restart_and_pause_without_losing_
         Duration::from_secs(30)
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut after_resume = 0;
-    for caller in callers {
-        let (_, _, _, successes) = caller.await.unwrap();
-        after_resume += successes.iter().filter(|t| **t > resumed_at).count();
-    }
+    let results = finish(channel, &stop, callers).await;
+    let after_resume: usize = results
+        .iter()
+        .map(|(_, _, _, successes)| successes.iter().filter(|t| **t > resumed_at).count())
+        .sum();
     println!(
         "SIGSTOP past the lease: shards taken over after {taken_after:?}; {after_resume} calls \
          acknowledged after SIGCONT, {} failed (in flight at the pause)",
@@ -336,8 +386,10 @@ async fn a_cluster_from_one_file_survives_kill_restart_and_pause_without_losing_
     assert!(failures.lock().len() <= 16, "{:?}", failures.lock());
 
     // SIGTERM stops everything cleanly.
-    gate.terminate();
-    assert_eq!(gate.wait_exit(Duration::from_secs(20)), Some(0));
+    for gate in &mut gates {
+        gate.terminate();
+        assert_eq!(gate.wait_exit(Duration::from_secs(20)), Some(0));
+    }
     for (id, node) in nodes.iter_mut() {
         node.terminate();
         assert_eq!(node.wait_exit(Duration::from_secs(30)), Some(0), "{id}");

@@ -338,10 +338,14 @@ impl PostgresStore {
         pg.connect_timeout(config.connect_timeout);
         pg.application_name("goverse");
         // Custom plans always: a statement prepared while a table was empty would otherwise keep
-        // a generic plan (a sequential scan) for the life of the connection.
+        // a generic plan (a sequential scan) for the life of the connection. A session left
+        // inside a transaction (its process paused or hung mid-write) is ended by the server
+        // after the statement timeout, so the locks it holds do not stall the node that took
+        // its shards over.
         pg.options(format!(
-            "-c statement_timeout={} -c plan_cache_mode=force_custom_plan",
-            config.statement_timeout.as_millis()
+            "-c statement_timeout={ms} -c idle_in_transaction_session_timeout={ms} \
+             -c plan_cache_mode=force_custom_plan",
+            ms = config.statement_timeout.as_millis()
         ));
         let manager = Manager::from_config(
             pg,
