@@ -237,11 +237,15 @@ pub(crate) async fn gate(config_path: &Path, gate_id: &str) -> anyhow::Result<()
     });
     goverse::stop_signal().await;
     stop.cancel();
+    // One deadline for both servers to finish their requests (a stalled client is cut off then).
     let grace = Duration::from_secs(5);
-    let _ = tokio::time::timeout(grace, grpc).await;
-    if let Some(http) = http {
-        let _ = tokio::time::timeout(grace, http).await;
-    }
+    let _ = tokio::time::timeout(grace, async {
+        let _ = grpc.await;
+        if let Some(http) = http {
+            let _ = http.await;
+        }
+    })
+    .await;
     gate.shutdown(grace).await;
     println!("gate stopped");
     Ok(())

@@ -443,3 +443,130 @@ fn demo_with_nodes_runs_a_cluster_of_processes_and_stops_it_cleanly() {
     assert_eq!(demo.wait_exit(Duration::from_secs(60)), Some(0));
     assert!(demo.output().iter().any(|l| l.contains("stopped")));
 }
+
+/// Opens a TCP connection to `addr` and sends `bytes`, then leaves it open, saying nothing
+/// more: a client stalled half-way through a preface, headers or a body.
+fn stalled_client(addr: &str, bytes: &[u8]) -> std::net::TcpStream {
+    use std::io::Write as _;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.write_all(bytes).unwrap();
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_saves_first_and_is_not_held_up_by_stalled_clients() {
+    let etcd = EtcdServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cluster.yaml");
+    let config_str = config.to_str().unwrap().to_owned();
+    let db = dir.path().join("objects.db");
+    let out = goverse(&[
+        "config",
+        "gen",
+        "--nodes",
+        "1",
+        "--gates",
+        "1",
+        "--shards",
+        "16",
+        "--etcd",
+        &etcd.endpoint(),
+        "--sqlite",
+        db.to_str().unwrap(),
+        "--node-port",
+        &free_port().to_string(),
+        "--gate-port",
+        &free_port().to_string(),
+        "--http-port",
+        &free_port().to_string(),
+        "-o",
+        &config_str,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("lease_ttl: 10s", "lease_ttl: 2s")
+        // Only the saves at shutdown keep the counter.
+        .replace("save_interval: 60s", "save_interval: 0s");
+    std::fs::write(&config, text).unwrap();
+    let file = goverse::config::ClusterFile::load(&config).unwrap();
+    let node_addr = file.nodes[0].grpc_addr.clone();
+    let gate_grpc = file.gates[0].grpc_addr.clone();
+    let gate_http = file.gates[0].http_addr.clone().unwrap();
+
+    let start_node = || {
+        let mut node = Process::start(
+            GOVERSE,
+            ["node", "--config", &config_str, "--node-id", "node-1"],
+        );
+        node.expect_within("serving on", Duration::from_secs(60));
+        node
+    };
+    let mut node = start_node();
+    let mut gate = Process::start(
+        GOVERSE,
+        ["gate", "--config", &config_str, "--gate-id", "gate-1"],
+    );
+    gate.expect_within("gRPC", Duration::from_secs(60));
+    goverse_testkit::assert_eventually!(
+        balanced(&status(&config_str), 1, 16) && status(&config_str)["gates"][0] == gate_grpc,
+        Duration::from_secs(30)
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{gate_grpc}"))
+        .unwrap()
+        .connect_lazy();
+    let mut client = GateServiceClient::new(channel.clone());
+    let added = call(
+        &mut client,
+        "Counter",
+        "kept",
+        "Add",
+        any(&Int32Value { value: 3 }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(added, 3);
+
+    // Stalled clients on every port: half an HTTP/2 preface to the node, a silent connection
+    // and half a request body to the gate.
+    let _node_stalled = stalled_client(&node_addr, b"PRI * HTTP/2.0\r\n");
+    let _gate_silent = stalled_client(&gate_grpc, b"");
+    let _gate_body = stalled_client(
+        &gate_http,
+        b"POST /api/v1/objects/call/Counter/kept/Get HTTP/1.1\r\nHost: x\r\n\
+          Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+    );
+
+    // The node saves, hands over and exits within its bounds, stalled clients or not.
+    let asked = Instant::now();
+    node.terminate();
+    assert_eq!(node.wait_exit(Duration::from_secs(15)), Some(0));
+    let node_took = asked.elapsed();
+    assert!(
+        node.output()
+            .iter()
+            .any(|l| l.contains("stopped:") && l.contains("1 saved") && l.contains(" 0 unsaved")),
+        "{:?}",
+        node.output()
+    );
+    // What it saved is there when it comes back.
+    let mut node = start_node();
+    let got = call(&mut client, "Counter", "kept", "Get", any(&Empty {}))
+        .await
+        .unwrap();
+    assert_eq!(got, 3);
+
+    let asked = Instant::now();
+    gate.terminate();
+    assert_eq!(gate.wait_exit(Duration::from_secs(30)), Some(0));
+    let gate_took = asked.elapsed();
+    println!(
+        "SIGTERM with stalled clients: node exited after {node_took:?}, gate after {gate_took:?}"
+    );
+    node.terminate();
+    assert_eq!(node.wait_exit(Duration::from_secs(15)), Some(0));
+}
