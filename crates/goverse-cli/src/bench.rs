@@ -27,6 +27,10 @@ pub(crate) enum BenchCommand {
     /// Two nodes in this process linked over loopback TCP: M callers on one node call random
     /// counters of N that the other node serves, every call over the batched node link.
     Cluster(ClusterArgs),
+    /// The bare tonic echo server `bench gate --baseline` starts as its own process (as the
+    /// gate is): prints its address, serves until its standard input closes.
+    #[command(hide = true)]
+    Echo,
 }
 
 #[derive(Debug, clap::Args)]
@@ -68,6 +72,11 @@ pub(crate) struct GateArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Then run the same load against a bare tonic server in this process that answers
+    /// CallObject by echoing the request (no runtime behind it), and report both and the
+    /// ratios: the floor the gate is measured against, in the same run.
+    #[arg(long)]
+    baseline: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -120,6 +129,11 @@ pub(crate) struct LocalArgs {
     /// record committed with the state before the reply). Needs a store.
     #[arg(long)]
     reliable: bool,
+    /// Then run the same callers against bare tokio actors (one task per object, an mpsc
+    /// queue in and a oneshot reply out) and report both and the ratios: the floor local calls
+    /// are measured against, in the same run.
+    #[arg(long)]
+    baseline: bool,
     #[command(flatten)]
     postgres: PostgresArgs,
 }
@@ -128,6 +142,7 @@ pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Local(args) => local(args).await,
         BenchCommand::Gate(args) => gate(args).await,
+        BenchCommand::Echo => echo_process().await,
         BenchCommand::ShardMap(args) => crate::bench_map::shard_map(args).await,
         BenchCommand::Cluster(args) => cluster(args).await,
     }
@@ -400,24 +415,46 @@ async fn local(args: LocalArgs) -> anyhow::Result<()> {
     let us = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     let errors = errors.load(Ordering::Relaxed);
     let commits = node.stats().commits;
+    node.shutdown(Duration::from_secs(30)).await;
+    let ours = Load {
+        histogram: histogram.clone(),
+        errors,
+        elapsed,
+    };
+    let baseline = if args.baseline {
+        if !args.json {
+            eprintln!("the same callers against bare tokio actors (mpsc in, oneshot out)");
+        }
+        Some(ask_baseline(args.objects, args.callers, args.duration, args.json).await)
+    } else {
+        None
+    };
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "calls_per_sec": per_sec.round(),
-                "p50_us": us(0.5),
-                "p99_us": us(0.99),
-                "p999_us": us(0.999),
-                "calls": calls,
-                "errors": errors,
-                "objects": args.objects,
-                "callers": args.callers,
-                "seconds": elapsed.as_secs_f64(),
-                "durability": if durable { "write-through" } else { "periodic" },
-                "reliable": reliable,
-                "commits": commits,
-            })
-        );
+        let mut value = serde_json::json!({
+            "calls_per_sec": per_sec.round(),
+            "p50_us": us(0.5),
+            "p99_us": us(0.99),
+            "p999_us": us(0.999),
+            "calls": calls,
+            "errors": errors,
+            "objects": args.objects,
+            "callers": args.callers,
+            "seconds": elapsed.as_secs_f64(),
+            "durability": if durable { "write-through" } else { "periodic" },
+            "reliable": reliable,
+            "commits": commits,
+        });
+        if let Some(floor) = &baseline {
+            add_baseline(
+                &mut value,
+                &ours,
+                floor,
+                args.objects,
+                args.callers,
+                "tokio mpsc+oneshot ask",
+            );
+        }
+        println!("{value}");
     } else {
         println!(
             "objects {}  callers {}  duration {:.1} s  {}",
@@ -443,10 +480,88 @@ async fn local(args: LocalArgs) -> anyhow::Result<()> {
             us(0.99),
             us(0.999)
         );
+        if let Some(floor) = &baseline {
+            print_baseline(
+                &ours,
+                floor,
+                args.objects,
+                args.callers,
+                "tokio mpsc+oneshot ask",
+            );
+        }
     }
-    node.shutdown(Duration::from_secs(30)).await;
     anyhow::ensure!(errors == 0, "{errors} calls failed");
     Ok(())
+}
+
+/// The floor of a local call: one tokio task per object holding its counter, asked through an
+/// mpsc queue with a oneshot for the reply, by callers looping as the local bench's do.
+async fn ask_baseline(objects: usize, callers: usize, seconds: f64, quiet: bool) -> Load {
+    type Ask = (i32, tokio::sync::oneshot::Sender<i32>);
+    let actors: Arc<Vec<tokio::sync::mpsc::Sender<Ask>>> = Arc::new(
+        (0..objects)
+            .map(|_| {
+                let (tx, mut rx) = tokio::sync::mpsc::channel::<Ask>(1024);
+                tokio::spawn(async move {
+                    let mut value = 0i32;
+                    while let Some((delta, reply)) = rx.recv().await {
+                        value = value.wrapping_add(delta);
+                        let _ = reply.send(value);
+                    }
+                });
+                tx
+            })
+            .collect(),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..callers {
+        let (actors, stop, errors) = (actors.clone(), stop.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut histogram = Histogram::<u64>::new(3).expect("valid histogram");
+            let mut rng = fastrand::Rng::new();
+            let mut local = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let actor = &actors[rng.usize(..actors.len())];
+                let started = Instant::now();
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                let ok = actor.send((1, reply)).await.is_ok() && answer.await.is_ok();
+                let nanos = started.elapsed().as_nanos() as u64;
+                if !ok {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = histogram.record(nanos.max(1));
+                local += 1;
+                if local == 256 {
+                    local = 0;
+                    tokio::task::yield_now().await;
+                }
+            }
+            histogram
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    let mut histogram = Histogram::<u64>::new(3).expect("valid histogram");
+    for task in tasks {
+        if let Ok(h) = task.await {
+            let _ = histogram.add(h);
+        }
+    }
+    if !quiet {
+        eprintln!(
+            "  {:.0} asks/s",
+            histogram.len() as f64 / elapsed.as_secs_f64()
+        );
+    }
+    Load {
+        histogram,
+        errors: errors.load(Ordering::Relaxed),
+        elapsed,
+    }
 }
 
 /// `goverse bench cluster`: node B serves every shard; callers on node A call B's counters,
@@ -544,10 +659,7 @@ type CallFn = Arc<
 
 async fn gate(args: GateArgs) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    use goverse::prost::Message as _;
-    use goverse_proto::gate::CallObjectRequest;
-    use goverse_proto::gate::gate_service_client::GateServiceClient;
-
+    use tokio::io::AsyncBufReadExt as _;
     anyhow::ensure!(args.objects > 0, "--objects must be at least 1");
     anyhow::ensure!(args.callers > 0, "--callers must be at least 1");
     anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
@@ -575,37 +687,194 @@ async fn gate(args: GateArgs) -> anyhow::Result<()> {
             )
         })
     } else {
-        let mut clients = Vec::new();
-        for _ in 0..args.connections {
-            let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", args.gate))?
-                .tcp_nodelay(true)
-                .connect()
-                .await
-                .with_context(|| format!("cannot connect to the gate at {}", args.gate))?;
-            clients.push(GateServiceClient::new(channel));
-        }
-        let one = Int32Value { value: 1 }.encode_to_vec();
-        let type_url = format!("{}google.protobuf.Int32Value", goverse::TYPE_URL_PREFIX);
-        let clients = Arc::new(clients);
-        Arc::new(move |caller, object| {
-            let mut client = clients[caller % clients.len()].clone();
-            let request = CallObjectRequest {
-                client_id: String::new(),
-                r#type: "Counter".to_owned(),
-                id: format!("bench-{object}"),
-                method: "Add".to_owned(),
-                request: Some(prost_types::Any {
-                    type_url: type_url.clone(),
-                    value: one.clone(),
-                }),
-            };
-            Box::pin(async move { client.call_object(request).await.is_ok() })
-        })
+        grpc_calls(&args.gate, args.connections).await?
     };
     let load = drive(args.callers, objects, args.duration, args.json, call).await?;
-    load.report(args.json, objects, args.callers);
+    if !args.baseline {
+        load.report(args.json, objects, args.callers);
+        anyhow::ensure!(load.errors == 0, "{} calls failed", load.errors);
+        return Ok(());
+    }
+    anyhow::ensure!(
+        !args.http,
+        "--baseline compares gRPC calls; leave out --http"
+    );
+    // The echo server is a process of its own, as the gate is, so both runs cross the same
+    // process boundary and share the machine the same way.
+    let mut echo = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["bench", "echo"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start the echo server")?;
+    let mut lines = tokio::io::BufReader::new(echo.stdout.take().expect("piped")).lines();
+    let address = lines
+        .next_line()
+        .await?
+        .context("the echo server printed no address")?;
+    if !args.json {
+        eprintln!("the same load against a bare tonic echo server (its own process) at {address}");
+    }
+    let call = grpc_calls(&address, args.connections).await?;
+    let baseline = drive(args.callers, objects, args.duration, args.json, call).await?;
+    drop(echo.stdin.take());
+    let _ = tokio::time::timeout(Duration::from_secs(5), echo.wait()).await;
+    compare(
+        &load,
+        &baseline,
+        args.json,
+        objects,
+        args.callers,
+        "tonic echo",
+    );
     anyhow::ensure!(load.errors == 0, "{} calls failed", load.errors);
     Ok(())
+}
+
+/// Counter.Add calls over `connections` gRPC connections to the gate (or echo server) at
+/// `address`, each caller on one of them.
+async fn grpc_calls(address: &str, connections: usize) -> anyhow::Result<CallFn> {
+    use goverse::prost::Message as _;
+    use goverse_proto::gate::CallObjectRequest;
+    use goverse_proto::gate::gate_service_client::GateServiceClient;
+
+    let mut clients = Vec::new();
+    for _ in 0..connections {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to the gate at {address}"))?;
+        clients.push(GateServiceClient::new(channel));
+    }
+    let one = Int32Value { value: 1 }.encode_to_vec();
+    let type_url = format!("{}google.protobuf.Int32Value", goverse::TYPE_URL_PREFIX);
+    let clients = Arc::new(clients);
+    Ok(Arc::new(move |caller, object| {
+        let mut client = clients[caller % clients.len()].clone();
+        let request = CallObjectRequest {
+            client_id: String::new(),
+            r#type: "Counter".to_owned(),
+            id: format!("bench-{object}"),
+            method: "Add".to_owned(),
+            request: Some(prost_types::Any {
+                type_url: type_url.clone(),
+                value: one.clone(),
+            }),
+        };
+        Box::pin(async move { client.call_object(request).await.is_ok() })
+    }))
+}
+
+/// A gate service that answers CallObject with the request's payload and nothing else.
+struct Echo;
+
+#[tonic::async_trait]
+impl goverse_proto::gate::gate_service_server::GateService for Echo {
+    type RegisterStream = futures::stream::Empty<Result<prost_types::Any, tonic::Status>>;
+
+    async fn register(
+        &self,
+        _request: tonic::Request<goverse_proto::gate::Empty>,
+    ) -> Result<tonic::Response<Self::RegisterStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("echo only"))
+    }
+
+    async fn call_object(
+        &self,
+        request: tonic::Request<goverse_proto::gate::CallObjectRequest>,
+    ) -> Result<tonic::Response<goverse_proto::gate::CallObjectResponse>, tonic::Status> {
+        Ok(tonic::Response::new(
+            goverse_proto::gate::CallObjectResponse {
+                response: request.into_inner().request,
+            },
+        ))
+    }
+
+    async fn create_object(
+        &self,
+        _request: tonic::Request<goverse_proto::gate::CreateObjectRequest>,
+    ) -> Result<tonic::Response<goverse_proto::gate::CreateObjectResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("echo only"))
+    }
+
+    async fn delete_object(
+        &self,
+        _request: tonic::Request<goverse_proto::gate::DeleteObjectRequest>,
+    ) -> Result<tonic::Response<goverse_proto::gate::DeleteObjectResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("echo only"))
+    }
+
+    async fn reliable_call_object(
+        &self,
+        _request: tonic::Request<goverse_proto::gate::ReliableCallObjectRequest>,
+    ) -> Result<tonic::Response<goverse_proto::gate::ReliableCallObjectResponse>, tonic::Status>
+    {
+        Err(tonic::Status::unimplemented("echo only"))
+    }
+}
+
+/// `goverse bench echo`: serves [`Echo`] on a free loopback port, printing the address, until
+/// standard input closes.
+async fn echo_process() -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    println!("{}", listener.local_addr()?);
+    std::io::stdout().flush()?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(goverse_proto::gate::gate_service_server::GateServiceServer::new(Echo))
+        .serve_with_incoming_shutdown(incoming, async {
+            let mut sink = Vec::new();
+            let _ = tokio::io::stdin().read_to_end(&mut sink).await;
+        })
+        .await?;
+    Ok(())
+}
+
+/// `ours` / `floor`: (calls/s ratio, p50 ratio).
+fn ratios(ours: &Load, floor: &Load) -> (f64, f64) {
+    let rate = |l: &Load| l.histogram.len() as f64 / l.elapsed.as_secs_f64();
+    let p50 = |l: &Load| l.histogram.value_at_quantile(0.5) as f64 / 1000.0;
+    (rate(ours) / rate(floor), p50(ours) / p50(floor))
+}
+
+/// Adds the baseline `floor` and the ratios to a bench's JSON.
+fn add_baseline(
+    value: &mut serde_json::Value,
+    ours: &Load,
+    floor: &Load,
+    objects: usize,
+    callers: usize,
+    name: &str,
+) {
+    let (throughput, latency) = ratios(ours, floor);
+    value["baseline"] = floor.json(objects, callers);
+    value["baseline_name"] = name.into();
+    value["throughput_vs_baseline"] = ((throughput * 1000.0).round() / 1000.0).into();
+    value["p50_vs_baseline"] = ((latency * 1000.0).round() / 1000.0).into();
+}
+
+/// Prints the baseline `floor` and the ratios after a bench's own lines.
+fn print_baseline(ours: &Load, floor: &Load, objects: usize, callers: usize, name: &str) {
+    let (throughput, latency) = ratios(ours, floor);
+    println!("-- baseline: {name}");
+    floor.report(false, objects, callers);
+    println!("-- ours / baseline: calls/s {throughput:.2} x, p50 {latency:.2} x");
+}
+
+/// Prints `ours` and `floor` and how they compare.
+fn compare(ours: &Load, floor: &Load, json: bool, objects: usize, callers: usize, name: &str) {
+    if json {
+        let mut value = ours.json(objects, callers);
+        add_baseline(&mut value, ours, floor, objects, callers, name);
+        println!("{value}");
+    } else {
+        ours.report(false, objects, callers);
+        print_baseline(ours, floor, objects, callers, name);
+    }
 }
 
 struct Load {
@@ -615,25 +884,28 @@ struct Load {
 }
 
 impl Load {
+    fn json(&self, objects: usize, callers: usize) -> serde_json::Value {
+        let calls = self.histogram.len();
+        let us = |q: f64| self.histogram.value_at_quantile(q) as f64 / 1000.0;
+        serde_json::json!({
+            "calls_per_sec": (calls as f64 / self.elapsed.as_secs_f64()).round(),
+            "p50_us": us(0.5),
+            "p99_us": us(0.99),
+            "p999_us": us(0.999),
+            "calls": calls,
+            "errors": self.errors,
+            "objects": objects,
+            "callers": callers,
+            "seconds": self.elapsed.as_secs_f64(),
+        })
+    }
+
     fn report(&self, json: bool, objects: usize, callers: usize) {
         let calls = self.histogram.len();
         let per_sec = calls as f64 / self.elapsed.as_secs_f64();
         let us = |q: f64| self.histogram.value_at_quantile(q) as f64 / 1000.0;
         if json {
-            println!(
-                "{}",
-                serde_json::json!({
-                    "calls_per_sec": per_sec.round(),
-                    "p50_us": us(0.5),
-                    "p99_us": us(0.99),
-                    "p999_us": us(0.999),
-                    "calls": calls,
-                    "errors": self.errors,
-                    "objects": objects,
-                    "callers": callers,
-                    "seconds": self.elapsed.as_secs_f64(),
-                })
-            );
+            println!("{}", self.json(objects, callers));
         } else {
             println!(
                 "objects {objects}  callers {callers}  duration {:.1} s",

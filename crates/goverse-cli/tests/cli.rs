@@ -62,6 +62,7 @@ fn bench_local_json_has_the_documented_keys() {
         "--duration",
         "0.3",
         "--json",
+        "--baseline",
     ]);
     assert!(
         out.status.success(),
@@ -77,6 +78,18 @@ fn bench_local_json_has_the_documented_keys() {
         );
     }
     assert_eq!(report["errors"], 0);
+    // The same run measured the floor: bare tokio actors asked over mpsc and oneshot.
+    assert_eq!(
+        report["baseline_name"], "tokio mpsc+oneshot ask",
+        "{report}"
+    );
+    for key in ["throughput_vs_baseline", "p50_vs_baseline"] {
+        assert!(
+            report[key].as_f64().is_some_and(|v| v > 0.0),
+            "{key} in {report}"
+        );
+    }
+    assert!(report["baseline"]["calls_per_sec"].as_f64().unwrap() > 0.0);
 
     let out = goverse(&[
         "bench",
@@ -287,6 +300,36 @@ fn demo_serves_until_sigterm_then_saves_and_exits_zero() {
     );
     let value: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(value, serde_json::json!({"value": 5}));
+    // Load through the gate, then the same against a bare tonic echo process.
+    let out = goverse(&[
+        "bench",
+        "gate",
+        "--gate",
+        &grpc,
+        "--callers",
+        "4",
+        "--connections",
+        "1",
+        "--objects",
+        "10",
+        "--duration",
+        "0.3",
+        "--baseline",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["baseline_name"], "tonic echo", "{report}");
+    assert_eq!(report["baseline"]["errors"], 0, "{report}");
+    assert!(
+        report["throughput_vs_baseline"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
     let out = goverse(&["call", "--gate", &grpc, "Counter", "my-counter", "Nope"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no method \"Nope\""));
