@@ -6,6 +6,7 @@
 //! admits new work, and a write can only be fenced with the epoch the shard is served under.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use goverse_core::{CallError, NodeAddr, ObjectId, ShardId};
 use goverse_persistence::Fence;
@@ -116,6 +117,9 @@ pub(crate) enum Lookup {
 pub(crate) struct ShardDirectory {
     address: NodeAddr,
     shards: Box<[RwLock<ShardSlot>]>,
+    /// Whether each table admits turns, as last set under its lock: a hint that lets a call
+    /// for a shard served elsewhere go there without taking the lock or building a refusal.
+    admitting: Box<[AtomicBool]>,
     /// Notified when a shard starts being served (the auto-loader waits on it).
     served: tokio::sync::Notify,
 }
@@ -134,9 +138,11 @@ impl ShardDirectory {
                 })
             })
             .collect();
+        let admitting = (0..=count).map(|_| AtomicBool::new(false)).collect();
         Self {
             address,
             shards,
+            admitting,
             served: tokio::sync::Notify::new(),
         }
     }
@@ -176,15 +182,26 @@ impl ShardDirectory {
     pub(crate) fn apply(&self, shard: ShardId, event: ShardEvent) -> ShardState {
         let mut slot = self.slot(shard).write();
         match slot.state.step(event) {
-            Ok(next) => {
-                if next.admits_turns() && !slot.state.admits_turns() {
-                    self.served.notify_one();
-                }
-                slot.state = next;
-            }
+            Ok(next) => self.set_state(shard, &mut slot, next),
             Err(err) => tracing::error!(%shard, cause = %err, "shard state unchanged"),
         }
         slot.state
+    }
+
+    /// Moves `slot` (of `shard`, locked by the caller) to `next`, keeping the hint in step.
+    fn set_state(&self, shard: ShardId, slot: &mut ShardSlot, next: ShardState) {
+        if next.admits_turns() && !slot.state.admits_turns() {
+            self.served.notify_one();
+        }
+        slot.state = next;
+        self.admitting[shard.0 as usize].store(next.admits_turns(), Ordering::Release);
+    }
+
+    /// Whether table `table` (a shard, or [`ShardDirectory::node_slot`]) admitted turns when
+    /// last looked at: a hint, without the lock. A call may go elsewhere on it; what runs here
+    /// is still checked under the lock.
+    pub(crate) fn admits_hint(&self, table: ShardId) -> bool {
+        self.admitting[table.0 as usize].load(Ordering::Acquire)
     }
 
     /// Resolves once a shard has started being served since the last time it resolved.
@@ -211,7 +228,7 @@ impl ShardDirectory {
         }
         slot.claim_epoch = epoch;
         match slot.state.step(ShardEvent::ClaimStarted) {
-            Ok(next) => slot.state = next,
+            Ok(next) => self.set_state(shard, &mut slot, next),
             Err(err) => tracing::error!(%shard, cause = %err, "shard state unchanged"),
         }
     }
@@ -221,7 +238,7 @@ impl ShardDirectory {
     pub(crate) fn lose(&self, shard: ShardId) -> usize {
         let mut slot = self.slot(shard).write();
         if let Ok(next) = slot.state.step(ShardEvent::Fence) {
-            slot.state = next;
+            self.set_state(shard, &mut slot, next);
         }
         let dropped = slot.objects.len();
         slot.objects.clear();

@@ -258,6 +258,21 @@ impl NodeInner {
         }
     }
 
+    /// [`NodeInner::route`], with the directory table the object lives in (its shard, or the
+    /// node's own slot for an ID pinned to this node).
+    fn route_with_table(&self, id: &ObjectId) -> Result<(ShardId, ShardId), CallError> {
+        let shard = self.route(id)?;
+        let pinned_here = matches!(id.kind(), Ok(ObjectIdKind::FixedNode(_)));
+        Ok((
+            shard,
+            if pinned_here {
+                self.directory.node_slot()
+            } else {
+                shard
+            },
+        ))
+    }
+
     fn route(&self, id: &ObjectId) -> Result<ShardId, CallError> {
         let count = self.config.shard_count;
         match id.kind()? {
@@ -392,8 +407,13 @@ impl NodeInner {
             client,
             forward,
         } = scope;
-        let shard = match self.check_serving().and_then(|()| self.route(id)) {
-            Ok(shard) => Some(shard),
+        let shard = match self.check_serving().and_then(|()| self.route_with_table(id)) {
+            // A shard this node does not serve (as far as the hint knows) goes straight to its
+            // owner, without a lookup or a refusal made only to be dropped.
+            Ok((_, table)) if forward && !self.directory.admits_hint(table) && self.forwards() => {
+                None
+            }
+            Ok((shard, _)) => Some(shard),
             Err(err) if err.is_not_served() && forward && self.forwards() => None,
             Err(err) => return Err(err),
         };
