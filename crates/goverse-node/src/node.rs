@@ -407,7 +407,10 @@ impl NodeInner {
             client,
             forward,
         } = scope;
-        let shard = match self.check_serving().and_then(|()| self.route_with_table(id)) {
+        let shard = match self
+            .check_serving()
+            .and_then(|()| self.route_with_table(id))
+        {
             // A shard this node does not serve (as far as the hint knows) goes straight to its
             // owner, without a lookup or a refusal made only to be dropped.
             Ok((_, table)) if forward && !self.directory.admits_hint(table) && self.forwards() => {

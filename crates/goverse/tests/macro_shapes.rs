@@ -1,3 +1,6 @@
+//! Every method shape `#[goverse::object]` accepts compiles (the refused ones are the
+//! compile-fail cases of goverse-macros' UI tests).
+
 use goverse::prelude::*;
 
 #[derive(Default)]
@@ -9,7 +12,11 @@ impl Object for Thing {}
 impl Thing {
     /// With a context, writing.
     #[method]
-    async fn add(&mut self, ctx: &ObjectContext, request: Int32Value) -> Result<Int32Value, ObjectError> {
+    async fn add(
+        &mut self,
+        ctx: &ObjectContext,
+        request: Int32Value,
+    ) -> Result<Int32Value, ObjectError> {
         let _ = ctx.id();
         Ok(request)
     }
@@ -26,7 +33,8 @@ impl Thing {
     }
 }
 
-fn main() {
+#[test]
+fn every_method_shape_compiles_and_keeps_its_wire_name() {
     let _ = ThingRef::new("x").with_timeout(std::time::Duration::from_secs(1));
     assert_eq!(<Thing as goverse::Dispatch>::METHODS[1].name, "Peek");
     let _ = Thing.helper();
