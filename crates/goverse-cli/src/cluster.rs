@@ -202,6 +202,7 @@ pub(crate) async fn gate(config_path: &Path, gate_id: &str) -> anyhow::Result<()
             access_rules: file.object_access_rules.clone(),
             lifecycle_rules: file.object_lifecycle_rules.clone(),
             peer_secret: file.cluster.secret.clone(),
+            min_quorum: file.cluster.min_quorum.unwrap_or(1),
             ..GateConfig::default()
         },
         Arc::new(AllowAnonymous),

@@ -42,6 +42,9 @@ pub struct GateConfig {
     /// The cluster's shared secret, presented to every node (which refuse peers without it
     /// when they have one).
     pub peer_secret: Option<String>,
+    /// In a cluster: the nodes the map must hold for the gate to report ready (the cluster's
+    /// `min_quorum`). Default 1.
+    pub min_quorum: usize,
 }
 
 impl Default for GateConfig {
@@ -56,6 +59,7 @@ impl Default for GateConfig {
             access_rules: Vec::new(),
             lifecycle_rules: Vec::new(),
             peer_secret: None,
+            min_quorum: 1,
         }
     }
 }
@@ -96,12 +100,14 @@ async fn keep_registered(
             () = gate.stop.cancelled() => return,
             () = tokio::time::sleep(ttl / 3) => {}
         }
+        let asked = tokio::time::Instant::now();
         match cluster.keep_alive(lease).await {
-            Ok(()) => {}
+            Ok(()) => *gate.renewed.lock() = Some((asked, ttl)),
             Err(goverse_cluster::ClusterError::LeaseExpired(_)) => {
                 match register(&*cluster, &key, ttl).await {
                     Ok(renewed) => {
                         lease = renewed;
+                        *gate.renewed.lock() = Some((asked, ttl));
                         let mut registration = gate.registration.lock();
                         if registration.is_some() {
                             *registration = Some((cluster.clone(), lease));
@@ -152,6 +158,9 @@ pub(crate) struct GateInner {
     router: Router,
     /// The gate's registration in the cluster, when it is in one.
     registration: parking_lot::Mutex<Option<(Arc<dyn ClusterStore>, LeaseId)>>,
+    /// In a cluster: when the last renewal of the registration that succeeded was asked for,
+    /// and the lease's TTL.
+    renewed: parking_lot::Mutex<Option<(tokio::time::Instant, Duration)>>,
     pub(crate) stop: CancellationToken,
     /// Ends client streams (Register and SSE); a child of `stop`.
     pub(crate) streams_stop: CancellationToken,
@@ -224,12 +233,14 @@ impl Gate {
         config.node = format!("cluster {}", keys.prefix());
         let key = keys.gate(&config.advertise_address);
         let gate = Self::start_with(config, handler, Routing::Map(view, shard_count))?;
+        let asked = tokio::time::Instant::now();
         let lease = register(&*cluster, &key, lease_ttl)
             .await
             .inspect_err(|_| {
                 gate.inner.stop.cancel();
             })?;
         *gate.inner.registration.lock() = Some((cluster.clone(), lease));
+        *gate.inner.renewed.lock() = Some((asked, lease_ttl));
         gate.inner.tasks.spawn(keep_registered(
             gate.inner.clone(),
             cluster,
@@ -294,6 +305,7 @@ impl Gate {
             catalog,
             router,
             registration: parking_lot::Mutex::new(None),
+            renewed: parking_lot::Mutex::new(None),
             streams_stop: stop.child_token(),
             stop,
             tasks: TaskTracker::new(),
@@ -306,6 +318,44 @@ impl Gate {
     /// The gate's configuration.
     pub fn config(&self) -> &GateConfig {
         &self.inner.config
+    }
+
+    /// Whether the gate serves now, or why not: it is not stopping, a node link is up and has
+    /// described what it serves, and in a cluster its registration was renewed within half
+    /// its TTL and the map holds at least `min_quorum` nodes. Live: false while any of these
+    /// fails, true again once they hold.
+    pub fn readiness(&self) -> Result<(), String> {
+        let inner = &self.inner;
+        if inner.stop.is_cancelled() {
+            return Err("gate is stopping".to_owned());
+        }
+        if let Some((asked, ttl)) = *inner.renewed.lock() {
+            let since = asked.elapsed();
+            if since >= ttl / 2 {
+                return Err(format!(
+                    "the gate's cluster registration was last renewed {since:?} ago (lease \
+                     {ttl:?}); is the cluster store reachable?"
+                ));
+            }
+            if let Some(view) = inner.router.view() {
+                let nodes = view.borrow().nodes.len();
+                if nodes < inner.config.min_quorum {
+                    return Err(format!(
+                        "the cluster has {nodes} nodes, below its quorum of {}",
+                        inner.config.min_quorum
+                    ));
+                }
+            }
+        }
+        if inner.catalog.read().described().is_none() || !self.is_connected() {
+            return Err(format!("node {} is not connected", inner.config.node));
+        }
+        Ok(())
+    }
+
+    /// [`Gate::readiness`] as a flag.
+    pub fn is_ready(&self) -> bool {
+        self.readiness().is_ok()
     }
 
     /// Whether a link to a node is up now (in a cluster: to at least one node).

@@ -244,28 +244,15 @@ async fn method_not_allowed(method: Method) -> HttpError {
 }
 
 async fn ready_handler(State(gate): State<Arc<GateInner>>) -> HttpResult {
-    if gate.stop.is_cancelled() {
+    let gate = Gate { inner: gate };
+    if let Err(why) = gate.readiness() {
         return Err(HttpError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "NOT_READY",
-            "gate is stopping",
-        ));
-    }
-    if gate.catalog.read().described().is_none() || !gate_link_up(&gate) {
-        return Err(HttpError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "NOT_READY",
-            format!("node {} is not connected", gate.config.node),
+            why,
         ));
     }
     Ok(axum::Json(json!({"status": "ready"})).into_response())
-}
-
-fn gate_link_up(gate: &Arc<GateInner>) -> bool {
-    Gate {
-        inner: gate.clone(),
-    }
-    .is_connected()
 }
 
 fn remote_of(request: &Request) -> Option<SocketAddr> {

@@ -1452,3 +1452,77 @@ async fn a_second_link_cannot_take_over_a_connected_gate_s_pushes() {
     twin.shutdown(Duration::from_secs(1)).await;
     s.stop().await;
 }
+
+/// A gate of a cluster reports ready only while its registration is renewed and the map holds
+/// its quorum: etcd stopped, it turns not ready within half its lease; etcd back, ready again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_gate_is_ready_only_while_its_lease_is_renewed_and_its_quorum_holds() {
+    use goverse::cluster::{ClusterStore, EtcdClusterStore, EtcdConfig};
+    let mut etcd = goverse_testkit::EtcdServer::start();
+    let cluster: Arc<dyn ClusterStore> = Arc::new(
+        EtcdClusterStore::connect(&EtcdConfig {
+            endpoints: vec![etcd.endpoint()],
+            ..EtcdConfig::default()
+        })
+        .await
+        .unwrap(),
+    );
+    let stop = CancellationToken::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node = Node::builder(NodeConfig {
+        address: listener.local_addr().unwrap().to_string(),
+        shard_count: 16,
+        lease_ttl: Duration::from_secs(2),
+        stability_window: Duration::from_millis(200),
+        ..NodeConfig::default()
+    })
+    .register::<Tally>()
+    .cluster_store(cluster.clone())
+    .start()
+    .await
+    .unwrap();
+    tokio::spawn(goverse::serve(
+        node.clone(),
+        listener,
+        stop.clone().cancelled_owned(),
+    ));
+    let start_gate = |min_quorum: usize| {
+        let cluster = cluster.clone();
+        async move {
+            let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            Gate::start_in_cluster(
+                GateConfig {
+                    advertise_address: grpc.local_addr().unwrap().to_string(),
+                    min_quorum,
+                    ..GateConfig::default()
+                },
+                Arc::new(AllowAnonymous),
+                cluster,
+                "/goverse",
+                16,
+                Duration::from_secs(1),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let gate = start_gate(1).await;
+    assert_eventually!(gate.is_ready(), Duration::from_secs(10));
+    // A quorum of two is not met by one node.
+    let waiting = start_gate(2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let why = waiting.readiness().unwrap_err();
+    assert!(why.contains("below its quorum of 2"), "{why}");
+
+    etcd.stop();
+    assert_eventually!(!gate.is_ready(), Duration::from_secs(3));
+    let why = gate.readiness().unwrap_err();
+    assert!(why.contains("registration was last renewed"), "{why}");
+    etcd.start_again();
+    assert_eventually!(gate.is_ready(), Duration::from_secs(20));
+
+    gate.shutdown(Duration::from_secs(2)).await;
+    waiting.shutdown(Duration::from_secs(2)).await;
+    node.shutdown(Duration::from_secs(5)).await;
+    stop.cancel();
+}
