@@ -153,15 +153,6 @@ pub(crate) fn config(command: ConfigCommand) -> anyhow::Result<()> {
     }
 }
 
-fn warn_unauthenticated(config: &ClusterFile) {
-    // The file is checked on load: without a secret every address is loopback.
-    if config.cluster.secret.is_none() {
-        tracing::warn!(
-            "peers are not authenticated (no cluster.secret): fine on loopback, as this file has it"
-        );
-    }
-}
-
 /// `goverse node --config FILE --node-id ID`: a node of the file's cluster serving the bundled
 /// sample types, through the same helper a user's node program calls.
 pub(crate) async fn node(args: NodeArgs) -> anyhow::Result<()> {
@@ -178,7 +169,7 @@ pub(crate) async fn node(args: NodeArgs) -> anyhow::Result<()> {
 pub(crate) async fn gate(config_path: &Path, gate_id: &str) -> anyhow::Result<()> {
     let file = load(config_path)?;
     let entry = file.gate(gate_id).map_err(anyhow::Error::msg)?.clone();
-    warn_unauthenticated(&file);
+    goverse::run::warn_if_unauthenticated(&file);
     let grpc_listener = TcpListener::bind(&entry.grpc_addr)
         .await
         .with_context(|| format!("cannot listen on {} (gRPC)", entry.grpc_addr))?;

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use goverse_core::{ChainId, NodeAddr, ObjectId, ObjectIdKind, ShardId};
+use goverse_core::{NodeAddr, ObjectId, ObjectIdKind, ShardId};
 
 type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
@@ -145,20 +145,17 @@ impl AutoLoaded {
         F: Fn(&'static str, ObjectId) -> Fut,
         Fut: Future<Output = Result<(), goverse_core::CallError>>,
     {
-        let missing: Vec<(&'static str, ObjectId)> = self
-            .wanted
-            .iter()
-            .filter(|w| serves(w.shard, &w.id) && !active(w.shard, &w.id))
-            .map(|w| (w.type_name, w.id.clone()))
-            .collect();
         let mut created = 0;
         let mut failed = 0;
         let mut first = None;
-        // Built before the stream, so the stream holds no closure (whose signature would have
-        // to be higher-ranked for the future to be `Send`).
-        let creates: Vec<_> = missing
-            .into_iter()
-            .map(|(type_name, id)| {
+        // Collected before the stream, so the stream holds no closure (whose signature would
+        // have to be higher-ranked for the future to be `Send`).
+        let creates: Vec<_> = self
+            .wanted
+            .iter()
+            .filter(|w| serves(w.shard, &w.id) && !active(w.shard, &w.id))
+            .map(|w| {
+                let (type_name, id) = (w.type_name, w.id.clone());
                 let done = create(type_name, id.clone());
                 async move { (type_name, id, done.await) }
             })
@@ -177,11 +174,6 @@ impl AutoLoaded {
         }
         (created, failed, first)
     }
-}
-
-/// A new root chain for each auto-load create: nothing calls them.
-pub(crate) fn chain() -> ChainId {
-    ChainId::new_root()
 }
 
 #[cfg(test)]

@@ -209,9 +209,9 @@ impl ShardDirectory {
         self.served.notified().await;
     }
 
-    /// Whether the table `id` lives in admits turns now.
+    /// [`ShardDirectory::admits_hint`] of the table `id` lives in.
     pub(crate) fn admits(&self, shard: ShardId, id: &ObjectId) -> bool {
-        self.table(shard, id).1.read().state.admits_turns()
+        self.admits_hint(self.table(shard, id).0)
     }
 
     /// The cluster store recorded this node's claim of `shard` under `epoch`. Activations left

@@ -258,33 +258,31 @@ impl NodeInner {
         }
     }
 
-    /// [`NodeInner::route`], with the directory table the object lives in (its shard, or the
-    /// node's own slot for an ID pinned to this node).
+    /// The shard `id` routes to, and the directory table it lives in (its shard, or the node's
+    /// own slot for an ID pinned to this node), from one parse of the ID.
     fn route_with_table(&self, id: &ObjectId) -> Result<(ShardId, ShardId), CallError> {
-        let shard = self.route(id)?;
-        let pinned_here = matches!(id.kind(), Ok(ObjectIdKind::FixedNode(_)));
-        Ok((
-            shard,
-            if pinned_here {
-                self.directory.node_slot()
-            } else {
-                shard
-            },
-        ))
-    }
-
-    fn route(&self, id: &ObjectId) -> Result<ShardId, CallError> {
         let count = self.config.shard_count;
         match id.kind()? {
-            ObjectIdKind::Regular => Ok(ShardId(fnv1a_32(id.as_str().as_bytes()) % count)),
+            ObjectIdKind::Regular => {
+                let shard = ShardId(fnv1a_32(id.as_str().as_bytes()) % count);
+                Ok((shard, shard))
+            }
             ObjectIdKind::FixedNode(addr) if addr != self.address.as_str() => {
                 Err(CallError::not_served(format!(
                     "object {id} is pinned to node {addr}, and this is node {}",
                     self.address
                 )))
             }
-            ObjectIdKind::FixedShard(_) | ObjectIdKind::FixedNode(_) => Ok(shard_of(id, count)?),
+            ObjectIdKind::FixedNode(_) => Ok((shard_of(id, count)?, self.directory.node_slot())),
+            ObjectIdKind::FixedShard(_) => {
+                let shard = shard_of(id, count)?;
+                Ok((shard, shard))
+            }
         }
+    }
+
+    fn route(&self, id: &ObjectId) -> Result<ShardId, CallError> {
+        self.route_with_table(id).map(|(shard, _)| shard)
     }
 
     fn entry(&self, type_name: &str) -> Result<&dyn TypeEntry, CallError> {
@@ -867,7 +865,7 @@ impl NodeInner {
                         |type_name, id| {
                             let node = self.clone();
                             async move {
-                                node.create(type_name, &id, crate::autoload::chain(), deadline)
+                                node.create(type_name, &id, ChainId::new_root(), deadline)
                                     .await
                             }
                         },

@@ -188,7 +188,7 @@ fn open_connection(config: &SqliteConfig) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-fn migrate(conn: &mut Connection, config: &SqliteConfig) -> Result<(), StoreError> {
+fn migrate(conn: &Connection, config: &SqliteConfig) -> Result<(), StoreError> {
     let path = &config.path;
     let at = |err| classify(path, err);
     // One write transaction for the check and every step: processes opening a new shared file
@@ -277,8 +277,8 @@ impl SqliteStore {
                 ))
             })?;
         }
-        let mut writer = open_connection(&config)?;
-        migrate(&mut writer, &config)?;
+        let writer = open_connection(&config)?;
+        migrate(&writer, &config)?;
         let reader = open_connection(&config)?;
         Ok(Self {
             writer: Arc::new(Mutex::new(writer)),

@@ -155,6 +155,16 @@ pub async fn open_store(file: &ClusterFile) -> Result<Option<Arc<dyn ObjectStore
     Ok(None)
 }
 
+/// Warns when the file has no cluster secret (it loads only when every address is loopback
+/// then): peers are not authenticated.
+pub fn warn_if_unauthenticated(file: &ClusterFile) {
+    if file.cluster.secret.is_none() {
+        tracing::warn!(
+            "peers are not authenticated (no cluster.secret): fine on loopback, as this file has it"
+        );
+    }
+}
+
 /// Connects to the file's etcd (every endpoint).
 pub async fn connect_cluster(file: &ClusterFile) -> Result<Arc<dyn ClusterStore>, RunError> {
     let etcd = EtcdClusterStore::connect(&file.etcd())
@@ -172,12 +182,7 @@ pub async fn run_node(
     let file = ClusterFile::load(&flags.config).map_err(|e| RunError::new(e.to_string()))?;
     let entry = file.node(&flags.node_id).map_err(RunError::new)?.clone();
     let config = file.node_config(&flags.node_id).map_err(RunError::new)?;
-    if file.cluster.secret.is_none() {
-        // The file is checked on load: without a secret every address is loopback.
-        tracing::warn!(
-            "peers are not authenticated (no cluster.secret): fine on loopback, as this file has it"
-        );
-    }
+    warn_if_unauthenticated(&file);
     if file.inspector.is_some() {
         tracing::warn!("the inspector section is not used yet");
     }
