@@ -1,6 +1,8 @@
 //! `goverse bench local`: whole-system load on one in-process node.
 //! `goverse bench gate`: load through a running gate (gRPC or HTTP) to its node.
 //! `goverse bench shard-map`: a whole shard map written to etcd (in `bench_map`).
+//! `goverse bench cluster`: calls from one node to another over the batched link (its
+//! `--baseline`, a bare tonic stream, in `bench_stream`).
 
 use std::io::Write as _;
 use std::sync::Arc;
@@ -47,6 +49,12 @@ pub(crate) struct ClusterArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Then run the same callers over one bare tonic stream in this process carrying the node
+    /// protocol's messages to a server that answers each call at once (no runtime on either
+    /// end), and report both and the ratios: the floor node links are measured against, in the
+    /// same run.
+    #[arg(long)]
+    baseline: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -642,16 +650,35 @@ async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
         })
     };
     let load = drive(args.callers, args.objects, args.duration, args.json, call).await?;
-    load.report(args.json, args.objects, args.callers);
     caller.shutdown(Duration::from_secs(10)).await;
     owner.shutdown(Duration::from_secs(10)).await;
     stop.cancel();
+    if args.baseline {
+        if !args.json {
+            eprintln!("the same callers over one bare tonic stream to an answering server");
+        }
+        let stop = tokio_util::sync::CancellationToken::new();
+        let call = crate::bench_stream::stream_calls(stop.clone()).await?;
+        let floor = drive(args.callers, args.objects, args.duration, args.json, call).await?;
+        stop.cancel();
+        compare(
+            &load,
+            &floor,
+            args.json,
+            args.objects,
+            args.callers,
+            "bare tonic stream",
+        );
+        anyhow::ensure!(floor.errors == 0, "{} baseline calls failed", floor.errors);
+    } else {
+        load.report(args.json, args.objects, args.callers);
+    }
     anyhow::ensure!(load.errors == 0, "{} calls failed", load.errors);
     Ok(())
 }
 
 /// One caller's next call; returns whether it succeeded.
-type CallFn = Arc<
+pub(crate) type CallFn = Arc<
     dyn Fn(usize, usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
         + Send
         + Sync,

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_map;
+mod bench_stream;
 mod client;
 mod cluster;
 mod db;

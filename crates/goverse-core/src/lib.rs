@@ -24,6 +24,8 @@ pub mod wkt;
 pub use error::{CallError, Clipped, ErrorCode};
 pub use id::{ChainId, IdError, MAX_OBJECT_ID_CHARS, NodeAddr, ObjectId, ObjectIdKind, kind_of};
 pub use identity::{ClientIdentity, gate_of_client};
-pub use message::{AnyMessage, Message, Payload, TYPE_URL_PREFIX, type_name_of_url};
+pub use message::{
+    AnyMessage, Message, Payload, TYPE_URL_PREFIX, message_name, message_type_url, type_name_of_url,
+};
 pub use reliable::{MAX_CALL_ID_CHARS, ReliableOutcome, ReliableStatus};
 pub use shard::{DEFAULT_SHARD_COUNT, ShardId, fnv1a_32, shard_of};

@@ -1,5 +1,8 @@
-use std::any::Any;
+use std::any::{Any, TypeId};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Mutex;
 
 use crate::CallError;
 
@@ -14,10 +17,62 @@ pub trait Message: prost::Message + prost::Name + Default + Send + Sync + 'stati
 
 impl<T> Message for T where T: prost::Message + prost::Name + Default + Send + Sync + 'static {}
 
+/// A message type's names, made once per type and process.
+#[derive(Clone, Copy)]
+struct Names {
+    full: &'static str,
+    type_url: &'static str,
+}
+
+/// The names of `M`. [`prost::Name::full_name`] builds a new string on every call; calls carry
+/// messages by name on every hop, so each type's names are built once, kept for the life of
+/// the process (one pair per message type), and found again through a per-thread table
+/// without a lock.
+fn names_of<M: prost::Name + 'static>() -> Names {
+    /// Every type's names, made once.
+    static MADE: Mutex<Option<HashMap<TypeId, Names>>> = Mutex::new(None);
+    thread_local! {
+        static SEEN: RefCell<HashMap<TypeId, Names>> = RefCell::new(HashMap::new());
+    }
+    let key = TypeId::of::<M>();
+    if let Some(names) = SEEN.with_borrow(|seen| seen.get(&key).copied()) {
+        return names;
+    }
+    let names = *MADE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get_or_insert_with(HashMap::new)
+        .entry(key)
+        .or_insert_with(|| {
+            let full = M::full_name();
+            Names {
+                type_url: Box::leak(format!("{TYPE_URL_PREFIX}{full}").into_boxed_str()),
+                full: Box::leak(full.into_boxed_str()),
+            }
+        });
+    SEEN.with_borrow_mut(|seen| seen.insert(key, names));
+    names
+}
+
+/// The fully-qualified protobuf name of `M` (e.g. `google.protobuf.Int32Value`), without
+/// building a string each time.
+pub fn message_name<M: prost::Name + 'static>() -> &'static str {
+    names_of::<M>().full
+}
+
+/// The type URL of `M` in `google.protobuf.Any` (with the `type.googleapis.com/` prefix).
+pub fn message_type_url<M: prost::Name + 'static>() -> &'static str {
+    names_of::<M>().type_url
+}
+
 /// A message behind a pointer: the typed form a payload takes inside one process.
 pub trait AnyMessage: Send + Sync + 'static {
     /// The fully-qualified protobuf name, e.g. `google.protobuf.Int32Value`.
-    fn full_name(&self) -> String;
+    fn full_name(&self) -> String {
+        self.name().to_owned()
+    }
+    /// [`AnyMessage::full_name`], without a new string.
+    fn name(&self) -> &'static str;
     /// Encodes as `google.protobuf.Any` (type URL with the `type.googleapis.com/` prefix).
     fn to_any(&self) -> prost_types::Any;
     /// For downcasting to the concrete message.
@@ -27,13 +82,13 @@ pub trait AnyMessage: Send + Sync + 'static {
 }
 
 impl<T: Message> AnyMessage for T {
-    fn full_name(&self) -> String {
-        T::full_name()
+    fn name(&self) -> &'static str {
+        message_name::<T>()
     }
 
     fn to_any(&self) -> prost_types::Any {
         prost_types::Any {
-            type_url: format!("{TYPE_URL_PREFIX}{}", T::full_name()),
+            type_url: message_type_url::<T>().to_owned(),
             value: self.encode_to_vec(),
         }
     }
@@ -85,7 +140,7 @@ impl Payload {
         self.into_message_or(|got| {
             CallError::invalid_argument(format!(
                 "payload is a {got:?}, expected {}",
-                M::full_name()
+                message_name::<M>()
             ))
         })
     }
@@ -100,20 +155,20 @@ impl Payload {
         match self {
             Self::Typed(m) => {
                 if !m.as_any().is::<M>() {
-                    return Err(mismatch(&m.full_name()));
+                    return Err(mismatch(m.name()));
                 }
                 let m = m.into_any().downcast::<M>().expect("type checked above");
                 Ok(*m)
             }
             Self::Encoded(any) => {
                 let got = type_name_of_url(&any.type_url);
-                if got != M::full_name() {
+                if got != message_name::<M>() {
                     return Err(mismatch(got));
                 }
                 M::decode(any.value.as_slice()).map_err(|err| {
                     CallError::invalid_argument(format!(
                         "malformed {} payload: {err}",
-                        M::full_name()
+                        message_name::<M>()
                     ))
                 })
             }
@@ -123,7 +178,7 @@ impl Payload {
     /// Whether the payload holds the message with this full name (no allocation when encoded).
     pub fn has_name(&self, full_name: &str) -> bool {
         match self {
-            Self::Typed(m) => m.full_name() == full_name,
+            Self::Typed(m) => m.name() == full_name,
             Self::Encoded(any) => type_name_of_url(&any.type_url) == full_name,
         }
     }
@@ -150,7 +205,7 @@ impl Payload {
 impl fmt::Debug for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Typed(m) => write!(f, "Payload::Typed({})", m.full_name()),
+            Self::Typed(m) => write!(f, "Payload::Typed({})", m.name()),
             Self::Encoded(any) => write!(
                 f,
                 "Payload::Encoded({}, {} bytes)",
@@ -165,6 +220,21 @@ impl fmt::Debug for Payload {
 mod tests {
     use super::*;
     use crate::wkt::{Int32Value, StringValue};
+
+    #[test]
+    fn names_are_made_once_and_agree_with_prost_on_every_thread() {
+        let first = message_name::<Int32Value>();
+        assert_eq!(first, <Int32Value as prost::Name>::full_name());
+        assert_eq!(message_name::<StringValue>(), "google.protobuf.StringValue");
+        assert_eq!(
+            message_type_url::<Int32Value>(),
+            "type.googleapis.com/google.protobuf.Int32Value"
+        );
+        let elsewhere = std::thread::spawn(|| message_name::<Int32Value>().as_ptr() as usize)
+            .join()
+            .unwrap();
+        assert_eq!(first.as_ptr() as usize, elsewhere, "one copy per process");
+    }
 
     #[test]
     fn typed_round_trip_moves_without_encoding() {

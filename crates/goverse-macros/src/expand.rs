@@ -24,8 +24,8 @@ pub(crate) fn object(ir: &ObjectIr) -> TokenStream {
             #p::MethodSpec {
                 name: #name,
                 kind: #p::MethodKind::#kind,
-                request: <#req as #p::Name>::full_name,
-                response: <#resp as #p::Name>::full_name,
+                request: #p::message_name::<#req>,
+                response: #p::message_name::<#resp>,
             }
         }
     });

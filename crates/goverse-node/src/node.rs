@@ -5,7 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -124,6 +124,9 @@ pub(crate) struct NodeInner {
     router: std::sync::OnceLock<Router>,
     /// Stops the router's links, once the node has handed everything over.
     links_stop: CancellationToken,
+    /// Set with `links_stop` ([`NodeInner::stop_links`]): read on every forwarded call, without
+    /// the token's lock.
+    links_stopped: AtomicBool,
     /// The lease renewal and membership reactor tasks, which shutdown waits for before it
     /// saves (a claim they are making finishes first).
     renewing: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -459,10 +462,16 @@ impl NodeInner {
         }
     }
 
+    /// Stops the router's links: no call is sent to another node from now on.
+    fn stop_links(&self) {
+        self.links_stopped.store(true, Ordering::Release);
+        self.links_stop.cancel();
+    }
+
     /// Whether calls for objects served elsewhere can be sent on: the router runs until the
     /// node has stopped.
     fn forwards(&self) -> bool {
-        self.router.get().is_some() && !self.links_stop.is_cancelled()
+        self.router.get().is_some() && !self.links_stopped.load(Ordering::Acquire)
     }
 
     /// Sends a call on to the node serving its object, through the router.
@@ -535,11 +544,11 @@ impl NodeInner {
             .ok_or_else(|| CallError::unknown_method(type_name, name))?;
         let spec = &entry.methods()[index];
         let expected = (spec.request)();
-        if !request.has_name(&expected) {
+        if !request.has_name(expected) {
             return Err(CallError::wrong_payload(
                 type_name,
                 spec.name,
-                &expected,
+                expected,
                 &request.full_name(),
             ));
         }
@@ -1005,7 +1014,7 @@ impl NodeInner {
             .await;
         self.membership.leave().await;
         self.store_stop.cancel();
-        self.links_stop.cancel();
+        self.stop_links();
         self.tasks.close();
         if tokio::time::timeout_at(deadline, self.tasks.wait())
             .await
@@ -1393,6 +1402,7 @@ impl NodeBuilder {
             membership,
             router: std::sync::OnceLock::new(),
             links_stop: CancellationToken::new(),
+            links_stopped: AtomicBool::new(false),
             renewing: Mutex::new(Vec::new()),
             state: AtomicU8::new(STARTING),
             clock: tokio::time::Instant::now(),
@@ -1422,7 +1432,7 @@ impl NodeBuilder {
         );
         let _ = inner.router.set(router);
         if let Err(err) = inner.membership.join().await {
-            inner.links_stop.cancel();
+            inner.stop_links();
             inner.store_stop.cancel();
             inner.tasks.close();
             return Err(NodeError::Cluster(err));

@@ -102,9 +102,9 @@ pub struct MethodSpec {
     /// Read or write.
     pub kind: MethodKind,
     /// The request message's full protobuf name.
-    pub request: fn() -> String,
+    pub request: fn() -> &'static str,
     /// The response message's full protobuf name.
-    pub response: fn() -> String,
+    pub response: fn() -> &'static str,
 }
 
 /// What the `#[object]` macro generates for a type: its name, its methods and name-free dispatch.

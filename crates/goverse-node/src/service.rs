@@ -96,8 +96,8 @@ pub fn describe(node: &Node) -> DescribeResponse {
                     .iter()
                     .map(|m| proto::Method {
                         name: m.name.to_owned(),
-                        request_type: (m.request)(),
-                        response_type: (m.response)(),
+                        request_type: (m.request)().to_owned(),
+                        response_type: (m.response)().to_owned(),
                         read_only: m.kind == MethodKind::Read,
                     })
                     .collect(),

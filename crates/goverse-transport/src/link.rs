@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use foldhash::HashMap;
 use futures::Stream;
 use goverse_core::{CallError, ErrorCode};
@@ -19,7 +20,7 @@ use goverse_proto::node::node_service_client::NodeServiceClient;
 use goverse_proto::node::{
     DescribeRequest, DescribeResponse, Push, Request as WireRequest, RequestBatch, ResponseBatch,
 };
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
@@ -37,25 +38,94 @@ pub trait LinkEvents: Send + Sync + 'static {
     fn pushed(&self, push: Push);
 }
 
+/// How often a connection fails the calls whose node has not answered in time.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
+/// How long past its deadline a call waits for its node's answer: the node enforces the
+/// deadline itself, so this covers only the trip back (and a node that stopped answering).
+const ANSWER_MARGIN: Duration = Duration::from_millis(500);
+
+/// One caller waiting for its response.
+struct Waiter {
+    tx: oneshot::Sender<Outcome>,
+    /// When to stop waiting, on the connection's coarse clock (milliseconds since it opened).
+    give_up_ms: u64,
+    timeout: Duration,
+}
+
 /// Callers waiting for responses on one connection.
-#[derive(Default)]
+///
+/// Deadlines are kept here instead of a timer per request: the connection's reader sweeps the
+/// table every [`SWEEP_EVERY`] and fails what is overdue, so a request costs no timer entry
+/// and no clock read.
 struct Pending {
-    waiting: Mutex<(bool, HashMap<u64, oneshot::Sender<Outcome>>)>,
+    waiting: Mutex<(bool, HashMap<u64, Waiter>)>,
+    /// Milliseconds since `opened`, as of the last sweep.
+    clock_ms: AtomicU64,
+    opened: tokio::time::Instant,
 }
 
 impl Pending {
-    /// Registers request `id`; fails if the connection already closed.
-    fn insert(&self, id: u64, tx: oneshot::Sender<Outcome>) -> bool {
+    fn new() -> Self {
+        Self {
+            waiting: Mutex::default(),
+            clock_ms: AtomicU64::new(0),
+            opened: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Registers request `id`, waited for up to `timeout` (and the margin); fails if the
+    /// connection already closed.
+    fn insert(&self, id: u64, tx: oneshot::Sender<Outcome>, timeout: Duration) -> bool {
+        // The clock lags by up to one sweep: a request waits at least its whole time.
+        let wait = timeout + ANSWER_MARGIN + SWEEP_EVERY;
+        let give_up_ms = self
+            .clock_ms
+            .load(Ordering::Relaxed)
+            .saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
         let mut guard = self.waiting.lock();
         if guard.0 {
             return false;
         }
-        guard.1.insert(id, tx);
+        let waiter = Waiter {
+            tx,
+            give_up_ms,
+            timeout,
+        };
+        guard.1.insert(id, waiter);
         true
     }
 
     fn take(&self, id: u64) -> Option<oneshot::Sender<Outcome>> {
-        self.waiting.lock().1.remove(&id)
+        self.waiting.lock().1.remove(&id).map(|w| w.tx)
+    }
+
+    /// Advances the clock and fails the requests whose time is up, and forgets those whose
+    /// callers stopped waiting.
+    fn sweep(&self, address: &str) {
+        let now_ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.clock_ms.store(now_ms, Ordering::Relaxed);
+        let overdue: Vec<Waiter> = {
+            let mut guard = self.waiting.lock();
+            let table = &mut guard.1;
+            if !table
+                .values()
+                .any(|w| w.give_up_ms <= now_ms || w.tx.is_closed())
+            {
+                return;
+            }
+            let ids: Vec<u64> = table
+                .iter()
+                .filter(|(_, w)| w.give_up_ms <= now_ms || w.tx.is_closed())
+                .map(|(id, _)| *id)
+                .collect();
+            ids.iter().filter_map(|id| table.remove(id)).collect()
+        };
+        for waiter in overdue {
+            let _ = waiter.tx.send(Err(CallError::new(
+                ErrorCode::DeadlineExceeded,
+                format!("node {address} did not answer within {:?}", waiter.timeout),
+            )));
+        }
     }
 
     /// Closes the connection's table and fails everything still waiting.
@@ -65,8 +135,8 @@ impl Pending {
             guard.0 = true;
             std::mem::take(&mut guard.1)
         };
-        for (_, tx) in waiting {
-            let _ = tx.send(Err(CallError::unavailable(why.to_owned())));
+        for (_, waiter) in waiting {
+            let _ = waiter.tx.send(Err(CallError::unavailable(why.to_owned())));
         }
     }
 }
@@ -81,7 +151,7 @@ pub struct NodeLink {
     address: String,
     /// The cluster secret this link presents to the node, if the cluster has one.
     secret: Option<Arc<str>>,
-    current: RwLock<Option<Arc<Connection>>>,
+    current: ArcSwapOption<Connection>,
     /// Set when the node runs in this process: requests then run in the caller's task.
     local: Option<Arc<dyn Handler>>,
     next_id: AtomicU64,
@@ -108,7 +178,7 @@ impl NodeLink {
         Arc::new(Self {
             address,
             secret,
-            current: RwLock::new(None),
+            current: ArcSwapOption::empty(),
             local: None,
             next_id: AtomicU64::new(1),
         })
@@ -119,7 +189,7 @@ impl NodeLink {
         Arc::new(Self {
             address,
             secret: None,
-            current: RwLock::new(None),
+            current: ArcSwapOption::empty(),
             local: Some(handler),
             next_id: AtomicU64::new(1),
         })
@@ -132,13 +202,13 @@ impl NodeLink {
 
     /// Whether requests can be sent now.
     pub fn is_connected(&self) -> bool {
-        self.local.is_some() || self.current.read().is_some()
+        self.local.is_some() || self.current.load().is_some()
     }
 
     /// Requests sent on the current connection and not answered yet.
     pub fn in_flight(&self) -> usize {
         self.current
-            .read()
+            .load()
             .as_ref()
             .map_or(0, |conn| conn.pending.waiting.lock().1.len())
     }
@@ -165,37 +235,36 @@ impl NodeLink {
     }
 
     async fn send(&self, op: goverse_proto::node::request::Op, timeout: Duration) -> Outcome {
-        let Some(conn) = self.current.read().clone() else {
-            // Nothing was sent: a router may send it again elsewhere or later.
-            return Err(CallError::not_served(format!(
-                "node {} is not connected",
-                self.address
-            )));
-        };
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        if !conn.pending.insert(id, tx) || conn.tx.send(WireRequest { id, op: Some(op) }).is_err() {
-            conn.pending.take(id);
-            return Err(CallError::unavailable(format!(
-                "connection to node {} was lost",
-                self.address
-            )));
-        }
-        // The node enforces the deadline itself; the margin covers the trip back.
-        match tokio::time::timeout(timeout + Duration::from_millis(500), rx).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Err(CallError::unavailable(format!(
-                "connection to node {} was lost",
-                self.address
-            ))),
-            Err(_) => {
+        let rx = {
+            // No refcount taken: the guard lives only while the request is queued.
+            let conn = self.current.load();
+            let Some(conn) = conn.as_ref() else {
+                // Nothing was sent: a router may send it again elsewhere or later.
+                return Err(CallError::not_served(format!(
+                    "node {} is not connected",
+                    self.address
+                )));
+            };
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = oneshot::channel();
+            if !conn.pending.insert(id, tx, timeout)
+                || conn.tx.send(WireRequest { id, op: Some(op) }).is_err()
+            {
                 conn.pending.take(id);
-                Err(CallError::new(
-                    ErrorCode::DeadlineExceeded,
-                    format!("node {} did not answer within {timeout:?}", self.address),
-                ))
+                return Err(CallError::unavailable(format!(
+                    "connection to node {} was lost",
+                    self.address
+                )));
             }
-        }
+            rx
+        };
+        // Answered, failed by the connection's sweep when overdue, or failed when it closes.
+        rx.await.unwrap_or_else(|_| {
+            Err(CallError::unavailable(format!(
+                "connection to node {} was lost",
+                self.address
+            )))
+        })
     }
 
     /// Keeps the link up until `stop` is cancelled, naming this peer `peer_address` to the
@@ -215,7 +284,7 @@ impl NodeLink {
                 () = stop.cancelled() => {
                     // The connection attempt may have been dropped half-way: forget it, failing
                     // whatever still waits on it.
-                    if let Some(conn) = self.current.write().take() {
+                    if let Some(conn) = self.current.swap(None) {
                         conn.pending.close(&format!("link to node {} closed", self.address));
                     }
                     return;
@@ -280,17 +349,23 @@ impl NodeLink {
             .await
             .map_err(|s| format!("open failed: {}", s.message()))?
             .into_inner();
-        let pending = Arc::new(Pending::default());
-        *self.current.write() = Some(Arc::new(Connection {
+        let pending = Arc::new(Pending::new());
+        let mut sweeps = tokio::time::interval(SWEEP_EVERY);
+        sweeps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.current.store(Some(Arc::new(Connection {
             tx,
             pending: pending.clone(),
-        }));
+        })));
         tracing::info!(node = %self.address, "node link up");
 
         let result = loop {
             let batch = tokio::select! {
                 () = stop.cancelled() => break Ok(()),
                 batch = inbound.message() => batch,
+                _ = sweeps.tick() => {
+                    pending.sweep(&self.address);
+                    continue;
+                }
             };
             match batch {
                 Ok(Some(batch)) => {
@@ -307,7 +382,7 @@ impl NodeLink {
                 Err(status) => break Err(format!("stream failed: {}", status.message())),
             }
         };
-        *self.current.write() = None;
+        self.current.store(None);
         pending.close(&format!("connection to node {} was lost", self.address));
         result
     }

@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use goverse_cluster::{ClusterMap, MapView};
 use goverse_core::{
     CallError, ErrorCode, NodeAddr, ObjectId, ObjectIdKind, ShardId, fnv1a_32, kind_of, shard_of,
@@ -101,8 +102,30 @@ enum Routes {
         shard_count: u32,
         connector: Arc<dyn Connector>,
         links: RwLock<foldhash::HashMap<NodeAddr, (Arc<NodeLink>, CancellationToken)>>,
+        /// The map digested for the call path, rebuilt whenever the map changes.
+        table: ArcSwap<RouteTable>,
     },
     Single(Arc<NodeLink>),
+}
+
+/// The link each shard's calls go to, as of the last map change: one array read per call
+/// instead of a walk of the map's records and registrations. It may lag the map for a moment;
+/// a call it sends to a node that no longer serves the shard is refused there (nothing ran)
+/// and sent again by the map itself.
+#[derive(Default)]
+struct RouteTable {
+    /// Per shard: the index of its owner's link in `links`, or [`RouteTable::NONE`].
+    owners: Vec<u32>,
+    links: Vec<Arc<NodeLink>>,
+}
+
+impl RouteTable {
+    const NONE: u32 = u32::MAX;
+
+    fn link(&self, shard: ShardId) -> Option<&Arc<NodeLink>> {
+        let index = *self.owners.get(shard.0 as usize)?;
+        self.links.get(index as usize)
+    }
 }
 
 struct RouterInner {
@@ -176,6 +199,7 @@ impl Router {
             shard_count,
             connector,
             links: RwLock::new(foldhash::HashMap::default()),
+            table: ArcSwap::from_pointee(RouteTable::default()),
         }
     }
 
@@ -248,21 +272,59 @@ impl Router {
         let mut changes = view.subscribe();
         let router = Arc::downgrade(&self.inner);
         let stop = self.inner.stop.clone();
-        let nodes = view.borrow().nodes.clone();
-        Self::sync_links(&self.inner, &nodes);
+        Self::follow(&self.inner, &view.borrow());
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     () = stop.cancelled() => return,
                     changed = changes.changed() => if changed.is_err() { return },
                 }
-                let nodes = changes.borrow_and_update().nodes.clone();
                 let Some(inner) = router.upgrade() else {
                     return;
                 };
-                Self::sync_links(&inner, &nodes);
+                Self::follow(&inner, &changes.borrow_and_update());
             }
         });
+    }
+
+    /// Brings the links and the route table up to date with `map`.
+    fn follow(inner: &Arc<RouterInner>, map: &ClusterMap) {
+        Self::sync_links(inner, &map.nodes);
+        Self::rebuild_table(inner, map);
+    }
+
+    /// The route table of `map`, with the links open now.
+    fn rebuild_table(inner: &RouterInner, map: &ClusterMap) {
+        let Routes::Map {
+            links,
+            table,
+            shard_count,
+            ..
+        } = &inner.routes
+        else {
+            return;
+        };
+        let open = links.read();
+        let mut route = RouteTable::default();
+        let mut index: foldhash::HashMap<&NodeAddr, u32> = foldhash::HashMap::default();
+        for addr in &map.nodes {
+            let link = match &inner.local {
+                Some((own, link)) if own == addr => Some(link),
+                _ => open.get(addr).map(|(link, _)| link),
+            };
+            if let Some(link) = link {
+                index.insert(addr, route.links.len() as u32);
+                route.links.push(link.clone());
+            }
+        }
+        route.owners = (0..*shard_count)
+            .map(|n| {
+                map.owner(ShardId(n))
+                    .and_then(|addr| index.get(addr).copied())
+                    .unwrap_or(RouteTable::NONE)
+            })
+            .collect();
+        table.store(Arc::new(route));
     }
 
     fn sync_links(inner: &Arc<RouterInner>, nodes: &BTreeSet<NodeAddr>) {
@@ -320,8 +382,7 @@ impl Router {
         if let Some((link, _)) = links.read().get(addr) {
             return Some(link.clone());
         }
-        let nodes = view.borrow().nodes.clone();
-        Self::sync_links(&self.inner, &nodes);
+        Self::follow(&self.inner, &view.borrow());
         links.read().get(addr).map(|(link, _)| link.clone())
     }
 
@@ -329,32 +390,64 @@ impl Router {
     /// outcome, holding it while its shard has no owner and sending it again when a node
     /// refuses it as not served there.
     pub async fn request(&self, request: Request<'_>, timeout: Duration) -> Outcome {
-        let (view, shard_count) = match &self.inner.routes {
+        let (view, shard_count, table) = match &self.inner.routes {
             Routes::Single(link) => return self.request_single(link, request, timeout).await,
             Routes::Map {
-                view, shard_count, ..
-            } => (view, *shard_count),
+                view,
+                shard_count,
+                table,
+                ..
+            } => (view, *shard_count, table),
         };
-        let deadline = Instant::now() + timeout;
+        let started = Instant::now();
+        let deadline = started + timeout;
         let id = request.object_id;
+        let mut last: Option<CallError> = None;
+        // The common case: the route table names a connected owner, which serves the call.
+        let shard = match kind_of(id)? {
+            ObjectIdKind::Regular => Some(ShardId(fnv1a_32(id.as_bytes()) % shard_count)),
+            ObjectIdKind::FixedShard(_) => Some(shard_of(&ObjectId::from(id), shard_count)?),
+            ObjectIdKind::FixedNode(_) => None,
+        };
+        let routed = shard.and_then(|shard| table.load().link(shard).cloned());
+        if let Some(link) = routed
+            && link.is_connected()
+        {
+            let outcome = link.request_ref(&request, timeout).await;
+            let took = started.elapsed();
+            if took > HELD_WARNING {
+                tracing::warn!(object = %id, node = link.address(), took = ?took,
+                    ok = outcome.is_ok(), "a node was slow to answer");
+            }
+            match refusal(&outcome) {
+                Some(err) => last = Some(err),
+                None => return outcome,
+            }
+        }
+        // Otherwise by the map itself: held while the shard has no owner, sent again on a
+        // refusal, until the deadline.
         let mut changes = view.subscribe();
         let mut pause = RETRY_FLOOR;
-        let mut last: Option<CallError> = None;
-        let started = Instant::now();
         let mut warned = false;
+        // The clock is read once per attempt.
+        let mut now = if last.is_some() {
+            Instant::now()
+        } else {
+            started
+        };
         loop {
             let target = resolve(&changes.borrow_and_update(), id, shard_count)?;
-            let remaining = deadline.saturating_duration_since(Instant::now());
+            let remaining = deadline.saturating_duration_since(now);
             if remaining.is_zero() {
                 return Err(held_too_long(id, last, timeout));
             }
             let link = target.as_ref().and_then(|addr| self.link_to(addr));
             match link {
                 Some(link) if link.is_connected() => {
-                    let sent = Instant::now();
                     let outcome = link.request_ref(&request, remaining).await;
-                    if sent.elapsed() > HELD_WARNING {
-                        tracing::warn!(object = %id, node = link.address(), took = ?sent.elapsed(),
+                    let took = now.elapsed();
+                    if took > HELD_WARNING {
+                        tracing::warn!(object = %id, node = link.address(), took = ?took,
                             ok = outcome.is_ok(), "a node was slow to answer");
                     }
                     match refusal(&outcome) {
@@ -394,6 +487,7 @@ impl Router {
                     return Err(CallError::unavailable("the router is stopping"));
                 }
             }
+            now = Instant::now();
         }
     }
 }

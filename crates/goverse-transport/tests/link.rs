@@ -1,0 +1,198 @@
+//! The client half against the server half over loopback TCP: responses find their callers by
+//! id whatever order they finish in, a node that never answers fails the call once its deadline
+//! and the margin have passed (the link keeps no timer per request), and a node that goes away
+//! fails what waits on it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use goverse_core::{CallError, ErrorCode};
+use goverse_proto::node::{DescribeResponse, Push, response};
+use goverse_testkit::assert_eventually;
+use goverse_transport::{Handler, LinkEvents, NodeLink, Op, Outcome, PeerSink, Request};
+use tokio_util::sync::CancellationToken;
+
+/// Answers a call after the number of milliseconds its method names (`"25"`), with the object
+/// ID as the value's type URL; never answers `"never"`.
+struct Sleepy;
+
+impl Handler for Sleepy {
+    fn handle<'a>(&'a self, request: Request<'a>) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            let Op::Call { method, .. } = request.op else {
+                return Err(CallError::invalid_argument("calls only"));
+            };
+            if method == "never" {
+                std::future::pending::<()>().await;
+            }
+            let millis: u64 = method
+                .parse()
+                .map_err(|_| CallError::invalid_argument(method))?;
+            tokio::time::sleep(Duration::from_millis(millis)).await;
+            Ok(response::Result::Value(prost_types::Any {
+                type_url: request.object_id.to_owned(),
+                value: Vec::new(),
+            }))
+        })
+    }
+
+    fn describe(&self) -> DescribeResponse {
+        DescribeResponse::default()
+    }
+
+    fn peer_opened(&self, _peer: Arc<str>, _sink: PeerSink) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn peer_closed(&self, _peer: &str, _serial: u64) {}
+}
+
+struct Quiet;
+
+impl LinkEvents for Quiet {
+    fn connected(&self, _described: &DescribeResponse) {}
+    fn pushed(&self, _push: Push) {}
+}
+
+fn call<'a>(id: &'a str, method: &'a str) -> Request<'a> {
+    Request {
+        object_type: "Sleepy",
+        object_id: id,
+        op: Op::Call {
+            method,
+            request: None,
+            reliable_call_id: None,
+        },
+        chain: None,
+        timeout: None,
+        caller: None,
+    }
+}
+
+/// A node serving [`Sleepy`] on a runtime of its own, as if in another process: its address,
+/// and the switch that kills it (every task and socket of that runtime dropped at once, no
+/// drain, as kill -9 would).
+fn killable_node() -> (String, std::sync::mpsc::Sender<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let (kill, killed) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            goverse_transport::serve(Arc::new(Sleepy), listener, std::future::pending()).await
+        });
+        let _ = killed.recv();
+        runtime.shutdown_background();
+    });
+    (address, kill)
+}
+
+/// A link to the node at `address`, connected, running until `stop`.
+async fn link_to(address: String, stop: CancellationToken) -> Arc<NodeLink> {
+    let link = NodeLink::remote(address);
+    tokio::spawn(
+        link.clone()
+            .run("127.0.0.1:1".into(), Arc::new(Quiet), stop),
+    );
+    assert_eventually!(link.is_connected());
+    link
+}
+
+/// A node serving [`Sleepy`] until `stop`, and a connected link to it.
+async fn linked(stop: &CancellationToken) -> Arc<NodeLink> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(goverse_transport::serve(
+        Arc::new(Sleepy),
+        listener,
+        stop.clone().cancelled_owned(),
+    ));
+    link_to(address, stop.child_token()).await
+}
+
+fn object_of(outcome: Outcome) -> String {
+    match outcome {
+        Ok(response::Result::Value(any)) => any.type_url,
+        other => panic!("not a value: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn responses_find_their_callers_whatever_order_they_finish_in() {
+    let stop = CancellationToken::new();
+    let link = linked(&stop).await;
+    let calls = (0..200).map(|i| {
+        let link = link.clone();
+        async move {
+            let (id, millis) = (format!("object-{i}"), ((200 - i) % 40).to_string());
+            let got = object_of(
+                link.request(call(&id, &millis), Duration::from_secs(5))
+                    .await,
+            );
+            assert_eq!(got, id);
+        }
+    });
+    futures::future::join_all(calls).await;
+    assert_eq!(link.in_flight(), 0);
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_node_that_never_answers_fails_the_call_after_its_deadline_and_the_margin() {
+    let stop = CancellationToken::new();
+    let link = linked(&stop).await;
+    let started = Instant::now();
+    let err = tokio::time::timeout(
+        Duration::from_secs(10),
+        link.request(call("stuck", "never"), Duration::from_millis(300)),
+    )
+    .await
+    .expect("the link never gave up")
+    .unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err.code(), ErrorCode::DeadlineExceeded, "{err}");
+    assert!(
+        err.message().contains("did not answer within 300ms"),
+        "{err}"
+    );
+    // Not before the deadline and the margin for the trip back (500 ms), nor long after.
+    assert!(took >= Duration::from_millis(800), "gave up after {took:?}");
+    assert!(took < Duration::from_secs(3), "gave up only after {took:?}");
+    // The link forgot it, and serves the next call.
+    assert_eq!(link.in_flight(), 0);
+    assert_eq!(
+        object_of(
+            link.request(call("next", "0"), Duration::from_secs(5))
+                .await
+        ),
+        "next"
+    );
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_node_that_goes_away_fails_the_calls_waiting_on_it() {
+    let (address, kill) = killable_node();
+    let stop = CancellationToken::new();
+    let link = link_to(address, stop.clone()).await;
+    let waiting = tokio::spawn({
+        let link = link.clone();
+        async move {
+            link.request(call("left", "never"), Duration::from_secs(60))
+                .await
+        }
+    });
+    assert_eventually!(link.in_flight() == 1);
+    kill.send(()).unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the call still waits on a dead node")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Unavailable, "{err}");
+    assert!(err.message().contains("was lost"), "{err}");
+    stop.cancel();
+}
