@@ -122,15 +122,23 @@ pub mod __private {
                     .call_object(T::TYPE_NAME, id, method, request, scope)
                     .await?
             }
-            (Some(call_id), Via::Node(node)) => node
-                .invoke_reliable(T::TYPE_NAME, id, method, call_id, request, scope)
-                .await?
-                .into_result()?,
-            (Some(call_id), Via::Host(host)) => host
-                .clone()
-                .call_object_reliable(T::TYPE_NAME, id, method, call_id, request, scope)
-                .await?
-                .into_result()?,
+            // Boxed: a reliable call's state is large, and would otherwise make every call's
+            // future that large.
+            (Some(call_id), Via::Node(node)) => {
+                Box::pin(node.invoke_reliable(T::TYPE_NAME, id, method, call_id, request, scope))
+                    .await?
+                    .into_result()?
+            }
+            (Some(call_id), Via::Host(host)) => Box::pin(host.clone().call_object_reliable(
+                T::TYPE_NAME,
+                id,
+                method,
+                call_id,
+                request,
+                scope,
+            ))
+            .await?
+            .into_result()?,
         };
         response.into_message::<Resp>()
     }

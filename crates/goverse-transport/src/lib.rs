@@ -14,6 +14,7 @@
 //!   serves its object by the watched shard map (held and sent again while its shard moves).
 //! - [`Request`], [`Op`], [`Outcome`]: one request as both halves see it.
 
+mod encode;
 mod handler;
 mod link;
 mod router;

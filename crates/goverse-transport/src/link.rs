@@ -17,18 +17,20 @@ use foldhash::HashMap;
 use futures::Stream;
 use goverse_core::{CallError, ErrorCode};
 use goverse_proto::node::node_service_client::NodeServiceClient;
-use goverse_proto::node::{
-    DescribeRequest, DescribeResponse, Push, Request as WireRequest, RequestBatch, ResponseBatch,
-};
+use goverse_proto::node::{DescribeRequest, DescribeResponse, Push, ResponseBatch};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::wire::{outcome_of, request_to_proto};
+use crate::encode::{BatchCodec, EncodedBatch, encode_request};
+use crate::wire::outcome_of;
 use crate::{
     Handler, MAX_BATCH, MAX_MESSAGE_BYTES, Outcome, PEER_ADDRESS_HEADER, PeerSink, Request,
 };
+
+/// The node service's `Open` method.
+const OPEN_PATH: &str = "/goverse.node.v1.NodeService/Open";
 
 /// What a link reports to its owner.
 pub trait LinkEvents: Send + Sync + 'static {
@@ -142,7 +144,8 @@ impl Pending {
 }
 
 struct Connection {
-    tx: mpsc::UnboundedSender<WireRequest>,
+    /// Requests encoded where they were made ([`crate::encode::encode_request`]).
+    tx: mpsc::UnboundedSender<Vec<u8>>,
     pending: Arc<Pending>,
 }
 
@@ -216,11 +219,11 @@ impl NodeLink {
     /// Sends `request` and waits up to `timeout` (the call's deadline, which travels with the
     /// request) for its outcome.
     pub async fn request(&self, mut request: Request<'_>, timeout: Duration) -> Outcome {
-        request.timeout = Some(timeout);
         if let Some(local) = &self.local {
+            request.timeout = Some(timeout);
             return local.handle(request).await;
         }
-        self.send(request_to_proto(&request), timeout).await
+        self.send(&request, timeout).await
     }
 
     /// [`NodeLink::request`] of a request the caller keeps (to send it again elsewhere): over
@@ -229,12 +232,10 @@ impl NodeLink {
         if self.local.is_some() {
             return self.request(request.clone(), timeout).await;
         }
-        let mut op = request_to_proto(request);
-        crate::wire::set_timeout(&mut op, timeout);
-        self.send(op, timeout).await
+        self.send(request, timeout).await
     }
 
-    async fn send(&self, op: goverse_proto::node::request::Op, timeout: Duration) -> Outcome {
+    async fn send(&self, request: &Request<'_>, timeout: Duration) -> Outcome {
         let rx = {
             // No refcount taken: the guard lives only while the request is queued.
             let conn = self.current.load();
@@ -246,10 +247,9 @@ impl NodeLink {
                 )));
             };
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let encoded = encode_request(id, request, timeout);
             let (tx, rx) = oneshot::channel();
-            if !conn.pending.insert(id, tx, timeout)
-                || conn.tx.send(WireRequest { id, op: Some(op) }).is_err()
-            {
+            if !conn.pending.insert(id, tx, timeout) || conn.tx.send(encoded).is_err() {
                 conn.pending.take(id);
                 return Err(CallError::unavailable(format!(
                     "connection to node {} was lost",
@@ -320,7 +320,7 @@ impl NodeLink {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(20));
         let channel: Channel = endpoint.connect().await.map_err(|e| e.to_string())?;
-        let mut client = NodeServiceClient::new(channel)
+        let mut client = NodeServiceClient::new(channel.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let mut describe = tonic::Request::new(DescribeRequest {});
@@ -344,8 +344,24 @@ impl NodeLink {
                 .map_err(|_| format!("peer address {peer_address:?} is not a valid header"))?,
         );
         self.present_secret(open.metadata_mut())?;
-        let mut inbound = client
-            .open(open)
+        // The generated client's `open` takes owned `RequestBatch`es; this one writes requests
+        // already encoded, on the same channel and path.
+        let mut grpc = tonic::client::Grpc::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        grpc.ready()
+            .await
+            .map_err(|e| format!("node service not ready: {e}"))?;
+        open.extensions_mut().insert(tonic::GrpcMethod::new(
+            "goverse.node.v1.NodeService",
+            "Open",
+        ));
+        let mut inbound = grpc
+            .streaming(
+                open,
+                tonic::codegen::http::uri::PathAndQuery::from_static(OPEN_PATH),
+                BatchCodec,
+            )
             .await
             .map_err(|s| format!("open failed: {}", s.message()))?
             .into_inner();
@@ -441,21 +457,19 @@ impl NodeLink {
 
 /// The request half of the stream: everything queued when polled, as one batch.
 struct RequestStream {
-    rx: mpsc::UnboundedReceiver<WireRequest>,
-    buf: Vec<WireRequest>,
+    rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    buf: EncodedBatch,
 }
 
 impl Stream for RequestStream {
-    type Item = RequestBatch;
+    type Item = EncodedBatch;
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<RequestBatch>> {
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<EncodedBatch>> {
         let this = self.get_mut();
         match this.rx.poll_recv_many(cx, &mut this.buf, MAX_BATCH) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(0) => Poll::Ready(None),
-            Poll::Ready(_) => Poll::Ready(Some(RequestBatch {
-                requests: std::mem::take(&mut this.buf),
-            })),
+            Poll::Ready(_) => Poll::Ready(Some(std::mem::take(&mut this.buf))),
         }
     }
 }

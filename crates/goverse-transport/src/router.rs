@@ -400,7 +400,6 @@ impl Router {
             } => (view, *shard_count, table),
         };
         let started = Instant::now();
-        let deadline = started + timeout;
         let id = request.object_id;
         let mut last: Option<CallError> = None;
         // The common case: the route table names a connected owner, which serves the call.
@@ -424,8 +423,25 @@ impl Router {
                 None => return outcome,
             }
         }
-        // Otherwise by the map itself: held while the shard has no owner, sent again on a
-        // refusal, until the deadline.
+        // Boxed: the held path's timers and watches would otherwise make every call's
+        // future several times larger.
+        Box::pin(self.request_held(request, timeout, view, shard_count, started, last)).await
+    }
+
+    /// [`Router::request`] by the map itself, after the route table named no connected owner
+    /// or its owner refused (`last`).
+    async fn request_held(
+        &self,
+        request: Request<'_>,
+        timeout: Duration,
+        view: &MapView,
+        shard_count: u32,
+        started: Instant,
+        mut last: Option<CallError>,
+    ) -> Outcome {
+        let deadline = started + timeout;
+        let id = request.object_id;
+        // Held while the shard has no owner, sent again on a refusal, until the deadline.
         let mut changes = view.subscribe();
         let mut pause = RETRY_FLOOR;
         let mut warned = false;
@@ -501,14 +517,29 @@ impl Router {
         request: Request<'_>,
         timeout: Duration,
     ) -> Outcome {
-        let deadline = Instant::now() + timeout;
+        let started = Instant::now();
+        let outcome = link.request_ref(&request, timeout).await;
+        match refusal(&outcome) {
+            None => outcome,
+            // Boxed, as the held path of a call by the map is.
+            Some(err) => {
+                Box::pin(self.request_single_again(link, request, timeout, started, err)).await
+            }
+        }
+    }
+
+    /// [`Router::request_single`] after the node refused with `err`.
+    async fn request_single_again(
+        &self,
+        link: &NodeLink,
+        request: Request<'_>,
+        timeout: Duration,
+        started: Instant,
+        mut err: CallError,
+    ) -> Outcome {
+        let deadline = started + timeout;
         let mut pause = RETRY_FLOOR;
         loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let outcome = link.request_ref(&request, remaining).await;
-            let Some(err) = refusal(&outcome) else {
-                return outcome;
-            };
             if Instant::now() + pause >= deadline {
                 return Err(held_too_long(request.object_id, Some(err), timeout));
             }
@@ -519,6 +550,12 @@ impl Router {
                 }
             }
             pause = (pause * 2).min(RETRY_CEILING);
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let outcome = link.request_ref(&request, remaining).await;
+            match refusal(&outcome) {
+                Some(again) => err = again,
+                None => return outcome,
+            }
         }
     }
 }

@@ -82,12 +82,13 @@ pub(crate) fn response_of(id: u64, outcome: Outcome) -> proto::Response {
     }
 }
 
-fn micros(timeout: Option<Duration>) -> u64 {
+pub(crate) fn micros(timeout: Option<Duration>) -> u64 {
     timeout.map_or(0, |t| {
         u64::try_from(t.as_micros()).unwrap_or(u64::MAX).max(1)
     })
 }
 
+#[cfg(test)]
 fn caller_of(identity: Option<&ClientIdentity>) -> Option<proto::Caller> {
     identity.map(|identity| proto::Caller {
         client_id: identity.client_id().to_owned(),
@@ -96,7 +97,9 @@ fn caller_of(identity: Option<&ClientIdentity>) -> Option<proto::Caller> {
     })
 }
 
-/// A request as its wire message.
+/// A request as its wire message, built by prost's types (the reference the direct encoding
+/// is tested against).
+#[cfg(test)]
 pub(crate) fn request_to_proto(request: &Request<'_>) -> request::Op {
     let timeout_micros = micros(request.timeout);
     let chain = request.chain.map_or(0, ChainId::raw);
@@ -135,6 +138,7 @@ pub(crate) fn request_to_proto(request: &Request<'_>) -> request::Op {
 }
 
 /// Sets the deadline a request carries.
+#[cfg(test)]
 pub(crate) fn set_timeout(op: &mut request::Op, timeout: Duration) {
     let micros = micros(Some(timeout));
     match op {
