@@ -106,22 +106,13 @@ impl Pending {
     fn sweep(&self, address: &str) {
         let now_ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.clock_ms.store(now_ms, Ordering::Relaxed);
-        let overdue: Vec<Waiter> = {
-            let mut guard = self.waiting.lock();
-            let table = &mut guard.1;
-            if !table
-                .values()
-                .any(|w| w.give_up_ms <= now_ms || w.tx.is_closed())
-            {
-                return;
-            }
-            let ids: Vec<u64> = table
-                .iter()
-                .filter(|(_, w)| w.give_up_ms <= now_ms || w.tx.is_closed())
-                .map(|(id, _)| *id)
-                .collect();
-            ids.iter().filter_map(|id| table.remove(id)).collect()
-        };
+        let overdue: Vec<Waiter> = self
+            .waiting
+            .lock()
+            .1
+            .extract_if(|_, w| w.give_up_ms <= now_ms || w.tx.is_closed())
+            .map(|(_, w)| w)
+            .collect();
         for waiter in overdue {
             let _ = waiter.tx.send(Err(CallError::new(
                 ErrorCode::DeadlineExceeded,

@@ -413,14 +413,9 @@ impl Router {
             && link.is_connected()
         {
             let outcome = link.request_ref(&request, timeout).await;
-            let took = started.elapsed();
-            if took > HELD_WARNING {
-                tracing::warn!(object = %id, node = link.address(), took = ?took,
-                    ok = outcome.is_ok(), "a node was slow to answer");
-            }
-            match refusal(&outcome) {
-                Some(err) => last = Some(err),
-                None => return outcome,
+            match settled(id, &link, outcome, started) {
+                Ok(outcome) => return outcome,
+                Err(refused) => last = Some(refused),
             }
         }
         // Boxed: the held path's timers and watches would otherwise make every call's
@@ -461,14 +456,9 @@ impl Router {
             match link {
                 Some(link) if link.is_connected() => {
                     let outcome = link.request_ref(&request, remaining).await;
-                    let took = now.elapsed();
-                    if took > HELD_WARNING {
-                        tracing::warn!(object = %id, node = link.address(), took = ?took,
-                            ok = outcome.is_ok(), "a node was slow to answer");
-                    }
-                    match refusal(&outcome) {
-                        Some(err) => last = Some(err),
-                        None => return outcome,
+                    match settled(id, &link, outcome, now) {
+                        Ok(outcome) => return outcome,
+                        Err(refused) => last = Some(refused),
                     }
                 }
                 Some(link) => {
@@ -578,6 +568,25 @@ fn resolve(map: &ClusterMap, id: &str, shard_count: u32) -> Result<Option<NodeAd
         ObjectIdKind::Regular => ShardId(fnv1a_32(id.as_bytes()) % shard_count),
     };
     Ok(map.owner(shard).cloned())
+}
+
+/// What one attempt sent to `link` at `sent` came to: the outcome to return (`Ok`), or the
+/// refusal that makes sending it again safe (`Err`). A slow answer is logged either way.
+fn settled(
+    id: &str,
+    link: &NodeLink,
+    outcome: Outcome,
+    sent: Instant,
+) -> Result<Outcome, CallError> {
+    let took = sent.elapsed();
+    if took > HELD_WARNING {
+        tracing::warn!(object = %id, node = link.address(), took = ?took,
+            ok = outcome.is_ok(), "a node was slow to answer");
+    }
+    match refusal(&outcome) {
+        Some(refused) => Err(refused),
+        None => Ok(outcome),
+    }
 }
 
 /// The refusal in `outcome` that makes sending it again safe (nothing ran), if it is one.
