@@ -4,6 +4,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// Every process started from this binary (nodes, gates, the demo, benchmarks) allocates with
+/// mimalloc; see BENCHMARKS.md for what it changes.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bench;
 mod bench_map;
 mod bench_stream;

@@ -128,17 +128,17 @@ async fn handle(node: &Node, request: Request<'_>) -> Outcome {
         } => {
             // An empty or malformed ID is refused (SKIPPED) where every call's ID is checked.
             let payload = Payload::Encoded(request.unwrap_or_else(empty_any));
-            inner
-                .invoke_reliable(
-                    object_type,
-                    &id,
-                    MethodRef::Name(method),
-                    call_id,
-                    payload,
-                    scope,
-                )
-                .await
-                .map(|outcome| response::Result::Reliable(reliable_to_proto(outcome)))
+            // The rarer operations are boxed, so the plain call's future stays small.
+            Box::pin(inner.invoke_reliable(
+                object_type,
+                &id,
+                MethodRef::Name(method),
+                call_id,
+                payload,
+                scope,
+            ))
+            .await
+            .map(|outcome| response::Result::Reliable(reliable_to_proto(outcome)))
         }
         Op::Call {
             method, request, ..
@@ -152,14 +152,16 @@ async fn handle(node: &Node, request: Request<'_>) -> Outcome {
                 .await
                 .map(|payload| response::Result::Value(payload.into_any()))
         }
-        Op::Create => inner
-            .create_routed(object_type, &id, scope.chain, scope.deadline, false)
-            .await
-            .map(|()| response::Result::Done(proto::Done {})),
-        Op::Delete => inner
-            .delete_routed(object_type, &id, scope.chain, scope.deadline, false)
-            .await
-            .map(|()| response::Result::Done(proto::Done {})),
+        Op::Create => {
+            Box::pin(inner.create_routed(object_type, &id, scope.chain, scope.deadline, false))
+                .await
+                .map(|()| response::Result::Done(proto::Done {}))
+        }
+        Op::Delete => {
+            Box::pin(inner.delete_routed(object_type, &id, scope.chain, scope.deadline, false))
+                .await
+                .map(|()| response::Result::Done(proto::Done {}))
+        }
     }
 }
 

@@ -6,6 +6,13 @@
 //! request that completes at once costs no task spawn and no cross-thread wake-up. The response
 //! half drains everything queued when it is polled into one batch, so batches grow with load and
 //! a lone response is written at once. Pushes for the peer's clients travel on the same half.
+//!
+//! A large batch is shared out: requests are dealt to lanes by a hash of their object ID, lane
+//! 0 run by the reader itself and the others by one task each, so the batch's work spreads
+//! over the worker threads. One object always maps to one lane and each lane starts its
+//! requests in arrival order, so requests to one object still start in the order they came;
+//! while any lane task has work, every batch is dealt out the same way, so a later small batch
+//! cannot overtake an earlier large one.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -153,17 +160,14 @@ impl NodeService for NodeRpc {
         let handler = self.handler.clone();
         let stop = self.stop.clone();
         self.readers.spawn(async move {
+            let mut lanes = Lanes::new(&handler, &tx);
             loop {
                 let batch = tokio::select! {
                     () = stop.cancelled() => break,
                     batch = inbound.message() => batch,
                 };
                 match batch {
-                    Ok(Some(batch)) => {
-                        for request in batch.requests {
-                            run_request(&handler, &tx, request);
-                        }
-                    }
+                    Ok(Some(batch)) => lanes.run(batch.requests),
                     Ok(None) => break,
                     Err(status) => {
                         tracing::debug!(cause = %status, "peer stream failed");
@@ -190,6 +194,97 @@ impl NodeService for NodeRpc {
         self.admit(&request)?;
         Ok(Response::new(self.handler.describe()))
     }
+}
+
+/// Batches of at most this many requests are started by the reader alone, when no lane task
+/// has work: sharing them out would cost more (a wake-up on another thread) than it saves.
+const INLINE_REQUESTS: usize = 32;
+
+/// Most lanes a stream's requests are dealt to (the reader's own included).
+const MAX_LANES: usize = 8;
+
+/// The lanes one peer stream's requests are dealt to; see the module docs.
+struct Lanes {
+    handler: Arc<dyn Handler>,
+    tx: mpsc::UnboundedSender<Outbound>,
+    /// One sender per lane task (lanes 1..); empty on a single worker thread.
+    tasks: Vec<mpsc::UnboundedSender<Vec<proto::Request>>>,
+    /// Chunks sent to lane tasks and not yet started in full.
+    busy: Arc<AtomicUsize>,
+    /// Reused per batch: the requests dealt to each lane task.
+    dealt: Vec<Vec<proto::Request>>,
+}
+
+impl Lanes {
+    fn new(handler: &Arc<dyn Handler>, tx: &mpsc::UnboundedSender<Outbound>) -> Self {
+        let threads = tokio::runtime::Handle::try_current()
+            .map_or(1, |h| h.metrics().num_workers())
+            .clamp(1, MAX_LANES);
+        let busy = Arc::new(AtomicUsize::new(0));
+        let tasks = (1..threads)
+            .map(|_| {
+                let (lane_tx, mut lane_rx) = mpsc::unbounded_channel::<Vec<proto::Request>>();
+                let (handler, tx, busy) = (handler.clone(), tx.clone(), busy.clone());
+                tokio::spawn(async move {
+                    while let Some(chunk) = lane_rx.recv().await {
+                        for request in chunk {
+                            run_request(&handler, &tx, request);
+                        }
+                        busy.fetch_sub(1, Ordering::Release);
+                    }
+                });
+                lane_tx
+            })
+            .collect::<Vec<_>>();
+        Self {
+            handler: handler.clone(),
+            tx: tx.clone(),
+            dealt: tasks.iter().map(|_| Vec::new()).collect(),
+            tasks,
+            busy,
+        }
+    }
+
+    /// Starts one batch's requests.
+    fn run(&mut self, requests: Vec<proto::Request>) {
+        let inline = self.tasks.is_empty()
+            || (requests.len() <= INLINE_REQUESTS && self.busy.load(Ordering::Acquire) == 0);
+        if inline {
+            for request in requests {
+                run_request(&self.handler, &self.tx, request);
+            }
+            return;
+        }
+        let lanes = self.tasks.len() + 1;
+        for request in requests {
+            match lane_of(&request, lanes) {
+                0 => run_request(&self.handler, &self.tx, request),
+                lane => self.dealt[lane - 1].push(request),
+            }
+        }
+        for (lane, chunk) in self.tasks.iter().zip(&mut self.dealt) {
+            if chunk.is_empty() {
+                continue;
+            }
+            self.busy.fetch_add(1, Ordering::AcqRel);
+            if lane.send(std::mem::take(chunk)).is_err() {
+                // Lane tasks live as long as the stream's reader; this cannot happen.
+                self.busy.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+/// The lane a request is dealt to: by an FNV-1a hash of its object ID, so one object always
+/// maps to one lane (requests without an operation go to the reader's own lane).
+fn lane_of(request: &proto::Request, lanes: usize) -> usize {
+    let id = match &request.op {
+        Some(proto::request::Op::Call(call)) => &call.object_id,
+        Some(proto::request::Op::Create(create)) => &create.object_id,
+        Some(proto::request::Op::Delete(delete)) => &delete.object_id,
+        None => return 0,
+    };
+    goverse_core::fnv1a_32(id.as_bytes()) as usize % lanes
 }
 
 /// Starts one request: polled once here, and spawned only if it has to wait.
