@@ -159,8 +159,9 @@ impl NodeService for NodeRpc {
         }
         let handler = self.handler.clone();
         let stop = self.stop.clone();
+        let tracker = self.readers.clone();
         self.readers.spawn(async move {
-            let mut lanes = Lanes::new(&handler, &tx);
+            let mut lanes = Lanes::new(&handler, &tx, &tracker);
             loop {
                 let batch = tokio::select! {
                     () = stop.cancelled() => break,
@@ -211,12 +212,17 @@ struct Lanes {
     tasks: Vec<mpsc::UnboundedSender<Vec<proto::Request>>>,
     /// Chunks sent to lane tasks and not yet started in full.
     busy: Arc<AtomicUsize>,
-    /// Reused per batch: the requests dealt to each lane task.
+    /// The requests of the batch being dealt, per lane task.
     dealt: Vec<Vec<proto::Request>>,
 }
 
 impl Lanes {
-    fn new(handler: &Arc<dyn Handler>, tx: &mpsc::UnboundedSender<Outbound>) -> Self {
+    /// Lane tasks are tracked with the stream's reader, so a draining server waits for them.
+    fn new(
+        handler: &Arc<dyn Handler>,
+        tx: &mpsc::UnboundedSender<Outbound>,
+        tracker: &TaskTracker,
+    ) -> Self {
         let threads = tokio::runtime::Handle::try_current()
             .map_or(1, |h| h.metrics().num_workers())
             .clamp(1, MAX_LANES);
@@ -225,7 +231,7 @@ impl Lanes {
             .map(|_| {
                 let (lane_tx, mut lane_rx) = mpsc::unbounded_channel::<Vec<proto::Request>>();
                 let (handler, tx, busy) = (handler.clone(), tx.clone(), busy.clone());
-                tokio::spawn(async move {
+                tracker.spawn(async move {
                     while let Some(chunk) = lane_rx.recv().await {
                         for request in chunk {
                             run_request(&handler, &tx, request);
@@ -266,17 +272,19 @@ impl Lanes {
             if chunk.is_empty() {
                 continue;
             }
-            self.busy.fetch_add(1, Ordering::AcqRel);
+            self.busy.fetch_add(1, Ordering::Relaxed);
             if lane.send(std::mem::take(chunk)).is_err() {
                 // Lane tasks live as long as the stream's reader; this cannot happen.
-                self.busy.fetch_sub(1, Ordering::AcqRel);
+                self.busy.fetch_sub(1, Ordering::Relaxed);
             }
         }
     }
 }
 
 /// The lane a request is dealt to: by an FNV-1a hash of its object ID, so one object always
-/// maps to one lane (requests without an operation go to the reader's own lane).
+/// maps to one lane (requests without an operation go to the reader's own lane). The shard is
+/// the hash's low bits; lanes take the high ones, so a node that owns only even shards (say)
+/// still spreads its requests over every lane.
 fn lane_of(request: &proto::Request, lanes: usize) -> usize {
     let id = match &request.op {
         Some(proto::request::Op::Call(call)) => &call.object_id,
@@ -284,7 +292,7 @@ fn lane_of(request: &proto::Request, lanes: usize) -> usize {
         Some(proto::request::Op::Delete(delete)) => &delete.object_id,
         None => return 0,
     };
-    goverse_core::fnv1a_32(id.as_bytes()) as usize % lanes
+    (goverse_core::fnv1a_32(id.as_bytes()) >> 16) as usize % lanes
 }
 
 /// Starts one request: polled once here, and spawned only if it has to wait.
