@@ -52,6 +52,11 @@ pub(crate) struct DemoArgs {
     /// The node service address (gates connect here).
     #[arg(long, default_value = "127.0.0.1:47000")]
     node_listen: String,
+    /// The secret peers must present on the node service port (at least 16 characters). When
+    /// the node listens on a non-loopback address without one, a random secret is made and
+    /// printed: the port is never open to strangers.
+    #[arg(long, env = "GOVERSE_PEER_SECRET", hide_env_values = true)]
+    peer_secret: Option<String>,
     /// The gate's gRPC address (upstream `gate.GateService`).
     #[arg(long, default_value = "127.0.0.1:49000")]
     listen: String,
@@ -77,20 +82,29 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         )
         .await;
     }
-    let (_temp, store): (Option<tempfile::TempDir>, Arc<dyn ObjectStore>) =
-        match args.postgres.resolve(None)? {
-            Some(config) => {
-                let store = PostgresStore::connect(&config).await?;
-                for (version, description) in store.migrate().await? {
-                    println!("schema migration {version} applied: {description}");
-                }
-                (None, Arc::new(store))
+    let (_temp, store): (Option<tempfile::TempDir>, Arc<dyn ObjectStore>) = match args
+        .postgres
+        .resolve(None)?
+    {
+        Some(config) => {
+            let store = PostgresStore::connect(&config).await?;
+            // The demo sets its database up itself (a node refuses to), and says so.
+            if store.schema_version().await? == 0 {
+                println!(
+                    "database at {} has no GoVerse schema: creating it (as `goverse db init` does)",
+                    store.target()
+                );
             }
-            None => {
-                let (temp, _, store) = crate::tour::open_store(args.data_dir)?;
-                (temp, store)
+            for (version, description) in store.migrate().await? {
+                println!("schema migration {version} applied: {description}");
             }
-        };
+            (None, Arc::new(store))
+        }
+        None => {
+            let (temp, _, store) = crate::tour::open_store(args.data_dir)?;
+            (temp, store)
+        }
+    };
 
     // Bind everything first, so a busy port fails before anything starts.
     let node_listener = bind(&args.node_listen, "node service").await?;
@@ -117,6 +131,18 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if let Some(retention) = args.reliable_call_retention {
         config.reliable_call_retention = retention;
     }
+    config.peer_secret = match args.peer_secret {
+        Some(secret) => Some(secret),
+        None if !is_loopback(&node_addr) => {
+            let secret = goverse::config::random_secret();
+            println!(
+                "the node service listens on {node_addr}, beyond loopback: peers must present \
+                 the secret {secret} (pass --peer-secret to choose one)"
+            );
+            Some(secret)
+        }
+        None => None,
+    };
     let mut durable = TypeOptions::<DurableCounter>::default();
     if let Some(idle) = args.idle_timeout {
         durable = durable.idle_timeout(idle);
@@ -128,11 +154,12 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let builder = goverse_sample_wallet::register(goverse_sample_chat::register(builder));
     let node = builder.start().await.context("cannot start the node")?;
 
-    let stop = CancellationToken::new();
+    let stop_node = CancellationToken::new();
+    let stop_gate = CancellationToken::new();
     let node_service = tokio::spawn(goverse::serve(
         node.clone(),
         node_listener,
-        stop.clone().cancelled_owned(),
+        stop_node.clone().cancelled_owned(),
     ));
     // The gate shares the node's process, so it links to the node in-process: calls run straight
     // on the node, with no loopback socket between them.
@@ -160,7 +187,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let serving = tokio::spawn({
         let gate = gate.clone();
         let router = gate.http_router().merge(goverse_sample_chat::web::router());
-        let stop = stop.clone();
+        let stop = stop_gate.clone();
         async move {
             gate.serve(
                 grpc_listener,
@@ -210,17 +237,47 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("ready; Ctrl-C or SIGTERM stops it and saves every object");
 
     goverse::stop_signal().await;
-    println!("stopping");
-    stop.cancel();
-    match serving.await {
-        Ok(Err(err)) => tracing::warn!(cause = %err, "the gate stopped with an error"),
-        Err(err) => tracing::warn!(cause = %err, "the gate task failed"),
-        Ok(Ok(())) => {}
+    println!("stopping: saving every object (a second signal stops waiting)");
+    // Save first, as `goverse node` does: the gate stops taking calls and drains within its own
+    // deadline meanwhile, and no connection (a stalled client, a peer that sent half a preface)
+    // can hold the saves back. Then the node service's connections end, within a deadline too.
+    stop_gate.cancel();
+    // The gate's own drain deadline is 5 s from now.
+    let gate_deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+    let shutdown = node.shutdown(Duration::from_secs(10));
+    tokio::pin!(shutdown);
+    let mut hurried = false;
+    let report = loop {
+        tokio::select! {
+            report = &mut shutdown => break report,
+            () = goverse::stop_signal(), if !hurried => {
+                println!("stopping now: saving what is not in the middle of a turn");
+                node.hurry_shutdown();
+                hurried = true;
+            }
+        }
+    };
+    stop_node.cancel();
+    let wait = if hurried {
+        Duration::from_millis(100)
+    } else {
+        Duration::from_secs(2)
+    };
+    match tokio::time::timeout(wait, node_service).await {
+        Ok(Ok(Err(err))) => tracing::warn!(cause = %err, "node service stopped with an error"),
+        Err(_) => {
+            tracing::warn!("node service connections still open after {wait:?}; leaving them")
+        }
+        _ => {}
     }
-    if let Ok(Err(err)) = node_service.await {
-        tracing::warn!(cause = %err, "node service stopped with an error");
+    match tokio::time::timeout_at(gate_deadline, serving).await {
+        Ok(Ok(Err(err))) => tracing::warn!(cause = %err, "the gate stopped with an error"),
+        Ok(Err(err)) => tracing::warn!(cause = %err, "the gate task failed"),
+        Err(_) => {
+            tracing::warn!("gate connections still open after its drain deadline; leaving them")
+        }
+        Ok(Ok(Ok(()))) => {}
     }
-    let report = node.shutdown(Duration::from_secs(10)).await;
     println!(
         "stopped: {} objects closed, {} saved, {} unsaved",
         report.deactivated, report.saved, report.unsaved
@@ -229,6 +286,13 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         anyhow::bail!("{} object states could not be saved", report.unsaved);
     }
     Ok(())
+}
+
+/// Whether `address` is a loopback socket address.
+fn is_loopback(address: &str) -> bool {
+    address
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback())
 }
 
 /// The bundled sample types, as `goverse demo` and `goverse node` serve them: `Counter`,

@@ -206,6 +206,27 @@ async fn a_cluster_from_one_file_survives_kill_restart_and_pause_without_losing_
     let file = goverse::config::ClusterFile::load(&config).unwrap();
     let gate_addrs: Vec<String> = file.gates.iter().map(|g| g.grpc_addr.clone()).collect();
 
+    // A node does not set up an empty database by itself (it may be the wrong one): it refuses
+    // and names the command; the operator runs it.
+    let refused = goverse(&["node", "--config", &config_str, "--node-id", "node-1"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("has no GoVerse schema") && err.contains("goverse db init"),
+        "{err}"
+    );
+    let tables = postgres.psql(
+        "cluster",
+        "SELECT count(*) FROM information_schema.tables WHERE table_name LIKE 'goverse%'",
+    );
+    assert_eq!(tables.trim(), "0", "the refused node created nothing");
+    let out = goverse(&["db", "init", "--config", &config_str]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let start_node = |id: &str| {
         let mut node = Process::start(GOVERSE, ["node", "--config", &config_str, "--node-id", id]);
         node.expect_within("serving on", Duration::from_secs(60));

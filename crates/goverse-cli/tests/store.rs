@@ -33,6 +33,12 @@ struct Demo {
     args: Vec<String>,
 }
 
+/// The value after `flag` in `args`.
+fn flag_value<'a>(args: &'a [String], flag: &str) -> &'a str {
+    let at = args.iter().position(|a| a == flag).expect("flag present");
+    &args[at + 1]
+}
+
 impl Demo {
     fn args(store_args: &[&str]) -> (Vec<String>, String) {
         let grpc = format!("127.0.0.1:{}", free_port());
@@ -236,6 +242,117 @@ async fn acknowledged_durable_adds_survive_kill_9_and_periodic_ones_do_not() {
     assert_eq!(demo.stop(), Some(0));
 }
 
+/// Opens a TCP connection to `addr`, sends `bytes` and says nothing more.
+fn stalled_client(addr: &str, bytes: &[u8]) -> std::net::TcpStream {
+    use std::io::Write as _;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.write_all(bytes).unwrap();
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_sigterm_saves_first_and_stalled_connections_do_not_hold_it() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    // Only the saves at shutdown keep the counters.
+    let mut demo = Demo::start(&["--data-dir", dir, "--save-interval", "1h"]);
+    let mut client = gate(&demo.grpc).await;
+    for i in 0..200 {
+        add(&mut client, "Counter", &format!("held-{}", i % 10))
+            .await
+            .unwrap();
+    }
+    // A connection on every port that sent only the HTTP/2 preface (or nothing, or half a
+    // request) and then nothing more.
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let node_addr = flag_value(&demo.args, "--node-listen").to_owned();
+    let http_addr = flag_value(&demo.args, "--http-listen").to_owned();
+    let _stalled = [
+        stalled_client(&node_addr, preface),
+        stalled_client(&node_addr, b""),
+        stalled_client(&demo.grpc, preface),
+        stalled_client(
+            &http_addr,
+            b"POST /api/v1/objects/call/Counter/held-0/Get HTTP/1.1\r\n",
+        ),
+    ];
+    let asked = Instant::now();
+    demo.process.terminate();
+    let exit = demo.process.wait_exit(Duration::from_secs(20));
+    let took = asked.elapsed();
+    assert_eq!(exit, Some(0), "{:?}", demo.process.output());
+    assert!(
+        demo.process
+            .output()
+            .iter()
+            .any(|l| l.contains("10 saved, 0 unsaved")),
+        "{:?}",
+        demo.process.output()
+    );
+    // The node's service and the gate each drain within their deadlines (2 s and 5 s).
+    assert!(took < Duration::from_secs(10), "stopping took {took:?}");
+    println!("demo stopped in {took:?} with stalled connections on every port");
+
+    demo.restart();
+    let mut client = gate(&demo.grpc).await;
+    let mut total = 0;
+    for i in 0..10 {
+        total += get(&mut client, "Counter", &format!("held-{i}")).await;
+    }
+    assert_eq!(total, 200, "every acknowledged add was saved at SIGTERM");
+    assert_eq!(demo.stop(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_node_port_beyond_loopback_admits_only_peers_with_the_secret() {
+    use goverse_proto::node::DescribeRequest;
+    use goverse_proto::node::node_service_client::NodeServiceClient;
+    let port = free_port();
+    let (mut args, _) = Demo::args(&[]);
+    let at = args.iter().position(|a| a == "--node-listen").unwrap();
+    args[at + 1] = format!("0.0.0.0:{port}");
+    let mut process = Process::start(GOVERSE, &args);
+    process.expect_within("ready;", Duration::from_secs(60));
+    let printed = process.output().join("\n");
+    let secret = printed
+        .split("peers must present the secret ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("the made-up secret is printed: {printed}"))
+        .to_owned();
+    assert_eq!(secret.len(), 32, "{secret}");
+
+    let mut raw = NodeServiceClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let err = raw.describe(DescribeRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    let mut with_secret = tonic::Request::new(DescribeRequest {});
+    with_secret
+        .metadata_mut()
+        .insert("goverse-peer-secret", secret.parse().unwrap());
+    raw.describe(with_secret)
+        .await
+        .expect("the printed secret is admitted");
+    process.terminate();
+    assert_eq!(process.wait_exit(Duration::from_secs(20)), Some(0));
+
+    // A chosen secret that is too short is refused at start, by name.
+    let (mut args, _) = Demo::args(&["--peer-secret", "short"]);
+    let at = args.iter().position(|a| a == "--node-listen").unwrap();
+    args[at + 1] = format!("0.0.0.0:{}", free_port());
+    let out = std::process::Command::new(GOVERSE)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("at least 16 characters"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pause_past_the_lease_then_a_restart_still_writes_and_stops_cleanly() {
     let data = tempfile::tempdir().unwrap();
@@ -357,6 +474,15 @@ async fn demo_on_postgres_survives_the_database_stopping_and_returning() {
     let url = postgres.url("demo");
     // Short timeouts so calls during the outage fail quickly.
     let mut demo = Demo::start(&["--postgres", &url, "--pg-statement-timeout", "2s"]);
+    // The demo sets up its empty database itself, and says so (a node would refuse).
+    assert!(
+        demo.process
+            .output()
+            .iter()
+            .any(|l| l.contains("has no GoVerse schema: creating it")),
+        "{:?}",
+        demo.process.output()
+    );
     let mut client = gate(&demo.grpc).await;
     let mut acked = 0;
     for _ in 0..20 {

@@ -23,6 +23,20 @@ pub enum IdError {
         /// Its first characters.
         start: String,
     },
+    /// The ID holds a control character (U+0000–U+001F or U+007F): no store keeps a NUL in a
+    /// key, and the others break logs and URLs.
+    #[error(
+        "invalid object id {id:?}: it holds the control character {ch:?} at byte {at}; \
+         object ids may not contain control characters"
+    )]
+    ControlCharacter {
+        /// The rejected ID (at most its first 64 characters).
+        id: String,
+        /// The character.
+        ch: char,
+        /// Its byte offset.
+        at: usize,
+    },
     /// `shard#.../name` where the part after `shard#` is not a number.
     #[error(
         "invalid object id {id:?}: shard# must be followed by a number and '/', as in shard#12/name"
@@ -98,6 +112,7 @@ pub fn kind_of(id: &str) -> Result<ObjectIdKind<'_>, IdError> {
         return Err(IdError::Empty);
     }
     check_length(id)?;
+    check_characters(id)?;
     let Some((prefix, name)) = id.split_once('/') else {
         if id.starts_with("shard#") {
             return Err(IdError::BadShardPrefix { id: id.to_owned() });
@@ -139,6 +154,19 @@ fn check_length(id: &str) -> Result<(), IdError> {
         bytes: id.len(),
         start: id.chars().take(32).collect(),
     })
+}
+
+/// Refuses an ID holding an ASCII control character. One pass over at most 255 bytes; UTF-8
+/// continuation bytes are never below 0x80, so a byte test is exact.
+fn check_characters(id: &str) -> Result<(), IdError> {
+    match id.bytes().position(|b| b < 0x20 || b == 0x7f) {
+        None => Ok(()),
+        Some(at) => Err(IdError::ControlCharacter {
+            id: id.chars().take(64).collect(),
+            ch: char::from(id.as_bytes()[at]),
+            at,
+        }),
+    }
 }
 
 impl fmt::Display for ObjectId {
@@ -274,6 +302,28 @@ mod tests {
         );
         // Only the first '/' separates: the rest belongs to the name.
         assert_eq!(kind("shard#1/a/b"), Ok(ObjectIdKind::FixedShard(1)));
+    }
+
+    #[test]
+    fn control_characters_are_refused_wherever_they_are() {
+        for id in ["a\0b", "\0", "shard#1/x\ny", "host:1/\x7f", "tab\there"] {
+            let err = kind(id).unwrap_err();
+            assert!(
+                matches!(err, IdError::ControlCharacter { .. }),
+                "{id:?}: {err:?}"
+            );
+            assert!(err.to_string().contains("control character"), "{err}");
+        }
+        assert_eq!(
+            kind("hi \0 there"),
+            Err(IdError::ControlCharacter {
+                id: "hi \0 there".into(),
+                ch: '\0',
+                at: 3
+            })
+        );
+        // Non-ASCII text is fine.
+        assert_eq!(kind("Zimmer-Ä-ß-房间"), Ok(ObjectIdKind::Regular));
     }
 
     #[test]

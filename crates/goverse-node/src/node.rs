@@ -75,6 +75,9 @@ pub struct NodeStats {
     pub commits: u64,
     /// Writes refused because the shard's epoch in the store had moved on.
     pub fence_refusals: u64,
+    /// Writes the store refused for what they held (found by committing a failed batch in
+    /// parts, so the other writes of the batch still committed); each is named in the log.
+    pub unsaveable_writes: u64,
     /// Reliable calls answered (run now, or answered from an earlier attempt's record).
     pub reliable_calls: u64,
     /// Shards this node serves now.
@@ -978,6 +981,10 @@ impl NodeInner {
                 .store
                 .as_ref()
                 .map_or(0, |s| s.counters.fence_refusals.load(Ordering::Relaxed)),
+            unsaveable_writes: self
+                .store
+                .as_ref()
+                .map_or(0, |s| s.counters.unsaveable.load(Ordering::Relaxed)),
             reliable_calls: self.counters.reliable_calls.load(Ordering::Relaxed),
             owned_shards: owned,
             pushes_sent: self.push.counters.sent.load(Ordering::Relaxed),

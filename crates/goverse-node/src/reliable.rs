@@ -43,12 +43,21 @@ pub(crate) fn result_of(result: &Result<Payload, CallError>) -> ReliableResult {
     }
 }
 
-/// Refuses a call id that is empty or longer than the store's column.
+/// Refuses a call id that is empty, holds a control character (no store keeps a NUL in a key) or
+/// is longer than the store's column.
 pub(crate) fn check_call_id(call_id: &str) -> Result<(), CallError> {
     if call_id.is_empty() {
         return Err(CallError::invalid_argument(
             "reliable call id is empty: choose one per logical operation and reuse it on retries",
         ));
+    }
+    if let Some(at) = call_id.bytes().position(|b| b < 0x20 || b == 0x7f) {
+        return Err(CallError::invalid_argument(format!(
+            "reliable call id {:?} holds the control character {:?} at byte {at}; \
+             call ids may not contain control characters",
+            goverse_core::Clipped(call_id),
+            char::from(call_id.as_bytes()[at])
+        )));
     }
     let chars = call_id.chars().count();
     if chars > MAX_CALL_ID_CHARS {

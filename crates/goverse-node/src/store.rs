@@ -111,6 +111,9 @@ pub(crate) struct StoreCounters {
     pub(crate) commits: AtomicU64,
     /// Writes refused by a shard's fence.
     pub(crate) fence_refusals: AtomicU64,
+    /// Writes the store refused for their content alone (found by committing a failed batch in
+    /// parts); each is named in the log.
+    pub(crate) unsaveable: AtomicU64,
 }
 
 /// The node's handle on its store.
@@ -234,36 +237,74 @@ async fn run_saver(
         if received == 0 {
             return;
         }
-        let outcome = {
-            let writes: Vec<Write<'_>> = batch.iter().map(|(job, _)| job.as_write()).collect();
-            store.commit(&writes).await
-        };
-        match outcome {
-            Ok(results) => {
-                counters.commits.fetch_add(1, Ordering::Relaxed);
-                for ((job, reply), result) in batch.drain(..).zip(results) {
-                    match &result {
-                        Ok(()) => {}
-                        Err(refusal @ Refusal::StaleFence { .. }) => {
-                            counters.fence_refusals.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(object = %job.id, cause = %refusal,
-                                "write refused by the shard's fence");
-                        }
-                        Err(refusal @ Refusal::CallIdTaken { .. }) => {
-                            tracing::warn!(object = %job.id, cause = %refusal, "write refused");
-                        }
-                    }
-                    let _ = reply.send(result.map_err(SaveFailure::Refused));
+        let outcomes = commit_batch(&*store, &batch, &counters).await;
+        for ((job, reply), outcome) in batch.drain(..).zip(outcomes) {
+            if let Err(SaveFailure::Refused(refusal)) = &outcome {
+                if matches!(refusal, Refusal::StaleFence { .. }) {
+                    counters.fence_refusals.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(object = %job.id, cause = %refusal,
+                        "write refused by the shard's fence");
+                } else {
+                    tracing::warn!(object = %job.id, cause = %refusal, "write refused");
                 }
             }
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
+/// Commits `batch` as one transaction; the outcome of each write, in order.
+///
+/// When the transaction fails for a reason that is not transient (the store refused some value
+/// in it), the batch is split in halves and each half committed on its own, down to single
+/// writes, so the write the store cannot take fails alone, named in the log and counted, and
+/// every other object's write commits. Halves commit left to right, so writes of one object
+/// still commit in queue order. A transient failure (store unreachable) fails what it hit:
+/// splitting would only multiply the attempts.
+async fn commit_batch(
+    store: &dyn ObjectStore,
+    batch: &[(SaveJob, Reply)],
+    counters: &StoreCounters,
+) -> Vec<Result<(), SaveFailure>> {
+    let mut outcomes: Vec<Result<(), SaveFailure>> = Vec::with_capacity(batch.len());
+    let mut pending: std::collections::VecDeque<std::ops::Range<usize>> =
+        std::collections::VecDeque::new();
+    pending.push_back(0..batch.len());
+    while let Some(range) = pending.pop_front() {
+        let writes: Vec<Write<'_>> = batch[range.clone()]
+            .iter()
+            .map(|(job, _)| job.as_write())
+            .collect();
+        match store.commit(&writes).await {
+            Ok(results) => {
+                counters.commits.fetch_add(1, Ordering::Relaxed);
+                outcomes.extend(
+                    results
+                        .into_iter()
+                        .map(|result| result.map_err(SaveFailure::Refused)),
+                );
+            }
+            Err(err) if range.len() > 1 && !err.is_transient() => {
+                tracing::warn!(writes = range.len(), cause = %err,
+                    "commit failed; committing its halves apart to find the write the store refuses");
+                let mid = range.start + range.len() / 2;
+                pending.push_front(mid..range.end);
+                pending.push_front(range.start..mid);
+            }
             Err(err) => {
-                tracing::warn!(writes = batch.len(), cause = %err, "commit failed");
-                for (_, reply) in batch.drain(..) {
-                    let _ = reply.send(Err(SaveFailure::Store(err.clone())));
+                if range.len() == 1 && !err.is_transient() {
+                    let job = &batch[range.start].0;
+                    counters.unsaveable.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(object = %job.id, object_type = job.object_type, cause = %err,
+                        "the store refuses this object's write; other objects' writes go on");
+                } else {
+                    tracing::warn!(writes = range.len(), cause = %err, "commit failed");
                 }
+                outcomes.extend(range.map(|_| Err(SaveFailure::Store(err.clone()))));
             }
         }
     }
+    outcomes
 }
 
 /// Gathers single reads into batches: while `LOADS_IN_FLIGHT` queries run, the next batch

@@ -449,7 +449,28 @@ async fn ids_are_opaque_strings_and_state_bytes_round_trip(store: &dyn ObjectSto
             .unwrap();
         assert_eq!(loaded(store, raw).await.unwrap().data, raw.as_bytes());
     }
+    // JSON a serde type produces from any string it holds: a NUL, a lone surrogate (PostgreSQL's
+    // JSONB refuses both as they are), control characters, and text that looks like the
+    // wrapper the stores use for non-JSON state.
     let fence = claim(store, 12).await;
+    for (n, json) in [
+        r#"{"messages":["hi \u0000 there"],"n":1}"#,
+        r#"{"text":"lone \ud800 half"}"#,
+        r#"["\u0001\u001f\t\\u0000 is text"]"#,
+        r#"{"goverse:bytes":"not base64 at all"}"#,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let object = id(&format!("conf-json-{n}"));
+        store
+            .save(&object, "T", json.as_bytes(), fence)
+            .await
+            .unwrap_or_else(|err| panic!("{json}: {err}"))
+            .unwrap();
+        let data = loaded(store, object.as_str()).await.unwrap().data;
+        assert_same_state(&data, json.as_bytes());
+    }
     let binary: Vec<u8> = (0..=255).collect();
     store
         .save(&id("conf-binary"), "T", &binary, fence)

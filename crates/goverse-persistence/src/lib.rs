@@ -340,37 +340,82 @@ pub(crate) mod json_column {
 
     const KEY: &str = "goverse:bytes";
 
-    /// The JSON text to store for `data`.
+    /// The JSON text to store for `data`: the state itself when it is JSON that every JSON
+    /// column can hold, otherwise a wrapper object holding the bytes in base64. PostgreSQL's
+    /// JSONB refuses a `\u0000` escape (no text value can hold a NUL) and lone surrogates, so JSON
+    /// carrying one is wrapped too, and a chat message with a NUL in it is stored like any other.
     pub(crate) fn encode(data: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-        if serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok() {
+        if !has_escape_jsonb_refuses(data)
+            && !is_wrapper(data)
+            && serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok()
+        {
             return std::borrow::Cow::Borrowed(data);
         }
         let wrapped = serde_json::json!({ KEY: STANDARD.encode(data) });
         std::borrow::Cow::Owned(wrapped.to_string().into_bytes())
     }
 
-    /// The state bytes a stored JSON text stands for.
-    pub(crate) fn decode(text: Vec<u8>) -> Result<Vec<u8>, String> {
-        #[derive(serde::Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Wrapped {
-            #[serde(rename = "goverse:bytes")]
-            bytes: String,
+    /// Whether JSON text holds an escape PostgreSQL's JSONB refuses: `\u0000` (no text value
+    /// holds a NUL) or a UTF-16 surrogate (JSONB refuses a lone one; a paired one is wrapped too,
+    /// which costs nothing but readability: serializers write such characters as UTF-8).
+    fn has_escape_jsonb_refuses(text: &[u8]) -> bool {
+        // Backslashes appear only inside strings, where each starts a two-byte escape or a
+        // `\uXXXX` one, so walking escape by escape is exact.
+        let mut i = 0;
+        while let Some(found) = text[i..].iter().position(|&b| b == b'\\') {
+            let at = i + found;
+            match text.get(at + 1) {
+                Some(b'u') => {
+                    let hex = text.get(at + 2..at + 6).unwrap_or_default();
+                    if hex == b"0000"
+                        || matches!(
+                            hex,
+                            [b'd' | b'D', b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F', ..]
+                        )
+                    {
+                        return true;
+                    }
+                    i = at + 2;
+                }
+                Some(_) => i = at + 2,
+                None => return false,
+            }
         }
-        // Only an object whose single key is ours is a wrapper; other JSON is state as is.
+        false
+    }
+
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Wrapped {
+        #[serde(rename = "goverse:bytes")]
+        bytes: String,
+    }
+
+    /// The wrapper `text` is, if it is one: an object whose single key is ours. A state of that
+    /// very shape is wrapped itself when stored, so it is never mistaken for one.
+    fn as_wrapper(text: &[u8]) -> Option<Wrapped> {
         let starts_like_wrapper = text
             .iter()
             .position(|b| !b.is_ascii_whitespace())
             .is_some_and(|i| text[i] == b'{')
             && text.windows(KEY.len()).any(|w| w == KEY.as_bytes());
         if !starts_like_wrapper {
-            return Ok(text);
+            return None;
         }
-        match serde_json::from_slice::<Wrapped>(&text) {
-            Ok(w) => STANDARD
+        serde_json::from_slice::<Wrapped>(text).ok()
+    }
+
+    fn is_wrapper(text: &[u8]) -> bool {
+        as_wrapper(text).is_some()
+    }
+
+    /// The state bytes a stored JSON text stands for.
+    pub(crate) fn decode(text: Vec<u8>) -> Result<Vec<u8>, String> {
+        match as_wrapper(&text) {
+            Some(w) => STANDARD
                 .decode(w.bytes)
                 .map_err(|e| format!("wrapped state is not base64: {e}")),
-            Err(_) => Ok(text),
+            None => Ok(text),
         }
     }
 
@@ -383,6 +428,20 @@ pub(crate) mod json_column {
                 let stored = super::encode(raw).into_owned();
                 assert!(serde_json::from_slice::<serde_json::Value>(&stored).is_ok());
                 assert_eq!(super::decode(stored).unwrap(), raw);
+            }
+            // JSON with a NUL in a string is wrapped (JSONB cannot hold it) and comes back as is;
+            // an escaped backslash before "u0000" is no NUL.
+            for (json, wrapped) in [
+                (&br#"{"text":"hi \u0000 there"}"#[..], true),
+                (br#"["\\\u0000"]"#, true),
+                (br#"["\\u0000"]"#, false),
+                (br#"["lone \ud800"]"#, true),
+                (br#"["pair \uD83D\uDE00"]"#, true),
+                (br#"["fine \u00e9 \n \\"]"#, false),
+            ] {
+                let stored = super::encode(json).into_owned();
+                assert_eq!(stored != json, wrapped, "{}", String::from_utf8_lossy(json));
+                assert_eq!(super::decode(stored).unwrap(), json);
             }
             // A user's own object with other keys is not mistaken for a wrapper.
             let own = br#"{"goverse:bytes":"AA==","other":1}"#.to_vec();

@@ -568,8 +568,8 @@ impl ClusterFile {
 
 const ENV_PREFIX: &str = "GOVERSE_";
 
-/// 32 random hex digits from the operating system's generator.
-fn random_secret() -> String {
+/// A fresh cluster secret: 32 random hex digits from the operating system's generator.
+pub fn random_secret() -> String {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).expect("the operating system's random generator works");
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -116,8 +116,8 @@ pub async fn node_main(
     }
 }
 
-/// Opens the object store the file names: PostgreSQL (migrated first), one SQLite file, or
-/// none.
+/// Opens the object store the file names: PostgreSQL (whose schema `goverse db init` sets up;
+/// it is not created here), one SQLite file, or none.
 pub async fn open_store(file: &ClusterFile) -> Result<Option<Arc<dyn ObjectStore>>, RunError> {
     if let Some(pg) = &file.postgres {
         let mut config = PostgresConfig::from_parts(
@@ -134,13 +134,12 @@ pub async fn open_store(file: &ClusterFile) -> Result<Option<Arc<dyn ObjectStore
         if let Some(timeout) = pg.statement_timeout {
             config.statement_timeout = timeout;
         }
+        // The schema is not created here: a node pointed at the wrong (empty) database must
+        // not start an empty cluster in it. The node's start check refuses a database without
+        // this build's schema and names `goverse db init`.
         let store = PostgresStore::connect(&config)
             .await
             .map_err(|e| RunError::new(format!("cannot open the PostgreSQL store: {e}")))?;
-        store
-            .migrate()
-            .await
-            .map_err(|e| RunError::new(format!("cannot migrate the PostgreSQL store: {e}")))?;
         return Ok(Some(Arc::new(store)));
     }
     if let Some(sqlite) = &file.sqlite {

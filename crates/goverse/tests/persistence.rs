@@ -696,3 +696,136 @@ async fn a_store_that_fails_its_check_stops_the_start() {
         .unwrap_err();
     assert!(err.to_string().contains("object store"), "{err}");
 }
+
+/// Periodic notes: any text a client sends, NULs included.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Notebook {
+    lines: Vec<String>,
+}
+
+impl Object for Notebook {
+    json_state!();
+}
+
+#[goverse::object]
+impl Notebook {
+    #[method]
+    async fn write(&mut self, request: StringValue) -> Result<Empty, ObjectError> {
+        self.lines.push(request.value);
+        Ok(Empty {})
+    }
+
+    #[method]
+    async fn read(&self, _request: Empty) -> Result<StringValue, ObjectError> {
+        Ok(StringValue {
+            value: self.lines.join("\n"),
+        })
+    }
+}
+
+/// On a real PostgreSQL: a state with a NUL in its text is stored and read back (JSONB cannot
+/// hold one as is); an object whose write the database refuses (here a CHECK constraint refuses
+/// one ledger's state) fails alone, named and counted, and every other object's periodic save
+/// in the same batches commits; NULs in object and call ids are invalid arguments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_unsaveable_object_fails_alone_and_nul_text_round_trips_on_postgres() {
+    use goverse::persistence::{PostgresConfig, PostgresStore};
+    let postgres = goverse_testkit::PostgresServer::start();
+    postgres.create_database("isolation");
+    let store = PostgresStore::connect(&PostgresConfig::new(postgres.url("isolation")))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    postgres.psql(
+        "isolation",
+        r#"ALTER TABLE goverse_objects ADD CONSTRAINT refuses_666
+           CHECK (NOT (data @> '{"entries":[666]}'))"#,
+    );
+    let store: Arc<dyn ObjectStore> = Arc::new(store);
+    let start = |store: Arc<dyn ObjectStore>| async move {
+        Node::builder(NodeConfig {
+            shard_count: 64,
+            save_interval: Duration::from_millis(100),
+            ..NodeConfig::default()
+        })
+        .register::<Ledger>()
+        .register::<Notebook>()
+        .object_store(store)
+        .start()
+        .await
+        .expect("node starts")
+    };
+    let node = start(store.clone()).await;
+    let text = "hi \u{0} there";
+    NotebookRef::new("room")
+        .write(&node, StringValue { value: text.into() })
+        .await
+        .unwrap();
+    LedgerRef::new("poisoned")
+        .record(&node, Int64Value { value: 666 })
+        .await
+        .unwrap();
+    for i in 0..30 {
+        LedgerRef::new(format!("ledger-{i}"))
+            .record(&node, Int64Value { value: i })
+            .await
+            .unwrap();
+    }
+    // Every other object is saved by the periodic saves; the refused one is counted.
+    let saved = || async {
+        let ids: Vec<ObjectId> = (0..30)
+            .map(|i| ObjectId::from(format!("ledger-{i}")))
+            .chain([ObjectId::from("room")])
+            .collect();
+        store
+            .load_many(&ids)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|o| o.is_some())
+            .count()
+    };
+    assert_eventually!(saved().await == 31, Duration::from_secs(20));
+    assert_eventually!(node.stats().unsaveable_writes >= 1, Duration::from_secs(20));
+    assert_eq!(store.load(&ObjectId::from("poisoned")).await.unwrap(), None);
+
+    // NULs in ids are the caller's mistake, said so, not an internal error.
+    let err = node
+        .call(
+            "Ledger",
+            "a\u{0}b",
+            "Record",
+            Payload::typed(Int64Value { value: 1 }),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::InvalidArgument, "{err}");
+    assert!(err.message().contains("control character"), "{err}");
+    // A reliable call refused before it runs is reported as skipped, with the reason's code.
+    let outcome = node
+        .call_reliable(
+            "Ledger",
+            "ledger-0",
+            "Record",
+            "call\u{0}id",
+            Payload::typed(Int64Value { value: 1 }),
+        )
+        .await
+        .unwrap();
+    let ReliableOutcome::Skipped(err) = outcome else {
+        panic!("refused before running: {outcome:?}");
+    };
+    assert_eq!(err.code(), ErrorCode::InvalidArgument, "{err}");
+    assert!(err.message().contains("control character"), "{err}");
+
+    // At shutdown only the refused object stays unsaved.
+    let report = node.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(report.unsaved, 1, "{report:?}");
+    let node = start(store.clone()).await;
+    let read = NotebookRef::new("room")
+        .read(&node, Empty {})
+        .await
+        .unwrap();
+    assert_eq!(read.value, text);
+    node.shutdown(Duration::from_secs(5)).await;
+}
