@@ -146,8 +146,8 @@ fn run(job: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
 }
 
 fn shard(object_id: &str, shards: u32) -> ExitCode {
-    if shards == 0 {
-        eprintln!("error: --shards must be at least 1");
+    if let Err(why) = goverse::check_shard_count(shards) {
+        eprintln!("error: --shards: {why}");
         return ExitCode::from(2);
     }
     match goverse::shard_of(&goverse::ObjectId::from(object_id), shards) {

@@ -28,4 +28,6 @@ pub use message::{
     AnyMessage, Message, Payload, TYPE_URL_PREFIX, message_name, message_type_url, type_name_of_url,
 };
 pub use reliable::{MAX_CALL_ID_CHARS, ReliableOutcome, ReliableStatus};
-pub use shard::{DEFAULT_SHARD_COUNT, ShardId, fnv1a_32, shard_of};
+pub use shard::{
+    DEFAULT_SHARD_COUNT, MAX_SHARD_COUNT, ShardId, check_shard_count, fnv1a_32, shard_of,
+};

@@ -3,6 +3,25 @@ use crate::id::{IdError, ObjectId, ObjectIdKind};
 /// Upstream's default shard count.
 pub const DEFAULT_SHARD_COUNT: u32 = 8192;
 
+/// The most shards a cluster may have. The shard map keeps one etcd key per shard and every
+/// node and gate holds the whole map, so the count is bounded by what etcd and every process
+/// hold comfortably (65,536 keys of about 100 bytes), not by the hash.
+pub const MAX_SHARD_COUNT: u32 = 65_536;
+
+/// Checks a shard count: at least 1 and at most [`MAX_SHARD_COUNT`].
+pub fn check_shard_count(count: u32) -> Result<(), String> {
+    if count == 0 {
+        return Err("must be at least 1".to_owned());
+    }
+    if count > MAX_SHARD_COUNT {
+        return Err(format!(
+            "{count} is more than the {MAX_SHARD_COUNT} a cluster can hold \
+             (the shard map is one etcd key per shard, held whole by every process)"
+        ));
+    }
+    Ok(())
+}
+
 /// A shard number in `0..shard_count`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ShardId(pub u32);

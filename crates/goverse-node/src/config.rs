@@ -80,8 +80,8 @@ impl NodeConfig {
                 self.address
             ));
         }
-        if self.shard_count == 0 {
-            return Err("shard_count must be at least 1".to_owned());
+        if let Err(why) = goverse_core::check_shard_count(self.shard_count) {
+            return Err(format!("shard_count: {why}"));
         }
         if self.call_timeout.is_zero() {
             return Err("call_timeout must be positive".to_owned());

@@ -306,8 +306,7 @@ impl ClusterFile {
             message,
         };
         // First straight from the text, so an error names its line.
-        let file: Self =
-            serde_yaml_ng::from_str(text).map_err(|err| error(yaml_error(&err, text)))?;
+        let file: Self = serde_yaml_ng::from_str(text).map_err(|err| error(yaml_error(&err)))?;
         let overrides: Vec<_> = env
             .iter()
             .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
@@ -316,7 +315,7 @@ impl ClusterFile {
             file
         } else {
             let mut doc: serde_yaml_ng::Value =
-                serde_yaml_ng::from_str(text).map_err(|err| error(yaml_error(&err, text)))?;
+                serde_yaml_ng::from_str(text).map_err(|err| error(yaml_error(&err)))?;
             for (key, value) in &overrides {
                 apply_override(&mut doc, key, value).map_err(|message| ConfigError {
                     file: key.clone(),
@@ -348,9 +347,8 @@ impl ClusterFile {
                 c.provider
             ));
         }
-        if c.shards == 0 {
-            return Err("cluster.shards: must be at least 1".to_owned());
-        }
+        goverse_core::check_shard_count(c.shards)
+            .map_err(|why| format!("cluster.shards: {why}"))?;
         if c.etcd.endpoints.is_empty() {
             return Err("cluster.etcd.endpoints: at least one endpoint is needed".to_owned());
         }
@@ -380,15 +378,30 @@ impl ClusterFile {
                     .to_owned(),
             );
         }
-        if c.min_quorum == Some(0) {
-            return Err("cluster.min_quorum: must be at least 1".to_owned());
+        if let Some(quorum) = c.min_quorum {
+            if quorum == 0 {
+                return Err("cluster.min_quorum: must be at least 1".to_owned());
+            }
+            if !self.nodes.is_empty() && quorum > self.nodes.len() {
+                return Err(format!(
+                    "cluster.min_quorum: {quorum} is more than the {} nodes this file lists: \
+                     the cluster could never be ready",
+                    self.nodes.len()
+                ));
+            }
         }
-        if let Some(ttl) = c.lease_ttl
-            && ttl < Duration::from_millis(300)
-        {
-            return Err(format!(
-                "cluster.lease_ttl: {ttl:?} is too short (minimum 300ms)"
-            ));
+        if let Some(ttl) = c.lease_ttl {
+            if ttl < Duration::from_millis(300) {
+                return Err(format!(
+                    "cluster.lease_ttl: {ttl:?} is too short (minimum 300ms)"
+                ));
+            }
+            if ttl > MAX_LEASE_TTL {
+                return Err(format!(
+                    "cluster.lease_ttl: {ttl:?} is too long (maximum {MAX_LEASE_TTL:?}): a dead \
+                     process's shards stay unserved for that long"
+                ));
+            }
         }
         for (field, value) in [
             ("default_call_timeout", c.default_call_timeout),
@@ -398,9 +411,40 @@ impl ClusterFile {
                 "stuck_shard_reallocation_timeout",
                 c.stuck_shard_reallocation_timeout,
             ),
+            (
+                "cluster_state_stability_duration",
+                c.cluster_state_stability_duration,
+            ),
+            ("save_interval", c.save_interval),
         ] {
-            if value.is_some_and(|v| v.is_zero()) {
+            let Some(value) = value else { continue };
+            let zero_allowed =
+                matches!(field, "save_interval" | "cluster_state_stability_duration");
+            if value.is_zero() && !zero_allowed {
                 return Err(format!("cluster.{field}: must be positive"));
+            }
+            if value > MAX_DURATION {
+                return Err(format!(
+                    "cluster.{field}: {value:?} is longer than the {} days any duration may be",
+                    MAX_DURATION.as_secs() / 86_400
+                ));
+            }
+        }
+        if let Some(pg) = &self.postgres {
+            if let Some(size) = pg.pool_size
+                && !(1..=MAX_POOL_SIZE).contains(&size)
+            {
+                return Err(format!(
+                    "postgres.pool_size: {size} is outside 1..={MAX_POOL_SIZE}"
+                ));
+            }
+            if let Some(timeout) = pg.statement_timeout
+                && (timeout.is_zero() || timeout > MAX_DURATION)
+            {
+                return Err(format!(
+                    "postgres.statement_timeout: {timeout:?} must be positive and at most {} days",
+                    MAX_DURATION.as_secs() / 86_400
+                ));
             }
         }
         if self.postgres.is_some() && self.sqlite.is_some() {
@@ -568,6 +612,16 @@ impl ClusterFile {
 
 const ENV_PREFIX: &str = "GOVERSE_";
 
+/// The longest duration any field takes: far past any sensible setting, and far from where a
+/// deadline computed from it could overflow.
+const MAX_DURATION: Duration = Duration::from_secs(30 * 86_400);
+
+/// The longest lease: a dead process's shards wait this long before moving.
+const MAX_LEASE_TTL: Duration = Duration::from_secs(600);
+
+/// Most connections one process opens to PostgreSQL.
+const MAX_POOL_SIZE: usize = 1024;
+
 /// A fresh cluster secret: 32 random hex digits from the operating system's generator.
 pub fn random_secret() -> String {
     let mut bytes = [0u8; 16];
@@ -606,38 +660,17 @@ fn apply_override(doc: &mut serde_yaml_ng::Value, key: &str, value: &str) -> Res
     Ok(())
 }
 
-/// A YAML error with its line, as "line N, column M: …". A value that does not parse (a bad
-/// duration) is reported by the parser at its section; the line of the value itself is found
-/// by the text the message quotes.
-fn yaml_error(err: &serde_yaml_ng::Error, text: &str) -> String {
+/// A YAML error with its place first: "line N, column M: field.path: reason". The reader knows
+/// where every value is, bad values included (durations are read by their own visitor).
+fn yaml_error(err: &serde_yaml_ng::Error) -> String {
     let message = err.to_string();
     let Some(at) = err.location() else {
         return message;
     };
-    let quoted = message
-        .split('"')
-        .nth(1)
-        .filter(|q| !q.is_empty() && message.contains("is not a duration"));
-    if let Some(quoted) = quoted
-        && let Some((n, line)) = text
-            .lines()
-            .enumerate()
-            .skip(at.line().saturating_sub(1))
-            .find(|(_, line)| line.contains(quoted))
-    {
-        let field = line.trim().split(':').next().unwrap_or_default();
-        let reason = message.split(" at line ").next().unwrap_or(&message);
-        return format!(
-            "line {}: {field}: {}",
-            n + 1,
-            reason.trim_start_matches(|c| c != '"')
-        );
-    }
-    if message.contains("line ") {
-        message
-    } else {
-        format!("line {}, column {}: {message}", at.line(), at.column())
-    }
+    let reason = message
+        .rsplit_once(" at line ")
+        .map_or(message.as_str(), |(reason, _)| reason);
+    format!("line {}, column {}: {reason}", at.line(), at.column())
 }
 
 fn check_address(field: &str, addr: &str) -> Result<(), String> {
@@ -654,16 +687,78 @@ fn check_address(field: &str, addr: &str) -> Result<(), String> {
 
 /// Durations as upstream writes them: `500ms`, `10s`, `1m`, `1h30m`.
 mod opt_duration {
+    use std::fmt;
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer};
+    use serde::Deserializer;
+    use serde::de::{Error, Visitor};
 
+    /// Reads the value itself (not through a `String` first), so a bad value is reported by the
+    /// YAML reader at its own line and under its own field.
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<Option<Duration>, D::Error> {
-        let text = Option::<String>::deserialize(d)?;
-        text.map(|t| super::parse_duration(&t).map_err(serde::de::Error::custom))
-            .transpose()
+        d.deserialize_option(OptionVisitor)
+    }
+
+    struct OptionVisitor;
+
+    impl<'de> Visitor<'de> for OptionVisitor {
+        type Value = Option<Duration>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration such as 500ms, 10s, 1m or 1h30m")
+        }
+
+        fn visit_none<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(DurationVisitor).map(Some)
+        }
+    }
+
+    struct DurationVisitor;
+
+    impl Visitor<'_> for DurationVisitor {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration such as 500ms, 10s, 1m or 1h30m")
+        }
+
+        fn visit_str<E: Error>(self, text: &str) -> Result<Duration, E> {
+            super::parse_duration(text).map_err(E::custom)
+        }
+
+        fn visit_u64<E: Error>(self, n: u64) -> Result<Duration, E> {
+            if n == 0 {
+                return Ok(Duration::ZERO);
+            }
+            Err(E::custom(format!(
+                "{n} has no unit: write {n}s, {n}ms, {n}m or {n}h"
+            )))
+        }
+
+        fn visit_i64<E: Error>(self, n: i64) -> Result<Duration, E> {
+            match u64::try_from(n) {
+                Ok(n) => self.visit_u64(n),
+                Err(_) => Err(E::custom(format!(
+                    "{n} is negative: a duration is at least 0"
+                ))),
+            }
+        }
+
+        fn visit_f64<E: Error>(self, n: f64) -> Result<Duration, E> {
+            Err(E::custom(format!(
+                "{n} has no unit: write {n}s, {n}ms, {n}m or {n}h"
+            )))
+        }
     }
 }
 
@@ -841,6 +936,61 @@ gates:
             .unwrap_err()
             .to_string();
         assert!(err.contains("ninety") && err.contains("line 8"), "{err}");
+        // A number without a unit, a negative one and nonsense: each at its own line and field
+        // (the line of a field after it, or another field's name, would mislead).
+        for (value, says) in [
+            ("10", "10 has no unit"),
+            ("-5", "negative"),
+            ("ten", "\"ten\" is not a duration"),
+        ] {
+            let bad = FILE.replace("  lease_ttl: 3s", &format!("  lease_ttl: {value}"));
+            let err = ClusterFile::parse(&bad, "test.yaml", &[])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("line 9, column")
+                    && err.contains("cluster.lease_ttl: ")
+                    && err.contains(says),
+                "{value}: {err}"
+            );
+        }
+        for (from, to, says) in [
+            ("  lease_ttl: 3s", "  lease_ttl: 1000h", "too long"),
+            (
+                "  lease_ttl: 3s",
+                "  lease_ttl: 3s\n  save_interval: 99999h",
+                "save_interval",
+            ),
+            (
+                "  lease_ttl: 3s",
+                "  lease_ttl: 3s\n  min_quorum: 3",
+                "never be ready",
+            ),
+        ] {
+            let err = ClusterFile::parse(&FILE.replace(from, to), "test.yaml", &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{to}: {err}");
+        }
+        // Shard counts the map and every process can hold.
+        for (shards, says) in [("0", "at least 1"), ("4294967295", "more than the 65536")] {
+            let bad = FILE.replace("shards: 64", &format!("shards: {shards}"));
+            let err = ClusterFile::parse(&bad, "test.yaml", &[])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("cluster.shards") && err.contains(says),
+                "{err}"
+            );
+        }
+        let err = ClusterFile::parse(
+            FILE,
+            "test.yaml",
+            &[("GOVERSE_CLUSTER__SHARDS".into(), "100000".into())],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("cluster.shards"), "{err}");
         let bad = FILE.replace("provider: etcd", "provider: consul");
         let err = ClusterFile::parse(&bad, "test.yaml", &[])
             .unwrap_err()
