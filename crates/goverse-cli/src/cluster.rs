@@ -82,6 +82,17 @@ pub(crate) enum ClusterCommand {
         #[arg(long, value_parser = parse_duration)]
         wait: Option<Duration>,
     },
+    /// Removes what the cluster cannot use: shard records numbered past its shard count (left
+    /// by a process configured with more shards). Says what it removes; records the cluster's
+    /// shard count if it was formed before counts were recorded.
+    Repair {
+        /// The cluster configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Only say what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 pub(crate) fn load(path: &Path) -> anyhow::Result<ClusterFile> {
@@ -245,7 +256,10 @@ pub(crate) async fn gate(config_path: &Path, gate_id: &str) -> anyhow::Result<()
 
 /// `goverse cluster status`.
 pub(crate) async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
-    let ClusterCommand::Status { config, json, wait } = command;
+    let (config, json, wait) = match command {
+        ClusterCommand::Status { config, json, wait } => (config, json, wait),
+        ClusterCommand::Repair { config, dry_run } => return repair(&config, dry_run).await,
+    };
     let file = load(&config)?;
     let store = goverse::run::connect_cluster(&file).await?;
     let keys =
@@ -273,6 +287,79 @@ pub(crate) async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
         }
     };
     print_status(&file, &keys, &map, revision, json)
+}
+
+/// `goverse cluster repair`.
+async fn repair(config: &Path, dry_run: bool) -> anyhow::Result<()> {
+    use goverse::cluster::{TxnOp, TxnWrite};
+    let file = load(config)?;
+    let store = goverse::run::connect_cluster(&file).await?;
+    let keys =
+        goverse::cluster::Keys::new(&file.cluster.etcd.prefix).map_err(anyhow::Error::msg)?;
+    let shards = file.cluster.shards;
+    let (kvs, revision) = store
+        .get_prefix(&format!("{}/", keys.prefix()))
+        .await
+        .context("cannot read the cluster from etcd")?;
+    let map = goverse::cluster::ClusterMap::load(&keys, shards, &kvs, revision)
+        .map_err(anyhow::Error::msg)?;
+    if let Some(recorded) = map.recorded_shard_count
+        && recorded != shards
+    {
+        anyhow::bail!(
+            "the cluster under {} has {recorded} shards (recorded when it formed) and {} says \
+             {shards}: fix the file first; nothing was removed",
+            keys.prefix(),
+            config.display()
+        );
+    }
+    let stray: Vec<goverse::ShardId> = map.stray.iter().copied().collect();
+    if stray.is_empty() {
+        println!(
+            "cluster {} ({shards} shards): no shard records past shard {}",
+            keys.prefix(),
+            shards - 1
+        );
+    } else {
+        println!(
+            "cluster {} ({shards} shards): {} shard records past shard {}: {} .. {}",
+            keys.prefix(),
+            stray.len(),
+            shards - 1,
+            keys.shard(stray[0]),
+            keys.shard(stray[stray.len() - 1])
+        );
+    }
+    if dry_run {
+        if !stray.is_empty() {
+            println!("dry run: nothing removed");
+        }
+        return Ok(());
+    }
+    for chunk in stray.chunks(goverse::cluster::MAX_TXN_OPS) {
+        let writes: Vec<TxnWrite> = chunk
+            .iter()
+            .map(|&shard| TxnWrite {
+                key: keys.shard(shard),
+                expect: None,
+                op: TxnOp::Delete,
+            })
+            .collect();
+        store
+            .transact(&writes)
+            .await
+            .context("cannot remove shard records")?;
+    }
+    if !stray.is_empty() {
+        println!("removed {} shard records", stray.len());
+    }
+    if map.recorded_shard_count.is_none() {
+        goverse::cluster::settle_shard_count(&*store, &keys, shards)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        println!("recorded the cluster's shard count: {shards}");
+    }
+    Ok(())
 }
 
 /// Shards each node of the map serves.
@@ -325,6 +412,8 @@ fn print_status(
             "unowned": unowned,
             "moving": moving,
             "shards": file.cluster.shards,
+            "recorded_shards": map.recorded_shard_count,
+            "stray_records": map.stray.len(),
             "revision": revision,
         });
         println!("{}", serde_json::to_string_pretty(&status)?);
@@ -344,6 +433,24 @@ fn print_status(
         }
         println!("  unowned  {unowned}");
         println!("  moving   {moving}");
+        match map.recorded_shard_count {
+            Some(recorded) if recorded != file.cluster.shards => println!(
+                "  PROBLEM  the cluster recorded {recorded} shards when it formed; this file says {}",
+                file.cluster.shards
+            ),
+            Some(_) => {}
+            None => println!(
+                "  note     no shard count recorded yet (the first node or gate records it)"
+            ),
+        }
+        if !map.stray.is_empty() {
+            println!(
+                "  PROBLEM  {} shard records past shard {} (left by a process with more shards): \
+                 `goverse cluster repair --config FILE` removes them",
+                map.stray.len(),
+                file.cluster.shards - 1
+            );
+        }
     }
     Ok(())
 }

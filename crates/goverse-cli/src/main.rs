@@ -78,8 +78,33 @@ fn init_tracing(default: &str) {
         .init();
 }
 
+/// Lets a command that only prints end quietly when its reader goes away (`goverse cluster
+/// status | head`): the default action of SIGPIPE, which Rust programs otherwise ignore, so that
+/// printing to the closed pipe would panic. Servers keep ignoring it (a peer that hangs up must
+/// not stop them).
+fn quiet_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in `main`, before any other thread exists; restoring a
+    // signal's default disposition has no other effect on this process's memory.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Shard { .. }
+            | Command::Config(_)
+            | Command::Cluster(_)
+            | Command::Call(_)
+            | Command::Create(_)
+            | Command::Delete(_)
+            | Command::Db(_)
+    ) {
+        quiet_on_closed_pipe();
+    }
     match cli.command {
         Command::Shard { object_id, shards } => shard(&object_id, shards),
         Command::Demo(args) => {

@@ -591,3 +591,171 @@ async fn sigterm_saves_first_and_is_not_held_up_by_stalled_clients() {
     node.terminate();
     assert_eq!(node.wait_exit(Duration::from_secs(15)), Some(0));
 }
+
+/// Writes a generated configuration of `nodes` nodes and `gates` gates on `etcd` with `shards`
+/// shards and free ports to `dir/cluster.yaml`; its path.
+fn generated_config(
+    dir: &std::path::Path,
+    etcd: &EtcdServer,
+    nodes: &str,
+    gates: &str,
+    shards: &str,
+) -> String {
+    let config = dir.join("cluster.yaml");
+    let config_str = config.to_str().unwrap().to_owned();
+    let db = dir.join("objects.db");
+    let out = goverse(&[
+        "config",
+        "gen",
+        "--nodes",
+        nodes,
+        "--gates",
+        gates,
+        "--shards",
+        shards,
+        "--etcd",
+        &etcd.endpoint(),
+        "--sqlite",
+        db.to_str().unwrap(),
+        "--node-port",
+        &free_port().to_string(),
+        "--gate-port",
+        &free_port().to_string(),
+        "--http-port",
+        &free_port().to_string(),
+        "-o",
+        &config_str,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("lease_ttl: 10s", "lease_ttl: 2s")
+        .replace(
+            "cluster_state_stability_duration: 10s",
+            "cluster_state_stability_duration: 1s",
+        );
+    std::fs::write(&config, text).unwrap();
+    config_str
+}
+
+/// The cluster's shard count is recorded when it forms: a node or gate configured with another
+/// count is refused before it writes anything; records a cluster cannot use (left by an older
+/// build's mismatched node) are reported by `cluster status` and removed by `cluster repair`,
+/// which says what it removes; `cluster status | head` ends quietly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_shard_count_is_refused_and_repair_removes_unusable_records() {
+    use goverse::cluster::{ClusterStore as _, EtcdClusterStore, EtcdConfig, Keys, ShardRecord};
+    let etcd = EtcdServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = generated_config(dir.path(), &etcd, "2", "1", "16");
+    let mut node = Process::start(
+        GOVERSE,
+        ["node", "--config", &config, "--node-id", "node-1"],
+    );
+    node.expect_within("serving on", Duration::from_secs(60));
+    goverse_testkit::assert_eventually!(balanced(&status(&config), 1, 16), Duration::from_secs(30));
+    assert_eq!(status(&config)["recorded_shards"], 16);
+
+    // A second node with twice the shards: refused, naming both counts, having written nothing.
+    for command in [
+        vec!["node", "--config", &config, "--node-id", "node-2"],
+        vec!["gate", "--config", &config, "--gate-id", "gate-1"],
+    ] {
+        let out = std::process::Command::new(GOVERSE)
+            .args(&command)
+            .env("GOVERSE_CLUSTER__SHARDS", "32")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{command:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("has 16 shards") && err.contains("configured with 32"),
+            "{command:?}: {err}"
+        );
+    }
+    let etcd_store = EtcdClusterStore::connect(&EtcdConfig {
+        endpoints: vec![etcd.endpoint()],
+        ..EtcdConfig::default()
+    })
+    .await
+    .unwrap();
+    let keys = Keys::new("/goverse").unwrap();
+    let (records, _) = etcd_store.get_prefix(&keys.shards()).await.unwrap();
+    assert_eq!(records.len(), 16, "nothing past shard 15 was written");
+    let after = status(&config);
+    assert_eq!(after["stray_records"], 0, "{after}");
+    assert_eq!(after["nodes"].as_object().unwrap().len(), 1, "{after}");
+
+    // What an older build left: records past the count. Status reports them and keeps working;
+    // a gate still starts; repair removes exactly them and says so.
+    for n in 16..40 {
+        let record = ShardRecord {
+            shard: goverse::ShardId(n),
+            target: None,
+            current: Some(goverse::NodeAddr::new("127.0.0.1:1")),
+            epoch: 3,
+        };
+        etcd_store
+            .put(&keys.shard(record.shard), record.encode(), None)
+            .await
+            .unwrap();
+    }
+    let reported = status(&config);
+    assert_eq!(reported["stray_records"], 24, "{reported}");
+    let text = goverse(&["cluster", "status", "--config", &config]);
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(text.contains("24 shard records past shard 15"), "{text}");
+    let mut gate = Process::start(
+        GOVERSE,
+        ["gate", "--config", &config, "--gate-id", "gate-1"],
+    );
+    gate.expect_within("gRPC", Duration::from_secs(60));
+    let dry = goverse(&["cluster", "repair", "--config", &config, "--dry-run"]);
+    let dry = String::from_utf8_lossy(&dry.stdout).into_owned();
+    assert!(
+        dry.contains(
+            "24 shard records past shard 15: /goverse/shards/00016 .. /goverse/shards/00039"
+        ) && dry.contains("nothing removed"),
+        "{dry}"
+    );
+    assert_eq!(status(&config)["stray_records"], 24);
+    let repaired = goverse(&["cluster", "repair", "--config", &config]);
+    assert!(repaired.status.success());
+    let repaired = String::from_utf8_lossy(&repaired.stdout).into_owned();
+    assert!(repaired.contains("removed 24 shard records"), "{repaired}");
+    assert_eq!(status(&config)["stray_records"], 0);
+    assert!(balanced(&status(&config), 1, 16));
+
+    // A cluster formed before counts were recorded (no count key, a full map of 16): a node of
+    // 32 is refused by the map it finds.
+    etcd_store.delete(&keys.shard_count()).await.unwrap();
+    let out = std::process::Command::new(GOVERSE)
+        .args(["node", "--config", &config, "--node-id", "node-2"])
+        .env("GOVERSE_CLUSTER__SHARDS", "32")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("full map of 16 shards"), "{err}");
+
+    // A reader that stops early: no panic, no error text.
+    let piped = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{GOVERSE} cluster status --config {config} | head -c 5"
+        ))
+        .output()
+        .unwrap();
+    assert!(piped.status.success());
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert!(stderr.is_empty(), "{stderr}");
+
+    gate.terminate();
+    node.terminate();
+    assert_eq!(gate.wait_exit(Duration::from_secs(20)), Some(0));
+    assert_eq!(node.wait_exit(Duration::from_secs(20)), Some(0));
+}

@@ -25,7 +25,7 @@ pub use etcd::{EtcdClusterStore, EtcdConfig};
 pub use memory::MemoryClusterStore;
 pub use placement::{Move, MoveReason, Placement, PlacementConfig};
 pub use shardmap::{DEFAULT_PREFIX, Keys, ShardRecord};
-pub use view::{ClusterMap, MapView, Stability};
+pub use view::{ClusterMap, MapView, Stability, settle_shard_count};
 
 /// The most writes one [`ClusterStore::transact`] call may carry (etcd's default
 /// `--max-txn-ops`). Larger batches are split by the caller into several transactions.

@@ -11,6 +11,7 @@ pub const DEFAULT_PREFIX: &str = "/goverse";
 /// {prefix}/gates/{host:port}     a live gate, on its lease
 /// {prefix}/leader                the leader node's address, on its lease
 /// {prefix}/shards/{00000..}      a shard record (target, current, epoch)
+/// {prefix}/shard_count           the cluster's shard count, written once when it forms
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
@@ -73,6 +74,12 @@ impl Keys {
     /// that dies is gone when its lease ends.
     pub fn leader(&self) -> String {
         format!("{}/leader", self.prefix)
+    }
+
+    /// The cluster's shard count, recorded once by the first process of the cluster and
+    /// checked by every later one before it writes anything.
+    pub fn shard_count(&self) -> String {
+        format!("{}/shard_count", self.prefix)
     }
 
     /// Prefix of shard records.

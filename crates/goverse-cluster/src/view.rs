@@ -28,6 +28,12 @@ pub struct ClusterMap {
     pub leader: Option<(NodeAddr, Revision)>,
     /// One entry per shard, in shard order.
     pub shards: Vec<ReadRecord>,
+    /// The shard count recorded in the store when the cluster formed (`None` before that).
+    pub recorded_shard_count: Option<u32>,
+    /// Shard records numbered past this process's shard count: left by a process configured
+    /// with more shards. Ignored for routing and placement; `goverse cluster repair` removes
+    /// them.
+    pub stray: BTreeSet<ShardId>,
 }
 
 impl ClusterMap {
@@ -44,12 +50,14 @@ impl ClusterMap {
                     record: None,
                 })
                 .collect(),
+            recorded_shard_count: None,
+            stray: BTreeSet::new(),
         }
     }
 
     /// The map a listing of everything under `keys`' prefix describes, read at `revision`.
-    /// A shard record the shard count has no room for is an error (every node and gate of a
-    /// cluster needs the same count); an undecodable one is too.
+    /// A shard record the shard count has no room for is kept aside in [`ClusterMap::stray`];
+    /// an undecodable record is an error.
     pub fn load(
         keys: &Keys,
         shard_count: u32,
@@ -77,10 +85,15 @@ impl ClusterMap {
                     self.gates.remove(gate);
                 } else if *key == keys.leader() {
                     self.leader = None;
-                } else if let Some(shard) = keys.shard_of_key(key)
-                    && let Some(slot) = self.shards.get_mut(shard.0 as usize)
-                {
-                    slot.record = None;
+                } else if *key == keys.shard_count() {
+                    self.recorded_shard_count = None;
+                } else if let Some(shard) = keys.shard_of_key(key) {
+                    match self.shards.get_mut(shard.0 as usize) {
+                        Some(slot) => slot.record = None,
+                        None => {
+                            self.stray.remove(&shard);
+                        }
+                    }
                 }
                 Ok(())
             }
@@ -96,16 +109,17 @@ impl ClusterMap {
             let addr = std::str::from_utf8(&kv.value)
                 .map_err(|_| format!("leader key {} is not utf-8", kv.key))?;
             self.leader = Some((NodeAddr::new(addr), kv.mod_revision));
+        } else if kv.key == keys.shard_count() {
+            self.recorded_shard_count = Some(parse_shard_count(&kv.key, &kv.value)?);
         } else if let Some(shard) = keys.shard_of_key(&kv.key) {
-            let count = self.shards.len();
-            let slot = self.shards.get_mut(shard.0 as usize).ok_or_else(|| {
-                format!(
-                    "the cluster store holds a record for shard {shard}, but this process is \
-                     configured with {count} shards: every node and gate of a cluster needs the \
-                     same shard count"
-                )
-            })?;
-            slot.record = Some((ShardRecord::decode(shard, &kv.value)?, kv.mod_revision));
+            match self.shards.get_mut(shard.0 as usize) {
+                Some(slot) => {
+                    slot.record = Some((ShardRecord::decode(shard, &kv.value)?, kv.mod_revision));
+                }
+                None => {
+                    self.stray.insert(shard);
+                }
+            }
         }
         Ok(())
     }
@@ -240,6 +254,19 @@ impl MapView {
             .await
             .map_err(|err| format!("cannot read the cluster map: {err}"))?;
         let map = ClusterMap::load(&keys, shard_count, &kvs, revision)?;
+        if let Some(recorded) = map.recorded_shard_count
+            && recorded != shard_count
+        {
+            return Err(count_mismatch(&keys, recorded, shard_count));
+        }
+        if !map.stray.is_empty() {
+            tracing::warn!(
+                records = map.stray.len(),
+                first = %map.stray.first().expect("not empty"),
+                "the cluster store holds shard records past the shard count; they are ignored \
+                 (goverse cluster repair removes them)"
+            );
+        }
         let (tx, rx) = watch::channel(map);
         let task = tokio::spawn(follow(store, keys, shard_count, tx, revision));
         Ok(Self {
@@ -339,6 +366,101 @@ async fn follow(
             after = burst.last().map_or(after, WatchEvent::revision);
         }
         relist = true;
+    }
+}
+
+/// Reads a recorded shard count.
+fn parse_shard_count(key: &str, value: &[u8]) -> Result<u32, String> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+        .filter(|&n| goverse_core::check_shard_count(n).is_ok())
+        .ok_or_else(|| {
+            format!(
+                "{key} holds {:?}, not a shard count",
+                String::from_utf8_lossy(value)
+            )
+        })
+}
+
+fn count_mismatch(keys: &Keys, recorded: u32, configured: u32) -> String {
+    format!(
+        "the cluster under {} has {recorded} shards (recorded when it formed) and this process \
+         is configured with {configured}: every node and gate of a cluster needs the same count \
+         (set cluster.shards to {recorded}); nothing was written",
+        keys.prefix()
+    )
+}
+
+/// Makes sure the cluster under `keys` has `shard_count` shards before this process writes
+/// anything to it. The first process of a cluster records its count (`{prefix}/shard_count`,
+/// created only if absent); every later one compares and is refused on a difference. A
+/// cluster formed before the count was recorded has it recorded now, if its shard records
+/// agree with `shard_count` (records numbered past it, or a full map of another size, refuse).
+pub async fn settle_shard_count(
+    store: &dyn ClusterStore,
+    keys: &Keys,
+    shard_count: u32,
+) -> Result<(), String> {
+    let key = keys.shard_count();
+    let read = |err: crate::ClusterError| format!("cannot read the cluster's shard count: {err}");
+    loop {
+        if let Some(kv) = store.get(&key).await.map_err(read)? {
+            let recorded = parse_shard_count(&key, &kv.value)?;
+            if recorded != shard_count {
+                return Err(count_mismatch(keys, recorded, shard_count));
+            }
+            return Ok(());
+        }
+        // Not recorded yet: a new cluster, or one formed before counts were recorded, whose
+        // records must fit this count.
+        let (records, _) = store.get_prefix(&keys.shards()).await.map_err(read)?;
+        let highest = records
+            .iter()
+            .filter_map(|kv| keys.shard_of_key(&kv.key))
+            .map(|shard| shard.0)
+            .max();
+        if let Some(highest) = highest {
+            if records.len() as u64 == u64::from(highest) + 1 && highest + 1 != shard_count {
+                return Err(format!(
+                    "the cluster under {} holds a full map of {} shards and this process is \
+                     configured with {shard_count}: set cluster.shards to {}; nothing was written",
+                    keys.prefix(),
+                    highest + 1,
+                    highest + 1
+                ));
+            }
+            if highest >= shard_count {
+                return Err(format!(
+                    "the cluster under {} holds a record for shard {highest}, past this \
+                     process's {shard_count} shards, and has no recorded shard count: if \
+                     {shard_count} is right, `goverse cluster repair` removes the records past \
+                     it; nothing was written",
+                    keys.prefix()
+                ));
+            }
+        }
+        match store
+            .compare_and_set(
+                &key,
+                crate::Expect::Absent,
+                shard_count.to_string().into_bytes(),
+                None,
+            )
+            .await
+            .map_err(|err| format!("cannot record the cluster's shard count: {err}"))?
+        {
+            crate::CasOutcome::Applied(_) => {
+                tracing::info!(
+                    shards = shard_count,
+                    prefix = keys.prefix(),
+                    "recorded the cluster's shard count"
+                );
+                return Ok(());
+            }
+            // Another process recorded one first: compare with it.
+            crate::CasOutcome::Conflict(_) => continue,
+        }
     }
 }
 
@@ -443,12 +565,80 @@ mod tests {
         );
         assert_eq!(view.borrow().moving(), 0);
 
-        // A record for a shard the count has no room for is refused when listing.
+        // A record for a shard the count has no room for is set aside, not fatal; watched
+        // ones too, and their deletion clears them.
         store
             .put(&keys.shard(ShardId(100)), record(1, 1).encode(), None)
             .await
             .unwrap();
+        let again = MapView::start(store.clone(), keys.clone(), 8)
+            .await
+            .unwrap();
+        assert_eq!(again.borrow().stray, BTreeSet::from([ShardId(100)]));
+        store.delete(&keys.shard(ShardId(100))).await.unwrap();
+        assert!(
+            again
+                .wait_for(Duration::from_secs(5), |m| m.stray.is_empty())
+                .await
+        );
+        // A recorded count other than this process's is refused.
+        store
+            .put(&keys.shard_count(), b"16".to_vec(), None)
+            .await
+            .unwrap();
         let err = MapView::start(store, keys, 8).await.unwrap_err();
-        assert!(err.contains("shard count"), "{err}");
+        assert!(
+            err.contains("has 16 shards") && err.contains("configured with 8"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_first_process_records_the_count_and_later_ones_must_match() {
+        let store = MemoryClusterStore::new();
+        let keys = Keys::default();
+        settle_shard_count(&store, &keys, 64).await.unwrap();
+        settle_shard_count(&store, &keys, 64).await.unwrap();
+        let err = settle_shard_count(&store, &keys, 128).await.unwrap_err();
+        assert!(
+            err.contains("has 64 shards") && err.contains("nothing was written"),
+            "{err}"
+        );
+        assert_eq!(
+            store.get(&keys.shard_count()).await.unwrap().unwrap().value,
+            b"64"
+        );
+        // A cluster formed before counts were recorded is judged by its records.
+        let old = MemoryClusterStore::new();
+        for n in 0..16 {
+            let record = ShardRecord {
+                shard: ShardId(n),
+                target: Some(addr(1)),
+                current: Some(addr(1)),
+                epoch: 1,
+            };
+            old.put(&keys.shard(ShardId(n)), record.encode(), None)
+                .await
+                .unwrap();
+        }
+        let err = settle_shard_count(&old, &keys, 32).await.unwrap_err();
+        assert!(err.contains("full map of 16 shards"), "{err}");
+        let err = settle_shard_count(&old, &keys, 8).await.unwrap_err();
+        assert!(err.contains("full map of 16 shards"), "{err}");
+        old.delete(&keys.shard(ShardId(3))).await.unwrap();
+        let err = settle_shard_count(&old, &keys, 8).await.unwrap_err();
+        assert!(err.contains("record for shard 15"), "{err}");
+        settle_shard_count(&old, &keys, 16).await.unwrap();
+        assert_eq!(
+            old.get(&keys.shard_count()).await.unwrap().unwrap().value,
+            b"16"
+        );
+        // Garbage in the key is named.
+        let bad = MemoryClusterStore::new();
+        bad.put(&keys.shard_count(), b"lots".to_vec(), None)
+            .await
+            .unwrap();
+        let err = settle_shard_count(&bad, &keys, 16).await.unwrap_err();
+        assert!(err.contains("not a shard count"), "{err}");
     }
 }

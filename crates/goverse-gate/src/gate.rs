@@ -227,6 +227,10 @@ impl Gate {
                 "lease_ttl {lease_ttl:?} is too short (minimum 300ms)"
             )));
         }
+        // The cluster's shard count is settled before anything is written to it.
+        goverse_cluster::settle_shard_count(&*cluster, &keys, shard_count)
+            .await
+            .map_err(GateError::Cluster)?;
         let view = MapView::start(cluster.clone(), keys.clone(), shard_count)
             .await
             .map_err(GateError::Cluster)?;

@@ -1376,15 +1376,21 @@ impl NodeBuilder {
         let cluster: Arc<dyn ClusterStore> = self
             .cluster
             .unwrap_or_else(|| Arc::new(MemoryClusterStore::new()));
-        let view =
-            match MapView::start(cluster.clone(), keys.clone(), self.config.shard_count).await {
-                Ok(view) => view,
-                Err(err) => {
-                    store_stop.cancel();
-                    tasks.close();
-                    return Err(NodeError::Cluster(err));
-                }
-            };
+        // The cluster's shard count is settled before anything is written to it.
+        let settled =
+            goverse_cluster::settle_shard_count(&*cluster, &keys, self.config.shard_count).await;
+        let view = match settled {
+            Ok(()) => MapView::start(cluster.clone(), keys.clone(), self.config.shard_count).await,
+            Err(err) => Err(err),
+        };
+        let view = match view {
+            Ok(view) => view,
+            Err(err) => {
+                store_stop.cancel();
+                tasks.close();
+                return Err(NodeError::Cluster(err));
+            }
+        };
         let membership = Arc::new(Membership::new(
             cluster,
             keys,

@@ -116,7 +116,7 @@ pub mod cluster {
         EtcdConfig, Expect, KeyValue, Keys, LeaseId, MAX_TXN_OPS, MapView, MemoryClusterStore,
         Move, MoveReason, Placement, PlacementConfig, ReadRecord, RecordWrite, Revision,
         ShardRecord, Stability, TxnOp, TxnOutcome, TxnWrite, WatchEvent, WatchStream, claims,
-        preferred, releases,
+        preferred, releases, settle_shard_count,
     };
 }
 
