@@ -410,6 +410,27 @@ async fn a_pause_past_the_lease_then_a_restart_still_writes_and_stops_cleanly() 
 }
 
 #[test]
+fn an_empty_store_file_is_named_at_start() {
+    let data = tempfile::tempdir().unwrap();
+    let file = data.path().join("objects.db");
+    std::fs::write(&file, b"").unwrap();
+    let out = goverse(&["db", "status", "--sqlite", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("the store file is empty (0 bytes)") && err.contains("objects.db"),
+        "{err}"
+    );
+    // Set up now: the next start says nothing.
+    let out = goverse(&["db", "status", "--sqlite", file.to_str().unwrap()]);
+    assert!(
+        !text(&out.stderr).contains("empty"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn a_read_only_or_damaged_store_stops_the_start_with_the_reason() {
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().to_str().unwrap().to_owned();

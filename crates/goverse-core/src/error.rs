@@ -187,7 +187,12 @@ impl CallError {
     pub fn wrong_payload(type_name: &str, method: &str, expected: &str, got: &str) -> Self {
         Self::new(
             ErrorCode::InvalidArgument,
-            format!("{type_name}.{method} takes {expected}, got {got}"),
+            format!(
+                "{}.{} takes {expected}, got {}",
+                Clipped(type_name),
+                Clipped(method),
+                Clipped(got)
+            ),
         )
     }
 

@@ -247,6 +247,9 @@ impl Gate {
         let stop = self.inner.streams_stop.clone();
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(15)))
+            .layer(tower::util::MapResponseLayer::new(
+                oversize_is_resource_exhausted as fn(_) -> _,
+            ))
             .add_routes(self.grpc_routes())
             .serve_with_incoming_shutdown(incoming, async move {
                 shutdown.await;
@@ -254,4 +257,26 @@ impl Gate {
             })
             .await
     }
+}
+
+/// A request message over the size limit is `RESOURCE_EXHAUSTED` (8), as gRPC specifies and as
+/// every other entry point of the gate answers an oversized request; the codec reports it as
+/// `OUT_OF_RANGE` (11). The refusal comes back before any response message, so its status is in
+/// the response headers.
+fn oversize_is_resource_exhausted(
+    mut response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let headers = response.headers_mut();
+    let oversize = headers.get("grpc-status").is_some_and(|s| s == "11")
+        && headers
+            .get("grpc-message")
+            .and_then(|m| m.to_str().ok())
+            .is_some_and(|m| {
+                m.contains("decoded%20message%20length%20too%20large")
+                    || m.contains("decoded message length too large")
+            });
+    if oversize {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    response
 }

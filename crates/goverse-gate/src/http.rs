@@ -305,7 +305,10 @@ async fn http_identity(
         HttpError::new(
             StatusCode::NOT_FOUND,
             "CLIENT_NOT_FOUND",
-            format!("client {client_id:?} is not registered at this gate"),
+            format!(
+                "client {:?} is not registered at this gate",
+                goverse_core::Clipped(client_id)
+            ),
         )
     })?;
     let presented = headers
@@ -324,8 +327,9 @@ async fn http_identity(
             StatusCode::UNAUTHORIZED,
             "UNAUTHENTICATED",
             format!(
-                "acting as client {client_id:?} needs its token (the X-Client-Token header or the \
-                 cookie set by the events stream that registered it)"
+                "acting as client {:?} needs its token (the X-Client-Token header or the \
+                 cookie set by the events stream that registered it)",
+                goverse_core::Clipped(client_id)
             ),
         )),
     }

@@ -128,6 +128,19 @@ pub(crate) struct ReliableRequest {
     pub(crate) kind: MethodKind,
 }
 
+/// The error for object `id`, of type `actual` (live or stored), asked for as `wanted`:
+/// `AlreadyExists` for every operation, since an object ID belongs to one type.
+pub(crate) fn type_mismatch(id: &ObjectId, actual: &str, wanted: &str) -> CallError {
+    CallError::new(
+        goverse_core::ErrorCode::AlreadyExists,
+        format!(
+            "object {id} already exists with type {:?}, not {:?}: an object id belongs to one type",
+            goverse_core::Clipped(actual),
+            goverse_core::Clipped(wanted)
+        ),
+    )
+}
+
 /// A live object of type `T`.
 pub(crate) struct Activation<T> {
     id: ObjectId,
@@ -262,15 +275,7 @@ impl<T: Dispatch> Activation<T> {
             })?;
             if let Some(record) = record {
                 if record.object_type != T::TYPE_NAME {
-                    return Err(CallError::new(
-                        goverse_core::ErrorCode::AlreadyExists,
-                        format!(
-                            "object {} is stored with type {:?}, not {:?}",
-                            this.id,
-                            record.object_type,
-                            T::TYPE_NAME
-                        ),
-                    ));
+                    return Err(type_mismatch(&this.id, &record.object_type, T::TYPE_NAME));
                 }
                 object.restore(&record.data).map_err(|err| {
                     // The record is there but unreadable: damaged data, not a passing failure.

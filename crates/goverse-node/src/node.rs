@@ -14,8 +14,8 @@ use tokio::time::Instant;
 use futures::StreamExt;
 use goverse_cluster::{ClusterStore, Keys, MapView, MemoryClusterStore};
 use goverse_core::{
-    CallError, ChainId, ClientIdentity, ErrorCode, Message, NodeAddr, ObjectId, ObjectIdKind,
-    Payload, ShardId, fnv1a_32, shard_of,
+    CallError, ChainId, ClientIdentity, Message, NodeAddr, ObjectId, ObjectIdKind, Payload,
+    ShardId, fnv1a_32, shard_of,
 };
 use goverse_persistence::{Fence, ObjectStore};
 use goverse_proto::node::response;
@@ -298,11 +298,10 @@ impl NodeInner {
             .ok_or_else(|| CallError::unknown_type(type_name))
     }
 
-    fn type_mismatch(id: &ObjectId, actual: &str, wanted: &str, code: ErrorCode) -> CallError {
-        CallError::new(
-            code,
-            format!("object {id} has type {actual:?}, not {wanted:?}"),
-        )
+    /// An object ID belongs to one type: asking for it as another is one error, whatever the
+    /// operation and whether the object is active or only stored.
+    fn type_mismatch(id: &ObjectId, actual: &str, wanted: &str) -> CallError {
+        crate::activation::type_mismatch(id, actual, wanted)
     }
 
     /// The activation the directory holds for `id`, refusing a type clash.
@@ -310,15 +309,9 @@ impl NodeInner {
         activation: Arc<dyn ActivationDyn>,
         type_name: &str,
         id: &ObjectId,
-        mismatch: ErrorCode,
     ) -> Result<Arc<dyn ActivationDyn>, CallError> {
         if activation.type_name() != type_name {
-            return Err(Self::type_mismatch(
-                id,
-                activation.type_name(),
-                type_name,
-                mismatch,
-            ));
+            return Err(Self::type_mismatch(id, activation.type_name(), type_name));
         }
         Ok(activation)
     }
@@ -329,7 +322,6 @@ impl NodeInner {
         target: Target<'_>,
         chain: ChainId,
         deadline: Instant,
-        mismatch: ErrorCode,
     ) -> Result<Arc<dyn ActivationDyn>, CallError> {
         let Target {
             type_name,
@@ -339,7 +331,7 @@ impl NodeInner {
         match self.directory.lookup(shard, id) {
             Lookup::NotServed(err) => return Err(err),
             Lookup::Active(activation) => {
-                return Self::checked(activation, type_name, id, mismatch);
+                return Self::checked(activation, type_name, id);
             }
             Lookup::Inactive => {}
         }
@@ -356,7 +348,7 @@ impl NodeInner {
             )
         })?;
         if !made {
-            return Self::checked(activation, type_name, id, mismatch);
+            return Self::checked(activation, type_name, id);
         }
         self.counters.activations.fetch_add(1, Ordering::Relaxed);
         // The new activation was born holding its write turn on `chain`; run on_activate under it.
@@ -381,10 +373,9 @@ impl NodeInner {
         kind: MethodKind,
         chain: ChainId,
         deadline: Instant,
-        mismatch: ErrorCode,
     ) -> Result<(Arc<dyn ActivationDyn>, TurnPermit), CallError> {
         loop {
-            let activation = self.activation(target, chain, deadline, mismatch).await?;
+            let activation = self.activation(target, chain, deadline).await?;
             activation.touch();
             match turn::acquire(&activation, kind, chain).await {
                 Ok(permit) => return Ok((activation, permit)),
@@ -440,7 +431,6 @@ impl NodeInner {
                     kind,
                     chain,
                     deadline,
-                    ErrorCode::InvalidArgument,
                 )
                 .await;
             match turn {
@@ -620,13 +610,7 @@ impl NodeInner {
             };
             // A write turn whatever the method: the lookup, the call and its commit are one step.
             let (activation, permit) = match self
-                .turn_on(
-                    target,
-                    MethodKind::Write,
-                    chain,
-                    deadline,
-                    ErrorCode::InvalidArgument,
-                )
+                .turn_on(target, MethodKind::Write, chain, deadline)
                 .await
             {
                 Ok(found) => found,
@@ -748,7 +732,6 @@ impl NodeInner {
                 MethodKind::Read,
                 chain,
                 deadline,
-                ErrorCode::AlreadyExists,
             )
             .await
             .map(|_| ())
@@ -774,12 +757,7 @@ impl NodeInner {
                 let live = self.directory.get(shard, id);
                 let activation = match live {
                     Some(activation) if activation.type_name() != type_name => {
-                        return Err(Self::type_mismatch(
-                            id,
-                            activation.type_name(),
-                            type_name,
-                            ErrorCode::InvalidArgument,
-                        ));
+                        return Err(Self::type_mismatch(id, activation.type_name(), type_name));
                     }
                     Some(activation) => activation,
                     None if persistent => {
@@ -791,7 +769,6 @@ impl NodeInner {
                             },
                             chain,
                             deadline,
-                            ErrorCode::InvalidArgument,
                         )
                         .await?
                     }

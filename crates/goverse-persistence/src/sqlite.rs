@@ -277,6 +277,15 @@ impl SqliteStore {
                 ))
             })?;
         }
+        // An existing file of 0 bytes is not a store yet: it is set up like a new one, and said
+        // so, since objects expected in it (a truncated file, a wrong path) would be missing.
+        if std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == 0) {
+            tracing::warn!(
+                file = %path.display(),
+                "the store file is empty (0 bytes): setting a new store up in it; if objects \
+                 were expected here, the path is wrong or the file was truncated"
+            );
+        }
         let writer = open_connection(&config)?;
         migrate(&writer, &config)?;
         let reader = open_connection(&config)?;

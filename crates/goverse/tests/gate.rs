@@ -1526,3 +1526,236 @@ async fn a_cluster_gate_is_ready_only_while_its_lease_is_renewed_and_its_quorum_
     node.shutdown(Duration::from_secs(5)).await;
     stop.cancel();
 }
+
+/// One cause, one code, on every entry point: each bad request goes through gRPC, the HTTP
+/// envelope and plain JSON over HTTP, and gets the same code (gRPC status, HTTP status and
+/// error name) everywhere, with an error text of bounded length.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_cause_gets_one_code_through_grpc_the_http_envelope_and_plain_json() {
+    use base64::Engine as _;
+    let s = Setup::start(
+        GateConfig {
+            max_body_bytes: 8192,
+            ..GateConfig::default()
+        },
+        Arc::new(AllowAnonymous),
+    )
+    .await;
+    let mut client = s.grpc_client().await;
+    let http = reqwest::Client::new();
+    // The object "taken" is a Tally; asking for it as a Purse is one error, whatever the entry.
+    client
+        .call_object(call(
+            "",
+            "Tally",
+            "taken",
+            "Add",
+            any(&Int64Value { value: 1 }),
+        ))
+        .await
+        .unwrap();
+
+    struct Case {
+        what: &'static str,
+        object_type: &'static str,
+        id: String,
+        method: &'static str,
+        request: prost_types::Any,
+        plain: String,
+        grpc: Code,
+        http: u16,
+        name: &'static str,
+    }
+    let add = || any(&Int64Value { value: 1 });
+    let huge_type_url = format!("type.googleapis.com/{}", "x".repeat(5000));
+    let cases = vec![
+        Case {
+            what: "unknown type",
+            object_type: "Nope",
+            id: "x".into(),
+            method: "Add",
+            request: add(),
+            plain: r#"{"value":"1"}"#.into(),
+            grpc: Code::NotFound,
+            http: 404,
+            name: "NOT_FOUND",
+        },
+        Case {
+            what: "unknown method",
+            object_type: "Tally",
+            id: "x".into(),
+            method: "Nope",
+            request: add(),
+            plain: r#"{"value":"1"}"#.into(),
+            grpc: Code::NotFound,
+            http: 404,
+            name: "NOT_FOUND",
+        },
+        Case {
+            what: "a NUL in the id",
+            object_type: "Tally",
+            id: "a\u{0}b".into(),
+            method: "Add",
+            request: add(),
+            plain: r#"{"value":"1"}"#.into(),
+            grpc: Code::InvalidArgument,
+            http: 400,
+            name: "INVALID_ARGUMENT",
+        },
+        Case {
+            what: "an id past 255 characters",
+            object_type: "Tally",
+            id: "z".repeat(300),
+            method: "Add",
+            request: add(),
+            plain: r#"{"value":"1"}"#.into(),
+            grpc: Code::InvalidArgument,
+            http: 400,
+            name: "INVALID_ARGUMENT",
+        },
+        Case {
+            what: "a malformed shard prefix",
+            object_type: "Tally",
+            id: "shard#x/y".into(),
+            method: "Add",
+            request: add(),
+            plain: r#"{"value":"1"}"#.into(),
+            grpc: Code::InvalidArgument,
+            http: 400,
+            name: "INVALID_ARGUMENT",
+        },
+        Case {
+            what: "an id taken by another type",
+            object_type: "Purse",
+            id: "taken".into(),
+            method: "Put",
+            request: add(),
+            plain: r#"{"value":"1"}"#.into(),
+            grpc: Code::AlreadyExists,
+            http: 409,
+            name: "ALREADY_EXISTS",
+        },
+        Case {
+            what: "a request of another message type, with a huge type url",
+            object_type: "Tally",
+            id: "x".into(),
+            method: "Add",
+            request: prost_types::Any {
+                type_url: huge_type_url.clone(),
+                value: Vec::new(),
+            },
+            plain: r#"{"valu":"1"}"#.into(),
+            grpc: Code::InvalidArgument,
+            http: 400,
+            name: "INVALID_ARGUMENT",
+        },
+    ];
+    for case in &cases {
+        let what = case.what;
+        let status = client
+            .call_object(call(
+                "",
+                case.object_type,
+                &case.id,
+                case.method,
+                case.request.clone(),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), case.grpc, "gRPC, {what}: {status}");
+        assert!(
+            status.message().len() < 1024,
+            "gRPC, {what}: {} bytes",
+            status.message().len()
+        );
+
+        // The path carries the id percent-encoded.
+        let path = format!(
+            "/api/v1/objects/call/{}/{}/{}",
+            case.object_type,
+            utf8_percent(&case.id),
+            case.method
+        );
+        let envelope = serde_json::json!({
+            "request": base64::engine::general_purpose::STANDARD.encode(case.request.encode_to_vec())
+        })
+        .to_string();
+        for (form, body) in [("envelope", envelope), ("plain JSON", case.plain.clone())] {
+            let r = http.post(s.url(&path)).body(body).send().await.unwrap();
+            assert_eq!(r.status().as_u16(), case.http, "HTTP {form}, {what}");
+            let text = r.text().await.unwrap();
+            assert!(
+                text.len() < 1024,
+                "HTTP {form}, {what}: {} bytes",
+                text.len()
+            );
+            let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(json["code"], case.name, "HTTP {form}, {what}: {json}");
+        }
+    }
+
+    // Too large: RESOURCE_EXHAUSTED on gRPC (not OUT_OF_RANGE), 413 on HTTP.
+    let big = any(&StringValue {
+        value: "b".repeat(16384),
+    });
+    let status = client
+        .call_object(call("", "Tally", "x", "Add", big.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status}");
+    let r = http
+        .post(s.url("/api/v1/objects/call/Tally/x/Add"))
+        .body("x".repeat(16384))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+
+    // Reliable calls: an empty call id, or one with a control character, is refused before
+    // anything runs, as SKIPPED invalid argument, on both protocols (an empty Idempotency-Key
+    // header included: it is not a plain call).
+    for call_id in ["", "bad\u{1}id"] {
+        let reply = client
+            .reliable_call_object(ReliableCallObjectRequest {
+                call_id: call_id.to_owned(),
+                r#type: "Purse".into(),
+                id: "p".into(),
+                method: "Put".into(),
+                request: Some(add()),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reply.status, "SKIPPED", "{call_id:?}: {reply:?}");
+        assert!(
+            reply.error.contains("call id") || reply.error.contains("call_id"),
+            "{reply:?}"
+        );
+        if let Ok(header) = reqwest::header::HeaderValue::from_str(call_id) {
+            let r = http
+                .post(s.url("/api/v1/objects/call/Purse/p/Put"))
+                .header("Idempotency-Key", header)
+                .body(r#"{"value":"1"}"#)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 400, "{call_id:?}");
+            let json: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(json["status"], "SKIPPED", "{call_id:?}: {json}");
+        }
+    }
+    s.stop().await;
+}
+
+/// Percent-encodes every byte outside unreserved characters, as a client puts an id in a path.
+fn utf8_percent(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}

@@ -829,3 +829,49 @@ async fn one_unsaveable_object_fails_alone_and_nul_text_round_trips_on_postgres(
     assert_eq!(read.value, text);
     node.shutdown(Duration::from_secs(5)).await;
 }
+
+/// An object id belongs to one type: asking for it as another gets `AlreadyExists`, whether the
+/// object is active or only stored, and for calls and creates alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_type_is_refused_alike_whether_the_object_is_active_or_stored() {
+    let memory: Arc<dyn ObjectStore> = Arc::new(MemoryStore::new());
+    let node = node_on(memory.clone(), Arc::default()).await;
+    AccountRef::new("owned")
+        .deposit(&node, Int64Value { value: 5 })
+        .await
+        .unwrap();
+    let check = |err: CallError, state: &str| {
+        assert_eq!(err.code(), ErrorCode::AlreadyExists, "{state}: {err}");
+        assert!(
+            err.message()
+                .contains("already exists with type \"Account\""),
+            "{state}: {err}"
+        );
+    };
+    let as_ledger = |node: Node| async move {
+        LedgerRef::new("owned")
+            .record(&node, Int64Value { value: 1 })
+            .await
+            .unwrap_err()
+    };
+    check(as_ledger(node.clone()).await, "active, call");
+    check(
+        node.create_object("Ledger", "owned").await.unwrap_err(),
+        "active, create",
+    );
+    node.shutdown(Duration::from_secs(5)).await;
+    // Only stored now.
+    let node = node_on(memory, Arc::default()).await;
+    check(as_ledger(node.clone()).await, "stored, call");
+    check(
+        node.create_object("Ledger", "owned").await.unwrap_err(),
+        "stored, create",
+    );
+    // The refused attempts left nothing behind: the object answers as what it is.
+    let balance = AccountRef::new("owned")
+        .balance(&node, Empty {})
+        .await
+        .unwrap();
+    assert_eq!(balance.value, 5);
+    node.shutdown(Duration::from_secs(5)).await;
+}
