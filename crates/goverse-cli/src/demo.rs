@@ -57,12 +57,26 @@ pub(crate) struct DemoArgs {
     /// printed: the port is never open to strangers.
     #[arg(long, env = "GOVERSE_PEER_SECRET", hide_env_values = true)]
     peer_secret: Option<String>,
+    /// Most connections open at once on each port (node service, gate gRPC, gate HTTP); more
+    /// wait in the kernel's backlog.
+    #[arg(long, default_value_t = goverse_transport_limits().max_connections)]
+    max_connections: usize,
+    /// A connection on which neither side has sent a byte for this long is closed (every port).
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    connection_idle_timeout: Duration,
+    /// How long an HTTP/1 client may take to send a request's headers.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    header_timeout: Duration,
     /// The gate's gRPC address (upstream `gate.GateService`).
     #[arg(long, default_value = "127.0.0.1:49000")]
     listen: String,
     /// The gate's HTTP address (JSON API and server-sent events).
     #[arg(long, default_value = "127.0.0.1:8080")]
     http_listen: String,
+}
+
+fn goverse_transport_limits() -> goverse::ConnectionLimits {
+    goverse::ConnectionLimits::default()
 }
 
 async fn bind(address: &str, what: &str) -> anyhow::Result<TcpListener> {
@@ -131,6 +145,13 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if let Some(retention) = args.reliable_call_retention {
         config.reliable_call_retention = retention;
     }
+    let limits = goverse::ConnectionLimits {
+        max_connections: args.max_connections,
+        idle_timeout: args.connection_idle_timeout,
+        header_timeout: args.header_timeout,
+        ..goverse::ConnectionLimits::default()
+    };
+    config.connection_limits = limits;
     config.peer_secret = match args.peer_secret {
         Some(secret) => Some(secret),
         None if !is_loopback(&node_addr) => {
@@ -178,6 +199,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
                     access: Access::Allow,
                 })
                 .collect(),
+            connection_limits: limits,
+            // Event streams send heartbeats well inside the idle timeout.
+            heartbeat_interval: Duration::from_secs(15).min(limits.idle_timeout / 2),
             ..GateConfig::default()
         },
         Arc::new(AllowAnonymous),

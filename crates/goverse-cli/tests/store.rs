@@ -686,3 +686,180 @@ fn db_commands_work_on_a_sqlite_file() {
     assert!(out.status.success());
     assert!(!std::path::Path::new(file).exists());
 }
+
+/// Whether the server ended the connection within `within`: a read sees end of file or an
+/// error. Meanwhile `drip`, if set, is written a byte at a time every 200 ms (a slow client).
+async fn closed_by_server(
+    mut stream: tokio::net::TcpStream,
+    drip: Option<&'static [u8]>,
+    within: Duration,
+) -> bool {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let deadline = tokio::time::Instant::now() + within;
+    let mut at = 0;
+    let mut buf = [0u8; 4096];
+    loop {
+        let step = tokio::time::Instant::now() + Duration::from_millis(200);
+        tokio::select! {
+            read = stream.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => {}
+            },
+            () = tokio::time::sleep_until(step.min(deadline)) => {
+                if tokio::time::Instant::now() >= deadline {
+                    return false;
+                }
+                if let Some(bytes) = drip
+                    && stream.write_all(&bytes[at % bytes.len()..at % bytes.len() + 1]).await.is_err()
+                {
+                    return true;
+                }
+                at += 1;
+            }
+        }
+    }
+}
+
+/// Every port closes what would otherwise hold it forever: connections that say nothing, that
+/// sent only the HTTP/2 preface, that send headers a byte at a time; healthy clients still get
+/// through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_ports_close_idle_preface_only_and_slow_header_connections() {
+    let mut demo = Demo::start(&["--connection-idle-timeout", "1s", "--header-timeout", "1s"]);
+    let node_addr = flag_value(&demo.args, "--node-listen").to_owned();
+    let http_addr = flag_value(&demo.args, "--http-listen").to_owned();
+    let preface: &'static [u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut checks = Vec::new();
+    let started = Instant::now();
+    for (addr, first, drip, what) in [
+        (node_addr.clone(), &b""[..], None, "idle, node port"),
+        (demo.grpc.clone(), b"", None, "idle, gate gRPC"),
+        (http_addr.clone(), b"", None, "idle, gate HTTP"),
+        (node_addr.clone(), preface, None, "preface only, node port"),
+        (demo.grpc.clone(), preface, None, "preface only, gate gRPC"),
+        (
+            http_addr.clone(),
+            b"POST /api/v1/objects/call/Counter/c/Get HTTP/1.1\r\n",
+            Some(&b"X-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n"[..]),
+            "slow headers, gate HTTP",
+        ),
+    ] {
+        for _ in 0..20 {
+            use tokio::io::AsyncWriteExt as _;
+            let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            stream.write_all(first).await.unwrap();
+            checks.push((
+                what,
+                tokio::spawn(closed_by_server(stream, drip, Duration::from_secs(8))),
+            ));
+        }
+    }
+    for (what, check) in checks {
+        assert!(check.await.unwrap(), "{what}: still open after 8 s");
+    }
+    println!(
+        "120 stalled connections closed by the demo in {:?}",
+        started.elapsed()
+    );
+    // Healthy clients are served throughout.
+    let mut client = gate(&demo.grpc).await;
+    assert_eq!(add(&mut client, "Counter", "healthy").await.unwrap(), 1);
+    assert_eq!(demo.stop(), Some(0));
+}
+
+/// CPU time (user + system) of process `pid` so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses): utime is the 14th field overall.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<u64> = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|f| f.parse().unwrap())
+        .collect();
+    // Clock ticks of 10 ms (USER_HZ is 100 on Linux).
+    Duration::from_millis((fields[0] + fields[1]) * 10)
+}
+
+/// Out of file descriptors, the accept loops wait instead of spinning a core, log it once per
+/// interval, and serve again once connections close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_out_of_file_descriptors_waits_quietly_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr.log");
+    let (args, grpc) = Demo::args(&[]);
+    let command = format!(
+        "exec prlimit --nofile=256:256 {GOVERSE} {} 2>{}",
+        args.join(" "),
+        log.display()
+    );
+    let mut process = Process::start("sh", ["-c", &command]);
+    process.expect_within("ready;", Duration::from_secs(60));
+    let pid = process.pid();
+    let mut held = Vec::new();
+    // Past the limit the kernel's backlog fills and a connect waits: stop at the first that
+    // does not complete in time.
+    let connecting = Instant::now();
+    for _ in 0..400 {
+        // A full backlog drops the SYN; the client sends it again after 1 s.
+        match tokio::time::timeout(
+            Duration::from_millis(1500),
+            tokio::net::TcpStream::connect(&grpc),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => held.push(stream),
+            _ => break,
+        }
+    }
+    println!(
+        "{} connections opened in {:?}",
+        held.len(),
+        connecting.elapsed()
+    );
+    assert!(
+        held.len() > 256,
+        "more connections than descriptors: {}",
+        held.len()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = cpu_time(pid);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let used = cpu_time(pid) - before;
+    println!(
+        "out of descriptors with {} connections held: {used:?} CPU in 3 s",
+        held.len()
+    );
+    assert!(used < Duration::from_millis(600), "{used:?} of CPU in 3 s");
+    drop(held);
+    let freed = Instant::now();
+    // Serving again once the connections are gone.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut client = gate(&grpc).await;
+        match add(&mut client, "Counter", "after").await {
+            Ok(_) => break,
+            Err(status) => {
+                assert!(Instant::now() < deadline, "not serving again: {status}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    println!(
+        "serving again {:?} after the connections closed",
+        freed.elapsed()
+    );
+    process.terminate();
+    assert_eq!(process.wait_exit(Duration::from_secs(30)), Some(0));
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let lines = logged
+        .lines()
+        .filter(|l| l.contains("cannot accept connections"))
+        .count();
+    // One line per 10 s while it lasted (a few seconds), not one per failed accept.
+    assert!(
+        (1..=2).contains(&lines),
+        "{lines} accept-error lines:\n{logged}"
+    );
+}

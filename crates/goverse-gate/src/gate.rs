@@ -45,6 +45,9 @@ pub struct GateConfig {
     /// In a cluster: the nodes the map must hold for the gate to report ready (the cluster's
     /// `min_quorum`). Default 1.
     pub min_quorum: usize,
+    /// Limits on the connections of each of the gate's ports (a cap, idle and header timeouts,
+    /// the drain deadline at shutdown).
+    pub connection_limits: goverse_transport::ConnectionLimits,
 }
 
 impl Default for GateConfig {
@@ -60,6 +63,7 @@ impl Default for GateConfig {
             lifecycle_rules: Vec::new(),
             peer_secret: None,
             min_quorum: 1,
+            connection_limits: goverse_transport::ConnectionLimits::default(),
         }
     }
 }
@@ -269,10 +273,21 @@ impl Gate {
         if config.node.is_empty() {
             return Err(GateError::Config("node address is empty".to_owned()));
         }
+        config
+            .connection_limits
+            .validate()
+            .map_err(|why| GateError::Config(format!("connection_limits: {why}")))?;
         if config.max_body_bytes == 0 || config.client_buffer == 0 {
             return Err(GateError::Config(
                 "max_body_bytes and client_buffer must be positive".to_owned(),
             ));
+        }
+        if config.heartbeat_interval >= config.connection_limits.idle_timeout {
+            return Err(GateError::Config(format!(
+                "heartbeat_interval {:?} must be shorter than the connection idle timeout {:?}, \
+                 or quiet event streams would be closed as idle",
+                config.heartbeat_interval, config.connection_limits.idle_timeout
+            )));
         }
         if config.heartbeat_interval.is_zero() || config.call_timeout.is_zero() {
             return Err(GateError::Config(

@@ -242,22 +242,40 @@ impl Gate {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
+        let limits = self.inner.config.connection_limits;
         let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            goverse_transport::Acceptor::new(listener, limits, "gate gRPC").into_incoming();
         let stop = self.inner.streams_stop.clone();
-        tonic::transport::Server::builder()
+        let served = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(15)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+            .http2_max_pending_accept_reset_streams(Some(64))
+            .http2_max_local_error_reset_streams(Some(1024))
             .layer(tower::util::MapResponseLayer::new(
                 oversize_is_resource_exhausted as fn(_) -> _,
             ))
             .add_routes(self.grpc_routes())
-            .serve_with_incoming_shutdown(incoming, async move {
-                shutdown.await;
-                stop.cancel();
-            })
+            .serve_with_incoming_shutdown(incoming, {
+                let stop = stop.clone();
+                async move {
+                    shutdown.await;
+                    stop.cancel();
+                }
+            });
+        // A stalled client cannot hold the stop past the drain deadline.
+        goverse_transport::with_drain_deadline(served, stop, limits.drain_timeout, "gate gRPC")
             .await
+            .unwrap_or(Ok(()))
     }
 }
+
+/// Calls one client connection may have in flight at once (gRPC clients multiplex every call
+/// of a process over one connection; more wait in the client).
+pub(crate) const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+/// Largest header list a client may send (room for bearer tokens and metadata).
+pub(crate) const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
 
 /// A request message over the size limit is `RESOURCE_EXHAUSTED` (8), as gRPC specifies and as
 /// every other entry point of the gate answers an oversized request; the codec reports it as

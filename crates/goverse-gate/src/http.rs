@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -162,32 +163,79 @@ impl Gate {
     }
 
     /// Serves `router` (usually [`Gate::http_router`], perhaps with more routes merged) on
-    /// `listener` until `shutdown` completes; then ends the gate's client streams and returns
-    /// once open requests have finished.
+    /// `listener` until `shutdown` completes; then ends the gate's client streams, lets open
+    /// requests finish within the drain deadline (`connection_limits.drain_timeout`), closes
+    /// what is left and returns.
+    ///
+    /// Every connection is held to the gate's [`goverse_transport::ConnectionLimits`]: a cap
+    /// on open connections, an idle timeout, and a deadline for an HTTP/1 request's headers
+    /// (slow-header clients are cut off); HTTP/2 connections get a bounded number of streams
+    /// and a bounded header list.
     pub async fn serve_http(
         &self,
         listener: tokio::net::TcpListener,
         router: Router,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        use axum::serve::ListenerExt as _;
-        let stop = self.inner.streams_stop.clone();
-        // Small responses go out at once instead of waiting on Nagle's algorithm.
-        let listener = listener.tap_io(|stream| {
-            if let Err(err) = stream.set_nodelay(true) {
-                tracing::debug!(cause = %err, "cannot set TCP_NODELAY on an HTTP connection");
-            }
-        });
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            // SSE streams would hold the graceful shutdown open forever.
-            stop.cancel();
-        })
-        .await
+        use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+        use tower::ServiceExt as _;
+        let limits = self.inner.config.connection_limits;
+        let mut acceptor = goverse_transport::Acceptor::new(listener, limits, "gate HTTP");
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .keep_alive(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(crate::grpc::MAX_STREAMS_PER_CONNECTION)
+            .max_header_list_size(crate::grpc::MAX_HEADER_LIST_BYTES)
+            .max_pending_accept_reset_streams(64)
+            .keep_alive_interval(Some(Duration::from_secs(15)))
+            .keep_alive_timeout(Duration::from_secs(20));
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut connections = tokio::task::JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            let (io, remote) = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = acceptor.accept() => accepted,
+            };
+            // Finished connections are reaped as new ones come.
+            while connections.try_join_next().is_some() {}
+            let service = router.clone().map_request(
+                move |request: hyper::Request<hyper::body::Incoming>| {
+                    let mut request = request.map(Body::new);
+                    request.extensions_mut().insert(ConnectInfo(remote));
+                    request
+                },
+            );
+            let service = hyper_util::service::TowerToHyperService::new(service);
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(io), service)
+                .into_owned();
+            let connection = graceful.watch(connection);
+            connections.spawn(async move {
+                if let Err(err) = connection.await {
+                    tracing::debug!(peer = %remote, cause = %err, "HTTP connection ended");
+                }
+            });
+        }
+        // SSE streams would hold the drain open until its deadline.
+        self.inner.streams_stop.cancel();
+        if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = connections.len(),
+                "HTTP connections still open after the drain deadline; closing them"
+            );
+        }
+        connections.shutdown().await;
+        Ok(())
     }
 }
 

@@ -48,6 +48,8 @@ pub struct NodeConfig {
     /// `auto_load_objects`): created once the cluster has been stable for its window, on the
     /// node serving each one, recreated when missing.
     pub auto_load: Vec<crate::AutoLoad>,
+    /// Limits on the node service port's connections (a cap, an idle timeout).
+    pub connection_limits: goverse_transport::ConnectionLimits,
 }
 
 impl Default for NodeConfig {
@@ -67,6 +69,7 @@ impl Default for NodeConfig {
             cluster_prefix: goverse_cluster::DEFAULT_PREFIX.to_owned(),
             peer_secret: None,
             auto_load: Vec::new(),
+            connection_limits: goverse_transport::ConnectionLimits::default(),
         }
     }
 }
@@ -108,6 +111,9 @@ impl NodeConfig {
             return Err("stuck_shard_timeout must be positive".to_owned());
         }
         goverse_cluster::Keys::new(&self.cluster_prefix)?;
+        self.connection_limits
+            .validate()
+            .map_err(|why| format!("connection_limits: {why}"))?;
         for entry in &self.auto_load {
             entry.validate()?;
         }

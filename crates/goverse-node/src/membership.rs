@@ -35,6 +35,15 @@ pub(crate) struct ClusterSettings {
     pub(crate) stuck_timeout: Duration,
 }
 
+/// How long after a renewal was asked for the node may keep serving on it: the lease surely
+/// lives until `ttl` after the ask (etcd starts the new term when it processes the renewal,
+/// which is later), less a margin for the two clocks running at different rates: a tenth of
+/// the TTL, at least 100 ms (never more than half the TTL). With the default 10 s TTL, 9 s.
+pub(crate) fn serving_window(ttl: Duration) -> Duration {
+    let margin = (ttl / 10).max(Duration::from_millis(100)).min(ttl / 2);
+    ttl - margin
+}
+
 /// This node's membership: its registration, its lease, and the claims behind its shards.
 #[derive(Debug)]
 pub(crate) struct Membership {
@@ -54,9 +63,9 @@ pub(crate) struct Membership {
     claiming: tokio::sync::Mutex<()>,
     /// Origin of `serve_until_us`.
     origin: tokio::time::Instant,
-    /// Turns are admitted until then (µs since `origin`): half the TTL after the last renewal
-    /// was asked for, so a node paused or starved past it refuses work the moment it runs
-    /// again, before any of its tasks has noticed the lease may be gone.
+    /// Turns are admitted until then (µs since `origin`): [`serving_window`] after the last
+    /// renewal was asked for, so a node paused or starved past it refuses work the moment it
+    /// runs again, before any of its tasks has noticed the lease may be gone.
     serve_until_us: std::sync::atomic::AtomicU64,
 }
 
@@ -169,15 +178,15 @@ impl Membership {
         }
     }
 
-    /// Whether the lease is surely still held: the last renewal was asked for less than half
-    /// the TTL ago.
+    /// Whether the lease is surely still held: the last renewal was asked for less than the
+    /// [`serving_window`] ago.
     pub(crate) fn lease_fresh(&self) -> bool {
         (self.origin.elapsed().as_micros() as u64) < self.serve_until_us.load(Ordering::Acquire)
     }
 
     /// A renewal (or the grant) asked for at `asked` succeeded.
     fn renewed(&self, asked: tokio::time::Instant) {
-        let until = asked.duration_since(self.origin) + self.settings.lease_ttl / 2;
+        let until = asked.duration_since(self.origin) + serving_window(self.settings.lease_ttl);
         self.serve_until_us
             .fetch_max(until.as_micros() as u64, Ordering::AcqRel);
     }
@@ -403,18 +412,19 @@ impl Membership {
         self.directory.apply_all(|_| true, ShardEvent::Fence);
     }
 
-    /// Renews the lease every quarter of its TTL. If renewal has failed for half the TTL the node
-    /// stops serving before the lease can expire; once renewal works again (or a new lease is had)
-    /// the node re-registers and its reactor reclaims its shards.
+    /// Renews the lease every quarter of its TTL. Once the [`serving_window`] of the last
+    /// successful renewal has passed, the node stops serving before the lease can expire; once
+    /// renewal works again (or a new lease is had) the node re-registers and its reactor
+    /// reclaims its shards.
     pub(crate) async fn keep_alive(self: Arc<Self>, cancel: CancellationToken) {
         let ttl = self.settings.lease_ttl;
         let Some(mut lease) = self.lease() else {
             return;
         };
-        let mut last_renewed = tokio::time::Instant::now();
         loop {
-            // A quarter of the TTL: turns are admitted for half of it after each renewal asked
-            // for, so a late renewal has a quarter of the TTL before the node stops serving.
+            // A quarter of the TTL: turns are admitted for the serving window after each renewal
+            // asked for, so two or three renewals may fail (an etcd outage, a slow answer)
+            // before the node stops serving.
             tokio::select! {
                 () = cancel.cancelled() => return,
                 () = tokio::time::sleep(ttl / 4) => {}
@@ -424,7 +434,6 @@ impl Membership {
             match self.cluster.keep_alive(lease).await {
                 Ok(()) => {
                     self.renewed(asked);
-                    last_renewed = tokio::time::Instant::now();
                     if fenced {
                         tracing::info!("lease renewed; serving again");
                         self.fenced.store(false, Ordering::Release);
@@ -434,7 +443,7 @@ impl Membership {
                 Err(err) => {
                     tracing::error!(error = %err, "cannot renew the node lease");
                     let expired = matches!(err, ClusterError::LeaseExpired(_));
-                    if !fenced && (last_renewed.elapsed() >= ttl / 2 || expired) {
+                    if !fenced && (!self.lease_fresh() || expired) {
                         tracing::error!(
                             "stopping service of every shard until the lease is renewed"
                         );
@@ -445,7 +454,6 @@ impl Membership {
                             return;
                         };
                         lease = renewed;
-                        last_renewed = tokio::time::Instant::now();
                         self.wake();
                     }
                 }
@@ -709,6 +717,27 @@ impl Leader {
 
     fn written(&mut self, revision: Revision) {
         self.written = self.written.max(revision);
+    }
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+
+    #[test]
+    fn the_serving_window_is_the_ttl_less_a_tenth_at_least_100ms() {
+        let ms = Duration::from_millis;
+        assert_eq!(serving_window(Duration::from_secs(10)), ms(9000));
+        assert_eq!(serving_window(Duration::from_secs(2)), ms(1800));
+        assert_eq!(serving_window(ms(500)), ms(400));
+        assert_eq!(serving_window(ms(300)), ms(200));
+        for ttl in (300..60_000).step_by(97).map(ms) {
+            let window = serving_window(ttl);
+            assert!(
+                window >= ttl / 2 && window <= ttl - ms(100).min(ttl / 2),
+                "{ttl:?}"
+            );
+        }
     }
 }
 

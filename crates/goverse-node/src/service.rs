@@ -27,7 +27,8 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     // With a cluster secret configured, only peers that present it are admitted.
     let secret = node.config().peer_secret.as_deref().map(Into::into);
-    goverse_transport::serve_with_secret(node.handler(), listener, secret, shutdown).await
+    let limits = node.config().connection_limits;
+    goverse_transport::serve_with_limits(node.handler(), listener, secret, limits, shutdown).await
 }
 
 /// The node behind the transport.

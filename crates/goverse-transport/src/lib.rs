@@ -17,14 +17,16 @@
 mod encode;
 mod handler;
 mod link;
+mod listen;
 mod router;
 mod server;
 mod wire;
 
 pub use handler::{Handler, Op, Outcome, PEER_PUSH_BACKLOG, PeerSink, PushRefused, Request};
 pub use link::{LinkEvents, NodeLink};
+pub use listen::{Acceptor, ConnectionLimits, Guarded, Throttle, with_drain_deadline};
 pub use router::{Connector, InProcessNetwork, NetworkConnector, Router};
-pub use server::{ServeError, serve, serve_with_secret};
+pub use server::{ServeError, serve, serve_with_limits, serve_with_secret};
 pub use wire::{failure_of, failure_to_error, reliable_from_proto, reliable_to_proto};
 
 /// The request header a peer names its own address in (`host:port` of a gate). Pushes for

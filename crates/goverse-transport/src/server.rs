@@ -34,6 +34,7 @@ use tokio_util::task::TaskTracker;
 use tonic::{Response, Status, Streaming};
 
 use crate::handler::Outbound;
+use crate::listen::{Acceptor, ConnectionLimits, Throttle, with_drain_deadline};
 use crate::wire::{Received, response_of};
 use crate::{Handler, MAX_BATCH, MAX_MESSAGE_BYTES, PEER_ADDRESS_HEADER, PeerSink};
 
@@ -61,6 +62,33 @@ pub async fn serve_with_secret(
     secret: Option<Arc<str>>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    serve_with_limits(
+        handler,
+        listener,
+        secret,
+        ConnectionLimits::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// Streams one peer may have open at once: a peer uses one `Open` stream (and a `Describe`
+/// now and then), so a few are plenty; the cap keeps a stranger from opening thousands.
+const MAX_STREAMS_PER_PEER: u32 = 16;
+/// Largest header list a peer may send (the node protocol's headers are a few short values).
+const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+
+/// [`serve_with_secret`] within `limits`: a cap on open connections, idle connections (a peer
+/// that sent half a preface, or nothing) closed, accept errors backed off; per connection at
+/// most [`MAX_STREAMS_PER_PEER`] streams, a bounded header list and a bounded rate of stream
+/// resets.
+pub async fn serve_with_limits(
+    handler: Arc<dyn Handler>,
+    listener: TcpListener,
+    secret: Option<Arc<str>>,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
     let stop = CancellationToken::new();
     let readers = TaskTracker::new();
     let service = NodeServiceServer::new(NodeRpc {
@@ -69,22 +97,37 @@ pub async fn serve_with_secret(
         stop: stop.clone(),
         readers: readers.clone(),
         serials: AtomicU64::new(0),
+        refusals: Throttle::new(Duration::from_secs(10)),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = Acceptor::new(listener, limits, "node service").into_incoming();
     let served = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .max_concurrent_streams(MAX_STREAMS_PER_PEER)
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .http2_max_pending_accept_reset_streams(Some(32))
+        .http2_max_local_error_reset_streams(Some(256))
         .add_service(service)
-        .serve_with_incoming_shutdown(incoming, async move {
-            shutdown.await;
-            stop.cancel();
-        })
-        .await;
+        .serve_with_incoming_shutdown(incoming, {
+            let stop = stop.clone();
+            async move {
+                shutdown.await;
+                stop.cancel();
+            }
+        });
+    // A connection that never finishes (a stalled peer) cannot hold the stop past the drain
+    // deadline.
+    let served = with_drain_deadline(served, stop, limits.drain_timeout, "node service").await;
     readers.close();
-    readers.wait().await;
-    served?;
+    if tokio::time::timeout(limits.drain_timeout, readers.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("peer streams still answering after the drain deadline; leaving them");
+    }
+    served.transpose()?;
     Ok(())
 }
 
@@ -94,6 +137,8 @@ struct NodeRpc {
     stop: CancellationToken,
     readers: TaskTracker,
     serials: AtomicU64,
+    /// Refused peers are logged once per interval, with how many more there were.
+    refusals: Throttle,
 }
 
 impl NodeRpc {
@@ -113,8 +158,10 @@ impl NodeRpc {
         let from = request
             .remote_addr()
             .map_or_else(|| "an unknown address".to_owned(), |a| a.to_string());
-        tracing::warn!(peer = %from, sent = !sent.is_empty(),
-            "refused a peer without the cluster secret");
+        if let Some(more) = self.refusals.hit() {
+            tracing::warn!(peer = %from, sent = !sent.is_empty(), refused_since_last = more,
+                "refused a peer without the cluster secret");
+        }
         Err(Status::unauthenticated(
             "this node admits only peers of its cluster: the peer secret is missing or wrong",
         ))

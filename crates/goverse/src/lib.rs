@@ -55,6 +55,9 @@ pub use goverse_node::{
 };
 /// The node service: serve a node's objects to gates (`goverse::serve(node, listener, shutdown)`).
 pub use goverse_node::{ServeError, serve};
+/// Limits on a listening port's connections (`NodeConfig::connection_limits`,
+/// `GateConfig::connection_limits`).
+pub use goverse_transport::ConnectionLimits;
 
 /// The gate: upstream-compatible gRPC, HTTP/JSON and SSE for clients, with an authorisation hook
 /// and access rules. Run `goverse gate`, or embed one to install your own [`gate::GateEventHandler`].

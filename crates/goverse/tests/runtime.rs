@@ -490,11 +490,7 @@ async fn delete_waits_for_the_running_turn_and_is_idempotent() {
     });
     assert_eventually!(f.shared.in_write.load(Ordering::SeqCst));
     let err = f.node.delete_object("Other", "d").await.unwrap_err();
-    assert_eq!(
-        err.code(),
-        ErrorCode::InvalidArgument,
-        "type mismatch: {err}"
-    );
+    assert_eq!(err.code(), ErrorCode::AlreadyExists, "type mismatch: {err}");
     f.node.delete_object("Probe", "d").await.unwrap();
     // The turn that was running when delete arrived finished first.
     assert_eq!(f.shared.slow_done.load(Ordering::SeqCst), 1);
@@ -733,7 +729,8 @@ async fn wrong_payload_unknown_type_and_unknown_method_are_distinct_errors() {
         .get_log(&f.node, Empty {})
         .await
         .unwrap_err();
-    assert_eq!(err.code(), ErrorCode::InvalidArgument);
+    // An object id belongs to one type: the same code as a create under a taken id.
+    assert_eq!(err.code(), ErrorCode::AlreadyExists);
     assert!(err.message().contains("\"Other\""), "{err}");
 }
 
