@@ -117,6 +117,9 @@ pub(crate) fn config(command: ConfigCommand) -> anyhow::Result<()> {
                     (None, None) => "none (objects are not persisted)".to_owned(),
                 }
             );
+            for warning in config.rule_warnings() {
+                println!("warning: {warning}");
+            }
             Ok(())
         }
         ConfigCommand::Gen {

@@ -152,6 +152,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         ..goverse::ConnectionLimits::default()
     };
     config.connection_limits = limits;
+    // The gate checks clients' requests against the rules, and the node again.
+    config.access_rules = demo_access_rules();
+    config.lifecycle_rules = demo_lifecycle_rules();
     config.peer_secret = match args.peer_secret {
         Some(secret) => Some(secret),
         None if !is_loopback(&node_addr) => {
@@ -188,17 +191,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         GateConfig {
             advertise_address: grpc_addr.clone(),
             access_rules: demo_access_rules(),
-            // Counters may be deleted by clients in the demo; everything else keeps the default
-            // (create allowed, delete internal).
-            lifecycle_rules: ["Counter", "DurableCounter"]
-                .into_iter()
-                .map(|object_type| LifecycleRule {
-                    object_type: object_type.to_owned(),
-                    id: String::new(),
-                    lifecycle: Lifecycle::Delete,
-                    access: Access::Allow,
-                })
-                .collect(),
+            lifecycle_rules: demo_lifecycle_rules(),
             connection_limits: limits,
             // Event streams send heartbeats well inside the idle timeout.
             heartbeat_interval: Duration::from_secs(15).min(limits.idle_timeout / 2),
@@ -326,17 +319,63 @@ pub(crate) fn register_samples(builder: goverse::NodeBuilder) -> goverse::NodeBu
     goverse_sample_wallet::register(goverse_sample_chat::register(builder))
 }
 
+/// The demo's types whose client IDs are free-form; each keeps out of the others' names.
+const FREE_FORM_TYPES: [&str; 3] = ["Counter", "DurableCounter", "Wallet"];
+
+/// The ID prefixes that belong to types other than `object_type` (the chat's `ChatRoom…` and the
+/// other free-form types' names), as one pattern.
+fn others_prefixes(object_type: &str) -> String {
+    let others: Vec<&str> = ["ChatRoom"]
+        .into_iter()
+        .chain(FREE_FORM_TYPES)
+        .filter(|t| *t != object_type)
+        .collect();
+    format!("/({}).*/", others.join("|"))
+}
+
 /// Clients may use the counters, the wallets and the chat (except `ChatRoomMgr.RegisterRoom`,
-/// which only rooms call). With rules configured, anything unmatched is refused.
+/// which only rooms call), each type under its own IDs: the chat's are `ChatRoomMgr0` and
+/// `ChatRoom-<name>`; the free-form types' may be anything but another type's name as a prefix,
+/// so no client can take an ID another type needs (`Counter/ChatRoom-General` is refused).
+/// With rules configured, anything unmatched is refused.
 fn demo_access_rules() -> Vec<AccessRule> {
     let mut rules = goverse_sample_chat::access_rules();
+    for object_type in FREE_FORM_TYPES {
+        rules.push(AccessRule {
+            object_type: object_type.to_owned(),
+            id: others_prefixes(object_type),
+            method: String::new(),
+            access: Access::Reject,
+        });
+    }
+    rules.extend(FREE_FORM_TYPES.into_iter().map(|object_type| AccessRule {
+        object_type: object_type.to_owned(),
+        id: String::new(),
+        method: String::new(),
+        access: Access::Allow,
+    }));
+    rules
+}
+
+/// Creates keep to each type's own IDs as calls do; counters may be deleted by clients;
+/// everything else keeps the default (delete internal).
+fn demo_lifecycle_rules() -> Vec<LifecycleRule> {
+    let mut rules = goverse_sample_chat::lifecycle_rules();
+    for object_type in FREE_FORM_TYPES {
+        rules.push(LifecycleRule {
+            object_type: object_type.to_owned(),
+            id: others_prefixes(object_type),
+            lifecycle: Lifecycle::All,
+            access: Access::Reject,
+        });
+    }
     rules.extend(
-        ["Counter", "DurableCounter", "Wallet"]
+        ["Counter", "DurableCounter"]
             .into_iter()
-            .map(|object_type| AccessRule {
+            .map(|object_type| LifecycleRule {
                 object_type: object_type.to_owned(),
                 id: String::new(),
-                method: String::new(),
+                lifecycle: Lifecycle::Delete,
                 access: Access::Allow,
             }),
     );

@@ -228,6 +228,22 @@ fn http_get(address: &str, path: &str) -> String {
     response
 }
 
+/// A plain HTTP/1.1 POST of a JSON body; the whole response as text.
+fn http_post(address: &str, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
 /// Kills the child on drop, so a failing test leaves no process behind.
 struct Running(std::process::Child);
 
@@ -371,6 +387,35 @@ fn demo_serves_until_sigterm_then_saves_and_exits_zero() {
     );
     let out = goverse(&["create", "--gate", &grpc, "Counter", "c2"]);
     assert_eq!(stdout(&out).trim(), r#"{"id":"c2"}"#);
+    // Nobody can take an ID another type needs: a counter under a chat room's ID is refused,
+    // by call and by create, and the room stays usable.
+    for args in [
+        &[
+            "call",
+            "--gate",
+            &grpc,
+            "Counter",
+            "ChatRoom-General",
+            "Add",
+            r#"{"value":1}"#,
+        ][..],
+        &["create", "--gate", &grpc, "Counter", "ChatRoom-General"][..],
+        &["create", "--gate", &grpc, "ChatRoom", "alice"][..],
+    ] {
+        let out = goverse(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("PermissionDenied"),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let squat = http_post(
+        &http,
+        "/api/v1/objects/call/Counter/ChatRoom-General/Add",
+        r#"{"value":1}"#,
+    );
+    assert!(squat.starts_with("HTTP/1.1 403"), "{squat}");
 
     let status = Command::new("kill")
         .args(["-TERM", &child.0.id().to_string()])

@@ -18,6 +18,7 @@ mod id;
 mod identity;
 mod message;
 mod reliable;
+pub mod rules;
 mod shard;
 pub mod wkt;
 

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use goverse_cluster::{ClusterStore, Keys, LeaseId, MapView};
-use goverse_core::{CallError, ClientIdentity, Clipped, ErrorCode, ObjectId, ReliableStatus};
+use goverse_core::{CallError, ClientIdentity, Clipped, ObjectId, ReliableStatus};
 use goverse_proto::node::{self as proto, DescribeResponse, Push, response};
 use goverse_transport::{Handler, LinkEvents, NetworkConnector, NodeLink, Op, Request, Router};
 use tokio::sync::mpsc;
@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{ConnectRequest, GateEventHandler, Transport};
 use crate::clients::{Binding, ClientEntry, Clients};
 use crate::codec::{Catalog, SharedCatalog};
-use crate::rules::{Access, AccessRule, Lifecycle, LifecycleRule, RuleError, Rules};
+use crate::rules::{AccessRule, Lifecycle, LifecycleRule, RuleError, Rules};
 
 /// How a gate runs.
 #[derive(Debug, Clone)]
@@ -574,22 +574,7 @@ impl GateInner {
         if method.is_empty() {
             return Err(CallError::invalid_argument("method is empty"));
         }
-        if !self
-            .rules
-            .call_access(object_type, id, method)
-            .allows_clients()
-        {
-            return Err(CallError::new(
-                ErrorCode::PermissionDenied,
-                format!(
-                    "access denied for {}/{} method {:?}",
-                    Clipped(object_type),
-                    Clipped(id),
-                    Clipped(method)
-                ),
-            ));
-        }
-        Ok(())
+        self.rules.check_client_call(object_type, id, method)
     }
 
     /// Calls `object_type/id.method` for `identity`.
@@ -699,23 +684,14 @@ impl GateInner {
             chain: None,
             timeout: None,
             caller: Some(identity.clone()),
+            // The node checks the rules again.
+            from_client: true,
         };
         self.router.request(request, self.config.call_timeout).await
     }
 
     fn check_lifecycle(&self, op: Lifecycle, object_type: &str, id: &str) -> Result<(), CallError> {
-        let access: Access = self.rules.lifecycle_access(op, object_type, id);
-        if access.allows_clients() {
-            return Ok(());
-        }
-        let what = match op {
-            Lifecycle::Delete => "delete",
-            Lifecycle::Create | Lifecycle::All => "create",
-        };
-        Err(CallError::new(
-            ErrorCode::PermissionDenied,
-            format!("{what} denied for {}/{}", Clipped(object_type), Clipped(id)),
-        ))
+        self.rules.check_client_lifecycle(op, object_type, id)
     }
 }
 

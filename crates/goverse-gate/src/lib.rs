@@ -24,7 +24,11 @@ pub mod codec;
 mod gate;
 mod grpc;
 mod http;
-pub mod rules;
+/// Access and lifecycle rules (`object_access_rules`, `object_lifecycle_rules`): the gate
+/// checks every client request against them, and nodes check again what gates send.
+pub mod rules {
+    pub use goverse_core::rules::*;
+}
 mod serve;
 
 pub use auth::{AllowAnonymous, AuthError, ConnectRequest, GateEventHandler, Principal, Transport};

@@ -50,6 +50,11 @@ pub struct NodeConfig {
     pub auto_load: Vec<crate::AutoLoad>,
     /// Limits on the node service port's connections (a cap, an idle timeout).
     pub connection_limits: goverse_transport::ConnectionLimits,
+    /// The cluster's `object_access_rules`: requests a gate sends for its clients are checked
+    /// against them again here (the gate checked them first). Empty allows every call.
+    pub access_rules: Vec<goverse_core::rules::AccessRule>,
+    /// The cluster's `object_lifecycle_rules`, checked again for clients' creates and deletes.
+    pub lifecycle_rules: Vec<goverse_core::rules::LifecycleRule>,
 }
 
 impl Default for NodeConfig {
@@ -70,6 +75,8 @@ impl Default for NodeConfig {
             peer_secret: None,
             auto_load: Vec::new(),
             connection_limits: goverse_transport::ConnectionLimits::default(),
+            access_rules: Vec::new(),
+            lifecycle_rules: Vec::new(),
         }
     }
 }

@@ -144,6 +144,8 @@ pub(crate) struct NodeInner {
     auto_loaded: AutoLoaded,
     /// Wakes the auto-loader (an auto-load object was deleted).
     auto_load_wake: tokio::sync::Notify,
+    /// The access and lifecycle rules, checked again for what gates send for their clients.
+    pub(crate) client_rules: goverse_core::rules::Rules,
     /// Cancelled to make shutdown stop waiting for running turns and store retries.
     hurry: CancellationToken,
 }
@@ -514,6 +516,8 @@ impl NodeInner {
             chain: Some(routed.chain),
             timeout: None,
             caller: routed.client,
+            // Checked against the rules where it entered the cluster's nodes.
+            from_client: false,
         };
         router.request(request, timeout).await
     }
@@ -1340,6 +1344,11 @@ impl NodeBuilder {
             |name| self.registry.get_key_value(name).map(|(name, _)| *name),
         )
         .map_err(NodeError::Config)?;
+        let client_rules = goverse_core::rules::Rules::new(
+            &self.config.access_rules,
+            &self.config.lifecycle_rules,
+        )
+        .map_err(|err| NodeError::Config(err.to_string()))?;
         let tasks = TaskTracker::new();
         let store_stop = CancellationToken::new();
         let store = self
@@ -1404,6 +1413,7 @@ impl NodeBuilder {
             auto_loaded,
             auto_load_wake: tokio::sync::Notify::new(),
             hurry: CancellationToken::new(),
+            client_rules,
         });
         let router = Router::for_node(
             inner.membership.view().clone(),

@@ -111,7 +111,34 @@ pub fn describe(node: &Node) -> DescribeResponse {
 /// Runs one peer request on the node. A request for an object this node does not serve is
 /// refused as not served (nothing runs): the peer routed it by its map, and its router sends it
 /// again once the map shows the owner.
+/// A client's request from a gate, judged by the rules again (the gate judged it first): a
+/// gate with other or no rules cannot take an object ID the cluster's rules keep from clients.
+fn check_client_request(node: &Node, request: &Request<'_>) -> Result<(), CallError> {
+    use goverse_core::rules::Lifecycle;
+    let rules = &node.inner().client_rules;
+    let (object_type, id) = (request.object_type, request.object_id);
+    match &request.op {
+        Op::Call { method, .. } => rules.check_client_call(object_type, id, method),
+        Op::Create => rules.check_client_lifecycle(Lifecycle::Create, object_type, id),
+        Op::Delete => rules.check_client_lifecycle(Lifecycle::Delete, object_type, id),
+    }
+}
+
 async fn handle(node: &Node, request: Request<'_>) -> Outcome {
+    if request.from_client
+        && let Err(err) = check_client_request(node, &request)
+    {
+        // A refused reliable call did not take effect: SKIPPED, as the gate would answer.
+        return match request.op {
+            Op::Call {
+                reliable_call_id: Some(_),
+                ..
+            } => Ok(response::Result::Reliable(reliable_to_proto(
+                goverse_core::ReliableOutcome::Skipped(err),
+            ))),
+            _ => Err(err),
+        };
+    }
     let inner = node.inner();
     let scope = CallScope {
         chain: request.chain.unwrap_or_else(ChainId::new_root),

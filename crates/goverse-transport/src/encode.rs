@@ -131,6 +131,7 @@ struct Fields<'r> {
     chain: u64,
     timeout_micros: u64,
     caller: Option<&'r ClientIdentity>,
+    from_client: bool,
 }
 
 impl Fields<'_> {
@@ -141,6 +142,11 @@ impl Fields<'_> {
         } else {
             (3, 4, 5)
         }
+    }
+
+    /// The tag of `from_client`: after the reliable call id in Call, after the caller otherwise.
+    fn client_flag_tag(&self) -> u32 {
+        if self.op_tag == 2 { 9 } else { 6 }
     }
 
     fn body_len(&self, caller_len: usize, any_len: usize) -> usize {
@@ -159,7 +165,7 @@ impl Fields<'_> {
                 len += message_field_len(4, any_len);
             }
         }
-        len
+        len + uint_field_len(self.client_flag_tag(), u64::from(self.from_client))
     }
 
     fn put_body(&self, caller_len: usize, any_len: usize, buf: &mut impl BufMut) {
@@ -182,6 +188,7 @@ impl Fields<'_> {
         if self.op_tag == 2 {
             put_bytes_field(8, self.reliable_call_id.as_bytes(), buf);
         }
+        put_uint_field(self.client_flag_tag(), u64::from(self.from_client), buf);
     }
 }
 
@@ -212,6 +219,7 @@ pub(crate) fn encode_request(id: u64, request: &Request<'_>, timeout: Duration) 
         chain: request.chain.map_or(0, ChainId::raw),
         timeout_micros: crate::wire::micros(Some(timeout)),
         caller: request.caller.as_deref(),
+        from_client: request.from_client,
     };
     let caller_len = fields.caller.map_or(0, caller_len);
     let any_len = fields.payload.map_or(0, any_len);
@@ -322,6 +330,7 @@ mod tests {
             chain,
             timeout: None,
             caller,
+            from_client: false,
         }
     }
 
@@ -366,6 +375,20 @@ mod tests {
             Request {
                 op: Op::Delete,
                 ..call("deleted", "", None, None, None, None)
+            },
+            Request {
+                from_client: true,
+                ..call("from-a-gate", "Add", None, Some("c"), None, None)
+            },
+            Request {
+                op: Op::Create,
+                from_client: true,
+                ..call("created-by-a-client", "", None, None, None, None)
+            },
+            Request {
+                op: Op::Delete,
+                from_client: true,
+                ..call("deleted-by-a-client", "", None, None, None, None)
             },
         ];
         for (n, request) in cases.iter().enumerate() {
@@ -418,19 +441,23 @@ mod tests {
             chain in any::<u64>(),
             timeout_micros in any::<u64>(),
             roles in proptest::option::of(proptest::collection::vec(".{0,8}", 0..4)),
+            from_client in any::<bool>(),
         ) {
             let caller = roles.map(|roles| {
                 Arc::new(ClientIdentity::new("gate/c", "u", roles))
             });
             let payload = with_payload.then_some(prost_types::Any { type_url, value });
-            let request = call(
-                &object_id,
-                &method,
-                payload,
-                reliable.as_deref(),
-                caller,
-                (chain != 0).then(|| ChainId::from_raw(chain)),
-            );
+            let request = Request {
+                from_client,
+                ..call(
+                    &object_id,
+                    &method,
+                    payload,
+                    reliable.as_deref(),
+                    caller,
+                    (chain != 0).then(|| ChainId::from_raw(chain)),
+                )
+            };
             let timeout = Duration::from_micros(timeout_micros);
             prop_assert_eq!(encode_request(id, &request, timeout), by_prost(id, &request, timeout));
         }

@@ -28,6 +28,10 @@ pub struct Request<'a> {
     pub timeout: Option<Duration>,
     /// The client the request acts for, as the gate authenticated it.
     pub caller: Option<Arc<ClientIdentity>>,
+    /// A client's request, sent by a gate: the node checks it against the access and lifecycle
+    /// rules as the gate did. `false` for requests of nodes and objects (and for a request a
+    /// node forwards after checking it).
+    pub from_client: bool,
 }
 
 /// What a [`Request`] asks for.

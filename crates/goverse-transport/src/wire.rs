@@ -104,6 +104,7 @@ pub(crate) fn request_to_proto(request: &Request<'_>) -> request::Op {
     let timeout_micros = micros(request.timeout);
     let chain = request.chain.map_or(0, ChainId::raw);
     let caller = caller_of(request.caller.as_deref());
+    let from_client = request.from_client;
     let (r#type, object_id) = (request.object_type.to_owned(), request.object_id.to_owned());
     match &request.op {
         Op::Call {
@@ -119,6 +120,7 @@ pub(crate) fn request_to_proto(request: &Request<'_>) -> request::Op {
             timeout_micros,
             caller,
             reliable_call_id: reliable_call_id.unwrap_or_default().to_owned(),
+            from_client,
         }),
         Op::Create => request::Op::Create(proto::Create {
             r#type,
@@ -126,6 +128,7 @@ pub(crate) fn request_to_proto(request: &Request<'_>) -> request::Op {
             chain,
             timeout_micros,
             caller,
+            from_client,
         }),
         Op::Delete => request::Op::Delete(proto::Delete {
             r#type,
@@ -133,6 +136,7 @@ pub(crate) fn request_to_proto(request: &Request<'_>) -> request::Op {
             chain,
             timeout_micros,
             caller,
+            from_client,
         }),
     }
 }
@@ -171,6 +175,7 @@ pub(crate) struct Received {
     chain: Option<ChainId>,
     timeout: Option<Duration>,
     caller: Option<std::sync::Arc<ClientIdentity>>,
+    from_client: bool,
 }
 
 enum Kind {
@@ -193,6 +198,7 @@ impl Received {
                 chain: chain_of(call.chain),
                 timeout: timeout_of(call.timeout_micros),
                 caller: client_of(call.caller),
+                from_client: call.from_client,
             },
             request::Op::Create(create) => Self::lifecycle(
                 Kind::Create,
@@ -201,6 +207,7 @@ impl Received {
                 create.chain,
                 create.timeout_micros,
                 create.caller,
+                create.from_client,
             ),
             request::Op::Delete(delete) => Self::lifecycle(
                 Kind::Delete,
@@ -209,6 +216,7 @@ impl Received {
                 delete.chain,
                 delete.timeout_micros,
                 delete.caller,
+                delete.from_client,
             ),
         })
     }
@@ -221,6 +229,7 @@ impl Received {
         chain: u64,
         timeout_micros: u64,
         caller: Option<proto::Caller>,
+        from_client: bool,
     ) -> Self {
         Self {
             object_type,
@@ -232,6 +241,7 @@ impl Received {
             chain: chain_of(chain),
             timeout: timeout_of(timeout_micros),
             caller: client_of(caller),
+            from_client,
         }
     }
 
@@ -254,6 +264,7 @@ impl Received {
             chain: self.chain,
             timeout: self.timeout,
             caller: self.caller.take(),
+            from_client: self.from_client,
         }
     }
 }

@@ -68,6 +68,7 @@ fn call<'a>(id: &'a str, method: &'a str) -> Request<'a> {
         chain: None,
         timeout: None,
         caller: None,
+        from_client: false,
     }
 }
 

@@ -485,6 +485,37 @@ impl ClusterFile {
         Ok(())
     }
 
+    /// What the file's access rules let clients do that they probably should not: with no
+    /// `object_access_rules`, call any type under any ID; otherwise, call a type under an ID
+    /// named after another type the rules name (`Counter` under `ChatRoom-1`), which takes
+    /// that ID for good (calls activate what they name). One line each.
+    pub fn rule_warnings(&self) -> Vec<String> {
+        if self.object_access_rules.is_empty() {
+            return vec![
+                "object_access_rules: none, so clients may call (and so create) any type under any \
+                 ID, including IDs another type needs; list each type with the IDs clients may use"
+                    .to_owned(),
+            ];
+        }
+        let Ok(rules) =
+            crate::gate::rules::Rules::new(&self.object_access_rules, &self.object_lifecycle_rules)
+        else {
+            return Vec::new();
+        };
+        rules
+            .id_space_overlaps(&rules.named_types())
+            .into_iter()
+            .map(|(object_type, id)| {
+                format!(
+                    "object_access_rules let clients call {object_type} under {id:?}, an ID named \
+                     after another type: a client can take IDs that type needs; keep each \
+                     type's client IDs in its own space (a REJECT rule for the other types' \
+                     prefixes before the ALLOW rule)"
+                )
+            })
+            .collect()
+    }
+
     /// The node entry named `id`.
     pub fn node(&self, id: &str) -> Result<&NodeEntry, String> {
         self.nodes.iter().find(|n| n.id == id).ok_or_else(|| {
@@ -532,6 +563,9 @@ impl ClusterFile {
                 .iter()
                 .map(AutoLoadEntry::to_auto_load)
                 .collect(),
+            // Checked again on the node for what gates send for their clients.
+            access_rules: self.object_access_rules.clone(),
+            lifecycle_rules: self.object_lifecycle_rules.clone(),
             ..defaults
         })
     }
@@ -1003,6 +1037,58 @@ gates:
         assert!(err.contains("nodes[1].id"), "{err}");
         let err = ClusterFile::parse("version: 1\ncluster: [", "x.yaml", &[]).unwrap_err();
         assert!(err.to_string().contains("line"), "{err}");
+    }
+
+    #[test]
+    fn rule_sets_that_let_clients_take_other_types_ids_are_warned_about() {
+        let none = ClusterFile::parse(FILE, "test.yaml", &[]).unwrap();
+        let warnings = none.rule_warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("any type under any ID"),
+            "{warnings:?}"
+        );
+
+        let open = format!(
+            "{FILE}object_access_rules:
+  - {{type: /ChatRoom|ChatRoomMgr/, access: ALLOW}}
+  - {{type: Counter, access: ALLOW}}
+"
+        );
+        let warnings = ClusterFile::parse(&open, "test.yaml", &[])
+            .unwrap()
+            .rule_warnings();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("call Counter under \"ChatRoom-1\"")),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("call ChatRoom under \"Counter-1\"")),
+            "{warnings:?}"
+        );
+
+        let kept = format!(
+            "{FILE}object_access_rules:
+  - {{type: ChatRoomMgr, id: ChatRoomMgr0, access: ALLOW}}
+  - {{type: ChatRoom, id: /ChatRoom-.+/, access: ALLOW}}
+  - {{type: Counter, id: /ChatRoom.*/, access: REJECT}}
+  - {{type: Counter, access: ALLOW}}
+"
+        );
+        let warnings = ClusterFile::parse(&kept, "test.yaml", &[])
+            .unwrap()
+            .rule_warnings();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        // The node of such a file checks gates' requests against the same rules.
+        let node = ClusterFile::parse(&kept, "test.yaml", &[])
+            .unwrap()
+            .node_config("a")
+            .unwrap();
+        assert_eq!(node.access_rules.len(), 4);
     }
 
     #[test]

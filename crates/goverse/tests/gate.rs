@@ -1759,3 +1759,132 @@ fn utf8_percent(text: &str) -> String {
         })
         .collect()
 }
+
+/// The node checks what gates send for their clients against the cluster's rules again: a gate
+/// with no rules (misconfigured, or someone else's) still cannot let a client take an ID the
+/// rules keep for another type, by call, reliable call or create; calls of objects among
+/// themselves are not client requests and are not checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_checks_gate_requests_against_the_rules_again() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node_addr = listener.local_addr().unwrap().to_string();
+    let node = Node::builder(NodeConfig {
+        address: node_addr.clone(),
+        shard_count: 64,
+        access_rules: vec![
+            AccessRule {
+                object_type: "Tally".into(),
+                id: "/Purse.*/".into(),
+                method: String::new(),
+                access: Access::Reject,
+            },
+            AccessRule {
+                object_type: "/Tally|Purse/".into(),
+                id: String::new(),
+                method: String::new(),
+                access: Access::Allow,
+            },
+        ],
+        lifecycle_rules: vec![LifecycleRule {
+            object_type: "Tally".into(),
+            id: "/Purse.*/".into(),
+            lifecycle: Lifecycle::Create,
+            access: Access::Reject,
+        }],
+        ..NodeConfig::default()
+    })
+    .register::<Tally>()
+    .register::<Purse>()
+    .object_store(Arc::new(goverse::persistence::MemoryStore::new()))
+    .start()
+    .await
+    .unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(goverse::serve(
+        node.clone(),
+        listener,
+        stop.clone().cancelled_owned(),
+    ));
+    // A gate with no rules at all: it lets everything through.
+    let gate = Gate::start(
+        GateConfig {
+            node: node_addr,
+            advertise_address: format!("127.0.0.1:{}", goverse_testkit::free_port()),
+            ..GateConfig::default()
+        },
+        Arc::new(AllowAnonymous),
+    )
+    .unwrap();
+    assert!(gate.wait_connected(Duration::from_secs(10)).await);
+    let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = grpc_listener.local_addr().unwrap();
+    tokio::spawn({
+        let gate = gate.clone();
+        let stop = stop.clone();
+        async move { gate.serve_grpc(grpc_listener, stop.cancelled_owned()).await }
+    });
+    let mut client = GateServiceClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    let err = client
+        .call_object(call(
+            "",
+            "Tally",
+            "Purse-alice",
+            "Add",
+            any(&Int64Value { value: 1 }),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+    let err = client
+        .create_object(CreateObjectRequest {
+            r#type: "Tally".into(),
+            id: "Purse-bob".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+    let reply = client
+        .reliable_call_object(ReliableCallObjectRequest {
+            call_id: "r-1".into(),
+            r#type: "Tally".into(),
+            id: "Purse-carol".into(),
+            method: "Add".into(),
+            request: Some(any(&Int64Value { value: 1 })),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.status, "SKIPPED", "{reply:?}");
+    assert!(reply.error.contains("access denied"), "{reply:?}");
+    // What the rules allow goes through, and the purse's ID is still free for a purse.
+    client
+        .call_object(call(
+            "",
+            "Tally",
+            "t-1",
+            "Add",
+            any(&Int64Value { value: 1 }),
+        ))
+        .await
+        .unwrap();
+    client
+        .call_object(call(
+            "",
+            "Purse",
+            "Purse-alice",
+            "Put",
+            any(&Int64Value { value: 2 }),
+        ))
+        .await
+        .unwrap();
+    // The node's own callers are not clients: not checked.
+    TallyRef::new("Purse-internal")
+        .add(&node, Int64Value { value: 1 })
+        .await
+        .unwrap();
+    stop.cancel();
+    gate.shutdown(Duration::from_secs(1)).await;
+    node.shutdown(Duration::from_secs(5)).await;
+}

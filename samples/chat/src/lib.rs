@@ -411,20 +411,40 @@ pub fn register(builder: goverse::NodeBuilder) -> goverse::NodeBuilder {
         .file_descriptor_set(FILE_DESCRIPTOR_SET)
 }
 
-/// Access rules for a gate serving the chat: clients may call both types, except
-/// `ChatRoomMgr.RegisterRoom`, which only rooms call. Append rules for your other types (with
-/// rules configured, a call no rule matches is refused).
+/// Access rules for a gate serving the chat: clients may call the manager ([`MGR_ID`]) and rooms
+/// (`ChatRoom-<name>`), each only under its own IDs, except `ChatRoomMgr.RegisterRoom`, which
+/// only rooms call. Append rules for your other types (with rules configured, a call no rule
+/// matches is refused), keeping their client IDs out of the chat's (`ChatRoom…`): a client
+/// that took `ChatRoom-General` as another type would lock everybody out of that room.
 pub fn access_rules() -> Vec<goverse::gate::rules::AccessRule> {
     use goverse::gate::rules::{Access, AccessRule};
-    let rule = |object_type: &str, method: &str, access| AccessRule {
+    let rule = |object_type: &str, id: &str, method: &str, access| AccessRule {
         object_type: object_type.to_owned(),
-        id: String::new(),
+        id: id.to_owned(),
         method: method.to_owned(),
         access,
     };
     vec![
-        rule("ChatRoomMgr", "RegisterRoom", Access::Internal),
-        rule("/ChatRoom|ChatRoomMgr/", "", Access::Allow),
+        rule("ChatRoomMgr", "", "RegisterRoom", Access::Internal),
+        rule("ChatRoomMgr", MGR_ID, "", Access::Allow),
+        rule("ChatRoom", &format!("/{ROOM_PREFIX}.+/"), "", Access::Allow),
+    ]
+}
+
+/// Lifecycle rules to go with [`access_rules`]: clients create chat objects only under the
+/// chat's own IDs (and delete none, the default).
+pub fn lifecycle_rules() -> Vec<goverse::gate::rules::LifecycleRule> {
+    use goverse::gate::rules::{Access, Lifecycle, LifecycleRule};
+    let rule = |object_type: &str, id: &str, access| LifecycleRule {
+        object_type: object_type.to_owned(),
+        id: id.to_owned(),
+        lifecycle: Lifecycle::Create,
+        access,
+    };
+    vec![
+        rule("ChatRoomMgr", MGR_ID, Access::Allow),
+        rule("ChatRoom", &format!("/{ROOM_PREFIX}.+/"), Access::Allow),
+        rule("/ChatRoom|ChatRoomMgr/", "", Access::Reject),
     ]
 }
 

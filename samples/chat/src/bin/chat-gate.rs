@@ -47,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
             advertise_address: grpc_addr.to_string(),
             node: args.node.clone(),
             access_rules: goverse_sample_chat::access_rules(),
+            lifecycle_rules: goverse_sample_chat::lifecycle_rules(),
             ..GateConfig::default()
         },
         Arc::new(AllowAnonymous),

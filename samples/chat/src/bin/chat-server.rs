@@ -38,6 +38,9 @@ async fn main() -> anyhow::Result<()> {
     let address = listener.local_addr()?.to_string();
     let mut builder = goverse_sample_chat::register(Node::builder(NodeConfig {
         address: address.clone(),
+        // What gates send for their clients is checked against the chat's rules here too.
+        access_rules: goverse_sample_chat::access_rules(),
+        lifecycle_rules: goverse_sample_chat::lifecycle_rules(),
         ..NodeConfig::default()
     }));
     if let Some(dir) = &args.data_dir {

@@ -240,6 +240,115 @@ impl Rules {
     }
 }
 
+impl Rules {
+    /// A client's call of `object_type/id.method`, as the rules judge it: `PermissionDenied`
+    /// naming what was refused, or `Ok`. The gate asks first, and the node again for requests
+    /// a gate sent.
+    pub fn check_client_call(
+        &self,
+        object_type: &str,
+        id: &str,
+        method: &str,
+    ) -> Result<(), crate::CallError> {
+        if self.call_access(object_type, id, method).allows_clients() {
+            return Ok(());
+        }
+        Err(crate::CallError::new(
+            crate::ErrorCode::PermissionDenied,
+            format!(
+                "access denied for {}/{} method {:?}",
+                crate::Clipped(object_type),
+                crate::Clipped(id),
+                crate::Clipped(method)
+            ),
+        ))
+    }
+
+    /// A client's create or delete of `object_type/id`, as the rules judge it.
+    pub fn check_client_lifecycle(
+        &self,
+        op: Lifecycle,
+        object_type: &str,
+        id: &str,
+    ) -> Result<(), crate::CallError> {
+        if self.lifecycle_access(op, object_type, id).allows_clients() {
+            return Ok(());
+        }
+        let what = match op {
+            Lifecycle::Delete => "delete",
+            Lifecycle::Create | Lifecycle::All => "create",
+        };
+        Err(crate::CallError::new(
+            crate::ErrorCode::PermissionDenied,
+            format!(
+                "{what} denied for {}/{}",
+                crate::Clipped(object_type),
+                crate::Clipped(id)
+            ),
+        ))
+    }
+
+    /// The type names the rules name: literal type patterns, and the plain alternatives of
+    /// regex ones (`/ChatRoom|ChatRoomMgr/`).
+    pub fn named_types(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .access
+            .iter()
+            .flatten()
+            .map(|r| &r.object_type)
+            .chain(self.lifecycle.iter().map(|r| &r.object_type))
+            .flat_map(|p| match p {
+                Pattern::Any => Vec::new(),
+                Pattern::Literal(l) => vec![l.clone()],
+                Pattern::Regex(r) => {
+                    let body = r.as_str().trim_start_matches("^(?:").trim_end_matches(")$");
+                    body.split('|')
+                        .filter(|alt| {
+                            !alt.is_empty() && alt.chars().all(|c| c.is_alphanumeric() || c == '_')
+                        })
+                        .map(str::to_owned)
+                        .collect()
+                }
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Where clients could take an ID another type needs (squatting): each `(type, id)` such
+    /// that a client may call `type` under `id`, an ID named after another of `types`
+    /// (`Other-1`, `Other0`). Calls activate what they name, so one such call takes the ID.
+    /// Without access rules every pair overlaps. `goverse config check` warns about these.
+    pub fn id_space_overlaps(&self, types: &[String]) -> Vec<(String, String)> {
+        let methods: Vec<&str> = self
+            .access
+            .iter()
+            .flatten()
+            .filter_map(|r| match &r.method {
+                Pattern::Literal(m) => Some(m.as_str()),
+                _ => None,
+            })
+            .chain(["Zz9AnyMethod"])
+            .collect();
+        let mut overlaps = Vec::new();
+        for object_type in types {
+            for other in types.iter().filter(|other| *other != object_type) {
+                for id in [format!("{other}-1"), format!("{other}0")] {
+                    if methods
+                        .iter()
+                        .any(|m| self.call_access(object_type, &id, m).allows_clients())
+                    {
+                        overlaps.push((object_type.clone(), id));
+                        break;
+                    }
+                }
+            }
+        }
+        overlaps
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
