@@ -159,6 +159,8 @@ pub(crate) struct GateInner {
     pub(crate) handler: Arc<dyn GateEventHandler>,
     pub(crate) clients: Arc<Clients>,
     pub(crate) catalog: SharedCatalog,
+    /// Why the last attempt to reach a node failed, while no node has described its types.
+    link_failure: Arc<parking_lot::Mutex<Option<String>>>,
     router: Router,
     /// The gate's registration in the cluster, when it is in one.
     registration: parking_lot::Mutex<Option<(Arc<dyn ClusterStore>, LeaseId)>>,
@@ -299,9 +301,11 @@ impl Gate {
         let clients = Arc::new(Clients::default());
         let catalog: SharedCatalog =
             Arc::new(parking_lot::RwLock::new(Arc::new(Catalog::default())));
+        let link_failure = Arc::new(parking_lot::Mutex::new(None));
         let events = Arc::new(GateLinkEvents {
             clients: clients.clone(),
             catalog: catalog.clone(),
+            link_failure: link_failure.clone(),
         });
         let peer = config.advertise_address.clone();
         let router = match routing {
@@ -322,6 +326,7 @@ impl Gate {
             handler,
             clients,
             catalog,
+            link_failure,
             router,
             registration: parking_lot::Mutex::new(None),
             renewed: parking_lot::Mutex::new(None),
@@ -558,6 +563,21 @@ impl GateInner {
         Ok(Arc::new(ClientIdentity::new("", p.user_id, p.roles)))
     }
 
+    /// The types the nodes serve, to read requests and answers by; while no node has described
+    /// them because none can be reached, `Unavailable` naming the node and why (a wrong cluster
+    /// secret, an unreachable address), not "unknown object type", which reads as permanent.
+    pub(crate) fn catalog(&self) -> Result<Arc<Catalog>, CallError> {
+        let catalog = self.catalog.read().clone();
+        if catalog.described().is_none()
+            && let Some(failure) = self.link_failure.lock().clone()
+        {
+            return Err(CallError::unavailable(format!(
+                "the gate has not reached a node yet ({failure})"
+            )));
+        }
+        Ok(catalog)
+    }
+
     fn check_target(object_type: &str, id: &str) -> Result<(), CallError> {
         if object_type.is_empty() {
             return Err(CallError::invalid_argument("object type is empty"));
@@ -687,7 +707,20 @@ impl GateInner {
             // The node checks the rules again.
             from_client: true,
         };
-        self.router.request(request, self.config.call_timeout).await
+        match self.router.request(request, self.config.call_timeout).await {
+            // No node reached yet: say why (a wrong secret, an unreachable address) instead.
+            Err(err)
+                if matches!(
+                    err.code(),
+                    goverse_core::ErrorCode::Unavailable
+                        | goverse_core::ErrorCode::DeadlineExceeded
+                ) =>
+            {
+                self.catalog()?;
+                Err(err)
+            }
+            other => other,
+        }
     }
 
     fn check_lifecycle(&self, op: Lifecycle, object_type: &str, id: &str) -> Result<(), CallError> {
@@ -700,6 +733,8 @@ impl GateInner {
 struct GateLinkEvents {
     clients: Arc<Clients>,
     catalog: SharedCatalog,
+    /// Why the last attempt to reach a node failed, while no node has described its types.
+    link_failure: Arc<parking_lot::Mutex<Option<String>>>,
 }
 
 impl LinkEvents for GateLinkEvents {
@@ -707,6 +742,11 @@ impl LinkEvents for GateLinkEvents {
         let catalog = Catalog::from_describe(described);
         tracing::info!(types = ?catalog.type_names(), "node catalog received");
         *self.catalog.write() = Arc::new(catalog);
+        *self.link_failure.lock() = None;
+    }
+
+    fn failed(&self, node: &str, cause: &str) {
+        *self.link_failure.lock() = Some(format!("node {node}: {cause}"));
     }
 
     fn pushed(&self, push: Push) {

@@ -474,7 +474,7 @@ async fn call_handler(
     let (parts, body) = request.into_parts();
     let body = read_body(&gate, body).await?;
     let identity = http_identity(&gate, &parts.headers, remote).await?;
-    let catalog = gate.catalog.read().clone();
+    let catalog = gate.catalog()?;
     let mode = match parse_envelope(&body) {
         Some(Ok((any, call_id))) => CallBody::Envelope(any, call_id),
         Some(Err(err)) => {

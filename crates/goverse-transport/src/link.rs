@@ -38,6 +38,11 @@ pub trait LinkEvents: Send + Sync + 'static {
     fn connected(&self, described: &DescribeResponse);
     /// A push for clients of this peer arrived.
     fn pushed(&self, push: Push);
+    /// A connection attempt to node `node` failed with `cause` (the link retries); a peer can
+    /// name it to its own callers instead of a misleading error.
+    fn failed(&self, node: &str, cause: &str) {
+        let _ = (node, cause);
+    }
 }
 
 /// How often a connection fails the calls whose node has not answered in time.
@@ -287,6 +292,7 @@ impl NodeLink {
                 Err(err) => {
                     tracing::warn!(node = %self.address, cause = %err, retry_in = ?backoff,
                         "node link down");
+                    events.failed(&self.address, &err);
                 }
             }
             tokio::select! {

@@ -80,7 +80,7 @@ const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
 /// [`serve_with_secret`] within `limits`: a cap on open connections, idle connections (a peer
 /// that sent half a preface, or nothing) closed, accept errors backed off; per connection at
-/// most [`MAX_STREAMS_PER_PEER`] streams, a bounded header list and a bounded rate of stream
+/// most 16 streams, a bounded header list and a bounded rate of stream
 /// resets.
 pub async fn serve_with_limits(
     handler: Arc<dyn Handler>,

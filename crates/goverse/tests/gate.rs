@@ -1888,3 +1888,98 @@ async fn the_node_checks_gate_requests_against_the_rules_again() {
     gate.shutdown(Duration::from_secs(1)).await;
     node.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A gate that cannot reach its node (here: it presents the wrong cluster secret) says so, with
+/// the node and the cause, as `Unavailable`, on HTTP and gRPC, instead of "unknown object
+/// type", which reads as permanent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_that_cannot_reach_its_node_names_the_node_and_the_cause() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node_addr = listener.local_addr().unwrap().to_string();
+    let node = Node::builder(NodeConfig {
+        address: node_addr.clone(),
+        shard_count: 64,
+        peer_secret: Some("the-right-cluster-secret".to_owned()),
+        ..NodeConfig::default()
+    })
+    .register::<Tally>()
+    .start()
+    .await
+    .unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(goverse::serve(
+        node.clone(),
+        listener,
+        stop.clone().cancelled_owned(),
+    ));
+    let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (grpc, http) = (
+        grpc_listener.local_addr().unwrap(),
+        http_listener.local_addr().unwrap(),
+    );
+    let gate = Gate::start(
+        GateConfig {
+            node: node_addr.clone(),
+            advertise_address: grpc.to_string(),
+            peer_secret: Some("a-wrong-cluster-secret".to_owned()),
+            call_timeout: Duration::from_millis(500),
+            ..GateConfig::default()
+        },
+        Arc::new(AllowAnonymous),
+    )
+    .unwrap();
+    tokio::spawn({
+        let (gate, stop) = (gate.clone(), stop.clone());
+        async move { gate.serve_grpc(grpc_listener, stop.cancelled_owned()).await }
+    });
+    tokio::spawn({
+        let (gate, stop) = (gate.clone(), stop.clone());
+        async move {
+            gate.serve_http(http_listener, gate.http_router(), stop.cancelled_owned())
+                .await
+        }
+    });
+    let http_client = reqwest::Client::new();
+    let url = format!("http://{http}/api/v1/objects/call/Tally/t/Add");
+    assert_eventually!(
+        http_client
+            .post(&url)
+            .body(r#"{"value":"1"}"#)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 503,
+        Duration::from_secs(10)
+    );
+    let json: serde_json::Value = http_client
+        .post(&url)
+        .body(r#"{"value":"1"}"#)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let message = json["error"].as_str().unwrap();
+    assert!(
+        message.contains(&node_addr) && message.contains("secret"),
+        "{json}"
+    );
+    let mut client = GateServiceClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    let status = client
+        .call_object(call("", "Tally", "t", "Add", any(&Int64Value { value: 1 })))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status}");
+    assert!(
+        status.message().contains(&node_addr) && status.message().contains("secret"),
+        "{status}"
+    );
+    stop.cancel();
+    gate.shutdown(Duration::from_secs(1)).await;
+    node.shutdown(Duration::from_secs(5)).await;
+}
