@@ -51,7 +51,8 @@ pub struct NodeConfig {
     /// Limits on the node service port's connections (a cap, an idle timeout).
     pub connection_limits: goverse_transport::ConnectionLimits,
     /// The cluster's `object_access_rules`: requests a gate sends for its clients are checked
-    /// against them again here (the gate checked them first). Empty allows every call.
+    /// against them again here (the gate checked them first). With no access and no lifecycle
+    /// rules, the node checks nothing and leaves the judging to its gates.
     pub access_rules: Vec<goverse_core::rules::AccessRule>,
     /// The cluster's `object_lifecycle_rules`, checked again for clients' creates and deletes.
     pub lifecycle_rules: Vec<goverse_core::rules::LifecycleRule>,

@@ -146,6 +146,8 @@ pub(crate) struct NodeInner {
     auto_load_wake: tokio::sync::Notify,
     /// The access and lifecycle rules, checked again for what gates send for their clients.
     pub(crate) client_rules: goverse_core::rules::Rules,
+    /// Whether any rule is configured: without, the node leaves the judging to its gates.
+    pub(crate) checks_client_rules: bool,
     /// Cancelled to make shutdown stop waiting for running turns and store retries.
     hurry: CancellationToken,
 }
@@ -1344,6 +1346,8 @@ impl NodeBuilder {
             |name| self.registry.get_key_value(name).map(|(name, _)| *name),
         )
         .map_err(NodeError::Config)?;
+        let checks_client_rules =
+            !self.config.access_rules.is_empty() || !self.config.lifecycle_rules.is_empty();
         let client_rules = goverse_core::rules::Rules::new(
             &self.config.access_rules,
             &self.config.lifecycle_rules,
@@ -1414,6 +1418,7 @@ impl NodeBuilder {
             auto_load_wake: tokio::sync::Notify::new(),
             hurry: CancellationToken::new(),
             client_rules,
+            checks_client_rules,
         });
         let router = Router::for_node(
             inner.membership.view().clone(),

@@ -125,7 +125,10 @@ fn check_client_request(node: &Node, request: &Request<'_>) -> Result<(), CallEr
 }
 
 async fn handle(node: &Node, request: Request<'_>) -> Outcome {
+    // A node with no rules configured leaves the judging to its gates (a node embedded in a
+    // program whose gate holds the rules); with rules, it judges again.
     if request.from_client
+        && node.inner().checks_client_rules
         && let Err(err) = check_client_request(node, &request)
     {
         // A refused reliable call did not take effect: SKIPPED, as the gate would answer.
