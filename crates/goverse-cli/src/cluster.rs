@@ -268,17 +268,23 @@ pub(crate) async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
     let keys =
         goverse::cluster::Keys::new(&file.cluster.etcd.prefix).map_err(anyhow::Error::msg)?;
     let deadline = wait.map(|w| tokio::time::Instant::now() + w);
-    let (map, revision) = loop {
+    let settled_map = loop {
         let (kvs, revision) = store
             .get_prefix(&format!("{}/", keys.prefix()))
             .await
             .context("cannot read the cluster from etcd")?;
         let map = goverse::cluster::ClusterMap::load(&keys, file.cluster.shards, &kvs, revision)
             .map_err(anyhow::Error::msg)?;
+        // Reachability is asked only of a map that has settled otherwise.
+        let unreachable = if deadline.is_none() || settled(&file, &map) {
+            unreachable_nodes(&file, &map).await
+        } else {
+            BTreeMap::new()
+        };
         match deadline {
-            Some(deadline) if !settled(&file, &map) => {
+            Some(deadline) if !settled(&file, &map) || !unreachable.is_empty() => {
                 if tokio::time::Instant::now() >= deadline {
-                    print_status(&file, &keys, &map, revision, json)?;
+                    print_status(&file, &keys, &map, &unreachable, revision, json)?;
                     anyhow::bail!(
                         "the cluster did not settle within {:?}",
                         wait.unwrap_or_default()
@@ -286,10 +292,59 @@ pub(crate) async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            _ => break (map, revision),
+            _ => break (map, unreachable, revision),
         }
     };
-    print_status(&file, &keys, &map, revision, json)
+    let (map, unreachable, revision) = settled_map;
+    print_status(&file, &keys, &map, &unreachable, revision, json)
+}
+
+/// The registered nodes this command cannot reach as a peer would (the node service's
+/// `Describe`, with the file's cluster secret, within 2 s), with why: a node registered in etcd
+/// but unreachable (a wrong advertise address, a firewall, a wrong secret) still counts as a
+/// member, and its shards fail.
+async fn unreachable_nodes(
+    file: &ClusterFile,
+    map: &goverse::cluster::ClusterMap,
+) -> BTreeMap<String, String> {
+    use goverse_proto::node::DescribeRequest;
+    use goverse_proto::node::node_service_client::NodeServiceClient;
+    let probes = map.nodes.iter().map(|node| {
+        let address = node.to_string();
+        let secret = file.cluster.secret.clone();
+        async move {
+            let probe = async {
+                let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+                    .map_err(|e| e.to_string())?
+                    .connect_timeout(Duration::from_secs(1));
+                let channel = endpoint.connect().await.map_err(|e| {
+                    let cause =
+                        std::error::Error::source(&e).map_or(String::new(), |s| format!(": {s}"));
+                    format!("cannot connect{cause}")
+                })?;
+                let mut request = tonic::Request::new(DescribeRequest {});
+                if let Some(secret) = &secret
+                    && let Ok(value) = secret.parse()
+                {
+                    request.metadata_mut().insert("goverse-peer-secret", value);
+                }
+                NodeServiceClient::new(channel)
+                    .describe(request)
+                    .await
+                    .map(|_| ())
+                    .map_err(|status| status.message().to_owned())
+            };
+            let outcome = tokio::time::timeout(Duration::from_secs(2), probe)
+                .await
+                .unwrap_or_else(|_| Err("no answer within 2 s".to_owned()));
+            outcome.err().map(|cause| (address, cause))
+        }
+    });
+    futures::future::join_all(probes)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// `goverse cluster repair`.
@@ -398,6 +453,7 @@ fn print_status(
     file: &ClusterFile,
     keys: &goverse::cluster::Keys,
     map: &goverse::cluster::ClusterMap,
+    unreachable: &BTreeMap<String, String>,
     revision: goverse::cluster::Revision,
     json: bool,
 ) -> anyhow::Result<()> {
@@ -405,7 +461,8 @@ fn print_status(
     let unowned = map.unowned();
     let moving = map.moving();
     let leader = map.leader.as_ref().map(|(l, _)| l.to_string());
-    let ready = is_ready(file, map);
+    // A member nobody can reach fails the calls for its shards: not ready.
+    let ready = is_ready(file, map) && unreachable.is_empty();
     if json {
         let status = serde_json::json!({
             "ready": ready,
@@ -417,6 +474,7 @@ fn print_status(
             "shards": file.cluster.shards,
             "recorded_shards": map.recorded_shard_count,
             "stray_records": map.stray.len(),
+            "unreachable": unreachable,
             "revision": revision,
         });
         println!("{}", serde_json::to_string_pretty(&status)?);
@@ -429,7 +487,10 @@ fn print_status(
         );
         println!("  leader   {}", leader.as_deref().unwrap_or("none"));
         for (node, shards) in &served {
-            println!("  node     {node}  {shards} shards");
+            match unreachable.get(node) {
+                Some(cause) => println!("  node     {node}  {shards} shards  UNREACHABLE: {cause}"),
+                None => println!("  node     {node}  {shards} shards"),
+            }
         }
         for gate in &map.gates {
             println!("  gate     {gate}");

@@ -742,6 +742,38 @@ async fn another_shard_count_is_refused_and_repair_removes_unusable_records() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("full map of 16 shards"), "{err}");
 
+    // A member nobody can reach (registered at an address nothing listens on): status names it
+    // and the cause, and the cluster is not ready while it is registered.
+    let status_now = status(&config);
+    assert_eq!(
+        status_now["unreachable"],
+        serde_json::json!({}),
+        "{status_now}"
+    );
+    let lease = etcd_store
+        .grant_lease(Duration::from_secs(60))
+        .await
+        .unwrap();
+    let ghost = goverse::NodeAddr::new("127.0.0.1:1");
+    etcd_store
+        .put(&keys.node(&ghost), b"ghost".to_vec(), Some(lease))
+        .await
+        .unwrap();
+    let with_ghost = status(&config);
+    assert_eq!(with_ghost["ready"], false, "{with_ghost}");
+    let cause = with_ghost["unreachable"]["127.0.0.1:1"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(cause.contains("connect"), "{with_ghost}");
+    let text = goverse(&["cluster", "status", "--config", &config]);
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(
+        text.contains("127.0.0.1:1") && text.contains("UNREACHABLE"),
+        "{text}"
+    );
+    etcd_store.revoke_lease(lease).await.unwrap();
+    assert_eq!(status(&config)["unreachable"], serde_json::json!({}));
+
     // A reader that stops early: no panic, no error text.
     let piped = std::process::Command::new("sh")
         .arg("-c")
