@@ -478,40 +478,11 @@ fn stalled_client(addr: &str, bytes: &[u8]) -> std::net::TcpStream {
 async fn sigterm_saves_first_and_is_not_held_up_by_stalled_clients() {
     let etcd = EtcdServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("cluster.yaml");
-    let config_str = config.to_str().unwrap().to_owned();
-    let db = dir.path().join("objects.db");
-    let out = goverse(&[
-        "config",
-        "gen",
-        "--nodes",
-        "1",
-        "--gates",
-        "1",
-        "--shards",
-        "16",
-        "--etcd",
-        &etcd.endpoint(),
-        "--sqlite",
-        db.to_str().unwrap(),
-        "--node-port",
-        &free_port().to_string(),
-        "--gate-port",
-        &free_port().to_string(),
-        "--http-port",
-        &free_port().to_string(),
-        "-o",
-        &config_str,
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let config_str = generated_config(dir.path(), &etcd, "1", "1", "16");
+    let config = std::path::PathBuf::from(&config_str);
+    // Only the saves at shutdown keep the counter.
     let text = std::fs::read_to_string(&config)
         .unwrap()
-        .replace("lease_ttl: 10s", "lease_ttl: 2s")
-        // Only the saves at shutdown keep the counter.
         .replace("save_interval: 60s", "save_interval: 0s");
     std::fs::write(&config, text).unwrap();
     let file = goverse::config::ClusterFile::load(&config).unwrap();
