@@ -59,7 +59,7 @@ pub(crate) struct DemoArgs {
     peer_secret: Option<String>,
     /// Most connections open at once on each port (node service, gate gRPC, gate HTTP); more
     /// wait in the kernel's backlog.
-    #[arg(long, default_value_t = goverse_transport_limits().max_connections)]
+    #[arg(long, default_value_t = goverse::ConnectionLimits::default().max_connections)]
     max_connections: usize,
     /// A connection on which neither side has sent a byte for this long is closed (every port).
     #[arg(long, value_parser = parse_duration, default_value = "60s")]
@@ -73,10 +73,6 @@ pub(crate) struct DemoArgs {
     /// The gate's HTTP address (JSON API and server-sent events).
     #[arg(long, default_value = "127.0.0.1:8080")]
     http_listen: String,
-}
-
-fn goverse_transport_limits() -> goverse::ConnectionLimits {
-    goverse::ConnectionLimits::default()
 }
 
 async fn bind(address: &str, what: &str) -> anyhow::Result<TcpListener> {
@@ -261,19 +257,8 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     stop_gate.cancel();
     // The gate's own drain deadline is 5 s from now.
     let gate_deadline = tokio::time::Instant::now() + Duration::from_secs(6);
-    let shutdown = node.shutdown(Duration::from_secs(10));
-    tokio::pin!(shutdown);
-    let mut hurried = false;
-    let report = loop {
-        tokio::select! {
-            report = &mut shutdown => break report,
-            () = goverse::stop_signal(), if !hurried => {
-                println!("stopping now: saving what is not in the middle of a turn");
-                node.hurry_shutdown();
-                hurried = true;
-            }
-        }
-    };
+    let (report, hurried) =
+        goverse::run::shutdown_hurried_by_a_second_signal(&node, Duration::from_secs(10)).await;
     stop_node.cancel();
     let wait = if hurried {
         Duration::from_millis(100)

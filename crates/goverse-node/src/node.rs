@@ -24,7 +24,9 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::activation::{ActivationDyn, CloseReason, Detached, ReliableRequest, TurnPermit};
+use crate::activation::{
+    ActivationDyn, CloseReason, Detached, ReliableRequest, TurnPermit, type_mismatch,
+};
 use crate::autoload::AutoLoaded;
 use crate::directory::{Lookup, ShardDirectory, ShardEvent, ShardState};
 use crate::host::{CallScope, Host, MethodRef, deadline_for};
@@ -144,10 +146,9 @@ pub(crate) struct NodeInner {
     auto_loaded: AutoLoaded,
     /// Wakes the auto-loader (an auto-load object was deleted).
     auto_load_wake: tokio::sync::Notify,
-    /// The access and lifecycle rules, checked again for what gates send for their clients.
-    pub(crate) client_rules: goverse_core::rules::Rules,
-    /// Whether any rule is configured: without, the node leaves the judging to its gates.
-    pub(crate) checks_client_rules: bool,
+    /// The access and lifecycle rules, checked again for what gates send for their clients;
+    /// `None` with no rules configured (the node leaves the judging to its gates).
+    pub(crate) client_rules: Option<goverse_core::rules::Rules>,
     /// Cancelled to make shutdown stop waiting for running turns and store retries.
     hurry: CancellationToken,
 }
@@ -302,12 +303,6 @@ impl NodeInner {
             .ok_or_else(|| CallError::unknown_type(type_name))
     }
 
-    /// An object ID belongs to one type: asking for it as another is one error, whatever the
-    /// operation and whether the object is active or only stored.
-    fn type_mismatch(id: &ObjectId, actual: &str, wanted: &str) -> CallError {
-        crate::activation::type_mismatch(id, actual, wanted)
-    }
-
     /// The activation the directory holds for `id`, refusing a type clash.
     fn checked(
         activation: Arc<dyn ActivationDyn>,
@@ -315,7 +310,7 @@ impl NodeInner {
         id: &ObjectId,
     ) -> Result<Arc<dyn ActivationDyn>, CallError> {
         if activation.type_name() != type_name {
-            return Err(Self::type_mismatch(id, activation.type_name(), type_name));
+            return Err(type_mismatch(id, activation.type_name(), type_name));
         }
         Ok(activation)
     }
@@ -763,7 +758,7 @@ impl NodeInner {
                 let live = self.directory.get(shard, id);
                 let activation = match live {
                     Some(activation) if activation.type_name() != type_name => {
-                        return Err(Self::type_mismatch(id, activation.type_name(), type_name));
+                        return Err(type_mismatch(id, activation.type_name(), type_name));
                     }
                     Some(activation) => activation,
                     None if persistent => {
@@ -1346,13 +1341,17 @@ impl NodeBuilder {
             |name| self.registry.get_key_value(name).map(|(name, _)| *name),
         )
         .map_err(NodeError::Config)?;
-        let checks_client_rules =
-            !self.config.access_rules.is_empty() || !self.config.lifecycle_rules.is_empty();
-        let client_rules = goverse_core::rules::Rules::new(
-            &self.config.access_rules,
-            &self.config.lifecycle_rules,
-        )
-        .map_err(|err| NodeError::Config(err.to_string()))?;
+        let client_rules =
+            if self.config.access_rules.is_empty() && self.config.lifecycle_rules.is_empty() {
+                None
+            } else {
+                let rules = goverse_core::rules::Rules::new(
+                    &self.config.access_rules,
+                    &self.config.lifecycle_rules,
+                )
+                .map_err(|err| NodeError::Config(err.to_string()))?;
+                Some(rules)
+            };
         let tasks = TaskTracker::new();
         let store_stop = CancellationToken::new();
         let store = self
@@ -1367,13 +1366,12 @@ impl NodeBuilder {
             .cluster
             .unwrap_or_else(|| Arc::new(MemoryClusterStore::new()));
         // The cluster's shard count is settled before anything is written to it.
-        let settled =
-            goverse_cluster::settle_shard_count(&*cluster, &keys, self.config.shard_count).await;
-        let view = match settled {
-            Ok(()) => MapView::start(cluster.clone(), keys.clone(), self.config.shard_count).await,
-            Err(err) => Err(err),
+        let shard_count = self.config.shard_count;
+        let view = async {
+            goverse_cluster::settle_shard_count(&*cluster, &keys, shard_count).await?;
+            MapView::start(cluster.clone(), keys.clone(), shard_count).await
         };
-        let view = match view {
+        let view = match view.await {
             Ok(view) => view,
             Err(err) => {
                 store_stop.cancel();
@@ -1418,7 +1416,6 @@ impl NodeBuilder {
             auto_load_wake: tokio::sync::Notify::new(),
             hurry: CancellationToken::new(),
             client_rules,
-            checks_client_rules,
         });
         let router = Router::for_node(
             inner.membership.view().clone(),

@@ -113,9 +113,11 @@ pub fn describe(node: &Node) -> DescribeResponse {
 /// again once the map shows the owner.
 /// A client's request from a gate, judged by the rules again (the gate judged it first): a
 /// gate with other or no rules cannot take an object ID the cluster's rules keep from clients.
-fn check_client_request(node: &Node, request: &Request<'_>) -> Result<(), CallError> {
+fn check_client_request(
+    rules: &goverse_core::rules::Rules,
+    request: &Request<'_>,
+) -> Result<(), CallError> {
     use goverse_core::rules::Lifecycle;
-    let rules = &node.inner().client_rules;
     let (object_type, id) = (request.object_type, request.object_id);
     match &request.op {
         Op::Call { method, .. } => rules.check_client_call(object_type, id, method),
@@ -128,8 +130,8 @@ async fn handle(node: &Node, request: Request<'_>) -> Outcome {
     // A node with no rules configured leaves the judging to its gates (a node embedded in a
     // program whose gate holds the rules); with rules, it judges again.
     if request.from_client
-        && node.inner().checks_client_rules
-        && let Err(err) = check_client_request(node, &request)
+        && let Some(rules) = &node.inner().client_rules
+        && let Err(err) = check_client_request(rules, &request)
     {
         // A refused reliable call did not take effect: SKIPPED, as the gate would answer.
         return match request.op {

@@ -267,10 +267,10 @@ async fn commit_batch(
     counters: &StoreCounters,
 ) -> Vec<Result<(), SaveFailure>> {
     let mut outcomes: Vec<Result<(), SaveFailure>> = Vec::with_capacity(batch.len());
-    let mut pending: std::collections::VecDeque<std::ops::Range<usize>> =
-        std::collections::VecDeque::new();
-    pending.push_back(0..batch.len());
-    while let Some(range) = pending.pop_front() {
+    // Ranges still to commit, the next one last; split in halves after a refusal.
+    let mut pending: Vec<std::ops::Range<usize>> = Vec::with_capacity(8);
+    pending.push(0..batch.len());
+    while let Some(range) = pending.pop() {
         let writes: Vec<Write<'_>> = batch[range.clone()]
             .iter()
             .map(|(job, _)| job.as_write())
@@ -288,8 +288,8 @@ async fn commit_batch(
                 tracing::warn!(writes = range.len(), cause = %err,
                     "commit failed; committing its halves apart to find the write the store refuses");
                 let mid = range.start + range.len() / 2;
-                pending.push_front(mid..range.end);
-                pending.push_front(range.start..mid);
+                pending.push(mid..range.end);
+                pending.push(range.start..mid);
             }
             Err(err) => {
                 if range.len() == 1 && !err.is_transient() {

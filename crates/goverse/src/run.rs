@@ -172,6 +172,28 @@ pub async fn connect_cluster(file: &ClusterFile) -> Result<Arc<dyn ClusterStore>
     Ok(Arc::new(etcd))
 }
 
+/// Shuts `node` down within `grace` (hand-over, saves); a stop signal arriving meanwhile makes
+/// it stop waiting ([`Node::hurry_shutdown`]). The report, and whether it was hurried. What a
+/// process does after its first stop signal.
+pub async fn shutdown_hurried_by_a_second_signal(
+    node: &Node,
+    grace: Duration,
+) -> (crate::ShutdownReport, bool) {
+    let shutdown = node.shutdown(grace);
+    tokio::pin!(shutdown);
+    let mut hurried = false;
+    loop {
+        tokio::select! {
+            report = &mut shutdown => return (report, hurried),
+            () = crate::stop_signal(), if !hurried => {
+                println!("stopping now: saving what is not in the middle of a turn");
+                node.hurry_shutdown();
+                hurried = true;
+            }
+        }
+    }
+}
+
 /// Runs node `flags.node_id` of the file until SIGTERM or Ctrl-C, with the object types
 /// `register` adds (see the module docs).
 pub async fn run_node(
@@ -220,19 +242,7 @@ pub async fn run_node(
     println!("stopping: handing shards over and saving (a second signal stops waiting)");
     // Save first, while the node service still answers (peers' calls for shards handed over
     // are refused as not served and follow the shards), then end the connections.
-    let shutdown = node.shutdown(flags.grace);
-    tokio::pin!(shutdown);
-    let mut hurried = false;
-    let report = loop {
-        tokio::select! {
-            report = &mut shutdown => break report,
-            () = crate::stop_signal(), if !hurried => {
-                println!("stopping now: saving what is not in the middle of a turn");
-                node.hurry_shutdown();
-                hurried = true;
-            }
-        }
-    };
+    let (report, hurried) = shutdown_hurried_by_a_second_signal(&node, flags.grace).await;
     if !hurried {
         // The node has left the map; its peers stop sending to it and close their links once
         // the answers still due have arrived. Requests that arrive meanwhile are refused as not
