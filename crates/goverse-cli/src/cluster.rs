@@ -307,38 +307,12 @@ async fn unreachable_nodes(
     file: &ClusterFile,
     map: &goverse::cluster::ClusterMap,
 ) -> BTreeMap<String, String> {
-    use goverse_proto::node::DescribeRequest;
-    use goverse_proto::node::node_service_client::NodeServiceClient;
-    let probes = map.nodes.iter().map(|node| {
+    let secret = file.cluster.secret.as_deref();
+    let probes = map.nodes.iter().map(|node| async move {
         let address = node.to_string();
-        let secret = file.cluster.secret.clone();
-        async move {
-            let probe = async {
-                let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-                    .map_err(|e| e.to_string())?
-                    .connect_timeout(Duration::from_secs(1));
-                let channel = endpoint.connect().await.map_err(|e| {
-                    let cause =
-                        std::error::Error::source(&e).map_or(String::new(), |s| format!(": {s}"));
-                    format!("cannot connect{cause}")
-                })?;
-                let mut request = tonic::Request::new(DescribeRequest {});
-                if let Some(secret) = &secret
-                    && let Ok(value) = secret.parse()
-                {
-                    request.metadata_mut().insert("goverse-peer-secret", value);
-                }
-                NodeServiceClient::new(channel)
-                    .describe(request)
-                    .await
-                    .map(|_| ())
-                    .map_err(|status| status.message().to_owned())
-            };
-            let outcome = tokio::time::timeout(Duration::from_secs(2), probe)
-                .await
-                .unwrap_or_else(|_| Err("no answer within 2 s".to_owned()));
-            outcome.err().map(|cause| (address, cause))
-        }
+        let outcome =
+            goverse::transport::probe_node(&address, secret, Duration::from_secs(2)).await;
+        outcome.err().map(|cause| (address, cause))
     });
     futures::future::join_all(probes)
         .await
@@ -438,11 +412,13 @@ fn is_ready(file: &ClusterFile, map: &goverse::cluster::ClusterMap) -> bool {
         && map.unowned() == 0
 }
 
-/// Ready, with every node and gate of the file registered, nothing moving, and ±1 balance.
+/// Ready, with every node and gate of the file registered and none set aside by its peers,
+/// nothing moving, and ±1 balance.
 fn settled(file: &ClusterFile, map: &goverse::cluster::ClusterMap) -> bool {
     let served = served(file, map);
     let (min, max) = (served.values().min(), served.values().max());
     is_ready(file, map)
+        && map.serving(None).excluded.is_empty()
         && map.moving() == 0
         && map.nodes.len() == file.nodes.len()
         && map.gates.len() == file.gates.len()
@@ -461,8 +437,16 @@ fn print_status(
     let unowned = map.unowned();
     let moving = map.moving();
     let leader = map.leader.as_ref().map(|(l, _)| l.to_string());
+    // Registered nodes their peers set aside (unreachable, or not checked yet): they hold no
+    // shards, and the cluster runs short of them.
+    let set_aside: BTreeMap<String, String> = map
+        .serving(None)
+        .excluded
+        .into_iter()
+        .map(|(node, why)| (node.to_string(), why))
+        .collect();
     // A member nobody can reach fails the calls for its shards: not ready.
-    let ready = is_ready(file, map) && unreachable.is_empty();
+    let ready = is_ready(file, map) && unreachable.is_empty() && set_aside.is_empty();
     if json {
         let status = serde_json::json!({
             "ready": ready,
@@ -475,6 +459,7 @@ fn print_status(
             "recorded_shards": map.recorded_shard_count,
             "stray_records": map.stray.len(),
             "unreachable": unreachable,
+            "set_aside": set_aside,
             "revision": revision,
         });
         println!("{}", serde_json::to_string_pretty(&status)?);
@@ -487,10 +472,14 @@ fn print_status(
         );
         println!("  leader   {}", leader.as_deref().unwrap_or("none"));
         for (node, shards) in &served {
-            match unreachable.get(node) {
-                Some(cause) => println!("  node     {node}  {shards} shards  UNREACHABLE: {cause}"),
-                None => println!("  node     {node}  {shards} shards"),
+            let mut line = format!("  node     {node}  {shards} shards");
+            if let Some(cause) = unreachable.get(node) {
+                line.push_str(&format!("  UNREACHABLE: {cause}"));
             }
+            if let Some(why) = set_aside.get(node) {
+                line.push_str(&format!("  SET ASIDE (no shards go to it): {why}"));
+            }
+            println!("{line}");
         }
         for gate in &map.gates {
             println!("  gate     {gate}");

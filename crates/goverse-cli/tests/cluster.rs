@@ -17,6 +17,7 @@ use goverse_proto::gate::CallObjectRequest;
 use goverse_proto::gate::gate_service_client::GateServiceClient;
 use goverse_testkit::{
     EtcdServer, POSTGRES_PASSWORD, POSTGRES_USER, PostgresServer, Process, free_port,
+    free_ports_in_a_row,
 };
 use parking_lot::Mutex;
 use tonic::transport::Channel;
@@ -56,6 +57,22 @@ async fn call(
     let response = client.call_object(request).await?.into_inner();
     let any = response.response.expect("a response");
     Ok(Int32Value::decode(any.value.as_slice()).unwrap().value)
+}
+
+/// Adds 1 to the counter `object_type/id`; its new value.
+async fn add_one(
+    client: &mut GateServiceClient<Channel>,
+    object_type: &str,
+    id: &str,
+) -> Result<i32, tonic::Status> {
+    call(
+        client,
+        object_type,
+        id,
+        "Add",
+        any(&Int32Value { value: 1 }),
+    )
+    .await
 }
 
 /// The cluster's status as `goverse cluster status --json` prints it.
@@ -104,15 +121,7 @@ fn load(
             let (mut acked, mut unknown) = (0, 0);
             let mut successes = Vec::new();
             while !stop.load(Ordering::Relaxed) {
-                match call(
-                    &mut client,
-                    object_type,
-                    &id,
-                    "Add",
-                    any(&Int32Value { value: 1 }),
-                )
-                .await
-                {
+                match add_one(&mut client, object_type, &id).await {
                     Ok(_) => {
                         acked += 1;
                         successes.push(Instant::now());
@@ -575,6 +584,7 @@ fn generated_config(
     let config = dir.join("cluster.yaml");
     let config_str = config.to_str().unwrap().to_owned();
     let db = dir.join("objects.db");
+    let base = free_ports_in_a_row(16);
     let out = goverse(&[
         "config",
         "gen",
@@ -588,12 +598,14 @@ fn generated_config(
         &etcd.endpoint(),
         "--sqlite",
         db.to_str().unwrap(),
+        // The generator numbers each kind's ports up from these: up to eight nodes and four
+        // gates.
         "--node-port",
-        &free_port().to_string(),
+        &base.to_string(),
         "--gate-port",
-        &free_port().to_string(),
+        &(base + 8).to_string(),
         "--http-port",
-        &free_port().to_string(),
+        &(base + 12).to_string(),
         "-o",
         &config_str,
     ]);
@@ -761,4 +773,264 @@ async fn another_shard_count_is_refused_and_repair_removes_unusable_records() {
     node.terminate();
     assert_eq!(gate.wait_exit(Duration::from_secs(20)), Some(0));
     assert_eq!(node.wait_exit(Duration::from_secs(20)), Some(0));
+}
+
+/// A loopback TCP forwarder standing in front of a node's port: what the node's peers and the
+/// gates dial. Cutting it refuses new connections and drops open ones, in that direction only
+/// (the node still dials out): a node cut off from incoming traffic.
+struct Forwarder {
+    stop: tokio_util::sync::CancellationToken,
+    tasks: tokio_util::task::TaskTracker,
+}
+
+impl Forwarder {
+    async fn start(listen: &str, to: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
+        let to = to.to_owned();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let tasks = tokio_util::task::TaskTracker::new();
+        let (cut, tracker) = (stop.clone(), tasks.clone());
+        tasks.spawn(async move {
+            loop {
+                let (mut inbound, _) = tokio::select! {
+                    () = cut.cancelled() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok(accepted) => accepted,
+                        Err(_) => return,
+                    },
+                };
+                let (to, cut) = (to.clone(), cut.clone());
+                tracker.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&to).await {
+                        tokio::select! {
+                            () = cut.cancelled() => {}
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        }
+                    }
+                });
+            }
+        });
+        Self { stop, tasks }
+    }
+
+    /// Closes the port and every connection through it; returns once all are closed.
+    async fn cut(self) {
+        self.stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// Every shard record, as etcd holds it.
+async fn shard_records(
+    store: &goverse::cluster::EtcdClusterStore,
+) -> Vec<goverse::cluster::ShardRecord> {
+    use goverse::cluster::ClusterStore as _;
+    let keys = goverse::cluster::Keys::new("/goverse").unwrap();
+    let (kvs, _) = store.get_prefix(&keys.shards()).await.unwrap();
+    kvs.iter()
+        .map(|kv| {
+            let shard = keys.shard_of_key(&kv.key).unwrap();
+            goverse::cluster::ShardRecord::decode(shard, &kv.value).unwrap()
+        })
+        .collect()
+}
+
+/// Registration proves only that a node reaches etcd. A node whose advertised address nothing
+/// answers on, and a node with the wrong cluster secret, register and get no shard; `cluster
+/// status` names both and why. Once the address answers, the node gets its share. Then it is
+/// cut off from incoming traffic (it still reaches etcd, the store and its peers): its peers
+/// find it unreachable and it is drained, and calls to its objects made meanwhile wait for the
+/// move instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_their_peers_cannot_reach_get_no_shards_and_one_cut_off_is_drained() {
+    let etcd = EtcdServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = generated_config(dir.path(), &etcd, "4", "1", "64");
+    // node-3 advertises a port of this test's forwarder, which is not listening yet.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let node3_port = text
+        .split("id: node-3\n    grpc_addr: \"127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("node-3's port")
+        .to_owned();
+    let front = format!("127.0.0.1:{}", free_port());
+    let text = text.replace(
+        &format!("id: node-3\n    grpc_addr: \"127.0.0.1:{node3_port}\"\n"),
+        &format!(
+            "id: node-3\n    grpc_addr: \"127.0.0.1:{node3_port}\"\n    advertise_addr: \"{front}\"\n"
+        ),
+    );
+    assert!(text.contains(&front));
+    std::fs::write(&config, &text).unwrap();
+    // node-4 runs with another secret than the rest of the cluster.
+    let wrong = dir.path().join("wrong-secret.yaml");
+    let secret_line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("secret:"))
+        .unwrap();
+    std::fs::write(
+        &wrong,
+        text.replace(secret_line, "  secret: not-the-cluster-secret-at-all"),
+    )
+    .unwrap();
+    let wrong = wrong.to_str().unwrap().to_owned();
+    let node4 = goverse::config::ClusterFile::load(std::path::Path::new(&wrong))
+        .unwrap()
+        .node("node-4")
+        .unwrap()
+        .advertise()
+        .to_owned();
+
+    let start = |file: &str, id: &str| {
+        let mut node = Process::start(GOVERSE, ["node", "--config", file, "--node-id", id]);
+        node.expect_within("serving on", Duration::from_secs(60));
+        node
+    };
+    let mut nodes = vec![start(&config, "node-1"), start(&config, "node-2")];
+    let mut gate = Process::start(
+        GOVERSE,
+        ["gate", "--config", &config, "--gate-id", "gate-1"],
+    );
+    let gate_line = gate.expect_within("gRPC", Duration::from_secs(60));
+    goverse_testkit::assert_eventually!(balanced(&status(&config), 2, 64), Duration::from_secs(30));
+    let grpc = gate_line
+        .split_whitespace()
+        .find(|w| w.starts_with("127.0.0.1:"))
+        .expect("the gate's gRPC address")
+        .trim_end_matches(',')
+        .to_owned();
+    let channel = Channel::from_shared(format!("http://{grpc}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+
+    // Both newcomers register; for four stability windows no record names either of them.
+    nodes.push(start(&config, "node-3"));
+    nodes.push(start(&wrong, "node-4"));
+    let etcd_store = goverse::cluster::EtcdClusterStore::connect(&goverse::cluster::EtcdConfig {
+        endpoints: vec![etcd.endpoint()],
+        ..goverse::cluster::EtcdConfig::default()
+    })
+    .await
+    .unwrap();
+    goverse_testkit::assert_eventually!(
+        status(&config)["nodes"].as_object().unwrap().len() == 4,
+        Duration::from_secs(20)
+    );
+    let outsiders = [front.clone(), node4.clone()];
+    let watched_until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < watched_until {
+        for record in shard_records(&etcd_store).await {
+            for node in [&record.target, &record.current].into_iter().flatten() {
+                assert!(
+                    !outsiders.contains(&node.to_string()),
+                    "shard {} went to {node}, which its peers cannot reach",
+                    record.shard
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seen = status(&config);
+    assert_eq!(seen["ready"], false, "{seen}");
+    let aside = |status: &serde_json::Value, node: &str| {
+        status["set_aside"][node]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(aside(&seen, &front).contains("cannot connect"), "{seen}");
+    assert!(aside(&seen, &node4).contains("Unauthenticated"), "{seen}");
+    assert!(
+        seen["unreachable"][&node4]
+            .as_str()
+            .is_some_and(|c| c.contains("Unauthenticated")),
+        "{seen}"
+    );
+    let text = goverse(&["cluster", "status", "--config", &config]);
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(text.contains("SET ASIDE"), "{text}");
+    // The two that serve answer for every object.
+    let mut client = GateServiceClient::new(channel.clone());
+    for n in 0..32 {
+        let id = format!("reach-{n}");
+        let value = add_one(&mut client, "DurableCounter", &id)
+            .await
+            .unwrap_or_else(|status| panic!("{id}: {status}"));
+        assert_eq!(value, 1);
+    }
+
+    // node-3's address answers now: it gets its share. node-4 leaves.
+    let forwarder = Forwarder::start(&front, &format!("127.0.0.1:{node3_port}")).await;
+    let mut node4_process = nodes.pop().unwrap();
+    node4_process.terminate();
+    assert_eq!(node4_process.wait_exit(Duration::from_secs(20)), Some(0));
+    goverse_testkit::assert_eventually!(balanced(&status(&config), 3, 64), Duration::from_secs(30));
+
+    // Cut off from incoming traffic: drained like a dead node, though its lease lives on; calls
+    // to its objects made meanwhile wait for the move and succeed.
+    let cut_at = Instant::now();
+    forwarder.cut().await;
+    // A call the gate wrote on its connection to node-3 just as the connection closed has an
+    // unknown outcome (`Unavailable`, as documented): it is tried again, and the counter may
+    // then count it once more.
+    let calls: Vec<_> = (0..32)
+        .map(|n| {
+            let mut client = GateServiceClient::new(channel.clone());
+            tokio::spawn(async move {
+                let id = format!("reach-{n}");
+                let mut unknown = 0;
+                loop {
+                    match add_one(&mut client, "DurableCounter", &id).await {
+                        Ok(value) => return (id, value, unknown, cut_at.elapsed()),
+                        Err(status)
+                            if status.code() == tonic::Code::Unavailable
+                                && status.message().contains("was lost")
+                                && unknown < 3 =>
+                        {
+                            unknown += 1;
+                        }
+                        Err(status) => panic!("{id}: {status}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let (mut slowest, mut raced) = (Duration::ZERO, 0);
+    for call in calls {
+        let (id, value, unknown, took) = call.await.unwrap();
+        assert!(
+            (2..=2 + unknown).contains(&value),
+            "{id}: {value} after 1 + 1 acknowledged adds and {unknown} of unknown outcome"
+        );
+        slowest = slowest.max(took);
+        raced += unknown;
+    }
+    goverse_testkit::assert_eventually!(
+        shard_records(&etcd_store)
+            .await
+            .iter()
+            .all(|r| r.current.as_ref().is_some_and(|c| c.to_string() != front)),
+        Duration::from_secs(30)
+    );
+    let drained = cut_at.elapsed();
+    let after = status(&config);
+    assert_eq!(after["nodes"][&front], 0, "{after}");
+    assert!(aside(&after, &front).contains("cannot connect"), "{after}");
+    eprintln!(
+        "cut off from incoming traffic: slowest call {slowest:?}, drained in {drained:?}, \
+         {raced} calls caught on the closing connection"
+    );
+
+    gate.terminate();
+    assert_eq!(gate.wait_exit(Duration::from_secs(20)), Some(0));
+    for node in &nodes {
+        node.terminate();
+    }
+    for node in &mut nodes {
+        assert_eq!(node.wait_exit(Duration::from_secs(20)), Some(0));
+    }
 }

@@ -46,17 +46,21 @@ impl RecordWrite {
 /// The shards `me` may serve now, as claims that raise each shard's epoch.
 ///
 /// A shard is claimed when nobody live serves it (no current owner, `me`, or an owner that is
-/// no longer live) and placement wants it here: its target is `me`; or it has no live target
-/// and either `me` served it last or `me` is its [`preferred`] node among the live ones (so the
-/// shards of a node that died are spread over the others at once, each claimed by one node,
-/// before the leader balances them exactly). A shard a live node serves is never claimed,
-/// whatever its target: a hand-over starts with that node releasing it.
+/// no longer `live`, i.e. registered) and placement wants it here: its target is `me`; or it
+/// has no target among the `serving` nodes (those its peers reach, [`crate::serving_nodes`])
+/// and `me` serves and either served it last or is its [`preferred`] node among the serving
+/// ones (so the shards of a node that died are spread over the others at once, each claimed by
+/// one node, before the leader balances them exactly). A shard a live node serves is never
+/// claimed, whatever its target: a hand-over starts with that node releasing it.
 pub fn claims(
     me: &NodeAddr,
     live: &BTreeSet<NodeAddr>,
+    serving: &BTreeSet<NodeAddr>,
     records: &[ReadRecord],
 ) -> Vec<RecordWrite> {
     let gone = |node: &Option<NodeAddr>| node.as_ref().is_none_or(|n| !live.contains(n));
+    let serves = serving.contains(me);
+    let takes_orphan = |shard: ShardId| serves && preferred(shard, serving, me) == me;
     let mut writes = Vec::new();
     for read in records {
         let (expect, epoch, free) = match &read.record {
@@ -65,9 +69,9 @@ pub fn claims(
                 let served_elsewhere =
                     record.current.as_ref() != Some(me) && !gone(&record.current);
                 let wanted_here = match &record.target {
-                    Some(target) if live.contains(target) => target == me,
+                    Some(target) if serving.contains(target) => target == me,
                     _ => {
-                        record.current.as_ref() == Some(me) || preferred(read.shard, live, me) == me
+                        (serves && record.current.as_ref() == Some(me)) || takes_orphan(read.shard)
                     }
                 };
                 (
@@ -77,7 +81,7 @@ pub fn claims(
                 )
             }
         };
-        let free = free && (read.record.is_some() || preferred(read.shard, live, me) == me);
+        let free = free && (read.record.is_some() || takes_orphan(read.shard));
         if free {
             writes.push(RecordWrite {
                 expect,
@@ -187,7 +191,7 @@ mod tests {
             read(5, Some(1), Some(0), 3, 14), // I serve it, placement moves it: hand over, no claim
             read(6, None, Some(0), 9, 15),    // I served it before a restart
         ];
-        let claimed: BTreeMap<u32, (Expect, u64)> = claims(&me, &live, &records)
+        let claimed: BTreeMap<u32, (Expect, u64)> = claims(&me, &live, &live, &records)
             .into_iter()
             .map(|w| (w.record.shard.0, (w.expect, w.record.epoch)))
             .collect();
@@ -203,7 +207,7 @@ mod tests {
             expected.insert(4, (Expect::ModRevision(13), 8));
         }
         assert_eq!(claimed, expected);
-        let other = claims(&node(1), &live, &records);
+        let other = claims(&node(1), &live, &live, &records);
         for shard in [0, 4] {
             let mine = claimed.contains_key(&shard);
             let theirs = other.iter().any(|w| w.record.shard.0 == shard);
@@ -233,8 +237,17 @@ mod tests {
         fn claims_never_take_a_served_shard_and_race_safely(
             records in proptest::collection::vec(record_strategy(), 1..40),
             live_mask in 0u8..32,
+            aside_mask in 0u8..32,
         ) {
             let live: BTreeSet<NodeAddr> = (0..5).filter(|n| live_mask & (1 << n) != 0).map(node).collect();
+            // Some registered nodes may be set aside as unreachable: they serve nothing new.
+            let mut serving: BTreeSet<NodeAddr> = (0..5)
+                .filter(|n| live_mask & (1 << n) != 0 && aside_mask & (1 << n) == 0)
+                .map(node)
+                .collect();
+            if serving.is_empty() {
+                serving = live.clone();
+            }
             let reads: Vec<ReadRecord> = records
                 .iter()
                 .enumerate()
@@ -245,8 +258,12 @@ mod tests {
                 .collect();
             let mut winners: BTreeMap<ShardId, NodeAddr> = BTreeMap::new();
             for me in live.iter() {
-                for write in claims(me, &live, &reads) {
+                for write in claims(me, &live, &serving, &reads) {
                     let read = &reads[write.record.shard.0 as usize];
+                    if !serving.contains(me) {
+                        prop_assert_eq!(read.record.as_ref().and_then(|(r, _)| r.target.as_ref()),
+                            Some(me), "a node set aside claimed a shard not targeted at it");
+                    }
                     match &read.record {
                         None => prop_assert_eq!(write.expect, Expect::Absent),
                         Some((record, revision)) => {
@@ -269,16 +286,16 @@ mod tests {
                 let free = match &read.record {
                     None => true,
                     Some((r, _)) => r.current.as_ref().is_none_or(|c| !live.contains(c))
-                        && r.target.as_ref().is_none_or(|t| !live.contains(t)),
+                        && r.target.as_ref().is_none_or(|t| !serving.contains(t)),
                 };
                 if free && !live.is_empty() {
                     prop_assert!(winners.contains_key(&read.shard), "shard {} left unclaimed", read.shard);
                     let claimants = live.iter()
-                        .filter(|me| claims(me, &live, std::slice::from_ref(read)).len() == 1)
+                        .filter(|me| claims(me, &live, &serving, std::slice::from_ref(read)).len() == 1)
                         .count();
                     // Only a node that served it last may claim it besides the preferred one.
                     let last = read.record.as_ref().and_then(|(r, _)| r.current.as_ref());
-                    prop_assert!(claimants == 1 || last.is_some_and(|c| live.contains(c)),
+                    prop_assert!(claimants == 1 || last.is_some_and(|c| serving.contains(c)),
                         "shard {}: {} claimants", read.shard, claimants);
                 }
             }

@@ -14,6 +14,7 @@ mod claims;
 mod etcd;
 mod memory;
 mod placement;
+mod reach;
 mod shardmap;
 mod view;
 
@@ -24,6 +25,7 @@ pub use claims::{ReadRecord, RecordWrite, claims, preferred, releases};
 pub use etcd::{EtcdClusterStore, EtcdConfig};
 pub use memory::MemoryClusterStore;
 pub use placement::{Move, MoveReason, Placement, PlacementConfig};
+pub use reach::{ReachReport, Serving, serving_nodes};
 pub use shardmap::{DEFAULT_PREFIX, Keys, ShardRecord};
 pub use view::{ClusterMap, MapView, Stability, settle_shard_count};
 

@@ -12,6 +12,7 @@ pub const DEFAULT_PREFIX: &str = "/goverse";
 /// {prefix}/leader                the leader node's address, on its lease
 /// {prefix}/shards/{00000..}      a shard record (target, current, epoch)
 /// {prefix}/shard_count           the cluster's shard count, written once when it forms
+/// {prefix}/reach/{host:port}     which peers a live node reaches, on its lease
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
@@ -80,6 +81,16 @@ impl Keys {
     /// checked by every later one before it writes anything.
     pub fn shard_count(&self) -> String {
         format!("{}/shard_count", self.prefix)
+    }
+
+    /// Prefix of the nodes' reach reports (each on its node's lease).
+    pub fn reach(&self) -> String {
+        format!("{}/reach/", self.prefix)
+    }
+
+    /// A node's reach report key: which of its peers it reaches ([`crate::ReachReport`]).
+    pub fn reach_of(&self, addr: &NodeAddr) -> String {
+        format!("{}/reach/{addr}", self.prefix)
     }
 
     /// Prefix of shard records.

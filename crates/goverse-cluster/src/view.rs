@@ -6,14 +6,17 @@
 //! update, and lists again when the watch ends. Nodes decide their claims, hand-overs and
 //! placement from it; routers send calls by it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use goverse_core::{NodeAddr, ShardId};
 use tokio::sync::watch;
 
-use crate::{ClusterStore, KeyValue, Keys, ReadRecord, Revision, ShardRecord, WatchEvent};
+use crate::{
+    ClusterStore, KeyValue, Keys, ReachReport, ReadRecord, Revision, Serving, ShardRecord,
+    WatchEvent, serving_nodes,
+};
 
 /// The cluster as last read: who is registered, who leads, and every shard's record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +25,10 @@ pub struct ClusterMap {
     pub revision: Revision,
     /// Registered nodes.
     pub nodes: BTreeSet<NodeAddr>,
+    /// The revision each registered node's key was created at (when it joined).
+    pub joined: BTreeMap<NodeAddr, Revision>,
+    /// Each node's last [`ReachReport`]: which peers it reaches.
+    pub reach: BTreeMap<NodeAddr, ReachReport>,
     /// Registered gates.
     pub gates: BTreeSet<String>,
     /// The leader and the revision its key was written at (what resigning expects).
@@ -42,6 +49,8 @@ impl ClusterMap {
         Self {
             revision: 0,
             nodes: BTreeSet::new(),
+            joined: BTreeMap::new(),
+            reach: BTreeMap::new(),
             gates: BTreeSet::new(),
             leader: None,
             shards: (0..shard_count)
@@ -80,7 +89,11 @@ impl ClusterMap {
             WatchEvent::Put(kv) => self.put(keys, kv),
             WatchEvent::Delete { key, .. } => {
                 if let Some(node) = key.strip_prefix(&keys.nodes()) {
-                    self.nodes.remove(&NodeAddr::new(node));
+                    let node = NodeAddr::new(node);
+                    self.joined.remove(&node);
+                    self.nodes.remove(&node);
+                } else if let Some(node) = key.strip_prefix(&keys.reach()) {
+                    self.reach.remove(&NodeAddr::new(node));
                 } else if let Some(gate) = key.strip_prefix(&keys.gates()) {
                     self.gates.remove(gate);
                 } else if *key == keys.leader() {
@@ -102,7 +115,21 @@ impl ClusterMap {
 
     fn put(&mut self, keys: &Keys, kv: &KeyValue) -> Result<(), String> {
         if let Some(node) = kv.key.strip_prefix(&keys.nodes()) {
-            self.nodes.insert(NodeAddr::new(node));
+            let node = NodeAddr::new(node);
+            self.joined.insert(node.clone(), kv.create_revision);
+            self.nodes.insert(node);
+        } else if let Some(node) = kv.key.strip_prefix(&keys.reach()) {
+            // A report that cannot be read counts as none: its node serves nothing until it
+            // writes a good one, and the map stays usable.
+            match ReachReport::decode(&kv.key, &kv.value) {
+                Ok(report) => {
+                    self.reach.insert(NodeAddr::new(node), report);
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "ignoring an unreadable reach report");
+                    self.reach.remove(&NodeAddr::new(node));
+                }
+            }
         } else if let Some(gate) = kv.key.strip_prefix(&keys.gates()) {
             self.gates.insert(gate.to_owned());
         } else if kv.key == keys.leader() {
@@ -131,6 +158,24 @@ impl ClusterMap {
             .record
             .as_ref()
             .map(|(record, _)| record)
+    }
+
+    /// The registered nodes (and `me`, taken as registered last if the map does not show it
+    /// yet) that may hold shards: those linked both ways to each other by their reach reports
+    /// ([`serving_nodes`]).
+    pub fn serving(&self, me: Option<&NodeAddr>) -> Serving {
+        let mut joined: BTreeMap<NodeAddr, Revision> = self
+            .nodes
+            .iter()
+            .map(|node| {
+                let at = self.joined.get(node).copied().unwrap_or(Revision::MAX);
+                (node.clone(), at)
+            })
+            .collect();
+        if let Some(me) = me {
+            joined.entry(me.clone()).or_insert(Revision::MAX);
+        }
+        serving_nodes(&joined, &self.reach)
     }
 
     /// The node serving `shard` now, if it is a registered one.

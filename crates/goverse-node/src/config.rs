@@ -30,6 +30,11 @@ pub struct NodeConfig {
     /// How long the set of nodes must hold still before the leader rebalances (upstream's
     /// `cluster_state_stability_duration`, default 10 s).
     pub stability_window: Duration,
+    /// How often this node checks that it reaches each peer node (a new connection and the
+    /// node service's `Describe`, bounded by twice this). A peer is down after three failed
+    /// checks in a row; placement gives shards only to nodes that reach each other both ways.
+    /// Default 1 s.
+    pub peer_check_interval: Duration,
     /// A shard whose target node has not taken it for this long is given to another node
     /// (upstream's `stuck_shard_reallocation_timeout`, default 60 s).
     pub stuck_shard_timeout: Duration,
@@ -71,6 +76,7 @@ impl Default for NodeConfig {
             min_quorum: 1,
             stability_window: Duration::from_secs(10),
             stuck_shard_timeout: Duration::from_secs(60),
+            peer_check_interval: Duration::from_secs(1),
             reliable_call_retention: Duration::from_secs(7 * 24 * 3600),
             cluster_prefix: goverse_cluster::DEFAULT_PREFIX.to_owned(),
             peer_secret: None,
@@ -117,6 +123,14 @@ impl NodeConfig {
         }
         if self.stuck_shard_timeout.is_zero() {
             return Err("stuck_shard_timeout must be positive".to_owned());
+        }
+        if !(Duration::from_millis(10)..=Duration::from_secs(60))
+            .contains(&self.peer_check_interval)
+        {
+            return Err(format!(
+                "peer_check_interval {:?} must be between 10ms and 60s",
+                self.peer_check_interval
+            ));
         }
         goverse_cluster::Keys::new(&self.cluster_prefix)?;
         self.connection_limits

@@ -12,6 +12,7 @@
 //! - [`serve`] and [`Node::handler`]: the node as its peers (gates) reach it, over the node
 //!   protocol of `goverse-transport` (one long-lived batched stream per peer) or in-process.
 //! - `membership`: registration on a lease, shard claims with compare-and-set, fencing.
+//! - `reach`: checking that this node reaches its peers, published for placement.
 //! - [`Object`], [`Dispatch`], [`ObjectContext`]: what object types implement and see.
 
 mod activation;
@@ -25,6 +26,7 @@ mod membership;
 mod node;
 mod object;
 mod push;
+mod reach;
 mod registry;
 mod reliable;
 mod service;

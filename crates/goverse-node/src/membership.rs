@@ -89,6 +89,9 @@ struct Plan {
 ///
 /// Without quorum, only shards that had a target (a node that died, or this one) are claimed:
 /// a cluster that is still starting waits for its nodes, a running one fails over at once.
+/// Quorum and claims count only the nodes that may hold shards ([`ClusterMap::serving`]): a
+/// registered node its peers cannot reach, or that has not been checked yet, takes nothing
+/// but what the leader gave it.
 fn plan(
     me: &NodeAddr,
     map: &ClusterMap,
@@ -97,7 +100,8 @@ fn plan(
 ) -> Plan {
     let mut live = map.nodes.clone();
     live.insert(me.clone());
-    let quorum = live.len() >= min_quorum;
+    let serving = map.serving(Some(me)).nodes;
+    let quorum = serving.len() >= min_quorum;
     let live_other = |n: &Option<NodeAddr>| n.as_ref().is_some_and(|n| n != me && live.contains(n));
     let mut plan = Plan {
         campaign: map.leader.is_none(),
@@ -132,7 +136,7 @@ fn plan(
             }
         }
     }
-    plan.claim = claims(me, &live, &map.shards)
+    plan.claim = claims(me, &live, &serving, &map.shards)
         .into_iter()
         .filter(|w| {
             matches!(
@@ -189,6 +193,11 @@ impl Membership {
         let until = asked.duration_since(self.origin) + serving_window(self.settings.lease_ttl);
         self.serve_until_us
             .fetch_max(until.as_micros() as u64, Ordering::AcqRel);
+    }
+
+    /// This node's address.
+    pub(crate) fn address(&self) -> &NodeAddr {
+        &self.address
     }
 
     /// The lease the node is registered on, while it is.
@@ -303,7 +312,10 @@ impl Membership {
         }
         let _claiming = self.claiming.lock().await;
         let me = &self.address;
-        let mut live = self.view.borrow().nodes.clone();
+        let (mut live, serving) = {
+            let map = self.view.borrow();
+            (map.nodes.clone(), map.serving(Some(me)).nodes)
+        };
         live.insert(me.clone());
         let mut claimed: Vec<Fence> = Vec::new();
         // Shards this node serves or is claiming already are not claimed again (that would
@@ -348,7 +360,7 @@ impl Membership {
                         // claimed since the map was read is live here, not taken for gone.
                         live = self.live_nodes().await?;
                         live.insert(me.clone());
-                        batch = claims(me, &live, &reread)
+                        batch = claims(me, &live, &serving, &reread)
                             .into_iter()
                             .filter(|w| free(w.record.shard))
                             .collect();
@@ -641,6 +653,8 @@ struct Leader {
     /// The revision of the last targets written; placement waits until the map has it.
     written: Revision,
     tick: Duration,
+    /// Registered nodes set aside as last seen, with why (logged when it changes).
+    excluded: BTreeMap<NodeAddr, String>,
 }
 
 impl Leader {
@@ -655,6 +669,7 @@ impl Leader {
             min_quorum: settings.min_quorum,
             leading: false,
             written: 0,
+            excluded: BTreeMap::new(),
             // Often enough to act soon after the window ends and to notice stuck shards.
             tick: (settings.stability_window / 4)
                 .clamp(Duration::from_millis(10), Duration::from_secs(1)),
@@ -688,14 +703,36 @@ impl Leader {
             self.stability = Stability::new(self.window, self.min_quorum);
             self.leading = true;
         }
-        self.stability.observe(now, &map.nodes);
+        // Placement sees only the nodes that may hold shards: one its peers cannot reach is
+        // drained like one that died, and a node that joined waits until it has been checked.
+        let serving = map.serving(None);
+        self.stability.observe(now, &serving.nodes);
+        if serving.excluded != self.excluded {
+            for (node, why) in &serving.excluded {
+                if self.excluded.contains_key(node) {
+                    continue;
+                }
+                // A node that joined waits for its checks as a matter of course.
+                if why.contains(" cannot reach ") {
+                    tracing::warn!(%node, cause = %why, "node set aside: no shards go to it");
+                } else {
+                    tracing::info!(%node, cause = %why, "node set aside until its peers check it");
+                }
+            }
+            for node in self.excluded.keys() {
+                if !serving.excluded.contains_key(node) && map.nodes.contains(node) {
+                    tracing::info!(%node, "node reached by its peers again: it may hold shards");
+                }
+            }
+            self.excluded = serving.excluded;
+        }
         if !self.stability.is_stable(now) || map.revision < self.written {
             return Vec::new();
         }
         let records = map.records();
         let moves = self
             .placement
-            .step(now, &map.nodes, &records, &BTreeMap::new());
+            .step(now, &serving.nodes, &records, &BTreeMap::new());
         moves
             .into_iter()
             .map(|m| {
@@ -764,6 +801,19 @@ mod tests {
                 lease: None,
             };
             map.apply(&keys, &WatchEvent::Put(kv)).unwrap();
+            // Nodes 1 and 2 reach each other.
+            let report = goverse_cluster::ReachReport {
+                up: [node(3 - n)].into(),
+                ..Default::default()
+            };
+            let kv = KeyValue {
+                key: keys.reach_of(&node(n)),
+                value: report.encode(),
+                create_revision: 2,
+                mod_revision: 2,
+                lease: None,
+            };
+            map.apply(&keys, &WatchEvent::Put(kv)).unwrap();
         }
         for (i, (target, current)) in records.iter().enumerate() {
             let record = ShardRecord {
@@ -825,6 +875,57 @@ mod tests {
         assert_eq!(plan_claims(&me, &fresh, 1).len(), 4);
         let orphaned = map_with_gone_target();
         assert_eq!(plan_claims(&me, &orphaned, 3).len(), 1);
+    }
+
+    #[test]
+    fn a_node_its_peers_have_not_reached_claims_only_what_it_was_given() {
+        let keys = Keys::default();
+        // Shard 0 targeted at node 1 and unserved; shards 1..6 orphaned by a node that died.
+        let mut map = map(&[
+            (Some(1), None),
+            (Some(9), Some(9)),
+            (Some(9), Some(9)),
+            (Some(9), Some(9)),
+            (Some(9), Some(9)),
+            (Some(9), Some(9)),
+        ]);
+        let unreachable = |map: &mut ClusterMap, cause: &str| {
+            let report = goverse_cluster::ReachReport {
+                down: [(node(1), cause.to_owned())].into(),
+                ..Default::default()
+            };
+            let kv = KeyValue {
+                key: keys.reach_of(&node(2)),
+                value: report.encode(),
+                create_revision: 2,
+                mod_revision: 30,
+                lease: None,
+            };
+            map.apply(&keys, &WatchEvent::Put(kv)).unwrap();
+        };
+        unreachable(&mut map, "cannot connect: connection refused");
+        assert_eq!(
+            map.serving(None).excluded[&node(2)],
+            format!(
+                "{} cannot reach {}: cannot connect: connection refused",
+                node(2),
+                node(1)
+            )
+        );
+        // Nodes 1 and 2 joined at the same revision: the larger address is set aside.
+        let aside = plan(&node(2), &map, 1, |_| ShardState::Unowned);
+        assert!(aside.claim.is_empty(), "{:?}", aside.claim);
+        let kept = plan(&node(1), &map, 1, |_| ShardState::Unowned);
+        assert_eq!(
+            kept.claim.len(),
+            6,
+            "node 1 takes its own shard and every orphan"
+        );
+        // Quorum counts only the nodes that may serve: with two wanted, orphans stay put.
+        let short = plan(&node(1), &map, 2, |_| ShardState::Unowned);
+        assert_eq!(short.claim.len(), 6, "a node that died is still replaced");
+        let fresh = plan(&node(1), &ClusterMap::empty(2), 2, |_| ShardState::Unowned);
+        assert!(fresh.claim.is_empty());
     }
 
     fn plan_claims(me: &NodeAddr, map: &ClusterMap, quorum: usize) -> Vec<RecordWrite> {

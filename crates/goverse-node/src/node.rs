@@ -1417,14 +1417,15 @@ impl NodeBuilder {
             hurry: CancellationToken::new(),
             client_rules,
         });
+        let connector = self.connector.unwrap_or_else(|| {
+            Arc::new(goverse_transport::NetworkConnector::with_secret(
+                inner.config.peer_secret.as_deref().map(Into::into),
+            ))
+        });
         let router = Router::for_node(
             inner.membership.view().clone(),
             inner.config.shard_count,
-            self.connector.unwrap_or_else(|| {
-                Arc::new(goverse_transport::NetworkConnector::with_secret(
-                    inner.config.peer_secret.as_deref().map(Into::into),
-                ))
-            }),
+            connector.clone(),
             inner.address.clone(),
             Arc::new(crate::service::NodeHandler {
                 node: crate::service::HeldNode::Weak(Arc::downgrade(&inner)),
@@ -1451,6 +1452,12 @@ impl NodeBuilder {
                 .clone()
                 .react(hand_overs, inner.cancel.clone()),
         );
+        inner.tasks.spawn(crate::reach::check_peers(
+            inner.membership.clone(),
+            connector,
+            inner.config.peer_check_interval,
+            inner.cancel.clone(),
+        ));
         *inner.renewing.lock() = vec![renewing, reacting];
         {
             let node = inner.clone();

@@ -10,7 +10,9 @@ mod etcd;
 mod postgres;
 
 pub use etcd::EtcdServer;
-pub use postgres::{POSTGRES_PASSWORD, POSTGRES_USER, PostgresServer, free_port, is_root};
+pub use postgres::{
+    POSTGRES_PASSWORD, POSTGRES_USER, PostgresServer, free_port, free_ports_in_a_row, is_root,
+};
 
 /// Polls `cond` every 5 ms until it is true; panics naming the condition after `timeout`
 /// (default 10 s). Use inside an async test.

@@ -100,6 +100,20 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The first of `count` TCP ports in a row on 127.0.0.1, all free now, for a program that
+/// takes ports after a base one (a generated cluster configuration, a demo script). They come
+/// from below the kernel's range for outgoing connections (32768 and up), where no other test's
+/// client can take one of them before the program binds it.
+pub fn free_ports_in_a_row(count: u16) -> u16 {
+    (0..500)
+        .map(|_| 20_000 + fastrand::u16(0..12_000 - count))
+        .find(|&base| {
+            (base..base + count)
+                .all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        })
+        .unwrap_or_else(|| panic!("no {count} free ports in a row below 32000"))
+}
+
 impl PostgresServer {
     /// Creates a cluster in a temporary directory and starts a server on a free port. Panics,
     /// saying what is missing, when PostgreSQL is not installed.

@@ -23,7 +23,7 @@ mod server;
 mod wire;
 
 pub use handler::{Handler, Op, Outcome, PEER_PUSH_BACKLOG, PeerSink, PushRefused, Request};
-pub use link::{LinkEvents, NodeLink};
+pub use link::{LinkEvents, NodeLink, probe_node};
 pub use listen::{Acceptor, ConnectionLimits, Guarded, Throttle, with_drain_deadline};
 pub use router::{Connector, InProcessNetwork, NetworkConnector, Router};
 pub use server::{ServeError, serve, serve_with_limits, serve_with_secret};

@@ -45,6 +45,47 @@ pub trait LinkEvents: Send + Sync + 'static {
     }
 }
 
+/// Checks that the node at `address` answers as a peer would reach it: a new connection, and
+/// the node service's `Describe` presenting `secret`, all within `timeout`. The error says what
+/// failed (cannot connect and why, the node's refusal, or no answer in time).
+pub async fn probe_node(
+    address: &str,
+    secret: Option<&str>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let probe = async {
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| format!("bad node address {address:?}: {e}"))?
+            .tcp_nodelay(true)
+            .connect_timeout(timeout);
+        let channel = endpoint.connect().await.map_err(|e| {
+            // The innermost cause says it best ("Connection refused (os error 111)").
+            let mut cause: &dyn std::error::Error = &e;
+            while let Some(source) = cause.source() {
+                cause = source;
+            }
+            format!("cannot connect: {cause}")
+        })?;
+        let mut request = tonic::Request::new(DescribeRequest {});
+        if let Some(secret) = secret {
+            let value = secret
+                .parse()
+                .map_err(|_| "the cluster secret is not a valid header value".to_owned())?;
+            request
+                .metadata_mut()
+                .insert(crate::PEER_SECRET_HEADER, value);
+        }
+        NodeServiceClient::new(channel)
+            .describe(request)
+            .await
+            .map(|_| ())
+            .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
+    };
+    tokio::time::timeout(timeout, probe)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
+}
+
 /// How often a connection fails the calls whose node has not answered in time.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
 /// How long past its deadline a call waits for its node's answer: the node enforces the

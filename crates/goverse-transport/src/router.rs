@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use futures::future::BoxFuture;
 use goverse_cluster::{ClusterMap, MapView};
 use goverse_core::{
     CallError, ErrorCode, NodeAddr, ObjectId, ObjectIdKind, ShardId, fnv1a_32, kind_of, shard_of,
@@ -30,6 +31,14 @@ use crate::{Handler, LinkEvents, NodeLink, Outcome, Request};
 pub trait Connector: Send + Sync + 'static {
     /// The link to the node at `address`; the router runs it.
     fn connect(&self, address: &NodeAddr) -> Option<Arc<NodeLink>>;
+
+    /// Whether a new link to the node at `address` would come up within `timeout`; the error
+    /// says why not. Nodes check their peers with it before giving them shards.
+    fn probe(
+        &self,
+        address: &NodeAddr,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<(), String>>;
 }
 
 /// Links over the network, one long-lived batched stream per node, presenting the cluster's
@@ -52,6 +61,16 @@ impl Connector for NetworkConnector {
             address.to_string(),
             self.secret.clone(),
         ))
+    }
+
+    fn probe(
+        &self,
+        address: &NodeAddr,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        let address = address.to_string();
+        let secret = self.secret.clone();
+        Box::pin(async move { crate::probe_node(&address, secret.as_deref(), timeout).await })
     }
 }
 
@@ -91,6 +110,19 @@ impl Connector for InProcessNetwork {
     fn connect(&self, address: &NodeAddr) -> Option<Arc<NodeLink>> {
         let handler = self.handlers.read().get(address)?.clone();
         Some(NodeLink::local(handler, address.to_string()))
+    }
+
+    fn probe(
+        &self,
+        address: &NodeAddr,
+        _timeout: Duration,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        let found = self.handlers.read().contains_key(address);
+        Box::pin(std::future::ready(if found {
+            Ok(())
+        } else {
+            Err("not in this process's network".to_owned())
+        }))
     }
 }
 

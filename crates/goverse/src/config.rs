@@ -1,6 +1,7 @@
 //! The cluster configuration file: upstream's YAML (`version: 1`, `cluster`, `postgres`,
 //! `nodes`, `gates`, `object_access_rules`, `object_lifecycle_rules`) with this project's
-//! additions (`cluster.lease_ttl`, `cluster.min_quorum`, `cluster.save_interval`, `sqlite`).
+//! additions (`cluster.lease_ttl`, `cluster.min_quorum`, `cluster.save_interval`,
+//! `cluster.peer_check_interval`, `cluster.secret`, `sqlite`).
 //!
 //! Every field is applied; an unknown field, or a value that does not parse, is an error naming
 //! it and its line. Environment variables `GOVERSE_<SECTION>__<FIELD>` override fields after the
@@ -83,6 +84,10 @@ pub struct ClusterSection {
     /// Ours: nodes needed before shards are given out and placement runs (1).
     #[serde(default)]
     pub min_quorum: Option<usize>,
+    /// Ours: how often each node checks that it reaches every other node (1s); a node its
+    /// peers cannot reach gets no shards, and one found unreachable is drained.
+    #[serde(default, with = "opt_duration")]
+    pub peer_check_interval: Option<Duration>,
     /// Ours: how often changed persistent objects are saved (60s; `0s`: only on deactivation,
     /// hand-over and shutdown).
     #[serde(default, with = "opt_duration")]
@@ -390,6 +395,13 @@ impl ClusterFile {
                 ));
             }
         }
+        if let Some(interval) = c.peer_check_interval
+            && !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&interval)
+        {
+            return Err(format!(
+                "cluster.peer_check_interval: {interval:?} must be between 10ms and 60s"
+            ));
+        }
         if let Some(ttl) = c.lease_ttl {
             if ttl < Duration::from_millis(300) {
                 return Err(format!(
@@ -556,6 +568,9 @@ impl ClusterFile {
                 .stuck_shard_reallocation_timeout
                 .unwrap_or(defaults.stuck_shard_timeout),
             save_interval: c.save_interval.unwrap_or(defaults.save_interval),
+            peer_check_interval: c
+                .peer_check_interval
+                .unwrap_or(defaults.peer_check_interval),
             cluster_prefix: c.etcd.prefix.clone(),
             peer_secret: c.secret.clone(),
             auto_load: c
@@ -613,7 +628,7 @@ impl ClusterFile {
             "cluster:\n  shards: {}\n  provider: etcd\n  etcd:\n    endpoints:\n      - \
              \"{}\"\n    prefix: /goverse\n  cluster_state_stability_duration: 10s\n  \
              stuck_shard_reallocation_timeout: 1m\n  default_call_timeout: 30s\n  lease_ttl: 10s\n  \
-             min_quorum: 1\n  save_interval: 60s\n  # Peers authenticate with it; keep it out of version \
+             min_quorum: 1\n  save_interval: 60s\n  peer_check_interval: 1s\n  # Peers authenticate with it; keep it out of version \
              control (or set GOVERSE_CLUSTER__SECRET).\n  secret: {}\n\n",
             g.shards,
             g.etcd,

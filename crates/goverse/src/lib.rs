@@ -73,6 +73,7 @@ pub mod run;
 pub mod transport {
     pub use goverse_transport::{
         Connector, Handler, InProcessNetwork, LinkEvents, NetworkConnector, NodeLink, Router,
+        probe_node,
     };
 }
 /// Resolves when the process is asked to stop: Ctrl-C (SIGINT) or SIGTERM, the two ways a
@@ -117,9 +118,9 @@ pub mod cluster {
     pub use goverse_cluster::{
         CasOutcome, ClusterError, ClusterMap, ClusterStore, DEFAULT_PREFIX, EtcdClusterStore,
         EtcdConfig, Expect, KeyValue, Keys, LeaseId, MAX_TXN_OPS, MapView, MemoryClusterStore,
-        Move, MoveReason, Placement, PlacementConfig, ReadRecord, RecordWrite, Revision,
-        ShardRecord, Stability, TxnOp, TxnOutcome, TxnWrite, WatchEvent, WatchStream, claims,
-        preferred, releases, settle_shard_count,
+        Move, MoveReason, Placement, PlacementConfig, ReachReport, ReadRecord, RecordWrite,
+        Revision, Serving, ShardRecord, Stability, TxnOp, TxnOutcome, TxnWrite, WatchEvent,
+        WatchStream, claims, preferred, releases, serving_nodes, settle_shard_count,
     };
 }
 

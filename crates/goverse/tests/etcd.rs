@@ -238,6 +238,9 @@ async fn the_leader_balances_the_shards_and_a_lost_leader_is_replaced() {
     let etcd = EtcdServer::start();
     let store = connect(&etcd).await;
     let cluster: Arc<dyn ClusterStore> = Arc::new(store.clone());
+    // The nodes reach each other in-process: placement gives shards only to nodes their peers
+    // reach.
+    let network = goverse::transport::InProcessNetwork::new();
     let mut nodes = Vec::new();
     for port in [47031, 47032, 47033] {
         let node = Node::builder(NodeConfig {
@@ -245,9 +248,11 @@ async fn the_leader_balances_the_shards_and_a_lost_leader_is_replaced() {
             ..config(&format!("127.0.0.1:{port}"))
         })
         .cluster_store(cluster.clone())
+        .connector(network.clone())
         .start()
         .await
         .unwrap();
+        network.add(node.address(), node.handler());
         nodes.push(node);
     }
     // ±1 of 64 over three nodes, every record's owner its target, as etcd holds them.

@@ -21,15 +21,8 @@ fn bin_dir() -> PathBuf {
 fn run_cluster_starts_settles_and_passes_the_stress_client() {
     let bins = bin_dir();
     let dir = tempfile::tempdir().unwrap();
-    // Twenty ports in a row: etcd, three nodes, two gates and their HTTP ports. Taken below the
-    // kernel's range for outgoing connections (32768 and up), where the other tests' clients
-    // cannot take one of them between this check and the script's start; all twenty free now.
-    let base = (0..200)
-        .map(|_| 20_000 + fastrand::u16(0..12_000))
-        .find(|&base| {
-            (base..base + 20).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
-        })
-        .expect("twenty free ports in a row below 32000");
+    // Twenty ports in a row: etcd, three nodes, two gates and their HTTP ports.
+    let base = goverse_testkit::free_ports_in_a_row(20);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/run-cluster.sh");
     let out = Command::new("bash")
         .arg(script)
