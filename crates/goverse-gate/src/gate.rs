@@ -398,10 +398,13 @@ impl Gate {
         links.len() == nodes && links.iter().all(|l| l.is_connected())
     }
 
-    /// Waits until a link to a node is up, or `timeout` passes; returns whether it is up.
+    /// Waits until a link to a node is up and the node has described its types, or `timeout`
+    /// passes; returns whether that happened.
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
-        while !self.is_connected() {
+        // Linked, and the node's types known: an in-process link is up at once, and its node's
+        // description arrives from the link's task a moment later.
+        while !(self.is_connected() && self.inner.catalog.read().described().is_some()) {
             if tokio::time::Instant::now() >= deadline {
                 return false;
             }
