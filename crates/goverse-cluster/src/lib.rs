@@ -6,12 +6,18 @@
 //! shard ([`ShardRecord`]) that fences persisted writes. Every key lives under one prefix
 //! ([`Keys`], `/goverse` by default).
 //!
+//! The decisions over the map are pure and live here too: [`Placement`] (where shards should
+//! live), [`claims`] (which free shards a node takes), [`serving_nodes`] (which registered nodes
+//! may hold shards), [`plan`] (what one node does about the map) and [`Leader`] (when the leader
+//! places).
+//!
 //! Two implementations keep the same contract, checked by one conformance suite:
 //! [`MemoryClusterStore`] (the embedded default, on tokio time) and [`EtcdClusterStore`] (etcd
 //! 3.4+ over its v3 gRPC API, every configured endpoint used).
 
 mod claims;
 mod etcd;
+mod membership;
 mod memory;
 mod placement;
 mod reach;
@@ -23,6 +29,7 @@ mod conformance;
 
 pub use claims::{ReadRecord, RecordWrite, claims, preferred, releases};
 pub use etcd::{EtcdClusterStore, EtcdConfig};
+pub use membership::{Holding, Leader, LeaderConfig, NodePlan, plan};
 pub use memory::MemoryClusterStore;
 pub use placement::{Move, MoveReason, Placement, PlacementConfig};
 pub use reach::{ReachReport, Serving, serving_nodes};

@@ -6,17 +6,17 @@
 //! the claim is then recorded in the store, which keeps its own epoch per shard and may raise it
 //! further (past what an earlier run of the cluster reached); that store epoch is the fence
 //! every write carries, and the node serves a shard only once the store has it. Every change of
-//! a shard's state goes through the [`ShardDirectory`].
+//! a shard's state goes through the [`ShardDirectory`]. What to do about the map is decided by
+//! the pure [`plan`] and [`Leader`] of goverse-cluster; this module does their I/O.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use goverse_cluster::{
-    CasOutcome, ClusterError, ClusterMap, ClusterStore, Expect, Keys, LeaseId, MAX_TXN_OPS,
-    MapView, Placement, PlacementConfig, ReadRecord, RecordWrite, Revision, ShardRecord, Stability,
-    TxnOp, TxnOutcome, TxnWrite, claims,
+    CasOutcome, ClusterError, ClusterMap, ClusterStore, Expect, Holding, Keys, Leader,
+    LeaderConfig, LeaseId, MAX_TXN_OPS, MapView, NodePlan, ReadRecord, RecordWrite, Revision,
+    ShardRecord, TxnOp, TxnOutcome, TxnWrite, claims, plan,
 };
 use goverse_core::{NodeAddr, ShardId};
 use goverse_persistence::{Fence, ObjectStore};
@@ -69,89 +69,15 @@ pub(crate) struct Membership {
     serve_until_us: std::sync::atomic::AtomicU64,
 }
 
-/// What this node does about the map it sees (decided by [`plan`]).
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Plan {
-    /// Shards another live node serves now while this node still writes for them.
-    fence: Vec<ShardId>,
-    /// Shards served here that placement wants on another live node: drain and give up.
-    hand_over: Vec<ShardId>,
-    /// Records that still name this node as owner of a shard it no longer serves, while
-    /// placement wants the shard elsewhere: clear the owner so the target can claim it.
-    release: Vec<RecordWrite>,
-    /// Shards to take ([`claims`]).
-    claim: Vec<RecordWrite>,
-    /// Nobody leads: stand for leader.
-    campaign: bool,
-}
-
-/// Decides, from the map and this node's shard states, what this node does. Pure.
-///
-/// Without quorum, only shards that had a target (a node that died, or this one) are claimed:
-/// a cluster that is still starting waits for its nodes, a running one fails over at once.
-/// Quorum and claims count only the nodes that may hold shards ([`ClusterMap::serving`]): a
-/// registered node its peers cannot reach, or that has not been checked yet, takes nothing
-/// but what the leader gave it.
-fn plan(
-    me: &NodeAddr,
-    map: &ClusterMap,
-    min_quorum: usize,
-    state: impl Fn(ShardId) -> ShardState,
-) -> Plan {
-    let mut live = map.nodes.clone();
-    live.insert(me.clone());
-    let serving = map.serving(Some(me)).nodes;
-    let quorum = serving.len() >= min_quorum;
-    let live_other = |n: &Option<NodeAddr>| n.as_ref().is_some_and(|n| n != me && live.contains(n));
-    let mut plan = Plan {
-        campaign: map.leader.is_none(),
-        ..Plan::default()
-    };
-    for read in &map.shards {
-        let Some((record, revision)) = &read.record else {
-            continue;
-        };
-        let here = state(read.shard);
-        let mine = record.current.as_ref() == Some(me);
-        // Served (or, fenced, still holding activations) here while another live node has it.
-        if live_other(&record.current)
-            && matches!(
-                here,
-                ShardState::Owned { .. } | ShardState::Draining { .. } | ShardState::Fenced
-            )
-        {
-            plan.fence.push(read.shard);
-        }
-        if mine && live_other(&record.target) {
-            match here {
-                ShardState::Owned { .. } => plan.hand_over.push(read.shard),
-                ShardState::Unowned | ShardState::Fenced => plan.release.push(RecordWrite {
-                    expect: Expect::ModRevision(*revision),
-                    record: ShardRecord {
-                        current: None,
-                        ..record.clone()
-                    },
-                }),
-                ShardState::Incoming | ShardState::Draining { .. } => {}
-            }
-        }
+/// What this node holds of `state`'s shard, for the pure decisions of [`plan`].
+fn holding(state: ShardState) -> Holding {
+    match state {
+        ShardState::Unowned => Holding::Nothing,
+        ShardState::Incoming => Holding::Claiming,
+        ShardState::Owned { .. } => Holding::Serving,
+        ShardState::Draining { .. } => Holding::Draining,
+        ShardState::Fenced => Holding::Fenced,
     }
-    plan.claim = claims(me, &live, &serving, &map.shards)
-        .into_iter()
-        .filter(|w| {
-            matches!(
-                state(w.record.shard),
-                ShardState::Unowned | ShardState::Fenced
-            )
-        })
-        .filter(|w| {
-            quorum
-                || map
-                    .record(w.record.shard)
-                    .is_some_and(|r| r.target.is_some())
-        })
-        .collect();
-    plan
 }
 
 impl Membership {
@@ -271,10 +197,10 @@ impl Membership {
     }
 
     /// What to do about the map as the view holds it now.
-    fn plan(&self) -> Plan {
+    fn plan(&self) -> NodePlan {
         let map = self.view.borrow();
         plan(&self.address, &map, self.settings.min_quorum, |s| {
-            self.directory.state(s)
+            holding(self.directory.state(s))
         })
     }
 
@@ -484,12 +410,18 @@ impl Membership {
         cancel: CancellationToken,
     ) {
         let mut changes = self.view.subscribe();
-        let mut leader = Leader::new(&self.settings);
+        let mut leader = Leader::new(LeaderConfig {
+            stability_window: self.settings.stability_window,
+            min_quorum: self.settings.min_quorum,
+            stuck_timeout: self.settings.stuck_timeout,
+        });
         let origin = tokio::time::Instant::now();
         // A first pass at once: the map changed while the node was joining.
         self.wake();
         loop {
-            let tick = leader.next_tick(origin);
+            let tick = leader
+                .next_tick(origin.elapsed())
+                .map(|after| origin + after);
             tokio::select! {
                 () = cancel.cancelled() => return,
                 changed = changes.changed() => if changed.is_err() { return },
@@ -641,122 +573,6 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// The leader's side of the reactor: placement stepped over the map once the cluster is
-/// stable, and never again before the map shows the targets it wrote last.
-#[derive(Debug)]
-struct Leader {
-    placement: Placement,
-    stability: Stability,
-    window: Duration,
-    min_quorum: usize,
-    leading: bool,
-    /// The revision of the last targets written; placement waits until the map has it.
-    written: Revision,
-    tick: Duration,
-    /// Registered nodes set aside as last seen, with why (logged when it changes).
-    excluded: BTreeMap<NodeAddr, String>,
-}
-
-impl Leader {
-    fn new(settings: &ClusterSettings) -> Self {
-        Self {
-            placement: Placement::new(PlacementConfig {
-                stuck_timeout: settings.stuck_timeout,
-                ..PlacementConfig::default()
-            }),
-            stability: Stability::new(settings.stability_window, settings.min_quorum),
-            window: settings.stability_window,
-            min_quorum: settings.min_quorum,
-            leading: false,
-            written: 0,
-            excluded: BTreeMap::new(),
-            // Often enough to act soon after the window ends and to notice stuck shards.
-            tick: (settings.stability_window / 4)
-                .clamp(Duration::from_millis(10), Duration::from_secs(1)),
-        }
-    }
-
-    /// When the reactor looks again without a change: only while leading.
-    fn next_tick(&self, origin: tokio::time::Instant) -> Option<tokio::time::Instant> {
-        self.leading.then(|| {
-            let now = tokio::time::Instant::now();
-            let stable_at = origin + self.stability.stable_at();
-            if stable_at > now {
-                stable_at.min(now + self.tick)
-            } else {
-                now + self.tick
-            }
-        })
-    }
-
-    /// The target changes to write now, as compare-and-set writes of the records read.
-    fn step(&mut self, now: Duration, leading: bool, map: &ClusterMap) -> Vec<RecordWrite> {
-        if !leading {
-            if self.leading {
-                tracing::info!("no longer leading");
-            }
-            self.leading = false;
-            return Vec::new();
-        }
-        if !self.leading {
-            // A new term: the window starts now, whatever an earlier term saw.
-            self.stability = Stability::new(self.window, self.min_quorum);
-            self.leading = true;
-        }
-        // Placement sees only the nodes that may hold shards: one its peers cannot reach is
-        // drained like one that died, and a node that joined waits until it has been checked.
-        let serving = map.serving(None);
-        self.stability.observe(now, &serving.nodes);
-        if serving.excluded != self.excluded {
-            for (node, why) in &serving.excluded {
-                if self.excluded.contains_key(node) {
-                    continue;
-                }
-                // A node that joined waits for its checks as a matter of course.
-                if why.contains(" cannot reach ") {
-                    tracing::warn!(%node, cause = %why, "node set aside: no shards go to it");
-                } else {
-                    tracing::info!(%node, cause = %why, "node set aside until its peers check it");
-                }
-            }
-            for node in self.excluded.keys() {
-                if !serving.excluded.contains_key(node) && map.nodes.contains(node) {
-                    tracing::info!(%node, "node reached by its peers again: it may hold shards");
-                }
-            }
-            self.excluded = serving.excluded;
-        }
-        if !self.stability.is_stable(now) || map.revision < self.written {
-            return Vec::new();
-        }
-        let records = map.records();
-        let moves = self
-            .placement
-            .step(now, &serving.nodes, &records, &BTreeMap::new());
-        moves
-            .into_iter()
-            .map(|m| {
-                let read = &map.shards[m.shard.0 as usize];
-                let (expect, record) = match &read.record {
-                    Some((record, revision)) => (Expect::ModRevision(*revision), record.clone()),
-                    None => (Expect::Absent, records[m.shard.0 as usize].clone()),
-                };
-                RecordWrite {
-                    expect,
-                    record: ShardRecord {
-                        target: Some(m.to),
-                        ..record
-                    },
-                }
-            })
-            .collect()
-    }
-
-    fn written(&mut self, revision: Revision) {
-        self.written = self.written.max(revision);
-    }
-}
-
 #[cfg(test)]
 mod window_tests {
     use super::*;
@@ -775,167 +591,5 @@ mod window_tests {
                 "{ttl:?}"
             );
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use goverse_cluster::{KeyValue, WatchEvent};
-
-    use super::*;
-
-    fn node(n: u16) -> NodeAddr {
-        NodeAddr::new(format!("127.0.0.1:{}", 47000 + n))
-    }
-
-    /// A map of six shards with the given (target, current) and nodes 1 and 2 registered.
-    fn map(records: &[(Option<u16>, Option<u16>)]) -> ClusterMap {
-        let keys = Keys::default();
-        let mut map = ClusterMap::empty(records.len() as u32);
-        for n in [1, 2] {
-            let kv = KeyValue {
-                key: keys.node(&node(n)),
-                value: Vec::new(),
-                create_revision: 1,
-                mod_revision: 1,
-                lease: None,
-            };
-            map.apply(&keys, &WatchEvent::Put(kv)).unwrap();
-            // Nodes 1 and 2 reach each other.
-            let report = goverse_cluster::ReachReport {
-                up: [node(3 - n)].into(),
-                ..Default::default()
-            };
-            let kv = KeyValue {
-                key: keys.reach_of(&node(n)),
-                value: report.encode(),
-                create_revision: 2,
-                mod_revision: 2,
-                lease: None,
-            };
-            map.apply(&keys, &WatchEvent::Put(kv)).unwrap();
-        }
-        for (i, (target, current)) in records.iter().enumerate() {
-            let record = ShardRecord {
-                shard: ShardId(i as u32),
-                target: target.map(node),
-                current: current.map(node),
-                epoch: 3,
-            };
-            let kv = KeyValue {
-                key: keys.shard(ShardId(i as u32)),
-                value: record.encode(),
-                create_revision: 10 + i as i64,
-                mod_revision: 10 + i as i64,
-                lease: None,
-            };
-            map.apply(&keys, &WatchEvent::Put(kv)).unwrap();
-        }
-        map
-    }
-
-    #[test]
-    fn the_plan_follows_the_map() {
-        let me = node(1);
-        let map = map(&[
-            (Some(1), Some(1)), // 0: mine, served here: nothing
-            (Some(2), Some(1)), // 1: moved to node 2 while served here: hand over
-            (Some(2), Some(1)), // 2: moved to node 2, no longer served here: release
-            (Some(2), Some(2)), // 3: node 2 serves it, but this node still writes: fence
-            (Some(1), None),    // 4: targeted here, nobody serves it: claim
-            (Some(9), Some(9)), // 5: its node is gone: claimed by its preferred node
-        ]);
-        let states = |s: ShardId| match s.0 {
-            0 | 1 => ShardState::Owned { epoch: 3 },
-            3 => ShardState::Draining { epoch: 3 },
-            _ => ShardState::Unowned,
-        };
-        let plan = plan(&me, &map, 1, states);
-        assert_eq!(plan.fence, [ShardId(3)]);
-        assert_eq!(plan.hand_over, [ShardId(1)]);
-        assert_eq!(plan.release.len(), 1);
-        assert_eq!(plan.release[0].record.shard, ShardId(2));
-        assert_eq!(plan.release[0].record.current, None);
-        assert_eq!(plan.release[0].record.target, Some(node(2)));
-        assert_eq!(plan.release[0].expect, Expect::ModRevision(12));
-        let mut live = map.nodes.clone();
-        live.insert(me.clone());
-        let mut claimed: Vec<u32> = vec![4];
-        if goverse_cluster::preferred(ShardId(5), &live, &me) == &me {
-            claimed.push(5);
-        }
-        let got: Vec<u32> = plan.claim.iter().map(|w| w.record.shard.0).collect();
-        assert_eq!(got, claimed);
-        assert!(plan.campaign, "nobody leads");
-
-        // Without the quorum, shards nobody was ever given stay where they are; shards of a
-        // node that died are still taken.
-        let fresh = ClusterMap::empty(4);
-        assert!(plan_claims(&me, &fresh, 3).is_empty());
-        assert_eq!(plan_claims(&me, &fresh, 1).len(), 4);
-        let orphaned = map_with_gone_target();
-        assert_eq!(plan_claims(&me, &orphaned, 3).len(), 1);
-    }
-
-    #[test]
-    fn a_node_its_peers_have_not_reached_claims_only_what_it_was_given() {
-        let keys = Keys::default();
-        // Shard 0 targeted at node 1 and unserved; shards 1..6 orphaned by a node that died.
-        let mut map = map(&[
-            (Some(1), None),
-            (Some(9), Some(9)),
-            (Some(9), Some(9)),
-            (Some(9), Some(9)),
-            (Some(9), Some(9)),
-            (Some(9), Some(9)),
-        ]);
-        let unreachable = |map: &mut ClusterMap, cause: &str| {
-            let report = goverse_cluster::ReachReport {
-                down: [(node(1), cause.to_owned())].into(),
-                ..Default::default()
-            };
-            let kv = KeyValue {
-                key: keys.reach_of(&node(2)),
-                value: report.encode(),
-                create_revision: 2,
-                mod_revision: 30,
-                lease: None,
-            };
-            map.apply(&keys, &WatchEvent::Put(kv)).unwrap();
-        };
-        unreachable(&mut map, "cannot connect: connection refused");
-        assert_eq!(
-            map.serving(None).excluded[&node(2)],
-            format!(
-                "{} cannot reach {}: cannot connect: connection refused",
-                node(2),
-                node(1)
-            )
-        );
-        // Nodes 1 and 2 joined at the same revision: the larger address is set aside.
-        let aside = plan(&node(2), &map, 1, |_| ShardState::Unowned);
-        assert!(aside.claim.is_empty(), "{:?}", aside.claim);
-        let kept = plan(&node(1), &map, 1, |_| ShardState::Unowned);
-        assert_eq!(
-            kept.claim.len(),
-            6,
-            "node 1 takes its own shard and every orphan"
-        );
-        // Quorum counts only the nodes that may serve: with two wanted, orphans stay put.
-        let short = plan(&node(1), &map, 2, |_| ShardState::Unowned);
-        assert_eq!(short.claim.len(), 6, "a node that died is still replaced");
-        let fresh = plan(&node(1), &ClusterMap::empty(2), 2, |_| ShardState::Unowned);
-        assert!(fresh.claim.is_empty());
-    }
-
-    fn plan_claims(me: &NodeAddr, map: &ClusterMap, quorum: usize) -> Vec<RecordWrite> {
-        plan(me, map, quorum, |_| ShardState::Unowned).claim
-    }
-
-    fn map_with_gone_target() -> ClusterMap {
-        // Shard 0 was node 9's, which is gone; node 1 is its only candidate.
-        let mut map = map(&[(Some(9), Some(9))]);
-        map.nodes.remove(&node(2));
-        map
     }
 }
