@@ -16,6 +16,11 @@ pub use postgres::{
 
 /// Polls `cond` every 5 ms until it is true; panics naming the condition after `timeout`
 /// (default 10 s). Use inside an async test.
+///
+/// Time is tokio's: on paused time (`#[tokio::test(start_paused = true)]`) the polls and the
+/// timeout advance with the test's clock, so a condition that only tokio-driven work can make
+/// true is waited for without real waiting. A test that waits on something paused time cannot
+/// move (a real process, a real database) runs on real time.
 #[macro_export]
 macro_rules! assert_eventually {
     ($cond:expr) => {
@@ -23,12 +28,12 @@ macro_rules! assert_eventually {
     };
     ($cond:expr, $timeout:expr) => {{
         let timeout: ::std::time::Duration = $timeout;
-        let deadline = ::std::time::Instant::now() + timeout;
+        let deadline = $crate::__now() + timeout;
         loop {
             if $cond {
                 break;
             }
-            if ::std::time::Instant::now() > deadline {
+            if $crate::__now() > deadline {
                 panic!(
                     "condition not met within {:?}: {}",
                     timeout,
@@ -43,6 +48,11 @@ macro_rules! assert_eventually {
 #[doc(hidden)]
 pub async fn __sleep(duration: std::time::Duration) {
     tokio::time::sleep(duration).await;
+}
+
+#[doc(hidden)]
+pub fn __now() -> tokio::time::Instant {
+    tokio::time::Instant::now()
 }
 
 /// A child process driven through its standard streams, for end-to-end tests that start nodes,
