@@ -3,7 +3,8 @@ use std::sync::Arc;
 
 /// The one vocabulary of failure, shared by the runtime, the gate and clients.
 ///
-/// Each code maps to exactly one gRPC status and one HTTP status, here and nowhere else.
+/// Each code maps to exactly one gRPC status, one HTTP status and one HTTP error name, here and
+/// nowhere else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorCode {
@@ -101,6 +102,25 @@ impl ErrorCode {
             Self::Unknown | Self::Internal | Self::DataLoss => 500,
             Self::Unavailable => 503,
             Self::DeadlineExceeded => 504,
+        }
+    }
+
+    /// The `code` of an HTTP error body, in upstream's vocabulary (`NOT_FOUND`,
+    /// `ACCESS_DENIED`, `CALL_FAILED`, ...), so upstream's HTTP clients read our errors.
+    pub const fn http_name(self) -> &'static str {
+        match self {
+            Self::NotFound => "NOT_FOUND",
+            Self::InvalidArgument => "INVALID_ARGUMENT",
+            Self::AlreadyExists => "ALREADY_EXISTS",
+            Self::Unavailable => "UNAVAILABLE",
+            Self::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            Self::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            Self::PermissionDenied => "ACCESS_DENIED",
+            Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::Reentrancy => "REENTRANCY",
+            Self::Unknown => "CALL_FAILED",
+            Self::Internal => "INTERNAL",
+            Self::DataLoss => "DATA_LOSS",
         }
     }
 
@@ -287,6 +307,12 @@ mod tests {
         assert_eq!(ErrorCode::NotFound.grpc_code(), 5);
         assert_eq!(ErrorCode::Unavailable.http_status(), 503);
         assert_eq!(ErrorCode::DeadlineExceeded.http_status(), 504);
+        // Upstream's HTTP names: one per code, and the two upstream spells its own way.
+        let names: std::collections::BTreeSet<_> =
+            ErrorCode::ALL.iter().map(|c| c.http_name()).collect();
+        assert_eq!(names.len(), ErrorCode::ALL.len());
+        assert_eq!(ErrorCode::PermissionDenied.http_name(), "ACCESS_DENIED");
+        assert_eq!(ErrorCode::Unknown.http_name(), "CALL_FAILED");
     }
 
     #[test]

@@ -52,10 +52,23 @@ pub(crate) struct HttpError {
 }
 
 impl HttpError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// An error of `code`'s HTTP status, named `name` in the body: a refinement of the code's
+    /// own name that upstream's HTTP front end uses for malformed requests (`INVALID_BASE64`,
+    /// `INVALID_PATH`, ...).
+    fn of(code: ErrorCode, name: &'static str, message: impl Into<String>) -> Self {
+        Self::with_status(
+            StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            name,
+            message,
+        )
+    }
+
+    /// An error of an HTTP status no [`ErrorCode`] has (405, 413): the request never became a
+    /// call.
+    fn with_status(status: StatusCode, name: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
-            code,
+            code: name,
             message: message.into(),
             reliable: None,
         }
@@ -69,34 +82,9 @@ impl HttpError {
     }
 }
 
-/// The `code` string of an error response for `code`.
-pub fn http_code_name(code: ErrorCode) -> &'static str {
-    match code {
-        ErrorCode::NotFound => "NOT_FOUND",
-        ErrorCode::InvalidArgument => "INVALID_ARGUMENT",
-        ErrorCode::AlreadyExists => "ALREADY_EXISTS",
-        ErrorCode::Unavailable => "UNAVAILABLE",
-        ErrorCode::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        ErrorCode::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        ErrorCode::PermissionDenied => "ACCESS_DENIED",
-        ErrorCode::Unauthenticated => "UNAUTHENTICATED",
-        ErrorCode::Reentrancy => "REENTRANCY",
-        ErrorCode::Unknown => "CALL_FAILED",
-        ErrorCode::Internal => "INTERNAL",
-        ErrorCode::DataLoss => "DATA_LOSS",
-        _ => "CALL_FAILED",
-    }
-}
-
 impl From<CallError> for HttpError {
     fn from(err: CallError) -> Self {
-        Self {
-            status: StatusCode::from_u16(err.code().http_status())
-                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            code: http_code_name(err.code()),
-            message: err.message().to_owned(),
-            reliable: None,
-        }
+        Self::of(err.code(), err.code().http_name(), err.message())
     }
 }
 
@@ -119,8 +107,8 @@ impl IntoResponse for HttpError {
 
 impl From<PathRejection> for HttpError {
     fn from(rejection: PathRejection) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
+        Self::of(
+            ErrorCode::InvalidArgument,
             "INVALID_PATH",
             format!("invalid path: {}", rejection.body_text()),
         )
@@ -272,8 +260,8 @@ async fn preflight() -> StatusCode {
 }
 
 async fn not_found(method: Method, uri: axum::http::Uri) -> HttpError {
-    HttpError::new(
-        StatusCode::NOT_FOUND,
+    HttpError::of(
+        ErrorCode::NotFound,
         "INVALID_PATH",
         format!(
             "no route for {method} {}; object routes are /api/v1/objects/call/{{type}}/{{id}}/{{method}}, \
@@ -284,7 +272,7 @@ async fn not_found(method: Method, uri: axum::http::Uri) -> HttpError {
 }
 
 async fn method_not_allowed(method: Method) -> HttpError {
-    HttpError::new(
+    HttpError::with_status(
         StatusCode::METHOD_NOT_ALLOWED,
         "METHOD_NOT_ALLOWED",
         format!("method {method} is not allowed here"),
@@ -294,11 +282,7 @@ async fn method_not_allowed(method: Method) -> HttpError {
 async fn ready_handler(State(gate): State<Arc<GateInner>>) -> HttpResult {
     let gate = Gate { inner: gate };
     if let Err(why) = gate.readiness() {
-        return Err(HttpError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "NOT_READY",
-            why,
-        ));
+        return Err(HttpError::of(ErrorCode::Unavailable, "NOT_READY", why));
     }
     Ok(axum::Json(json!({"status": "ready"})).into_response())
 }
@@ -316,14 +300,14 @@ async fn read_body(gate: &GateInner, body: Body) -> Result<axum::body::Bytes, Ht
         // axum reports the limit as an error whose text names it; nothing else is exposed.
         let too_large = err.to_string().contains("length limit");
         if too_large {
-            HttpError::new(
+            HttpError::with_status(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "PAYLOAD_TOO_LARGE",
                 format!("request body is larger than the limit of {limit} bytes"),
             )
         } else {
-            HttpError::new(
-                StatusCode::BAD_REQUEST,
+            HttpError::of(
+                ErrorCode::InvalidArgument,
                 "INVALID_BODY",
                 format!("cannot read the request body: {err}"),
             )
@@ -343,15 +327,15 @@ async fn http_identity(
         return Ok(gate.anonymous(headers, remote).await?);
     };
     let client_id = client_id.to_str().map_err(|_| {
-        HttpError::new(
-            StatusCode::BAD_REQUEST,
+        HttpError::of(
+            ErrorCode::InvalidArgument,
             "INVALID_PARAMETERS",
             "X-Client-ID is not text",
         )
     })?;
     let entry = gate.clients.get(client_id).ok_or_else(|| {
-        HttpError::new(
-            StatusCode::NOT_FOUND,
+        HttpError::of(
+            ErrorCode::NotFound,
             "CLIENT_NOT_FOUND",
             format!(
                 "client {:?} is not registered at this gate",
@@ -371,8 +355,8 @@ async fn http_identity(
         Some(token) if entry.binding == Binding::Sse && constant_time_eq(&token, &entry.token) => {
             Ok(entry.identity.clone())
         }
-        _ => Err(HttpError::new(
-            StatusCode::UNAUTHORIZED,
+        _ => Err(HttpError::of(
+            ErrorCode::Unauthenticated,
             "UNAUTHENTICATED",
             format!(
                 "acting as client {:?} needs its token (the X-Client-Token header or the \
@@ -428,16 +412,16 @@ fn parse_envelope(body: &[u8]) -> Option<Result<(prost_types::Any, Option<String
         BASE64
             .decode(encoded.as_bytes())
             .map_err(|e| {
-                HttpError::new(
-                    StatusCode::BAD_REQUEST,
+                HttpError::of(
+                    ErrorCode::InvalidArgument,
                     "INVALID_BASE64",
                     format!("request is not valid base64: {e}"),
                 )
             })
             .and_then(|bytes| {
                 prost_types::Any::decode(bytes.as_slice()).map_err(|e| {
-                    HttpError::new(
-                        StatusCode::BAD_REQUEST,
+                    HttpError::of(
+                        ErrorCode::InvalidArgument,
                         "INVALID_PROTOBUF",
                         format!("request is not an encoded google.protobuf.Any: {e}"),
                     )
@@ -454,8 +438,8 @@ fn reliable_call_id(
 ) -> Result<Option<String>, HttpError> {
     match headers.get(IDEMPOTENCY_KEY_HEADER) {
         Some(value) => value.to_str().map(|v| Some(v.to_owned())).map_err(|_| {
-            HttpError::new(
-                StatusCode::BAD_REQUEST,
+            HttpError::of(
+                ErrorCode::InvalidArgument,
                 "INVALID_PARAMETERS",
                 "Idempotency-Key is not text",
             )

@@ -36,6 +36,5 @@ pub use gate::{Gate, GateConfig, GateError, GateStats};
 pub use grpc::status_of;
 pub use http::{
     CLIENT_ID_HEADER, CLIENT_TOKEN_HEADER, IDEMPOTENCY_KEY_HEADER, RELIABLE_STATUS_HEADER,
-    http_code_name,
 };
 pub use serve::GateServeError;
