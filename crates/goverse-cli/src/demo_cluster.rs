@@ -161,22 +161,20 @@ pub(crate) async fn run(nodes: usize, data_dir: Option<PathBuf>) -> anyhow::Resu
     }
 
     // One configuration for every process: the generated one on this etcd and free ports.
-    let mut text = ClusterFile::generate(nodes, 1, goverse::DEFAULT_SHARD_COUNT)
-        .replace("127.0.0.1:2379", &format!("127.0.0.1:{client}"))
-        .replace(
-            "path: objects.db",
-            &format!("path: {}", dir.join("objects.db").display()),
-        );
-    for n in 0..nodes {
-        text = text.replace(
-            &format!("127.0.0.1:{}\"", 47001 + n),
-            &format!("127.0.0.1:{}\"", free_port()?),
-        );
+    let mut file = ClusterFile::generated(&goverse::config::Generate {
+        nodes,
+        gates: 1,
+        etcd: format!("127.0.0.1:{client}"),
+        sqlite_path: dir.join("objects.db").display().to_string(),
+        ..goverse::config::Generate::default()
+    });
+    for node in &mut file.nodes {
+        node.grpc_addr = format!("127.0.0.1:{}", free_port()?);
     }
     let (grpc, http) = (free_port()?, free_port()?);
-    text = text
-        .replace("127.0.0.1:49001\"", &format!("127.0.0.1:{grpc}\""))
-        .replace("127.0.0.1:8081\"", &format!("127.0.0.1:{http}\""));
+    file.gates[0].grpc_addr = format!("127.0.0.1:{grpc}");
+    file.gates[0].http_addr = Some(format!("127.0.0.1:{http}"));
+    let text = file.to_yaml();
     let config = temp.path().join("cluster.yaml");
     std::fs::write(&config, text)?;
     ClusterFile::load(&config)?;

@@ -180,26 +180,30 @@ async fn a_cluster_from_one_file_survives_kill_restart_and_pause_without_losing_
         "config", "gen", "--nodes", "3", "--gates", "2", "--shards", "64",
     ]);
     assert!(out.status.success());
-    let mut text = String::from_utf8(out.stdout).unwrap();
-    text = text
-        .replace("127.0.0.1:2379", &etcd.endpoint())
-        .replace(
-            "cluster_state_stability_duration: 10s",
-            "cluster_state_stability_duration: 1s",
-        )
-        .replace("lease_ttl: 10s", "lease_ttl: 2s")
-        .replace(
-            "sqlite:\n  path: \"objects.db\"\n",
-            &format!(
-                "postgres:\n  host: 127.0.0.1\n  port: {}\n  user: {POSTGRES_USER}\n  password: \
-                 {POSTGRES_PASSWORD}\n  database: cluster\n  sslmode: disable\n  \
-                 statement_timeout: 2s\n",
-                postgres.port()
-            ),
-        );
-    for port in ["47001", "47002", "47003", "49001", "49002", "8081", "8082"] {
-        text = text.replace(&format!(":{port}\""), &format!(":{}\"", free_port()));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut file = goverse::config::ClusterFile::parse(&text, "generated", &[]).unwrap();
+    file.cluster.etcd.endpoints = vec![etcd.endpoint()];
+    file.cluster.cluster_state_stability_duration = Some(Duration::from_secs(1));
+    file.cluster.lease_ttl = Some(LEASE_TTL);
+    file.sqlite = None;
+    file.postgres = Some(goverse::config::PostgresSection {
+        host: "127.0.0.1".to_owned(),
+        port: postgres.port(),
+        user: POSTGRES_USER.to_owned(),
+        password: POSTGRES_PASSWORD.to_owned(),
+        database: "cluster".to_owned(),
+        sslmode: "disable".to_owned(),
+        pool_size: None,
+        statement_timeout: Some(Duration::from_secs(2)),
+    });
+    for node in &mut file.nodes {
+        node.grpc_addr = format!("127.0.0.1:{}", free_port());
     }
+    for gate in &mut file.gates {
+        gate.grpc_addr = format!("127.0.0.1:{}", free_port());
+        gate.http_addr = Some(format!("127.0.0.1:{}", free_port()));
+    }
+    let text = file.to_yaml();
     std::fs::write(&config, &text).unwrap();
     let out = goverse(&["config", "check", &config_str]);
     assert!(
@@ -487,14 +491,10 @@ fn stalled_client(addr: &str, bytes: &[u8]) -> std::net::TcpStream {
 async fn sigterm_saves_first_and_is_not_held_up_by_stalled_clients() {
     let etcd = EtcdServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let config_str = generated_config(dir.path(), &etcd, "1", "1", "16");
-    let config = std::path::PathBuf::from(&config_str);
+    let mut file = generated(dir.path(), &etcd, "1", "1", "16");
     // Only the saves at shutdown keep the counter.
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("save_interval: 60s", "save_interval: 0s");
-    std::fs::write(&config, text).unwrap();
-    let file = goverse::config::ClusterFile::load(&config).unwrap();
+    file.cluster.save_interval = Some(Duration::ZERO);
+    let config_str = write_config(dir.path(), "cluster.yaml", &file);
     let node_addr = file.nodes[0].grpc_addr.clone();
     let gate_grpc = file.gates[0].grpc_addr.clone();
     let gate_http = file.gates[0].http_addr.clone().unwrap();
@@ -572,17 +572,16 @@ async fn sigterm_saves_first_and_is_not_held_up_by_stalled_clients() {
     assert_eq!(node.wait_exit(Duration::from_secs(15)), Some(0));
 }
 
-/// Writes a generated configuration of `nodes` nodes and `gates` gates on `etcd` with `shards`
-/// shards and free ports to `dir/cluster.yaml`; its path.
-fn generated_config(
+/// A generated configuration of `nodes` nodes and `gates` gates (`goverse config gen`, as a user
+/// runs it) on `etcd` with `shards` shards, free ports, one SQLite file in `dir`, and short
+/// timings.
+fn generated(
     dir: &std::path::Path,
     etcd: &EtcdServer,
     nodes: &str,
     gates: &str,
     shards: &str,
-) -> String {
-    let config = dir.join("cluster.yaml");
-    let config_str = config.to_str().unwrap().to_owned();
+) -> goverse::config::ClusterFile {
     let db = dir.join("objects.db");
     let base = free_ports_in_a_row(16);
     let out = goverse(&[
@@ -606,23 +605,39 @@ fn generated_config(
         &(base + 8).to_string(),
         "--http-port",
         &(base + 12).to_string(),
-        "-o",
-        &config_str,
     ]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("lease_ttl: 10s", "lease_ttl: 2s")
-        .replace(
-            "cluster_state_stability_duration: 10s",
-            "cluster_state_stability_duration: 1s",
-        );
-    std::fs::write(&config, text).unwrap();
-    config_str
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut file = goverse::config::ClusterFile::parse(&text, "generated", &[]).unwrap();
+    file.cluster.lease_ttl = Some(LEASE_TTL);
+    file.cluster.cluster_state_stability_duration = Some(Duration::from_secs(1));
+    file
+}
+
+/// Writes `file` to `dir/{name}`; its path.
+fn write_config(dir: &std::path::Path, name: &str, file: &goverse::config::ClusterFile) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, file.to_yaml()).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// [`generated`], written to `dir/cluster.yaml`; its path.
+fn generated_config(
+    dir: &std::path::Path,
+    etcd: &EtcdServer,
+    nodes: &str,
+    gates: &str,
+    shards: &str,
+) -> String {
+    write_config(
+        dir,
+        "cluster.yaml",
+        &generated(dir, etcd, nodes, gates, shards),
+    )
 }
 
 /// The cluster's shard count is recorded when it forms: a node or gate configured with another
@@ -846,42 +861,16 @@ async fn shard_records(
 async fn nodes_their_peers_cannot_reach_get_no_shards_and_one_cut_off_is_drained() {
     let etcd = EtcdServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let config = generated_config(dir.path(), &etcd, "4", "1", "64");
+    let mut file = generated(dir.path(), &etcd, "4", "1", "64");
     // node-3 advertises a port of this test's forwarder, which is not listening yet.
-    let text = std::fs::read_to_string(&config).unwrap();
-    let node3_port = text
-        .split("id: node-3\n    grpc_addr: \"127.0.0.1:")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("node-3's port")
-        .to_owned();
     let front = format!("127.0.0.1:{}", free_port());
-    let text = text.replace(
-        &format!("id: node-3\n    grpc_addr: \"127.0.0.1:{node3_port}\"\n"),
-        &format!(
-            "id: node-3\n    grpc_addr: \"127.0.0.1:{node3_port}\"\n    advertise_addr: \"{front}\"\n"
-        ),
-    );
-    assert!(text.contains(&front));
-    std::fs::write(&config, &text).unwrap();
+    let node3_addr = file.nodes[2].grpc_addr.clone();
+    file.nodes[2].advertise_addr = Some(front.clone());
+    let config = write_config(dir.path(), "cluster.yaml", &file);
     // node-4 runs with another secret than the rest of the cluster.
-    let wrong = dir.path().join("wrong-secret.yaml");
-    let secret_line = text
-        .lines()
-        .find(|l| l.trim_start().starts_with("secret:"))
-        .unwrap();
-    std::fs::write(
-        &wrong,
-        text.replace(secret_line, "  secret: not-the-cluster-secret-at-all"),
-    )
-    .unwrap();
-    let wrong = wrong.to_str().unwrap().to_owned();
-    let node4 = goverse::config::ClusterFile::load(std::path::Path::new(&wrong))
-        .unwrap()
-        .node("node-4")
-        .unwrap()
-        .advertise()
-        .to_owned();
+    file.cluster.secret = Some("not-the-cluster-secret-at-all".to_owned());
+    let wrong = write_config(dir.path(), "wrong-secret.yaml", &file);
+    let node4 = file.nodes[3].advertise().to_owned();
 
     let start = |file: &str, id: &str| {
         let mut node = Process::start(GOVERSE, ["node", "--config", file, "--node-id", id]);
@@ -964,7 +953,7 @@ async fn nodes_their_peers_cannot_reach_get_no_shards_and_one_cut_off_is_drained
     }
 
     // node-3's address answers now: it gets its share. node-4 leaves.
-    let forwarder = Forwarder::start(&front, &format!("127.0.0.1:{node3_port}")).await;
+    let forwarder = Forwarder::start(&front, &node3_addr).await;
     let mut node4_process = nodes.pop().unwrap();
     node4_process.terminate();
     assert_eq!(node4_process.wait_exit(Duration::from_secs(20)), Some(0));

@@ -7,10 +7,10 @@
 //! create allowed and delete internal (clients cannot delete) whether or not any are configured.
 
 use regex::Regex;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Who may use a matched object or method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Access {
     /// Nobody.
@@ -31,24 +31,24 @@ impl Access {
 }
 
 /// One `object_access_rules` entry.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccessRule {
     /// Object type pattern (required).
     #[serde(rename = "type", default)]
     pub object_type: String,
     /// Object ID pattern; empty matches every ID.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub id: String,
     /// Method pattern; empty matches every method.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub method: String,
     /// What the rule grants.
     pub access: Access,
 }
 
 /// Which operation a lifecycle rule is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Lifecycle {
     /// Creating objects.
@@ -60,14 +60,14 @@ pub enum Lifecycle {
 }
 
 /// One `object_lifecycle_rules` entry.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LifecycleRule {
     /// Object type pattern (required).
     #[serde(rename = "type", default)]
     pub object_type: String,
     /// Object ID pattern; empty matches every ID.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub id: String,
     /// The operation.
     pub lifecycle: Lifecycle,

@@ -92,26 +92,31 @@ fn chown_tree(path: &Path, (uid, gid): (u32, u32)) {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (free when asked; tests bind it soon after).
+/// A free TCP port on 127.0.0.1, for a test to bind soon after ([`free_ports_in_a_row`] of one).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    free_ports_in_a_row(1)
 }
 
-/// The first of `count` TCP ports in a row on 127.0.0.1, all free now, for a program that
-/// takes ports after a base one (a generated cluster configuration, a demo script). They come
-/// from below the kernel's range for outgoing connections (32768 and up), where no other test's
-/// client can take one of them before the program binds it.
+/// The first of `count` TCP ports in a row on 127.0.0.1, all free now and never handed out
+/// before by this test process, for a program that takes ports after a base one (a generated
+/// cluster configuration, a demo script). They come from below the kernel's range for outgoing
+/// connections (32768 and up), where no other test's client can take one of them before the
+/// program binds it.
 pub fn free_ports_in_a_row(count: u16) -> u16 {
-    (0..500)
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let base = (0..1000)
         .map(|_| 20_000 + fastrand::u16(0..12_000 - count))
         .find(|&base| {
-            (base..base + count)
-                .all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+            (base..base + count).all(|port| {
+                !handed_out.contains(&port)
+                    && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            })
         })
-        .unwrap_or_else(|| panic!("no {count} free ports in a row below 32000"))
+        .unwrap_or_else(|| panic!("no {count} free ports in a row below 32000"));
+    handed_out.extend(base..base + count);
+    base
 }
 
 impl PostgresServer {

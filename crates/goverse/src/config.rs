@@ -13,12 +13,12 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::gate::rules::{AccessRule, LifecycleRule};
 
 /// A whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterFile {
     /// Must be 1.
@@ -26,31 +26,31 @@ pub struct ClusterFile {
     /// The cluster: shards, coordination, timeouts.
     pub cluster: ClusterSection,
     /// The object store, when it is PostgreSQL.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postgres: Option<PostgresSection>,
     /// The object store, when it is one SQLite file shared by the processes of one machine.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sqlite: Option<SqliteSection>,
     /// The nodes.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<NodeEntry>,
     /// The gates.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gates: Vec<GateEntry>,
     /// Upstream's `object_access_rules`, enforced by every gate.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub object_access_rules: Vec<AccessRule>,
     /// Upstream's `object_lifecycle_rules`, enforced by every gate.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub object_lifecycle_rules: Vec<LifecycleRule>,
     /// Upstream's inspector section: accepted so upstream files load; the inspector comes
     /// later, and a file that configures one gets a warning.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inspector: Option<serde_yaml_ng::Value>,
 }
 
 /// `cluster:`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSection {
     /// Shards (8192 as upstream); every process of the cluster uses the same count.
@@ -60,47 +60,79 @@ pub struct ClusterSection {
     /// The etcd endpoints and key prefix.
     pub etcd: EtcdSection,
     /// How long the set of nodes must hold still before the leader rebalances (10s).
-    #[serde(default, with = "opt_duration")]
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub cluster_state_stability_duration: Option<Duration>,
     /// A shard its target has not taken for this long goes to another node (1m).
-    #[serde(default, with = "opt_duration")]
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub stuck_shard_reallocation_timeout: Option<Duration>,
     /// Default deadline of calls (30s).
-    #[serde(default, with = "opt_duration")]
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub default_call_timeout: Option<Duration>,
     /// Default deadline of creates (30s).
-    #[serde(default, with = "opt_duration")]
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub default_create_timeout: Option<Duration>,
     /// Default deadline of deletes (30s).
-    #[serde(default, with = "opt_duration")]
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub default_delete_timeout: Option<Duration>,
     /// Objects every node keeps alive: created once the cluster is stable, on the node serving
     /// each, moving with their shard, recreated when deleted.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub auto_load_objects: Vec<AutoLoadEntry>,
     /// Ours: the TTL of every node's and gate's lease (10s).
-    #[serde(default, with = "opt_duration")]
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub lease_ttl: Option<Duration>,
     /// Ours: nodes needed before shards are given out and placement runs (1).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_quorum: Option<usize>,
     /// Ours: how often each node checks that it reaches every other node (1s); a node its
     /// peers cannot reach gets no shards, and one found unreachable is drained.
-    #[serde(default, with = "opt_duration")]
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub peer_check_interval: Option<Duration>,
     /// Ours: how often changed persistent objects are saved (60s; `0s`: only on deactivation,
     /// hand-over and shutdown).
-    #[serde(default, with = "opt_duration")]
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub save_interval: Option<Duration>,
     /// Ours: the cluster's shared secret (at least 16 characters; better given as
     /// `GOVERSE_CLUSTER__SECRET`). Nodes admit only peers that present it. Without one, every
     /// node and gate address must be loopback.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
 }
 
 /// One `cluster.auto_load_objects` entry (upstream's fields).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AutoLoadEntry {
     /// The object type.
@@ -109,10 +141,10 @@ pub struct AutoLoadEntry {
     /// The plain ID.
     pub id: String,
     /// One object per shard, `shard#N/id`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub per_shard: bool,
     /// One object per node, `host:port/id`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub per_node: bool,
 }
 
@@ -168,7 +200,7 @@ impl Default for Generate {
 }
 
 /// `cluster.etcd:`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EtcdSection {
     /// `host:port` of each etcd member; every one is used.
@@ -183,7 +215,7 @@ fn default_prefix() -> String {
 }
 
 /// `postgres:` (upstream's fields).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresSection {
     /// Host (`localhost`).
@@ -195,18 +227,22 @@ pub struct PostgresSection {
     /// User.
     pub user: String,
     /// Password (better given as `GOVERSE_POSTGRES__PASSWORD`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub password: String,
     /// Database.
     pub database: String,
     /// `disable`, `prefer`, `require`…
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sslmode: String,
     /// Ours: connections in the pool.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool_size: Option<usize>,
     /// Ours: longest a statement may run.
-    #[serde(default, with = "opt_duration")]
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub statement_timeout: Option<Duration>,
 }
 
@@ -219,7 +255,7 @@ fn default_port() -> u16 {
 }
 
 /// `sqlite:` (ours).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SqliteSection {
     /// The database file (relative paths are taken from the configuration file's directory).
@@ -227,7 +263,7 @@ pub struct SqliteSection {
 }
 
 /// One of `nodes:`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeEntry {
     /// The name `--node-id` picks it by.
@@ -235,10 +271,10 @@ pub struct NodeEntry {
     /// Where the node service listens.
     pub grpc_addr: String,
     /// Where the others reach it (its identity in the cluster); `grpc_addr` when absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertise_addr: Option<String>,
     /// Upstream's HTTP port of a node (metrics, health); not served yet, and a warning says so.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_addr: Option<String>,
 }
 
@@ -250,7 +286,7 @@ impl NodeEntry {
 }
 
 /// One of `gates:`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GateEntry {
     /// The name `--gate-id` picks it by.
@@ -258,10 +294,10 @@ pub struct GateEntry {
     /// Where clients reach the gate over gRPC.
     pub grpc_addr: String,
     /// The address client ids start with; `grpc_addr` when absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertise_addr: Option<String>,
     /// Where the gate serves HTTP/JSON and server-sent events, if it does.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_addr: Option<String>,
 }
 
@@ -620,43 +656,75 @@ impl ClusterFile {
         })
     }
 
-    /// [`ClusterFile::generate`] with every choice spelled out.
+    /// [`ClusterFile::generate`] with every choice spelled out, as YAML.
     pub fn generate_with(g: &Generate) -> String {
-        let mut out = String::new();
-        out.push_str("# A local GoVerse cluster (goverse config gen).\nversion: 1\n\n");
-        out.push_str(&format!(
-            "cluster:\n  shards: {}\n  provider: etcd\n  etcd:\n    endpoints:\n      - \
-             \"{}\"\n    prefix: /goverse\n  cluster_state_stability_duration: 10s\n  \
-             stuck_shard_reallocation_timeout: 1m\n  default_call_timeout: 30s\n  lease_ttl: 10s\n  \
-             min_quorum: 1\n  save_interval: 60s\n  peer_check_interval: 1s\n  # Peers authenticate with it; keep it out of version \
-             control (or set GOVERSE_CLUSTER__SECRET).\n  secret: {}\n\n",
-            g.shards,
-            g.etcd,
-            random_secret()
-        ));
-        out.push_str(&format!("sqlite:\n  path: {:?}\n\nnodes:\n", g.sqlite_path));
-        for n in 0..g.nodes {
-            out.push_str(&format!(
-                "  - id: node-{}\n    grpc_addr: \"127.0.0.1:{}\"\n",
-                n + 1,
-                usize::from(g.node_port) + n
-            ));
-        }
-        out.push_str(if g.gates == 0 {
-            "\ngates: []\n"
-        } else {
-            "\ngates:\n"
-        });
-        for n in 0..g.gates {
-            out.push_str(&format!(
-                "  - id: gate-{}\n    grpc_addr: \"127.0.0.1:{}\"\n    http_addr: \"127.0.0.1:{}\"\n",
-                n + 1,
-                usize::from(g.gate_port) + n,
-                usize::from(g.http_port) + n
-            ));
-        }
-        out
+        Self::generated(g).to_yaml()
     }
+
+    /// The configuration [`ClusterFile::generate_with`] writes, as data: change what you need,
+    /// then [`ClusterFile::to_yaml`].
+    pub fn generated(g: &Generate) -> Self {
+        let port = |first: u16, n: usize| format!("127.0.0.1:{}", usize::from(first) + n);
+        Self {
+            version: 1,
+            cluster: ClusterSection {
+                shards: g.shards,
+                provider: "etcd".to_owned(),
+                etcd: EtcdSection {
+                    endpoints: vec![g.etcd.clone()],
+                    prefix: default_prefix(),
+                },
+                cluster_state_stability_duration: Some(Duration::from_secs(10)),
+                stuck_shard_reallocation_timeout: Some(Duration::from_secs(60)),
+                default_call_timeout: Some(Duration::from_secs(30)),
+                default_create_timeout: None,
+                default_delete_timeout: None,
+                auto_load_objects: Vec::new(),
+                lease_ttl: Some(Duration::from_secs(10)),
+                min_quorum: Some(1),
+                peer_check_interval: Some(Duration::from_secs(1)),
+                save_interval: Some(Duration::from_secs(60)),
+                secret: Some(random_secret()),
+            },
+            postgres: None,
+            sqlite: Some(SqliteSection {
+                path: PathBuf::from(&g.sqlite_path),
+            }),
+            nodes: (0..g.nodes)
+                .map(|n| NodeEntry {
+                    id: format!("node-{}", n + 1),
+                    grpc_addr: port(g.node_port, n),
+                    advertise_addr: None,
+                    http_addr: None,
+                })
+                .collect(),
+            gates: (0..g.gates)
+                .map(|n| GateEntry {
+                    id: format!("gate-{}", n + 1),
+                    grpc_addr: port(g.gate_port, n),
+                    advertise_addr: None,
+                    http_addr: Some(port(g.http_port, n)),
+                })
+                .collect(),
+            object_access_rules: Vec::new(),
+            object_lifecycle_rules: Vec::new(),
+            inspector: None,
+        }
+    }
+
+    /// The file as YAML that [`ClusterFile::parse`] reads back the same, after a comment saying
+    /// it was generated and that `cluster.secret` belongs out of version control.
+    pub fn to_yaml(&self) -> String {
+        let body = serde_yaml_ng::to_string(self).expect("a cluster file always serialises");
+        format!(
+            "# A GoVerse cluster (goverse config gen). Peers authenticate with cluster.secret: keep\n\
+             # it out of version control (or set GOVERSE_CLUSTER__SECRET).\n{body}"
+        )
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 const ENV_PREFIX: &str = "GOVERSE_";
@@ -742,6 +810,17 @@ mod opt_duration {
     use serde::Deserializer;
     use serde::de::{Error, Visitor};
 
+    /// Writes the duration as [`super::format_duration`] does (`10s`, `1m30s`, `250ms`).
+    pub(super) fn serialize<S: serde::Serializer>(
+        value: &Option<Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(d) => s.serialize_str(&super::format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+
     /// Reads the value itself (not through a `String` first), so a bad value is reported by the
     /// YAML reader at its own line and under its own field.
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(
@@ -809,6 +888,25 @@ mod opt_duration {
             )))
         }
     }
+}
+
+/// Writes a duration the way [`parse_duration`] reads it, in whole hours, minutes, seconds and
+/// milliseconds (`1h30m`, `10s`, `250ms`, `0s`); below a millisecond is dropped.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".to_owned();
+    }
+    let mut out = String::new();
+    let (h, rest) = (ms / 3_600_000, ms % 3_600_000);
+    let (m, rest) = (rest / 60_000, rest % 60_000);
+    let (sec, milli) = (rest / 1000, rest % 1000);
+    for (n, unit) in [(h, "h"), (m, "m"), (sec, "s"), (milli, "ms")] {
+        if n > 0 {
+            out.push_str(&format!("{n}{unit}"));
+        }
+    }
+    out
 }
 
 /// Parses a Go-style duration: one or more `<number><unit>` with units `ms`, `s`, `m`, `h`
@@ -1153,6 +1251,38 @@ gates:
             Some(secret),
             "each file gets its own secret"
         );
+        // Data in, the same data out: a file changed as data and written reads back as it was.
+        let mut changed = file.clone();
+        changed.cluster.lease_ttl = Some(Duration::from_millis(2500));
+        changed.nodes[1].advertise_addr = Some("127.0.0.1:9".to_owned());
+        changed.gates[0].http_addr = None;
+        changed.object_access_rules = vec![AccessRule {
+            object_type: "Counter".to_owned(),
+            id: String::new(),
+            method: "/Get|Add/".to_owned(),
+            access: crate::gate::rules::Access::Allow,
+        }];
+        let again = ClusterFile::parse(&changed.to_yaml(), "again.yaml", &[]).unwrap();
+        assert_eq!(again.cluster.lease_ttl, Some(Duration::from_millis(2500)));
+        assert_eq!(again.nodes[1].advertise(), "127.0.0.1:9");
+        assert_eq!(again.gates[0].http_addr, None);
+        assert_eq!(again.object_access_rules, changed.object_access_rules);
+        assert_eq!(again.to_yaml(), changed.to_yaml());
+        assert!(text.starts_with("# A GoVerse cluster"), "{text}");
+    }
+
+    #[test]
+    fn durations_are_written_as_they_are_read() {
+        for (d, text) in [
+            (Duration::ZERO, "0s"),
+            (Duration::from_millis(250), "250ms"),
+            (Duration::from_secs(10), "10s"),
+            (Duration::from_secs(90), "1m30s"),
+            (Duration::from_millis(5_400_500), "1h30m500ms"),
+        ] {
+            assert_eq!(format_duration(d), text);
+            assert_eq!(parse_duration(text), Ok(d));
+        }
     }
 
     #[test]
