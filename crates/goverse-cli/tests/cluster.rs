@@ -1023,3 +1023,60 @@ async fn nodes_their_peers_cannot_reach_get_no_shards_and_one_cut_off_is_drained
         assert_eq!(node.wait_exit(Duration::from_secs(20)), Some(0));
     }
 }
+
+/// `cluster.connections` in the file reaches every port of `goverse node` and `goverse gate`:
+/// with a 1 s idle timeout, silent connections to the node service, the gate's gRPC and its
+/// HTTP port are closed by the servers within a few seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_s_connection_limits_reach_node_and_gate_ports() {
+    use std::io::Read as _;
+    let etcd = EtcdServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut file = generated(dir.path(), &etcd, "1", "1", "16");
+    file.cluster.connections = Some(goverse::config::ConnectionsSection {
+        idle_timeout: Some(Duration::from_secs(1)),
+        header_timeout: Some(Duration::from_secs(1)),
+        ..Default::default()
+    });
+    let config = write_config(dir.path(), "cluster.yaml", &file);
+    let mut node = Process::start(
+        GOVERSE,
+        ["node", "--config", &config, "--node-id", "node-1"],
+    );
+    node.expect_within("serving on", Duration::from_secs(60));
+    let mut gate = Process::start(
+        GOVERSE,
+        ["gate", "--config", &config, "--gate-id", "gate-1"],
+    );
+    gate.expect_within("gRPC", Duration::from_secs(60));
+    let ports = [
+        file.nodes[0].grpc_addr.clone(),
+        file.gates[0].grpc_addr.clone(),
+        file.gates[0].http_addr.clone().unwrap(),
+    ];
+    for addr in &ports {
+        let mut idle = stalled_client(addr, b"");
+        idle.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+        let opened = Instant::now();
+        let mut buf = [0u8; 64];
+        // The server closes it: the read ends (0 bytes, or a reset) instead of timing out.
+        let ended = loop {
+            match idle.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+                Err(_) => break false,
+            }
+        };
+        assert!(ended, "{addr}: an idle connection was still open after 8 s");
+        assert!(
+            opened.elapsed() < Duration::from_secs(5),
+            "{addr}: closed after {:?}",
+            opened.elapsed()
+        );
+    }
+    gate.terminate();
+    node.terminate();
+    assert_eq!(gate.wait_exit(Duration::from_secs(20)), Some(0));
+    assert_eq!(node.wait_exit(Duration::from_secs(20)), Some(0));
+}

@@ -124,11 +124,45 @@ pub struct ClusterSection {
         skip_serializing_if = "Option::is_none"
     )]
     pub save_interval: Option<Duration>,
+    /// Ours: limits on every node's and gate's listening ports (`cluster.connections`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<ConnectionsSection>,
     /// Ours: the cluster's shared secret (at least 16 characters; better given as
     /// `GOVERSE_CLUSTER__SECRET`). Nodes admit only peers that present it. Without one, every
     /// node and gate address must be loopback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+}
+
+/// `cluster.connections:` (ours): limits on every listening port of the cluster's processes;
+/// each field left out keeps its default.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionsSection {
+    /// Most connections one port holds open at once (10000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// A connection with no byte either way for this long is closed (60s).
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_timeout: Option<Duration>,
+    /// How long an HTTP/1 client may take to send a request's headers (10s).
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub header_timeout: Option<Duration>,
+    /// How long a stopping server lets open requests finish (5s).
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub drain_timeout: Option<Duration>,
 }
 
 /// One `cluster.auto_load_objects` entry (upstream's fields).
@@ -431,6 +465,9 @@ impl ClusterFile {
                 ));
             }
         }
+        self.connection_limits()
+            .validate()
+            .map_err(|why| format!("cluster.connections: {why}"))?;
         if let Some(interval) = c.peer_check_interval
             && !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&interval)
         {
@@ -586,6 +623,19 @@ impl ClusterFile {
         })
     }
 
+    /// The limits every listening port of the cluster's processes applies
+    /// (`cluster.connections`, defaults for what it leaves out).
+    pub fn connection_limits(&self) -> crate::ConnectionLimits {
+        let defaults = crate::ConnectionLimits::default();
+        let c = self.cluster.connections.clone().unwrap_or_default();
+        crate::ConnectionLimits {
+            max_connections: c.max_connections.unwrap_or(defaults.max_connections),
+            idle_timeout: c.idle_timeout.unwrap_or(defaults.idle_timeout),
+            header_timeout: c.header_timeout.unwrap_or(defaults.header_timeout),
+            drain_timeout: c.drain_timeout.unwrap_or(defaults.drain_timeout),
+        }
+    }
+
     /// The node configuration of node `id`.
     pub fn node_config(&self, id: &str) -> Result<crate::NodeConfig, String> {
         let entry = self.node(id)?;
@@ -607,6 +657,7 @@ impl ClusterFile {
             peer_check_interval: c
                 .peer_check_interval
                 .unwrap_or(defaults.peer_check_interval),
+            connection_limits: self.connection_limits(),
             cluster_prefix: c.etcd.prefix.clone(),
             peer_secret: c.secret.clone(),
             auto_load: c
@@ -684,6 +735,7 @@ impl ClusterFile {
                 min_quorum: Some(1),
                 peer_check_interval: Some(Duration::from_secs(1)),
                 save_interval: Some(Duration::from_secs(60)),
+                connections: None,
                 secret: Some(random_secret()),
             },
             postgres: None,
@@ -1269,6 +1321,28 @@ gates:
         assert_eq!(again.object_access_rules, changed.object_access_rules);
         assert_eq!(again.to_yaml(), changed.to_yaml());
         assert!(text.starts_with("# A GoVerse cluster"), "{text}");
+    }
+
+    #[test]
+    fn the_connection_limits_of_the_file_reach_nodes_and_are_checked() {
+        let text = ClusterFile::generate(1, 1, 16).replace(
+            "  min_quorum: 1\n",
+            "  min_quorum: 1\n  connections:\n    max_connections: 50\n    idle_timeout: 2s\n",
+        );
+        let file = ClusterFile::parse(&text, "c.yaml", &[]).unwrap();
+        let limits = file.node_config("node-1").unwrap().connection_limits;
+        assert_eq!(limits.max_connections, 50);
+        assert_eq!(limits.idle_timeout, Duration::from_secs(2));
+        assert_eq!(
+            limits.header_timeout,
+            crate::ConnectionLimits::default().header_timeout,
+            "what the file leaves out keeps its default"
+        );
+        let bad = text.replace("max_connections: 50", "max_connections: 0");
+        let err = ClusterFile::parse(&bad, "c.yaml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cluster.connections"), "{err}");
     }
 
     #[test]
