@@ -208,13 +208,9 @@ pub(crate) async fn gate(config_path: &Path, gate_id: &str) -> anyhow::Result<()
             lifecycle_rules: file.object_lifecycle_rules.clone(),
             peer_secret: file.cluster.secret.clone(),
             min_quorum: file.cluster.min_quorum.unwrap_or(1),
-            connection_limits: file.connection_limits(),
-            // Event streams send heartbeats well inside the idle timeout.
-            heartbeat_interval: GateConfig::default()
-                .heartbeat_interval
-                .min(file.connection_limits().idle_timeout / 2),
             ..GateConfig::default()
-        },
+        }
+        .with_connection_limits(file.connection_limits()),
         Arc::new(AllowAnonymous),
         cluster,
         &file.cluster.etcd.prefix,

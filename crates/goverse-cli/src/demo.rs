@@ -188,11 +188,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             advertise_address: grpc_addr.clone(),
             access_rules: demo_access_rules(),
             lifecycle_rules: demo_lifecycle_rules(),
-            connection_limits: limits,
-            // Event streams send heartbeats well inside the idle timeout.
-            heartbeat_interval: Duration::from_secs(15).min(limits.idle_timeout / 2),
             ..GateConfig::default()
-        },
+        }
+        .with_connection_limits(limits),
         Arc::new(AllowAnonymous),
         node.handler(),
     )

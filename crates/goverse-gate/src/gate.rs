@@ -68,6 +68,16 @@ impl Default for GateConfig {
     }
 }
 
+impl GateConfig {
+    /// Takes `limits` for the gate's ports, lowering the event streams' heartbeat to half the
+    /// idle timeout when it is longer, so quiet streams are never closed as idle.
+    pub fn with_connection_limits(mut self, limits: goverse_transport::ConnectionLimits) -> Self {
+        self.heartbeat_interval = self.heartbeat_interval.min(limits.idle_timeout / 2);
+        self.connection_limits = limits;
+        self
+    }
+}
+
 /// How a gate reaches nodes.
 enum Routing {
     Single(Arc<NodeLink>),
