@@ -2,8 +2,9 @@
 //!
 //! - [`ObjectId`], [`ShardId`], [`NodeAddr`], [`ChainId`]: identifiers, parsed the way upstream
 //!   GoVerse parses them (`plain-id`, `shard#N/name`, `host:port/name`).
-//! - [`shard_of`]: FNV-1a 32-bit of the object ID modulo the shard count, identical to upstream so
-//!   the same IDs land on the same shards.
+//! - [`Route`]: the one rule for where a call goes, shard N or a pinned node, from one parse of
+//!   the ID; the shard is FNV-1a 32-bit of the object ID modulo the shard count, identical to
+//!   upstream so the same IDs land on the same shards ([`shard_of`]).
 //! - [`CallError`] and [`ErrorCode`]: the one error vocabulary, mapped to gRPC and HTTP status in
 //!   one place ([`ErrorCode::grpc_code`], [`ErrorCode::http_status`]).
 //! - [`Payload`] and [`Message`]: how requests and responses travel, typed inside a process and as
@@ -30,5 +31,5 @@ pub use message::{
 };
 pub use reliable::{MAX_CALL_ID_CHARS, ReliableOutcome, ReliableStatus};
 pub use shard::{
-    DEFAULT_SHARD_COUNT, MAX_SHARD_COUNT, ShardId, check_shard_count, fnv1a_32, shard_of,
+    DEFAULT_SHARD_COUNT, MAX_SHARD_COUNT, Route, ShardId, check_shard_count, fnv1a_32, shard_of,
 };

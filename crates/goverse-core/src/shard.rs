@@ -1,4 +1,4 @@
-use crate::id::{IdError, ObjectId, ObjectIdKind};
+use crate::id::{IdError, ObjectId, ObjectIdKind, kind_of};
 
 /// Upstream's default shard count.
 pub const DEFAULT_SHARD_COUNT: u32 = 8192;
@@ -43,28 +43,70 @@ pub fn fnv1a_32(bytes: &[u8]) -> u32 {
     hash
 }
 
-/// The shard an object lives on.
+/// Where a call for an object goes: the one rule, from one parse of its ID, that the gate, the
+/// router and the node all ask.
 ///
-/// `shard#N/name` pins the object to shard N; every other form hashes the full ID with FNV-1a
-/// 32-bit modulo `shard_count`, as upstream does (so `host:port/name` also has a shard, even
-/// though it is placed on its named node).
-pub fn shard_of(id: &ObjectId, shard_count: u32) -> Result<ShardId, IdError> {
-    debug_assert!(shard_count > 0);
-    match id.kind()? {
-        ObjectIdKind::FixedShard(n) => {
-            if n >= u64::from(shard_count) {
-                return Err(IdError::ShardOutOfRange {
-                    id: id.as_str().to_owned(),
-                    shard: n,
-                    shard_count,
-                });
+/// `shard#N/name` goes to shard N; `host:port/name` goes to the node at that address (and still
+/// has a hash shard, which upstream also gives it); every other ID goes to the shard FNV-1a
+/// 32-bit of the whole ID selects, modulo the shard count, as upstream places it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// To the node serving this shard.
+    Shard(ShardId),
+    /// To the node at `addr`, whatever serves `shard`.
+    Node {
+        /// The node the ID is pinned to.
+        addr: &'a str,
+        /// The ID's hash shard.
+        shard: ShardId,
+    },
+}
+
+impl<'a> Route<'a> {
+    /// The route of `id` in a cluster of `shard_count` shards; a malformed ID, or a pinned
+    /// shard out of range, is an error naming it.
+    #[inline]
+    pub fn of(id: &'a str, shard_count: u32) -> Result<Self, IdError> {
+        debug_assert!(shard_count > 0);
+        let hashed = || ShardId(fnv1a_32(id.as_bytes()) % shard_count);
+        match kind_of(id)? {
+            ObjectIdKind::Regular => Ok(Self::Shard(hashed())),
+            ObjectIdKind::FixedNode(addr) => Ok(Self::Node {
+                addr,
+                shard: hashed(),
+            }),
+            ObjectIdKind::FixedShard(n) if n < u64::from(shard_count) => {
+                Ok(Self::Shard(ShardId(n as u32)))
             }
-            Ok(ShardId(n as u32))
-        }
-        ObjectIdKind::Regular | ObjectIdKind::FixedNode(_) => {
-            Ok(ShardId(fnv1a_32(id.as_str().as_bytes()) % shard_count))
+            ObjectIdKind::FixedShard(n) => Err(IdError::ShardOutOfRange {
+                id: id.to_owned(),
+                shard: n,
+                shard_count,
+            }),
         }
     }
+
+    /// The shard the ID belongs to (for a node-pinned ID, its hash shard).
+    #[inline]
+    pub fn shard(self) -> ShardId {
+        match self {
+            Self::Shard(shard) | Self::Node { shard, .. } => shard,
+        }
+    }
+
+    /// The node the ID is pinned to, if it is pinned to one.
+    #[inline]
+    pub fn pinned_node(self) -> Option<&'a str> {
+        match self {
+            Self::Shard(_) => None,
+            Self::Node { addr, .. } => Some(addr),
+        }
+    }
+}
+
+/// The shard an object lives on: [`Route::of`]`(id).shard()`.
+pub fn shard_of(id: &ObjectId, shard_count: u32) -> Result<ShardId, IdError> {
+    Route::of(id.as_str(), shard_count).map(Route::shard)
 }
 
 #[cfg(test)]
@@ -110,5 +152,24 @@ mod tests {
         // Fixed-node IDs hash like plain ones.
         let pinned = "127.0.0.1:47000/x";
         assert_eq!(shard(pinned, 8192), fnv1a_32(pinned.as_bytes()) % 8192);
+    }
+
+    #[test]
+    fn routes_name_a_shard_or_a_node() {
+        assert_eq!(Route::of("abc", 64).unwrap(), Route::Shard(ShardId(11)));
+        assert_eq!(
+            Route::of("shard#7/x", 64).unwrap(),
+            Route::Shard(ShardId(7))
+        );
+        let pinned = "127.0.0.1:47000/x";
+        let route = Route::of(pinned, 64).unwrap();
+        assert_eq!(route.pinned_node(), Some("127.0.0.1:47000"));
+        assert_eq!(route.shard(), ShardId(fnv1a_32(pinned.as_bytes()) % 64));
+        assert_eq!(Route::of("abc", 64).unwrap().pinned_node(), None);
+        assert!(matches!(Route::of("", 64), Err(IdError::Empty)));
+        assert!(matches!(
+            Route::of("shard#64/x", 64),
+            Err(IdError::ShardOutOfRange { shard: 64, .. })
+        ));
     }
 }

@@ -17,11 +17,16 @@
 
 mod activation;
 mod autoload;
+mod background;
+mod build;
 mod caller;
+mod calls;
 mod config;
 mod context;
 mod directory;
+mod forward;
 mod host;
+mod lifecycle;
 mod membership;
 mod node;
 mod object;
@@ -30,16 +35,18 @@ mod reach;
 mod registry;
 mod reliable;
 mod service;
+mod shutdown;
 mod store;
 mod turn;
 
 pub use autoload::{AutoLoad, AutoLoadScope};
+pub use build::NodeBuilder;
 pub use caller::{CallOrigin, Caller};
 pub use config::NodeConfig;
 pub use context::{CallOptions, NewChain, ObjectContext};
 pub use goverse_core::{MAX_CALL_ID_CHARS, ReliableOutcome, ReliableStatus};
 pub use goverse_transport::ServeError;
-pub use node::{Node, NodeBuilder, NodeError, NodeStats, ShutdownReport};
+pub use node::{Node, NodeError, NodeStats, ShutdownReport};
 pub use object::{
     Dispatch, Durability, MethodKind, MethodSpec, Object, ObjectError, from_json_state,
     to_json_state,

@@ -31,6 +31,16 @@ pub async fn serve(
     goverse_transport::serve_with_limits(node.handler(), listener, secret, limits, shutdown).await
 }
 
+impl Node {
+    /// The node as the node protocol serves it: hand it to `goverse_transport::serve` (what
+    /// [`serve`] does), or to an in-process link (`NodeLink::local`) for a gate in this process.
+    pub fn handler(&self) -> Arc<dyn goverse_transport::Handler> {
+        Arc::new(NodeHandler {
+            node: HeldNode::Strong(self.clone()),
+        })
+    }
+}
+
 /// The node behind the transport.
 pub(crate) struct NodeHandler {
     pub(crate) node: HeldNode,
@@ -185,16 +195,12 @@ async fn handle(node: &Node, request: Request<'_>) -> Outcome {
                 .await
                 .map(|payload| response::Result::Value(payload.into_any()))
         }
-        Op::Create => {
-            Box::pin(inner.create_routed(object_type, &id, scope.chain, scope.deadline, false))
-                .await
-                .map(|()| response::Result::Done(proto::Done {}))
-        }
-        Op::Delete => {
-            Box::pin(inner.delete_routed(object_type, &id, scope.chain, scope.deadline, false))
-                .await
-                .map(|()| response::Result::Done(proto::Done {}))
-        }
+        Op::Create => Box::pin(inner.create(object_type, &id, scope))
+            .await
+            .map(|()| response::Result::Done(proto::Done {})),
+        Op::Delete => Box::pin(inner.delete(object_type, &id, scope))
+            .await
+            .map(|()| response::Result::Done(proto::Done {})),
     }
 }
 

@@ -15,9 +15,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
 use goverse_cluster::{ClusterMap, MapView};
-use goverse_core::{
-    CallError, ErrorCode, NodeAddr, ObjectId, ObjectIdKind, ShardId, fnv1a_32, kind_of, shard_of,
-};
+use goverse_core::{CallError, ErrorCode, NodeAddr, Route, ShardId};
 use goverse_proto::node::response;
 use parking_lot::RwLock;
 use tokio::time::Instant;
@@ -431,16 +429,44 @@ impl Router {
                 ..
             } => (view, *shard_count, table),
         };
+        let route = Route::of(request.object_id, shard_count)?;
+        self.request_routed(request, route, timeout, view, table)
+            .await
+    }
+
+    /// [`Router::request`] for a request whose route the caller has already worked out (a node
+    /// that found it does not serve the object's shard).
+    pub async fn request_by_route(
+        &self,
+        request: Request<'_>,
+        route: Route<'_>,
+        timeout: Duration,
+    ) -> Outcome {
+        match &self.inner.routes {
+            Routes::Single(link) => self.request_single(link, request, timeout).await,
+            Routes::Map { view, table, .. } => {
+                self.request_routed(request, route, timeout, view, table)
+                    .await
+            }
+        }
+    }
+
+    async fn request_routed(
+        &self,
+        request: Request<'_>,
+        route: Route<'_>,
+        timeout: Duration,
+        view: &MapView,
+        table: &ArcSwap<RouteTable>,
+    ) -> Outcome {
         let started = Instant::now();
         let id = request.object_id;
         let mut last: Option<CallError> = None;
         // The common case: the route table names a connected owner, which serves the call.
-        let shard = match kind_of(id)? {
-            ObjectIdKind::Regular => Some(ShardId(fnv1a_32(id.as_bytes()) % shard_count)),
-            ObjectIdKind::FixedShard(_) => Some(shard_of(&ObjectId::from(id), shard_count)?),
-            ObjectIdKind::FixedNode(_) => None,
+        let routed = match route {
+            Route::Shard(shard) => table.load().link(shard).cloned(),
+            Route::Node { .. } => None,
         };
-        let routed = shard.and_then(|shard| table.load().link(shard).cloned());
         if let Some(link) = routed
             && link.is_connected()
         {
@@ -452,7 +478,7 @@ impl Router {
         }
         // Boxed: the held path's timers and watches would otherwise make every call's
         // future several times larger.
-        Box::pin(self.request_held(request, timeout, view, shard_count, started, last)).await
+        Box::pin(self.request_held(request, route, timeout, view, started, last)).await
     }
 
     /// [`Router::request`] by the map itself, after the route table named no connected owner
@@ -460,9 +486,9 @@ impl Router {
     async fn request_held(
         &self,
         request: Request<'_>,
+        route: Route<'_>,
         timeout: Duration,
         view: &MapView,
-        shard_count: u32,
         started: Instant,
         mut last: Option<CallError>,
     ) -> Outcome {
@@ -479,7 +505,7 @@ impl Router {
             started
         };
         loop {
-            let target = resolve(&changes.borrow_and_update(), id, shard_count)?;
+            let target = resolve(&changes.borrow_and_update(), id, route)?;
             let remaining = deadline.saturating_duration_since(now);
             if remaining.is_zero() {
                 return Err(held_too_long(id, last, timeout));
@@ -582,24 +608,22 @@ impl Router {
     }
 }
 
-/// The node a request for `id` goes to by `map`: the pinned node of a node-pinned ID, the
-/// owner of the shard otherwise (`None`: no owner now). A malformed ID, or a pinned node that is
-/// not a member, is an error at once.
-fn resolve(map: &ClusterMap, id: &str, shard_count: u32) -> Result<Option<NodeAddr>, CallError> {
-    let shard = match kind_of(id)? {
-        ObjectIdKind::FixedNode(addr) => {
+/// The node a request for `id` (routed `route`) goes to by `map`: the pinned node of a
+/// node-pinned ID, the owner of the shard otherwise (`None`: no owner now). A pinned node that is
+/// not a member is an error at once.
+fn resolve(map: &ClusterMap, id: &str, route: Route<'_>) -> Result<Option<NodeAddr>, CallError> {
+    match route {
+        Route::Node { addr, .. } => {
             let addr = NodeAddr::new(addr);
             if !map.nodes.contains(&addr) {
                 return Err(CallError::unavailable(format!(
                     "object {id} is pinned to node {addr}, which is not a member of the cluster"
                 )));
             }
-            return Ok(Some(addr));
+            Ok(Some(addr))
         }
-        ObjectIdKind::FixedShard(_) => shard_of(&ObjectId::from(id), shard_count)?,
-        ObjectIdKind::Regular => ShardId(fnv1a_32(id.as_bytes()) % shard_count),
-    };
-    Ok(map.owner(shard).cloned())
+        Route::Shard(shard) => Ok(map.owner(shard).cloned()),
+    }
 }
 
 /// What one attempt sent to `link` at `sent` came to: the outcome to return (`Ok`), or the
