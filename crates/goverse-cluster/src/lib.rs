@@ -9,7 +9,8 @@
 //! The decisions over the map are pure and live here too: [`Placement`] (where shards should
 //! live), [`claims`] (which free shards a node takes), [`serving_nodes`] (which registered nodes
 //! may hold shards), [`plan`] (what one node does about the map) and [`Leader`] (when the leader
-//! places).
+//! places), and [`LeasePolicy`] (when a registered process renews, fences and rejoins; nodes
+//! and gates both run it through [`keep_lease`]).
 //!
 //! Two implementations keep the same contract, checked by one conformance suite:
 //! [`MemoryClusterStore`] (the embedded default, on tokio time) and [`EtcdClusterStore`] (etcd
@@ -17,6 +18,7 @@
 
 mod claims;
 mod etcd;
+mod lease;
 mod membership;
 mod memory;
 mod placement;
@@ -29,6 +31,7 @@ mod conformance;
 
 pub use claims::{ReadRecord, RecordWrite, claims, preferred, releases};
 pub use etcd::{EtcdClusterStore, EtcdConfig};
+pub use lease::{BoxFuture, LeaseAction, LeaseHolder, LeasePolicy, keep_lease, serving_window};
 pub use membership::{Holding, Leader, LeaderConfig, NodePlan, plan};
 pub use memory::MemoryClusterStore;
 pub use placement::{Move, MoveReason, Placement, PlacementConfig};

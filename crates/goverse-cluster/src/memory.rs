@@ -1,4 +1,5 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -18,9 +19,15 @@ const HISTORY: usize = 16_384;
 /// The embedded cluster store: the etcd contract inside one process.
 ///
 /// Lease expiry runs on tokio time, so tests with paused time see leases expire deterministically.
+///
+/// Clones share the store and its connection; [`MemoryClusterStore::connection`] gives another
+/// process's connection to the same store, which [`MemoryClusterStore::set_reachable`] can cut
+/// (every request fails as unavailable and its watches end, as an etcd client cut off by a
+/// partition sees it) while leases keep expiring on time.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryClusterStore {
     inner: Arc<Mutex<State>>,
+    cut: Arc<AtomicBool>,
 }
 
 #[derive(Debug, Default)]
@@ -30,7 +37,7 @@ struct State {
     keys: BTreeMap<String, KeyValue>,
     leases: HashMap<i64, Lease>,
     history: VecDeque<WatchEvent>,
-    watchers: Vec<(String, mpsc::UnboundedSender<WatchEvent>)>,
+    watchers: Vec<(String, mpsc::UnboundedSender<WatchEvent>, Arc<AtomicBool>)>,
 }
 
 #[derive(Debug)]
@@ -45,7 +52,11 @@ impl State {
             WatchEvent::Put(kv) => kv.key.as_str(),
             WatchEvent::Delete { key, .. } => key.as_str(),
         };
-        self.watchers.retain(|(prefix, tx)| {
+        self.watchers.retain(|(prefix, tx, cut)| {
+            if cut.load(Ordering::Acquire) {
+                // Its connection is cut: the watch ends (the watcher resumes from its revision).
+                return false;
+            }
             !key.starts_with(prefix.as_str()) || tx.send(event.clone()).is_ok()
         });
         if self.history.len() == HISTORY {
@@ -136,6 +147,36 @@ impl MemoryClusterStore {
         Self::default()
     }
 
+    /// Another connection to the same store, reachable until [`set_reachable`] cuts it.
+    ///
+    /// [`set_reachable`]: MemoryClusterStore::set_reachable
+    pub fn connection(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            cut: Arc::default(),
+        }
+    }
+
+    /// Cuts this connection (`false`: every request fails as unavailable, watches end) or
+    /// restores it (`true`). Other connections are not affected.
+    pub fn set_reachable(&self, reachable: bool) {
+        self.cut.store(!reachable, Ordering::Release);
+        if !reachable {
+            let mut state = self.inner.lock();
+            let cut = &self.cut;
+            state.watchers.retain(|(_, _, c)| !Arc::ptr_eq(c, cut));
+        }
+    }
+
+    fn reach(&self) -> Result<(), ClusterError> {
+        if self.cut.load(Ordering::Acquire) {
+            return Err(ClusterError::Unavailable(
+                "the connection to the cluster store is cut".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
     fn spawn_expiry(weak: Weak<Mutex<State>>, id: i64) {
         tokio::spawn(async move {
             loop {
@@ -161,6 +202,7 @@ impl MemoryClusterStore {
 #[async_trait]
 impl ClusterStore for MemoryClusterStore {
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, ClusterError> {
+        self.reach()?;
         let id = {
             let mut state = self.inner.lock();
             state.next_lease += 1;
@@ -179,6 +221,7 @@ impl ClusterStore for MemoryClusterStore {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<(), ClusterError> {
+        self.reach()?;
         let mut state = self.inner.lock();
         let entry = state
             .leases
@@ -193,6 +236,7 @@ impl ClusterStore for MemoryClusterStore {
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<(), ClusterError> {
+        self.reach()?;
         let mut state = self.inner.lock();
         if !state.leases.contains_key(&lease.0) {
             return Err(ClusterError::LeaseExpired(lease.0));
@@ -202,10 +246,12 @@ impl ClusterStore for MemoryClusterStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, ClusterError> {
+        self.reach()?;
         Ok(self.inner.lock().keys.get(key).cloned())
     }
 
     async fn get_prefix(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), ClusterError> {
+        self.reach()?;
         let state = self.inner.lock();
         let kvs = state
             .keys
@@ -222,6 +268,7 @@ impl ClusterStore for MemoryClusterStore {
         value: Vec<u8>,
         lease: Option<LeaseId>,
     ) -> Result<Revision, ClusterError> {
+        self.reach()?;
         self.inner.lock().write(key, value, lease)
     }
 
@@ -232,6 +279,7 @@ impl ClusterStore for MemoryClusterStore {
         value: Vec<u8>,
         lease: Option<LeaseId>,
     ) -> Result<CasOutcome, ClusterError> {
+        self.reach()?;
         let mut state = self.inner.lock();
         if !state.matches(key, expect) {
             return Ok(CasOutcome::Conflict(state.keys.get(key).cloned()));
@@ -240,6 +288,7 @@ impl ClusterStore for MemoryClusterStore {
     }
 
     async fn transact(&self, writes: &[TxnWrite]) -> Result<TxnOutcome, ClusterError> {
+        self.reach()?;
         crate::check_batch(writes)?;
         let mut state = self.inner.lock();
         let all_match = writes
@@ -273,6 +322,7 @@ impl ClusterStore for MemoryClusterStore {
     }
 
     async fn delete(&self, key: &str) -> Result<bool, ClusterError> {
+        self.reach()?;
         Ok(self.inner.lock().remove(key))
     }
 
@@ -281,6 +331,7 @@ impl ClusterStore for MemoryClusterStore {
         prefix: &str,
         after: Revision,
     ) -> Result<WatchStream, ClusterError> {
+        self.reach()?;
         let mut state = self.inner.lock();
         let (tx, rx) = mpsc::unbounded_channel();
         if after < state.revision {
@@ -304,7 +355,9 @@ impl ClusterStore for MemoryClusterStore {
                 }
             }
         }
-        state.watchers.push((prefix.to_owned(), tx));
+        state
+            .watchers
+            .push((prefix.to_owned(), tx, self.cut.clone()));
         Ok(rx)
     }
 }
@@ -316,5 +369,39 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn conformance() {
         crate::conformance::run_all(&MemoryClusterStore::new()).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cut_connection_fails_its_requests_ends_its_watches_and_loses_its_lease() {
+        let store = MemoryClusterStore::new();
+        let cut_off = store.connection();
+        let lease = cut_off.grant_lease(Duration::from_secs(2)).await.unwrap();
+        cut_off
+            .put("/k/mine", b"1".to_vec(), Some(lease))
+            .await
+            .unwrap();
+        let mut watch = cut_off.watch_prefix("/k/", 0).await.unwrap();
+        assert!(watch.recv().await.is_some(), "the put is replayed");
+
+        cut_off.set_reachable(false);
+        let err = cut_off.keep_alive(lease).await.unwrap_err();
+        assert!(matches!(err, ClusterError::Unavailable(_)), "{err}");
+        assert!(cut_off.get("/k/mine").await.is_err());
+        assert!(
+            watch.recv().await.is_none(),
+            "the watch ends when the connection is cut"
+        );
+        // The other connection still works, and the cut one's lease runs out on time.
+        store.put("/k/other", b"2".to_vec(), None).await.unwrap();
+        assert!(store.get("/k/mine").await.unwrap().is_some());
+        tokio::time::sleep(Duration::from_millis(2_001)).await;
+        assert!(store.get("/k/mine").await.unwrap().is_none());
+
+        cut_off.set_reachable(true);
+        assert_eq!(
+            cut_off.keep_alive(lease).await,
+            Err(ClusterError::LeaseExpired(lease.0))
+        );
+        assert!(cut_off.get("/k/other").await.unwrap().is_some());
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use goverse_cluster::{ClusterStore, Keys, LeaseId, MapView};
+use goverse_cluster::{ClusterStore, Keys, MapView};
 use goverse_core::{CallError, ClientIdentity, Clipped, ObjectId, ReliableStatus};
 use goverse_proto::node::{self as proto, DescribeResponse, Push, response};
 use goverse_transport::{Handler, LinkEvents, NetworkConnector, NodeLink, Op, Request, Router};
@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{ConnectRequest, GateEventHandler, Transport};
 use crate::clients::{Binding, ClientEntry, Clients};
 use crate::codec::{Catalog, SharedCatalog};
+use crate::registration::ClusterRegistration;
 use crate::rules::{AccessRule, Lifecycle, LifecycleRule, RuleError, Rules};
 
 /// How a gate runs.
@@ -84,58 +85,6 @@ enum Routing {
     Map(MapView, u32),
 }
 
-/// Registers the gate at `key` on a new lease of `ttl`.
-async fn register(
-    cluster: &dyn ClusterStore,
-    key: &str,
-    ttl: Duration,
-) -> Result<LeaseId, GateError> {
-    let lease = cluster
-        .grant_lease(ttl)
-        .await
-        .map_err(|err| GateError::Cluster(format!("cannot get a lease: {err}")))?;
-    cluster
-        .put(key, Vec::new(), Some(lease))
-        .await
-        .map_err(|err| GateError::Cluster(format!("cannot register the gate at {key}: {err}")))?;
-    Ok(lease)
-}
-
-/// Renews the gate's lease every third of its TTL; registers again on a new lease if it ended.
-async fn keep_registered(
-    gate: Arc<GateInner>,
-    cluster: Arc<dyn ClusterStore>,
-    key: String,
-    mut lease: LeaseId,
-    ttl: Duration,
-) {
-    loop {
-        tokio::select! {
-            () = gate.stop.cancelled() => return,
-            () = tokio::time::sleep(ttl / 3) => {}
-        }
-        let asked = tokio::time::Instant::now();
-        match cluster.keep_alive(lease).await {
-            Ok(()) => *gate.renewed.lock() = Some((asked, ttl)),
-            Err(goverse_cluster::ClusterError::LeaseExpired(_)) => {
-                match register(&*cluster, &key, ttl).await {
-                    Ok(renewed) => {
-                        lease = renewed;
-                        *gate.renewed.lock() = Some((asked, ttl));
-                        let mut registration = gate.registration.lock();
-                        if registration.is_some() {
-                            *registration = Some((cluster.clone(), lease));
-                        }
-                        tracing::info!(%key, "gate registered again on a new lease");
-                    }
-                    Err(err) => tracing::warn!(error = %err, "cannot register the gate again yet"),
-                }
-            }
-            Err(err) => tracing::warn!(error = %err, "cannot renew the gate lease"),
-        }
-    }
-}
-
 /// Why a gate could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum GateError {
@@ -173,10 +122,7 @@ pub(crate) struct GateInner {
     link_failure: Arc<parking_lot::Mutex<Option<String>>>,
     router: Router,
     /// The gate's registration in the cluster, when it is in one.
-    registration: parking_lot::Mutex<Option<(Arc<dyn ClusterStore>, LeaseId)>>,
-    /// In a cluster: when the last renewal of the registration that succeeded was asked for,
-    /// and the lease's TTL.
-    renewed: parking_lot::Mutex<Option<(tokio::time::Instant, Duration)>>,
+    registration: std::sync::OnceLock<Arc<ClusterRegistration>>,
     pub(crate) stop: CancellationToken,
     /// Ends client streams (Register and SSE); a child of `stop`.
     pub(crate) streams_stop: CancellationToken,
@@ -253,21 +199,15 @@ impl Gate {
         config.node = format!("cluster {}", keys.prefix());
         let key = keys.gate(&config.advertise_address);
         let gate = Self::start_with(config, handler, Routing::Map(view, shard_count))?;
-        let asked = tokio::time::Instant::now();
-        let lease = register(&*cluster, &key, lease_ttl)
+        let registration = ClusterRegistration::register(cluster, key, lease_ttl)
             .await
             .inspect_err(|_| {
                 gate.inner.stop.cancel();
             })?;
-        *gate.inner.registration.lock() = Some((cluster.clone(), lease));
-        *gate.inner.renewed.lock() = Some((asked, lease_ttl));
-        gate.inner.tasks.spawn(keep_registered(
-            gate.inner.clone(),
-            cluster,
-            key,
-            lease,
-            lease_ttl,
-        ));
+        let _ = gate.inner.registration.set(registration.clone());
+        gate.inner
+            .tasks
+            .spawn(registration.keep(gate.inner.stop.clone()));
         Ok(gate)
     }
 
@@ -338,8 +278,7 @@ impl Gate {
             catalog,
             link_failure,
             router,
-            registration: parking_lot::Mutex::new(None),
-            renewed: parking_lot::Mutex::new(None),
+            registration: std::sync::OnceLock::new(),
             streams_stop: stop.child_token(),
             stop,
             tasks: TaskTracker::new(),
@@ -355,22 +294,16 @@ impl Gate {
     }
 
     /// Whether the gate serves now, or why not: it is not stopping, a node link is up and has
-    /// described what it serves, and in a cluster its registration was renewed within half
-    /// its TTL and the map holds at least `min_quorum` nodes. Live: false while any of these
+    /// described what it serves, and in a cluster its registration is held by the cluster's lease
+    /// rule (not fenced, renewed within the serving window, as nodes serve) and the map holds at least `min_quorum` nodes. Live: false while any of these
     /// fails, true again once they hold.
     pub fn readiness(&self) -> Result<(), String> {
         let inner = &self.inner;
         if inner.stop.is_cancelled() {
             return Err("gate is stopping".to_owned());
         }
-        if let Some((asked, ttl)) = *inner.renewed.lock() {
-            let since = asked.elapsed();
-            if since >= ttl / 2 {
-                return Err(format!(
-                    "the gate's cluster registration was last renewed {since:?} ago (lease \
-                     {ttl:?}); is the cluster store reachable?"
-                ));
-            }
+        if let Some(registration) = inner.registration.get() {
+            registration.check()?;
             if let Some(view) = inner.router.view() {
                 let nodes = view.borrow().nodes.len();
                 if nodes < inner.config.min_quorum {
@@ -443,10 +376,8 @@ impl Gate {
     /// waits up to `grace` for background work to finish. Serving futures should be stopped by
     /// their own shutdown signals first.
     pub async fn shutdown(&self, grace: Duration) {
-        let registration = self.inner.registration.lock().take();
-        if let Some((cluster, lease)) = registration {
-            // Bounded: a dead store must not hold up shutdown.
-            let _ = tokio::time::timeout(grace, cluster.revoke_lease(lease)).await;
+        if let Some(registration) = self.inner.registration.get() {
+            registration.revoke(grace).await;
         }
         self.inner.stop.cancel();
         for client in self.inner.clients.clear() {

@@ -24,6 +24,7 @@ pub mod codec;
 mod gate;
 mod grpc;
 mod http;
+mod registration;
 /// Access and lifecycle rules (`object_access_rules`, `object_lifecycle_rules`): the gate
 /// checks every client request against them, and nodes check again what gates send.
 pub mod rules {

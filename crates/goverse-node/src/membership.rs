@@ -16,7 +16,7 @@ use std::time::Duration;
 use goverse_cluster::{
     CasOutcome, ClusterError, ClusterMap, ClusterStore, Expect, Holding, Keys, Leader,
     LeaderConfig, LeaseId, MAX_TXN_OPS, MapView, NodePlan, ReadRecord, RecordWrite, Revision,
-    ShardRecord, TxnOp, TxnOutcome, TxnWrite, claims, plan,
+    ShardRecord, TxnOp, TxnOutcome, TxnWrite, claims, plan, serving_window,
 };
 use goverse_core::{NodeAddr, ShardId};
 use goverse_persistence::{Fence, ObjectStore};
@@ -33,15 +33,6 @@ pub(crate) struct ClusterSettings {
     pub(crate) min_quorum: usize,
     pub(crate) stability_window: Duration,
     pub(crate) stuck_timeout: Duration,
-}
-
-/// How long after a renewal was asked for the node may keep serving on it: the lease surely
-/// lives until `ttl` after the ask (etcd starts the new term when it processes the renewal,
-/// which is later), less a margin for the two clocks running at different rates: a tenth of
-/// the TTL, at least 100 ms (never more than half the TTL). With the default 10 s TTL, 9 s.
-pub(crate) fn serving_window(ttl: Duration) -> Duration {
-    let margin = (ttl / 10).max(Duration::from_millis(100)).min(ttl / 2);
-    ttl - margin
 }
 
 /// This node's membership: its registration, its lease, and the claims behind its shards.
@@ -136,10 +127,11 @@ impl Membership {
         &self.view
     }
 
-    /// Whether the node serves now: registered on a lease it renews, in a cluster that has its
+    /// Whether the node serves now, by the rule gates are ready by too: registered on a lease
+    /// that is not fenced and was renewed within the serving window, in a cluster that has its
     /// quorum.
     pub(crate) fn is_ready(&self) -> bool {
-        if self.lease().is_none() || self.fenced.load(Ordering::Acquire) {
+        if self.lease().is_none() || self.fenced.load(Ordering::Acquire) || !self.lease_fresh() {
             return false;
         }
         let map = self.view.borrow();
@@ -350,53 +342,17 @@ impl Membership {
         self.directory.apply_all(|_| true, ShardEvent::Fence);
     }
 
-    /// Renews the lease every quarter of its TTL. Once the [`serving_window`] of the last
-    /// successful renewal has passed, the node stops serving before the lease can expire; once
-    /// renewal works again (or a new lease is had) the node re-registers and its reactor
-    /// reclaims its shards.
+    /// Keeps the node's lease by the cluster's one lease policy
+    /// ([`goverse_cluster::LeasePolicy`]) until `cancel`: renews every quarter of the TTL,
+    /// stops serving every shard once the [`serving_window`] of the last renewal has passed
+    /// (before the lease can expire), registers again when the lease is gone, and serves again
+    /// (the reactor reclaiming its shards) once the lease is held.
     pub(crate) async fn keep_alive(self: Arc<Self>, cancel: CancellationToken) {
-        let ttl = self.settings.lease_ttl;
-        let Some(mut lease) = self.lease() else {
-            return;
-        };
-        loop {
-            // A quarter of the TTL: turns are admitted for the serving window after each renewal
-            // asked for, so two or three renewals may fail (an etcd outage, a slow answer)
-            // before the node stops serving.
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = tokio::time::sleep(ttl / 4) => {}
-            }
-            let fenced = self.fenced.load(Ordering::Acquire);
-            let asked = tokio::time::Instant::now();
-            match self.cluster.keep_alive(lease).await {
-                Ok(()) => {
-                    self.renewed(asked);
-                    if fenced {
-                        tracing::info!("lease renewed; serving again");
-                        self.fenced.store(false, Ordering::Release);
-                        self.wake();
-                    }
-                }
-                Err(err) => {
-                    tracing::error!(error = %err, "cannot renew the node lease");
-                    let expired = matches!(err, ClusterError::LeaseExpired(_));
-                    if !fenced && (!self.lease_fresh() || expired) {
-                        tracing::error!(
-                            "stopping service of every shard until the lease is renewed"
-                        );
-                        self.fence();
-                    }
-                    if expired && self.rejoin().await {
-                        let Some(renewed) = self.lease() else {
-                            return;
-                        };
-                        lease = renewed;
-                        self.wake();
-                    }
-                }
-            }
-        }
+        let policy = goverse_cluster::LeasePolicy::new(
+            self.settings.lease_ttl,
+            tokio::time::Instant::now().duration_since(self.origin),
+        );
+        goverse_cluster::keep_lease(&*self, policy, self.origin, cancel).await;
     }
 
     /// Acts on every change of the map: fences shards another node took, hands over shards
@@ -545,6 +501,40 @@ impl Membership {
             // Bounded: a dead store must not hold up shutdown.
             let _ = tokio::time::timeout(Duration::from_secs(2), cluster.revoke_lease(lease)).await;
         }
+    }
+}
+
+impl goverse_cluster::LeaseHolder for Membership {
+    fn renew(&self) -> goverse_cluster::BoxFuture<'_, Result<(), ClusterError>> {
+        Box::pin(async move {
+            match self.lease() {
+                Some(lease) => self.cluster.keep_alive(lease).await,
+                None => Err(ClusterError::LeaseExpired(0)),
+            }
+        })
+    }
+
+    fn rejoin(&self) -> goverse_cluster::BoxFuture<'_, bool> {
+        Box::pin(async move {
+            let joined = self.rejoin().await;
+            if joined {
+                self.wake();
+            }
+            joined
+        })
+    }
+
+    fn renewed(&self, asked: tokio::time::Instant) {
+        Membership::renewed(self, asked);
+    }
+
+    fn fence(&self) {
+        Membership::fence(self);
+    }
+
+    fn unfence(&self) {
+        self.fenced.store(false, Ordering::Release);
+        self.wake();
     }
 }
 

@@ -1454,7 +1454,7 @@ async fn a_second_link_cannot_take_over_a_connected_gate_s_pushes() {
 }
 
 /// A gate of a cluster reports ready only while its registration is renewed and the map holds
-/// its quorum: etcd stopped, it turns not ready within half its lease; etcd back, ready again.
+/// its quorum: etcd stopped, it turns not ready within its serving window; etcd back, ready again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_gate_is_ready_only_while_its_lease_is_renewed_and_its_quorum_holds() {
     use goverse::cluster::{ClusterStore, EtcdClusterStore, EtcdConfig};
