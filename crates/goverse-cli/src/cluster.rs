@@ -218,6 +218,8 @@ pub(crate) async fn gate(config_path: &Path, gate_id: &str) -> anyhow::Result<()
         lease_ttl,
     )
     .await?;
+    // Watched before the gate says it serves, so a stop sent at once is not fatal.
+    let stopping = goverse::stop_signal();
     println!(
         "gate {} ({}): gRPC {}{}",
         entry.id,
@@ -242,7 +244,7 @@ pub(crate) async fn gate(config_path: &Path, gate_id: &str) -> anyhow::Result<()
                 .await
         })
     });
-    goverse::stop_signal().await;
+    stopping.await;
     stop.cancel();
     // One deadline for both servers to finish their requests (a stalled client is cut off then).
     let grace = Duration::from_secs(5);

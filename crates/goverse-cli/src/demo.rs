@@ -214,6 +214,8 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         anyhow::bail!("the gate could not reach the node at {node_addr}");
     }
 
+    // Watched before anything says the demo is up, so a stop sent at once is not fatal.
+    let stopping = goverse::stop_signal();
     println!("GoVerse demo: node and gate in one process (in-memory cluster store)");
     println!("  node service  {node_addr}");
     println!("  gate gRPC     {grpc_addr}   (upstream gate.GateService)");
@@ -247,7 +249,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!();
     println!("ready; Ctrl-C or SIGTERM stops it and saves every object");
 
-    goverse::stop_signal().await;
+    stopping.await;
     println!("stopping: saving every object (a second signal stops waiting)");
     // Save first, as `goverse node` does: the gate stops taking calls and drains within its own
     // deadline meanwhile, and no connection (a stalled client, a peer that sent half a preface)

@@ -207,6 +207,7 @@ pub(crate) async fn run(nodes: usize, data_dir: Option<PathBuf>) -> anyhow::Resu
     )?;
     wait_for(&mut gate, &gate_log, "gRPC", Duration::from_secs(60))?;
 
+    let stopping = goverse::stop_signal();
     println!("GoVerse demo: a cluster of {nodes} node processes and a gate, on etcd");
     println!("  etcd          {client_url}");
     println!("  configuration {}", config.display());
@@ -223,7 +224,7 @@ pub(crate) async fn run(nodes: usize, data_dir: Option<PathBuf>) -> anyhow::Resu
     println!();
     println!("ready; Ctrl-C or SIGTERM stops the gate, each node (saving), then etcd");
 
-    goverse::stop_signal().await;
+    stopping.await;
     println!("stopping");
     let mut failed = Vec::new();
     if gate.stop(Duration::from_secs(10)) != Some(0) {

@@ -87,6 +87,8 @@ pub(crate) async fn run(args: GateArgs) -> anyhow::Result<()> {
         },
         Arc::new(AllowAnonymous),
     )?;
+    // Watched before the gate says it serves, so a stop sent at once is not fatal.
+    let stopping = goverse::stop_signal();
     println!(
         "gate {advertise}: gRPC {}, HTTP http://{}, node {}",
         args.listen, args.http_listen, args.node
@@ -104,7 +106,7 @@ pub(crate) async fn run(args: GateArgs) -> anyhow::Result<()> {
         grpc_listener,
         http_listener,
         gate.http_router(),
-        goverse::stop_signal(),
+        stopping,
         Duration::from_secs(5),
     )
     .await?;

@@ -132,7 +132,9 @@ pub trait LeaseHolder: Send + Sync {
 
 /// Keeps `holder`'s lease by `policy` until `stop`: renews every period, fences, rejoins and
 /// unfences as the policy says. The clock is tokio's (paused-time tests move it); `origin` is
-/// the policy's zero.
+/// the policy's zero. `stop` ends the waits between renewals, never a renewal or a rejoin in
+/// progress: a holder that is stopping waits for this loop, so what a rejoin claims is held
+/// (and can be saved to) before it lets go.
 pub async fn keep_lease<H: LeaseHolder + ?Sized>(
     holder: &H,
     mut policy: LeasePolicy,
@@ -153,13 +155,12 @@ pub async fn keep_lease<H: LeaseHolder + ?Sized>(
             () = tokio::time::sleep(policy.period()) => {}
         }
         let asked = tokio::time::Instant::now();
-        let err = match cancellable(&stop, holder.renew()).await {
-            None => return,
-            Some(Ok(())) => {
+        let err = match holder.renew().await {
+            Ok(()) => {
                 succeeded(&mut policy, asked);
                 continue;
             }
-            Some(Err(err)) => err,
+            Err(err) => err,
         };
         tracing::error!(error = %err, "cannot renew the lease");
         let gone = matches!(err, ClusterError::LeaseExpired(_));
@@ -171,23 +172,13 @@ pub async fn keep_lease<H: LeaseHolder + ?Sized>(
                 }
                 LeaseAction::Rejoin => {
                     let asked = tokio::time::Instant::now();
-                    match cancellable(&stop, holder.rejoin()).await {
-                        None => return,
-                        Some(true) => succeeded(&mut policy, asked),
-                        Some(false) => {}
+                    if holder.rejoin().await {
+                        succeeded(&mut policy, asked);
                     }
                 }
                 LeaseAction::Unfence => holder.unfence(),
             }
         }
-    }
-}
-
-/// `work`, or `None` once `stop` is cancelled.
-async fn cancellable<T>(stop: &CancellationToken, work: impl Future<Output = T>) -> Option<T> {
-    tokio::select! {
-        () = stop.cancelled() => None,
-        out = work => Some(out),
     }
 }
 

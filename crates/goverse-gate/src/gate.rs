@@ -9,7 +9,9 @@ use std::time::Duration;
 use goverse_cluster::{ClusterStore, Keys, MapView};
 use goverse_core::{CallError, ClientIdentity, Clipped, ObjectId, ReliableStatus};
 use goverse_proto::node::{self as proto, DescribeResponse, Push, response};
-use goverse_transport::{Handler, LinkEvents, NetworkConnector, NodeLink, Op, Request, Router};
+use goverse_transport::{
+    Dialer, Handler, LinkEvents, NetworkConnector, NodeLink, Op, Request, Router, TcpDialer,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -82,7 +84,31 @@ impl GateConfig {
 /// How a gate reaches nodes.
 enum Routing {
     Single(Arc<NodeLink>),
-    Map(MapView, u32),
+    Map(MapView, u32, Arc<dyn Dialer>),
+}
+
+/// The cluster a gate joins and how it reaches the cluster's nodes.
+pub struct ClusterNetwork<'a> {
+    /// The coordinator the gate registers in and watches the map of.
+    pub cluster: Arc<dyn ClusterStore>,
+    /// The cluster's key prefix (`/goverse` by default).
+    pub prefix: &'a str,
+    /// The cluster's shard count.
+    pub shard_count: u32,
+    /// The TTL of the gate's registration.
+    pub lease_ttl: Duration,
+    /// Opens connections to nodes.
+    pub dialer: Arc<dyn Dialer>,
+}
+
+impl std::fmt::Debug for ClusterNetwork<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterNetwork")
+            .field("prefix", &self.prefix)
+            .field("shard_count", &self.shard_count)
+            .field("lease_ttl", &self.lease_ttl)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a gate could not start.
@@ -176,13 +202,37 @@ impl Gate {
     /// `lease_ttl`), links to every node the map names, and sends each call to the node serving
     /// its object, holding calls while their shard moves. `config.node` is ignored.
     pub async fn start_in_cluster(
-        mut config: GateConfig,
+        config: GateConfig,
         handler: Arc<dyn GateEventHandler>,
         cluster: Arc<dyn ClusterStore>,
         cluster_prefix: &str,
         shard_count: u32,
         lease_ttl: Duration,
     ) -> Result<Self, GateError> {
+        let network = ClusterNetwork {
+            cluster,
+            prefix: cluster_prefix,
+            shard_count,
+            lease_ttl,
+            dialer: Arc::new(TcpDialer),
+        };
+        Self::start_in_cluster_over(config, handler, network).await
+    }
+
+    /// [`Gate::start_in_cluster`] reaching nodes over connections `network.dialer` opens (a
+    /// `MemoryNetwork` runs a cluster inside one process over the real node protocol).
+    pub async fn start_in_cluster_over(
+        mut config: GateConfig,
+        handler: Arc<dyn GateEventHandler>,
+        network: ClusterNetwork<'_>,
+    ) -> Result<Self, GateError> {
+        let ClusterNetwork {
+            cluster,
+            prefix: cluster_prefix,
+            shard_count,
+            lease_ttl,
+            dialer,
+        } = network;
         let keys = Keys::new(cluster_prefix).map_err(GateError::Config)?;
         if lease_ttl < Duration::from_millis(300) {
             return Err(GateError::Config(format!(
@@ -198,7 +248,7 @@ impl Gate {
             .map_err(GateError::Cluster)?;
         config.node = format!("cluster {}", keys.prefix());
         let key = keys.gate(&config.advertise_address);
-        let gate = Self::start_with(config, handler, Routing::Map(view, shard_count))?;
+        let gate = Self::start_with(config, handler, Routing::Map(view, shard_count, dialer))?;
         let registration = ClusterRegistration::register(cluster, key, lease_ttl)
             .await
             .inspect_err(|_| {
@@ -260,10 +310,11 @@ impl Gate {
         let peer = config.advertise_address.clone();
         let router = match routing {
             Routing::Single(link) => Router::single(link, peer, events, stop.clone()),
-            Routing::Map(view, shard_count) => Router::by_map(
+            Routing::Map(view, shard_count, dialer) => Router::by_map(
                 view,
                 shard_count,
-                Arc::new(NetworkConnector::with_secret(
+                Arc::new(NetworkConnector::over(
+                    dialer,
                     config.peer_secret.as_deref().map(Into::into),
                 )),
                 peer,
@@ -385,11 +436,18 @@ impl Gate {
             handler.on_disconnect(&client.identity).await;
         }
         self.inner.tasks.close();
-        if tokio::time::timeout(grace, self.inner.tasks.wait())
+        let deadline = tokio::time::Instant::now() + grace;
+        let tasks_stopped = tokio::time::timeout_at(deadline, self.inner.tasks.wait())
             .await
-            .is_err()
-        {
-            tracing::warn!("gate background work did not finish within the grace period");
+            .is_ok();
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let router_stopped = self.inner.router.stopped(left).await;
+        if !(tasks_stopped && router_stopped) {
+            tracing::warn!(
+                tasks_stopped,
+                router_stopped,
+                "gate background work did not finish within the grace period"
+            );
         }
     }
 }

@@ -33,7 +33,7 @@ pub mod rules {
 mod serve;
 
 pub use auth::{AllowAnonymous, AuthError, ConnectRequest, GateEventHandler, Principal, Transport};
-pub use gate::{Gate, GateConfig, GateError, GateStats};
+pub use gate::{ClusterNetwork, Gate, GateConfig, GateError, GateStats};
 pub use grpc::status_of;
 pub use http::{
     CLIENT_ID_HEADER, CLIENT_TOKEN_HEADER, IDEMPOTENCY_KEY_HEADER, RELIABLE_STATUS_HEADER,

@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
+use tokio_util::task::TaskTracker;
 
 use tokio::time::Instant;
 
@@ -780,21 +781,24 @@ pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
 }
 
 /// A future that, once started, finishes even if its caller stops waiting: dropping it before
-/// it completes moves the rest of it onto its own task. Turns run to completion this way, so a
-/// caller's timeout never leaves an object half-updated.
-pub(crate) struct Detached<T: Send + 'static> {
+/// it completes moves the rest of it onto a task of the node's tracker (which shutdown waits
+/// for). Turns run to completion this way, so a caller's timeout never leaves an object
+/// half-updated.
+pub(crate) struct Detached<'t, T: Send + 'static> {
     future: Option<BoxFuture<T>>,
+    tracker: &'t TaskTracker,
 }
 
-impl<T: Send + 'static> Detached<T> {
-    pub(crate) fn new(future: BoxFuture<T>) -> Self {
+impl<'t, T: Send + 'static> Detached<'t, T> {
+    pub(crate) fn new(future: BoxFuture<T>, tracker: &'t TaskTracker) -> Self {
         Self {
             future: Some(future),
+            tracker,
         }
     }
 }
 
-impl<T: Send + 'static> Future for Detached<T> {
+impl<T: Send + 'static> Future for Detached<'_, T> {
     type Output = T;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<T> {
@@ -808,12 +812,12 @@ impl<T: Send + 'static> Future for Detached<T> {
     }
 }
 
-impl<T: Send + 'static> Drop for Detached<T> {
+impl<T: Send + 'static> Drop for Detached<'_, T> {
     fn drop(&mut self) {
         if let Some(future) = self.future.take()
-            && let Ok(handle) = tokio::runtime::Handle::try_current()
+            && tokio::runtime::Handle::try_current().is_ok()
         {
-            handle.spawn(async move {
+            self.tracker.spawn(async move {
                 let _ = future.await;
             });
         }

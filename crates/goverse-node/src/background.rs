@@ -126,7 +126,7 @@ impl NodeInner {
                     let Some(permit) = turn::try_acquire_write(&activation, ChainId::new_root()) else {
                         return;
                     };
-                    match Detached::new(activation.close(permit, CloseReason::Idle)).await {
+                    match Detached::new(activation.close(permit, CloseReason::Idle), &self.lifecycle.tasks).await {
                         Ok(_) => {
                             closed.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(object = %activation.id(), "deactivated idle object");

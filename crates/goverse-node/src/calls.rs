@@ -40,13 +40,19 @@ pub(crate) enum Operation<'a> {
 pub(crate) enum Served<'a, T> {
     /// Done here (whatever its outcome).
     Done(T),
-    /// Refused as not served here, before anything ran: the operation is handed back, with the
-    /// client it acts for, to go to the node that serves the object.
-    NotHere {
-        why: CallError,
-        operation: Operation<'a>,
-        client: Option<Arc<ClientIdentity>>,
-    },
+    /// Refused as not served here, before anything ran: the operation is handed back to go to
+    /// the node that serves the object. Boxed: the common outcome stays small.
+    NotHere(Box<NotHere<'a>>),
+}
+
+/// An operation refused as not served here, handed back.
+pub(crate) struct NotHere<'a> {
+    /// Why; `None` when the directory's hint said the shard is served elsewhere (nothing was
+    /// looked up, so there is no refusal to report unless the call cannot go on).
+    pub(crate) why: Option<CallError>,
+    pub(crate) operation: Operation<'a>,
+    /// The client the operation acts for.
+    pub(crate) client: Option<Arc<ClientIdentity>>,
 }
 
 /// The object an operation is for, located once per call.
@@ -154,7 +160,7 @@ impl NodeInner {
         self.counters.activations.fetch_add(1, Ordering::Relaxed);
         // The new activation was born holding its write turn on `chain`; run on_activate under it.
         let permit = TurnPermit::preassigned(activation.clone(), MethodKind::Write, chain);
-        Detached::new(activation.activate(permit, deadline)).await;
+        Detached::new(activation.activate(permit, deadline), &self.lifecycle.tasks).await;
         if matches!(
             activation.turn_state().lock().status,
             turn::Status::Failed(_)
@@ -245,19 +251,21 @@ impl NodeInner {
             return Ok(not_here(why, Operation::Call(method, request), client));
         }
         if away {
-            let why = CallError::not_served(format!(
-                "node {} does not serve the shard of {}",
-                self.address, target.id
-            ));
-            return Ok(not_here(why, Operation::Call(method, request), client));
+            let hinted = NotHere {
+                why: None,
+                operation: Operation::Call(method, request),
+                client,
+            };
+            return Ok(Served::NotHere(Box::new(hinted)));
         }
         let work = async move {
             match self.turn_on(target, kind, chain, deadline).await {
-                Ok((activation, permit)) => {
-                    Detached::new(activation.run(permit, index, request, deadline, client))
-                        .await
-                        .map(Served::Done)
-                }
+                Ok((activation, permit)) => Detached::new(
+                    activation.run(permit, index, request, deadline, client),
+                    &self.lifecycle.tasks,
+                )
+                .await
+                .map(Served::Done),
                 Err(why) if why.is_not_served() => {
                     Ok(not_here(why, Operation::Call(method, request), client))
                 }
@@ -394,8 +402,11 @@ impl NodeInner {
                 kind,
             };
             Ok(Served::Done(
-                Detached::new(activation.run_reliable(permit, call, request, deadline, client))
-                    .await,
+                Detached::new(
+                    activation.run_reliable(permit, call, request, deadline, client),
+                    &self.lifecycle.tasks,
+                )
+                .await,
             ))
         };
         let id = target.id;
@@ -498,7 +509,11 @@ impl NodeInner {
             };
             match turn::acquire(&activation, MethodKind::Write, chain).await {
                 Ok(permit) => {
-                    Detached::new(activation.close(permit, CloseReason::Delete)).await?;
+                    Detached::new(
+                        activation.close(permit, CloseReason::Delete),
+                        &self.lifecycle.tasks,
+                    )
+                    .await?;
                     if self.auto_loaded.contains(id) {
                         self.auto_load_wake.notify_one();
                     }
@@ -516,11 +531,11 @@ fn not_here<'a, T>(
     operation: Operation<'a>,
     client: Option<Arc<ClientIdentity>>,
 ) -> Served<'a, T> {
-    Served::NotHere {
-        why,
+    Served::NotHere(Box::new(NotHere {
+        why: Some(why),
         operation,
         client,
-    }
+    }))
 }
 
 /// What a create or delete came to: done, refused as not served (handed back), or failed.

@@ -7,7 +7,7 @@ use goverse_proto::node::response;
 use goverse_transport::{Op, Request};
 use tokio::time::Instant;
 
-use crate::calls::{Operation, Served, Target};
+use crate::calls::{NotHere, Operation, Served, Target};
 use crate::host::{CallScope, MethodRef};
 use crate::lifecycle::Phase;
 use crate::node::NodeInner;
@@ -28,17 +28,24 @@ impl NodeInner {
         served: Served<'_, T>,
         scope: &CallScope,
     ) -> Result<response::Result, CallError> {
-        let Served::NotHere {
+        let Served::NotHere(not_here) = served else {
+            return Err(CallError::internal("a served operation was sent on"));
+        };
+        let NotHere {
             why,
             operation,
             client,
-        } = served
-        else {
-            return Err(CallError::internal("a served operation was sent on"));
-        };
+        } = *not_here;
         let router = match self.router.get() {
             Some(router) if scope.forward && self.forwards() => router,
-            _ => return Err(why),
+            _ => {
+                return Err(why.unwrap_or_else(|| {
+                    CallError::not_served(format!(
+                        "node {} does not serve the shard of {}",
+                        self.address, target.id
+                    ))
+                }));
+            }
         };
         let op = match operation {
             Operation::Call(method, request) => Op::Call {

@@ -436,6 +436,24 @@ impl Node {
         }
     }
 
+    /// Whether this node serves object `id` at this moment: running on a lease it holds, the
+    /// object active here and its shard admitting turns. At most one node of a cluster serves
+    /// an object at any moment (what fencing guarantees); a node that may have lost its lease
+    /// stops answering `true` before another can take the object over.
+    pub fn serves(&self, id: &ObjectId) -> bool {
+        let inner = &self.inner;
+        if inner.lifecycle.phase() != Phase::Running || !inner.membership.lease_fresh() {
+            return false;
+        }
+        let Ok(route) = goverse_core::Route::of(id.as_str(), inner.config.shard_count) else {
+            return false;
+        };
+        matches!(
+            inner.directory.lookup(route.shard(), id),
+            crate::directory::Lookup::Active(_)
+        )
+    }
+
     /// Pushes `message` to client `client_id` through its gate; see [`ObjectContext::push`].
     ///
     /// [`ObjectContext::push`]: crate::ObjectContext::push

@@ -41,6 +41,28 @@ impl Node {
     }
 }
 
+/// [`serve`] on any stream of incoming connections (a `goverse_transport::MemoryNetwork`
+/// listener, a TLS acceptor), with the node's secret and drain timeout.
+pub async fn serve_incoming<S, IO>(
+    node: Node,
+    incoming: S,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError>
+where
+    S: futures::Stream<Item = std::io::Result<IO>> + Send + 'static,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + goverse_transport::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+{
+    let secret = node.config().peer_secret.as_deref().map(Into::into);
+    let drain = node.config().connection_limits.drain_timeout;
+    goverse_transport::serve_incoming(node.handler(), incoming, secret, drain, shutdown).await
+}
+
 /// The node behind the transport.
 pub(crate) struct NodeHandler {
     pub(crate) node: HeldNode,

@@ -44,11 +44,22 @@ impl NodeInner {
         self.membership.leave().await;
         life.store.cancel();
         life.stopped();
-        if tokio::time::timeout_at(deadline, life.tasks.wait())
+        let router_stopped = match self.router.get() {
+            Some(router) => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                router.stopped(left).await
+            }
+            None => true,
+        };
+        let tasks_stopped = tokio::time::timeout_at(deadline, life.tasks.wait())
             .await
-            .is_err()
-        {
-            tracing::warn!("background tasks did not stop within the shutdown grace");
+            .is_ok();
+        if !(router_stopped && tasks_stopped) {
+            tracing::warn!(
+                router_stopped,
+                tasks_stopped,
+                "background tasks did not stop within the shutdown grace"
+            );
         }
         report
     }
@@ -112,7 +123,7 @@ impl NodeInner {
                     },
                 };
                 let shard = activation.shard();
-                match Detached::new(activation.close(permit, CloseReason::Shutdown)).await {
+                match Detached::new(activation.close(permit, CloseReason::Shutdown), &self.lifecycle.tasks).await {
                     Ok(Some(data)) => closed.lock().push((activation, data, shard)),
                     Ok(None) => {}
                     Err(err) => {

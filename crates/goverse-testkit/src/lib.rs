@@ -5,9 +5,14 @@
 //! - [`Process`]: a child process (node, gate, client) driven through its standard streams.
 //! - [`PostgresServer`]: a real PostgreSQL server of the test's own, on a free loopback port.
 //! - [`EtcdServer`]: a real one-member etcd of the test's own, on free loopback ports.
+//! - [`TestCluster`]: nodes and gates of one cluster in the test's process, over the real node
+//!   protocol on in-memory pipes, on tokio time.
 
+mod cluster;
 mod etcd;
 mod postgres;
+
+pub use cluster::{Setup, TestCluster, TestClusterBuilder, TestNode};
 
 pub use etcd::EtcdServer;
 pub use postgres::{

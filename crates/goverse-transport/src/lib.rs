@@ -7,7 +7,10 @@
 //!
 //! - [`Handler`]: what a node offers its peers. The node implements it; this crate knows
 //!   nothing else of the runtime.
-//! - [`serve`]: the server half: a node's [`Handler`] on a listener.
+//! - [`serve`]: the server half: a node's [`Handler`] on a listener, or on any stream of
+//!   incoming connections ([`serve_incoming`]).
+//! - [`Dialer`]: how links open connections: [`TcpDialer`], or [`MemoryNetwork`] (a network
+//!   inside one process: the real protocol over in-memory pipes, for tests on paused time).
 //! - [`NodeLink`]: the client half: a reconnecting link to one node, or an in-process link
 //!   straight to a [`Handler`] in the same process (no socket, no encoding, same semantics).
 //! - [`Router`]: a link to every node of the cluster, and each request sent to the node that
@@ -16,6 +19,7 @@
 
 mod encode;
 mod handler;
+mod io;
 mod link;
 mod listen;
 mod router;
@@ -23,10 +27,14 @@ mod server;
 mod wire;
 
 pub use handler::{Handler, Op, Outcome, PEER_PUSH_BACKLOG, PeerSink, PushRefused, Request};
-pub use link::{LinkEvents, NodeLink, probe_node};
+pub use io::{Dialer, Io, MemoryIncoming, MemoryNetwork, MemoryStream, TcpDialer};
+pub use link::{LinkEvents, NodeLink, probe_node, probe_node_over};
 pub use listen::{Acceptor, ConnectionLimits, Guarded, Throttle, with_drain_deadline};
 pub use router::{Connector, InProcessNetwork, NetworkConnector, Router};
-pub use server::{ServeError, serve, serve_with_limits, serve_with_secret};
+pub use server::{ServeError, serve, serve_incoming, serve_with_limits, serve_with_secret};
+/// What a server learns of an accepted connection (implement it for a connection type of your
+/// own to serve on it).
+pub use tonic::transport::server::Connected;
 pub use wire::{failure_of, failure_to_error, reliable_from_proto, reliable_to_proto};
 
 /// The request header a peer names its own address in (`host:port` of a gate). Pushes for

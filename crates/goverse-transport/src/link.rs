@@ -21,9 +21,10 @@ use goverse_proto::node::{DescribeRequest, DescribeResponse, Push, ResponseBatch
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::encode::{BatchCodec, EncodedBatch, encode_request};
+use crate::io::{Dialer, TcpDialer};
 use crate::wire::outcome_of;
 use crate::{
     Handler, MAX_BATCH, MAX_MESSAGE_BYTES, Outcome, PEER_ADDRESS_HEADER, PeerSink, Request,
@@ -53,19 +54,19 @@ pub async fn probe_node(
     secret: Option<&str>,
     timeout: Duration,
 ) -> Result<(), String> {
+    let tcp: Arc<dyn Dialer> = Arc::new(TcpDialer);
+    probe_node_over(&tcp, address, secret, timeout).await
+}
+
+/// [`probe_node`] over connections `dialer` opens.
+pub async fn probe_node_over(
+    dialer: &Arc<dyn Dialer>,
+    address: &str,
+    secret: Option<&str>,
+    timeout: Duration,
+) -> Result<(), String> {
     let probe = async {
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| format!("bad node address {address:?}: {e}"))?
-            .tcp_nodelay(true)
-            .connect_timeout(timeout);
-        let channel = endpoint.connect().await.map_err(|e| {
-            // The innermost cause says it best ("Connection refused (os error 111)").
-            let mut cause: &dyn std::error::Error = &e;
-            while let Some(source) = cause.source() {
-                cause = source;
-            }
-            format!("cannot connect: {cause}")
-        })?;
+        let channel = crate::io::channel(address, dialer, timeout).await?;
         let mut request = tonic::Request::new(DescribeRequest {});
         if let Some(secret) = secret {
             let value = secret
@@ -191,6 +192,8 @@ pub struct NodeLink {
     address: String,
     /// The cluster secret this link presents to the node, if the cluster has one.
     secret: Option<Arc<str>>,
+    /// Opens its connections (over the network, or a network inside this process).
+    dialer: Arc<dyn Dialer>,
     current: ArcSwapOption<Connection>,
     /// Set when the node runs in this process: requests then run in the caller's task.
     local: Option<Arc<dyn Handler>>,
@@ -215,9 +218,15 @@ impl NodeLink {
 
     /// [`NodeLink::remote`] presenting the cluster's `secret` to the node.
     pub fn remote_with_secret(address: String, secret: Option<Arc<str>>) -> Arc<Self> {
+        Self::dialed(address, secret, Arc::new(TcpDialer))
+    }
+
+    /// A link to the node at `address` over connections `dialer` opens, presenting `secret`.
+    pub fn dialed(address: String, secret: Option<Arc<str>>, dialer: Arc<dyn Dialer>) -> Arc<Self> {
         Arc::new(Self {
             address,
             secret,
+            dialer,
             current: ArcSwapOption::empty(),
             local: None,
             next_id: AtomicU64::new(1),
@@ -229,6 +238,7 @@ impl NodeLink {
         Arc::new(Self {
             address,
             secret: None,
+            dialer: Arc::new(TcpDialer),
             current: ArcSwapOption::empty(),
             local: Some(handler),
             next_id: AtomicU64::new(1),
@@ -351,13 +361,8 @@ impl NodeLink {
         events: &dyn LinkEvents,
         stop: &CancellationToken,
     ) -> Result<(), String> {
-        let endpoint = Endpoint::from_shared(format!("http://{}", self.address))
-            .map_err(|e| format!("bad node address {:?}: {e}", self.address))?
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(2))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(20));
-        let channel: Channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+        let channel: Channel =
+            crate::io::channel(&self.address, &self.dialer, Duration::from_secs(2)).await?;
         let mut client = NodeServiceClient::new(channel.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -20,7 +20,9 @@ use goverse_proto::node::response;
 use parking_lot::RwLock;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use crate::io::{Dialer, TcpDialer};
 use crate::{Handler, LinkEvents, NodeLink, Outcome, Request};
 
 /// Makes the link to a node: over the network by default ([`NodeLink::remote`]); tests and
@@ -39,25 +41,47 @@ pub trait Connector: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<(), String>>;
 }
 
-/// Links over the network, one long-lived batched stream per node, presenting the cluster's
-/// secret when it has one.
-#[derive(Debug, Default, Clone)]
+/// Links over connections a [`Dialer`] opens (TCP by default), one long-lived batched stream per
+/// node, presenting the cluster's secret when it has one.
+#[derive(Clone)]
 pub struct NetworkConnector {
     secret: Option<Arc<str>>,
+    dialer: Arc<dyn Dialer>,
+}
+
+impl std::fmt::Debug for NetworkConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetworkConnector")
+            .field("secret", &self.secret.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for NetworkConnector {
+    fn default() -> Self {
+        Self::with_secret(None)
+    }
 }
 
 impl NetworkConnector {
-    /// Links that present `secret` (`None`: the cluster has none).
+    /// Links over TCP that present `secret` (`None`: the cluster has none).
     pub fn with_secret(secret: Option<Arc<str>>) -> Self {
-        Self { secret }
+        Self::over(Arc::new(TcpDialer), secret)
+    }
+
+    /// Links over connections `dialer` opens (a [`crate::MemoryNetwork`] links a cluster inside
+    /// one process over the real protocol), presenting `secret`.
+    pub fn over(dialer: Arc<dyn Dialer>, secret: Option<Arc<str>>) -> Self {
+        Self { secret, dialer }
     }
 }
 
 impl Connector for NetworkConnector {
     fn connect(&self, address: &NodeAddr) -> Option<Arc<NodeLink>> {
-        Some(NodeLink::remote_with_secret(
+        Some(NodeLink::dialed(
             address.to_string(),
             self.secret.clone(),
+            self.dialer.clone(),
         ))
     }
 
@@ -68,7 +92,10 @@ impl Connector for NetworkConnector {
     ) -> BoxFuture<'static, Result<(), String>> {
         let address = address.to_string();
         let secret = self.secret.clone();
-        Box::pin(async move { crate::probe_node(&address, secret.as_deref(), timeout).await })
+        let dialer = self.dialer.clone();
+        Box::pin(async move {
+            crate::probe_node_over(&dialer, &address, secret.as_deref(), timeout).await
+        })
     }
 }
 
@@ -165,6 +192,8 @@ struct RouterInner {
     peer_address: String,
     events: Arc<dyn LinkEvents>,
     stop: CancellationToken,
+    /// Every task the router starts: the map follower, links, drains of departed nodes.
+    tasks: TaskTracker,
 }
 
 /// Sends requests to the nodes that serve their objects. Cheap to clone.
@@ -248,6 +277,7 @@ impl Router {
                 peer_address,
                 events,
                 stop,
+                tasks: TaskTracker::new(),
             }),
         };
         router.start_following();
@@ -262,7 +292,8 @@ impl Router {
         events: Arc<dyn LinkEvents>,
         stop: CancellationToken,
     ) -> Self {
-        tokio::spawn(
+        let tasks = TaskTracker::new();
+        tasks.spawn(
             link.clone()
                 .run(peer_address.clone(), events.clone(), stop.clone()),
         );
@@ -273,8 +304,18 @@ impl Router {
                 peer_address,
                 events,
                 stop,
+                tasks,
             }),
         }
+    }
+
+    /// Waits up to `grace` for every task the router started to end (after its stop token was
+    /// cancelled); `false` if some had not.
+    pub async fn stopped(&self, grace: Duration) -> bool {
+        self.inner.tasks.close();
+        tokio::time::timeout(grace, self.inner.tasks.wait())
+            .await
+            .is_ok()
     }
 
     /// The links open now (one per registered node, or the single one).
@@ -303,7 +344,7 @@ impl Router {
         let router = Arc::downgrade(&self.inner);
         let stop = self.inner.stop.clone();
         Self::follow(&self.inner, &view.borrow());
-        tokio::spawn(async move {
+        self.inner.tasks.spawn(async move {
             loop {
                 tokio::select! {
                     () = stop.cancelled() => return,
@@ -372,7 +413,7 @@ impl Router {
                 // No new requests go to a node that left; those on their way still get their
                 // answers (its node service answers until it exits), then the link closes.
                 let (link, stop) = (link.clone(), stop.clone());
-                tokio::spawn(async move {
+                inner.tasks.spawn(async move {
                     let deadline = Instant::now() + LEFT_NODE_DRAIN;
                     while link.in_flight() > 0 && Instant::now() < deadline {
                         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -390,7 +431,7 @@ impl Router {
                 continue;
             };
             let stop = inner.stop.child_token();
-            tokio::spawn(link.clone().run(
+            inner.tasks.spawn(link.clone().run(
                 inner.peer_address.clone(),
                 inner.events.clone(),
                 stop.clone(),

@@ -89,6 +89,32 @@ pub async fn serve_with_limits(
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    let incoming = Acceptor::new(listener, limits, "node service").into_incoming();
+    serve_incoming(handler, incoming, secret, limits.drain_timeout, shutdown).await
+}
+
+/// Serves `handler` on every connection `incoming` yields (a guarded TCP listener, a
+/// [`crate::MemoryNetwork`] listener, a TLS acceptor) until `shutdown` completes; then ends
+/// every peer stream and waits up to `drain_timeout` for the answers still due. Admits only
+/// peers that send `secret` when there is one. Per connection: at most 16 streams, a bounded
+/// header list and a bounded rate of stream resets.
+pub async fn serve_incoming<S, IO>(
+    handler: Arc<dyn Handler>,
+    incoming: S,
+    secret: Option<Arc<str>>,
+    drain_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError>
+where
+    S: futures::Stream<Item = std::io::Result<IO>> + Send + 'static,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+{
     let stop = CancellationToken::new();
     let readers = TaskTracker::new();
     let service = NodeServiceServer::new(NodeRpc {
@@ -101,7 +127,6 @@ pub async fn serve_with_limits(
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let incoming = Acceptor::new(listener, limits, "node service").into_incoming();
     let served = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
@@ -119,9 +144,9 @@ pub async fn serve_with_limits(
         });
     // A connection that never finishes (a stalled peer) cannot hold the stop past the drain
     // deadline.
-    let served = with_drain_deadline(served, stop, limits.drain_timeout, "node service").await;
+    let served = with_drain_deadline(served, stop, drain_timeout, "node service").await;
     readers.close();
-    if tokio::time::timeout(limits.drain_timeout, readers.wait())
+    if tokio::time::timeout(drain_timeout, readers.wait())
         .await
         .is_err()
     {
@@ -261,6 +286,8 @@ struct Lanes {
     busy: Arc<AtomicUsize>,
     /// The requests of the batch being dealt, per lane task.
     dealt: Vec<Vec<proto::Request>>,
+    /// The stream's tracker, which every request task is spawned on.
+    tracker: TaskTracker,
 }
 
 impl Lanes {
@@ -278,10 +305,11 @@ impl Lanes {
             .map(|_| {
                 let (lane_tx, mut lane_rx) = mpsc::unbounded_channel::<Vec<proto::Request>>();
                 let (handler, tx, busy) = (handler.clone(), tx.clone(), busy.clone());
+                let lane_tracker = tracker.clone();
                 tracker.spawn(async move {
                     while let Some(chunk) = lane_rx.recv().await {
                         for request in chunk {
-                            run_request(&handler, &tx, request);
+                            run_request(&handler, &tx, &lane_tracker, request);
                         }
                         busy.fetch_sub(1, Ordering::Release);
                     }
@@ -292,6 +320,7 @@ impl Lanes {
         Self {
             handler: handler.clone(),
             tx: tx.clone(),
+            tracker: tracker.clone(),
             dealt: tasks.iter().map(|_| Vec::new()).collect(),
             tasks,
             busy,
@@ -304,14 +333,14 @@ impl Lanes {
             || (requests.len() <= INLINE_REQUESTS && self.busy.load(Ordering::Acquire) == 0);
         if inline {
             for request in requests {
-                run_request(&self.handler, &self.tx, request);
+                run_request(&self.handler, &self.tx, &self.tracker, request);
             }
             return;
         }
         let lanes = self.tasks.len() + 1;
         for request in requests {
             match lane_of(&request, lanes) {
-                0 => run_request(&self.handler, &self.tx, request),
+                0 => run_request(&self.handler, &self.tx, &self.tracker, request),
                 lane => self.dealt[lane - 1].push(request),
             }
         }
@@ -346,6 +375,7 @@ fn lane_of(request: &proto::Request, lanes: usize) -> usize {
 fn run_request(
     handler: &Arc<dyn Handler>,
     tx: &mpsc::UnboundedSender<Outbound>,
+    tracker: &TaskTracker,
     request: proto::Request,
 ) {
     let handler = handler.clone();
@@ -367,8 +397,9 @@ fn run_request(
         .poll(&mut Context::from_waker(waker))
         .is_pending()
     {
-        // Spawned tasks are polled again at once, registering their own waker.
-        tokio::spawn(task);
+        // Spawned tasks are polled again at once, registering their own waker. Tracked with
+        // the stream's reader, so a draining server waits for the answers still due.
+        tracker.spawn(task);
     }
 }
 

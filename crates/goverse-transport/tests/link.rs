@@ -272,3 +272,70 @@ async fn requests_to_one_object_start_in_the_order_they_were_sent() {
     drop(started);
     stop.cancel();
 }
+
+/// The same protocol over a network inside the process, on paused time: calls answer in the
+/// order they finish, a deadline passes without real waiting, a cut address breaks the open
+/// connection (what waits on it fails at once) and refuses new ones, and the link comes back
+/// by itself once the address is reachable again.
+#[tokio::test(start_paused = true)]
+async fn the_protocol_runs_over_an_in_process_network_on_paused_time() {
+    use goverse_transport::{Dialer, MemoryNetwork};
+    let network = MemoryNetwork::new();
+    let stop = CancellationToken::new();
+    let address = "10.0.0.1:7000";
+    let incoming = network.listen(address).unwrap();
+    assert!(network.listen(address).is_err(), "one listener per address");
+    tokio::spawn(goverse_transport::serve_incoming(
+        Arc::new(Sleepy),
+        incoming,
+        None,
+        Duration::from_secs(1),
+        stop.clone().cancelled_owned(),
+    ));
+    let dialer: Arc<dyn Dialer> = network.clone();
+    let link = NodeLink::dialed(address.to_owned(), None, dialer.clone());
+    tokio::spawn(
+        link.clone()
+            .run("10.0.0.9:1".into(), Arc::new(Quiet), stop.child_token()),
+    );
+    assert_eventually!(link.is_connected());
+
+    let started = tokio::time::Instant::now();
+    let (slow, fast) = tokio::join!(
+        link.request(call("slow", "3000"), Duration::from_secs(10)),
+        link.request(call("fast", "10"), Duration::from_secs(10)),
+    );
+    assert_eq!(object_of(slow), "slow");
+    assert_eq!(object_of(fast), "fast");
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "paused time moved on"
+    );
+    assert!(network.connections_made() >= 1);
+
+    let waiting = tokio::spawn({
+        let link = link.clone();
+        async move {
+            link.request(call("cut", "never"), Duration::from_secs(60))
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    network.set_reachable(address, false);
+    let cut = waiting.await.unwrap().unwrap_err();
+    assert_eq!(cut.code(), ErrorCode::Unavailable, "{cut}");
+    assert_eventually!(!link.is_connected());
+    let refused = dialer.dial(address).await.err().expect("refused while cut");
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    let probe =
+        goverse_transport::probe_node_over(&dialer, address, None, Duration::from_secs(1)).await;
+    assert!(probe.unwrap_err().contains("cannot connect"));
+
+    network.set_reachable(address, true);
+    assert_eventually!(link.is_connected(), Duration::from_secs(10));
+    let back = link
+        .request(call("back", "1"), Duration::from_secs(5))
+        .await;
+    assert_eq!(object_of(back), "back");
+    stop.cancel();
+}

@@ -54,7 +54,7 @@ pub use goverse_node::{
     TypeOptions, from_json_state, json_state, to_json_state,
 };
 /// The node service: serve a node's objects to gates (`goverse::serve(node, listener, shutdown)`).
-pub use goverse_node::{ServeError, serve};
+pub use goverse_node::{ServeError, serve, serve_incoming};
 /// Limits on a listening port's connections (`NodeConfig::connection_limits`,
 /// `GateConfig::connection_limits`).
 pub use goverse_transport::ConnectionLimits;
@@ -72,32 +72,43 @@ pub mod run;
 /// its object by the cluster's shard map.
 pub mod transport {
     pub use goverse_transport::{
-        Connector, Handler, InProcessNetwork, LinkEvents, NetworkConnector, NodeLink, Router,
-        probe_node,
+        Connected, Connector, Dialer, Handler, InProcessNetwork, Io, LinkEvents, MemoryIncoming,
+        MemoryNetwork, MemoryStream, NetworkConnector, NodeLink, Router, TcpDialer, probe_node,
+        probe_node_over,
     };
 }
 /// Resolves when the process is asked to stop: Ctrl-C (SIGINT) or SIGTERM, the two ways a
 /// terminal and a service manager stop a node or gate. A `main` serving a node awaits it, then
 /// shuts the node down so every object is saved.
-pub async fn stop_signal() {
+///
+/// The signals are watched from the call on, not from the first poll: call it before saying
+/// the process is ready, so a stop sent right after is never met by the default action (the
+/// process killed without saving).
+pub fn stop_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let watched = signal(SignalKind::terminate())
+            .and_then(|term| Ok((term, signal(SignalKind::interrupt())?)));
+        async move {
+            match watched {
+                Ok((mut term, mut interrupt)) => {
+                    tokio::select! {
+                        _ = interrupt.recv() => {}
+                        _ = term.recv() => {}
+                    }
                 }
-            }
-            Err(err) => {
-                tracing::warn!(cause = %err, "cannot watch SIGTERM; stop with Ctrl-C");
-                let _ = tokio::signal::ctrl_c().await;
+                Err(err) => {
+                    tracing::warn!(cause = %err, "cannot watch SIGTERM; stop with Ctrl-C");
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+    async move {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// The prost version GoVerse messages are built with.

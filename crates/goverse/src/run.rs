@@ -179,13 +179,14 @@ pub async fn shutdown_hurried_by_a_second_signal(
     node: &Node,
     grace: Duration,
 ) -> (crate::ShutdownReport, bool) {
+    let second_signal = crate::stop_signal();
     let shutdown = node.shutdown(grace);
-    tokio::pin!(shutdown);
+    tokio::pin!(shutdown, second_signal);
     let mut hurried = false;
     loop {
         tokio::select! {
             report = &mut shutdown => return (report, hurried),
-            () = crate::stop_signal(), if !hurried => {
+            () = &mut second_signal, if !hurried => {
                 println!("stopping now: saving what is not in the middle of a turn");
                 node.hurry_shutdown();
                 hurried = true;
@@ -230,6 +231,7 @@ pub async fn run_node(
     let service = tokio::spawn(crate::serve(node.clone(), listener, async {
         let _ = stopped.await;
     }));
+    let stopping = crate::stop_signal();
     println!(
         "node {} ({}) serving on {}; {} shards; store {}",
         entry.id,
@@ -238,7 +240,7 @@ pub async fn run_node(
         file.cluster.shards,
         store.as_ref().map_or("none".to_owned(), |s| s.describe())
     );
-    crate::stop_signal().await;
+    stopping.await;
     println!("stopping: handing shards over and saving (a second signal stops waiting)");
     // Save first, while the node service still answers (peers' calls for shards handed over
     // are refused as not served and follow the shards), then end the connections.

@@ -1,17 +1,15 @@
-//! Several nodes of one cluster in one process, on the in-memory coordinator and a shared object
-//! store, linked in-process, on paused time: leadership, placement to ±1, hand-overs that keep
+//! Several nodes of one cluster in one process ([`TestCluster`]: the real node protocol over
+//! in-memory pipes, the in-memory coordinator and a shared object store), on paused time: leadership, placement to ±1, hand-overs that keep
 //! every object's state, and calls through any node that never fail while shards move.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use goverse::cluster::{ClusterMap, ClusterStore, MemoryClusterStore};
-use goverse::persistence::{MemoryStore, ObjectStore};
+use goverse::cluster::ClusterMap;
 use goverse::prelude::*;
-use goverse::transport::InProcessNetwork;
 use goverse::{AutoLoad, AutoLoadScope, NodeAddr, ShardId, shard_of};
-use goverse_testkit::assert_eventually;
+use goverse_testkit::{TestCluster, assert_eventually};
 
 const SHARDS: u32 = 64;
 
@@ -39,83 +37,15 @@ impl Tally {
     }
 }
 
-struct Cluster {
-    memory: MemoryClusterStore,
-    coordinator: Arc<dyn ClusterStore>,
-    objects: Arc<dyn ObjectStore>,
-    network: Arc<InProcessNetwork>,
-}
-
-impl Cluster {
-    fn new() -> Self {
-        let memory = MemoryClusterStore::new();
-        Self {
-            coordinator: Arc::new(memory.clone()),
-            memory,
-            objects: Arc::new(MemoryStore::new()),
-            network: InProcessNetwork::new(),
-        }
-    }
-
-    async fn node(&self, n: u16, min_quorum: usize) -> Node {
-        self.node_with(
-            n,
-            min_quorum,
-            Vec::new(),
-            NodeConfig::default().idle_timeout,
-        )
+/// A cluster of Tally nodes over the real node protocol (in-memory pipes), on the in-memory
+/// coordinator and object store, each node with a quorum of `min_quorum`.
+async fn cluster(min_quorum: usize) -> TestCluster {
+    TestCluster::builder()
+        .shards(SHARDS)
+        .configure(|c| c.min_quorum = min_quorum)
+        .types(|node| node.register::<Tally>())
+        .start(0)
         .await
-    }
-
-    async fn node_with(
-        &self,
-        n: u16,
-        min_quorum: usize,
-        auto_load: Vec<AutoLoad>,
-        idle_timeout: Duration,
-    ) -> Node {
-        self.node_on(
-            self.coordinator.clone(),
-            n,
-            min_quorum,
-            auto_load,
-            idle_timeout,
-        )
-        .await
-    }
-
-    /// A node reaching the coordinator through `coordinator` (a connection of its own can be
-    /// cut).
-    async fn node_on(
-        &self,
-        coordinator: Arc<dyn ClusterStore>,
-        n: u16,
-        min_quorum: usize,
-        auto_load: Vec<AutoLoad>,
-        idle_timeout: Duration,
-    ) -> Node {
-        let config = NodeConfig {
-            auto_load,
-            idle_timeout,
-            address: format!("127.0.0.1:{}", 47000 + n),
-            shard_count: SHARDS,
-            lease_ttl: Duration::from_secs(3),
-            stability_window: Duration::from_secs(2),
-            save_interval: Duration::ZERO,
-            min_quorum,
-            ..NodeConfig::default()
-        };
-        let node = Node::builder(config)
-            .register::<Tally>()
-            .cluster_store(coordinator)
-            .object_store(self.objects.clone())
-            .connector(self.network.clone())
-            .start()
-            .await
-            .unwrap();
-        self.network.add(node.address(), node.handler());
-        node
-    }
 }
 
 /// Adds 1 to random tallies through random nodes of `via` until stopped, counting every
@@ -188,8 +118,8 @@ async fn total(node: &Node, id: &str) -> i64 {
 
 #[tokio::test(start_paused = true)]
 async fn joining_nodes_get_an_even_share_and_calls_never_fail_while_shards_move() {
-    let cluster = Cluster::new();
-    let a = cluster.node(1, 1).await;
+    let mut cluster = cluster(1).await;
+    let a = cluster.add_node().await.clone();
     assert!(a.is_ready());
     assert_eq!(a.stats().owned_shards, u64::from(SHARDS));
     assert_eventually!(
@@ -213,8 +143,8 @@ async fn joining_nodes_get_an_even_share_and_calls_never_fail_while_shards_move(
 
     // Calls through the first node go on while two nodes join and the shards move.
     let load = Load::start(vec![a.clone()], TALLIES);
-    let b = cluster.node(2, 1).await;
-    let c = cluster.node(3, 1).await;
+    let b = cluster.add_node().await.clone();
+    let c = cluster.add_node().await.clone();
     // Nothing moves while the joins are within the stability window.
     assert_eq!(b.stats().owned_shards + c.stats().owned_shards, 0);
     assert_eventually!(balanced(&[&a, &b, &c]), Duration::from_secs(20));
@@ -226,6 +156,8 @@ async fn joining_nodes_get_an_even_share_and_calls_never_fail_while_shards_move(
         &failures[..failures.len().min(5)]
     );
     assert!(calls > 500, "only {calls} calls");
+    // The nodes reached each other over the node protocol (peer checks and links).
+    assert!(cluster.network().connections_made() >= 6);
 
     // Every object holds exactly what was acknowledged, answers through any node, and is
     // active on its shard's owner only.
@@ -292,18 +224,18 @@ async fn joining_nodes_get_an_even_share_and_calls_never_fail_while_shards_move(
 
 #[tokio::test(start_paused = true)]
 async fn a_starting_cluster_waits_for_its_quorum_then_spreads_the_shards() {
-    let cluster = Cluster::new();
-    let a = cluster.node(1, 3).await;
+    let mut cluster = cluster(3).await;
+    let a = cluster.add_node().await.clone();
     assert!(!a.is_ready(), "one node of three is not ready");
     assert_eq!(
         a.stats().owned_shards,
         0,
         "no shard is given out before the quorum"
     );
-    let b = cluster.node(2, 3).await;
+    let b = cluster.add_node().await.clone();
     assert!(!b.is_ready());
     assert_eq!(a.stats().owned_shards + b.stats().owned_shards, 0);
-    let c = cluster.node(3, 3).await;
+    let c = cluster.add_node().await.clone();
     // With the quorum, each node takes its preferred shards at once; the leader then evens
     // them out to ±1 once the window has passed.
     assert_eventually!(a.is_ready() && b.is_ready() && c.is_ready());
@@ -327,12 +259,9 @@ async fn a_starting_cluster_waits_for_its_quorum_then_spreads_the_shards() {
 /// a new lease and serves again, with every saved state kept.
 #[tokio::test(start_paused = true)]
 async fn a_node_cut_off_from_the_coordinator_stops_serving_before_its_lease_ends_and_rejoins() {
-    let cluster = Cluster::new();
-    let link = cluster.memory.connection();
-    let a = cluster
-        .node_on(Arc::new(link.clone()), 1, 1, Vec::new(), IDLE)
-        .await;
-    let b = cluster.node(2, 1).await;
+    let mut cluster = cluster(1).await;
+    let a = cluster.add_node().await.clone();
+    let b = cluster.add_node().await.clone();
     assert_eventually!(balanced(&[&a, &b]), Duration::from_secs(20));
     let ids: Vec<String> = (0..40).map(|i| format!("tally-{i}")).collect();
     for id in &ids {
@@ -346,7 +275,7 @@ async fn a_node_cut_off_from_the_coordinator_stops_serving_before_its_lease_ends
     // fenced node may not write any more.
     a.save_changed().await;
     b.save_changed().await;
-    link.set_reachable(false);
+    cluster.set_coordinator_reachable(0, false);
     let cut = tokio::time::Instant::now();
     // Fenced first (within the serving window of its last renewal, 2.7 s of a 3 s lease) ...
     assert_eventually!(!a.is_ready(), Duration::from_secs(3));
@@ -383,7 +312,7 @@ async fn a_node_cut_off_from_the_coordinator_stops_serving_before_its_lease_ends
         assert_eq!(total(&b, id).await, 1, "{id}");
     }
 
-    link.set_reachable(true);
+    cluster.set_coordinator_reachable(0, true);
     assert_eventually!(a.is_ready(), Duration::from_secs(10));
     assert_eventually!(balanced(&[&a, &b]), Duration::from_secs(30));
     for id in &ids {
@@ -447,8 +376,12 @@ fn auto_loaded_once(nodes: &[&Node]) -> Result<(), String> {
 
 #[tokio::test(start_paused = true)]
 async fn auto_load_objects_exist_once_move_with_their_shard_and_come_back_when_deleted() {
-    let cluster = Cluster::new();
-    let a = cluster.node_with(1, 1, auto_loaded(), IDLE).await;
+    let mut cluster = cluster(1).await;
+    let auto_loading = |c: &mut NodeConfig| {
+        c.auto_load = auto_loaded();
+        c.idle_timeout = IDLE;
+    };
+    let a = cluster.add_node_with(auto_loading).await.clone();
     // Created once the cluster has been stable for its window (2 s), not before.
     assert!(active_on(&[&a], "global").is_empty());
     assert_eventually!(auto_loaded_once(&[&a]).is_ok(), Duration::from_secs(5));
@@ -466,7 +399,7 @@ async fn auto_load_objects_exist_once_move_with_their_shard_and_come_back_when_d
 
     // A second node joins: half the shards move, and their monitors with them, state and all,
     // leaving no copy behind.
-    let b = cluster.node_with(2, 1, auto_loaded(), IDLE).await;
+    let b = cluster.add_node_with(auto_loading).await.clone();
     assert_eventually!(balanced(&[&a, &b]), Duration::from_secs(20));
     assert_eventually!(auto_loaded_once(&[&a, &b]).is_ok(), Duration::from_secs(5));
     if let Err(err) = auto_loaded_once(&[&a, &b]) {

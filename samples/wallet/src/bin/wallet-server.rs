@@ -93,11 +93,12 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
     });
+    let stopping = goverse::stop_signal();
     println!(
         "wallet-server ready: gRPC {grpc_addr}, HTTP http://{http_addr}, store {}",
         store.describe()
     );
-    goverse::stop_signal().await;
+    stopping.await;
     stop.cancel();
     if let Ok(Err(err)) = serving.await {
         tracing::warn!(cause = %err, "the gate stopped with an error");
