@@ -15,6 +15,7 @@ use goverse::prelude::*;
 use goverse_sample_counter::{Counter, CounterRef, DurableCounter, DurableCounterRef};
 use hdrhistogram::Histogram;
 
+use crate::bench_stream::CallFn;
 use crate::stores::PostgresArgs;
 
 #[derive(Debug, clap::Subcommand)]
@@ -676,13 +677,6 @@ async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
     anyhow::ensure!(load.errors == 0, "{} calls failed", load.errors);
     Ok(())
 }
-
-/// One caller's next call; returns whether it succeeded.
-pub(crate) type CallFn = Arc<
-    dyn Fn(usize, usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
-        + Send
-        + Sync,
->;
 
 async fn gate(args: GateArgs) -> anyhow::Result<()> {
     use anyhow::Context as _;

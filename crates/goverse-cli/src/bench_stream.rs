@@ -23,7 +23,12 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Status, Streaming};
 
-use crate::bench::CallFn;
+/// One caller's next call; returns whether it succeeded.
+pub(crate) type CallFn = Arc<
+    dyn Fn(usize, usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// Most items one batch takes from a queue (as the node link does).
 const MAX_BATCH: usize = 1024;

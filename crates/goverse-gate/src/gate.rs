@@ -251,8 +251,9 @@ impl Gate {
         let gate = Self::start_with(config, handler, Routing::Map(view, shard_count, dialer))?;
         let registration = ClusterRegistration::register(cluster, key, lease_ttl)
             .await
-            .inspect_err(|_| {
+            .map_err(|err| {
                 gate.inner.stop.cancel();
+                GateError::Cluster(err.to_string())
             })?;
         let _ = gate.inner.registration.set(registration.clone());
         gate.inner

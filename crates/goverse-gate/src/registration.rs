@@ -11,7 +11,21 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::gate::GateError;
+/// Why a gate could not register in its cluster.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RegisterError {
+    /// No lease was granted.
+    #[error("cannot get a lease: {0}")]
+    Lease(ClusterError),
+    /// The registration key could not be written.
+    #[error("cannot register the gate at {key}: {cause}")]
+    Put {
+        /// The gate's key.
+        key: String,
+        /// What the store said.
+        cause: ClusterError,
+    },
+}
 
 /// A gate's registration and the state of its lease.
 pub(crate) struct ClusterRegistration {
@@ -32,7 +46,7 @@ impl ClusterRegistration {
         cluster: Arc<dyn ClusterStore>,
         key: String,
         ttl: Duration,
-    ) -> Result<Arc<Self>, GateError> {
+    ) -> Result<Arc<Self>, RegisterError> {
         let asked = Instant::now();
         let lease = grant_and_put(&*cluster, &key, ttl).await?;
         Ok(Arc::new(Self {
@@ -137,15 +151,18 @@ async fn grant_and_put(
     cluster: &dyn ClusterStore,
     key: &str,
     ttl: Duration,
-) -> Result<LeaseId, GateError> {
+) -> Result<LeaseId, RegisterError> {
     let lease = cluster
         .grant_lease(ttl)
         .await
-        .map_err(|err| GateError::Cluster(format!("cannot get a lease: {err}")))?;
+        .map_err(RegisterError::Lease)?;
     cluster
         .put(key, Vec::new(), Some(lease))
         .await
-        .map_err(|err| GateError::Cluster(format!("cannot register the gate at {key}: {err}")))?;
+        .map_err(|cause| RegisterError::Put {
+            key: key.to_owned(),
+            cause,
+        })?;
     Ok(lease)
 }
 

@@ -7,10 +7,10 @@ use goverse_proto::node::response;
 use goverse_transport::{Op, Request};
 use tokio::time::Instant;
 
-use crate::calls::{NotHere, Operation, Served, Target};
 use crate::host::{CallScope, MethodRef};
 use crate::lifecycle::Phase;
 use crate::node::NodeInner;
+use crate::operation::{NotHere, Operation, Served, Target};
 
 impl NodeInner {
     /// Whether calls for objects served elsewhere can be sent on: the router runs until the

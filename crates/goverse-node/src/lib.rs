@@ -30,6 +30,7 @@ mod lifecycle;
 mod membership;
 mod node;
 mod object;
+mod operation;
 mod push;
 mod reach;
 mod registry;
