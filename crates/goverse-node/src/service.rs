@@ -42,7 +42,7 @@ impl Node {
 }
 
 /// [`serve`] on any stream of incoming connections (a `goverse_transport::MemoryNetwork`
-/// listener, a TLS acceptor), with the node's secret and drain timeout.
+/// listener, a TLS acceptor), with the node's secret and connection limits.
 pub async fn serve_incoming<S, IO>(
     node: Node,
     incoming: S,
@@ -59,8 +59,8 @@ where
     IO::ConnectInfo: Clone + Send + Sync + 'static,
 {
     let secret = node.config().peer_secret.as_deref().map(Into::into);
-    let drain = node.config().connection_limits.drain_timeout;
-    goverse_transport::serve_incoming(node.handler(), incoming, secret, drain, shutdown).await
+    let limits = node.config().connection_limits;
+    goverse_transport::serve_incoming(node.handler(), incoming, secret, limits, shutdown).await
 }
 
 /// The node behind the transport.

@@ -106,6 +106,20 @@ struct Waiter {
 /// Deadlines are kept here instead of a timer per request: the connection's reader sweeps the
 /// table every [`SWEEP_EVERY`] and fails what is overdue, so a request costs no timer entry
 /// and no clock read.
+/// What became of a request registered with [`Pending::insert`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Inserted {
+    Waiting,
+    /// The connection closed meanwhile.
+    Closed,
+    /// The link's limit of requests waiting for answers is reached.
+    Full,
+}
+
+/// The most requests one link keeps waiting for answers by default; see
+/// [`NodeLink::limit_in_flight`].
+pub const LINK_IN_FLIGHT_LIMIT: usize = 65_536;
+
 struct Pending {
     waiting: Mutex<(bool, HashMap<u64, Waiter>)>,
     /// Milliseconds since `opened`, as of the last sweep.
@@ -122,9 +136,15 @@ impl Pending {
         }
     }
 
-    /// Registers request `id`, waited for up to `timeout` (and the margin); fails if the
-    /// connection already closed.
-    fn insert(&self, id: u64, tx: oneshot::Sender<Outcome>, timeout: Duration) -> bool {
+    /// Registers request `id`, waited for up to `timeout` (and the margin), unless the
+    /// connection already closed or `limit` requests are waiting on it.
+    fn insert(
+        &self,
+        id: u64,
+        tx: oneshot::Sender<Outcome>,
+        timeout: Duration,
+        limit: usize,
+    ) -> Inserted {
         // The clock lags by up to one sweep: a request waits at least its whole time.
         let wait = timeout + ANSWER_MARGIN + SWEEP_EVERY;
         let give_up_ms = self
@@ -133,7 +153,10 @@ impl Pending {
             .saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
         let mut guard = self.waiting.lock();
         if guard.0 {
-            return false;
+            return Inserted::Closed;
+        }
+        if guard.1.len() >= limit {
+            return Inserted::Full;
         }
         let waiter = Waiter {
             tx,
@@ -141,7 +164,7 @@ impl Pending {
             timeout,
         };
         guard.1.insert(id, waiter);
-        true
+        Inserted::Waiting
     }
 
     fn take(&self, id: u64) -> Option<oneshot::Sender<Outcome>> {
@@ -194,6 +217,8 @@ pub struct NodeLink {
     secret: Option<Arc<str>>,
     /// Opens its connections (over the network, or a network inside this process).
     dialer: Arc<dyn Dialer>,
+    /// The most requests kept waiting for answers ([`NodeLink::limit_in_flight`]).
+    in_flight_limit: std::sync::atomic::AtomicUsize,
     current: ArcSwapOption<Connection>,
     /// Set when the node runs in this process: requests then run in the caller's task.
     local: Option<Arc<dyn Handler>>,
@@ -227,6 +252,7 @@ impl NodeLink {
             address,
             secret,
             dialer,
+            in_flight_limit: std::sync::atomic::AtomicUsize::new(LINK_IN_FLIGHT_LIMIT),
             current: ArcSwapOption::empty(),
             local: None,
             next_id: AtomicU64::new(1),
@@ -239,6 +265,7 @@ impl NodeLink {
             address,
             secret: None,
             dialer: Arc::new(TcpDialer),
+            in_flight_limit: std::sync::atomic::AtomicUsize::new(LINK_IN_FLIGHT_LIMIT),
             current: ArcSwapOption::empty(),
             local: Some(handler),
             next_id: AtomicU64::new(1),
@@ -294,24 +321,42 @@ impl NodeLink {
                 )));
             };
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            let encoded = encode_request(id, request, timeout);
             let (tx, rx) = oneshot::channel();
-            if !conn.pending.insert(id, tx, timeout) || conn.tx.send(encoded).is_err() {
+            let limit = self.in_flight_limit.load(Ordering::Relaxed);
+            match conn.pending.insert(id, tx, timeout, limit) {
+                Inserted::Waiting => {}
+                Inserted::Closed => return Err(self.lost()),
+                Inserted::Full => {
+                    return Err(CallError::new(
+                        ErrorCode::ResourceExhausted,
+                        format!(
+                            "the link to node {} has {limit} calls waiting for answers; the \
+                             node is not keeping up (nothing was sent)",
+                            self.address
+                        ),
+                    ));
+                }
+            }
+            if conn.tx.send(encode_request(id, request, timeout)).is_err() {
                 conn.pending.take(id);
-                return Err(CallError::unavailable(format!(
-                    "connection to node {} was lost",
-                    self.address
-                )));
+                return Err(self.lost());
             }
             rx
         };
         // Answered, failed by the connection's sweep when overdue, or failed when it closes.
-        rx.await.unwrap_or_else(|_| {
-            Err(CallError::unavailable(format!(
-                "connection to node {} was lost",
-                self.address
-            )))
-        })
+        rx.await.unwrap_or_else(|_| Err(self.lost()))
+    }
+
+    fn lost(&self) -> CallError {
+        CallError::unavailable(format!("connection to node {} was lost", self.address))
+    }
+
+    /// Caps the requests this link keeps waiting for answers at `limit` (default
+    /// [`LINK_IN_FLIGHT_LIMIT`]): a request beyond it fails at once with `ResourceExhausted`,
+    /// nothing sent, so a node that stops keeping up bounds its callers' memory instead of
+    /// queueing without end.
+    pub fn limit_in_flight(&self, limit: usize) {
+        self.in_flight_limit.store(limit.max(1), Ordering::Relaxed);
     }
 
     /// Keeps the link up until `stop` is cancelled, naming this peer `peer_address` to the

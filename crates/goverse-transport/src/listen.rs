@@ -35,6 +35,11 @@ pub struct ConnectionLimits {
     pub header_timeout: Duration,
     /// How long a stopping server lets open requests finish before closing the rest. Default 5 s.
     pub drain_timeout: Duration,
+    /// The node service: how many requests of one peer stream may be running at once. While
+    /// that many are, the node reads no more of the stream, so HTTP/2 flow control holds a peer
+    /// that sends faster than the node answers (its link then fails further calls at once with
+    /// `ResourceExhausted` once its own limit of waiting calls is reached). Default 65,536.
+    pub peer_requests_in_flight: usize,
 }
 
 impl Default for ConnectionLimits {
@@ -44,6 +49,7 @@ impl Default for ConnectionLimits {
             idle_timeout: Duration::from_secs(60),
             header_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(5),
+            peer_requests_in_flight: 65_536,
         }
     }
 }
@@ -53,6 +59,9 @@ impl ConnectionLimits {
     pub fn validate(&self) -> Result<(), String> {
         if self.max_connections == 0 {
             return Err("max_connections must be at least 1".to_owned());
+        }
+        if self.peer_requests_in_flight == 0 {
+            return Err("peer_requests_in_flight must be at least 1".to_owned());
         }
         for (name, value) in [
             ("idle_timeout", self.idle_timeout),

@@ -90,19 +90,21 @@ pub async fn serve_with_limits(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let incoming = Acceptor::new(listener, limits, "node service").into_incoming();
-    serve_incoming(handler, incoming, secret, limits.drain_timeout, shutdown).await
+    serve_incoming(handler, incoming, secret, limits, shutdown).await
 }
 
 /// Serves `handler` on every connection `incoming` yields (a guarded TCP listener, a
 /// [`crate::MemoryNetwork`] listener, a TLS acceptor) until `shutdown` completes; then ends
-/// every peer stream and waits up to `drain_timeout` for the answers still due. Admits only
-/// peers that send `secret` when there is one. Per connection: at most 16 streams, a bounded
-/// header list and a bounded rate of stream resets.
+/// every peer stream and waits up to `limits.drain_timeout` for the answers still due. Admits
+/// only peers that send `secret` when there is one. Per connection: at most 16 streams, a
+/// bounded header list and a bounded rate of stream resets; per stream at most
+/// `limits.peer_requests_in_flight` requests running (the connection limits that concern
+/// accepting, `max_connections` and the timeouts, are the acceptor's to apply).
 pub async fn serve_incoming<S, IO>(
     handler: Arc<dyn Handler>,
     incoming: S,
     secret: Option<Arc<str>>,
-    drain_timeout: Duration,
+    limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError>
 where
@@ -115,6 +117,7 @@ where
         + 'static,
     IO::ConnectInfo: Clone + Send + Sync + 'static,
 {
+    let drain_timeout = limits.drain_timeout;
     let stop = CancellationToken::new();
     let readers = TaskTracker::new();
     let service = NodeServiceServer::new(NodeRpc {
@@ -124,6 +127,7 @@ where
         readers: readers.clone(),
         serials: AtomicU64::new(0),
         refusals: Throttle::new(Duration::from_secs(10)),
+        in_flight_limit: limits.peer_requests_in_flight.max(1),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -164,6 +168,42 @@ struct NodeRpc {
     serials: AtomicU64,
     /// Refused peers are logged once per interval, with how many more there were.
     refusals: Throttle,
+    /// Requests of one stream that may run at once.
+    in_flight_limit: usize,
+}
+
+/// The requests of one peer stream running now; the stream's reader waits for room when the
+/// limit is reached.
+struct InFlight {
+    running: AtomicUsize,
+    room: tokio::sync::Notify,
+    limit: usize,
+}
+
+impl InFlight {
+    /// `n` requests are about to start.
+    fn starting(&self, n: usize) {
+        self.running.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// How many more may start now.
+    fn free(&self) -> usize {
+        self.limit
+            .saturating_sub(self.running.load(Ordering::Acquire))
+    }
+
+    fn finished(&self) {
+        if self.running.fetch_sub(1, Ordering::AcqRel) == self.limit {
+            self.room.notify_one();
+        }
+    }
+
+    /// Resolves once fewer than the limit are running.
+    async fn room(&self) {
+        while self.running.load(Ordering::Acquire) >= self.limit {
+            self.room.notified().await;
+        }
+    }
 }
 
 impl NodeRpc {
@@ -232,15 +272,45 @@ impl NodeService for NodeRpc {
         let handler = self.handler.clone();
         let stop = self.stop.clone();
         let tracker = self.readers.clone();
+        let in_flight = Arc::new(InFlight {
+            running: AtomicUsize::new(0),
+            room: tokio::sync::Notify::new(),
+            limit: self.in_flight_limit,
+        });
         self.readers.spawn(async move {
-            let mut lanes = Lanes::new(&handler, &tx, &tracker);
-            loop {
+            let mut lanes = Lanes::new(&handler, &tx, &tracker, &in_flight);
+            'read: loop {
+                // Nothing more is read while the stream's limit of running requests is reached.
                 let batch = tokio::select! {
                     () = stop.cancelled() => break,
-                    batch = inbound.message() => batch,
+                    batch = async {
+                        in_flight.room().await;
+                        inbound.message().await
+                    } => batch,
                 };
                 match batch {
-                    Ok(Some(batch)) => lanes.run(batch.requests),
+                    Ok(Some(batch)) => {
+                        // Started as far as the limit allows, the rest as room comes.
+                        let mut requests = batch.requests;
+                        loop {
+                            let free = in_flight.free();
+                            let rest = if requests.len() > free {
+                                requests.split_off(free)
+                            } else {
+                                Vec::new()
+                            };
+                            in_flight.starting(requests.len());
+                            lanes.run(requests);
+                            if rest.is_empty() {
+                                break;
+                            }
+                            requests = rest;
+                            tokio::select! {
+                                () = stop.cancelled() => break 'read,
+                                () = in_flight.room() => {}
+                            }
+                        }
+                    }
                     Ok(None) => break,
                     Err(status) => {
                         tracing::debug!(cause = %status, "peer stream failed");
@@ -288,6 +358,8 @@ struct Lanes {
     dealt: Vec<Vec<proto::Request>>,
     /// The stream's tracker, which every request task is spawned on.
     tracker: TaskTracker,
+    /// The stream's running requests.
+    in_flight: Arc<InFlight>,
 }
 
 impl Lanes {
@@ -296,6 +368,7 @@ impl Lanes {
         handler: &Arc<dyn Handler>,
         tx: &mpsc::UnboundedSender<Outbound>,
         tracker: &TaskTracker,
+        in_flight: &Arc<InFlight>,
     ) -> Self {
         let threads = tokio::runtime::Handle::try_current()
             .map_or(1, |h| h.metrics().num_workers())
@@ -306,10 +379,11 @@ impl Lanes {
                 let (lane_tx, mut lane_rx) = mpsc::unbounded_channel::<Vec<proto::Request>>();
                 let (handler, tx, busy) = (handler.clone(), tx.clone(), busy.clone());
                 let lane_tracker = tracker.clone();
+                let lane_in_flight = in_flight.clone();
                 tracker.spawn(async move {
                     while let Some(chunk) = lane_rx.recv().await {
                         for request in chunk {
-                            run_request(&handler, &tx, &lane_tracker, request);
+                            run_request(&handler, &tx, &lane_tracker, &lane_in_flight, request);
                         }
                         busy.fetch_sub(1, Ordering::Release);
                     }
@@ -321,6 +395,7 @@ impl Lanes {
             handler: handler.clone(),
             tx: tx.clone(),
             tracker: tracker.clone(),
+            in_flight: in_flight.clone(),
             dealt: tasks.iter().map(|_| Vec::new()).collect(),
             tasks,
             busy,
@@ -333,14 +408,26 @@ impl Lanes {
             || (requests.len() <= INLINE_REQUESTS && self.busy.load(Ordering::Acquire) == 0);
         if inline {
             for request in requests {
-                run_request(&self.handler, &self.tx, &self.tracker, request);
+                run_request(
+                    &self.handler,
+                    &self.tx,
+                    &self.tracker,
+                    &self.in_flight,
+                    request,
+                );
             }
             return;
         }
         let lanes = self.tasks.len() + 1;
         for request in requests {
             match lane_of(&request, lanes) {
-                0 => run_request(&self.handler, &self.tx, &self.tracker, request),
+                0 => run_request(
+                    &self.handler,
+                    &self.tx,
+                    &self.tracker,
+                    &self.in_flight,
+                    request,
+                ),
                 lane => self.dealt[lane - 1].push(request),
             }
         }
@@ -376,10 +463,12 @@ fn run_request(
     handler: &Arc<dyn Handler>,
     tx: &mpsc::UnboundedSender<Outbound>,
     tracker: &TaskTracker,
+    in_flight: &Arc<InFlight>,
     request: proto::Request,
 ) {
     let handler = handler.clone();
     let tx = tx.clone();
+    let in_flight = in_flight.clone();
     let id = request.id;
     let mut task = Box::pin(async move {
         let outcome = match Received::from_proto(request.op) {
@@ -390,6 +479,7 @@ fn run_request(
         };
         // The peer may be gone; its responses are then dropped.
         let _ = tx.send(Outbound::Response(response_of(id, outcome)));
+        in_flight.finished();
     });
     let waker = futures::task::noop_waker_ref();
     if task

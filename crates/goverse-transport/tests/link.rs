@@ -289,7 +289,7 @@ async fn the_protocol_runs_over_an_in_process_network_on_paused_time() {
         Arc::new(Sleepy),
         incoming,
         None,
-        Duration::from_secs(1),
+        goverse_transport::ConnectionLimits::default(),
         stop.clone().cancelled_owned(),
     ));
     let dialer: Arc<dyn Dialer> = network.clone();
@@ -337,5 +337,112 @@ async fn the_protocol_runs_over_an_in_process_network_on_paused_time() {
         .request(call("back", "1"), Duration::from_secs(5))
         .await;
     assert_eq!(object_of(back), "back");
+    stop.cancel();
+}
+
+/// Calls that wait for a gate the test opens, counting how many run at once.
+struct Gated {
+    running: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+    gate: tokio::sync::Semaphore,
+}
+
+impl Handler for Gated {
+    fn handle<'a>(&'a self, request: Request<'a>) -> BoxFuture<'a, Outcome> {
+        use std::sync::atomic::Ordering::SeqCst;
+        Box::pin(async move {
+            let now = self.running.fetch_add(1, SeqCst) + 1;
+            self.most.fetch_max(now, SeqCst);
+            self.gate.acquire().await.unwrap().forget();
+            self.running.fetch_sub(1, SeqCst);
+            Ok(response::Result::Value(prost_types::Any {
+                type_url: request.object_id.to_owned(),
+                value: Vec::new(),
+            }))
+        })
+    }
+
+    fn describe(&self) -> DescribeResponse {
+        DescribeResponse::default()
+    }
+
+    fn peer_opened(&self, _peer: Arc<str>, _sink: PeerSink) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn peer_closed(&self, _peer: &str, _serial: u64) {}
+}
+
+/// Both ends of the call path are bounded: a node runs at most its limit of one peer's
+/// requests at once and reads no more of the stream meanwhile (the rest wait in the peer's
+/// link and flow control), and a link keeps at most its limit of calls waiting for answers,
+/// failing the next at once with ResourceExhausted (nothing sent) until one is answered.
+#[tokio::test(start_paused = true)]
+async fn a_node_runs_at_most_its_limit_of_a_peer_s_requests_and_a_full_link_refuses_at_once() {
+    use goverse_transport::{ConnectionLimits, Dialer, MemoryNetwork};
+    use std::sync::atomic::Ordering::SeqCst;
+    let network = MemoryNetwork::new();
+    let stop = CancellationToken::new();
+    let address = "10.0.0.2:7000";
+    let gated = Arc::new(Gated {
+        running: Default::default(),
+        most: Default::default(),
+        gate: tokio::sync::Semaphore::new(0),
+    });
+    tokio::spawn(goverse_transport::serve_incoming(
+        gated.clone(),
+        network.listen(address).unwrap(),
+        None,
+        ConnectionLimits {
+            peer_requests_in_flight: 8,
+            ..ConnectionLimits::default()
+        },
+        stop.clone().cancelled_owned(),
+    ));
+    let dialer: Arc<dyn Dialer> = network.clone();
+    let link = NodeLink::dialed(address.to_owned(), None, dialer);
+    link.limit_in_flight(40);
+    tokio::spawn(
+        link.clone()
+            .run("10.0.0.9:2".into(), Arc::new(Quiet), stop.child_token()),
+    );
+    assert_eventually!(link.is_connected());
+
+    let calls: Vec<_> = (0..40)
+        .map(|i| {
+            let link = link.clone();
+            tokio::spawn(async move {
+                let id = format!("o{i}");
+                link.request(call(&id, "gated"), Duration::from_secs(60))
+                    .await
+            })
+        })
+        .collect();
+    assert_eventually!(link.in_flight() == 40);
+    assert_eventually!(gated.running.load(SeqCst) == 8);
+    // Time passes; the node still runs no more than eight.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(gated.running.load(SeqCst), 8);
+    // The link is full: the next call fails at once, with nothing sent.
+    let refused = link
+        .request(call("extra", "gated"), Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), ErrorCode::ResourceExhausted, "{refused}");
+    assert!(refused.message().contains("40 calls waiting"), "{refused}");
+
+    gated.gate.add_permits(1_000);
+    for done in calls {
+        assert!(done.await.unwrap().is_ok());
+    }
+    assert_eq!(
+        gated.most.load(SeqCst),
+        8,
+        "never more than the limit at once"
+    );
+    let after = link
+        .request(call("after", "gated"), Duration::from_secs(5))
+        .await;
+    assert_eq!(object_of(after), "after");
     stop.cancel();
 }

@@ -633,6 +633,7 @@ impl ClusterFile {
             idle_timeout: c.idle_timeout.unwrap_or(defaults.idle_timeout),
             header_timeout: c.header_timeout.unwrap_or(defaults.header_timeout),
             drain_timeout: c.drain_timeout.unwrap_or(defaults.drain_timeout),
+            ..defaults
         }
     }
 
