@@ -50,13 +50,7 @@ pub async fn serve_incoming<S, IO>(
 ) -> Result<(), ServeError>
 where
     S: futures::Stream<Item = std::io::Result<IO>> + Send + 'static,
-    IO: tokio::io::AsyncRead
-        + tokio::io::AsyncWrite
-        + goverse_transport::Connected
-        + Unpin
-        + Send
-        + 'static,
-    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    IO: goverse_transport::Accepted,
 {
     let secret = node.config().peer_secret.as_deref().map(Into::into);
     let limits = node.config().connection_limits;

@@ -25,6 +25,28 @@ pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
+/// A connection a server accepts: bytes both ways, and what the server learns of it (its
+/// `ConnectInfo`). Every type that is all of these is one.
+pub trait Accepted:
+    AsyncRead
+    + AsyncWrite
+    + tonic::transport::server::Connected<ConnectInfo: Clone + Send + Sync + 'static>
+    + Unpin
+    + Send
+    + 'static
+{
+}
+
+impl<T> Accepted for T where
+    T: AsyncRead
+        + AsyncWrite
+        + tonic::transport::server::Connected<ConnectInfo: Clone + Send + Sync + 'static>
+        + Unpin
+        + Send
+        + 'static
+{
+}
+
 /// Opens connections to nodes by address.
 pub trait Dialer: Send + Sync + 'static {
     /// A new connection to the node serving at `address`.

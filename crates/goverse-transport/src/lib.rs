@@ -27,7 +27,7 @@ mod server;
 mod wire;
 
 pub use handler::{Handler, Op, Outcome, PEER_PUSH_BACKLOG, PeerSink, PushRefused, Request};
-pub use io::{Dialer, Io, MemoryIncoming, MemoryNetwork, MemoryStream, TcpDialer};
+pub use io::{Accepted, Dialer, Io, MemoryIncoming, MemoryNetwork, MemoryStream, TcpDialer};
 pub use link::{LINK_IN_FLIGHT_LIMIT, LinkEvents, NodeLink, probe_node, probe_node_over};
 pub use listen::{Acceptor, ConnectionLimits, Guarded, Throttle, with_drain_deadline};
 pub use router::{Connector, InProcessNetwork, NetworkConnector, Router};

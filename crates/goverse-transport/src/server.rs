@@ -109,13 +109,7 @@ pub async fn serve_incoming<S, IO>(
 ) -> Result<(), ServeError>
 where
     S: futures::Stream<Item = std::io::Result<IO>> + Send + 'static,
-    IO: tokio::io::AsyncRead
-        + tokio::io::AsyncWrite
-        + tonic::transport::server::Connected
-        + Unpin
-        + Send
-        + 'static,
-    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    IO: crate::Accepted,
 {
     let drain_timeout = limits.drain_timeout;
     let stop = CancellationToken::new();

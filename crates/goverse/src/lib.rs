@@ -72,9 +72,9 @@ pub mod run;
 /// its object by the cluster's shard map.
 pub mod transport {
     pub use goverse_transport::{
-        Connected, Connector, Dialer, Handler, InProcessNetwork, Io, LinkEvents, MemoryIncoming,
-        MemoryNetwork, MemoryStream, NetworkConnector, NodeLink, Router, TcpDialer, probe_node,
-        probe_node_over,
+        Accepted, Connected, Connector, Dialer, Handler, InProcessNetwork, Io, LinkEvents,
+        MemoryIncoming, MemoryNetwork, MemoryStream, NetworkConnector, NodeLink, Router, TcpDialer,
+        probe_node, probe_node_over,
     };
 }
 /// Resolves when the process is asked to stop: Ctrl-C (SIGINT) or SIGTERM, the two ways a
