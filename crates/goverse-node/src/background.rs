@@ -10,6 +10,7 @@ use futures::StreamExt;
 use goverse_core::ChainId;
 use goverse_transport::Connector;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::MethodKind;
 use crate::activation::{CloseReason, Detached};
@@ -57,45 +58,38 @@ impl NodeInner {
         }
         if let Some(interval) = self.idle_check_interval() {
             let node = self.clone();
-            life.spawn_loop("idle-sweep", async move {
-                let mut ticker = tokio::time::interval(interval);
-                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        () = node.lifecycle.background.cancelled() => return,
-                        _ = ticker.tick() => { node.sweep_idle().await; }
-                    }
+            let ticks = every(stop.clone(), Instant::now(), interval, move || {
+                let node = node.clone();
+                async move {
+                    node.sweep_idle().await;
                 }
             });
+            life.spawn_loop("idle-sweep", ticks);
         }
         if !self.config.save_interval.is_zero() && self.store.is_some() {
             let node = self.clone();
             let interval = self.config.save_interval;
-            life.spawn_loop("periodic-save", async move {
-                let mut ticker =
-                    tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-                loop {
-                    tokio::select! {
-                        () = node.lifecycle.background.cancelled() => return,
-                        _ = ticker.tick() => { node.save_dirty().await; }
+            let ticks = every(
+                stop.clone(),
+                Instant::now() + interval,
+                interval,
+                move || {
+                    let node = node.clone();
+                    async move {
+                        node.save_dirty().await;
                     }
-                }
-            });
+                },
+            );
+            life.spawn_loop("periodic-save", ticks);
         }
         if let Some(store) = &self.store {
             let store = store.store().clone();
             let retention = self.config.reliable_call_retention;
             // Often enough that the table holds about a retention period's worth of records.
             let period = (retention / 24).clamp(Duration::from_secs(1), Duration::from_secs(3600));
-            let stop = stop.clone();
-            life.spawn_loop("reliable-prune", async move {
-                let mut ticker = tokio::time::interval(period);
-                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        _ = ticker.tick() => {}
-                    }
+            let ticks = every(stop.clone(), Instant::now(), period, move || {
+                let store = store.clone();
+                async move {
                     match store.prune_reliable_calls(retention).await {
                         Ok(0) => {}
                         Ok(n) => {
@@ -107,6 +101,7 @@ impl NodeInner {
                     }
                 }
             });
+            life.spawn_loop("reliable-prune", ticks);
         }
     }
 
@@ -262,5 +257,23 @@ impl NodeInner {
             .filter(|t| !t.is_zero())
             .min()?;
         Some((shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(30)))
+    }
+}
+
+/// Runs `work` at `first` and every `period` after, until `stop`; a tick missed while `work`
+/// ran late is not made up (the next comes a period after it).
+async fn every<F, Fut>(stop: CancellationToken, first: Instant, period: Duration, mut work: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut ticker = tokio::time::interval_at(first, period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        work().await;
     }
 }

@@ -20,7 +20,7 @@ use crate::directory::Lookup;
 use crate::host::{CallScope, MethodRef};
 use crate::lifecycle::Phase;
 use crate::node::NodeInner;
-use crate::operation::{NotHere, Operation, Served, Target};
+use crate::operation::{NotHere, Onward, Operation, Served, Target};
 use crate::registry::TypeEntry;
 use crate::reliable;
 use crate::turn::{self, AcquireError};
@@ -157,9 +157,10 @@ impl NodeInner {
         scope: CallScope,
     ) -> Result<Payload, CallError> {
         let target = self.target(type_name, id)?;
-        match self.serve_call(target, method, request, &scope).await? {
+        let onward = Onward::of(&scope);
+        match self.serve_call(target, method, request, scope).await? {
             Served::Done(payload) => Ok(payload),
-            not_here => Box::pin(self.fall_back(target, not_here, &scope))
+            Served::NotHere(not_here) => Box::pin(self.fall_back(target, not_here, onward))
                 .await
                 .and_then(crate::forward::value),
         }
@@ -182,36 +183,35 @@ impl NodeInner {
         target: Target<'_>,
         method: MethodRef<'r>,
         request: Payload,
-        scope: &CallScope,
+        scope: CallScope,
     ) -> Result<Served<'r, Payload>, CallError> {
         let CallScope {
             chain,
             deadline,
-            ref client,
+            client,
             forward,
-        } = *scope;
-        let client = client.clone();
-        let here = self.table_of(&target);
-        // A shard this node does not serve (as far as the hint knows) goes straight to its
-        // owner, without a lookup or a refusal made only to be dropped.
-        let away = matches!(here, Ok(table) if forward && self.forwards()
-            && !self.directory.admits_hint(table));
-        if let Err(err) = &here
-            && !err.is_not_served()
-        {
-            return Err(err.clone());
-        }
+        } = scope;
+        let here = match self.table_of(&target) {
+            Ok(table) => Ok(table),
+            Err(why) if why.is_not_served() => Err(why),
+            Err(err) => return Err(err),
+        };
         let (index, kind) = self.resolve(target.type_name, method, &request)?;
-        if let Err(why) = here {
-            return Ok(not_here(why, Operation::Call(method, request), client));
-        }
-        if away {
-            let hinted = NotHere {
-                why: None,
+        // A shard this node does not serve (as far as the hint knows) goes straight to its
+        // owner, without a lookup or a refusal made only to be dropped (`why` is `None`).
+        let why = match here {
+            Err(why) => Some(Some(why)),
+            Ok(table) if forward && !self.directory.admits_hint(table) && self.forwards() => {
+                Some(None)
+            }
+            Ok(_) => None,
+        };
+        if let Some(why) = why {
+            return Ok(Served::NotHere(Box::new(NotHere {
+                why,
                 operation: Operation::Call(method, request),
                 client,
-            };
-            return Ok(Served::NotHere(Box::new(hinted)));
+            })));
         }
         let work = async move {
             match self.turn_on(target, kind, chain, deadline).await {
@@ -279,12 +279,13 @@ impl NodeInner {
                 Ok(target) => target,
                 Err(err) => return Ok(ReliableOutcome::Skipped(err)),
             };
+        let onward = Onward::of(&scope);
         match self
-            .serve_reliable(target, method, call_id, request, &scope)
+            .serve_reliable(target, method, call_id, request, scope)
             .await?
         {
             Served::Done(outcome) => Ok(outcome),
-            not_here => match self.fall_back(target, not_here, &scope).await {
+            Served::NotHere(not_here) => match self.fall_back(target, not_here, onward).await {
                 Ok(answer) => crate::forward::reliable(answer),
                 // Refused here and not sent on: nothing ran, as SKIPPED says.
                 Err(why) if why.is_not_served() => Ok(ReliableOutcome::Skipped(why)),
@@ -300,15 +301,14 @@ impl NodeInner {
         method: MethodRef<'r>,
         call_id: &'r str,
         request: Payload,
-        scope: &CallScope,
+        scope: CallScope,
     ) -> Result<Served<'r, ReliableOutcome>, CallError> {
         let CallScope {
             chain,
             deadline,
-            ref client,
+            client,
             ..
-        } = *scope;
-        let client = client.clone();
+        } = scope;
         let type_name = target.type_name;
         let served = self.table_of(&target);
         let checked = (|| {
@@ -379,8 +379,9 @@ impl NodeInner {
         scope: CallScope,
     ) -> Result<(), CallError> {
         let target = self.target(type_name, id)?;
-        let served = self.serve_create(target, &scope).await?;
-        self.done_or_fall_back(target, served, &scope).await
+        let onward = Onward::of(&scope);
+        let served = self.serve_create(target, onward).await?;
+        self.done_or_fall_back(target, served, onward).await
     }
 
     /// Deletes the object here, or on the node serving it when the call may go on.
@@ -391,19 +392,20 @@ impl NodeInner {
         scope: CallScope,
     ) -> Result<(), CallError> {
         let target = self.target(type_name, id)?;
-        let served = self.serve_delete(target, &scope).await?;
-        self.done_or_fall_back(target, served, &scope).await
+        let onward = Onward::of(&scope);
+        let served = self.serve_delete(target, onward).await?;
+        self.done_or_fall_back(target, served, onward).await
     }
 
     async fn done_or_fall_back(
         self: &Arc<Self>,
         target: Target<'_>,
         served: Served<'_, ()>,
-        scope: &CallScope,
+        onward: Onward,
     ) -> Result<(), CallError> {
         match served {
             Served::Done(()) => Ok(()),
-            not_here => self.fall_back(target, not_here, scope).await.map(|_| ()),
+            Served::NotHere(not_here) => self.fall_back(target, not_here, onward).await.map(|_| ()),
         }
     }
 
@@ -411,9 +413,9 @@ impl NodeInner {
     async fn serve_create(
         self: &Arc<Self>,
         target: Target<'_>,
-        scope: &CallScope,
+        onward: Onward,
     ) -> Result<Served<'static, ()>, CallError> {
-        let (chain, deadline) = (scope.chain, scope.deadline);
+        let (chain, deadline) = (onward.chain, onward.deadline);
         let work = async move {
             self.table_of(&target)?;
             self.entry(target.type_name)?;
@@ -429,9 +431,9 @@ impl NodeInner {
     async fn serve_delete(
         self: &Arc<Self>,
         target: Target<'_>,
-        scope: &CallScope,
+        onward: Onward,
     ) -> Result<Served<'static, ()>, CallError> {
-        let (chain, deadline) = (scope.chain, scope.deadline);
+        let (chain, deadline) = (onward.chain, onward.deadline);
         let deleted = async move {
             self.table_of(&target)?;
             let entry = self.entry(target.type_name)?;

@@ -7,10 +7,10 @@ use goverse_proto::node::response;
 use goverse_transport::{Op, Request};
 use tokio::time::Instant;
 
-use crate::host::{CallScope, MethodRef};
+use crate::host::MethodRef;
 use crate::lifecycle::Phase;
 use crate::node::NodeInner;
-use crate::operation::{NotHere, Operation, Served, Target};
+use crate::operation::{NotHere, Onward, Operation, Target};
 
 impl NodeInner {
     /// Whether calls for objects served elsewhere can be sent on: the router runs until the
@@ -20,24 +20,21 @@ impl NodeInner {
     }
 
     /// What an operation this node refused comes to: sent to the node serving the object when
-    /// the call was made here (`scope.forward`) and the node still routes, its answer
-    /// returned; otherwise the refusal itself (`Err`, not served). `served` is never `Done`.
-    pub(crate) async fn fall_back<T>(
+    /// the call was made here (`onward.forward`) and the node still routes, its answer
+    /// returned; otherwise the refusal itself (`Err`, not served).
+    pub(crate) async fn fall_back(
         &self,
         target: Target<'_>,
-        served: Served<'_, T>,
-        scope: &CallScope,
+        not_here: Box<NotHere<'_>>,
+        onward: Onward,
     ) -> Result<response::Result, CallError> {
-        let Served::NotHere(not_here) = served else {
-            return Err(CallError::internal("a served operation was sent on"));
-        };
         let NotHere {
             why,
             operation,
             client,
         } = *not_here;
         let router = match self.router.get() {
-            Some(router) if scope.forward && self.forwards() => router,
+            Some(router) if onward.forward && self.forwards() => router,
             _ => {
                 return Err(why.unwrap_or_else(|| {
                     CallError::not_served(format!(
@@ -65,13 +62,13 @@ impl NodeInner {
             object_type: target.type_name,
             object_id: target.id.as_str(),
             op,
-            chain: Some(scope.chain),
+            chain: Some(onward.chain),
             timeout: None,
             caller: client,
             // Checked against the rules where it entered the cluster's nodes.
             from_client: false,
         };
-        let timeout = scope.deadline.saturating_duration_since(Instant::now());
+        let timeout = onward.deadline.saturating_duration_since(Instant::now());
         router
             .request_by_route(request, target.route, timeout)
             .await

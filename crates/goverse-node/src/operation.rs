@@ -5,7 +5,11 @@ use std::sync::Arc;
 
 use goverse_core::{CallError, ClientIdentity, ObjectId, Payload, Route, ShardId};
 
-use crate::host::MethodRef;
+use tokio::time::Instant;
+
+use goverse_core::ChainId;
+
+use crate::host::{CallScope, MethodRef};
 
 /// One operation on one object, with what it carries.
 pub(crate) enum Operation<'a> {
@@ -50,5 +54,25 @@ pub(crate) struct Target<'a> {
 impl Target<'_> {
     pub(crate) fn shard(&self) -> ShardId {
         self.route.shard()
+    }
+}
+
+/// What an operation refused here needs to go on: its chain, its deadline, and whether it may
+/// go on at all (its client travels with the operation handed back).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Onward {
+    pub(crate) chain: ChainId,
+    pub(crate) deadline: Instant,
+    /// [`CallScope::forward`].
+    pub(crate) forward: bool,
+}
+
+impl Onward {
+    pub(crate) fn of(scope: &CallScope) -> Self {
+        Self {
+            chain: scope.chain,
+            deadline: scope.deadline,
+            forward: scope.forward,
+        }
     }
 }
