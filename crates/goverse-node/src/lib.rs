@@ -7,8 +7,9 @@
 //!   path, create/delete, idle sweeps, periodic saves, shutdown.
 //! - `turn`: the per-activation scheduler (`&mut self` methods one at a time, `&self` methods
 //!   together, FIFO hand-over, reentrancy detection by call chain).
-//! - `activation`: one live object and the futures that run its turns; a started turn always
-//!   runs to completion, even if its caller stops waiting.
+//! - `activation`: one live object and how its turns reach it; `activation::turns`: the turns
+//!   themselves (activate, method, reliable call, close, timer); a started turn always runs to
+//!   completion, even if its caller stops waiting.
 //! - [`serve`] and [`Node::handler`]: the node as its peers (gates) reach it, over the node
 //!   protocol of `goverse-transport` (one long-lived batched stream per peer) or in-process.
 //! - `membership`: registration on a lease, shard claims with compare-and-set, fencing.
