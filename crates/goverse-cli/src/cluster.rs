@@ -315,7 +315,7 @@ async fn unreachable_nodes(
         let address = node.to_string();
         let outcome =
             goverse::transport::probe_node(&address, secret, Duration::from_secs(2)).await;
-        outcome.err().map(|cause| (address, cause))
+        outcome.err().map(|cause| (address, cause.to_string()))
     });
     futures::future::join_all(probes)
         .await

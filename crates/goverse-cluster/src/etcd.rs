@@ -15,6 +15,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status, Streaming};
 
+use goverse_core::InvalidSetting;
+
 use crate::{
     CasOutcome, ClusterError, ClusterStore, Expect, KeyValue, LeaseId, Revision, TxnOp, TxnOutcome,
     TxnWrite, WatchEvent, WatchStream,
@@ -66,34 +68,41 @@ impl Default for EtcdConfig {
 
 impl EtcdConfig {
     /// Checks the values, naming the first bad one.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
         if self.endpoints.is_empty() {
-            return Err("etcd endpoints: at least one endpoint is needed".to_owned());
+            return Err(InvalidSetting::new(
+                "endpoints",
+                "at least one endpoint is needed",
+            ));
         }
-        for endpoint in &self.endpoints {
-            endpoint_url(endpoint)?;
+        for (i, endpoint) in self.endpoints.iter().enumerate() {
+            endpoint_url(i, endpoint)?;
         }
-        if self.connect_timeout.is_zero() || self.request_timeout.is_zero() {
-            return Err("etcd connect and request timeouts must be positive".to_owned());
+        if self.connect_timeout.is_zero() {
+            return Err(InvalidSetting::new("connect_timeout", "must be positive"));
+        }
+        if self.request_timeout.is_zero() {
+            return Err(InvalidSetting::new("request_timeout", "must be positive"));
         }
         Ok(())
     }
 }
 
 /// `host:port` or `http://host:port` as a URL; TLS endpoints are refused until TLS is
-/// supported, rather than silently spoken to in plain text.
-fn endpoint_url(endpoint: &str) -> Result<String, String> {
+/// supported, rather than silently spoken to in plain text. The error says what is wrong.
+fn endpoint_url(index: usize, endpoint: &str) -> Result<String, InvalidSetting> {
     let endpoint = endpoint.trim();
+    let bad = |why: &str| {
+        InvalidSetting::new(format!("endpoints[{index}]"), format!("{endpoint:?} {why}"))
+    };
     let url = if endpoint.starts_with("https://") {
-        return Err(format!(
-            "etcd endpoint {endpoint:?}: TLS to etcd is not supported yet; use http://"
+        return Err(bad(
+            "is https: TLS to etcd is not supported yet; use http://",
         ));
     } else if endpoint.starts_with("http://") {
         endpoint.to_owned()
     } else if endpoint.contains("://") {
-        return Err(format!(
-            "etcd endpoint {endpoint:?}: only http:// URLs or host:port are understood"
-        ));
+        return Err(bad("is not understood: only http:// URLs or host:port are"));
     } else {
         format!("http://{endpoint}")
     };
@@ -102,9 +111,7 @@ fn endpoint_url(endpoint: &str) -> Result<String, String> {
         .rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
     if !valid {
-        return Err(format!(
-            "etcd endpoint {endpoint:?} is not host:port (e.g. 127.0.0.1:2379)"
-        ));
+        return Err(bad("is not host:port (e.g. 127.0.0.1:2379)"));
     }
     Ok(url)
 }
@@ -299,10 +306,13 @@ impl EtcdClusterStore {
     /// Connects to every endpoint and checks that at least one answers; otherwise the error
     /// names every endpoint and why each failed.
     pub async fn connect(config: &EtcdConfig) -> Result<Self, ClusterError> {
-        config.validate().map_err(ClusterError::Rejected)?;
+        config
+            .validate()
+            .map_err(|why| ClusterError::Config(why.within("etcd")))?;
         let mut peers = Vec::with_capacity(config.endpoints.len());
-        for endpoint in &config.endpoints {
-            let url = endpoint_url(endpoint).map_err(ClusterError::Rejected)?;
+        for (i, endpoint) in config.endpoints.iter().enumerate() {
+            let url = endpoint_url(i, endpoint)
+                .map_err(|why| ClusterError::Config(why.within("etcd")))?;
             let channel = Endpoint::from_shared(url.clone())
                 .map_err(|err| ClusterError::Rejected(format!("etcd endpoint {url}: {err}")))?
                 .connect_timeout(config.connect_timeout)
@@ -723,15 +733,15 @@ mod tests {
     #[test]
     fn endpoints_are_checked_and_prefixes_end_where_they_should() {
         assert_eq!(
-            endpoint_url("127.0.0.1:2379").unwrap(),
+            endpoint_url(0, "127.0.0.1:2379").unwrap(),
             "http://127.0.0.1:2379"
         );
         assert_eq!(
-            endpoint_url("http://etcd-1:2379").unwrap(),
+            endpoint_url(0, "http://etcd-1:2379").unwrap(),
             "http://etcd-1:2379"
         );
         for bad in ["", "etcd", "127.0.0.1:http", "https://a:1", "unix://x:1"] {
-            assert!(endpoint_url(bad).is_err(), "{bad:?}");
+            assert!(endpoint_url(0, bad).is_err(), "{bad:?}");
         }
         assert!(
             EtcdConfig {

@@ -46,6 +46,7 @@ pub const MAX_TXN_OPS: usize = 128;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use goverse_core::InvalidSetting;
 use tokio::sync::mpsc;
 
 /// A store-wide revision: every mutation gets a larger one.
@@ -152,6 +153,86 @@ pub enum TxnOutcome {
 /// reconnecting): the watcher then lists the prefix again and watches from there.
 pub type WatchStream = mpsc::UnboundedReceiver<WatchEvent>;
 
+/// A record under the cluster's prefix that cannot be read: its key, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct BadRecord {
+    /// The record's key (or, for a shard record, `shard N`).
+    pub key: String,
+    /// What is wrong with its value.
+    pub reason: String,
+}
+
+impl BadRecord {
+    pub(crate) fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A cluster key prefix that cannot be used (see [`Keys::new`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "cluster key prefix {0:?} must start with '/', not end with '/', and hold no whitespace \
+     (e.g. \"/goverse\")"
+)]
+pub struct BadPrefix(pub String);
+
+/// Why the cluster's map cannot be read or this process cannot take part in it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MapError {
+    /// The cluster store failed (`what` says which step).
+    #[error("cannot {what}: {cause}")]
+    Store {
+        /// The step that failed (`read the cluster map`).
+        what: &'static str,
+        /// The store's error.
+        cause: ClusterError,
+    },
+    /// A record cannot be decoded.
+    #[error(transparent)]
+    BadRecord(#[from] BadRecord),
+    /// The cluster has another shard count than this process is configured with; nothing was
+    /// written.
+    #[error(
+        "the cluster under {prefix} has {recorded} shards ({how}) and this process is configured \
+         with {configured}: every node and gate of a cluster needs the same count (set \
+         cluster.shards to {recorded}); nothing was written"
+    )]
+    ShardCountMismatch {
+        /// The cluster's key prefix.
+        prefix: String,
+        /// The count the cluster has.
+        recorded: u32,
+        /// The count this process has.
+        configured: u32,
+        /// How the cluster's count is known (`recorded when it formed`, `a full map`).
+        how: &'static str,
+    },
+    /// The cluster has records past this process's shard count and no recorded count.
+    #[error(
+        "the cluster under {prefix} holds a record for shard {highest}, past this process's \
+         {configured} shards, and has no recorded shard count: if {configured} is right, \
+         `goverse cluster repair` removes the records past it; nothing was written"
+    )]
+    RecordsPastCount {
+        /// The cluster's key prefix.
+        prefix: String,
+        /// The highest shard with a record.
+        highest: u32,
+        /// The count this process has.
+        configured: u32,
+    },
+}
+
+impl MapError {
+    pub(crate) fn store(what: &'static str) -> impl Fn(ClusterError) -> Self + Copy {
+        move |cause| Self::Store { what, cause }
+    }
+}
+
 /// Why a cluster-store operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClusterError {
@@ -172,6 +253,9 @@ pub enum ClusterError {
     /// The store refused the request as malformed or too large (the text says which).
     #[error("cluster store refused the request: {0}")]
     Rejected(String),
+    /// The store's configuration cannot be used; nothing was tried.
+    #[error("invalid cluster store configuration: {0}")]
+    Config(InvalidSetting),
 }
 
 /// The coordination store: etcd in a cluster, [`MemoryClusterStore`] embedded.

@@ -68,12 +68,13 @@ impl ReachReport {
     }
 
     /// Decodes [`ReachReport::encode`]'s format, naming what is wrong on failure.
-    pub fn decode(key: &str, bytes: &[u8]) -> Result<Self, String> {
-        let text =
-            std::str::from_utf8(bytes).map_err(|_| format!("reach report {key} is not utf-8"))?;
+    pub fn decode(key: &str, bytes: &[u8]) -> Result<Self, crate::BadRecord> {
+        let text = std::str::from_utf8(bytes)
+            .map_err(|_| crate::BadRecord::new(key, "reach report is not utf-8"))?;
         let mut report = Self::default();
         for line in text.lines().filter(|l| !l.is_empty()) {
-            let bad = || format!("reach report {key}: malformed line {line:?}");
+            let bad =
+                || crate::BadRecord::new(key, format!("malformed reach report line {line:?}"));
             let (verdict, rest) = line.split_once(' ').ok_or_else(bad)?;
             match verdict {
                 "up" => {
@@ -213,7 +214,7 @@ mod tests {
         assert_eq!(decoded.down[&node(3)].len(), 200);
         let err = ReachReport::decode("/goverse/reach/a", b"maybe 127.0.0.1:1").unwrap_err();
         assert!(
-            err.contains("/goverse/reach/a") && err.contains("maybe"),
+            err.key == "/goverse/reach/a" && err.reason.contains("maybe"),
             "{err}"
         );
         assert!(ReachReport::decode("k", b"").unwrap().up.is_empty());

@@ -30,16 +30,13 @@ impl Default for Keys {
 impl Keys {
     /// A layout under `prefix`: it must start with `/`, must not end with one, and may hold
     /// no whitespace.
-    pub fn new(prefix: &str) -> Result<Self, String> {
+    pub fn new(prefix: &str) -> Result<Self, crate::BadPrefix> {
         if !prefix.starts_with('/')
             || prefix.len() < 2
             || prefix.ends_with('/')
             || prefix.chars().any(char::is_whitespace)
         {
-            return Err(format!(
-                "cluster key prefix {prefix:?} must start with '/', not end with '/', \
-                 and hold no whitespace (e.g. \"/goverse\")"
-            ));
+            return Err(crate::BadPrefix(prefix.to_owned()));
         }
         Ok(Self {
             prefix: prefix.to_owned(),
@@ -139,20 +136,20 @@ impl ShardRecord {
     }
 
     /// Decodes [`ShardRecord::encode`]'s format, naming what is wrong on failure.
-    pub fn decode(shard: ShardId, bytes: &[u8]) -> Result<Self, String> {
-        let text = std::str::from_utf8(bytes)
-            .map_err(|_| format!("shard {shard}: record is not utf-8"))?;
+    pub fn decode(shard: ShardId, bytes: &[u8]) -> Result<Self, crate::BadRecord> {
+        let bad = |reason: String| crate::BadRecord::new(format!("shard {shard}"), reason);
+        let text = std::str::from_utf8(bytes).map_err(|_| bad("record is not utf-8".to_owned()))?;
         let mut parts = text.rsplitn(2, ',');
         let epoch = parts
             .next()
             .and_then(|e| e.parse::<u64>().ok())
-            .ok_or_else(|| format!("shard {shard}: bad epoch in record {text:?}"))?;
+            .ok_or_else(|| bad(format!("bad epoch in record {text:?}")))?;
         let rest = parts
             .next()
-            .ok_or_else(|| format!("shard {shard}: malformed record {text:?}"))?;
+            .ok_or_else(|| bad(format!("malformed record {text:?}")))?;
         let (target, current) = rest
             .split_once(',')
-            .ok_or_else(|| format!("shard {shard}: malformed record {text:?}"))?;
+            .ok_or_else(|| bad(format!("malformed record {text:?}")))?;
         let node = |s: &str| (!s.is_empty()).then(|| NodeAddr::new(s));
         Ok(Self {
             shard,

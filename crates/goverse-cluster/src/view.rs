@@ -14,8 +14,8 @@ use goverse_core::{NodeAddr, ShardId};
 use tokio::sync::watch;
 
 use crate::{
-    ClusterStore, KeyValue, Keys, ReachReport, ReadRecord, Revision, Serving, ShardRecord,
-    WatchEvent, serving_nodes,
+    BadRecord, ClusterStore, KeyValue, Keys, MapError, ReachReport, ReadRecord, Revision, Serving,
+    ShardRecord, WatchEvent, serving_nodes,
 };
 
 /// The cluster as last read: who is registered, who leads, and every shard's record.
@@ -72,7 +72,7 @@ impl ClusterMap {
         shard_count: u32,
         kvs: &[KeyValue],
         revision: Revision,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, BadRecord> {
         let mut map = Self::empty(shard_count);
         map.revision = revision;
         for kv in kvs {
@@ -83,7 +83,7 @@ impl ClusterMap {
 
     /// Applies one watch event. Keys outside the layout are ignored; a bad shard record is an
     /// error and leaves the map as it was.
-    pub fn apply(&mut self, keys: &Keys, event: &WatchEvent) -> Result<(), String> {
+    pub fn apply(&mut self, keys: &Keys, event: &WatchEvent) -> Result<(), BadRecord> {
         self.revision = self.revision.max(event.revision());
         match event {
             WatchEvent::Put(kv) => self.put(keys, kv),
@@ -113,7 +113,7 @@ impl ClusterMap {
         }
     }
 
-    fn put(&mut self, keys: &Keys, kv: &KeyValue) -> Result<(), String> {
+    fn put(&mut self, keys: &Keys, kv: &KeyValue) -> Result<(), BadRecord> {
         if let Some(node) = kv.key.strip_prefix(&keys.nodes()) {
             let node = NodeAddr::new(node);
             self.joined.insert(node.clone(), kv.create_revision);
@@ -134,7 +134,7 @@ impl ClusterMap {
             self.gates.insert(gate.to_owned());
         } else if kv.key == keys.leader() {
             let addr = std::str::from_utf8(&kv.value)
-                .map_err(|_| format!("leader key {} is not utf-8", kv.key))?;
+                .map_err(|_| BadRecord::new(kv.key.clone(), "leader record is not utf-8"))?;
             self.leader = Some((NodeAddr::new(addr), kv.mod_revision));
         } else if kv.key == keys.shard_count() {
             self.recorded_shard_count = Some(parse_shard_count(&kv.key, &kv.value)?);
@@ -292,12 +292,12 @@ impl MapView {
         store: Arc<dyn ClusterStore>,
         keys: Keys,
         shard_count: u32,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, MapError> {
         let prefix = format!("{}/", keys.prefix());
         let (kvs, revision) = store
             .get_prefix(&prefix)
             .await
-            .map_err(|err| format!("cannot read the cluster map: {err}"))?;
+            .map_err(MapError::store("read the cluster map"))?;
         let map = ClusterMap::load(&keys, shard_count, &kvs, revision)?;
         if let Some(recorded) = map.recorded_shard_count
             && recorded != shard_count
@@ -415,26 +415,26 @@ async fn follow(
 }
 
 /// Reads a recorded shard count.
-fn parse_shard_count(key: &str, value: &[u8]) -> Result<u32, String> {
+fn parse_shard_count(key: &str, value: &[u8]) -> Result<u32, BadRecord> {
     std::str::from_utf8(value)
         .ok()
         .and_then(|text| text.trim().parse::<u32>().ok())
         .filter(|&n| goverse_core::check_shard_count(n).is_ok())
         .ok_or_else(|| {
-            format!(
-                "{key} holds {:?}, not a shard count",
-                String::from_utf8_lossy(value)
+            BadRecord::new(
+                key,
+                format!("{:?} is not a shard count", String::from_utf8_lossy(value)),
             )
         })
 }
 
-fn count_mismatch(keys: &Keys, recorded: u32, configured: u32) -> String {
-    format!(
-        "the cluster under {} has {recorded} shards (recorded when it formed) and this process \
-         is configured with {configured}: every node and gate of a cluster needs the same count \
-         (set cluster.shards to {recorded}); nothing was written",
-        keys.prefix()
-    )
+fn count_mismatch(keys: &Keys, recorded: u32, configured: u32) -> MapError {
+    MapError::ShardCountMismatch {
+        prefix: keys.prefix().to_owned(),
+        recorded,
+        configured,
+        how: "recorded when it formed",
+    }
 }
 
 /// Makes sure the cluster under `keys` has `shard_count` shards before this process writes
@@ -446,9 +446,9 @@ pub async fn settle_shard_count(
     store: &dyn ClusterStore,
     keys: &Keys,
     shard_count: u32,
-) -> Result<(), String> {
+) -> Result<(), MapError> {
     let key = keys.shard_count();
-    let read = |err: crate::ClusterError| format!("cannot read the cluster's shard count: {err}");
+    let read = MapError::store("read the cluster's shard count");
     loop {
         if let Some(kv) = store.get(&key).await.map_err(read)? {
             let recorded = parse_shard_count(&key, &kv.value)?;
@@ -467,22 +467,19 @@ pub async fn settle_shard_count(
             .max();
         if let Some(highest) = highest {
             if records.len() as u64 == u64::from(highest) + 1 && highest + 1 != shard_count {
-                return Err(format!(
-                    "the cluster under {} holds a full map of {} shards and this process is \
-                     configured with {shard_count}: set cluster.shards to {}; nothing was written",
-                    keys.prefix(),
-                    highest + 1,
-                    highest + 1
-                ));
+                return Err(MapError::ShardCountMismatch {
+                    prefix: keys.prefix().to_owned(),
+                    recorded: highest + 1,
+                    configured: shard_count,
+                    how: "a full map of records",
+                });
             }
             if highest >= shard_count {
-                return Err(format!(
-                    "the cluster under {} holds a record for shard {highest}, past this \
-                     process's {shard_count} shards, and has no recorded shard count: if \
-                     {shard_count} is right, `goverse cluster repair` removes the records past \
-                     it; nothing was written",
-                    keys.prefix()
-                ));
+                return Err(MapError::RecordsPastCount {
+                    prefix: keys.prefix().to_owned(),
+                    highest,
+                    configured: shard_count,
+                });
             }
         }
         match store
@@ -493,7 +490,7 @@ pub async fn settle_shard_count(
                 None,
             )
             .await
-            .map_err(|err| format!("cannot record the cluster's shard count: {err}"))?
+            .map_err(MapError::store("record the cluster's shard count"))?
         {
             crate::CasOutcome::Applied(_) => {
                 tracing::info!(
@@ -633,7 +630,14 @@ mod tests {
             .unwrap();
         let err = MapView::start(store, keys, 8).await.unwrap_err();
         assert!(
-            err.contains("has 16 shards") && err.contains("configured with 8"),
+            matches!(
+                err,
+                MapError::ShardCountMismatch {
+                    recorded: 16,
+                    configured: 8,
+                    ..
+                }
+            ),
             "{err}"
         );
     }
@@ -646,7 +650,14 @@ mod tests {
         settle_shard_count(&store, &keys, 64).await.unwrap();
         let err = settle_shard_count(&store, &keys, 128).await.unwrap_err();
         assert!(
-            err.contains("has 64 shards") && err.contains("nothing was written"),
+            matches!(
+                err,
+                MapError::ShardCountMismatch {
+                    recorded: 64,
+                    configured: 128,
+                    ..
+                }
+            ),
             "{err}"
         );
         assert_eq!(
@@ -666,13 +677,29 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let err = settle_shard_count(&old, &keys, 32).await.unwrap_err();
-        assert!(err.contains("full map of 16 shards"), "{err}");
-        let err = settle_shard_count(&old, &keys, 8).await.unwrap_err();
-        assert!(err.contains("full map of 16 shards"), "{err}");
+        for configured in [32, 8] {
+            let err = settle_shard_count(&old, &keys, configured)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    MapError::ShardCountMismatch {
+                        recorded: 16,
+                        how: "a full map of records",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            assert!(err.to_string().contains("nothing was written"), "{err}");
+        }
         old.delete(&keys.shard(ShardId(3))).await.unwrap();
         let err = settle_shard_count(&old, &keys, 8).await.unwrap_err();
-        assert!(err.contains("record for shard 15"), "{err}");
+        assert!(
+            matches!(err, MapError::RecordsPastCount { highest: 15, .. }),
+            "{err}"
+        );
         settle_shard_count(&old, &keys, 16).await.unwrap();
         assert_eq!(
             old.get(&keys.shard_count()).await.unwrap().unwrap().value,
@@ -684,6 +711,9 @@ mod tests {
             .await
             .unwrap();
         let err = settle_shard_count(&bad, &keys, 16).await.unwrap_err();
-        assert!(err.contains("not a shard count"), "{err}");
+        assert!(
+            matches!(&err, MapError::BadRecord(bad) if bad.reason.contains("not a shard count")),
+            "{err}"
+        );
     }
 }

@@ -20,6 +20,7 @@ mod identity;
 mod message;
 mod reliable;
 pub mod rules;
+mod setting;
 mod shard;
 pub mod wkt;
 
@@ -30,6 +31,7 @@ pub use message::{
     AnyMessage, Message, Payload, TYPE_URL_PREFIX, message_name, message_type_url, type_name_of_url,
 };
 pub use reliable::{MAX_CALL_ID_CHARS, ReliableOutcome, ReliableStatus};
+pub use setting::{InvalidSetting, ShardCountError};
 pub use shard::{
     DEFAULT_SHARD_COUNT, MAX_SHARD_COUNT, Route, ShardId, check_shard_count, fnv1a_32, shard_of,
 };

@@ -9,15 +9,12 @@ pub const DEFAULT_SHARD_COUNT: u32 = 8192;
 pub const MAX_SHARD_COUNT: u32 = 65_536;
 
 /// Checks a shard count: at least 1 and at most [`MAX_SHARD_COUNT`].
-pub fn check_shard_count(count: u32) -> Result<(), String> {
+pub fn check_shard_count(count: u32) -> Result<(), crate::ShardCountError> {
     if count == 0 {
-        return Err("must be at least 1".to_owned());
+        return Err(crate::ShardCountError::Zero);
     }
     if count > MAX_SHARD_COUNT {
-        return Err(format!(
-            "{count} is more than the {MAX_SHARD_COUNT} a cluster can hold \
-             (the shard map is one etcd key per shard, held whole by every process)"
-        ));
+        return Err(crate::ShardCountError::TooMany(count));
     }
     Ok(())
 }

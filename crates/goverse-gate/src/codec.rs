@@ -14,6 +14,17 @@ use goverse_proto::node::DescribeResponse;
 use prost::Message as _;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, SerializeOptions};
 
+/// Why a node's message descriptors cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+enum DescriptorError {
+    /// The descriptor set is not a `FileDescriptorSet`.
+    #[error("the descriptor set does not decode: {0}")]
+    Decode(#[from] prost::DecodeError),
+    /// The files do not form a consistent pool.
+    #[error("the descriptors do not fit together: {0}")]
+    Pool(#[from] prost_reflect::DescriptorError),
+}
+
 /// One method of an object type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MethodInfo {
@@ -93,8 +104,8 @@ impl Catalog {
         self.described.as_ref()
     }
 
-    fn add_descriptors(&mut self, encoded: &[u8]) -> Result<(), String> {
-        let set = prost_types::FileDescriptorSet::decode(encoded).map_err(|e| e.to_string())?;
+    fn add_descriptors(&mut self, encoded: &[u8]) -> Result<(), DescriptorError> {
+        let set = prost_types::FileDescriptorSet::decode(encoded)?;
         // Files the pool already has (the well-known types, or a file repeated in two sets) are
         // skipped rather than reported as conflicts.
         let mut seen = std::collections::HashSet::new();
@@ -106,9 +117,8 @@ impl Catalog {
                 self.pool.get_file_by_name(name).is_none() && seen.insert(name.to_owned())
             })
             .collect();
-        self.pool
-            .add_file_descriptor_protos(files)
-            .map_err(|e| e.to_string())
+        self.pool.add_file_descriptor_protos(files)?;
+        Ok(())
     }
 
     /// Whether the catalog knows any types yet.

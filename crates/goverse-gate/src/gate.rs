@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use goverse_cluster::{ClusterStore, Keys, MapView};
-use goverse_core::{CallError, ClientIdentity, Clipped, ObjectId, ReliableStatus};
+use goverse_cluster::{ClusterStore, Keys, MapError, MapView};
+use goverse_core::{CallError, ClientIdentity, Clipped, InvalidSetting, ObjectId, ReliableStatus};
 use goverse_proto::node::{self as proto, DescribeResponse, Push, response};
 use goverse_transport::{
     Dialer, Handler, LinkEvents, NetworkConnector, NodeLink, Op, Request, Router, TcpDialer,
@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{ConnectRequest, GateEventHandler, Transport};
 use crate::clients::{Binding, ClientEntry, Clients};
 use crate::codec::{Catalog, SharedCatalog};
-use crate::registration::ClusterRegistration;
+use crate::registration::{ClusterRegistration, RegisterError};
 use crate::rules::{AccessRule, Lifecycle, LifecycleRule, RuleError, Rules};
 
 /// How a gate runs.
@@ -116,13 +116,68 @@ impl std::fmt::Debug for ClusterNetwork<'_> {
 pub enum GateError {
     /// A configuration value is unusable.
     #[error("invalid gate configuration: {0}")]
-    Config(String),
+    Config(InvalidSetting),
     /// An access or lifecycle rule does not compile.
     #[error("invalid rule: {0}")]
-    Rule(#[from] RuleError),
-    /// The cluster store cannot be read or written.
+    Rule(RuleError),
+    /// The cluster's map cannot be read, or has another shard count.
     #[error("cluster: {0}")]
-    Cluster(String),
+    Cluster(MapError),
+    /// The gate could not register in the cluster.
+    #[error("cluster: {0}")]
+    Register(RegisterError),
+}
+
+// Each variant shows its cause in its text, so none is also a `source` (a chain printer would
+// repeat it): the conversions are written out.
+impl From<InvalidSetting> for GateError {
+    fn from(err: InvalidSetting) -> Self {
+        Self::Config(err)
+    }
+}
+
+impl From<RuleError> for GateError {
+    fn from(err: RuleError) -> Self {
+        Self::Rule(err)
+    }
+}
+
+impl From<MapError> for GateError {
+    fn from(err: MapError) -> Self {
+        Self::Cluster(err)
+    }
+}
+
+/// Why a gate does not serve now ([`Gate::readiness`]; the `/ready` endpoint's reason).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    /// The gate is shutting down.
+    #[error("gate is stopping")]
+    Stopping,
+    /// The gate's cluster registration is not surely held.
+    #[error(
+        "the gate's cluster registration was last renewed {since:?} ago (lease {ttl:?}, serving \
+         window {window:?}); is the cluster store reachable?"
+    )]
+    RegistrationStale {
+        /// Since the last successful renewal.
+        since: Duration,
+        /// The lease's time-to-live.
+        ttl: Duration,
+        /// How long after a renewal the registration counts as held.
+        window: Duration,
+    },
+    /// The map holds fewer nodes than the quorum.
+    #[error("the cluster has {nodes} nodes, below its quorum of {quorum}")]
+    BelowQuorum {
+        /// Nodes in the map.
+        nodes: usize,
+        /// The configured quorum.
+        quorum: usize,
+    },
+    /// No node link is up and described.
+    #[error("node {0} is not connected")]
+    NodeNotConnected(String),
 }
 
 /// Counters of a gate.
@@ -233,19 +288,18 @@ impl Gate {
             lease_ttl,
             dialer,
         } = network;
-        let keys = Keys::new(cluster_prefix).map_err(GateError::Config)?;
+        let keys =
+            Keys::new(cluster_prefix).map_err(|why| InvalidSetting::new("cluster_prefix", why))?;
         if lease_ttl < Duration::from_millis(300) {
-            return Err(GateError::Config(format!(
-                "lease_ttl {lease_ttl:?} is too short (minimum 300ms)"
-            )));
+            return Err(InvalidSetting::new(
+                "lease_ttl",
+                format!("{lease_ttl:?} is too short (minimum 300ms)"),
+            )
+            .into());
         }
         // The cluster's shard count is settled before anything is written to it.
-        goverse_cluster::settle_shard_count(&*cluster, &keys, shard_count)
-            .await
-            .map_err(GateError::Cluster)?;
-        let view = MapView::start(cluster.clone(), keys.clone(), shard_count)
-            .await
-            .map_err(GateError::Cluster)?;
+        goverse_cluster::settle_shard_count(&*cluster, &keys, shard_count).await?;
+        let view = MapView::start(cluster.clone(), keys.clone(), shard_count).await?;
         config.node = format!("cluster {}", keys.prefix());
         let key = keys.gate(&config.advertise_address);
         let gate = Self::start_with(config, handler, Routing::Map(view, shard_count, dialer))?;
@@ -253,7 +307,7 @@ impl Gate {
             .await
             .map_err(|err| {
                 gate.inner.stop.cancel();
-                GateError::Cluster(err.to_string())
+                GateError::Register(err)
             })?;
         let _ = gate.inner.registration.set(registration.clone());
         gate.inner
@@ -268,34 +322,48 @@ impl Gate {
         routing: Routing,
     ) -> Result<Self, GateError> {
         if config.advertise_address.is_empty() || config.advertise_address.contains('/') {
-            return Err(GateError::Config(format!(
-                "advertise address {:?} must be a non-empty host:port",
-                config.advertise_address
-            )));
+            return Err(InvalidSetting::new(
+                "advertise_address",
+                format!(
+                    "{:?} must be a non-empty host:port",
+                    config.advertise_address
+                ),
+            )
+            .into());
         }
         if config.node.is_empty() {
-            return Err(GateError::Config("node address is empty".to_owned()));
+            return Err(InvalidSetting::new("node", "the node address is empty").into());
         }
         config
             .connection_limits
             .validate()
-            .map_err(|why| GateError::Config(format!("connection_limits: {why}")))?;
-        if config.max_body_bytes == 0 || config.client_buffer == 0 {
-            return Err(GateError::Config(
-                "max_body_bytes and client_buffer must be positive".to_owned(),
-            ));
+            .map_err(|why| why.within("connection_limits"))?;
+        for (setting, value) in [
+            ("max_body_bytes", config.max_body_bytes),
+            ("client_buffer", config.client_buffer),
+        ] {
+            if value == 0 {
+                return Err(InvalidSetting::new(setting, "must be positive").into());
+            }
         }
         if config.heartbeat_interval >= config.connection_limits.idle_timeout {
-            return Err(GateError::Config(format!(
-                "heartbeat_interval {:?} must be shorter than the connection idle timeout {:?}, \
-                 or quiet event streams would be closed as idle",
-                config.heartbeat_interval, config.connection_limits.idle_timeout
-            )));
+            return Err(InvalidSetting::new(
+                "heartbeat_interval",
+                format!(
+                    "{:?} must be shorter than the connection idle timeout {:?}, or quiet event \
+                     streams would be closed as idle",
+                    config.heartbeat_interval, config.connection_limits.idle_timeout
+                ),
+            )
+            .into());
         }
-        if config.heartbeat_interval.is_zero() || config.call_timeout.is_zero() {
-            return Err(GateError::Config(
-                "heartbeat_interval and call_timeout must be positive".to_owned(),
-            ));
+        for (setting, value) in [
+            ("heartbeat_interval", config.heartbeat_interval),
+            ("call_timeout", config.call_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(InvalidSetting::new(setting, "must be positive").into());
+            }
         }
         let rules = Rules::new(&config.access_rules, &config.lifecycle_rules)?;
         let stop = CancellationToken::new();
@@ -349,25 +417,25 @@ impl Gate {
     /// described what it serves, and in a cluster its registration is held by the cluster's lease
     /// rule (not fenced, renewed within the serving window, as nodes serve) and the map holds at least `min_quorum` nodes. Live: false while any of these
     /// fails, true again once they hold.
-    pub fn readiness(&self) -> Result<(), String> {
+    pub fn readiness(&self) -> Result<(), NotReady> {
         let inner = &self.inner;
         if inner.stop.is_cancelled() {
-            return Err("gate is stopping".to_owned());
+            return Err(NotReady::Stopping);
         }
         if let Some(registration) = inner.registration.get() {
             registration.check()?;
             if let Some(view) = inner.router.view() {
                 let nodes = view.borrow().nodes.len();
                 if nodes < inner.config.min_quorum {
-                    return Err(format!(
-                        "the cluster has {nodes} nodes, below its quorum of {}",
-                        inner.config.min_quorum
-                    ));
+                    return Err(NotReady::BelowQuorum {
+                        nodes,
+                        quorum: inner.config.min_quorum,
+                    });
                 }
             }
         }
         if inner.catalog.read().described().is_none() || !self.is_connected() {
-            return Err(format!("node {} is not connected", inner.config.node));
+            return Err(NotReady::NodeNotConnected(inner.config.node.clone()));
         }
         Ok(())
     }
@@ -748,7 +816,7 @@ impl LinkEvents for GateLinkEvents {
         *self.link_failure.lock() = None;
     }
 
-    fn failed(&self, node: &str, cause: &str) {
+    fn failed(&self, node: &str, cause: &goverse_transport::LinkError) {
         *self.link_failure.lock() = Some(format!("node {node}: {cause}"));
     }
 

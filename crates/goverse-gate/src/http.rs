@@ -282,7 +282,11 @@ async fn method_not_allowed(method: Method) -> HttpError {
 async fn ready_handler(State(gate): State<Arc<GateInner>>) -> HttpResult {
     let gate = Gate { inner: gate };
     if let Err(why) = gate.readiness() {
-        return Err(HttpError::of(ErrorCode::Unavailable, "NOT_READY", why));
+        return Err(HttpError::of(
+            ErrorCode::Unavailable,
+            "NOT_READY",
+            why.to_string(),
+        ));
     }
     Ok(axum::Json(json!({"status": "ready"})).into_response())
 }

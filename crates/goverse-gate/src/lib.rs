@@ -33,9 +33,10 @@ pub mod rules {
 mod serve;
 
 pub use auth::{AllowAnonymous, AuthError, ConnectRequest, GateEventHandler, Principal, Transport};
-pub use gate::{ClusterNetwork, Gate, GateConfig, GateError, GateStats};
+pub use gate::{ClusterNetwork, Gate, GateConfig, GateError, GateStats, NotReady};
 pub use grpc::status_of;
 pub use http::{
     CLIENT_ID_HEADER, CLIENT_TOKEN_HEADER, IDEMPOTENCY_KEY_HEADER, RELIABLE_STATUS_HEADER,
 };
+pub use registration::RegisterError;
 pub use serve::GateServeError;

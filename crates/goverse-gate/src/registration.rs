@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Why a gate could not register in its cluster.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum RegisterError {
+pub enum RegisterError {
     /// No lease was granted.
     #[error("cannot get a lease: {0}")]
     Lease(ClusterError),
@@ -71,15 +71,15 @@ impl ClusterRegistration {
 
     /// Whether the registration is surely held now, or why not: not fenced, and renewed within
     /// the serving window (the rule nodes serve by).
-    pub(crate) fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), crate::NotReady> {
         let since = self.renewed.lock().elapsed();
         let window = goverse_cluster::serving_window(self.ttl);
         if self.fenced.load(Ordering::Acquire) || since >= window {
-            return Err(format!(
-                "the gate's cluster registration was last renewed {since:?} ago (lease {:?}, \
-                 serving window {window:?}); is the cluster store reachable?",
-                self.ttl
-            ));
+            return Err(crate::NotReady::RegistrationStale {
+                since,
+                ttl: self.ttl,
+                window,
+            });
         }
         Ok(())
     }
@@ -200,7 +200,10 @@ mod tests {
             cut.elapsed()
         );
         let why = registration.check().unwrap_err();
-        assert!(why.contains("last renewed"), "{why}");
+        assert!(
+            matches!(why, crate::NotReady::RegistrationStale { .. }),
+            "{why}"
+        );
         tokio::time::sleep(ttl).await;
         assert!(store.get(&key).await.unwrap().is_none(), "the lease ended");
 

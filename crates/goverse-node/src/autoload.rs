@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use goverse_core::{NodeAddr, ObjectId, ObjectIdKind, ShardId};
+use goverse_core::{InvalidSetting, NodeAddr, ObjectId, ObjectIdKind, ShardId};
 
 type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
@@ -38,21 +38,22 @@ pub struct AutoLoad {
 
 impl AutoLoad {
     /// Checks the entry's ID, naming what is wrong.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let bad = |why: String| {
+            InvalidSetting::new(
+                "auto_load",
+                format!("entry {}/{:?}: {why}", self.type_name, self.id),
+            )
+        };
         if self.type_name.is_empty() {
-            return Err(format!("auto-load entry {:?}: the type is empty", self.id));
+            return Err(bad("the type is empty".to_owned()));
         }
         match goverse_core::kind_of(&self.id) {
             Ok(ObjectIdKind::Regular) => Ok(()),
-            Ok(_) => Err(format!(
-                "auto-load entry {}/{:?}: the id must be plain (no '/'); the scope adds the \
-                 shard or node prefix",
-                self.type_name, self.id
+            Ok(_) => Err(bad(
+                "the id must be plain (no '/'); the scope adds the shard or node prefix".to_owned(),
             )),
-            Err(err) => Err(format!(
-                "auto-load entry {}/{:?}: {err}",
-                self.type_name, self.id
-            )),
+            Err(err) => Err(bad(err.to_string())),
         }
     }
 }
@@ -86,22 +87,27 @@ impl AutoLoaded {
         address: &NodeAddr,
         shard_count: u32,
         registered: impl Fn(&str) -> Option<&'static str>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, InvalidSetting> {
         let mut loaded = Self::default();
         for entry in entries {
             entry.validate()?;
             let type_name = registered(&entry.type_name).ok_or_else(|| {
-                format!(
-                    "auto-load entry {}/{}: type {:?} is not registered on this node",
-                    entry.type_name, entry.id, entry.type_name
+                InvalidSetting::new(
+                    "auto_load",
+                    format!(
+                        "entry {}/{}: type {:?} is not registered on this node",
+                        entry.type_name, entry.id, entry.type_name
+                    ),
                 )
             })?;
-            let mut add = |id: String| -> Result<(), String> {
+            let mut add = |id: String| -> Result<(), InvalidSetting> {
                 let id = ObjectId::new(id);
-                let shard = goverse_core::shard_of(&id, shard_count)
-                    .map_err(|err| format!("auto-load entry {type_name}/{id}: {err}"))?;
+                let bad = |why: &dyn std::fmt::Display| {
+                    InvalidSetting::new("auto_load", format!("entry {type_name}/{id}: {why}"))
+                };
+                let shard = goverse_core::shard_of(&id, shard_count).map_err(|err| bad(&err))?;
                 if !loaded.ids.insert(id.clone()) {
-                    return Err(format!("auto-load entry {type_name}/{id}: listed twice"));
+                    return Err(bad(&"listed twice"));
                 }
                 loaded.wanted.push(Wanted {
                     type_name,
@@ -229,7 +235,7 @@ mod tests {
             known,
         )
         .unwrap_err();
-        assert!(err.contains("\"Nope\" is not registered"), "{err}");
+        assert!(err.reason.contains("\"Nope\" is not registered"), "{err}");
         let err = AutoLoaded::new(
             &[entry("Monitor", "shard#1/x", AutoLoadScope::PerShard)],
             &address,
@@ -237,7 +243,7 @@ mod tests {
             known,
         )
         .unwrap_err();
-        assert!(err.contains("must be plain"), "{err}");
+        assert!(err.reason.contains("must be plain"), "{err}");
         let err = AutoLoaded::new(
             &[
                 entry("Monitor", "x", AutoLoadScope::Singleton),
@@ -248,6 +254,6 @@ mod tests {
             known,
         )
         .unwrap_err();
-        assert!(err.contains("listed twice"), "{err}");
+        assert!(err.reason.contains("listed twice"), "{err}");
     }
 }

@@ -6,7 +6,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use goverse_cluster::{ClusterStore, Keys, MapView, MemoryClusterStore};
-use goverse_core::NodeAddr;
+use goverse_core::{InvalidSetting, NodeAddr};
 use goverse_persistence::ObjectStore;
 use goverse_transport::{Connector, Router};
 
@@ -91,17 +91,17 @@ impl NodeBuilder {
     /// Validates the configuration, joins the cluster (registering the node on a lease and
     /// claiming shards) and starts background work. Must run inside a tokio runtime.
     pub async fn start(self) -> Result<Node, NodeError> {
-        self.config.validate().map_err(NodeError::Config)?;
+        self.config.validate()?;
         if let Some(name) = self.duplicate {
             return Err(NodeError::DuplicateType(name));
         }
         // The store is checked before anything is claimed: a node that could not write must not
         // start serving (and lose every write at shutdown).
         if let Some(store) = &self.store {
-            store
-                .check()
-                .await
-                .map_err(|err| NodeError::Store(format!("{}: {err}", store.describe())))?;
+            store.check().await.map_err(|cause| NodeError::Store {
+                store: store.describe(),
+                cause,
+            })?;
         }
         let address = NodeAddr::new(self.config.address.as_str());
         let auto_loaded = AutoLoaded::new(
@@ -109,8 +109,7 @@ impl NodeBuilder {
             &address,
             self.config.shard_count,
             |name| self.registry.get_key_value(name).map(|(name, _)| *name),
-        )
-        .map_err(NodeError::Config)?;
+        )?;
         let client_rules =
             if self.config.access_rules.is_empty() && self.config.lifecycle_rules.is_empty() {
                 None
@@ -118,15 +117,15 @@ impl NodeBuilder {
                 let rules = goverse_core::rules::Rules::new(
                     &self.config.access_rules,
                     &self.config.lifecycle_rules,
-                )
-                .map_err(|err| NodeError::Config(err.to_string()))?;
+                )?;
                 Some(rules)
             };
         let lifecycle = Lifecycle::new();
         let store = self
             .store
             .map(|store| StoreLink::start(store, &lifecycle.tasks, lifecycle.store.clone()));
-        let keys = Keys::new(&self.config.cluster_prefix).map_err(NodeError::Config)?;
+        let keys = Keys::new(&self.config.cluster_prefix)
+            .map_err(|why| InvalidSetting::new("cluster_prefix", why))?;
         let directory = Arc::new(ShardDirectory::new(
             address.clone(),
             self.config.shard_count,
@@ -144,7 +143,7 @@ impl NodeBuilder {
             Ok(view) => view,
             Err(err) => {
                 lifecycle.stopped();
-                return Err(NodeError::Cluster(err));
+                return Err(err.into());
             }
         };
         let membership = Arc::new(Membership::new(
@@ -197,7 +196,7 @@ impl NodeBuilder {
         let _ = inner.router.set(router);
         if let Err(err) = inner.membership.join().await {
             inner.lifecycle.stopped();
-            return Err(NodeError::Cluster(err));
+            return Err(err.into());
         }
         inner.lifecycle.running();
         inner.start_background(connector);

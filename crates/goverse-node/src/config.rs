@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use goverse_core::DEFAULT_SHARD_COUNT;
+use goverse_core::{DEFAULT_SHARD_COUNT, InvalidSetting};
 
 /// How a node runs. Plain data with defaults; [`NodeConfig::validate`] names what is wrong.
 #[derive(Debug, Clone)]
@@ -90,59 +90,77 @@ impl Default for NodeConfig {
 
 impl NodeConfig {
     /// Checks the values, naming the first bad one.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
         if self.address.is_empty() || self.address.contains('/') {
-            return Err(format!(
-                "address {:?} must be a non-empty host:port without '/'",
-                self.address
+            return Err(InvalidSetting::new(
+                "address",
+                format!(
+                    "{:?} must be a non-empty host:port without '/'",
+                    self.address
+                ),
             ));
         }
-        if let Err(why) = goverse_core::check_shard_count(self.shard_count) {
-            return Err(format!("shard_count: {why}"));
-        }
+        goverse_core::check_shard_count(self.shard_count)
+            .map_err(|why| InvalidSetting::new("shard_count", why))?;
         if self.call_timeout.is_zero() {
-            return Err("call_timeout must be positive".to_owned());
+            return Err(InvalidSetting::new("call_timeout", "must be positive"));
         }
         if self.lease_ttl < Duration::from_millis(300) {
-            return Err(format!(
-                "lease_ttl {:?} is too short (minimum 300ms)",
-                self.lease_ttl
+            return Err(InvalidSetting::new(
+                "lease_ttl",
+                format!("{:?} is too short (minimum 300ms)", self.lease_ttl),
             ));
         }
         if self.reliable_call_retention < Duration::from_secs(1) {
-            return Err(format!(
-                "reliable_call_retention {:?} is too short (minimum 1s)",
-                self.reliable_call_retention
+            return Err(InvalidSetting::new(
+                "reliable_call_retention",
+                format!(
+                    "{:?} is too short (minimum 1s)",
+                    self.reliable_call_retention
+                ),
             ));
         }
         if self.peer_secret.as_deref().is_some_and(|s| s.len() < 16) {
-            return Err("peer_secret must be at least 16 characters".to_owned());
+            return Err(InvalidSetting::new(
+                "peer_secret",
+                "must be at least 16 characters",
+            ));
         }
         if self.min_quorum == 0 {
-            return Err("min_quorum must be at least 1".to_owned());
+            return Err(InvalidSetting::new("min_quorum", "must be at least 1"));
         }
         if self.stuck_shard_timeout.is_zero() {
-            return Err("stuck_shard_timeout must be positive".to_owned());
+            return Err(InvalidSetting::new(
+                "stuck_shard_timeout",
+                "must be positive",
+            ));
         }
         if !(Duration::from_millis(10)..=Duration::from_secs(60))
             .contains(&self.peer_check_interval)
         {
-            return Err(format!(
-                "peer_check_interval {:?} must be between 10ms and 60s",
-                self.peer_check_interval
+            return Err(InvalidSetting::new(
+                "peer_check_interval",
+                format!(
+                    "{:?} must be between 10ms and 60s",
+                    self.peer_check_interval
+                ),
             ));
         }
-        goverse_cluster::Keys::new(&self.cluster_prefix)?;
+        goverse_cluster::Keys::new(&self.cluster_prefix)
+            .map_err(|why| InvalidSetting::new("cluster_prefix", why))?;
         self.connection_limits
             .validate()
-            .map_err(|why| format!("connection_limits: {why}"))?;
+            .map_err(|why| why.within("connection_limits"))?;
         for entry in &self.auto_load {
             entry.validate()?;
         }
         if let Some(interval) = self.idle_check_interval
             && interval.is_zero()
         {
-            return Err("idle_check_interval must be positive".to_owned());
+            return Err(InvalidSetting::new(
+                "idle_check_interval",
+                "must be positive",
+            ));
         }
         Ok(())
     }
@@ -159,11 +177,11 @@ mod tests {
             shard_count: 0,
             ..NodeConfig::default()
         };
-        assert!(bad.validate().unwrap_err().contains("shard_count"));
+        assert!(bad.validate().unwrap_err().setting == "shard_count");
         let bad = NodeConfig {
             address: "a/b".into(),
             ..NodeConfig::default()
         };
-        assert!(bad.validate().unwrap_err().contains("address"));
+        assert!(bad.validate().unwrap_err().setting == "address");
     }
 }

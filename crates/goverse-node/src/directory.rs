@@ -58,9 +58,17 @@ pub(crate) enum ShardEvent {
     Release,
 }
 
+/// An event a shard's state cannot take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a shard that is {state:?} cannot take {event:?}")]
+pub(crate) struct NoTransition {
+    state: ShardState,
+    event: ShardEvent,
+}
+
 impl ShardState {
     /// The state after `event`, or why `event` cannot happen now.
-    pub(crate) fn step(self, event: ShardEvent) -> Result<Self, String> {
+    pub(crate) fn step(self, event: ShardEvent) -> Result<Self, NoTransition> {
         use ShardEvent as E;
         use ShardState as S;
         match (self, event) {
@@ -75,7 +83,7 @@ impl ShardState {
             (S::Draining { .. } | S::Incoming | S::Fenced | S::Unowned, E::Release) => {
                 Ok(S::Unowned)
             }
-            (state, event) => Err(format!("a shard that is {state:?} cannot take {event:?}")),
+            (state, event) => Err(NoTransition { state, event }),
         }
     }
 

@@ -14,12 +14,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use goverse_cluster::{
-    CasOutcome, ClusterError, ClusterMap, ClusterStore, Expect, Holding, Keys, Leader,
+    BadRecord, CasOutcome, ClusterError, ClusterMap, ClusterStore, Expect, Holding, Keys, Leader,
     LeaderConfig, LeaseId, MAX_TXN_OPS, MapView, NodePlan, ReadRecord, RecordWrite, Revision,
     ShardRecord, TxnOp, TxnOutcome, TxnWrite, claims, plan, serving_window,
 };
 use goverse_core::{NodeAddr, ShardId};
-use goverse_persistence::{Fence, ObjectStore};
+use goverse_persistence::{Fence, ObjectStore, StoreError};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -145,14 +145,14 @@ impl Membership {
     }
 
     /// Registers the node and claims the shards the map gives it.
-    pub(crate) async fn join(&self) -> Result<(), String> {
+    pub(crate) async fn join(&self) -> Result<(), JoinError> {
         let cluster = &self.cluster;
         let address = self.address.clone();
         let asked = tokio::time::Instant::now();
         let lease = cluster
             .grant_lease(self.settings.lease_ttl)
             .await
-            .map_err(|err| format!("cannot get a lease: {err}"))?;
+            .map_err(JoinError::Lease)?;
         let key = self.keys.node(&address);
         match cluster
             .compare_and_set(
@@ -162,14 +162,14 @@ impl Membership {
                 Some(lease),
             )
             .await
-            .map_err(|err| format!("cannot register node {address}: {err}"))?
-        {
+            .map_err(|cause| JoinError::Register {
+                address: address.clone(),
+                cause,
+            })? {
             CasOutcome::Applied(_) => {}
             CasOutcome::Conflict(_) => {
                 let _ = cluster.revoke_lease(lease).await;
-                return Err(format!(
-                    "node address {address} is already registered: is another node running with it?"
-                ));
+                return Err(JoinError::AddressTaken(address));
             }
         }
         *self.lease.lock() = Some(lease);
@@ -182,7 +182,7 @@ impl Membership {
                 .apply_all(|s| s == ShardState::Incoming, ShardEvent::Release);
             self.lease.lock().take();
             let _ = cluster.revoke_lease(lease).await;
-            return Err(format!("cannot claim shards: {err}"));
+            return Err(JoinError::Claim(err));
         }
         self.directory.serve_node_slot();
         Ok(())
@@ -197,23 +197,15 @@ impl Membership {
     }
 
     /// Every shard's record as the cluster store holds it now, in shard order.
-    async fn read_records(&self) -> Result<Vec<ReadRecord>, String> {
-        let (kvs, revision) = self
-            .cluster
-            .get_prefix(&self.keys.shards())
-            .await
-            .map_err(|err| err.to_string())?;
+    async fn read_records(&self) -> Result<Vec<ReadRecord>, ClaimError> {
+        let (kvs, revision) = self.cluster.get_prefix(&self.keys.shards()).await?;
         Ok(ClusterMap::load(&self.keys, self.directory.count(), &kvs, revision)?.shards)
     }
 
     /// The nodes registered now, as the store lists them.
-    async fn live_nodes(&self) -> Result<std::collections::BTreeSet<NodeAddr>, String> {
+    async fn live_nodes(&self) -> Result<std::collections::BTreeSet<NodeAddr>, ClusterError> {
         let prefix = self.keys.nodes();
-        let (nodes, _) = self
-            .cluster
-            .get_prefix(&prefix)
-            .await
-            .map_err(|err| err.to_string())?;
+        let (nodes, _) = self.cluster.get_prefix(&prefix).await?;
         Ok(nodes
             .into_iter()
             .map(|kv| NodeAddr::new(&kv.key[prefix.len()..]))
@@ -224,7 +216,7 @@ impl Membership {
     /// transactions of up to [`MAX_TXN_OPS`] records) and then in the object store, before the
     /// shard is served. A batch that meets a record changed since the map was read is decided
     /// again on what the store holds now.
-    async fn claim(&self, wanted: Vec<RecordWrite>) -> Result<u32, String> {
+    async fn claim(&self, wanted: Vec<RecordWrite>) -> Result<u32, ClaimError> {
         if wanted.is_empty() {
             return Ok(0);
         }
@@ -255,12 +247,7 @@ impl Membership {
                     break;
                 }
                 let txn: Vec<_> = batch.iter().map(|w| w.to_txn(&self.keys)).collect();
-                match self
-                    .cluster
-                    .transact(&txn)
-                    .await
-                    .map_err(|err| err.to_string())?
-                {
+                match self.cluster.transact(&txn).await? {
                     TxnOutcome::Applied(_) => {
                         for write in &batch {
                             self.directory
@@ -287,9 +274,10 @@ impl Membership {
             }
         }
         let epochs = match &self.store {
-            Some(store) => store.claim_shards(&claimed).await.map_err(|err| {
-                format!("cannot record the shard claims in the object store: {err}")
-            })?,
+            Some(store) => store
+                .claim_shards(&claimed)
+                .await
+                .map_err(ClaimError::Store)?,
             None => claimed.iter().map(|c| c.epoch).collect(),
         };
         for (claim, epoch) in claimed.iter().zip(&epochs) {
@@ -538,11 +526,47 @@ impl goverse_cluster::LeaseHolder for Membership {
     }
 }
 
+/// Why a node could not join the cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The cluster store granted no lease.
+    #[error("cannot get a lease: {0}")]
+    Lease(ClusterError),
+    /// The registration could not be written.
+    #[error("cannot register node {address}: {cause}")]
+    Register {
+        /// The node's address.
+        address: NodeAddr,
+        /// The store's error.
+        cause: ClusterError,
+    },
+    /// Another live node is registered with this address.
+    #[error("node address {0} is already registered: is another node running with it?")]
+    AddressTaken(NodeAddr),
+    /// The shards the map gives the node could not be claimed; the registration was removed.
+    #[error("cannot claim shards: {0}")]
+    Claim(ClaimError),
+}
+
+/// Why shards could not be claimed (or their records read).
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    /// The cluster store failed.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// A shard record cannot be decoded.
+    #[error(transparent)]
+    BadRecord(#[from] BadRecord),
+    /// The object store did not record the claims' epochs.
+    #[error("cannot record the shard claims in the object store: {0}")]
+    Store(StoreError),
+}
+
 /// The records a conflicting batch met, as the store returned them.
 fn reread(
     batch: &[RecordWrite],
     current: Vec<Option<goverse_cluster::KeyValue>>,
-) -> Result<Vec<ReadRecord>, String> {
+) -> Result<Vec<ReadRecord>, BadRecord> {
     batch
         .iter()
         .zip(current)

@@ -8,15 +8,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use goverse_core::{CallError, ChainId, Message, NodeAddr, ObjectId, Payload, ShardId, shard_of};
-use goverse_persistence::Fence;
+use goverse_cluster::MapError;
+use goverse_core::rules::RuleError;
+use goverse_core::{
+    CallError, ChainId, InvalidSetting, Message, NodeAddr, ObjectId, Payload, ShardId, shard_of,
+};
+use goverse_persistence::{Fence, StoreError};
 use goverse_transport::Router;
 
 use crate::autoload::AutoLoaded;
 use crate::directory::ShardDirectory;
 use crate::host::{CallScope, Host, MethodRef, deadline_for};
 use crate::lifecycle::{Lifecycle, Phase};
-use crate::membership::Membership;
+use crate::membership::{JoinError, Membership};
 use crate::push::PushHub;
 use crate::registry::{TypeEntry, TypeInfo};
 use crate::store::StoreLink;
@@ -30,16 +34,53 @@ pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 pub enum NodeError {
     /// The configuration is invalid.
     #[error("invalid node configuration: {0}")]
-    Config(String),
-    /// The cluster store refused or failed.
+    Config(InvalidSetting),
+    /// An access or lifecycle rule does not compile.
+    #[error("invalid rule: {0}")]
+    Rule(RuleError),
+    /// The cluster's map cannot be read, or has another shard count.
     #[error("cannot join the cluster: {0}")]
-    Cluster(String),
+    Cluster(MapError),
+    /// The node could not register or claim its shards.
+    #[error("cannot join the cluster: {0}")]
+    Join(JoinError),
     /// Two types registered under one name.
     #[error("object type {0:?} is registered twice")]
     DuplicateType(&'static str),
     /// The object store failed its start check (unreachable, wrong schema, read-only, damaged).
-    #[error("the object store cannot be used: {0}")]
-    Store(String),
+    #[error("the object store cannot be used: {store}: {cause}")]
+    Store {
+        /// The store, as it describes itself.
+        store: String,
+        /// What its check found.
+        cause: StoreError,
+    },
+}
+
+// Each variant shows its cause in its text, so none is also a `source` (a chain printer would
+// repeat it): the conversions are written out.
+impl From<InvalidSetting> for NodeError {
+    fn from(err: InvalidSetting) -> Self {
+        Self::Config(err)
+    }
+}
+
+impl From<RuleError> for NodeError {
+    fn from(err: RuleError) -> Self {
+        Self::Rule(err)
+    }
+}
+
+impl From<MapError> for NodeError {
+    fn from(err: MapError) -> Self {
+        Self::Cluster(err)
+    }
+}
+
+impl From<JoinError> for NodeError {
+    fn from(err: JoinError) -> Self {
+        Self::Join(err)
+    }
 }
 
 /// Counters describing what a node has done.

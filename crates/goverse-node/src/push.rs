@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use foldhash::HashMap;
 use goverse_core::{AnyMessage, CallError, ErrorCode, Message, gate_of_client};
 use goverse_proto::node::Push;
-use goverse_transport::PeerSink;
+use goverse_transport::{PeerRefused, PeerSink};
 use parking_lot::RwLock;
 
 /// Counters of the push path.
@@ -32,15 +32,13 @@ impl PushHub {
     /// Registers the stream of gate `address`. An older stream of the same address that is
     /// still open keeps it: the new one is refused (a peer that reconnects gets in once its old
     /// stream is gone).
-    pub(crate) fn attach(&self, address: Arc<str>, link: PeerSink) -> Result<(), String> {
+    pub(crate) fn attach(&self, address: Arc<str>, link: PeerSink) -> Result<(), PeerRefused> {
         let mut gates = self.gates.write();
         if let Some(current) = gates.get(&address)
             && current.is_open()
             && current.serial() != link.serial()
         {
-            return Err(format!(
-                "peer {address} already has a live stream to this node; a second one is refused"
-            ));
+            return Err(PeerRefused::AlreadyConnected(address));
         }
         gates.insert(address, link);
         Ok(())

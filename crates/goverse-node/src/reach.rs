@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use goverse_cluster::ReachReport;
 use goverse_core::NodeAddr;
-use goverse_transport::Connector;
+use goverse_transport::{Connector, LinkError};
 use tokio_util::sync::CancellationToken;
 
 use crate::membership::Membership;
@@ -28,14 +28,14 @@ pub(crate) const UP_AFTER: u32 = 2;
 #[derive(Debug, Default, Clone)]
 struct PeerCheck {
     /// `None` until the first verdict; `Some(Err(cause))` while down.
-    verdict: Option<Result<(), String>>,
+    verdict: Option<Result<(), LinkError>>,
     /// Good checks in a row (while down) or failed checks in a row (while up or unknown).
     streak: u32,
 }
 
 impl PeerCheck {
     /// Takes one check's outcome; returns whether the verdict changed.
-    fn observe(&mut self, outcome: Result<(), String>) -> bool {
+    fn observe(&mut self, outcome: Result<(), LinkError>) -> bool {
         let up = matches!(self.verdict, Some(Ok(())));
         match (&self.verdict, outcome) {
             (None | Some(Ok(())), Ok(())) => {
@@ -81,7 +81,7 @@ fn report_of(checks: &BTreeMap<NodeAddr, PeerCheck>) -> ReachReport {
                 report.up.insert(peer.clone());
             }
             Some(Err(cause)) => {
-                report.down.insert(peer.clone(), cause.clone());
+                report.down.insert(peer.clone(), cause.to_string());
             }
             None => {}
         }
@@ -194,7 +194,7 @@ mod tests {
 
     #[test]
     fn verdicts_change_only_on_evidence() {
-        let fail = || Err("cannot connect".to_owned());
+        let fail = || Err(LinkError::Connect("refused".to_owned()));
         let mut check = PeerCheck::default();
         assert!(
             check.observe(Ok(())),
@@ -206,11 +206,14 @@ mod tests {
         assert!(!check.observe(fail()));
         assert!(!check.observe(fail()));
         assert!(check.observe(fail()), "down at the third failure in a row");
-        assert_eq!(check.verdict, Some(Err("cannot connect".to_owned())));
-        assert!(!check.observe(Err("refused".to_owned())));
         assert_eq!(
             check.verdict,
-            Some(Err("refused".to_owned())),
+            Some(Err(LinkError::Connect("refused".to_owned())))
+        );
+        assert!(!check.observe(Err(LinkError::Closed)));
+        assert_eq!(
+            check.verdict,
+            Some(Err(LinkError::Closed)),
             "latest cause kept"
         );
         assert!(!check.observe(Ok(())));

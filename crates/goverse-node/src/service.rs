@@ -9,7 +9,9 @@ use std::sync::{Arc, Weak};
 use futures::future::BoxFuture;
 use goverse_core::{CallError, ChainId, ObjectId, Payload};
 use goverse_proto::node::{self as proto, DescribeResponse, response};
-use goverse_transport::{Handler, Op, Outcome, PeerSink, Request, ServeError, reliable_to_proto};
+use goverse_transport::{
+    Handler, Op, Outcome, PeerRefused, PeerSink, Request, ServeError, reliable_to_proto,
+};
 use tokio::net::TcpListener;
 
 use crate::host::{CallScope, MethodRef, deadline_for};
@@ -95,10 +97,10 @@ impl Handler for NodeHandler {
         }
     }
 
-    fn peer_opened(&self, peer: Arc<str>, sink: PeerSink) -> Result<(), String> {
+    fn peer_opened(&self, peer: Arc<str>, sink: PeerSink) -> Result<(), PeerRefused> {
         match self.node.get() {
             Some(node) => node.inner().push().attach(peer, sink),
-            None => Err("the node has stopped".to_owned()),
+            None => Err(PeerRefused::Stopped),
         }
     }
 

@@ -97,7 +97,9 @@ pub(crate) fn store_error(err: StoreError, what: &str) -> CallError {
     let code = match &err {
         StoreError::Unavailable(_) | StoreError::ReadOnly(_) => ErrorCode::Unavailable,
         StoreError::Corrupt(_) => ErrorCode::DataLoss,
-        StoreError::Schema(_) | StoreError::Backend(_) => ErrorCode::Internal,
+        StoreError::Schema(_) | StoreError::Backend(_) | StoreError::Config(_) => {
+            ErrorCode::Internal
+        }
     };
     CallError::new(code, format!("{what}: {err}"))
 }

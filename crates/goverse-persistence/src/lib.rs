@@ -178,6 +178,9 @@ pub enum StoreError {
     /// Anything else the backend reported.
     #[error("object store error: {0}")]
     Backend(String),
+    /// The store's configuration cannot be used; nothing was tried.
+    #[error("invalid object store configuration: {0}")]
+    Config(goverse_core::InvalidSetting),
 }
 
 impl StoreError {
@@ -410,11 +413,9 @@ pub(crate) mod json_column {
     }
 
     /// The state bytes a stored JSON text stands for.
-    pub(crate) fn decode(text: Vec<u8>) -> Result<Vec<u8>, String> {
+    pub(crate) fn decode(text: Vec<u8>) -> Result<Vec<u8>, base64::DecodeError> {
         match as_wrapper(&text) {
-            Some(w) => STANDARD
-                .decode(w.bytes)
-                .map_err(|e| format!("wrapped state is not base64: {e}")),
+            Some(w) => STANDARD.decode(w.bytes),
             None => Ok(text),
         }
     }

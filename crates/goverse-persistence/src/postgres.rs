@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::{BufMut as _, BytesMut};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
-use goverse_core::ObjectId;
+use goverse_core::{InvalidSetting, ObjectId};
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
@@ -84,33 +84,35 @@ impl PostgresConfig {
     }
 
     /// Checks the values, naming the first bad one.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
         let parsed = self.parsed()?;
         if parsed.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            return Err(
-                "sslmode=require is not supported yet: connections to PostgreSQL are plain TCP \
-                 (use sslmode=disable or prefer, on a trusted network)"
-                    .to_owned(),
-            );
+            return Err(InvalidSetting::new(
+                "sslmode",
+                "require is not supported yet: connections to PostgreSQL are plain TCP \
+                 (use sslmode=disable or prefer, on a trusted network)",
+            ));
         }
         if self.pool_size == 0 {
-            return Err("postgres pool_size must be at least 1".to_owned());
+            return Err(InvalidSetting::new("pool_size", "must be at least 1"));
         }
-        if self.connect_timeout.is_zero() || self.statement_timeout.is_zero() {
-            return Err(
-                "postgres connect_timeout and statement_timeout must be positive".to_owned(),
-            );
+        if self.connect_timeout.is_zero() {
+            return Err(InvalidSetting::new("connect_timeout", "must be positive"));
+        }
+        if self.statement_timeout.is_zero() {
+            return Err(InvalidSetting::new("statement_timeout", "must be positive"));
         }
         Ok(())
     }
 
-    fn parsed(&self) -> Result<tokio_postgres::Config, String> {
-        tokio_postgres::Config::from_str(&self.url)
-            .map_err(|e| format!("invalid PostgreSQL connection string: {e}"))
+    fn parsed(&self) -> Result<tokio_postgres::Config, InvalidSetting> {
+        tokio_postgres::Config::from_str(&self.url).map_err(|e| {
+            InvalidSetting::new("url", format!("invalid PostgreSQL connection string: {e}"))
+        })
     }
 
     /// Where the configuration points, without the password: `host:port/database (user u)`.
-    pub fn target(&self) -> Result<String, String> {
+    pub fn target(&self) -> Result<String, InvalidSetting> {
         let parsed = self.parsed()?;
         let ports = parsed.get_ports();
         let hosts: Vec<String> = parsed
@@ -332,9 +334,9 @@ impl PostgresStore {
     /// is reported now, naming host and port. Does not check or change the schema (a node's
     /// start calls [`ObjectStore::check`]).
     pub async fn connect(config: &PostgresConfig) -> Result<Self, StoreError> {
-        config.validate().map_err(StoreError::Backend)?;
-        let target = config.target().map_err(StoreError::Backend)?;
-        let mut pg = config.parsed().map_err(StoreError::Backend)?;
+        config.validate().map_err(StoreError::Config)?;
+        let target = config.target().map_err(StoreError::Config)?;
+        let mut pg = config.parsed().map_err(StoreError::Config)?;
         pg.connect_timeout(config.connect_timeout);
         pg.application_name("goverse");
         // Custom plans always: a statement prepared while a table was empty would otherwise keep
@@ -867,7 +869,7 @@ impl ObjectStore for PostgresStore {
                 let id: String = row.get(0);
                 let data = json_column::decode(row.get::<_, JsonText>(2).0).map_err(|why| {
                     StoreError::Corrupt(format!(
-                        "PostgreSQL at {}: state of {id:?}: {why}",
+                        "PostgreSQL at {}: state of {id:?}: wrapped state is not base64: {why}",
                         self.target
                     ))
                 })?;

@@ -63,13 +63,24 @@ pub trait Handler: Send + Sync + 'static {
     /// A stream from peer `peer` opened: pushes for its clients go to `sink`. Refused (the
     /// reason says why) while another live stream holds the same peer address: a second stream
     /// never silently takes over a connected peer's pushes.
-    fn peer_opened(&self, peer: Arc<str>, sink: PeerSink) -> Result<(), String>;
+    fn peer_opened(&self, peer: Arc<str>, sink: PeerSink) -> Result<(), PeerRefused>;
     /// The stream of `peer` with sink serial `serial` closed.
     fn peer_closed(&self, peer: &str, serial: u64);
 }
 
 /// Pushes a peer stream may have queued before further pushes to it are refused.
 pub const PEER_PUSH_BACKLOG: usize = 65_536;
+
+/// Why a node refused a peer's stream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerRefused {
+    /// Another live stream holds the peer's address.
+    #[error("peer {0} already has a live stream to this node; a second one is refused")]
+    AlreadyConnected(Arc<str>),
+    /// The node is stopping or stopped.
+    #[error("the node has stopped")]
+    Stopped,
+}
 
 /// Why a push was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

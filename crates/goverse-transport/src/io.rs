@@ -74,9 +74,12 @@ pub(crate) async fn channel(
     address: &str,
     dialer: &Arc<dyn Dialer>,
     connect_timeout: Duration,
-) -> Result<Channel, String> {
+) -> Result<Channel, crate::LinkError> {
     let endpoint = Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| format!("bad node address {address:?}: {e}"))?
+        .map_err(|e| crate::LinkError::BadAddress {
+            address: address.to_owned(),
+            reason: e.to_string(),
+        })?
         .connect_timeout(connect_timeout)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(20));
@@ -95,11 +98,9 @@ pub(crate) async fn channel(
             while let Some(source) = cause.source() {
                 cause = source;
             }
-            Err(format!("cannot connect: {cause}"))
+            Err(crate::LinkError::Connect(cause.to_string()))
         }
-        Err(_) => Err(format!(
-            "cannot connect: no connection within {connect_timeout:?}"
-        )),
+        Err(_) => Err(crate::LinkError::ConnectTimeout(connect_timeout)),
     }
 }
 

@@ -26,9 +26,13 @@ mod router;
 mod server;
 mod wire;
 
-pub use handler::{Handler, Op, Outcome, PEER_PUSH_BACKLOG, PeerSink, PushRefused, Request};
+pub use handler::{
+    Handler, Op, Outcome, PEER_PUSH_BACKLOG, PeerRefused, PeerSink, PushRefused, Request,
+};
 pub use io::{Accepted, Dialer, Io, MemoryIncoming, MemoryNetwork, MemoryStream, TcpDialer};
-pub use link::{LINK_IN_FLIGHT_LIMIT, LinkEvents, NodeLink, probe_node, probe_node_over};
+pub use link::{
+    LINK_IN_FLIGHT_LIMIT, LinkError, LinkEvents, NodeLink, probe_node, probe_node_over,
+};
 pub use listen::{Acceptor, ConnectionLimits, Guarded, Throttle, with_drain_deadline};
 pub use router::{Connector, InProcessNetwork, NetworkConnector, Router};
 pub use server::{ServeError, serve, serve_incoming, serve_with_limits, serve_with_secret};

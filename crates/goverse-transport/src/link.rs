@@ -41,7 +41,7 @@ pub trait LinkEvents: Send + Sync + 'static {
     fn pushed(&self, push: Push);
     /// A connection attempt to node `node` failed with `cause` (the link retries); a peer can
     /// name it to its own callers instead of a misleading error.
-    fn failed(&self, node: &str, cause: &str) {
+    fn failed(&self, node: &str, cause: &LinkError) {
         let _ = (node, cause);
     }
 }
@@ -53,7 +53,7 @@ pub async fn probe_node(
     address: &str,
     secret: Option<&str>,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), LinkError> {
     let tcp: Arc<dyn Dialer> = Arc::new(TcpDialer);
     probe_node_over(&tcp, address, secret, timeout).await
 }
@@ -64,14 +64,12 @@ pub async fn probe_node_over(
     address: &str,
     secret: Option<&str>,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), LinkError> {
     let probe = async {
         let channel = crate::io::channel(address, dialer, timeout).await?;
         let mut request = tonic::Request::new(DescribeRequest {});
         if let Some(secret) = secret {
-            let value = secret
-                .parse()
-                .map_err(|_| "the cluster secret is not a valid header value".to_owned())?;
+            let value = secret.parse().map_err(|_| LinkError::BadSecret)?;
             request
                 .metadata_mut()
                 .insert(crate::PEER_SECRET_HEADER, value);
@@ -80,11 +78,68 @@ pub async fn probe_node_over(
             .describe(request)
             .await
             .map(|_| ())
-            .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
+            .map_err(LinkError::refused("describe"))
     };
     tokio::time::timeout(timeout, probe)
         .await
-        .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
+        .unwrap_or(Err(LinkError::NoAnswer(timeout)))
+}
+
+/// Why a link to a node could not come up, or went down.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    /// The address is not one a connection can be made to.
+    #[error("bad node address {address:?}: {reason}")]
+    BadAddress {
+        /// The address.
+        address: String,
+        /// Why it is unusable.
+        reason: String,
+    },
+    /// The connection failed; the innermost cause says why ("Connection refused").
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// No connection within the connect timeout.
+    #[error("cannot connect: no connection within {0:?}")]
+    ConnectTimeout(Duration),
+    /// The node did not answer within the probe's timeout.
+    #[error("no answer within {0:?}")]
+    NoAnswer(Duration),
+    /// The cluster secret cannot be sent as a header.
+    #[error("the cluster secret is not a valid header value")]
+    BadSecret,
+    /// This node's own address cannot be sent as a header.
+    #[error("peer address {0:?} is not a valid header")]
+    BadPeerAddress(String),
+    /// The connection is not ready for requests.
+    #[error("node service not ready: {0}")]
+    NotReady(String),
+    /// The node answered a step (`describe`, `open`, `stream`) with an error status.
+    #[error("{step} failed: {code:?}: {message}")]
+    Refused {
+        /// The step.
+        step: &'static str,
+        /// The status code.
+        code: tonic::Code,
+        /// The status message.
+        message: String,
+    },
+    /// The node ended the stream.
+    #[error("node closed the stream")]
+    Closed,
+    /// The address has no node in this process's network.
+    #[error("not in this process's network")]
+    NotInProcess,
+}
+
+impl LinkError {
+    fn refused(step: &'static str) -> impl Fn(tonic::Status) -> Self {
+        move |status| Self::Refused {
+            step,
+            code: status.code(),
+            message: status.message().to_owned(),
+        }
+    }
 }
 
 /// How often a connection fails the calls whose node has not answered in time.
@@ -405,7 +460,7 @@ impl NodeLink {
         peer_address: &str,
         events: &dyn LinkEvents,
         stop: &CancellationToken,
-    ) -> Result<(), String> {
+    ) -> Result<(), LinkError> {
         let channel: Channel =
             crate::io::channel(&self.address, &self.dialer, Duration::from_secs(2)).await?;
         let mut client = NodeServiceClient::new(channel.clone())
@@ -416,7 +471,7 @@ impl NodeLink {
         let described = client
             .describe(describe)
             .await
-            .map_err(|s| format!("describe failed: {}", s.message()))?
+            .map_err(LinkError::refused("describe"))?
             .into_inner();
         events.connected(&described);
 
@@ -429,7 +484,7 @@ impl NodeLink {
             PEER_ADDRESS_HEADER,
             peer_address
                 .parse()
-                .map_err(|_| format!("peer address {peer_address:?} is not a valid header"))?,
+                .map_err(|_| LinkError::BadPeerAddress(peer_address.to_owned()))?,
         );
         self.present_secret(open.metadata_mut())?;
         // The generated client's `open` takes owned `RequestBatch`es; this one writes requests
@@ -439,7 +494,7 @@ impl NodeLink {
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         grpc.ready()
             .await
-            .map_err(|e| format!("node service not ready: {e}"))?;
+            .map_err(|e| LinkError::NotReady(e.to_string()))?;
         open.extensions_mut().insert(tonic::GrpcMethod::new(
             "goverse.node.v1.NodeService",
             "Open",
@@ -451,7 +506,7 @@ impl NodeLink {
                 BatchCodec,
             )
             .await
-            .map_err(|s| format!("open failed: {}", s.message()))?
+            .map_err(LinkError::refused("open"))?
             .into_inner();
         let pending = Arc::new(Pending::new());
         let mut sweeps = tokio::time::interval(SWEEP_EVERY);
@@ -482,8 +537,8 @@ impl NodeLink {
                         events.pushed(push);
                     }
                 }
-                Ok(None) => break Err("node closed the stream".to_owned()),
-                Err(status) => break Err(format!("stream failed: {}", status.message())),
+                Ok(None) => break Err(LinkError::Closed),
+                Err(status) => break Err(LinkError::refused("stream")(status)),
             }
         };
         self.current.store(None);
@@ -491,11 +546,9 @@ impl NodeLink {
         result
     }
 
-    fn present_secret(&self, metadata: &mut tonic::metadata::MetadataMap) -> Result<(), String> {
+    fn present_secret(&self, metadata: &mut tonic::metadata::MetadataMap) -> Result<(), LinkError> {
         if let Some(secret) = &self.secret {
-            let value = secret
-                .parse()
-                .map_err(|_| "the cluster secret is not a valid header value".to_owned())?;
+            let value = secret.parse().map_err(|_| LinkError::BadSecret)?;
             metadata.insert(crate::PEER_SECRET_HEADER, value);
         }
         Ok(())

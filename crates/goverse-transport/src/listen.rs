@@ -56,19 +56,26 @@ impl Default for ConnectionLimits {
 
 impl ConnectionLimits {
     /// Checks that every limit is usable.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), goverse_core::InvalidSetting> {
+        use goverse_core::InvalidSetting;
         if self.max_connections == 0 {
-            return Err("max_connections must be at least 1".to_owned());
+            return Err(InvalidSetting::new("max_connections", "must be at least 1"));
         }
         if self.peer_requests_in_flight == 0 {
-            return Err("peer_requests_in_flight must be at least 1".to_owned());
+            return Err(InvalidSetting::new(
+                "peer_requests_in_flight",
+                "must be at least 1",
+            ));
         }
         for (name, value) in [
             ("idle_timeout", self.idle_timeout),
             ("header_timeout", self.header_timeout),
         ] {
             if value < Duration::from_millis(10) {
-                return Err(format!("{name} {value:?} is too short (minimum 10ms)"));
+                return Err(InvalidSetting::new(
+                    name,
+                    format!("{value:?} is too short (minimum 10ms)"),
+                ));
             }
         }
         Ok(())
@@ -520,17 +527,7 @@ mod tests {
     #[test]
     fn limits_are_checked() {
         assert!(ConnectionLimits::default().validate().is_ok());
-        assert!(
-            limits(0, 1000)
-                .validate()
-                .unwrap_err()
-                .contains("max_connections")
-        );
-        assert!(
-            limits(1, 1)
-                .validate()
-                .unwrap_err()
-                .contains("idle_timeout")
-        );
+        assert!(limits(0, 1000).validate().unwrap_err().setting == "max_connections");
+        assert!(limits(1, 1).validate().unwrap_err().setting == "idle_timeout");
     }
 }

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::io::{Dialer, TcpDialer};
-use crate::{Handler, LinkEvents, NodeLink, Outcome, Request};
+use crate::{Handler, LinkError, LinkEvents, NodeLink, Outcome, Request};
 
 /// Makes the link to a node: over the network by default ([`NodeLink::remote`]); tests and
 /// single-process clusters may link nodes in-process. `None`: the node cannot be reached yet
@@ -38,7 +38,7 @@ pub trait Connector: Send + Sync + 'static {
         &self,
         address: &NodeAddr,
         timeout: Duration,
-    ) -> BoxFuture<'static, Result<(), String>>;
+    ) -> BoxFuture<'static, Result<(), LinkError>>;
 }
 
 /// Links over connections a [`Dialer`] opens (TCP by default), one long-lived batched stream per
@@ -89,7 +89,7 @@ impl Connector for NetworkConnector {
         &self,
         address: &NodeAddr,
         timeout: Duration,
-    ) -> BoxFuture<'static, Result<(), String>> {
+    ) -> BoxFuture<'static, Result<(), LinkError>> {
         let address = address.to_string();
         let secret = self.secret.clone();
         let dialer = self.dialer.clone();
@@ -141,12 +141,12 @@ impl Connector for InProcessNetwork {
         &self,
         address: &NodeAddr,
         _timeout: Duration,
-    ) -> BoxFuture<'static, Result<(), String>> {
+    ) -> BoxFuture<'static, Result<(), LinkError>> {
         let found = self.handlers.read().contains_key(address);
         Box::pin(std::future::ready(if found {
             Ok(())
         } else {
-            Err("not in this process's network".to_owned())
+            Err(LinkError::NotInProcess)
         }))
     }
 }

@@ -259,7 +259,7 @@ impl NodeService for NodeRpc {
             if let Err(why) = self.handler.peer_opened(peer.clone(), sink) {
                 tracing::warn!(peer = %peer, remote = ?request_remote, cause = %why,
                     "refused a second stream for a connected peer");
-                return Err(Status::already_exists(why));
+                return Err(Status::already_exists(why.to_string()));
             }
             tracing::info!(peer = %peer, "peer stream opened");
         }

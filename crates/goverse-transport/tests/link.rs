@@ -11,7 +11,9 @@ use futures::future::BoxFuture;
 use goverse_core::{CallError, ErrorCode};
 use goverse_proto::node::{DescribeResponse, Push, response};
 use goverse_testkit::assert_eventually;
-use goverse_transport::{Handler, LinkEvents, NodeLink, Op, Outcome, PeerSink, Request};
+use goverse_transport::{
+    Handler, LinkError, LinkEvents, NodeLink, Op, Outcome, PeerRefused, PeerSink, Request,
+};
 use tokio_util::sync::CancellationToken;
 
 /// Answers a call after the number of milliseconds its method names (`"25"`), with the object
@@ -42,7 +44,7 @@ impl Handler for Sleepy {
         DescribeResponse::default()
     }
 
-    fn peer_opened(&self, _peer: Arc<str>, _sink: PeerSink) -> Result<(), String> {
+    fn peer_opened(&self, _peer: Arc<str>, _sink: PeerSink) -> Result<(), PeerRefused> {
         Ok(())
     }
 
@@ -227,7 +229,7 @@ impl Handler for Recorder {
         DescribeResponse::default()
     }
 
-    fn peer_opened(&self, _peer: Arc<str>, _sink: PeerSink) -> Result<(), String> {
+    fn peer_opened(&self, _peer: Arc<str>, _sink: PeerSink) -> Result<(), PeerRefused> {
         Ok(())
     }
 
@@ -329,7 +331,7 @@ async fn the_protocol_runs_over_an_in_process_network_on_paused_time() {
     assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
     let probe =
         goverse_transport::probe_node_over(&dialer, address, None, Duration::from_secs(1)).await;
-    assert!(probe.unwrap_err().contains("cannot connect"));
+    assert!(matches!(probe.unwrap_err(), LinkError::Connect(_)));
 
     network.set_reachable(address, true);
     assert_eventually!(link.is_connected(), Duration::from_secs(10));
@@ -366,7 +368,7 @@ impl Handler for Gated {
         DescribeResponse::default()
     }
 
-    fn peer_opened(&self, _peer: Arc<str>, _sink: PeerSink) -> Result<(), String> {
+    fn peer_opened(&self, _peer: Arc<str>, _sink: PeerSink) -> Result<(), PeerRefused> {
         Ok(())
     }
 

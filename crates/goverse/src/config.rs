@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::InvalidSetting;
 use crate::gate::rules::{AccessRule, LifecycleRule};
 
 /// A whole configuration file.
@@ -342,6 +343,18 @@ impl GateEntry {
     }
 }
 
+/// A node or gate id the file does not list.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no {kind} {id:?} in the configuration ({kind}s: {})", known.join(", "))]
+pub struct UnknownEntry {
+    /// `node` or `gate`.
+    pub kind: &'static str,
+    /// The id asked for.
+    pub id: String,
+    /// The ids the file lists.
+    pub known: Vec<String>,
+}
+
 /// Why a configuration cannot be used: the file, and what is wrong (with its line for YAML).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{file}: {message}")]
@@ -392,9 +405,9 @@ impl ClusterFile {
             let mut doc: serde_yaml_ng::Value =
                 serde_yaml_ng::from_str(text).map_err(|err| error(yaml_error(&err)))?;
             for (key, value) in &overrides {
-                apply_override(&mut doc, key, value).map_err(|message| ConfigError {
+                apply_override(&mut doc, key, value).map_err(|why| ConfigError {
                     file: key.clone(),
-                    message,
+                    message: why.to_string(),
                 })?;
             }
             let names: Vec<&str> = overrides.iter().map(|(k, _)| k.as_str()).collect();
@@ -403,88 +416,111 @@ impl ClusterFile {
                 message: err.to_string(),
             })?
         };
-        file.validate().map_err(error)?;
+        file.validate().map_err(|why| error(why.to_string()))?;
         Ok(file)
     }
 
     /// Checks what serde cannot: the version, the provider, addresses, unique ids.
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), InvalidSetting> {
         if self.version != 1 {
-            return Err(format!(
-                "version: {} is not supported (expected 1)",
-                self.version
+            return Err(InvalidSetting::new(
+                "version",
+                format!("{} is not supported (expected 1)", self.version),
             ));
         }
         let c = &self.cluster;
         if c.provider != "etcd" {
-            return Err(format!(
-                "cluster.provider: {:?} is not supported (only \"etcd\")",
-                c.provider
+            return Err(InvalidSetting::new(
+                "cluster.provider",
+                format!("{:?} is not supported (only \"etcd\")", c.provider),
             ));
         }
         goverse_core::check_shard_count(c.shards)
-            .map_err(|why| format!("cluster.shards: {why}"))?;
+            .map_err(|why| InvalidSetting::new("cluster.shards", why))?;
         if c.etcd.endpoints.is_empty() {
-            return Err("cluster.etcd.endpoints: at least one endpoint is needed".to_owned());
+            return Err(InvalidSetting::new(
+                "cluster.etcd.endpoints",
+                "at least one endpoint is needed",
+            ));
         }
         crate::cluster::Keys::new(&c.etcd.prefix)
-            .map_err(|e| format!("cluster.etcd.prefix: {e}"))?;
+            .map_err(|e| InvalidSetting::new("cluster.etcd.prefix", e))?;
         let mut auto_loaded = BTreeSet::new();
         for (i, entry) in c.auto_load_objects.iter().enumerate() {
             let field = format!("cluster.auto_load_objects[{i}]");
             if entry.per_shard && entry.per_node {
-                return Err(format!(
-                    "{field}: per_shard and per_node cannot both be set"
+                return Err(InvalidSetting::new(
+                    field.clone(),
+                    "per_shard and per_node cannot both be set",
                 ));
             }
             let auto_load = entry.to_auto_load();
-            auto_load.validate().map_err(|e| format!("{field}: {e}"))?;
+            auto_load
+                .validate()
+                .map_err(|e| InvalidSetting::new(field.clone(), e.reason))?;
             if !auto_loaded.insert((entry.id.clone(), auto_load.scope)) {
-                return Err(format!("{field}: id {:?} is listed twice", entry.id));
+                return Err(InvalidSetting::new(
+                    field.clone(),
+                    format!("id {:?} is listed twice", entry.id),
+                ));
             }
         }
         if c.secret.as_deref().is_some_and(|s| s.len() < 16) {
-            return Err("cluster.secret: must be at least 16 characters".to_owned());
+            return Err(InvalidSetting::new(
+                "cluster.secret",
+                "must be at least 16 characters",
+            ));
         }
         if c.secret.is_none() && !self.all_loopback() {
-            return Err(
-                "cluster.secret: needed when nodes or gates listen on non-loopback addresses \
-                 (peers authenticate with it; set it here or in GOVERSE_CLUSTER__SECRET)"
-                    .to_owned(),
-            );
+            return Err(InvalidSetting::new(
+                "cluster.secret",
+                "needed when nodes or gates listen on non-loopback addresses \
+                 (peers authenticate with it; set it here or in GOVERSE_CLUSTER__SECRET)",
+            ));
         }
         if let Some(quorum) = c.min_quorum {
             if quorum == 0 {
-                return Err("cluster.min_quorum: must be at least 1".to_owned());
+                return Err(InvalidSetting::new(
+                    "cluster.min_quorum",
+                    "must be at least 1",
+                ));
             }
             if !self.nodes.is_empty() && quorum > self.nodes.len() {
-                return Err(format!(
-                    "cluster.min_quorum: {quorum} is more than the {} nodes this file lists: \
+                return Err(InvalidSetting::new(
+                    "cluster.min_quorum",
+                    format!(
+                        "{quorum} is more than the {} nodes this file lists: \
                      the cluster could never be ready",
-                    self.nodes.len()
+                        self.nodes.len()
+                    ),
                 ));
             }
         }
         self.connection_limits()
             .validate()
-            .map_err(|why| format!("cluster.connections: {why}"))?;
+            .map_err(|why| why.within("cluster.connections"))?;
         if let Some(interval) = c.peer_check_interval
             && !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&interval)
         {
-            return Err(format!(
-                "cluster.peer_check_interval: {interval:?} must be between 10ms and 60s"
+            return Err(InvalidSetting::new(
+                "cluster.peer_check_interval",
+                format!("{interval:?} must be between 10ms and 60s"),
             ));
         }
         if let Some(ttl) = c.lease_ttl {
             if ttl < Duration::from_millis(300) {
-                return Err(format!(
-                    "cluster.lease_ttl: {ttl:?} is too short (minimum 300ms)"
+                return Err(InvalidSetting::new(
+                    "cluster.lease_ttl",
+                    format!("{ttl:?} is too short (minimum 300ms)"),
                 ));
             }
             if ttl > MAX_LEASE_TTL {
-                return Err(format!(
-                    "cluster.lease_ttl: {ttl:?} is too long (maximum {MAX_LEASE_TTL:?}): a dead \
+                return Err(InvalidSetting::new(
+                    "cluster.lease_ttl",
+                    format!(
+                        "{ttl:?} is too long (maximum {MAX_LEASE_TTL:?}): a dead \
                      process's shards stay unserved for that long"
+                    ),
                 ));
             }
         }
@@ -506,12 +542,18 @@ impl ClusterFile {
             let zero_allowed =
                 matches!(field, "save_interval" | "cluster_state_stability_duration");
             if value.is_zero() && !zero_allowed {
-                return Err(format!("cluster.{field}: must be positive"));
+                return Err(InvalidSetting::new(
+                    format!("cluster.{field}"),
+                    "must be positive",
+                ));
             }
             if value > MAX_DURATION {
-                return Err(format!(
-                    "cluster.{field}: {value:?} is longer than the {} days any duration may be",
-                    MAX_DURATION.as_secs() / 86_400
+                return Err(InvalidSetting::new(
+                    format!("cluster.{field}"),
+                    format!(
+                        "{value:?} is longer than the {} days any duration may be",
+                        MAX_DURATION.as_secs() / 86_400
+                    ),
                 ));
             }
         }
@@ -519,45 +561,52 @@ impl ClusterFile {
             if let Some(size) = pg.pool_size
                 && !(1..=MAX_POOL_SIZE).contains(&size)
             {
-                return Err(format!(
-                    "postgres.pool_size: {size} is outside 1..={MAX_POOL_SIZE}"
+                return Err(InvalidSetting::new(
+                    "postgres.pool_size",
+                    format!("{size} is outside 1..={MAX_POOL_SIZE}"),
                 ));
             }
             if let Some(timeout) = pg.statement_timeout
                 && (timeout.is_zero() || timeout > MAX_DURATION)
             {
-                return Err(format!(
-                    "postgres.statement_timeout: {timeout:?} must be positive and at most {} days",
-                    MAX_DURATION.as_secs() / 86_400
+                return Err(InvalidSetting::new(
+                    "postgres.statement_timeout",
+                    format!(
+                        "{timeout:?} must be positive and at most {} days",
+                        MAX_DURATION.as_secs() / 86_400
+                    ),
                 ));
             }
         }
         if self.postgres.is_some() && self.sqlite.is_some() {
-            return Err("postgres and sqlite: choose one object store".to_owned());
+            return Err(InvalidSetting::new(
+                "postgres and sqlite",
+                "choose one object store",
+            ));
         }
         let mut ids = BTreeSet::new();
         let mut addresses = BTreeSet::new();
         for (i, node) in self.nodes.iter().enumerate() {
             if node.id.is_empty() || !ids.insert(("node", node.id.clone())) {
-                return Err(format!(
-                    "nodes[{i}].id: {:?} is empty or used twice",
-                    node.id
+                return Err(InvalidSetting::new(
+                    format!("nodes[{i}].id"),
+                    format!("{:?} is empty or used twice", node.id),
                 ));
             }
             check_address(&format!("nodes[{i}].grpc_addr"), &node.grpc_addr)?;
             check_address(&format!("nodes[{i}].advertise_addr"), node.advertise())?;
             if !addresses.insert(node.advertise().to_owned()) {
-                return Err(format!(
-                    "nodes[{i}].advertise_addr: {} is used twice",
-                    node.advertise()
+                return Err(InvalidSetting::new(
+                    format!("nodes[{i}].advertise_addr"),
+                    format!("{} is used twice", node.advertise()),
                 ));
             }
         }
         for (i, gate) in self.gates.iter().enumerate() {
             if gate.id.is_empty() || !ids.insert(("gate", gate.id.clone())) {
-                return Err(format!(
-                    "gates[{i}].id: {:?} is empty or used twice",
-                    gate.id
+                return Err(InvalidSetting::new(
+                    format!("gates[{i}].id"),
+                    format!("{:?} is empty or used twice", gate.id),
                 ));
             }
             check_address(&format!("gates[{i}].grpc_addr"), &gate.grpc_addr)?;
@@ -566,7 +615,7 @@ impl ClusterFile {
             }
         }
         crate::gate::rules::Rules::new(&self.object_access_rules, &self.object_lifecycle_rules)
-            .map_err(|e| format!("object rules: {e}"))?;
+            .map_err(|e| InvalidSetting::new("object rules", e))?;
         Ok(())
     }
 
@@ -602,25 +651,27 @@ impl ClusterFile {
     }
 
     /// The node entry named `id`.
-    pub fn node(&self, id: &str) -> Result<&NodeEntry, String> {
-        self.nodes.iter().find(|n| n.id == id).ok_or_else(|| {
-            let known: Vec<&str> = self.nodes.iter().map(|n| n.id.as_str()).collect();
-            format!(
-                "no node {id:?} in the configuration (nodes: {})",
-                known.join(", ")
-            )
-        })
+    pub fn node(&self, id: &str) -> Result<&NodeEntry, UnknownEntry> {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .ok_or_else(|| UnknownEntry {
+                kind: "node",
+                id: id.to_owned(),
+                known: self.nodes.iter().map(|n| n.id.clone()).collect(),
+            })
     }
 
     /// The gate entry named `id`.
-    pub fn gate(&self, id: &str) -> Result<&GateEntry, String> {
-        self.gates.iter().find(|g| g.id == id).ok_or_else(|| {
-            let known: Vec<&str> = self.gates.iter().map(|g| g.id.as_str()).collect();
-            format!(
-                "no gate {id:?} in the configuration (gates: {})",
-                known.join(", ")
-            )
-        })
+    pub fn gate(&self, id: &str) -> Result<&GateEntry, UnknownEntry> {
+        self.gates
+            .iter()
+            .find(|g| g.id == id)
+            .ok_or_else(|| UnknownEntry {
+                kind: "gate",
+                id: id.to_owned(),
+                known: self.gates.iter().map(|g| g.id.clone()).collect(),
+            })
     }
 
     /// The limits every listening port of the cluster's processes applies
@@ -638,7 +689,7 @@ impl ClusterFile {
     }
 
     /// The node configuration of node `id`.
-    pub fn node_config(&self, id: &str) -> Result<crate::NodeConfig, String> {
+    pub fn node_config(&self, id: &str) -> Result<crate::NodeConfig, UnknownEntry> {
         let entry = self.node(id)?;
         let c = &self.cluster;
         let defaults = crate::NodeConfig::default();
@@ -799,17 +850,32 @@ pub fn random_secret() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Why a `GOVERSE_*` variable cannot be applied.
+#[derive(Debug, thiserror::Error)]
+enum OverrideError {
+    #[error("a level of the name is empty")]
+    EmptyLevel,
+    #[error("value is not YAML: {0}")]
+    NotYaml(serde_yaml_ng::Error),
+    #[error("{0} is not a section")]
+    NotSection(String),
+}
+
 /// Sets the field `GOVERSE_A__B__C` names in `doc` to `value` read as YAML.
-fn apply_override(doc: &mut serde_yaml_ng::Value, key: &str, value: &str) -> Result<(), String> {
+fn apply_override(
+    doc: &mut serde_yaml_ng::Value,
+    key: &str,
+    value: &str,
+) -> Result<(), OverrideError> {
     let path: Vec<String> = key[ENV_PREFIX.len()..]
         .split("__")
         .map(str::to_ascii_lowercase)
         .collect();
     if path.iter().any(String::is_empty) {
-        return Err("a level of the name is empty".to_owned());
+        return Err(OverrideError::EmptyLevel);
     }
     let parsed: serde_yaml_ng::Value =
-        serde_yaml_ng::from_str(value).map_err(|err| format!("value is not YAML: {err}"))?;
+        serde_yaml_ng::from_str(value).map_err(OverrideError::NotYaml)?;
     let mut at = doc;
     for (i, segment) in path.iter().enumerate() {
         let map = match at {
@@ -818,7 +884,7 @@ fn apply_override(doc: &mut serde_yaml_ng::Value, key: &str, value: &str) -> Res
                 at.as_mapping_mut().expect("just made a mapping")
             }
             serde_yaml_ng::Value::Mapping(map) => map,
-            _ => return Err(format!("{} is not a section", path[..i].join("."))),
+            _ => return Err(OverrideError::NotSection(path[..i].join("."))),
         };
         let key = serde_yaml_ng::Value::String(segment.clone());
         if i + 1 == path.len() {
@@ -843,7 +909,7 @@ fn yaml_error(err: &serde_yaml_ng::Error) -> String {
     format!("line {}, column {}: {reason}", at.line(), at.column())
 }
 
-fn check_address(field: &str, addr: &str) -> Result<(), String> {
+fn check_address(field: &str, addr: &str) -> Result<(), InvalidSetting> {
     let ok = addr
         .rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
@@ -851,7 +917,10 @@ fn check_address(field: &str, addr: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("{field}: {addr:?} is not host:port"))
+        Err(InvalidSetting::new(
+            field,
+            format!("{addr:?} is not host:port"),
+        ))
     }
 }
 
@@ -962,10 +1031,15 @@ pub fn format_duration(d: Duration) -> String {
     out
 }
 
+/// Text that is not a duration ([`parse_duration`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a duration (e.g. 500ms, 10s, 1m, 1h30m)")]
+pub struct InvalidDuration(pub String);
+
 /// Parses a Go-style duration: one or more `<number><unit>` with units `ms`, `s`, `m`, `h`
 /// (`90s`, `1m30s`, `0.5s`); `0` alone is zero.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("{text:?} is not a duration (e.g. 500ms, 10s, 1m, 1h30m)");
+pub fn parse_duration(text: &str) -> Result<Duration, InvalidDuration> {
+    let bad = || InvalidDuration(text.to_owned());
     let text = text.trim();
     if text == "0" {
         return Ok(Duration::ZERO);
@@ -1048,7 +1122,7 @@ gates:
             .unwrap_err()
             .to_string();
         assert!(err.contains("16 characters"), "{err}");
-        let err = file.node_config("c").unwrap_err();
+        let err = file.node_config("c").unwrap_err().to_string();
         assert!(err.contains("nodes: a, b"), "{err}");
     }
 

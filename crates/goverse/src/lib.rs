@@ -43,8 +43,9 @@
 
 pub use goverse_core::{
     AnyMessage, CallError, ChainId, ClientIdentity, DEFAULT_SHARD_COUNT, ErrorCode, IdError,
-    MAX_OBJECT_ID_CHARS, MAX_SHARD_COUNT, Message, NodeAddr, ObjectId, ObjectIdKind, Payload,
-    Route, ShardId, TYPE_URL_PREFIX, check_shard_count, fnv1a_32, gate_of_client, shard_of, wkt,
+    InvalidSetting, MAX_OBJECT_ID_CHARS, MAX_SHARD_COUNT, Message, NodeAddr, ObjectId,
+    ObjectIdKind, Payload, Route, ShardCountError, ShardId, TYPE_URL_PREFIX, check_shard_count,
+    fnv1a_32, gate_of_client, shard_of, wkt,
 };
 pub use goverse_macros::{method, object};
 pub use goverse_node::{

@@ -29,7 +29,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::cluster::{ClusterStore, EtcdClusterStore};
-use crate::config::{ClusterFile, parse_duration};
+use crate::config::{ClusterFile, InvalidDuration, parse_duration};
 use crate::persistence::{ObjectStore, PostgresConfig, PostgresStore, SqliteStore};
 use crate::{Node, NodeBuilder};
 
@@ -44,12 +44,29 @@ pub struct NodeFlags {
     pub grace: Duration,
 }
 
+/// What is wrong with a node program's flags (each message ends with the usage).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FlagsError {
+    /// A flag was given without its value.
+    #[error("{0} needs a value (usage: {NODE_USAGE})")]
+    NeedsValue(String),
+    /// A flag this program does not know.
+    #[error("unknown argument {0:?} (usage: {NODE_USAGE})")]
+    Unknown(String),
+    /// A required flag is missing.
+    #[error("{0} is required (usage: {NODE_USAGE})")]
+    Required(&'static str),
+    /// `--grace` is not a duration.
+    #[error("--grace: {0}")]
+    Grace(InvalidDuration),
+}
+
 /// How the flags are written.
 pub const NODE_USAGE: &str = "--config FILE --node-id ID [--grace 20s]";
 
 impl NodeFlags {
     /// Parses the flags (without the program name), naming what is wrong.
-    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, String> {
+    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, FlagsError> {
         let mut config = None;
         let mut node_id = None;
         let mut grace = Duration::from_secs(20);
@@ -63,22 +80,21 @@ impl NodeFlags {
                 inline
                     .clone()
                     .or_else(|| args.next())
-                    .ok_or_else(|| format!("{flag} needs a value (usage: {NODE_USAGE})"))
+                    .ok_or_else(|| FlagsError::NeedsValue(flag.clone()))
             };
             match flag.as_str() {
                 "--config" => config = Some(PathBuf::from(value()?)),
                 "--node-id" => node_id = Some(value()?),
                 "--grace" => {
                     let text = value()?;
-                    grace = parse_duration(&text).map_err(|e| format!("--grace: {e}"))?;
+                    grace = parse_duration(&text).map_err(FlagsError::Grace)?;
                 }
-                other => return Err(format!("unknown argument {other:?} (usage: {NODE_USAGE})")),
+                other => return Err(FlagsError::Unknown(other.to_owned())),
             }
         }
         Ok(Self {
-            config: config.ok_or_else(|| format!("--config is required (usage: {NODE_USAGE})"))?,
-            node_id: node_id
-                .ok_or_else(|| format!("--node-id is required (usage: {NODE_USAGE})"))?,
+            config: config.ok_or(FlagsError::Required("--config"))?,
+            node_id: node_id.ok_or(FlagsError::Required("--node-id"))?,
             grace,
         })
     }
@@ -86,13 +102,38 @@ impl NodeFlags {
 
 /// Why a node process stopped with an error.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct RunError(String);
-
-impl RunError {
-    fn new(message: impl Into<String>) -> Self {
-        Self(message.into())
-    }
+pub enum RunError {
+    /// The configuration file cannot be used.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The file does not list the node asked for.
+    #[error(transparent)]
+    UnknownNode(#[from] crate::config::UnknownEntry),
+    /// The object store cannot be opened.
+    #[error("cannot open the {what} store: {cause}")]
+    Store {
+        /// Which store (`PostgreSQL`, `SQLite` and its path).
+        what: String,
+        /// What it said.
+        cause: crate::persistence::StoreError,
+    },
+    /// No etcd endpoint answered.
+    #[error("cannot reach etcd: {0}")]
+    Etcd(crate::cluster::ClusterError),
+    /// The node service's address cannot be listened on.
+    #[error("cannot listen on {address} for the node service: {cause}")]
+    Listen {
+        /// The address.
+        address: String,
+        /// The operating system's error.
+        cause: std::io::Error,
+    },
+    /// The node did not start.
+    #[error("cannot start the node: {0}")]
+    Start(crate::NodeError),
+    /// Shutdown could not save every object.
+    #[error("{0} object states could not be saved")]
+    Unsaved(u64),
 }
 
 /// Parses the process's flags and runs the node until it is stopped (see the module docs).
@@ -139,15 +180,16 @@ pub async fn open_store(file: &ClusterFile) -> Result<Option<Arc<dyn ObjectStore
         // this build's schema and names `goverse db init`.
         let store = PostgresStore::connect(&config)
             .await
-            .map_err(|e| RunError::new(format!("cannot open the PostgreSQL store: {e}")))?;
+            .map_err(|cause| RunError::Store {
+                what: "PostgreSQL".to_owned(),
+                cause,
+            })?;
         return Ok(Some(Arc::new(store)));
     }
     if let Some(sqlite) = &file.sqlite {
-        let store = SqliteStore::open(&sqlite.path).map_err(|e| {
-            RunError::new(format!(
-                "cannot open the SQLite store {}: {e}",
-                sqlite.path.display()
-            ))
+        let store = SqliteStore::open(&sqlite.path).map_err(|cause| RunError::Store {
+            what: format!("SQLite {}", sqlite.path.display()),
+            cause,
         })?;
         return Ok(Some(Arc::new(store)));
     }
@@ -168,7 +210,7 @@ pub fn warn_if_unauthenticated(file: &ClusterFile) {
 pub async fn connect_cluster(file: &ClusterFile) -> Result<Arc<dyn ClusterStore>, RunError> {
     let etcd = EtcdClusterStore::connect(&file.etcd())
         .await
-        .map_err(|e| RunError::new(format!("cannot reach etcd: {e}")))?;
+        .map_err(RunError::Etcd)?;
     Ok(Arc::new(etcd))
 }
 
@@ -201,9 +243,9 @@ pub async fn run_node(
     flags: &NodeFlags,
     register: impl FnOnce(NodeBuilder) -> NodeBuilder,
 ) -> Result<(), RunError> {
-    let file = ClusterFile::load(&flags.config).map_err(|e| RunError::new(e.to_string()))?;
-    let entry = file.node(&flags.node_id).map_err(RunError::new)?.clone();
-    let config = file.node_config(&flags.node_id).map_err(RunError::new)?;
+    let file = ClusterFile::load(&flags.config)?;
+    let entry = file.node(&flags.node_id)?.clone();
+    let config = file.node_config(&flags.node_id)?;
     warn_if_unauthenticated(&file);
     if file.inspector.is_some() {
         tracing::warn!("the inspector section is not used yet");
@@ -211,22 +253,19 @@ pub async fn run_node(
     if entry.http_addr.is_some() {
         tracing::warn!(node = %entry.id, "a node's http_addr is not served yet");
     }
-    let listener = TcpListener::bind(&entry.grpc_addr).await.map_err(|e| {
-        RunError::new(format!(
-            "cannot listen on {} for the node service: {e}",
-            entry.grpc_addr
-        ))
-    })?;
+    let listener = TcpListener::bind(&entry.grpc_addr)
+        .await
+        .map_err(|cause| RunError::Listen {
+            address: entry.grpc_addr.clone(),
+            cause,
+        })?;
     let cluster = connect_cluster(&file).await?;
     let store = open_store(&file).await?;
     let mut builder = register(Node::builder(config)).cluster_store(cluster);
     if let Some(store) = &store {
         builder = builder.object_store(store.clone());
     }
-    let node = builder
-        .start()
-        .await
-        .map_err(|e| RunError::new(format!("cannot start the node: {e}")))?;
+    let node = builder.start().await.map_err(RunError::Start)?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let service = tokio::spawn(crate::serve(node.clone(), listener, async {
         let _ = stopped.await;
@@ -266,10 +305,7 @@ pub async fn run_node(
         report.deactivated, report.saved, report.unsaved
     );
     if report.unsaved > 0 {
-        return Err(RunError::new(format!(
-            "{} object states could not be saved",
-            report.unsaved
-        )));
+        return Err(RunError::Unsaved(report.unsaved));
     }
     Ok(())
 }
@@ -279,7 +315,7 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<NodeFlags, String> {
-        NodeFlags::parse(args.iter().map(|a| (*a).to_owned()))
+        NodeFlags::parse(args.iter().map(|a| (*a).to_owned())).map_err(|e| e.to_string())
     }
 
     #[test]
