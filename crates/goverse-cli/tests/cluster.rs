@@ -738,7 +738,10 @@ async fn another_shard_count_is_refused_and_repair_removes_unusable_records() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("has 16 shards (a full map of records)"), "{err}");
+    assert!(
+        err.contains("has 16 shards (a full map of records)"),
+        "{err}"
+    );
 
     // A member nobody can reach (registered at an address nothing listens on): status names it
     // and the cause, and the cluster is not ready while it is registered.

@@ -1,19 +1,42 @@
 //! [`TestCluster`]: nodes and gates of one cluster inside the test's process, linked over the
-//! real node protocol (encoder, batching, lanes, HTTP/2) on in-memory pipes, coordinated by the
-//! in-memory cluster store, persisting to a store of the test's choice. Everything runs on tokio
-//! time, so tests on paused time drive leases, stability windows and hand-overs without real
-//! waiting. Each node has its own connection to the coordinator and its own address on the
-//! network, either of which a test can cut.
+//! real node protocol (encoder, batching, lanes, HTTP/2), persisting to a store of the test's
+//! choice (in memory by default; a [`crate::PostgresServer`]'s database through
+//! [`TestClusterBuilder::object_store`]).
+//!
+//! By default the links run on in-memory pipes and the coordinator is the in-memory cluster
+//! store: everything runs on tokio time, so tests on paused time drive leases, stability windows
+//! and hand-overs without real waiting, and each node has its own connection to the coordinator
+//! and its own address on the network, either of which a test can cut.
+//! [`TestClusterBuilder::etcd`] coordinates through a real etcd instead, and
+//! [`TestClusterBuilder::tcp`] links over loopback TCP sockets; tests on those run on real time.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use goverse_cluster::{ClusterStore, MemoryClusterStore};
+use goverse_cluster::{ClusterStore, EtcdClusterStore, EtcdConfig, MemoryClusterStore};
 use goverse_gate::{AllowAnonymous, ClusterNetwork, Gate, GateConfig, GateEventHandler};
 use goverse_node::{Node, NodeBuilder, NodeConfig, ShutdownReport};
 use goverse_persistence::{MemoryStore, ObjectStore};
-use goverse_transport::{MemoryNetwork, NetworkConnector};
+use goverse_transport::{Dialer, MemoryNetwork, NetworkConnector, TcpDialer};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+/// Where the processes of a [`TestCluster`] coordinate.
+enum Coordinator {
+    /// The in-memory cluster store; each node and gate has its own connection to it.
+    Memory(MemoryClusterStore),
+    /// A real etcd; each node and gate connects on its own.
+    Etcd(EtcdConfig),
+}
+
+/// How the nodes and gates of a [`TestCluster`] reach each other.
+enum Wire {
+    /// In-memory pipes; addresses can be cut.
+    Memory(Arc<MemoryNetwork>),
+    /// Loopback TCP sockets on ports the operating system picks.
+    Tcp,
+}
 
 /// What every node of a [`TestCluster`] registers (its object types, descriptors).
 pub type Setup = Arc<dyn Fn(NodeBuilder) -> NodeBuilder + Send + Sync>;
@@ -23,6 +46,8 @@ pub struct TestClusterBuilder {
     config: NodeConfig,
     objects: Arc<dyn ObjectStore>,
     setup: Setup,
+    etcd: Option<EtcdConfig>,
+    tcp: bool,
 }
 
 impl std::fmt::Debug for TestClusterBuilder {
@@ -62,17 +87,42 @@ impl TestClusterBuilder {
         self
     }
 
+    /// Coordinates through the etcd at `endpoint` (a [`crate::EtcdServer`]'s) instead of the
+    /// in-memory store.
+    pub fn etcd(mut self, endpoint: impl Into<String>) -> Self {
+        self.etcd = Some(EtcdConfig {
+            endpoints: vec![endpoint.into()],
+            ..EtcdConfig::default()
+        });
+        self
+    }
+
+    /// Links nodes and gates over loopback TCP (each node on a port the operating system picks)
+    /// instead of in-memory pipes.
+    pub fn tcp(mut self) -> Self {
+        self.tcp = true;
+        self
+    }
+
     /// Starts the cluster with `nodes` nodes, one after the other.
     pub async fn start(self, nodes: usize) -> TestCluster {
         let mut cluster = TestCluster {
-            coordinator: MemoryClusterStore::new(),
-            network: MemoryNetwork::new(),
+            coordinator: match self.etcd {
+                Some(config) => Coordinator::Etcd(config),
+                None => Coordinator::Memory(MemoryClusterStore::new()),
+            },
+            wire: if self.tcp {
+                Wire::Tcp
+            } else {
+                Wire::Memory(MemoryNetwork::new())
+            },
             objects: self.objects,
             setup: self.setup,
             config: self.config,
             nodes: Vec::new(),
             gates: Vec::new(),
             next: 1,
+            stop: CancellationToken::new(),
         };
         for _ in 0..nodes {
             cluster.add_node().await;
@@ -85,7 +135,8 @@ impl TestClusterBuilder {
 pub struct TestNode {
     /// The node.
     pub node: Node,
-    coordinator: MemoryClusterStore,
+    /// Its own connection to the in-memory coordinator (none on etcd).
+    coordinator: Option<MemoryClusterStore>,
     serving: CancellationToken,
 }
 
@@ -100,14 +151,22 @@ impl std::fmt::Debug for TestNode {
 /// Nodes and gates of one cluster in this process, over the real node protocol on in-memory
 /// pipes. See the module documentation.
 pub struct TestCluster {
-    coordinator: MemoryClusterStore,
-    network: Arc<MemoryNetwork>,
+    coordinator: Coordinator,
+    wire: Wire,
     objects: Arc<dyn ObjectStore>,
     setup: Setup,
     config: NodeConfig,
     nodes: Vec<TestNode>,
     gates: Vec<Gate>,
     next: u16,
+    /// Ends what the cluster serves besides its nodes (gates' gRPC ports).
+    stop: CancellationToken,
+}
+
+/// Where a new node listens.
+enum Listening {
+    Memory(goverse_transport::MemoryIncoming),
+    Tcp(TcpListener),
 }
 
 impl std::fmt::Debug for TestCluster {
@@ -121,7 +180,7 @@ impl std::fmt::Debug for TestCluster {
 
 impl TestCluster {
     /// A builder: 64 shards, a 3 s lease, a 2 s stability window, a quorum of 1, no periodic
-    /// saves, an in-memory object store, no types.
+    /// saves, an in-memory object store, no types, the in-memory coordinator and network.
     pub fn builder() -> TestClusterBuilder {
         TestClusterBuilder {
             config: NodeConfig {
@@ -133,43 +192,86 @@ impl TestCluster {
             },
             objects: Arc::new(MemoryStore::new()),
             setup: Arc::new(|builder| builder),
+            etcd: None,
+            tcp: false,
+        }
+    }
+
+    /// A connection to the coordinator of its own, and the in-memory connection behind it (to
+    /// cut) when the coordinator is the in-memory one.
+    async fn connect(&self) -> (Arc<dyn ClusterStore>, Option<MemoryClusterStore>) {
+        match &self.coordinator {
+            Coordinator::Memory(store) => {
+                let connection = store.connection();
+                (Arc::new(connection.clone()), Some(connection))
+            }
+            Coordinator::Etcd(config) => (
+                Arc::new(
+                    EtcdClusterStore::connect(config)
+                        .await
+                        .expect("the test's etcd answers"),
+                ),
+                None,
+            ),
         }
     }
 
     /// Starts one more node (addresses `127.0.0.1:47001`, `:47002`, … on the in-memory
-    /// network) and waits until it serves its node protocol. Returns it.
+    /// network; a free loopback port over TCP) and serves its node protocol. Returns it.
     pub async fn add_node(&mut self) -> &Node {
         self.add_node_with(|_| {}).await
     }
 
-    /// [`TestCluster::add_node`] with this node's configuration changed by `change`.
+    /// [`TestCluster::add_node`] with this node's configuration changed by `change` (on the
+    /// in-memory network it may choose the node's address; over TCP the address is the port's).
     pub async fn add_node_with(&mut self, change: impl FnOnce(&mut NodeConfig)) -> &Node {
         let n = self.next;
         self.next += 1;
         let mut config = self.config.clone();
-        config.address = format!("127.0.0.1:{}", 47000 + n);
-        change(&mut config);
-        let coordinator = self.coordinator.connection();
-        let secret = config.peer_secret.as_deref().map(Into::into);
-        let connector = NetworkConnector::over(self.network.clone(), secret);
         // Listening before the node starts, so peers reach it as soon as it registers.
-        let incoming = self
-            .network
-            .listen(&config.address)
-            .expect("each test node has its own address");
+        let listening = match &self.wire {
+            Wire::Memory(network) => {
+                config.address = format!("127.0.0.1:{}", 47000 + n);
+                change(&mut config);
+                Listening::Memory(
+                    network
+                        .listen(&config.address)
+                        .expect("each test node has its own address"),
+                )
+            }
+            Wire::Tcp => {
+                let listener = TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("a loopback port is free");
+                config.address = listener.local_addr().expect("bound").to_string();
+                change(&mut config);
+                Listening::Tcp(listener)
+            }
+        };
+        let (cluster, coordinator) = self.connect().await;
+        let secret = config.peer_secret.as_deref().map(Into::into);
+        let connector = NetworkConnector::over(self.dialer(), secret);
         let node = (self.setup)(Node::builder(config))
-            .cluster_store(Arc::new(coordinator.clone()))
+            .cluster_store(cluster)
             .object_store(self.objects.clone())
             .connector(Arc::new(connector))
             .start()
             .await
             .expect("a test node starts");
         let serving = CancellationToken::new();
-        tokio::spawn(goverse_node::serve_incoming(
-            node.clone(),
-            incoming,
-            serving.clone().cancelled_owned(),
-        ));
+        let stopped = serving.clone().cancelled_owned();
+        match listening {
+            Listening::Memory(incoming) => {
+                tokio::spawn(goverse_node::serve_incoming(
+                    node.clone(),
+                    incoming,
+                    stopped,
+                ));
+            }
+            Listening::Tcp(listener) => {
+                tokio::spawn(goverse_node::serve(node.clone(), listener, stopped));
+            }
+        }
         self.nodes.push(TestNode {
             node,
             coordinator,
@@ -193,12 +295,13 @@ impl TestCluster {
         if config.advertise_address == GateConfig::default().advertise_address {
             config.advertise_address = format!("127.0.0.1:{}", 49000 + self.gates.len() + 1);
         }
+        let (cluster, _) = self.connect().await;
         let network = ClusterNetwork {
-            cluster: Arc::new(self.coordinator.connection()) as Arc<dyn ClusterStore>,
+            cluster,
             prefix: &self.config.cluster_prefix,
             shard_count: self.config.shard_count,
             lease_ttl: self.config.lease_ttl,
-            dialer: self.network.clone(),
+            dialer: self.dialer(),
         };
         let gate = Gate::start_in_cluster_over(config, handler, network)
             .await
@@ -217,25 +320,80 @@ impl TestCluster {
         self.nodes.iter().map(|n| &n.node).collect()
     }
 
-    /// The coordinator (for reading the map or writing keys a test needs).
-    pub fn coordinator(&self) -> &MemoryClusterStore {
-        &self.coordinator
+    /// Starts a gate as [`TestCluster::add_gate`] does and serves its gRPC port on a free
+    /// loopback port (over TCP only), until the cluster shuts down. Returns the gate and the
+    /// port's address.
+    pub async fn add_served_gate(&mut self, mut config: GateConfig) -> (Gate, SocketAddr) {
+        assert!(
+            matches!(self.wire, Wire::Tcp),
+            "a served gate needs a TCP cluster (TestClusterBuilder::tcp)"
+        );
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port is free");
+        let addr = listener.local_addr().expect("bound");
+        config.advertise_address = addr.to_string();
+        let gate = self.add_gate(config).await;
+        let serving = gate.clone();
+        let stop = self.stop.clone().cancelled_owned();
+        tokio::spawn(async move { serving.serve_grpc(listener, stop).await });
+        (gate, addr)
     }
 
-    /// The network the nodes and gates are linked over.
+    /// The in-memory coordinator (for reading the map or writing keys a test needs).
+    ///
+    /// # Panics
+    /// On a cluster coordinated by etcd: use [`TestCluster::cluster_store`].
+    pub fn coordinator(&self) -> &MemoryClusterStore {
+        match &self.coordinator {
+            Coordinator::Memory(store) => store,
+            Coordinator::Etcd(_) => panic!("this test cluster is coordinated by etcd"),
+        }
+    }
+
+    /// A connection to the coordinator, whichever it is.
+    pub async fn cluster_store(&self) -> Arc<dyn ClusterStore> {
+        self.connect().await.0
+    }
+
+    /// The in-memory network the nodes and gates are linked over.
+    ///
+    /// # Panics
+    /// On a cluster linked over TCP.
     pub fn network(&self) -> &Arc<MemoryNetwork> {
-        &self.network
+        match &self.wire {
+            Wire::Memory(network) => network,
+            Wire::Tcp => panic!("this test cluster is linked over TCP"),
+        }
+    }
+
+    /// What links dial through.
+    fn dialer(&self) -> Arc<dyn Dialer> {
+        match &self.wire {
+            Wire::Memory(network) => network.clone(),
+            Wire::Tcp => Arc::new(TcpDialer),
+        }
     }
 
     /// Cuts node `i` off from the coordinator (`false`) or reconnects it (`true`).
+    ///
+    /// # Panics
+    /// On a cluster coordinated by etcd (stop the [`crate::EtcdServer`] instead).
     pub fn set_coordinator_reachable(&self, i: usize, reachable: bool) {
-        self.nodes[i].coordinator.set_reachable(reachable);
+        self.nodes[i]
+            .coordinator
+            .as_ref()
+            .expect("cutting a node off needs the in-memory coordinator")
+            .set_reachable(reachable);
     }
 
     /// Makes node `i` unreachable for peers and gates (`false`: new connections refused, open
     /// ones broken) or reachable again (`true`).
+    ///
+    /// # Panics
+    /// On a cluster linked over TCP.
     pub fn set_node_reachable(&self, i: usize, reachable: bool) {
-        self.network
+        self.network()
             .set_reachable(self.nodes[i].node.address().as_str(), reachable);
     }
 
@@ -249,6 +407,7 @@ impl TestCluster {
 
     /// Shuts every gate and node down.
     pub async fn shutdown(mut self) {
+        self.stop.cancel();
         for gate in std::mem::take(&mut self.gates) {
             gate.shutdown(Duration::from_secs(2)).await;
         }

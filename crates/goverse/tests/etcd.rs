@@ -6,7 +6,7 @@ use std::time::Duration;
 use goverse::ShardId;
 use goverse::cluster::{ClusterStore, EtcdClusterStore, EtcdConfig, Keys, ShardRecord};
 use goverse::prelude::*;
-use goverse_testkit::EtcdServer;
+use goverse_testkit::{EtcdServer, TestCluster};
 
 fn config(address: &str) -> NodeConfig {
     NodeConfig {
@@ -237,26 +237,15 @@ async fn a_node_whose_lease_is_lost_stops_serving_and_its_shards_are_claimed_aga
 async fn the_leader_balances_the_shards_and_a_lost_leader_is_replaced() {
     let etcd = EtcdServer::start();
     let store = connect(&etcd).await;
-    let cluster: Arc<dyn ClusterStore> = Arc::new(store.clone());
-    // The nodes reach each other in-process: placement gives shards only to nodes their peers
-    // reach.
-    let network = goverse::transport::InProcessNetwork::new();
-    let mut nodes = Vec::new();
-    for port in [47031, 47032, 47033] {
-        let node = Node::builder(NodeConfig {
-            stability_window: Duration::from_millis(500),
-            ..config(&format!("127.0.0.1:{port}"))
-        })
-        .cluster_store(cluster.clone())
-        .connector(network.clone())
-        .start()
-        .await
-        .unwrap();
-        network.add(node.address(), node.handler());
-        nodes.push(node);
-    }
+    // The nodes reach each other over the in-memory network: placement gives shards only to
+    // nodes their peers reach.
+    let mut cluster = TestCluster::builder()
+        .etcd(etcd.endpoint())
+        .configure(|config| config.stability_window = Duration::from_millis(500))
+        .start(3)
+        .await;
     // ±1 of 64 over three nodes, every record's owner its target, as etcd holds them.
-    let balanced = |nodes: &[Node]| {
+    let balanced = |nodes: Vec<&Node>| {
         let store = store.clone();
         let owned: Vec<u64> = nodes.iter().map(|n| n.stats().owned_shards).collect();
         async move {
@@ -269,11 +258,16 @@ async fn the_leader_balances_the_shards_and_a_lost_leader_is_replaced() {
                     .all(|r| r.current.is_some() && r.current == r.target)
         }
     };
-    goverse_testkit::assert_eventually!(balanced(&nodes).await, Duration::from_secs(20));
+    goverse_testkit::assert_eventually!(balanced(cluster.nodes()).await, Duration::from_secs(20));
     let leader_key = Keys::default().leader();
     let leader = store.get(&leader_key).await.unwrap().expect("a leader");
     let leader_addr = String::from_utf8(leader.value.clone()).unwrap();
-    assert!(nodes.iter().any(|n| n.address().as_str() == leader_addr));
+    assert!(
+        cluster
+            .nodes()
+            .iter()
+            .any(|n| n.address().as_str() == leader_addr)
+    );
 
     // The leader's lease ends (as when its process dies): its key goes with it, and another
     // node leads at once.
@@ -287,16 +281,16 @@ async fn the_leader_balances_the_shards_and_a_lost_leader_is_replaced() {
         Duration::from_secs(5)
     );
     // The old leader rejoins; the cluster settles balanced again.
-    goverse_testkit::assert_eventually!(balanced(&nodes).await, Duration::from_secs(20));
+    goverse_testkit::assert_eventually!(balanced(cluster.nodes()).await, Duration::from_secs(20));
 
     // A leader that shuts down resigns: the key is taken over without waiting for its lease.
     let leader = store.get(&leader_key).await.unwrap().unwrap();
-    let at = nodes
+    let at = cluster
+        .nodes()
         .iter()
         .position(|n| n.address().as_str().as_bytes() == leader.value.as_slice())
         .unwrap();
-    let gone = nodes.remove(at);
-    gone.shutdown(Duration::from_secs(5)).await;
+    cluster.stop_node(at, Duration::from_secs(5)).await;
     goverse_testkit::assert_eventually!(
         store
             .get(&leader_key)
@@ -305,10 +299,8 @@ async fn the_leader_balances_the_shards_and_a_lost_leader_is_replaced() {
             .is_some_and(|kv| kv.value != leader.value),
         Duration::from_secs(2)
     );
-    goverse_testkit::assert_eventually!(balanced(&nodes).await, Duration::from_secs(20));
-    for node in nodes {
-        node.shutdown(Duration::from_secs(5)).await;
-    }
+    goverse_testkit::assert_eventually!(balanced(cluster.nodes()).await, Duration::from_secs(20));
+    cluster.shutdown().await;
 }
 
 /// Answers with its ID, or bounces a call to another echo (which calls back).
@@ -351,28 +343,14 @@ impl Echo {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_reach_the_owning_node_over_the_network_and_cycles_across_nodes_fail_at_once() {
     let etcd = EtcdServer::start();
-    let store = connect(&etcd).await;
-    let cluster: Arc<dyn ClusterStore> = Arc::new(store.clone());
-    let stop = tokio_util::sync::CancellationToken::new();
-    let mut nodes = Vec::new();
-    for _ in 0..3 {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        let node = Node::builder(NodeConfig {
-            stability_window: Duration::from_millis(300),
-            ..config(&address)
-        })
-        .register::<Echo>()
-        .cluster_store(cluster.clone())
-        .start()
-        .await
-        .unwrap();
-        let stop = stop.clone();
-        tokio::spawn(goverse::serve(node.clone(), listener, async move {
-            stop.cancelled().await
-        }));
-        nodes.push(node);
-    }
+    let cluster = TestCluster::builder()
+        .etcd(etcd.endpoint())
+        .tcp()
+        .types(|node| node.register::<Echo>())
+        .configure(|config| config.stability_window = Duration::from_millis(300))
+        .start(3)
+        .await;
+    let nodes: Vec<Node> = cluster.nodes().into_iter().cloned().collect();
     goverse_testkit::assert_eventually!(
         nodes.iter().all(|n| n.stats().owned_shards >= 21) && nodes[0].cluster_map().moving() == 0,
         Duration::from_secs(20)
@@ -435,9 +413,5 @@ async fn calls_reach_the_owning_node_over_the_network_and_cycles_across_nodes_fa
         .await
         .unwrap_err();
     assert!(err.message().contains("not a member"), "{err}");
-
-    for node in nodes {
-        node.shutdown(Duration::from_secs(5)).await;
-    }
-    stop.cancel();
+    cluster.shutdown().await;
 }

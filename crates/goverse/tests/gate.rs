@@ -1173,67 +1173,23 @@ async fn a_slow_client_loses_pushes_alone() {
 /// reach a client on its own gate; broadcasts reach the clients of every gate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gates_route_calls_and_pushes_across_three_nodes() {
-    use goverse::cluster::{ClusterStore, EtcdClusterStore, EtcdConfig};
     let etcd = goverse_testkit::EtcdServer::start();
-    let cluster: Arc<dyn ClusterStore> = Arc::new(
-        EtcdClusterStore::connect(&EtcdConfig {
-            endpoints: vec![etcd.endpoint()],
-            ..EtcdConfig::default()
-        })
-        .await
-        .unwrap(),
-    );
-    let stop = CancellationToken::new();
-    let mut nodes = Vec::new();
-    for _ in 0..3 {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let node = Node::builder(NodeConfig {
-            address: listener.local_addr().unwrap().to_string(),
-            shard_count: 64,
-            lease_ttl: Duration::from_secs(3),
-            stability_window: Duration::from_millis(300),
-            ..NodeConfig::default()
-        })
-        .register::<Tally>()
-        .register::<Notifier>()
-        .cluster_store(cluster.clone())
-        .start()
-        .await
-        .unwrap();
-        tokio::spawn(goverse::serve(
-            node.clone(),
-            listener,
-            stop.clone().cancelled_owned(),
-        ));
-        nodes.push(node);
-    }
+    let mut cluster = goverse_testkit::TestCluster::builder()
+        .etcd(etcd.endpoint())
+        .tcp()
+        .types(|node| node.register::<Tally>().register::<Notifier>())
+        .configure(|config| config.stability_window = Duration::from_millis(300))
+        .start(3)
+        .await;
+    let nodes: Vec<Node> = cluster.nodes().into_iter().cloned().collect();
     assert_eventually!(
         nodes.iter().all(|n| n.stats().owned_shards >= 21),
         Duration::from_secs(20)
     );
-    let mut gates = Vec::new();
     let mut clients = Vec::new();
     for _ in 0..2 {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let grpc = listener.local_addr().unwrap();
-        let gate = Gate::start_in_cluster(
-            GateConfig {
-                advertise_address: grpc.to_string(),
-                ..GateConfig::default()
-            },
-            Arc::new(AllowAnonymous),
-            cluster.clone(),
-            "/goverse",
-            64,
-            Duration::from_secs(3),
-        )
-        .await
-        .unwrap();
+        let (gate, grpc) = cluster.add_served_gate(GateConfig::default()).await;
         assert_eventually!(gate.is_linked_to_all(), Duration::from_secs(10));
-        let g = gate.clone();
-        let s = stop.clone();
-        tokio::spawn(async move { g.serve_grpc(listener, s.cancelled_owned()).await });
-        gates.push(gate);
         clients.push(
             GateServiceClient::connect(format!("http://{grpc}"))
                 .await
@@ -1330,17 +1286,7 @@ async fn two_gates_route_calls_and_pushes_across_three_nodes() {
         );
     }
 
-    stop.cancel();
-    for gate in gates {
-        gate.shutdown(Duration::from_secs(5)).await;
-    }
-    assert_eventually!(
-        nodes[0].cluster_map().gates.is_empty(),
-        Duration::from_secs(5)
-    );
-    for node in nodes {
-        node.shutdown(Duration::from_secs(5)).await;
-    }
+    cluster.shutdown().await;
 }
 
 /// A node with a cluster secret admits only peers that present it: a raw client without it and a
@@ -1457,60 +1403,34 @@ async fn a_second_link_cannot_take_over_a_connected_gate_s_pushes() {
 /// its quorum: etcd stopped, it turns not ready within its serving window; etcd back, ready again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_gate_is_ready_only_while_its_lease_is_renewed_and_its_quorum_holds() {
-    use goverse::cluster::{ClusterStore, EtcdClusterStore, EtcdConfig};
     let mut etcd = goverse_testkit::EtcdServer::start();
-    let cluster: Arc<dyn ClusterStore> = Arc::new(
-        EtcdClusterStore::connect(&EtcdConfig {
-            endpoints: vec![etcd.endpoint()],
-            ..EtcdConfig::default()
+    let mut cluster = goverse_testkit::TestCluster::builder()
+        .etcd(etcd.endpoint())
+        .tcp()
+        .types(|node| node.register::<Tally>())
+        .shards(16)
+        .configure(|config| {
+            config.lease_ttl = Duration::from_secs(1);
+            config.stability_window = Duration::from_millis(200);
+        })
+        .start(1)
+        .await;
+    let gate = cluster
+        .add_served_gate(GateConfig {
+            min_quorum: 1,
+            ..GateConfig::default()
         })
         .await
-        .unwrap(),
-    );
-    let stop = CancellationToken::new();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let node = Node::builder(NodeConfig {
-        address: listener.local_addr().unwrap().to_string(),
-        shard_count: 16,
-        lease_ttl: Duration::from_secs(2),
-        stability_window: Duration::from_millis(200),
-        ..NodeConfig::default()
-    })
-    .register::<Tally>()
-    .cluster_store(cluster.clone())
-    .start()
-    .await
-    .unwrap();
-    tokio::spawn(goverse::serve(
-        node.clone(),
-        listener,
-        stop.clone().cancelled_owned(),
-    ));
-    let start_gate = |min_quorum: usize| {
-        let cluster = cluster.clone();
-        async move {
-            let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            Gate::start_in_cluster(
-                GateConfig {
-                    advertise_address: grpc.local_addr().unwrap().to_string(),
-                    min_quorum,
-                    ..GateConfig::default()
-                },
-                Arc::new(AllowAnonymous),
-                cluster,
-                "/goverse",
-                16,
-                Duration::from_secs(1),
-            )
-            .await
-            .unwrap()
-        }
-    };
-    let gate = start_gate(1).await;
+        .0;
     assert_eventually!(gate.is_ready(), Duration::from_secs(10));
     // A quorum of two is not met by one node.
     // The map the gate starts with already holds the one node.
-    let waiting = start_gate(2).await;
+    let (waiting, _) = cluster
+        .add_served_gate(GateConfig {
+            min_quorum: 2,
+            ..GateConfig::default()
+        })
+        .await;
     let why = waiting.readiness().unwrap_err();
     assert_eq!(
         why,
@@ -1529,11 +1449,7 @@ async fn a_cluster_gate_is_ready_only_while_its_lease_is_renewed_and_its_quorum_
     );
     etcd.start_again();
     assert_eventually!(gate.is_ready(), Duration::from_secs(20));
-
-    gate.shutdown(Duration::from_secs(2)).await;
-    waiting.shutdown(Duration::from_secs(2)).await;
-    node.shutdown(Duration::from_secs(5)).await;
-    stop.cancel();
+    cluster.shutdown().await;
 }
 
 /// One cause, one code, on every entry point: each bad request goes through gRPC, the HTTP
