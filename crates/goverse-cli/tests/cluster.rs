@@ -6,7 +6,6 @@
 //! balanced to ±1 at rest, and planned moves fail no call. `goverse cluster status`; SIGTERM
 //! stops each cleanly.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -16,8 +15,8 @@ use goverse::wkt::{Empty, Int32Value};
 use goverse_proto::gate::CallObjectRequest;
 use goverse_proto::gate::gate_service_client::GateServiceClient;
 use goverse_testkit::{
-    EtcdServer, POSTGRES_PASSWORD, POSTGRES_USER, PostgresServer, Process, free_port,
-    free_ports_in_a_row,
+    EtcdServer, POSTGRES_PASSWORD, POSTGRES_USER, PostgresServer, Process, ProcessCluster,
+    free_port, free_ports_in_a_row,
 };
 use parking_lot::Mutex;
 use tonic::transport::Channel;
@@ -240,24 +239,13 @@ async fn a_cluster_from_one_file_survives_kill_restart_and_pause_without_losing_
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let start_node = |id: &str| {
-        let mut node = Process::start(GOVERSE, ["node", "--config", &config_str, "--node-id", id]);
-        node.expect_within("serving on", Duration::from_secs(60));
-        node
-    };
-    let mut nodes: BTreeMap<String, Process> = ["node-1", "node-2"]
-        .into_iter()
-        .map(|id| (id.to_owned(), start_node(id)))
-        .collect();
-    let mut gates: Vec<Process> = ["gate-1", "gate-2"]
-        .into_iter()
-        .map(|id| {
-            let mut gate =
-                Process::start(GOVERSE, ["gate", "--config", &config_str, "--gate-id", id]);
-            gate.expect_within("gRPC", Duration::from_secs(60));
-            gate
-        })
-        .collect();
+    let mut cluster = ProcessCluster::new(GOVERSE, &config_str);
+    for id in ["node-1", "node-2"] {
+        cluster.start_node(id);
+    }
+    for id in ["gate-1", "gate-2"] {
+        cluster.start_gate(id);
+    }
     goverse_testkit::assert_eventually!(
         balanced(&status(&config_str), 2, 64)
             && status(&config_str)["gates"].as_array().unwrap().len() == 2,
@@ -276,7 +264,7 @@ async fn a_cluster_from_one_file_survives_kill_restart_and_pause_without_losing_
     // A third node joins under load: the shards it takes move as planned, failing no call.
     let (stop, failures, callers) = load(&channels, "DurableCounter", "join");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    nodes.insert("node-3".to_owned(), start_node("node-3"));
+    cluster.start_node("node-3");
     goverse_testkit::assert_eventually!(
         balanced(&status(&config_str), 3, 64),
         Duration::from_secs(30)
@@ -299,7 +287,7 @@ async fn a_cluster_from_one_file_survives_kill_restart_and_pause_without_losing_
     // kill -9 one node: about a third of the counters live on it.
     let victim = "node-2";
     let killed_at = Instant::now();
-    nodes.get_mut(victim).unwrap().kill();
+    cluster.kill_node(victim);
     // Calls succeed again once the lease ends and the others take the shards.
     goverse_testkit::assert_eventually!(
         balanced(&status(&config_str), 2, 64),
@@ -333,7 +321,7 @@ async fn a_cluster_from_one_file_survives_kill_restart_and_pause_without_losing_
     );
 
     // The killed node comes back and gets its share again.
-    nodes.insert(victim.to_owned(), start_node(victim));
+    cluster.start_node(victim);
     goverse_testkit::assert_eventually!(
         balanced(&status(&config_str), 3, 64),
         Duration::from_secs(30)
@@ -344,14 +332,16 @@ async fn a_cluster_from_one_file_survives_kill_restart_and_pause_without_losing_
     let (stop, failures, callers) = load(&channels, "DurableCounter", "roll");
     let started = Instant::now();
     for id in ["node-1", "node-2", "node-3"] {
-        let node = nodes.get_mut(id).unwrap();
-        node.terminate();
-        assert_eq!(node.wait_exit(Duration::from_secs(30)), Some(0), "{id}");
+        assert_eq!(
+            cluster.stop_node(id, Duration::from_secs(30)),
+            Some(0),
+            "{id}"
+        );
         goverse_testkit::assert_eventually!(
             balanced(&status(&config_str), 2, 64),
             Duration::from_secs(30)
         );
-        nodes.insert(id.to_owned(), start_node(id));
+        cluster.start_node(id);
         goverse_testkit::assert_eventually!(
             balanced(&status(&config_str), 3, 64),
             Duration::from_secs(30)
@@ -364,21 +354,12 @@ async fn a_cluster_from_one_file_survives_kill_restart_and_pause_without_losing_
         started.elapsed(),
         failures.lock().len()
     );
-    if !failures.lock().is_empty() {
-        for (id, node) in &nodes {
-            eprintln!("---- {id}");
-            for line in node.output().iter().rev().take(60).rev() {
-                eprintln!("{line}");
-            }
-        }
-        for gate in &gates {
-            eprintln!("---- gate");
-            for line in gate.output().iter().rev().take(60).rev() {
-                eprintln!("{line}");
-            }
-        }
-    }
-    assert!(failures.lock().is_empty(), "{:?}", failures.lock());
+    assert!(
+        failures.lock().is_empty(),
+        "{:?}\n{}",
+        failures.lock(),
+        cluster.tails(60)
+    );
 
     // SIGSTOP one node past its lease under load: the others take its shards (a write it was
     // making when it stopped is ended by PostgreSQL, releasing its locks); on SIGCONT it
@@ -386,8 +367,7 @@ async fn a_cluster_from_one_file_survives_kill_restart_and_pause_without_losing_
     // the shards it lost (fenced), rejoins, and gets its share back.
     let (stop, failures, callers) = load(&channels, "DurableCounter", "pause");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let paused = nodes.get("node-1").unwrap();
-    paused.signal("-STOP");
+    cluster.pause_node("node-1");
     let stopped_at = Instant::now();
     goverse_testkit::assert_eventually!(
         balanced(&status(&config_str), 2, 64),
@@ -395,7 +375,7 @@ async fn a_cluster_from_one_file_survives_kill_restart_and_pause_without_losing_
     );
     let taken_after = stopped_at.elapsed();
     std::thread::sleep((LEASE_TTL * 2).saturating_sub(taken_after));
-    paused.signal("-CONT");
+    cluster.resume_node("node-1");
     let resumed_at = Instant::now();
     goverse_testkit::assert_eventually!(
         balanced(&status(&config_str), 3, 64),
@@ -420,14 +400,7 @@ async fn a_cluster_from_one_file_survives_kill_restart_and_pause_without_losing_
     assert!(failures.lock().len() <= 16, "{:?}", failures.lock());
 
     // SIGTERM stops everything cleanly.
-    for gate in &mut gates {
-        gate.terminate();
-        assert_eq!(gate.wait_exit(Duration::from_secs(20)), Some(0));
-    }
-    for (id, node) in nodes.iter_mut() {
-        node.terminate();
-        assert_eq!(node.wait_exit(Duration::from_secs(30)), Some(0), "{id}");
-    }
+    cluster.stop(Duration::from_secs(30));
     let last = status(&config_str);
     assert_eq!(last["nodes"].as_object().unwrap().len(), 0, "{last}");
 }
@@ -499,20 +472,9 @@ async fn sigterm_saves_first_and_is_not_held_up_by_stalled_clients() {
     let gate_grpc = file.gates[0].grpc_addr.clone();
     let gate_http = file.gates[0].http_addr.clone().unwrap();
 
-    let start_node = || {
-        let mut node = Process::start(
-            GOVERSE,
-            ["node", "--config", &config_str, "--node-id", "node-1"],
-        );
-        node.expect_within("serving on", Duration::from_secs(60));
-        node
-    };
-    let mut node = start_node();
-    let mut gate = Process::start(
-        GOVERSE,
-        ["gate", "--config", &config_str, "--gate-id", "gate-1"],
-    );
-    gate.expect_within("gRPC", Duration::from_secs(60));
+    let mut cluster = ProcessCluster::new(GOVERSE, &config_str);
+    cluster.start_node("node-1");
+    cluster.start_gate("gate-1");
     goverse_testkit::assert_eventually!(
         balanced(&status(&config_str), 1, 16) && status(&config_str)["gates"][0] == gate_grpc,
         Duration::from_secs(30)
@@ -544,6 +506,7 @@ async fn sigterm_saves_first_and_is_not_held_up_by_stalled_clients() {
 
     // The node saves, hands over and exits within its bounds, stalled clients or not.
     let asked = Instant::now();
+    let node = cluster.node("node-1");
     node.terminate();
     assert_eq!(node.wait_exit(Duration::from_secs(15)), Some(0));
     let node_took = asked.elapsed();
@@ -555,21 +518,24 @@ async fn sigterm_saves_first_and_is_not_held_up_by_stalled_clients() {
         node.output()
     );
     // What it saved is there when it comes back.
-    let mut node = start_node();
+    cluster.start_node("node-1");
     let got = call(&mut client, "Counter", "kept", "Get", any(&Empty {}))
         .await
         .unwrap();
     assert_eq!(got, 3);
 
     let asked = Instant::now();
+    let gate = cluster.gate("gate-1");
     gate.terminate();
     assert_eq!(gate.wait_exit(Duration::from_secs(30)), Some(0));
     let gate_took = asked.elapsed();
     println!(
         "SIGTERM with stalled clients: node exited after {node_took:?}, gate after {gate_took:?}"
     );
-    node.terminate();
-    assert_eq!(node.wait_exit(Duration::from_secs(15)), Some(0));
+    assert_eq!(
+        cluster.stop_node("node-1", Duration::from_secs(15)),
+        Some(0)
+    );
 }
 
 /// A generated configuration of `nodes` nodes and `gates` gates (`goverse config gen`, as a user
@@ -650,11 +616,8 @@ async fn another_shard_count_is_refused_and_repair_removes_unusable_records() {
     let etcd = EtcdServer::start();
     let dir = tempfile::tempdir().unwrap();
     let config = generated_config(dir.path(), &etcd, "2", "1", "16");
-    let mut node = Process::start(
-        GOVERSE,
-        ["node", "--config", &config, "--node-id", "node-1"],
-    );
-    node.expect_within("serving on", Duration::from_secs(60));
+    let mut cluster = ProcessCluster::new(GOVERSE, &config);
+    cluster.start_node("node-1");
     goverse_testkit::assert_eventually!(balanced(&status(&config), 1, 16), Duration::from_secs(30));
     assert_eq!(status(&config)["recorded_shards"], 16);
 
@@ -707,11 +670,7 @@ async fn another_shard_count_is_refused_and_repair_removes_unusable_records() {
     let text = goverse(&["cluster", "status", "--config", &config]);
     let text = String::from_utf8_lossy(&text.stdout).into_owned();
     assert!(text.contains("24 shard records past shard 15"), "{text}");
-    let mut gate = Process::start(
-        GOVERSE,
-        ["gate", "--config", &config, "--gate-id", "gate-1"],
-    );
-    gate.expect_within("gRPC", Duration::from_secs(60));
+    cluster.start_gate("gate-1");
     let dry = goverse(&["cluster", "repair", "--config", &config, "--dry-run"]);
     let dry = String::from_utf8_lossy(&dry.stdout).into_owned();
     assert!(
@@ -786,11 +745,7 @@ async fn another_shard_count_is_refused_and_repair_removes_unusable_records() {
     assert!(piped.status.success());
     let stderr = String::from_utf8_lossy(&piped.stderr);
     assert!(stderr.is_empty(), "{stderr}");
-
-    gate.terminate();
-    node.terminate();
-    assert_eq!(gate.wait_exit(Duration::from_secs(20)), Some(0));
-    assert_eq!(node.wait_exit(Duration::from_secs(20)), Some(0));
+    cluster.stop(Duration::from_secs(20));
 }
 
 /// A loopback TCP forwarder standing in front of a node's port: what the node's peers and the
@@ -875,24 +830,11 @@ async fn nodes_their_peers_cannot_reach_get_no_shards_and_one_cut_off_is_drained
     let wrong = write_config(dir.path(), "wrong-secret.yaml", &file);
     let node4 = file.nodes[3].advertise().to_owned();
 
-    let start = |file: &str, id: &str| {
-        let mut node = Process::start(GOVERSE, ["node", "--config", file, "--node-id", id]);
-        node.expect_within("serving on", Duration::from_secs(60));
-        node
-    };
-    let mut nodes = vec![start(&config, "node-1"), start(&config, "node-2")];
-    let mut gate = Process::start(
-        GOVERSE,
-        ["gate", "--config", &config, "--gate-id", "gate-1"],
-    );
-    let gate_line = gate.expect_within("gRPC", Duration::from_secs(60));
+    let mut cluster = ProcessCluster::new(GOVERSE, &config);
+    cluster.start_node("node-1");
+    cluster.start_node("node-2");
+    let grpc = cluster.start_gate("gate-1");
     goverse_testkit::assert_eventually!(balanced(&status(&config), 2, 64), Duration::from_secs(30));
-    let grpc = gate_line
-        .split_whitespace()
-        .find(|w| w.starts_with("127.0.0.1:"))
-        .expect("the gate's gRPC address")
-        .trim_end_matches(',')
-        .to_owned();
     let channel = Channel::from_shared(format!("http://{grpc}"))
         .unwrap()
         .connect()
@@ -900,8 +842,8 @@ async fn nodes_their_peers_cannot_reach_get_no_shards_and_one_cut_off_is_drained
         .unwrap();
 
     // Both newcomers register; for four stability windows no record names either of them.
-    nodes.push(start(&config, "node-3"));
-    nodes.push(start(&wrong, "node-4"));
+    cluster.start_node("node-3");
+    cluster.start_node_from(&wrong, "node-4");
     let etcd_store = goverse::cluster::EtcdClusterStore::connect(&goverse::cluster::EtcdConfig {
         endpoints: vec![etcd.endpoint()],
         ..goverse::cluster::EtcdConfig::default()
@@ -957,9 +899,10 @@ async fn nodes_their_peers_cannot_reach_get_no_shards_and_one_cut_off_is_drained
 
     // node-3's address answers now: it gets its share. node-4 leaves.
     let forwarder = Forwarder::start(&front, &node3_addr).await;
-    let mut node4_process = nodes.pop().unwrap();
-    node4_process.terminate();
-    assert_eq!(node4_process.wait_exit(Duration::from_secs(20)), Some(0));
+    assert_eq!(
+        cluster.stop_node("node-4", Duration::from_secs(20)),
+        Some(0)
+    );
     goverse_testkit::assert_eventually!(balanced(&status(&config), 3, 64), Duration::from_secs(30));
 
     // Cut off from incoming traffic: drained like a dead node, though its lease lives on; calls
@@ -1017,14 +960,7 @@ async fn nodes_their_peers_cannot_reach_get_no_shards_and_one_cut_off_is_drained
          {raced} calls caught on the closing connection"
     );
 
-    gate.terminate();
-    assert_eq!(gate.wait_exit(Duration::from_secs(20)), Some(0));
-    for node in &nodes {
-        node.terminate();
-    }
-    for node in &mut nodes {
-        assert_eq!(node.wait_exit(Duration::from_secs(20)), Some(0));
-    }
+    cluster.stop(Duration::from_secs(20));
 }
 
 /// `cluster.connections` in the file reaches every port of `goverse node` and `goverse gate`:
@@ -1042,16 +978,9 @@ async fn the_file_s_connection_limits_reach_node_and_gate_ports() {
         ..Default::default()
     });
     let config = write_config(dir.path(), "cluster.yaml", &file);
-    let mut node = Process::start(
-        GOVERSE,
-        ["node", "--config", &config, "--node-id", "node-1"],
-    );
-    node.expect_within("serving on", Duration::from_secs(60));
-    let mut gate = Process::start(
-        GOVERSE,
-        ["gate", "--config", &config, "--gate-id", "gate-1"],
-    );
-    gate.expect_within("gRPC", Duration::from_secs(60));
+    let mut cluster = ProcessCluster::new(GOVERSE, &config);
+    cluster.start_node("node-1");
+    cluster.start_gate("gate-1");
     let ports = [
         file.nodes[0].grpc_addr.clone(),
         file.gates[0].grpc_addr.clone(),
@@ -1078,8 +1007,5 @@ async fn the_file_s_connection_limits_reach_node_and_gate_ports() {
             opened.elapsed()
         );
     }
-    gate.terminate();
-    node.terminate();
-    assert_eq!(gate.wait_exit(Duration::from_secs(20)), Some(0));
-    assert_eq!(node.wait_exit(Duration::from_secs(20)), Some(0));
+    cluster.stop(Duration::from_secs(20));
 }

@@ -6,11 +6,14 @@
 //! - [`PostgresServer`]: a real PostgreSQL server of the test's own, on a free loopback port.
 //! - [`EtcdServer`]: a real one-member etcd of the test's own, on free loopback ports.
 //! - [`TestCluster`]: nodes and gates of one cluster in the test's process, over the real node
-//!   protocol on in-memory pipes, on tokio time.
+//!   protocol on in-memory pipes on tokio time, or on a real etcd over loopback TCP.
+//! - [`ProcessCluster`]: `goverse node` and `goverse gate` processes from one cluster file, with
+//!   kill -9, SIGSTOP/SIGCONT and SIGTERM.
 
 mod cluster;
 mod etcd;
 mod postgres;
+mod processes;
 
 pub use cluster::{Setup, TestCluster, TestClusterBuilder, TestNode};
 
@@ -18,6 +21,7 @@ pub use etcd::EtcdServer;
 pub use postgres::{
     POSTGRES_PASSWORD, POSTGRES_USER, PostgresServer, free_port, free_ports_in_a_row, is_root,
 };
+pub use processes::ProcessCluster;
 
 /// Polls `cond` every 5 ms until it is true; panics naming the condition after `timeout`
 /// (default 10 s). Use inside an async test.
