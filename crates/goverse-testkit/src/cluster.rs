@@ -120,6 +120,7 @@ impl TestClusterBuilder {
             setup: self.setup,
             config: self.config,
             nodes: Vec::new(),
+            zombies: Vec::new(),
             gates: Vec::new(),
             next: 1,
             stop: CancellationToken::new(),
@@ -157,6 +158,8 @@ pub struct TestCluster {
     setup: Setup,
     config: NodeConfig,
     nodes: Vec<TestNode>,
+    /// Nodes killed with [`TestCluster::kill_node`], still running cut off from everything.
+    zombies: Vec<TestNode>,
     gates: Vec<Gate>,
     next: u16,
     /// Ends what the cluster serves besides its nodes (gates' gRPC ports).
@@ -405,9 +408,32 @@ impl TestCluster {
         report
     }
 
+    /// Kills node `i` as kill -9 would look to the rest of the cluster: from now on nothing
+    /// reaches it and it reaches nothing (neither the coordinator nor its peers), and it never
+    /// shuts down cleanly. Unlike a dead process it keeps running, believing what it believed,
+    /// so it is a zombie the others must fence out: anything it still tries to write is
+    /// refused by the epochs their claims raise. Returns its handle (to watch it); the cluster
+    /// stops it at [`TestCluster::shutdown`] without saving.
+    ///
+    /// # Panics
+    /// On a cluster coordinated by etcd or linked over TCP.
+    pub fn kill_node(&mut self, i: usize) -> Node {
+        self.set_coordinator_reachable(i, false);
+        self.set_node_reachable(i, false);
+        let killed = self.nodes.remove(i);
+        let node = killed.node.clone();
+        self.zombies.push(killed);
+        node
+    }
+
     /// Shuts every gate and node down.
     pub async fn shutdown(mut self) {
         self.stop.cancel();
+        for zombie in std::mem::take(&mut self.zombies) {
+            zombie.node.hurry_shutdown();
+            zombie.node.shutdown(Duration::from_millis(100)).await;
+            zombie.serving.cancel();
+        }
         for gate in std::mem::take(&mut self.gates) {
             gate.shutdown(Duration::from_secs(2)).await;
         }

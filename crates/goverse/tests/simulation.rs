@@ -1,9 +1,16 @@
 //! A deterministic simulation of a three-node cluster: the real runtime, the real node protocol
 //! over in-memory pipes and the in-memory coordinator, all on paused time, driven through a
-//! schedule of faults drawn from a seed (a node cut off from the coordinator, cut off from its
-//! peers, or both, for a while; a node restarted). Under load the whole time, it checks what a
-//! user relies on: no object is ever served by two nodes at once (sampled every 10 ms of the
-//! run), every acknowledged write of a write-through object is kept, and none is applied twice. A failing run names its seed; `GOVERSE_SIM_SEED=<seed>` runs that one.
+//! schedule of faults drawn from a seed: a partition (a node cut off from the coordinator, from its
+//! peers, or from both for a while: what a paused process looks like from outside, and what it
+//! finds when it runs again), a restart (clean shutdown, new node), and a kill (the node is cut
+//! off from everything for good and never shuts down: a zombie that keeps believing it serves,
+//! which the others must fence out; a new node joins). Under load the whole time, it checks what
+//! a user relies on: no object is ever served by two nodes at once, zombies included (sampled
+//! every 10 ms of the run), every acknowledged write of a write-through object is kept, and none
+//! is applied twice. A failing run names its seed; `GOVERSE_SIM_SEED=<seed>` runs that one.
+//!
+//! A real pause (SIGSTOP: the process's own timers stop too) needs a real process; the process
+//! test in `goverse-cli/tests/cluster.rs` sends one.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -78,6 +85,8 @@ enum Fault {
     Isolated(usize, Duration),
     /// Node `i` is shut down and a new node joins.
     Restart(usize),
+    /// Node `i` is killed (cut off for good, never shut down) and a new node joins.
+    Kill(usize),
     /// Nothing: load only.
     Quiet(Duration),
 }
@@ -88,11 +97,12 @@ fn schedule(seed: u64, steps: usize) -> Vec<Fault> {
         .map(|_| {
             let node = rng.below(NODES as u64) as usize;
             let time = Duration::from_millis(500 + rng.below(6_000));
-            match rng.below(5) {
+            match rng.below(6) {
                 0 => Fault::CoordinatorCut(node, time),
                 1 => Fault::NetworkCut(node, time),
                 2 => Fault::Isolated(node, time),
                 3 => Fault::Restart(node),
+                4 => Fault::Kill(node),
                 _ => Fault::Quiet(time),
             }
         })
@@ -119,6 +129,8 @@ async fn run(seed: u64) -> Result<(), String> {
     let nodes = Arc::new(Mutex::new(
         cluster.nodes().into_iter().cloned().collect::<Vec<Node>>(),
     ));
+    // Killed nodes, still running cut off from everything: watched, never called.
+    let zombies = Arc::new(Mutex::new(Vec::<Node>::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Mutex::new(Seen::default()));
     let started = tokio::time::Instant::now();
@@ -152,10 +164,16 @@ async fn run(seed: u64) -> Result<(), String> {
     // Every 10 ms: no log is served by two nodes at once.
     let overlap = Arc::new(Mutex::new(None::<String>));
     let watch = tokio::spawn({
-        let (nodes, stop, overlap) = (nodes.clone(), stop.clone(), overlap.clone());
+        let (nodes, zombies, stop, overlap) = (
+            nodes.clone(),
+            zombies.clone(),
+            stop.clone(),
+            overlap.clone(),
+        );
         async move {
             while !stop.load(Ordering::Relaxed) {
-                let nodes = nodes.lock().unwrap().clone();
+                let mut nodes = nodes.lock().unwrap().clone();
+                nodes.extend(zombies.lock().unwrap().iter().cloned());
                 for log in 0..LOGS {
                     let id = ObjectId::from(format!("log-{log}").as_str());
                     let serving: Vec<_> = nodes
@@ -199,6 +217,11 @@ async fn run(seed: u64) -> Result<(), String> {
                 if report.unsaved > 0 {
                     return Err(format!("a restart left {} states unsaved", report.unsaved));
                 }
+                cluster.add_node().await;
+                *nodes.lock().unwrap() = cluster.nodes().into_iter().cloned().collect();
+            }
+            Fault::Kill(i) => {
+                zombies.lock().unwrap().push(cluster.kill_node(i));
                 cluster.add_node().await;
                 *nodes.lock().unwrap() = cluster.nodes().into_iter().cloned().collect();
             }
