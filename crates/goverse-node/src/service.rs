@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use goverse_core::{CallError, ChainId, ObjectId, Payload};
 use goverse_proto::node::{self as proto, DescribeResponse, response};
 use goverse_transport::{
-    Handler, Op, Outcome, PeerRefused, PeerSink, Request, ServeError, reliable_to_proto,
+    Handler, Incoming, Op, Outcome, PeerRefused, PeerSink, Request, ServeError, reliable_to_proto,
 };
 use tokio::net::TcpListener;
 
@@ -87,6 +87,17 @@ impl Handler for NodeHandler {
                 Some(node) => handle(&node, request).await,
                 None => Err(CallError::not_served("the node has stopped")),
             }
+        })
+    }
+
+    fn serve(self: Arc<Self>, mut incoming: Incoming) -> BoxFuture<'static, ()> {
+        // The request's whole work in one allocation: `handle`'s future inline.
+        Box::pin(async move {
+            let outcome = match self.node.get() {
+                Some(node) => handle(&node, incoming.request()).await,
+                None => Err(CallError::not_served("the node has stopped")),
+            };
+            incoming.reply(outcome);
         })
     }
 

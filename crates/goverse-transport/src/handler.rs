@@ -34,6 +34,54 @@ pub struct Request<'a> {
     pub from_client: bool,
 }
 
+/// A request as it arrived from a peer, and where its outcome goes ([`Handler::serve`]).
+pub struct Incoming {
+    received: crate::wire::Received,
+    reply: Reply,
+}
+
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming")
+            .field("id", &self.reply.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Incoming {
+    pub(crate) fn new(received: crate::wire::Received, reply: Reply) -> Self {
+        Self { received, reply }
+    }
+
+    /// The request, borrowing what arrived (its request message is taken: call once).
+    pub fn request(&mut self) -> Request<'_> {
+        self.received.request()
+    }
+
+    /// Sends the outcome back to the peer (dropped if the peer is gone).
+    pub fn reply(self, outcome: Outcome) {
+        self.reply.send(outcome);
+    }
+}
+
+/// Where one request's outcome goes: the peer stream's response queue, under the request's id.
+pub(crate) struct Reply {
+    pub(crate) id: u64,
+    pub(crate) tx: mpsc::UnboundedSender<Outbound>,
+    pub(crate) in_flight: Arc<crate::server::InFlight>,
+}
+
+impl Reply {
+    /// Queues the response and counts the request as finished.
+    pub(crate) fn send(self, outcome: Outcome) {
+        // The peer may be gone; its responses are then dropped.
+        let _ = self.tx.send(Outbound::Response(crate::wire::response_of(
+            self.id, outcome,
+        )));
+        self.in_flight.finished();
+    }
+}
+
 /// What a [`Request`] asks for.
 #[derive(Debug, Clone)]
 pub enum Op<'a> {
@@ -55,9 +103,20 @@ pub enum Op<'a> {
 /// What a node offers the peers that link to it. The transport hands it every request that
 /// arrives, and the push side of every peer stream that opens.
 pub trait Handler: Send + Sync + 'static {
-    /// Runs one request. The transport polls the future once where the request arrived and
-    /// spawns it only if it has to wait, so a request that completes at once costs no task.
+    /// Runs one request.
     fn handle<'a>(&'a self, request: Request<'a>) -> BoxFuture<'a, Outcome>;
+
+    /// Runs one request that arrived from a peer and replies: the whole of its work as one
+    /// future, which the transport polls once where the request arrived and spawns only if it
+    /// has to wait (a request that completes at once costs no task). The default runs
+    /// [`Handler::handle`]'s boxed future inside it; a handler overrides it to make one
+    /// allocation per request instead of two.
+    fn serve(self: Arc<Self>, mut incoming: Incoming) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let outcome = self.handle(incoming.request()).await;
+            incoming.reply(outcome);
+        })
+    }
     /// The node's types and the descriptors of their messages.
     fn describe(&self) -> DescribeResponse;
     /// A stream from peer `peer` opened: pushes for its clients go to `sink`. Refused (the

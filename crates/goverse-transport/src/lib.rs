@@ -27,7 +27,7 @@ mod server;
 mod wire;
 
 pub use handler::{
-    Handler, Op, Outcome, PEER_PUSH_BACKLOG, PeerRefused, PeerSink, PushRefused, Request,
+    Handler, Incoming, Op, Outcome, PEER_PUSH_BACKLOG, PeerRefused, PeerSink, PushRefused, Request,
 };
 pub use io::{Accepted, Dialer, Io, MemoryIncoming, MemoryNetwork, MemoryStream, TcpDialer};
 pub use link::{

@@ -33,9 +33,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Response, Status, Streaming};
 
-use crate::handler::Outbound;
+use crate::handler::{Incoming, Outbound, Reply};
 use crate::listen::{Acceptor, ConnectionLimits, Throttle, with_drain_deadline};
-use crate::wire::{Received, response_of};
+use crate::wire::Received;
 use crate::{Handler, MAX_BATCH, MAX_MESSAGE_BYTES, PEER_ADDRESS_HEADER, PeerSink};
 
 /// Why [`serve`] stopped.
@@ -168,7 +168,7 @@ struct NodeRpc {
 
 /// The requests of one peer stream running now; the stream's reader waits for room when the
 /// limit is reached.
-struct InFlight {
+pub(crate) struct InFlight {
     running: AtomicUsize,
     room: tokio::sync::Notify,
     limit: usize,
@@ -186,7 +186,7 @@ impl InFlight {
             .saturating_sub(self.running.load(Ordering::Acquire))
     }
 
-    fn finished(&self) {
+    pub(crate) fn finished(&self) {
         if self.running.fetch_sub(1, Ordering::AcqRel) == self.limit {
             self.room.notify_one();
         }
@@ -460,21 +460,18 @@ fn run_request(
     in_flight: &Arc<InFlight>,
     request: proto::Request,
 ) {
-    let handler = handler.clone();
-    let tx = tx.clone();
-    let in_flight = in_flight.clone();
-    let id = request.id;
-    let mut task = Box::pin(async move {
-        let outcome = match Received::from_proto(request.op) {
-            Some(mut received) => handler.handle(received.request()).await,
-            None => Err(CallError::invalid_argument(
-                "request carries no operation (call, create or delete)",
-            )),
-        };
-        // The peer may be gone; its responses are then dropped.
-        let _ = tx.send(Outbound::Response(response_of(id, outcome)));
-        in_flight.finished();
-    });
+    let reply = Reply {
+        id: request.id,
+        tx: tx.clone(),
+        in_flight: in_flight.clone(),
+    };
+    let Some(received) = Received::from_proto(request.op) else {
+        reply.send(Err(CallError::invalid_argument(
+            "request carries no operation (call, create or delete)",
+        )));
+        return;
+    };
+    let mut task = handler.clone().serve(Incoming::new(received, reply));
     let waker = futures::task::noop_waker_ref();
     if task
         .as_mut()
