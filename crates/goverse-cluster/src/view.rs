@@ -642,7 +642,7 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn the_first_process_records_the_count_and_later_ones_must_match() {
         let store = MemoryClusterStore::new();
         let keys = Keys::default();

@@ -167,12 +167,13 @@ impl ObjectStore for MemoryStore {
 mod tests {
     use super::*;
 
+    // Real time: the conformance suite ages reliable-call records by the wall clock.
     #[tokio::test]
     async fn conformance() {
         crate::conformance::run_all(&MemoryStore::new()).await;
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn failing_mode_names_the_outage() {
         let store = MemoryStore::new();
         store.set_failing(true);

@@ -442,6 +442,7 @@ mod tests {
         });
     }
 
+    // Real time: the connections are loopback sockets, which answer in real time.
     #[tokio::test]
     async fn a_silent_connection_is_closed_after_the_idle_timeout_and_a_busy_one_is_not() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -490,6 +491,7 @@ mod tests {
         assert!(*busy_after >= Duration::from_millis(900), "{busy_after:?}");
     }
 
+    // Real time: loopback sockets, as above.
     #[tokio::test]
     async fn connections_past_the_cap_wait_until_one_closes() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -2,7 +2,8 @@
 //! id whatever order they finish in, a node that never answers fails the call once its deadline
 //! and the margin have passed (the link keeps no timer per request), a node that goes away
 //! fails what waits on it, and requests to one object start in the order they were sent even
-//! when the node shares large batches out over its threads.
+//! when the node shares large batches out over its threads. Those run on real time (loopback
+//! sockets answer in real time); the in-process network's tests run on paused time.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,4 +1,5 @@
-//! Nodes coordinating through a real etcd, started by the test.
+//! Nodes coordinating through a real etcd, started by the test. Real time throughout: etcd's
+//! leases and answers run on its clock, not on tokio's.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,5 +1,8 @@
 //! End-to-end tests of the gate: a node serving its objects over the node service, a gate linked
 //! to it, and clients over gRPC (the generated upstream-compatible client), HTTP and SSE.
+//!
+//! Real time throughout: every test talks over loopback sockets (and some to a real etcd), whose
+//! answers come in real time; paused time would jump over deadlines while a socket is read.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,4 +1,7 @@
 //! Durability, fencing, batched loads and reliable calls, end to end through the public API.
+//! The tests run on paused time (SQLite's blocking work holds the clock while it runs); the one
+//! on PostgreSQL runs on real time (a real server answers in real time), and so does the one
+//! on reliable-call retention (records are stamped with the wall clock).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -206,7 +209,7 @@ fn balance_in(record: Option<StoredObject>) -> i64 {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn write_through_replies_only_after_the_state_is_committed() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn ObjectStore> =
@@ -234,7 +237,7 @@ async fn write_through_replies_only_after_the_state_is_committed() {
     node.shutdown(Duration::from_secs(5)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn concurrent_write_through_calls_share_commits() {
     let memory = Arc::new(MemoryStore::new());
     let store = Counting::new(memory.clone());
@@ -271,7 +274,7 @@ async fn concurrent_write_through_calls_share_commits() {
     node.shutdown(Duration::from_secs(5)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_failed_write_through_commit_discards_the_uncommitted_change() {
     let memory = Arc::new(MemoryStore::new());
     let node = node_on(memory.clone(), Arc::default()).await;
@@ -293,7 +296,7 @@ async fn a_failed_write_through_commit_discards_the_uncommitted_change() {
     node.shutdown(Duration::from_secs(5)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn ctx_save_commits_a_periodic_type_at_the_moment_it_chooses() {
     let memory = Arc::new(MemoryStore::new());
     let node = node_on(memory.clone(), Arc::default()).await;
@@ -313,7 +316,7 @@ async fn ctx_save_commits_a_periodic_type_at_the_moment_it_chooses() {
     node.shutdown(Duration::from_secs(5)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn activations_starting_together_share_load_queries() {
     let dir = tempfile::tempdir().unwrap();
     let sqlite: Arc<dyn ObjectStore> =
@@ -356,7 +359,7 @@ async fn activations_starting_together_share_load_queries() {
     assert_eq!(store.commits.load(Ordering::SeqCst), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_node_that_lost_its_shards_cannot_write_even_to_objects_the_new_owner_never_touched() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn ObjectStore> =
@@ -401,7 +404,7 @@ async fn a_node_that_lost_its_shards_cannot_write_even_to_objects_the_new_owner_
     new.shutdown(Duration::from_secs(5)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_restart_with_a_fresh_cluster_store_writes_past_the_stored_epochs() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("objects.db");
@@ -419,7 +422,7 @@ async fn a_restart_with_a_fresh_cluster_store_writes_past_the_stored_epochs() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn reliable_calls_run_once_and_replay_their_outcome() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("objects.db");
@@ -530,7 +533,7 @@ async fn reliable_calls_run_once_and_replay_their_outcome() {
     node.shutdown(Duration::from_secs(5)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn reliable_calls_that_cannot_run_are_skipped_with_the_reason() {
     let memory = Arc::new(MemoryStore::new());
     let node = node_on(memory.clone(), Arc::default()).await;
@@ -627,6 +630,8 @@ async fn reliable_calls_that_cannot_run_are_skipped_with_the_reason() {
     node.shutdown(Duration::from_secs(5)).await;
 }
 
+// Real time: a reliable-call record is stamped with the wall clock (it outlives processes), and
+// its age is judged by the wall clock, which paused time does not move.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reliable_records_are_pruned_after_the_retention() {
     let memory = Arc::new(MemoryStore::new());
@@ -656,7 +661,7 @@ async fn reliable_records_are_pruned_after_the_retention() {
     node.shutdown(Duration::from_secs(5)).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn ids_longer_than_the_store_can_hold_are_refused_everywhere() {
     let node = node_on(Arc::new(MemoryStore::new()), Arc::default()).await;
     let long = "z".repeat(256);
@@ -684,7 +689,7 @@ async fn ids_longer_than_the_store_can_hold_are_refused_everywhere() {
     node.shutdown(Duration::from_secs(5)).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_store_that_fails_its_check_stops_the_start() {
     let memory = Arc::new(MemoryStore::new());
     memory.set_failing(true);
@@ -832,7 +837,7 @@ async fn one_unsaveable_object_fails_alone_and_nul_text_round_trips_on_postgres(
 
 /// An object id belongs to one type: asking for it as another gets `AlreadyExists`, whether the
 /// object is active or only stored, and for calls and creates alike.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn another_type_is_refused_alike_whether_the_object_is_active_or_stored() {
     let memory: Arc<dyn ObjectStore> = Arc::new(MemoryStore::new());
     let node = node_on(memory.clone(), Arc::default()).await;

@@ -1,8 +1,11 @@
-//! Runtime behaviour, end to end through the public API.
+//! Runtime behaviour, end to end through the public API. Every test runs on paused time (the
+//! runtime's timers and deadlines are on tokio's clock), so none waits in real time.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use goverse::cluster::{ClusterStore, Keys, MemoryClusterStore, ShardRecord};
 use goverse::persistence::{MemoryStore, ObjectStore, SqliteStore};
@@ -323,7 +326,7 @@ async fn log_of(node: &Node, id: &str) -> String {
         .value
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn concurrent_creates_yield_one_activation_that_finishes_before_any_turn() {
     let f = fixture().await;
     f.shared.activate_delay_ms.store(50, Ordering::SeqCst);
@@ -357,7 +360,7 @@ async fn concurrent_creates_yield_one_activation_that_finishes_before_any_turn()
     assert_eq!(log_of(&f.node, "racy").await.split(',').count(), 16);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn write_turns_never_overlap_and_keep_caller_order() {
     let f = fixture().await;
     // Many callers at once: no two write turns overlap.
@@ -424,7 +427,7 @@ async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Out
     outputs.into_iter().map(Option::unwrap).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn read_turns_run_together_but_never_during_a_write() {
     let f = fixture().await;
     f.node.create_object("Probe", "r").await.unwrap();
@@ -472,7 +475,7 @@ async fn read_turns_run_together_but_never_during_a_write() {
     assert!(!f.shared.overlap.load(Ordering::SeqCst));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn delete_waits_for_the_running_turn_and_is_idempotent() {
     let f = fixture().await;
     ProbeRef::new("d")
@@ -518,7 +521,7 @@ async fn delete_waits_for_the_running_turn_and_is_idempotent() {
     assert_eq!(log_of(&f.node, "d").await, "");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn reentrant_calls_fail_fast_naming_the_chain() {
     let f = fixture().await;
     let started = Instant::now();
@@ -546,7 +549,7 @@ async fn reentrant_calls_fail_fast_naming_the_chain() {
     assert_eq!(log_of(&f.node, "b").await, "");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn calls_on_a_new_chain_are_not_checked_for_reentrancy() {
     let f = fixture().await;
     // A -> B (new chain) -> A: B's call back waits behind A's turn; the cycle ends at the
@@ -568,7 +571,7 @@ async fn calls_on_a_new_chain_are_not_checked_for_reentrancy() {
     assert_eq!(err.code(), ErrorCode::DeadlineExceeded, "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn reentrant_reads_on_one_chain_are_allowed() {
     let f = fixture().await;
     ProbeRef::new("ra")
@@ -582,7 +585,7 @@ async fn reentrant_reads_on_one_chain_are_allowed() {
     assert_eq!(got.value, "5");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn idle_objects_deactivate_and_reactivate_with_state() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(dir.path().join("objects.db")).unwrap());
@@ -614,7 +617,7 @@ async fn idle_objects_deactivate_and_reactivate_with_state() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_busy_object_is_not_deactivated_and_zero_means_never() {
     let fast = NodeConfig {
         idle_check_interval: Some(Duration::from_millis(10)),
@@ -657,7 +660,7 @@ async fn a_busy_object_is_not_deactivated_and_zero_means_never() {
     assert!(node.is_active(&ObjectId::from("forever")));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn wrong_payload_unknown_type_and_unknown_method_are_distinct_errors() {
     let f = fixture().await;
     let err = f
@@ -734,7 +737,7 @@ async fn wrong_payload_unknown_type_and_unknown_method_are_distinct_errors() {
     assert!(err.message().contains("\"Other\""), "{err}");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn malformed_and_pinned_ids() {
     let f = fixture().await;
     for bad in ["", "shard#x/a", "shard#64/a", "/a", "shard#3"] {
@@ -760,7 +763,7 @@ async fn malformed_and_pinned_ids() {
     assert!(err.message().contains("pinned"), "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_panicking_write_discards_the_activation_and_the_node_keeps_serving() {
     let f = fixture().await;
     ProbeRef::new("p")
@@ -794,7 +797,7 @@ async fn a_panicking_write_discards_the_activation_and_the_node_keeps_serving() 
     assert_eq!(log_of(&f.node, "p").await, "1");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_caller_that_times_out_does_not_cut_the_turn_short() {
     let f = fixture().await;
     let started = Instant::now();
@@ -830,7 +833,7 @@ async fn a_caller_that_times_out_does_not_cut_the_turn_short() {
 #[tokio::test(start_paused = true)]
 async fn deadlines_follow_paused_time() {
     let f = fixture().await;
-    let (real, clock) = (Instant::now(), tokio::time::Instant::now());
+    let (real, clock) = (std::time::Instant::now(), tokio::time::Instant::now());
     let err = ProbeRef::new("p")
         .with_timeout(Duration::from_secs(30))
         .slow_write(&f.node, Int32Value { value: 3_600_000 })
@@ -846,7 +849,7 @@ async fn deadlines_follow_paused_time() {
     assert!(real.elapsed() < Duration::from_secs(5), "no real waiting");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn timers_run_as_turns_and_stop_at_deactivation() {
     let f = fixture().await;
     ProbeRef::new("tick")
@@ -864,7 +867,7 @@ async fn timers_run_as_turns_and_stop_at_deactivation() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn periodic_saves_write_changed_objects() {
     let config = NodeConfig {
         save_interval: Duration::from_millis(30),
@@ -888,7 +891,7 @@ async fn periodic_saves_write_changed_objects() {
     assert!(record.epoch >= 1, "saves carry the shard epoch");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_dead_store_keeps_objects_in_memory_until_it_returns() {
     let store = Arc::new(MemoryStore::new());
     let config = NodeConfig {
@@ -928,7 +931,7 @@ async fn a_dead_store_keeps_objects_in_memory_until_it_returns() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn shutdown_saves_refuses_new_calls_and_releases_shards() {
     let cluster = Arc::new(MemoryClusterStore::new());
     let store: Arc<dyn ObjectStore> = Arc::new(MemoryStore::new());
