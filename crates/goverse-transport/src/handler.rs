@@ -1,104 +1,15 @@
-//! What a node offers its peers, and one request as both halves of the protocol see it.
+//! What a node offers its peers ([`Handler`]), and one request on its way through it: what
+//! arrived, and where its outcome goes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use futures::future::BoxFuture;
-use goverse_core::{CallError, ChainId, ClientIdentity};
-use goverse_proto::node::{DescribeResponse, Push, Response, ResponseBatch, response};
+use goverse_proto::node::DescribeResponse;
 use tokio::sync::mpsc;
 
-/// What a request resolves to: a value, a create or delete done, a reliable outcome; or the
-/// error.
-pub type Outcome = Result<response::Result, CallError>;
-
-/// One request for a node's objects.
-#[derive(Debug, Clone)]
-pub struct Request<'a> {
-    /// The object's type name.
-    pub object_type: &'a str,
-    /// The object's ID, unparsed.
-    pub object_id: &'a str,
-    /// What is asked.
-    pub op: Op<'a>,
-    /// The call chain it runs on; `None` starts a new one.
-    pub chain: Option<ChainId>,
-    /// How long the caller waits; `None` means the node's default.
-    pub timeout: Option<Duration>,
-    /// The client the request acts for, as the gate authenticated it.
-    pub caller: Option<Arc<ClientIdentity>>,
-    /// A client's request, sent by a gate: the node checks it against the access and lifecycle
-    /// rules as the gate did. `false` for requests of nodes and objects (and for a request a
-    /// node forwards after checking it).
-    pub from_client: bool,
-}
-
-/// A request as it arrived from a peer, and where its outcome goes ([`Handler::serve`]).
-pub struct Incoming {
-    received: crate::wire::Received,
-    reply: Reply,
-}
-
-impl std::fmt::Debug for Incoming {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Incoming")
-            .field("id", &self.reply.id)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Incoming {
-    pub(crate) fn new(received: crate::wire::Received, reply: Reply) -> Self {
-        Self { received, reply }
-    }
-
-    /// The request, borrowing what arrived (its request message is taken: call once).
-    pub fn request(&mut self) -> Request<'_> {
-        self.received.request()
-    }
-
-    /// Sends the outcome back to the peer (dropped if the peer is gone).
-    pub fn reply(self, outcome: Outcome) {
-        self.reply.send(outcome);
-    }
-}
-
-/// Where one request's outcome goes: the peer stream's response queue, under the request's id.
-pub(crate) struct Reply {
-    pub(crate) id: u64,
-    pub(crate) tx: mpsc::UnboundedSender<Outbound>,
-    pub(crate) in_flight: Arc<crate::server::InFlight>,
-}
-
-impl Reply {
-    /// Queues the response and counts the request as finished.
-    pub(crate) fn send(self, outcome: Outcome) {
-        // The peer may be gone; its responses are then dropped.
-        let _ = self.tx.send(Outbound::Response(crate::wire::response_of(
-            self.id, outcome,
-        )));
-        self.in_flight.finished();
-    }
-}
-
-/// What a [`Request`] asks for.
-#[derive(Debug, Clone)]
-pub enum Op<'a> {
-    /// A method call; with a call id, a reliable (exactly-once) one.
-    Call {
-        /// The method's wire name.
-        method: &'a str,
-        /// The request message; `None` means `google.protobuf.Empty`.
-        request: Option<prost_types::Any>,
-        /// The caller's call id of a reliable call.
-        reliable_call_id: Option<&'a str>,
-    },
-    /// Activate the object.
-    Create,
-    /// Delete the object.
-    Delete,
-}
+use crate::request::{Outbound, Outcome, PeerRefused, PeerSink, Request};
+use crate::wire::{Received, response_of};
 
 /// What a node offers the peers that link to it. The transport hands it every request that
 /// arrives, and the push side of every peer stream that opens.
@@ -127,94 +38,94 @@ pub trait Handler: Send + Sync + 'static {
     fn peer_closed(&self, peer: &str, serial: u64);
 }
 
-/// Pushes a peer stream may have queued before further pushes to it are refused.
-pub const PEER_PUSH_BACKLOG: usize = 65_536;
-
-/// Why a node refused a peer's stream.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PeerRefused {
-    /// Another live stream holds the peer's address.
-    #[error("peer {0} already has a live stream to this node; a second one is refused")]
-    AlreadyConnected(Arc<str>),
-    /// The node is stopping or stopped.
-    #[error("the node has stopped")]
-    Stopped,
+/// A request as it arrived from a peer, and where its outcome goes ([`Handler::serve`]).
+pub struct Incoming {
+    received: Received,
+    reply: Reply,
 }
 
-/// Why a push was not queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum PushRefused {
-    /// The peer's stream is gone.
-    #[error("the peer's stream is gone")]
-    Closed,
-    /// The peer is not reading: this many pushes wait already.
-    #[error("the peer is not reading ({0} pushes queued)")]
-    Backlog(usize),
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming")
+            .field("id", &self.reply.id)
+            .finish_non_exhaustive()
+    }
 }
 
-/// The push side of one peer stream. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct PeerSink {
-    serial: u64,
-    tx: mpsc::UnboundedSender<Outbound>,
-    pending_pushes: Arc<AtomicUsize>,
+impl Incoming {
+    pub(crate) fn new(received: Received, reply: Reply) -> Self {
+        Self { received, reply }
+    }
+
+    /// The request, borrowing what arrived (its request message is taken: call once).
+    pub fn request(&mut self) -> Request<'_> {
+        self.received.request()
+    }
+
+    /// Sends the outcome back to the peer (dropped if the peer is gone).
+    pub fn reply(self, outcome: Outcome) {
+        self.reply.send(outcome);
+    }
 }
 
-impl PeerSink {
-    pub(crate) fn new(
-        serial: u64,
-        tx: mpsc::UnboundedSender<Outbound>,
-    ) -> (Self, Arc<AtomicUsize>) {
-        let pending_pushes = Arc::new(AtomicUsize::new(0));
-        let sink = Self {
-            serial,
-            tx,
-            pending_pushes: pending_pushes.clone(),
-        };
-        (sink, pending_pushes)
-    }
+/// Where one request's outcome goes: the peer stream's response queue, under the request's id.
+pub(crate) struct Reply {
+    pub(crate) id: u64,
+    pub(crate) tx: mpsc::UnboundedSender<Outbound>,
+    pub(crate) in_flight: Arc<InFlight>,
+}
 
-    /// Tells this stream apart from earlier and later streams of the same peer.
-    pub fn serial(&self) -> u64 {
-        self.serial
+impl Reply {
+    /// Queues the response and counts the request as finished.
+    pub(crate) fn send(self, outcome: Outcome) {
+        // The peer may be gone; its responses are then dropped.
+        let _ = self
+            .tx
+            .send(Outbound::Response(response_of(self.id, outcome)));
+        self.in_flight.finished();
     }
+}
 
-    /// Whether the stream is still there to take pushes.
-    pub fn is_open(&self) -> bool {
-        !self.tx.is_closed()
-    }
+/// The requests of one peer stream running now; the stream's reader waits for room when the
+/// limit is reached.
+pub(crate) struct InFlight {
+    running: AtomicUsize,
+    room: tokio::sync::Notify,
+    limit: usize,
+}
 
-    /// Queues `push` for the peer, unless its stream is gone or too far behind.
-    pub fn push(&self, push: Push) -> Result<(), PushRefused> {
-        let queued = self.pending_pushes.fetch_add(1, Ordering::Relaxed);
-        if queued >= PEER_PUSH_BACKLOG {
-            self.pending_pushes.fetch_sub(1, Ordering::Relaxed);
-            return Err(PushRefused::Backlog(queued));
+impl InFlight {
+    /// Room for `limit` requests at once.
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            running: AtomicUsize::new(0),
+            room: tokio::sync::Notify::new(),
+            limit,
         }
-        if self.tx.send(Outbound::Push(push)).is_err() {
-            self.pending_pushes.fetch_sub(1, Ordering::Relaxed);
-            return Err(PushRefused::Closed);
-        }
-        Ok(())
     }
-}
 
-/// What a node writes to one peer stream.
-#[derive(Debug)]
-pub(crate) enum Outbound {
-    Response(Response),
-    Push(Push),
-}
+    /// `n` requests are about to start.
+    pub(crate) fn starting(&self, n: usize) {
+        self.running.fetch_add(n, Ordering::AcqRel);
+    }
 
-impl Outbound {
-    /// Adds this item to `batch`.
-    pub(crate) fn add_to(self, batch: &mut ResponseBatch, pending_pushes: &AtomicUsize) {
-        match self {
-            Self::Response(r) => batch.responses.push(r),
-            Self::Push(p) => {
-                pending_pushes.fetch_sub(1, Ordering::Relaxed);
-                batch.pushes.push(p);
-            }
+    /// How many more may start now.
+    pub(crate) fn free(&self) -> usize {
+        self.limit
+            .saturating_sub(self.running.load(Ordering::Acquire))
+    }
+
+    /// One request has replied.
+    pub(crate) fn finished(&self) {
+        if self.running.fetch_sub(1, Ordering::AcqRel) == self.limit {
+            self.room.notify_one();
+        }
+    }
+
+    /// Resolves once fewer than the limit are running.
+    pub(crate) async fn room(&self) {
+        while self.running.load(Ordering::Acquire) >= self.limit {
+            self.room.notified().await;
         }
     }
 }

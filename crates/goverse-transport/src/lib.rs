@@ -22,18 +22,18 @@ mod handler;
 mod io;
 mod link;
 mod listen;
+mod request;
 mod router;
 mod server;
 mod wire;
 
-pub use handler::{
-    Handler, Incoming, Op, Outcome, PEER_PUSH_BACKLOG, PeerRefused, PeerSink, PushRefused, Request,
-};
+pub use handler::{Handler, Incoming};
 pub use io::{Accepted, Dialer, Io, MemoryIncoming, MemoryNetwork, MemoryStream, TcpDialer};
 pub use link::{
     LINK_IN_FLIGHT_LIMIT, LinkError, LinkEvents, NodeLink, probe_node, probe_node_over,
 };
 pub use listen::{Acceptor, ConnectionLimits, Guarded, Throttle, with_drain_deadline};
+pub use request::{Op, Outcome, PEER_PUSH_BACKLOG, PeerRefused, PeerSink, PushRefused, Request};
 pub use router::{Connector, InProcessNetwork, NetworkConnector, Router};
 pub use server::{ServeError, serve, serve_incoming, serve_with_limits, serve_with_secret};
 /// What a server learns of an accepted connection (implement it for a connection type of your

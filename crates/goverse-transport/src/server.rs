@@ -33,8 +33,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Response, Status, Streaming};
 
-use crate::handler::{Incoming, Outbound, Reply};
+use crate::handler::{InFlight, Incoming, Reply};
 use crate::listen::{Acceptor, ConnectionLimits, Throttle, with_drain_deadline};
+use crate::request::Outbound;
 use crate::wire::Received;
 use crate::{Handler, MAX_BATCH, MAX_MESSAGE_BYTES, PEER_ADDRESS_HEADER, PeerSink};
 
@@ -166,40 +167,6 @@ struct NodeRpc {
     in_flight_limit: usize,
 }
 
-/// The requests of one peer stream running now; the stream's reader waits for room when the
-/// limit is reached.
-pub(crate) struct InFlight {
-    running: AtomicUsize,
-    room: tokio::sync::Notify,
-    limit: usize,
-}
-
-impl InFlight {
-    /// `n` requests are about to start.
-    fn starting(&self, n: usize) {
-        self.running.fetch_add(n, Ordering::AcqRel);
-    }
-
-    /// How many more may start now.
-    fn free(&self) -> usize {
-        self.limit
-            .saturating_sub(self.running.load(Ordering::Acquire))
-    }
-
-    pub(crate) fn finished(&self) {
-        if self.running.fetch_sub(1, Ordering::AcqRel) == self.limit {
-            self.room.notify_one();
-        }
-    }
-
-    /// Resolves once fewer than the limit are running.
-    async fn room(&self) {
-        while self.running.load(Ordering::Acquire) >= self.limit {
-            self.room.notified().await;
-        }
-    }
-}
-
 impl NodeRpc {
     /// Refuses a peer that does not send the cluster's secret (when there is one).
     fn admit<T>(&self, request: &tonic::Request<T>) -> Result<(), Status> {
@@ -266,11 +233,7 @@ impl NodeService for NodeRpc {
         let handler = self.handler.clone();
         let stop = self.stop.clone();
         let tracker = self.readers.clone();
-        let in_flight = Arc::new(InFlight {
-            running: AtomicUsize::new(0),
-            room: tokio::sync::Notify::new(),
-            limit: self.in_flight_limit,
-        });
+        let in_flight = Arc::new(InFlight::new(self.in_flight_limit));
         self.readers.spawn(async move {
             let mut lanes = Lanes::new(&handler, &tx, &tracker, &in_flight);
             'read: loop {
