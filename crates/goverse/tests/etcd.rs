@@ -1,6 +1,5 @@
 //! Nodes coordinating through a real etcd, started by the test (one test also persists to a real
-//! PostgreSQL).
-//! leases and answers run on its clock, not on tokio's.
+//! PostgreSQL). Real time throughout: etcd's leases and answers run on its clock, not on tokio's.
 
 use std::sync::Arc;
 use std::time::Duration;
