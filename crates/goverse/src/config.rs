@@ -19,6 +19,7 @@ use crate::InvalidSetting;
 use crate::gate::rules::{AccessRule, LifecycleRule};
 
 /// A whole configuration file.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterFile {
@@ -27,10 +28,10 @@ pub struct ClusterFile {
     /// The cluster: shards, coordination, timeouts.
     pub cluster: ClusterSection,
     /// The object store, when it is PostgreSQL.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub postgres: Option<PostgresSection>,
     /// The object store, when it is one SQLite file shared by the processes of one machine.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub sqlite: Option<SqliteSection>,
     /// The nodes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -46,11 +47,12 @@ pub struct ClusterFile {
     pub object_lifecycle_rules: Vec<LifecycleRule>,
     /// Upstream's inspector section: accepted so upstream files load; the inspector comes
     /// later, and a file that configures one gets a warning.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub inspector: Option<serde_yaml_ng::Value>,
 }
 
 /// `cluster:`.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSection {
@@ -61,112 +63,70 @@ pub struct ClusterSection {
     /// The etcd endpoints and key prefix.
     pub etcd: EtcdSection,
     /// How long the set of nodes must hold still before the leader rebalances (10s).
-    #[serde(
-        default,
-        with = "opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "opt_duration")]
     pub cluster_state_stability_duration: Option<Duration>,
     /// A shard its target has not taken for this long goes to another node (1m).
-    #[serde(
-        default,
-        with = "opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "opt_duration")]
     pub stuck_shard_reallocation_timeout: Option<Duration>,
     /// Default deadline of calls (30s).
-    #[serde(
-        default,
-        with = "opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "opt_duration")]
     pub default_call_timeout: Option<Duration>,
     /// Default deadline of creates (30s).
-    #[serde(
-        default,
-        with = "opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "opt_duration")]
     pub default_create_timeout: Option<Duration>,
     /// Default deadline of deletes (30s).
-    #[serde(
-        default,
-        with = "opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "opt_duration")]
     pub default_delete_timeout: Option<Duration>,
     /// Objects every node keeps alive: created once the cluster is stable, on the node serving
     /// each, moving with their shard, recreated when deleted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub auto_load_objects: Vec<AutoLoadEntry>,
     /// Ours: the TTL of every node's and gate's lease (10s).
-    #[serde(
-        default,
-        with = "opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "opt_duration")]
     pub lease_ttl: Option<Duration>,
     /// Ours: nodes needed before shards are given out and placement runs (1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub min_quorum: Option<usize>,
     /// Ours: how often each node checks that it reaches every other node (1s); a node its
     /// peers cannot reach gets no shards, and one found unreachable is drained.
-    #[serde(
-        default,
-        with = "opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "opt_duration")]
     pub peer_check_interval: Option<Duration>,
     /// Ours: how often changed persistent objects are saved (60s; `0s`: only on deactivation,
     /// hand-over and shutdown).
-    #[serde(
-        default,
-        with = "opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "opt_duration")]
     pub save_interval: Option<Duration>,
     /// Ours: limits on every node's and gate's listening ports (`cluster.connections`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub connections: Option<ConnectionsSection>,
     /// Ours: the cluster's shared secret (at least 16 characters; better given as
     /// `GOVERSE_CLUSTER__SECRET`). Nodes admit only peers that present it. Without one, every
     /// node and gate address must be loopback.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub secret: Option<String>,
 }
 
 /// `cluster.connections:` (ours): limits on every listening port of the cluster's processes;
 /// each field left out keeps its default.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionsSection {
     /// Most connections one port holds open at once (10000).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub max_connections: Option<usize>,
     /// A connection with no byte either way for this long is closed (60s).
-    #[serde(
-        default,
-        with = "opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "opt_duration")]
     pub idle_timeout: Option<Duration>,
     /// How long an HTTP/1 client may take to send a request's headers (10s).
-    #[serde(
-        default,
-        with = "opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "opt_duration")]
     pub header_timeout: Option<Duration>,
     /// How long a stopping server lets open requests finish (5s).
-    #[serde(
-        default,
-        with = "opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "opt_duration")]
     pub drain_timeout: Option<Duration>,
 }
 
 /// One `cluster.auto_load_objects` entry (upstream's fields).
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AutoLoadEntry {
@@ -235,6 +195,7 @@ impl Default for Generate {
 }
 
 /// `cluster.etcd:`.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EtcdSection {
@@ -250,6 +211,7 @@ fn default_prefix() -> String {
 }
 
 /// `postgres:` (upstream's fields).
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresSection {
@@ -270,14 +232,10 @@ pub struct PostgresSection {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sslmode: String,
     /// Ours: connections in the pool.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub pool_size: Option<usize>,
     /// Ours: longest a statement may run.
-    #[serde(
-        default,
-        with = "opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "opt_duration")]
     pub statement_timeout: Option<Duration>,
 }
 
@@ -290,6 +248,7 @@ fn default_port() -> u16 {
 }
 
 /// `sqlite:` (ours).
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SqliteSection {
@@ -298,6 +257,7 @@ pub struct SqliteSection {
 }
 
 /// One of `nodes:`.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeEntry {
@@ -306,10 +266,10 @@ pub struct NodeEntry {
     /// Where the node service listens.
     pub grpc_addr: String,
     /// Where the others reach it (its identity in the cluster); `grpc_addr` when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub advertise_addr: Option<String>,
     /// Upstream's HTTP port of a node (metrics, health); not served yet, and a warning says so.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub http_addr: Option<String>,
 }
 
@@ -321,6 +281,7 @@ impl NodeEntry {
 }
 
 /// One of `gates:`.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GateEntry {
@@ -329,10 +290,10 @@ pub struct GateEntry {
     /// Where clients reach the gate over gRPC.
     pub grpc_addr: String,
     /// The address client ids start with; `grpc_addr` when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub advertise_addr: Option<String>,
     /// Where the gate serves HTTP/JSON and server-sent events, if it does.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub http_addr: Option<String>,
 }
 
