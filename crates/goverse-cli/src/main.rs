@@ -9,6 +9,33 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// How often, at most, a runtime thread gives the memory it freed back to the system.
+const RELEASE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Called when a runtime thread runs out of work: gives back to the system the memory this
+/// thread's allocator heap holds after frees, at most every [`RELEASE_EVERY`]. mimalloc keeps
+/// freed pages per thread and returns them only as later allocations come by, so a process that
+/// goes quiet (an idle node, the demo after its start) would otherwise keep its start-up peak
+/// resident; a busy thread parks rarely and collects at most once a second.
+fn release_freed_memory_when_idle() {
+    thread_local! {
+        static LAST: std::cell::Cell<Option<std::time::Instant>> =
+            const { std::cell::Cell::new(None) };
+    }
+    LAST.with(|last| {
+        let now = std::time::Instant::now();
+        if last
+            .get()
+            .is_none_or(|at| now.duration_since(at) >= RELEASE_EVERY)
+        {
+            last.set(Some(now));
+            // SAFETY: mi_collect walks the calling thread's heap and the allocator's shared
+            // structures under their own locks; it may be called from any thread at any time.
+            unsafe { libmimalloc_sys::mi_collect(true) };
+        }
+    });
+}
+
 mod bench;
 mod bench_map;
 mod bench_stream;
@@ -153,6 +180,7 @@ fn main() -> ExitCode {
 fn run(job: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_park(release_freed_memory_when_idle)
         .build()
     {
         Ok(runtime) => runtime,
