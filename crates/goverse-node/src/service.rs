@@ -80,23 +80,28 @@ impl HeldNode {
     }
 }
 
+impl NodeHandler {
+    /// Runs `request` on the node, borrowing a strongly held node rather than cloning it.
+    async fn run(&self, request: Request<'_>) -> Outcome {
+        match &self.node {
+            HeldNode::Strong(node) => handle(node, request).await,
+            HeldNode::Weak(inner) => match inner.upgrade() {
+                Some(inner) => handle(&Node::from_inner(inner), request).await,
+                None => Err(CallError::not_served("the node has stopped")),
+            },
+        }
+    }
+}
+
 impl Handler for NodeHandler {
     fn handle<'a>(&'a self, request: Request<'a>) -> BoxFuture<'a, Outcome> {
-        Box::pin(async move {
-            match self.node.get() {
-                Some(node) => handle(&node, request).await,
-                None => Err(CallError::not_served("the node has stopped")),
-            }
-        })
+        Box::pin(self.run(request))
     }
 
     fn serve(self: Arc<Self>, mut incoming: Incoming) -> BoxFuture<'static, ()> {
-        // The request's whole work in one allocation: `handle`'s future inline.
+        // The request's whole work in one allocation: `run`'s future inline.
         Box::pin(async move {
-            let outcome = match self.node.get() {
-                Some(node) => handle(&node, incoming.request()).await,
-                None => Err(CallError::not_served("the node has stopped")),
-            };
+            let outcome = self.run(incoming.request()).await;
             incoming.reply(outcome);
         })
     }
