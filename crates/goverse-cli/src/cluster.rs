@@ -60,6 +60,9 @@ pub(crate) enum ConfigCommand {
         /// The first gate's HTTP port; the others follow.
         #[arg(long, default_value_t = 8081)]
         http_port: u16,
+        /// The first node's operations port (metrics, health); the others follow.
+        #[arg(long, default_value_t = 9101)]
+        ops_port: u16,
         /// Where to write it (default: standard output).
         #[arg(long, short)]
         output: Option<PathBuf>,
@@ -131,6 +134,7 @@ pub(crate) fn config(command: ConfigCommand) -> anyhow::Result<()> {
             node_port,
             gate_port,
             http_port,
+            ops_port,
             output,
         } => {
             anyhow::ensure!(nodes > 0, "--nodes must be at least 1");
@@ -139,6 +143,7 @@ pub(crate) fn config(command: ConfigCommand) -> anyhow::Result<()> {
                 ("--node-port", node_port, nodes),
                 ("--gate-port", gate_port, gates),
                 ("--http-port", http_port, gates),
+                ("--ops-port", ops_port, nodes),
             ] {
                 anyhow::ensure!(
                     first > 0 && usize::from(first) + count <= usize::from(u16::MAX),
@@ -154,6 +159,7 @@ pub(crate) fn config(command: ConfigCommand) -> anyhow::Result<()> {
                 node_port,
                 gate_port,
                 http_port,
+                ops_port,
             });
             // What was written must load (a bad --etcd or --sqlite is named now, not later).
             ClusterFile::parse(&text, "the generated configuration", &[])?;
@@ -195,6 +201,14 @@ pub(crate) async fn gate(config_path: &Path, gate_id: &str) -> anyhow::Result<()
         ),
         None => None,
     };
+    let ops_listener = match &entry.ops_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (operations HTTP)"))?,
+        ),
+        None => None,
+    };
     let cluster = goverse::run::connect_cluster(&file).await?;
     let lease_ttl = file.cluster.lease_ttl.unwrap_or(Duration::from_secs(10));
     let gate = Gate::start_in_cluster(
@@ -221,14 +235,18 @@ pub(crate) async fn gate(config_path: &Path, gate_id: &str) -> anyhow::Result<()
     // Watched before the gate says it serves, so a stop sent at once is not fatal.
     let stopping = goverse::stop_signal();
     println!(
-        "gate {} ({}): gRPC {}{}",
+        "gate {} ({}): gRPC {}{}{}",
         entry.id,
         entry.advertise(),
         entry.grpc_addr,
         entry
             .http_addr
             .as_ref()
-            .map_or(String::new(), |h| format!(", HTTP http://{h}"))
+            .map_or(String::new(), |h| format!(", HTTP http://{h}")),
+        entry
+            .ops_addr
+            .as_ref()
+            .map_or(String::new(), |h| format!(", metrics http://{h}/metrics"))
     );
     let stop = CancellationToken::new();
     let grpc = tokio::spawn({
@@ -244,8 +262,27 @@ pub(crate) async fn gate(config_path: &Path, gate_id: &str) -> anyhow::Result<()
                 .await
         })
     });
+    let ops = ops_listener.map(|listener| {
+        let router = gate.ops_router();
+        let limits = gate.config().connection_limits;
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            goverse::gate::serve_router(
+                listener,
+                router,
+                limits,
+                "gate operations HTTP",
+                stop.cancelled_owned(),
+                || {},
+            )
+            .await
+        })
+    });
     stopping.await;
     stop.cancel();
+    if let Some(ops) = ops {
+        let _ = ops.await;
+    }
     // One deadline for both servers to finish their requests (a stalled client is cut off then).
     let grace = Duration::from_secs(5);
     let _ = tokio::time::timeout(grace, async {

@@ -167,7 +167,10 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if let Some(idle) = args.idle_timeout {
         durable = durable.idle_timeout(idle);
     }
+    // One registry for the node and the gate: both are scraped at the gate's `/metrics`.
+    let metrics = goverse::metrics::Registry::new();
     let builder = Node::builder(config)
+        .metrics(metrics.clone())
         .register_with(counter)
         .register_with(durable)
         .object_store(store.clone());
@@ -188,6 +191,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             advertise_address: grpc_addr.clone(),
             access_rules: demo_access_rules(),
             lifecycle_rules: demo_lifecycle_rules(),
+            metrics,
             ..GateConfig::default()
         }
         .with_connection_limits(limits),
@@ -223,6 +227,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!(
         "  chat          http://{http_addr}/chat/   (web client; two tabs chat with each other)"
     );
+    println!("  metrics       http://{http_addr}/metrics   (health: /healthz, /ready)");
     println!("  store         {}", store.describe());
     println!("  types         {}", crate::tour::type_list(&node));
     println!();

@@ -170,6 +170,7 @@ pub(crate) async fn run(nodes: usize, data_dir: Option<PathBuf>) -> anyhow::Resu
     });
     for node in &mut file.nodes {
         node.grpc_addr = format!("127.0.0.1:{}", free_port()?);
+        node.http_addr = Some(format!("127.0.0.1:{}", free_port()?));
     }
     let (grpc, http) = (free_port()?, free_port()?);
     file.gates[0].grpc_addr = format!("127.0.0.1:{grpc}");
@@ -213,7 +214,15 @@ pub(crate) async fn run(nodes: usize, data_dir: Option<PathBuf>) -> anyhow::Resu
     println!("  configuration {}", config.display());
     println!("  logs          {}", temp.path().display());
     println!("  gate gRPC     127.0.0.1:{grpc}");
-    println!("  gate HTTP     http://127.0.0.1:{http}");
+    println!("  gate HTTP     http://127.0.0.1:{http}   (metrics: /metrics)");
+    for node in &file.nodes {
+        if let Some(ops) = &node.http_addr {
+            println!(
+                "  {:<13} http://{ops}/metrics   (health: /healthz, /ready)",
+                node.id
+            );
+        }
+    }
     println!();
     println!("Try:");
     println!(

@@ -124,6 +124,8 @@ pub trait LeaseHolder: Send + Sync {
     /// A renewal or registration asked for at `asked` succeeded: the holder may serve until
     /// the [`serving_window`] after it.
     fn renewed(&self, asked: tokio::time::Instant);
+    /// A renewal failed (counted by holders that keep metrics).
+    fn renew_failed(&self) {}
     /// Stop serving until [`LeaseHolder::unfence`].
     fn fence(&self);
     /// Serve again.
@@ -162,6 +164,7 @@ pub async fn keep_lease<H: LeaseHolder + ?Sized>(
             }
             Err(err) => err,
         };
+        holder.renew_failed();
         tracing::error!(error = %err, "cannot renew the lease");
         let gone = matches!(err, ClusterError::LeaseExpired(_));
         for action in policy.renew_failed(since(tokio::time::Instant::now()), gone) {

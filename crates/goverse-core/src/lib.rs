@@ -12,12 +12,15 @@
 //! - [`ClientIdentity`]: who a call acts for, as a gate authenticated it.
 //! - [`ReliableOutcome`] and [`ReliableStatus`]: how a reliable call ended (SUCCESS, FAILED,
 //!   SKIPPED, as upstream's clients read them).
+//! - [`metrics`]: the registry components add their metrics to, and the cheap atomics they
+//!   record into.
 //! - [`wkt`]: the protobuf well-known wrapper messages (`Int32Value`, `Empty`, ...).
 
 mod error;
 mod id;
 mod identity;
 mod message;
+pub mod metrics;
 mod reliable;
 pub mod rules;
 mod setting;

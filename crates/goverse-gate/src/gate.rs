@@ -51,6 +51,9 @@ pub struct GateConfig {
     /// Limits on the connections of each of the gate's ports (a cap, idle and header timeouts,
     /// the drain deadline at shutdown).
     pub connection_limits: goverse_transport::ConnectionLimits,
+    /// The registry the gate adds its metrics to (scraped as long as the gate lives). Default:
+    /// a registry of the gate's own, which [`Gate::metrics`] returns.
+    pub metrics: goverse_core::metrics::Registry,
 }
 
 impl Default for GateConfig {
@@ -67,6 +70,7 @@ impl Default for GateConfig {
             peer_secret: None,
             min_quorum: 1,
             connection_limits: goverse_transport::ConnectionLimits::default(),
+            metrics: goverse_core::metrics::Registry::default(),
         }
     }
 }
@@ -208,6 +212,64 @@ pub(crate) struct GateInner {
     /// Ends client streams (Register and SSE); a child of `stop`.
     pub(crate) streams_stop: CancellationToken,
     pub(crate) tasks: TaskTracker,
+    /// What the registry scrapes (it holds only a weak reference).
+    metrics_source: std::sync::OnceLock<Arc<dyn goverse_core::metrics::Source>>,
+}
+
+/// Reads a gate's figures at scrape time.
+struct GateSource {
+    gate: std::sync::Weak<GateInner>,
+}
+
+impl goverse_core::metrics::Source for GateSource {
+    fn collect(&self, out: &mut goverse_core::metrics::Scrape) {
+        let Some(gate) = self.gate.upgrade() else {
+            return;
+        };
+        let me = gate.config.advertise_address.as_str();
+        let labels = [("gate", me)];
+        let c = &gate.clients.counters;
+        out.gauge(
+            "goverse_gate_active_clients",
+            "Clients connected to the gate (gRPC Register and SSE streams)",
+            &labels,
+            gate.clients.len() as i64,
+        );
+        out.counter(
+            "goverse_gate_pushed_messages_total",
+            "Messages the gate handed to its clients",
+            &labels,
+            c.delivered.load(Ordering::Relaxed),
+        );
+        let full = c.dropped_full.load(Ordering::Relaxed);
+        let unknown = c.dropped_unknown.load(Ordering::Relaxed);
+        out.counter(
+            "goverse_gate_dropped_messages_total",
+            "Messages the gate dropped (client unknown or its buffer full)",
+            &labels,
+            full + unknown,
+        );
+        for (reason, count) in [("buffer_full", full), ("client_unknown", unknown)] {
+            out.counter(
+                "goverse_gate_push_drops_total",
+                "Messages the gate dropped, by reason",
+                &[("gate", me), ("reason", reason)],
+                count,
+            );
+        }
+        out.gauge(
+            "goverse_gate_ready",
+            "1 when the gate is ready to serve calls, else 0",
+            &labels,
+            i64::from(
+                Gate {
+                    inner: gate.clone(),
+                }
+                .readiness()
+                .is_ok(),
+            ),
+        );
+    }
 }
 
 /// A running gate: a cheap, cloneable handle. Serve it with [`Gate::serve`] (both front ends),
@@ -403,7 +465,13 @@ impl Gate {
             stop,
             tasks: TaskTracker::new(),
             config,
+            metrics_source: std::sync::OnceLock::new(),
         });
+        let source: Arc<dyn goverse_core::metrics::Source> = Arc::new(GateSource {
+            gate: Arc::downgrade(&inner),
+        });
+        inner.config.metrics.add_source(&source);
+        let _ = inner.metrics_source.set(source);
         tracing::info!(address = %inner.config.advertise_address, node = %inner.config.node, "gate started");
         Ok(Self { inner })
     }
@@ -479,6 +547,11 @@ impl Gate {
     /// The object types reachable through the gate and their message descriptors.
     pub fn catalog(&self) -> Arc<Catalog> {
         self.inner.catalog.read().clone()
+    }
+
+    /// The registry this gate's metrics are in ([`GateConfig::metrics`]).
+    pub fn metrics(&self) -> &goverse_core::metrics::Registry {
+        &self.inner.config.metrics
     }
 
     /// Counters.

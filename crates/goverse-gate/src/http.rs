@@ -4,7 +4,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -119,7 +118,7 @@ type HttpResult = Result<Response, HttpError>;
 
 impl Gate {
     /// The HTTP API as an axum router: `POST /api/v1/objects/{call,create,delete}/…`,
-    /// `GET /api/v1/events/stream`, `/healthz`, `/ready`. Merge your own routes (a web client,
+    /// `GET /api/v1/events/stream`, `/healthz`, `/ready`, `/metrics`. Merge your own routes (a web client,
     /// say) before serving it with [`Gate::serve_http`].
     pub fn http_router(&self) -> Router {
         Router::new()
@@ -144,6 +143,12 @@ impl Gate {
                 get(|| async { axum::Json(json!({"status": "ok"})) }),
             )
             .route("/ready", get(ready_handler))
+            .route(
+                "/metrics",
+                get(|State(gate): State<Arc<GateInner>>| async move {
+                    crate::ops::encoded(&gate.config.metrics)
+                }),
+            )
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(axum::middleware::from_fn(cors))
@@ -165,65 +170,23 @@ impl Gate {
         router: Router,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-        use tower::ServiceExt as _;
         let limits = self.inner.config.connection_limits;
-        let mut acceptor = goverse_transport::Acceptor::new(listener, limits, "gate HTTP");
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout)
-            .keep_alive(true);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(crate::grpc::MAX_STREAMS_PER_CONNECTION)
-            .max_header_list_size(crate::grpc::MAX_HEADER_LIST_BYTES)
-            .max_pending_accept_reset_streams(64)
-            .keep_alive_interval(Some(Duration::from_secs(15)))
-            .keep_alive_timeout(Duration::from_secs(20));
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let mut connections = tokio::task::JoinSet::new();
-        tokio::pin!(shutdown);
-        loop {
-            let (io, remote) = tokio::select! {
-                () = &mut shutdown => break,
-                accepted = acceptor.accept() => accepted,
-            };
-            // Finished connections are reaped as new ones come.
-            while connections.try_join_next().is_some() {}
-            let service = router.clone().map_request(
-                move |request: hyper::Request<hyper::body::Incoming>| {
-                    let mut request = request.map(Body::new);
-                    request.extensions_mut().insert(ConnectInfo(remote));
-                    request
-                },
-            );
-            let service = hyper_util::service::TowerToHyperService::new(service);
-            let connection = builder
-                .serve_connection_with_upgrades(TokioIo::new(io), service)
-                .into_owned();
-            let connection = graceful.watch(connection);
-            connections.spawn(async move {
-                if let Err(err) = connection.await {
-                    tracing::debug!(peer = %remote, cause = %err, "HTTP connection ended");
-                }
-            });
-        }
         // SSE streams would hold the drain open until its deadline.
-        self.inner.streams_stop.cancel();
-        if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                open = connections.len(),
-                "HTTP connections still open after the drain deadline; closing them"
-            );
-        }
-        connections.shutdown().await;
-        Ok(())
+        let streams = self.inner.streams_stop.clone();
+        crate::ops::serve_router(listener, router, limits, "gate HTTP", shutdown, move || {
+            streams.cancel()
+        })
+        .await
+    }
+
+    /// `GET /metrics`, `/healthz` and `/ready` alone, for the gate's operations port
+    /// (`gates[].ops_addr`); serve it with [`crate::serve_router`].
+    pub fn ops_router(&self) -> Router {
+        let gate = self.clone();
+        crate::ops::ops_router(
+            self.inner.config.metrics.clone(),
+            Arc::new(move || gate.readiness().map_err(|why| why.to_string())),
+        )
     }
 }
 

@@ -24,6 +24,7 @@ pub mod codec;
 mod gate;
 mod grpc;
 mod http;
+mod ops;
 mod registration;
 /// Access and lifecycle rules (`object_access_rules`, `object_lifecycle_rules`): the gate
 /// checks every client request against them, and nodes check again what gates send.
@@ -38,5 +39,6 @@ pub use grpc::status_of;
 pub use http::{
     CLIENT_ID_HEADER, CLIENT_TOKEN_HEADER, IDEMPOTENCY_KEY_HEADER, RELIABLE_STATUS_HEADER,
 };
+pub use ops::{ReadyCheck, metrics_route, ops_router, serve_router};
 pub use registration::RegisterError;
 pub use serve::GateServeError;

@@ -213,22 +213,48 @@ impl NodeInner {
                 client,
             })));
         }
+        let started = self.call_metrics.start();
+        let (type_name, id, shard) = (target.type_name, target.id, target.shard());
         let work = async move {
             match self.turn_on(target, kind, chain, deadline).await {
-                Ok((activation, permit)) => Detached::new(
-                    activation.run(permit, index, request, deadline, client),
-                    &self.lifecycle.tasks,
-                )
-                .await
-                .map(Served::Done),
+                Ok((activation, permit)) => {
+                    let granted = started.map(|_| std::time::Instant::now());
+                    let result = Detached::new(
+                        activation.run(permit, index, request, deadline, client),
+                        &self.lifecycle.tasks,
+                    )
+                    .await;
+                    if let Some(started) = started {
+                        let ok = result.is_ok();
+                        self.call_metrics
+                            .record(type_name, index, shard, started, granted, ok);
+                    }
+                    result.map(Served::Done)
+                }
                 Err(why) if why.is_not_served() => {
                     Ok(not_here(why, Operation::Call(method, request), client))
                 }
-                Err(err) => Err(err),
+                Err(err) => {
+                    if let Some(started) = started {
+                        self.call_metrics
+                            .record(type_name, index, shard, started, None, false);
+                    }
+                    Err(err)
+                }
             }
         };
-        let (type_name, id) = (target.type_name, target.id);
-        with_deadline(work, deadline, || format!("{type_name}/{id}")).await
+        let result = with_deadline(work, deadline, || format!("{type_name}/{id}")).await;
+        if let Err(err) = &result {
+            self.count_timeout(err, "CallObject");
+        }
+        result
+    }
+
+    /// Counts `err` in `goverse_operation_timeouts_total` if it is a deadline that passed.
+    fn count_timeout(&self, err: &CallError, operation: &'static str) {
+        if err.code() == goverse_core::ErrorCode::DeadlineExceeded {
+            self.cluster_counters.timed_out(operation);
+        }
     }
 
     /// The method a call names, as index and kind. A call by name is checked here: the type and
@@ -337,6 +363,8 @@ impl NodeInner {
             (Ok(_), Ok(found)) => found,
         };
         let shared_id: Arc<str> = call_id.into();
+        let started = self.call_metrics.start();
+        let shard = target.shard();
         let work = async move {
             // A write turn whatever the method: the lookup, the call and its commit are one step.
             let (activation, permit) = match self
@@ -350,25 +378,34 @@ impl NodeInner {
                 }
                 Err(err) => return skipped(err),
             };
-            self.counters.reliable_calls.fetch_add(1, Ordering::Relaxed);
+            let granted = started.map(|_| std::time::Instant::now());
             let call = ReliableRequest {
                 call_id: shared_id,
                 method: index,
                 kind,
             };
-            Ok(Served::Done(
-                Detached::new(
-                    activation.run_reliable(permit, call, request, deadline, client),
-                    &self.lifecycle.tasks,
-                )
-                .await,
-            ))
+            let outcome = Detached::new(
+                activation.run_reliable(permit, call, request, deadline, client),
+                &self.lifecycle.tasks,
+            )
+            .await;
+            self.counters.reliable(&outcome);
+            if let Some(started) = started {
+                let ok = matches!(outcome, ReliableOutcome::Success(_));
+                self.call_metrics
+                    .record(type_name, index, shard, started, granted, ok);
+            }
+            Ok(Served::Done(outcome))
         };
         let id = target.id;
-        with_deadline(work, deadline, || {
+        let result = with_deadline(work, deadline, || {
             format!("reliable call {type_name}/{id} (the call may have run; retry with the same call id)")
         })
-        .await
+        .await;
+        if let Err(err) = &result {
+            self.count_timeout(err, "ReliableCallObject");
+        }
+        result
     }
 
     /// Creates the object here, or on the node serving it when the call may go on.
@@ -378,10 +415,30 @@ impl NodeInner {
         id: &ObjectId,
         scope: CallScope,
     ) -> Result<(), CallError> {
-        let target = self.target(type_name, id)?;
-        let onward = Onward::of(&scope);
-        let served = self.serve_create(target, onward).await?;
-        self.done_or_fall_back(target, served, onward).await
+        let started = std::time::Instant::now();
+        let result = async {
+            let target = self.target(type_name, id)?;
+            let onward = Onward::of(&scope);
+            let served = self.serve_create(target, onward).await?;
+            self.done_or_fall_back(target, served, onward).await
+        }
+        .await;
+        self.count_operation("CreateObject", &result, started);
+        result
+    }
+
+    /// Counts a create or delete in `goverse_operation_duration_seconds` (and a timeout).
+    fn count_operation(
+        &self,
+        operation: &'static str,
+        result: &Result<(), CallError>,
+        started: std::time::Instant,
+    ) {
+        if let Err(err) = result {
+            self.count_timeout(err, operation);
+        }
+        self.cluster_counters
+            .operation(operation, result.is_ok(), started.elapsed());
     }
 
     /// Deletes the object here, or on the node serving it when the call may go on.
@@ -391,10 +448,16 @@ impl NodeInner {
         id: &ObjectId,
         scope: CallScope,
     ) -> Result<(), CallError> {
-        let target = self.target(type_name, id)?;
-        let onward = Onward::of(&scope);
-        let served = self.serve_delete(target, onward).await?;
-        self.done_or_fall_back(target, served, onward).await
+        let started = std::time::Instant::now();
+        let result = async {
+            let target = self.target(type_name, id)?;
+            let onward = Onward::of(&scope);
+            let served = self.serve_delete(target, onward).await?;
+            self.done_or_fall_back(target, served, onward).await
+        }
+        .await;
+        self.count_operation("DeleteObject", &result, started);
+        result
     }
 
     async fn done_or_fall_back(

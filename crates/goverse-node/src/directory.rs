@@ -385,6 +385,26 @@ impl ShardDirectory {
         found
     }
 
+    /// Activations per (shard, type) now, counted shard by shard; the node's own slot (objects
+    /// pinned to this node) is reported as shard `None`.
+    pub(crate) fn objects_per_type(&self, mut each: impl FnMut(Option<u32>, &'static str, u64)) {
+        let mut per_type: Vec<(&'static str, u64)> = Vec::new();
+        for (n, slot) in self.shards.iter().enumerate() {
+            per_type.clear();
+            for activation in slot.read().objects.values() {
+                let name = activation.type_name();
+                match per_type.iter_mut().find(|(t, _)| *t == name) {
+                    Some((_, count)) => *count += 1,
+                    None => per_type.push((name, 1)),
+                }
+            }
+            let shard = (n < self.count() as usize).then_some(n as u32);
+            for (name, count) in &per_type {
+                each(shard, name, *count);
+            }
+        }
+    }
+
     /// (activations, shards served) now.
     pub(crate) fn counts(&self) -> (u64, u64) {
         let (mut active, mut owned) = (0, 0);

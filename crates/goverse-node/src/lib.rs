@@ -29,6 +29,7 @@ mod forward;
 mod host;
 mod lifecycle;
 mod membership;
+mod metrics;
 mod node;
 mod object;
 mod operation;
@@ -48,7 +49,7 @@ pub use config::NodeConfig;
 pub use context::{CallOptions, NewChain, ObjectContext};
 pub use goverse_core::{MAX_CALL_ID_CHARS, ReliableOutcome, ReliableStatus};
 pub use goverse_transport::ServeError;
-pub use membership::{ClaimError, JoinError};
+pub use membership::{ClaimError, JoinError, NotReady};
 pub use node::{Node, NodeError, NodeStats, ShutdownReport};
 pub use object::{
     Dispatch, Durability, MethodKind, MethodSpec, Object, ObjectError, from_json_state,

@@ -25,6 +25,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::directory::{ShardDirectory, ShardEvent, ShardState};
+use crate::metrics::ClusterCounters;
 
 /// How this node takes part in the cluster (from [`crate::NodeConfig`]).
 #[derive(Debug, Clone)]
@@ -58,6 +59,10 @@ pub(crate) struct Membership {
     /// renewal was asked for, so a node paused or starved past it refuses work the moment it
     /// runs again, before any of its tasks has noticed the lease may be gone.
     serve_until_us: std::sync::atomic::AtomicU64,
+    /// Claims, releases, moves, renewals: read by the node's metrics.
+    counters: Arc<ClusterCounters>,
+    /// When the last successful renewal was asked for (for its lateness).
+    last_renewal: Mutex<Option<tokio::time::Instant>>,
 }
 
 /// What this node holds of `state`'s shard, for the pure decisions of [`plan`].
@@ -83,6 +88,8 @@ impl Membership {
         view: MapView,
     ) -> Self {
         Self {
+            counters: Arc::default(),
+            last_renewal: Mutex::new(None),
             cluster,
             keys,
             address,
@@ -107,6 +114,14 @@ impl Membership {
 
     /// A renewal (or the grant) asked for at `asked` succeeded.
     fn renewed(&self, asked: tokio::time::Instant) {
+        let previous = self.last_renewal.lock().replace(asked);
+        if let Some(previous) = previous {
+            let due = previous + self.settings.lease_ttl / 4;
+            self.counters
+                .renewal_lateness
+                .observe(asked.saturating_duration_since(due));
+        }
+        self.counters.renewals.fetch_add(1, Ordering::Relaxed);
         let until = asked.duration_since(self.origin) + serving_window(self.settings.lease_ttl);
         self.serve_until_us
             .fetch_max(until.as_micros() as u64, Ordering::AcqRel);
@@ -122,6 +137,11 @@ impl Membership {
         *self.lease.lock()
     }
 
+    /// Claims, releases, moves and renewals counted so far (the node's metrics read them).
+    pub(crate) fn counters(&self) -> &Arc<ClusterCounters> {
+        &self.counters
+    }
+
     /// The watched map.
     pub(crate) fn view(&self) -> &MapView {
         &self.view
@@ -131,12 +151,36 @@ impl Membership {
     /// that is not fenced and was renewed within the serving window, in a cluster that has its
     /// quorum.
     pub(crate) fn is_ready(&self) -> bool {
-        if self.lease().is_none() || self.fenced.load(Ordering::Acquire) || !self.lease_fresh() {
-            return false;
+        self.readiness().is_ok()
+    }
+
+    /// [`Membership::is_ready`], with the reason when not.
+    pub(crate) fn readiness(&self) -> Result<(), NotReady> {
+        if self.lease().is_none() {
+            return Err(NotReady::NoLease);
+        }
+        if self.fenced.load(Ordering::Acquire) || !self.lease_fresh() {
+            return Err(NotReady::LeaseNotRenewed);
         }
         let map = self.view.borrow();
         let others = map.nodes.iter().filter(|n| **n != self.address).count();
-        others + 1 >= self.settings.min_quorum
+        if others + 1 < self.settings.min_quorum {
+            return Err(NotReady::BelowQuorum {
+                nodes: others + 1,
+                needed: self.settings.min_quorum,
+            });
+        }
+        Ok(())
+    }
+
+    /// Shards the map names this node as serving.
+    pub(crate) fn mapped_shards(&self) -> u64 {
+        let map = self.view.borrow();
+        map.shards
+            .iter()
+            .filter_map(|r| r.record.as_ref())
+            .filter(|(record, _)| record.current.as_ref() == Some(&self.address))
+            .count() as u64
     }
 
     /// Asks the reactor to look at the map again.
@@ -284,6 +328,9 @@ impl Membership {
             self.directory
                 .apply(claim.shard, ShardEvent::Claimed { epoch: *epoch });
         }
+        self.counters
+            .claims
+            .fetch_add(claimed.len() as u64, Ordering::Relaxed);
         tracing::info!(node = %me, claimed = claimed.len(), "claimed shards");
         Ok(claimed.len() as u32)
     }
@@ -303,6 +350,12 @@ impl Membership {
                         break;
                     }
                     TxnOutcome::Conflict(current) => {
+                        *self
+                            .counters
+                            .map_write_failures
+                            .lock()
+                            .entry("modrevision_conflict")
+                            .or_default() += 1;
                         let before = batch.len();
                         batch = batch
                             .into_iter()
@@ -322,6 +375,21 @@ impl Membership {
             }
         }
         Ok(last)
+    }
+
+    /// Counts `releases` written: shards let go, and those handed to another node.
+    fn released(&self, releases: &[RecordWrite]) {
+        self.counters
+            .releases
+            .fetch_add(releases.len() as u64, Ordering::Relaxed);
+        let mut moved = self.counters.migrations_to.lock();
+        for write in releases {
+            if let Some(to) = &write.record.target
+                && *to != self.address
+            {
+                *moved.entry(to.to_string()).or_default() += 1;
+            }
+        }
     }
 
     /// Stops serving every shard (fencing): used when the lease cannot be renewed in time.
@@ -390,10 +458,11 @@ impl Membership {
                 tracing::info!(shards = plan.hand_over.len(), "handing shards over");
                 let _ = hand_overs.send(plan.hand_over);
             }
-            if !plan.release.is_empty()
-                && let Err(err) = self.write_records(&plan.release).await
-            {
-                tracing::warn!(error = %err, "cannot release shards yet");
+            if !plan.release.is_empty() {
+                match self.write_records(&plan.release).await {
+                    Ok(_) => self.released(&plan.release),
+                    Err(err) => tracing::warn!(error = %err, "cannot release shards yet"),
+                }
             }
             if let Err(err) = self.claim(plan.claim).await {
                 tracing::warn!(error = %err, "cannot claim shards yet");
@@ -409,8 +478,16 @@ impl Membership {
             };
             if !moves.is_empty() {
                 match self.write_records(&moves).await {
-                    Ok(revision) => leader.written(revision),
-                    Err(err) => tracing::warn!(error = %err, "cannot write shard targets"),
+                    Ok(revision) => {
+                        leader.written(revision);
+                        self.counters
+                            .reallocations
+                            .fetch_add(moves.len() as u64, Ordering::Relaxed);
+                    }
+                    Err(err) => {
+                        self.counters.map_write_failed(&err);
+                        tracing::warn!(error = %err, "cannot write shard targets");
+                    }
                 }
             }
         }
@@ -477,8 +554,9 @@ impl Membership {
             Ok(records) => {
                 let releases = goverse_cluster::releases(me, &records);
                 // A record changed meanwhile belongs to someone else now: nothing to give up.
-                if let Err(err) = self.write_records(&releases).await {
-                    tracing::warn!(error = %err, "cannot release shards at shutdown");
+                match self.write_records(&releases).await {
+                    Ok(_) => self.released(&releases),
+                    Err(err) => tracing::warn!(error = %err, "cannot release shards at shutdown"),
                 }
             }
             Err(err) => tracing::warn!(error = %err, "cannot release shards at shutdown"),
@@ -516,6 +594,12 @@ impl goverse_cluster::LeaseHolder for Membership {
         Membership::renewed(self, asked);
     }
 
+    fn renew_failed(&self) {
+        self.counters
+            .renewal_failures
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     fn fence(&self) {
         Membership::fence(self);
     }
@@ -524,6 +608,38 @@ impl goverse_cluster::LeaseHolder for Membership {
         self.fenced.store(false, Ordering::Release);
         self.wake();
     }
+}
+
+/// Why a node does not serve now ([`Node::readiness`](crate::Node::readiness)).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    /// The node is starting or stopping.
+    #[error("the node is {0}")]
+    Phase(&'static str),
+    /// The node holds no lease (it lost it and has not registered again yet).
+    #[error("the node holds no lease in the cluster store")]
+    NoLease,
+    /// The lease was not renewed within the serving window (the cluster store is unreachable
+    /// or the process was paused): the node fenced itself.
+    #[error("the lease was not renewed in time (cluster store unreachable?); serving nothing")]
+    LeaseNotRenewed,
+    /// Fewer nodes than `min_quorum` are registered.
+    #[error("{nodes} node(s) registered, the quorum is {needed}")]
+    BelowQuorum {
+        /// Registered nodes, this one included.
+        nodes: usize,
+        /// `min_quorum`.
+        needed: usize,
+    },
+    /// The node does not serve the shards the map gives it yet (claims or hand-overs under
+    /// way).
+    #[error("serving {serving} shards, the map gives this node {mapped}")]
+    ShardsUnsettled {
+        /// Shards served.
+        serving: u64,
+        /// Shards the map names this node as serving.
+        mapped: u64,
+    },
 }
 
 /// Why a node could not join the cluster.

@@ -20,7 +20,8 @@ use crate::autoload::AutoLoaded;
 use crate::directory::ShardDirectory;
 use crate::host::{CallScope, Host, MethodRef, deadline_for};
 use crate::lifecycle::{Lifecycle, Phase};
-use crate::membership::{JoinError, Membership};
+use crate::membership::{JoinError, Membership, NotReady};
+use crate::metrics::{CallMetrics, ClusterCounters};
 use crate::push::PushHub;
 use crate::registry::{TypeEntry, TypeInfo};
 use crate::store::StoreLink;
@@ -136,6 +137,24 @@ pub(crate) struct Counters {
     pub(crate) saves: AtomicU64,
     pub(crate) save_failures: AtomicU64,
     pub(crate) reliable_calls: AtomicU64,
+    pub(crate) reliable_failed: AtomicU64,
+    pub(crate) reliable_skipped: AtomicU64,
+}
+
+impl Counters {
+    /// Counts a reliable call's outcome.
+    pub(crate) fn reliable(&self, outcome: &goverse_core::ReliableOutcome) {
+        self.reliable_calls.fetch_add(1, Ordering::Relaxed);
+        match outcome {
+            ReliableOutcome::Success(_) => {}
+            ReliableOutcome::Failed(_) => {
+                self.reliable_failed.fetch_add(1, Ordering::Relaxed);
+            }
+            ReliableOutcome::Skipped(_) => {
+                self.reliable_skipped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 pub(crate) struct NodeInner {
@@ -161,6 +180,14 @@ pub(crate) struct NodeInner {
     /// The access and lifecycle rules, checked again for what gates send for their clients;
     /// `None` with no rules configured (the node leaves the judging to its gates).
     pub(crate) client_rules: Option<goverse_core::rules::Rules>,
+    /// Per-call figures, recorded where calls run.
+    pub(crate) call_metrics: CallMetrics,
+    /// Membership, store and shutdown figures.
+    pub(crate) cluster_counters: Arc<ClusterCounters>,
+    /// What the registry scrapes (it holds only a weak reference).
+    pub(crate) metrics_source: std::sync::OnceLock<Arc<dyn goverse_core::metrics::Source>>,
+    /// The registry the node's figures are scraped from.
+    pub(crate) metrics: goverse_core::metrics::Registry,
 }
 
 impl fmt::Debug for NodeInner {
@@ -196,7 +223,19 @@ impl NodeInner {
         self.clock.elapsed().as_millis() as u64
     }
 
-    fn stats(&self) -> NodeStats {
+    /// Reliable calls answered, by outcome.
+    pub(crate) fn reliable_outcomes(&self) -> [(&'static str, u64); 3] {
+        let all = self.counters.reliable_calls.load(Ordering::Relaxed);
+        let failed = self.counters.reliable_failed.load(Ordering::Relaxed);
+        let skipped = self.counters.reliable_skipped.load(Ordering::Relaxed);
+        [
+            ("success", all.saturating_sub(failed + skipped)),
+            ("failed", failed),
+            ("skipped", skipped),
+        ]
+    }
+
+    pub(crate) fn stats(&self) -> NodeStats {
         let (active, owned) = self.directory.counts();
         NodeStats {
             active_objects: active,
@@ -532,6 +571,25 @@ impl Node {
         self.inner.lifecycle.phase() == Phase::Running && self.inner.membership.is_ready()
     }
 
+    /// What `/ready` answers: [`Node::is_ready`] and, beyond it, the node serves exactly the
+    /// shards the map names it for (not while claims or hand-overs are under way); the reason
+    /// when not. Live, like `is_ready`.
+    pub fn readiness(&self) -> Result<(), NotReady> {
+        let inner = &self.inner;
+        match inner.lifecycle.phase() {
+            Phase::Running => {}
+            Phase::Starting => return Err(NotReady::Phase("starting")),
+            _ => return Err(NotReady::Phase("stopping")),
+        }
+        inner.membership.readiness()?;
+        let (_, serving) = inner.directory.counts();
+        let mapped = inner.membership.mapped_shards();
+        if serving != mapped {
+            return Err(NotReady::ShardsUnsettled { serving, mapped });
+        }
+        Ok(())
+    }
+
     /// The cluster as this node sees it now: registered nodes and gates, the leader, and every
     /// shard's record (a copy of the watched map).
     pub fn cluster_map(&self) -> goverse_cluster::ClusterMap {
@@ -541,6 +599,13 @@ impl Node {
     /// Counters and gauges.
     pub fn stats(&self) -> NodeStats {
         self.inner.stats()
+    }
+
+    /// The registry this node's metrics are in (the one handed to
+    /// [`NodeBuilder::metrics`](crate::NodeBuilder::metrics), or its own): serve
+    /// [`Registry::encode`](goverse_core::metrics::Registry::encode) to Prometheus.
+    pub fn metrics(&self) -> &goverse_core::metrics::Registry {
+        &self.inner.metrics
     }
 
     /// Deactivates idle objects now instead of at the next idle check; returns how many.

@@ -19,6 +19,27 @@ use parking_lot::RwLock;
 pub(crate) struct PushCounters {
     pub(crate) sent: AtomicU64,
     pub(crate) dropped: AtomicU64,
+    /// (sent, dropped) per gate address, kept after the gate goes (its counts stay counts).
+    per_gate: RwLock<HashMap<Arc<str>, Arc<GateCounts>>>,
+}
+
+#[derive(Debug, Default)]
+struct GateCounts {
+    sent: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl PushCounters {
+    fn of(&self, gate: &str) -> Arc<GateCounts> {
+        if let Some(counts) = self.per_gate.read().get(gate) {
+            return counts.clone();
+        }
+        self.per_gate
+            .write()
+            .entry(gate.into())
+            .or_default()
+            .clone()
+    }
 }
 
 /// The node's table of connected gates.
@@ -50,6 +71,22 @@ impl PushHub {
         if gates.get(address).is_some_and(|l| l.serial() == serial) {
             gates.remove(address);
         }
+    }
+
+    /// (gate, pushed, dropped) for every gate pushed to so far, sorted by gate.
+    pub(crate) fn per_gate(&self) -> Vec<(String, u64, u64)> {
+        let mut all: Vec<(String, u64, u64)> = self
+            .counters
+            .per_gate
+            .read()
+            .iter()
+            .map(|(gate, c)| {
+                let sent = c.sent.load(Ordering::Relaxed);
+                (gate.to_string(), sent, c.dropped.load(Ordering::Relaxed))
+            })
+            .collect();
+        all.sort();
+        all
     }
 
     /// Addresses of the connected gates, sorted.
@@ -105,8 +142,9 @@ impl PushHub {
         }
         if !by_gate.is_empty() {
             let any = message.to_any();
-            for (_, link, client_ids) in by_gate {
+            for (gate, link, client_ids) in by_gate {
                 self.send(
+                    gate,
                     &link,
                     Push {
                         client_ids,
@@ -120,10 +158,16 @@ impl PushHub {
     }
 
     pub(crate) fn broadcast(&self, message: impl Message) -> usize {
-        let links: Vec<PeerSink> = self.gates.read().values().cloned().collect();
+        let links: Vec<(Arc<str>, PeerSink)> = self
+            .gates
+            .read()
+            .iter()
+            .map(|(gate, link)| (gate.clone(), link.clone()))
+            .collect();
         let any = message.to_any();
-        for link in &links {
+        for (gate, link) in &links {
             self.send(
+                gate,
                 link,
                 Push {
                     client_ids: Vec::new(),
@@ -135,14 +179,17 @@ impl PushHub {
         links.len()
     }
 
-    fn send(&self, link: &PeerSink, push: Push) {
+    fn send(&self, gate: &str, link: &PeerSink, push: Push) {
+        let counts = self.counters.of(gate);
         if let Err(refused) = link.push(push) {
+            counts.dropped.fetch_add(1, Ordering::Relaxed);
             let dropped = self.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {
                 tracing::warn!(dropped_total = dropped, cause = %refused, "push dropped");
             }
             return;
         }
+        counts.sent.fetch_add(1, Ordering::Relaxed);
         self.counters.sent.fetch_add(1, Ordering::Relaxed);
     }
 }

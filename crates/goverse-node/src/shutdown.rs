@@ -25,6 +25,7 @@ impl NodeInner {
         if !life.begin_stop() {
             return ShutdownReport::default();
         }
+        let started = std::time::Instant::now();
         let deadline = tokio::time::Instant::now() + grace;
         life.background.cancel();
         // A renewal, rejoin or claim pass in progress finishes before the saves (and before
@@ -61,6 +62,8 @@ impl NodeInner {
                 "background tasks did not stop within the shutdown grace"
             );
         }
+        let ok = report.unsaved == 0 && router_stopped && tasks_stopped;
+        self.cluster_counters.stopped(ok, started.elapsed());
         report
     }
 

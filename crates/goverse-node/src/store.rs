@@ -116,6 +116,8 @@ pub(crate) struct StoreCounters {
     /// Writes the store refused for their content alone (found by committing a failed batch in
     /// parts); each is named in the log.
     pub(crate) unsaveable: AtomicU64,
+    /// Writes per committed transaction.
+    pub(crate) commit_batch: goverse_core::metrics::SizeHistogram,
 }
 
 /// The node's handle on its store.
@@ -280,6 +282,7 @@ async fn commit_batch(
         match store.commit(&writes).await {
             Ok(results) => {
                 counters.commits.fetch_add(1, Ordering::Relaxed);
+                counters.commit_batch.observe(range.len() as u64);
                 outcomes.extend(
                     results
                         .into_iter()

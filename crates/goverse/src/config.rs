@@ -177,6 +177,9 @@ pub struct Generate {
     pub gate_port: u16,
     /// The first gate's HTTP port (8081); the others follow.
     pub http_port: u16,
+    /// The first node's operations port (`http_addr`: metrics, health; 9101); the others
+    /// follow.
+    pub ops_port: u16,
 }
 
 impl Default for Generate {
@@ -190,6 +193,7 @@ impl Default for Generate {
             node_port: 47001,
             gate_port: 49001,
             http_port: 8081,
+            ops_port: 9101,
         }
     }
 }
@@ -268,7 +272,7 @@ pub struct NodeEntry {
     /// Where the others reach it (its identity in the cluster); `grpc_addr` when absent.
     #[serde(default)]
     pub advertise_addr: Option<String>,
-    /// Upstream's HTTP port of a node (metrics, health); not served yet, and a warning says so.
+    /// Upstream's HTTP port of a node: `GET /metrics` (Prometheus), `/healthz`, `/ready`.
     #[serde(default)]
     pub http_addr: Option<String>,
 }
@@ -292,9 +296,14 @@ pub struct GateEntry {
     /// The address client ids start with; `grpc_addr` when absent.
     #[serde(default)]
     pub advertise_addr: Option<String>,
-    /// Where the gate serves HTTP/JSON and server-sent events, if it does.
+    /// Where the gate serves HTTP/JSON and server-sent events, if it does (with `/metrics`,
+    /// `/healthz` and `/ready` beside them).
     #[serde(default)]
     pub http_addr: Option<String>,
+    /// Upstream's operations port of a gate: `GET /metrics`, `/healthz`, `/ready` alone (kept
+    /// off the client-facing port).
+    #[serde(default)]
+    pub ops_addr: Option<String>,
 }
 
 impl GateEntry {
@@ -556,6 +565,9 @@ impl ClusterFile {
             }
             check_address(&format!("nodes[{i}].grpc_addr"), &node.grpc_addr)?;
             check_address(&format!("nodes[{i}].advertise_addr"), node.advertise())?;
+            if let Some(http) = &node.http_addr {
+                check_address(&format!("nodes[{i}].http_addr"), http)?;
+            }
             if !addresses.insert(node.advertise().to_owned()) {
                 return Err(InvalidSetting::new(
                     format!("nodes[{i}].advertise_addr"),
@@ -571,6 +583,9 @@ impl ClusterFile {
                 ));
             }
             check_address(&format!("gates[{i}].grpc_addr"), &gate.grpc_addr)?;
+            if let Some(ops) = &gate.ops_addr {
+                check_address(&format!("gates[{i}].ops_addr"), ops)?;
+            }
             if let Some(http) = &gate.http_addr {
                 check_address(&format!("gates[{i}].http_addr"), http)?;
             }
@@ -760,7 +775,7 @@ impl ClusterFile {
                     id: format!("node-{}", n + 1),
                     grpc_addr: port(g.node_port, n),
                     advertise_addr: None,
-                    http_addr: None,
+                    http_addr: Some(port(g.ops_port, n)),
                 })
                 .collect(),
             gates: (0..g.gates)
@@ -769,6 +784,7 @@ impl ClusterFile {
                     grpc_addr: port(g.gate_port, n),
                     advertise_addr: None,
                     http_addr: Some(port(g.http_port, n)),
+                    ops_addr: None,
                 })
                 .collect(),
             object_access_rules: Vec::new(),

@@ -50,9 +50,9 @@ pub use goverse_core::{
 pub use goverse_macros::{method, object};
 pub use goverse_node::{
     AutoLoad, AutoLoadScope, CallOptions, Caller, Dispatch, Durability, MAX_CALL_ID_CHARS,
-    MethodKind, MethodSpec, Node, NodeBuilder, NodeConfig, NodeError, NodeStats, Object,
-    ObjectContext, ObjectError, ReliableOutcome, ReliableStatus, ShutdownReport, TypeInfo,
-    TypeOptions, from_json_state, json_state, to_json_state,
+    MethodKind, MethodSpec, Node, NodeBuilder, NodeConfig, NodeError, NodeStats,
+    NotReady as NodeNotReady, Object, ObjectContext, ObjectError, ReliableOutcome, ReliableStatus,
+    ShutdownReport, TypeInfo, TypeOptions, from_json_state, json_state, to_json_state,
 };
 /// The node service: serve a node's objects to gates (`goverse::serve(node, listener, shutdown)`).
 pub use goverse_node::{ServeError, serve, serve_incoming};
@@ -68,6 +68,13 @@ pub mod gate {
 
 pub mod config;
 pub mod run;
+
+/// Metrics: the registry nodes and gates add theirs to (`NodeBuilder::metrics`,
+/// `GateConfig::metrics`), served as Prometheus text at `/metrics`; an application registers
+/// its own `prometheus-client` metrics with [`metrics::Registry::with_prometheus`].
+pub mod metrics {
+    pub use goverse_core::metrics::*;
+}
 
 /// The node protocol: links to nodes, and the router that sends each call to the node serving
 /// its object by the cluster's shard map.

@@ -237,6 +237,15 @@ pub async fn shutdown_hurried_by_a_second_signal(
     }
 }
 
+/// `GET /metrics`, `/healthz` and `/ready` of `node` (its `http_addr` port).
+pub fn node_ops_router(node: &Node) -> axum::Router {
+    let ready = node.clone();
+    goverse_gate::ops_router(
+        node.metrics().clone(),
+        std::sync::Arc::new(move || ready.readiness().map_err(|why| why.to_string())),
+    )
+}
+
 /// Runs node `flags.node_id` of the file until SIGTERM or Ctrl-C, with the object types
 /// `register` adds (see the module docs).
 pub async fn run_node(
@@ -250,9 +259,19 @@ pub async fn run_node(
     if file.inspector.is_some() {
         tracing::warn!("the inspector section is not used yet");
     }
-    if entry.http_addr.is_some() {
-        tracing::warn!(node = %entry.id, "a node's http_addr is not served yet");
-    }
+    let ops_listener = match &entry.http_addr {
+        Some(address) => {
+            Some(
+                TcpListener::bind(address)
+                    .await
+                    .map_err(|cause| RunError::Listen {
+                        address: address.clone(),
+                        cause,
+                    })?,
+            )
+        }
+        None => None,
+    };
     let listener = TcpListener::bind(&entry.grpc_addr)
         .await
         .map_err(|cause| RunError::Listen {
@@ -270,14 +289,39 @@ pub async fn run_node(
     let service = tokio::spawn(crate::serve(node.clone(), listener, async {
         let _ = stopped.await;
     }));
+    let (ops_stop, ops_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(ops_listener) = ops_listener {
+        let router = node_ops_router(&node);
+        let limits = file.connection_limits();
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = ops_stopped.await;
+            };
+            let served = goverse_gate::serve_router(
+                ops_listener,
+                router,
+                limits,
+                "node operations HTTP",
+                stopped,
+                || {},
+            );
+            if let Err(err) = served.await {
+                tracing::error!(cause = %err, "the operations port stopped");
+            }
+        });
+    }
     let stopping = crate::stop_signal();
     println!(
-        "node {} ({}) serving on {}; {} shards; store {}",
+        "node {} ({}) serving on {}; {} shards; store {}{}",
         entry.id,
         node.address(),
         entry.grpc_addr,
         file.cluster.shards,
-        store.as_ref().map_or("none".to_owned(), |s| s.describe())
+        store.as_ref().map_or("none".to_owned(), |s| s.describe()),
+        entry
+            .http_addr
+            .as_ref()
+            .map_or(String::new(), |h| format!("; metrics http://{h}/metrics"))
     );
     stopping.await;
     println!("stopping: handing shards over and saving (a second signal stops waiting)");
@@ -294,6 +338,7 @@ pub async fn run_node(
         }
     }
     let _ = stop.send(());
+    let _ = ops_stop.send(());
     let wait = if hurried {
         Duration::from_millis(100)
     } else {

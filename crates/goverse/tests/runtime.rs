@@ -1073,3 +1073,99 @@ async fn a_hurried_shutdown_saves_what_is_idle_and_leaves_the_busy_object() {
     }
     busy.abort();
 }
+
+/// The node's metrics follow what it did: calls per method and outcome (a method's own error
+/// is a failure), queue wait and execution per method, the objects gauge up with activations
+/// and back down after idle deactivation, shards served, all in the Prometheus text the
+/// registry writes.
+#[tokio::test(start_paused = true)]
+async fn metrics_count_calls_by_method_and_outcome_and_the_objects_gauge_goes_down() {
+    let registry = goverse::metrics::Registry::new();
+    let shared = Arc::new(Shared::default());
+    let options = TypeOptions::<Probe>::with_factory(move |_| Probe {
+        shared: shared.clone(),
+        ready: false,
+        log: Vec::new(),
+    })
+    .idle_timeout(Duration::from_secs(5));
+    let config = NodeConfig {
+        idle_check_interval: Some(Duration::from_millis(20)),
+        ..config()
+    };
+    let node = Node::builder(config)
+        .metrics(registry.clone())
+        .register_with(options)
+        .start()
+        .await
+        .unwrap();
+    for i in 0..10 {
+        ProbeRef::new(format!("o{i}"))
+            .append(&node, Int32Value { value: i })
+            .await
+            .unwrap();
+    }
+    for i in 0..3 {
+        ProbeRef::new(format!("o{i}"))
+            .fail_with_code(&node, Empty {})
+            .await
+            .unwrap_err();
+    }
+    let scrape = registry.scrape();
+    let calls = |method: &str, status: &str| {
+        scrape.sum(
+            "goverse_method_calls_total",
+            &[
+                ("object_type", "Probe"),
+                ("method_name", method),
+                ("status", status),
+            ],
+        )
+    };
+    assert_eq!(calls("Append", "success"), 10);
+    assert_eq!(calls("Append", "failure"), 0);
+    assert_eq!(calls("Fail", "failure"), 3);
+    assert_eq!(
+        scrape.sum(
+            "goverse_method_queue_wait_seconds",
+            &[("method_name", "Append")]
+        ),
+        10
+    );
+    assert_eq!(
+        scrape.sum(
+            "goverse_method_execution_seconds",
+            &[("method_name", "Append")]
+        ),
+        10
+    );
+    assert_eq!(scrape.sum("goverse_shard_method_calls_total", &[]), 13);
+    assert_eq!(
+        scrape.sum("goverse_objects_total", &[("type", "Probe")]),
+        10
+    );
+    assert_eq!(scrape.sum("goverse_shards_total", &[]), 64);
+    assert_eq!(scrape.sum("goverse_activations_total", &[]), 10);
+
+    // Idle past the type's timeout: the node's idle sweep closes all ten.
+    assert_eventually!(registry.scrape().sum("goverse_objects_total", &[]) == 0);
+    let scrape = registry.scrape();
+    assert_eq!(scrape.sum("goverse_objects_total", &[]), 0);
+    assert_eq!(scrape.sum("goverse_deactivations_total", &[]), 10);
+
+    let text = registry.encode();
+    assert!(
+        text.contains("# TYPE goverse_method_calls_total counter"),
+        "{text}"
+    );
+    assert!(text.contains(
+        "goverse_method_calls_total{node=\"127.0.0.1:47000\",object_type=\"Probe\",method_name=\"Append\",status=\"success\"} 10"
+    ), "{text}");
+    node.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(
+        node.metrics()
+            .scrape()
+            .samples("goverse_node_stop_duration_seconds")
+            .len(),
+        1
+    );
+}

@@ -1,0 +1,143 @@
+//! The operations endpoints every process of a cluster serves: `GET /metrics` (Prometheus text),
+//! `GET /healthz` (the process answers) and `GET /ready` (it serves now; 503 with the reason
+//! otherwise), and the hardened HTTP serving loop the gate's and these ports share.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use goverse_core::metrics::{CONTENT_TYPE, Registry};
+use goverse_transport::ConnectionLimits;
+use serde_json::json;
+
+/// Whether the process serves now, or why not (what `/ready` reports).
+pub type ReadyCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+#[derive(Clone)]
+struct Ops {
+    metrics: Registry,
+    ready: ReadyCheck,
+}
+
+/// `GET /metrics`, `GET /healthz` and `GET /ready` for a process whose metrics are in
+/// `metrics` and whose readiness `ready` tells.
+pub fn ops_router(metrics: Registry, ready: ReadyCheck) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(healthz_handler))
+        .route("/ready", get(ready_handler))
+        .with_state(Ops { metrics, ready })
+}
+
+/// Serves `GET /metrics` from `metrics` (to merge into a router of one's own).
+pub fn metrics_route(metrics: Registry) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_only))
+        .with_state(metrics)
+}
+
+async fn metrics_only(State(metrics): State<Registry>) -> Response {
+    encoded(&metrics)
+}
+
+pub(crate) fn encoded(metrics: &Registry) -> Response {
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], metrics.encode()).into_response()
+}
+
+async fn metrics_handler(State(ops): State<Ops>) -> Response {
+    encoded(&ops.metrics)
+}
+
+async fn healthz_handler() -> Response {
+    axum::Json(json!({"status": "ok"})).into_response()
+}
+
+async fn ready_handler(State(ops): State<Ops>) -> Response {
+    match (ops.ready)() {
+        Ok(()) => axum::Json(json!({"status": "ready"})).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "not ready", "reason": reason})),
+        )
+            .into_response(),
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, holding every connection to
+/// `limits` (a cap on open connections, an idle timeout, a deadline for an HTTP/1 request's
+/// headers; HTTP/2 with bounded streams and header lists). At shutdown `on_stop` runs (to end
+/// long-lived streams), open requests finish within `limits.drain_timeout`, and what is left
+/// is closed. `what` names the port in logs.
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+    what: &'static str,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    on_stop: impl FnOnce(),
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tower::ServiceExt as _;
+    let mut acceptor = goverse_transport::Acceptor::new(listener, limits, what);
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(crate::grpc::MAX_STREAMS_PER_CONNECTION)
+        .max_header_list_size(crate::grpc::MAX_HEADER_LIST_BYTES)
+        .max_pending_accept_reset_streams(64)
+        .keep_alive_interval(Some(Duration::from_secs(15)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (io, remote) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = acceptor.accept() => accepted,
+        };
+        // Finished connections are reaped as new ones come.
+        while connections.try_join_next().is_some() {}
+        let service =
+            router
+                .clone()
+                .map_request(move |request: hyper::Request<hyper::body::Incoming>| {
+                    let mut request = request.map(Body::new);
+                    request.extensions_mut().insert(ConnectInfo(remote));
+                    request
+                });
+        let service = hyper_util::service::TowerToHyperService::new(service);
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        connections.spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(peer = %remote, cause = %err, "HTTP connection ended");
+            }
+        });
+    }
+    on_stop();
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = connections.len(),
+            port = what,
+            "HTTP connections still open after the drain deadline; closing them"
+        );
+    }
+    connections.shutdown().await;
+    Ok(())
+}
