@@ -56,6 +56,10 @@ pub(crate) struct ClusterArgs {
     /// same run.
     #[arg(long)]
     baseline: bool,
+    /// Record each call's metrics (duration, queue wait, execution); `false` measures the same
+    /// build with per-call recording off, for the overhead.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    call_metrics: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -143,6 +147,10 @@ pub(crate) struct LocalArgs {
     /// are measured against, in the same run.
     #[arg(long)]
     baseline: bool,
+    /// Record each call's metrics (duration, queue wait, execution); `false` measures the same
+    /// build with per-call recording off, for the overhead.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    call_metrics: bool,
     #[command(flatten)]
     postgres: PostgresArgs,
 }
@@ -192,13 +200,17 @@ async fn open_store(
     })
 }
 
-async fn start_node(store: Option<Arc<dyn ObjectStore>>) -> anyhow::Result<Node> {
+async fn start_node(
+    store: Option<Arc<dyn ObjectStore>>,
+    call_metrics: bool,
+) -> anyhow::Result<Node> {
     let config = NodeConfig {
         idle_timeout: Duration::ZERO,
         save_interval: Duration::ZERO,
         ..NodeConfig::default()
     };
     let mut builder = Node::builder(config)
+        .call_metrics(call_metrics)
         .register::<Counter>()
         .register::<DurableCounter>();
     if let Some(store) = store {
@@ -214,7 +226,7 @@ async fn give_saved_state(
     ids: &Arc<Vec<ObjectId>>,
     callers: usize,
 ) -> anyhow::Result<()> {
-    let node = start_node(Some(store)).await?;
+    let node = start_node(Some(store), true).await?;
     let mut tasks = Vec::new();
     for c in 0..callers.max(1) {
         let (node, ids) = (node.clone(), ids.clone());
@@ -292,7 +304,7 @@ async fn local(args: LocalArgs) -> anyhow::Result<()> {
             }
             give_saved_state(store.clone(), &ids, args.callers).await?;
         }
-        let node = start_node(store.clone()).await?;
+        let node = start_node(store.clone(), args.call_metrics).await?;
         let before = resident_bytes();
         let elapsed = activate_all(&node, "Counter", ids.clone(), args.callers).await?;
         let after = resident_bytes();
@@ -334,7 +346,7 @@ async fn local(args: LocalArgs) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let node = start_node(store.clone()).await?;
+    let node = start_node(store.clone(), args.call_metrics).await?;
     let durable = args.durability == DurabilityKind::WriteThrough;
     let type_name = if durable { "DurableCounter" } else { "Counter" };
     activate_all(&node, type_name, ids.clone(), args.callers).await?;
@@ -594,6 +606,7 @@ async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
             ..NodeConfig::default()
         };
         let node = Node::builder(config)
+            .call_metrics(args.call_metrics)
             .register::<Counter>()
             .register::<DurableCounter>()
             .cluster_store(coordinator.clone())

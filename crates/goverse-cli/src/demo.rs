@@ -49,6 +49,10 @@ pub(crate) struct DemoArgs {
     /// Idle timeout of objects (the node default is 15 minutes; the tour uses 1 s).
     #[arg(long, value_parser = parse_duration)]
     idle_timeout: Option<Duration>,
+    /// Record each call's metrics (duration, queue wait, execution); `false` serves the same
+    /// build with per-call recording off (to measure its cost with `bench gate`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    call_metrics: bool,
     /// The node service address (gates connect here).
     #[arg(long, default_value = "127.0.0.1:47000")]
     node_listen: String,
@@ -171,6 +175,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let metrics = goverse::metrics::Registry::new();
     let builder = Node::builder(config)
         .metrics(metrics.clone())
+        .call_metrics(args.call_metrics)
         .register_with(counter)
         .register_with(durable)
         .object_store(store.clone());

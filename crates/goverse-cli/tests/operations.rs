@@ -57,6 +57,47 @@ fn shards_per_node(scrapes: &[prometheus_parse::Scrape]) -> Vec<f64> {
         .collect()
 }
 
+/// Every query of `deploy/grafana/goverse.json` names only metric families `served` (the text
+/// of the cluster's `/metrics`) declares.
+fn dashboard_reads_only(served: &str) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/grafana/goverse.json"
+    );
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut queries = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            queries += 1;
+            let names: Vec<&str> = expr
+                .match_indices("goverse_")
+                .map(|(at, _)| {
+                    let len = expr[at..]
+                        .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                        .unwrap_or(expr.len() - at);
+                    &expr[at..at + len]
+                })
+                .collect();
+            assert!(!names.is_empty(), "{expr} reads no goverse metric");
+            for metric in names {
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| metric.strip_suffix(suffix))
+                    .filter(|f| served.contains(&format!("# TYPE {f} histogram")))
+                    .unwrap_or(metric);
+                assert!(
+                    served.contains(&format!("# TYPE {family} ")),
+                    "panel {:?} reads {metric}, which no process serves",
+                    panel["title"]
+                );
+            }
+        }
+    }
+    assert!(queries >= 20, "{queries} queries");
+}
+
 async fn get_status(url: &str) -> (u16, serde_json::Value) {
     let response = reqwest::get(url).await.expect("answers");
     let status = response.status().as_u16();
@@ -218,6 +259,13 @@ async fn a_three_node_cluster_s_metrics_match_the_calls_made_and_health_is_serve
         sum(&scrapes, "goverse_objects_total", &[("type", "Counter")]),
         20.0
     );
+
+    // The Grafana dashboard in the repository asks only for metrics the cluster serves.
+    let mut served = String::new();
+    for url in metrics_urls.iter().chain([&format!("{gate_ops}/metrics")]) {
+        served.push_str(&reqwest::get(url).await.unwrap().text().await.unwrap());
+    }
+    dashboard_reads_only(&served);
 
     // The gate's operations port: its own metrics, with upstream's names.
     let gate = scrape(&format!("{gate_ops}/metrics")).await;

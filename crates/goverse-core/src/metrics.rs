@@ -332,6 +332,16 @@ impl Scrape {
     }
 }
 
+/// A point in time for measuring durations on hot paths: read from the CPU's time-stamp counter
+/// where it is invariant (a few nanoseconds; `std::time::Instant` costs ~20 ns), monotonic.
+pub type Stamp = quanta::Instant;
+
+/// Now, as a [`Stamp`].
+#[inline]
+pub fn stamp() -> Stamp {
+    quanta::Instant::now()
+}
+
 /// How many stripes a striped metric spreads over.
 const STRIPES: usize = 8;
 
@@ -460,6 +470,105 @@ impl LatencyHistogram {
             sum: sum_ns as f64 / 1e9,
             buckets,
         }
+    }
+}
+
+/// Durations bucketed as [`LatencyHistogram`]'s, written by one thread only (see
+/// [`PerThread`]): adding is a plain load and store, no locked instruction.
+#[derive(Default)]
+pub struct LatencyCells {
+    buckets: [AtomicU64; 20],
+    sum_ns: AtomicU64,
+}
+
+impl fmt::Debug for LatencyCells {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LatencyCells")
+    }
+}
+
+impl LatencyCells {
+    /// Records one duration. Only the owning thread may call this.
+    #[inline]
+    pub fn add(&self, elapsed: Duration) {
+        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = LATENCY_BOUNDS_NS
+            .iter()
+            .position(|bound| ns <= *bound)
+            .unwrap_or(LATENCY_BOUNDS_NS.len());
+        let cell = &self.buckets[bucket];
+        cell.store(cell.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        self.sum_ns.store(
+            self.sum_ns.load(Ordering::Relaxed).wrapping_add(ns),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The observations of every thread's cells.
+    pub fn sum<'a>(cells: impl IntoIterator<Item = &'a LatencyCells>) -> HistogramSnapshot {
+        let mut counts = [0u64; 20];
+        let mut sum_ns = 0u64;
+        for c in cells {
+            for (total, bucket) in counts.iter_mut().zip(&c.buckets) {
+                *total += bucket.load(Ordering::Relaxed);
+            }
+            sum_ns = sum_ns.wrapping_add(c.sum_ns.load(Ordering::Relaxed));
+        }
+        let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(counts)
+            .collect();
+        HistogramSnapshot {
+            count: counts.iter().sum(),
+            sum: sum_ns as f64 / 1e9,
+            buckets,
+        }
+    }
+}
+
+/// One `T` per thread that records, made on the thread's first use: each thread writes only its
+/// own (so single-writer cells such as [`LatencyCells`] need no locked instructions), a scrape
+/// reads them all.
+pub struct PerThread<T: Send> {
+    cells: thread_local::ThreadLocal<T>,
+    make: fn() -> T,
+}
+
+impl<T: Send> fmt::Debug for PerThread<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PerThread")
+    }
+}
+
+impl<T: Send + Default> Default for PerThread<T> {
+    fn default() -> Self {
+        Self::new(T::default)
+    }
+}
+
+impl<T: Send> PerThread<T> {
+    /// Cells made with `make`.
+    pub fn new(make: fn() -> T) -> Self {
+        Self {
+            cells: thread_local::ThreadLocal::new(),
+            make,
+        }
+    }
+
+    /// The calling thread's cell.
+    #[inline]
+    pub fn local(&self) -> &T {
+        self.cells.get_or(self.make)
+    }
+
+    /// Every thread's cell.
+    pub fn all(&self) -> impl Iterator<Item = &T>
+    where
+        T: Sync,
+    {
+        self.cells.iter()
     }
 }
 
@@ -605,6 +714,27 @@ mod tests {
         assert_eq!(at(0.002_5), 1);
         assert_eq!(at(f64::INFINITY), 1);
         assert!((snapshot.sum - 20.002_927).abs() < 1e-9, "{}", snapshot.sum);
+    }
+
+    #[test]
+    fn per_thread_cells_sum_every_thread_exactly() {
+        let cells: Arc<PerThread<LatencyCells>> = Arc::new(PerThread::default());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let cells = cells.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        cells.local().add(Duration::from_micros(30));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let snapshot = LatencyCells::sum(cells.all());
+        assert_eq!(snapshot.count, 4000);
+        assert_eq!(snapshot.buckets[2], (0.000_05, 4000));
     }
 
     #[test]

@@ -218,7 +218,7 @@ impl NodeInner {
         let work = async move {
             match self.turn_on(target, kind, chain, deadline).await {
                 Ok((activation, permit)) => {
-                    let granted = started.map(|_| std::time::Instant::now());
+                    let granted = started.map(|_| goverse_core::metrics::stamp());
                     let result = Detached::new(
                         activation.run(permit, index, request, deadline, client),
                         &self.lifecycle.tasks,
@@ -378,7 +378,7 @@ impl NodeInner {
                 }
                 Err(err) => return skipped(err),
             };
-            let granted = started.map(|_| std::time::Instant::now());
+            let granted = started.map(|_| goverse_core::metrics::stamp());
             let call = ReliableRequest {
                 call_id: shared_id,
                 method: index,

@@ -12,26 +12,44 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use goverse_core::ShardId;
-use goverse_core::metrics::{Kind, LatencyHistogram, Scrape, Source};
+use goverse_core::metrics::{
+    HistogramSnapshot, Kind, LatencyCells, LatencyHistogram, PerThread, Scrape, Source, Stamp,
+    stamp,
+};
 use parking_lot::Mutex;
 
 use crate::node::{FastMap, NodeInner};
 use crate::registry::TypeEntry;
 
-/// One method's calls on this node.
+/// One method's calls on one thread (see [`PerThread`]).
 #[derive(Debug, Default)]
+struct MethodCells {
+    /// Whole calls on this node (waiting for the turn and running), by outcome.
+    succeeded: LatencyCells,
+    failed: LatencyCells,
+    /// From arriving at the node to holding the turn (includes activating the object).
+    wait: LatencyCells,
+    /// The method's run, with a write-through commit.
+    run: LatencyCells,
+}
+
+/// One method's calls on this node.
+#[derive(Debug)]
 pub(crate) struct MethodCalls {
     name: &'static str,
-    /// Whole calls on this node (waiting for the turn and running), by outcome.
-    succeeded: LatencyHistogram,
-    failed: LatencyHistogram,
-    /// From arriving at the node to holding the turn (includes activating the object).
-    wait: LatencyHistogram,
-    /// The method's run, with a write-through commit.
-    run: LatencyHistogram,
+    cells: PerThread<MethodCells>,
+}
+
+/// Which of a method's histograms to read.
+type Pick = fn(&MethodCells) -> &LatencyCells;
+
+impl MethodCalls {
+    fn snapshot(&self, pick: Pick) -> HistogramSnapshot {
+        LatencyCells::sum(self.cells.all().map(pick))
+    }
 }
 
 /// The per-call figures of a node.
@@ -39,8 +57,9 @@ pub(crate) struct MethodCalls {
 pub(crate) struct CallMetrics {
     enabled: bool,
     types: FastMap<&'static str, Box<[MethodCalls]>>,
-    /// Calls run per shard (the node's own slot last).
-    shard_calls: Box<[AtomicU64]>,
+    /// Calls run per shard (the node's own slot last), per thread.
+    shard_calls: PerThread<Box<[AtomicU64]>>,
+    shard_count: usize,
 }
 
 impl CallMetrics {
@@ -57,23 +76,25 @@ impl CallMetrics {
                     .iter()
                     .map(|m| MethodCalls {
                         name: m.name,
-                        ..MethodCalls::default()
+                        cells: PerThread::default(),
                     })
                     .collect();
                 (*name, methods)
             })
             .collect();
+        SHARD_SLOTS.store(shard_count as usize + 1, Ordering::Relaxed);
         Self {
             enabled,
             types,
-            shard_calls: (0..=shard_count).map(|_| AtomicU64::new(0)).collect(),
+            shard_calls: PerThread::new(shard_slots),
+            shard_count: shard_count as usize + 1,
         }
     }
 
     /// When recording starts for a call (`None` with recording off).
     #[inline]
-    pub(crate) fn start(&self) -> Option<Instant> {
-        self.enabled.then(Instant::now)
+    pub(crate) fn start(&self) -> Option<Stamp> {
+        self.enabled.then(stamp)
     }
 
     /// Records a call of method `method` of `type_name` that arrived at `started`, held its
@@ -83,28 +104,51 @@ impl CallMetrics {
         type_name: &str,
         method: usize,
         shard: ShardId,
-        started: Instant,
-        granted: Option<Instant>,
+        started: Stamp,
+        granted: Option<Stamp>,
         ok: bool,
     ) {
         let Some(calls) = self.types.get(type_name).and_then(|m| m.get(method)) else {
             return;
         };
-        let now = Instant::now();
-        let total = now - started;
+        let now = stamp();
+        let total = now.saturating_duration_since(started);
+        let cells = calls.cells.local();
         if ok {
-            calls.succeeded.observe(total);
+            cells.succeeded.add(total);
         } else {
-            calls.failed.observe(total);
+            cells.failed.add(total);
         }
         if let Some(granted) = granted {
-            calls.wait.observe(granted - started);
-            calls.run.observe(now - granted);
+            cells.wait.add(granted.saturating_duration_since(started));
+            cells.run.add(now.saturating_duration_since(granted));
         }
-        if let Some(count) = self.shard_calls.get(shard.0 as usize) {
-            count.fetch_add(1, Ordering::Relaxed);
+        if let Some(count) = self.shard_calls.local().get(shard.0 as usize) {
+            // This thread's own cell: no other thread writes it.
+            count.store(count.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         }
     }
+
+    /// Calls run per shard, every thread's summed (the node's own slot last).
+    fn per_shard(&self) -> Vec<u64> {
+        let mut totals = vec![0u64; self.shard_count];
+        for counts in self.shard_calls.all() {
+            for (total, count) in totals.iter_mut().zip(counts.iter()) {
+                *total += count.load(Ordering::Relaxed);
+            }
+        }
+        totals
+    }
+}
+
+/// Slots of the per-thread shard counters (nodes of one process share a shard count, which the
+/// cluster settles; the largest asked for is used).
+static SHARD_SLOTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn shard_slots() -> Box<[AtomicU64]> {
+    (0..SHARD_SLOTS.load(Ordering::Relaxed))
+        .map(|_| AtomicU64::new(0))
+        .collect()
 }
 
 /// The node's counters of its membership and shutdown.
@@ -232,8 +276,10 @@ impl NodeInner {
         types.sort_by_key(|(name, _)| **name);
         for (type_name, methods) in types {
             for m in methods.iter() {
-                for (ok, histogram) in [(true, &m.succeeded), (false, &m.failed)] {
-                    let snapshot = histogram.snapshot();
+                let outcomes: [(bool, Pick); 2] =
+                    [(true, |c| &c.succeeded), (false, |c| &c.failed)];
+                for (ok, pick) in outcomes {
+                    let snapshot = m.snapshot(pick);
                     if snapshot.count == 0 {
                         // Methods never called (or never failing) add no series.
                         continue;
@@ -257,7 +303,7 @@ impl NodeInner {
                         snapshot,
                     );
                 }
-                let wait = m.wait.snapshot();
+                let wait = m.snapshot(|c| &c.wait);
                 if wait.count == 0 {
                     continue;
                 }
@@ -276,7 +322,7 @@ impl NodeInner {
                     "goverse_method_execution_seconds",
                     "Time methods ran (with a write-through commit), in seconds",
                     &labels,
-                    m.run.snapshot(),
+                    m.snapshot(|c| &c.run),
                 );
             }
         }
@@ -285,9 +331,9 @@ impl NodeInner {
             "Method calls run, by shard",
             Kind::Counter,
         );
-        for (shard, count) in calls.shard_calls.iter().enumerate() {
-            let count = count.load(Ordering::Relaxed);
-            if count > 0 && shard < calls.shard_calls.len() - 1 {
+        let per_shard = calls.per_shard();
+        for (shard, count) in per_shard.iter().copied().enumerate() {
+            if count > 0 && shard < per_shard.len() - 1 {
                 out.counter(
                     "goverse_shard_method_calls_total",
                     "Method calls run, by shard",
