@@ -61,11 +61,13 @@ fi
 mkdir -p "$dir"
 dir="$(cd "$dir" && pwd)"
 
-# Ports: etcd client and peer, then the nodes, then the gates' gRPC and HTTP ports.
+# Ports: etcd client and peer, then the nodes, then the gates' gRPC and HTTP ports, then the
+# nodes' operations ports (metrics, health).
 etcd_port=$port_base
 node_port=$((port_base + 10))
 gate_port=$((node_port + nodes))
 http_port=$((gate_port + gates))
+ops_port=$((http_port + gates))
 
 pids=()
 names=()
@@ -141,7 +143,8 @@ done
 config="$dir/cluster.yml"
 "$bin_dir/goverse" config gen --nodes "$nodes" --gates "$gates" --shards "$shards" \
   --etcd "127.0.0.1:$etcd_port" --sqlite "$dir/objects.db" \
-  --node-port "$node_port" --gate-port "$gate_port" --http-port "$http_port" -o "$config"
+  --node-port "$node_port" --gate-port "$gate_port" --http-port "$http_port" \
+  --ops-port "$ops_port" -o "$config"
 # The demo's monitors, and a short stability window for a demo: every process reads these.
 export GOVERSE_CLUSTER__AUTO_LOAD_OBJECTS='[{type: GlobalMonitor, id: GlobalMonitor}, {type: ShardMonitor, id: ShardMonitor, per_shard: true}, {type: NodeMonitor, id: NodeMonitor, per_node: true}]'
 export GOVERSE_CLUSTER__CLUSTER_STATE_STABILITY_DURATION=2s

@@ -290,10 +290,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
         Ok(Ok(Ok(()))) => {}
     }
-    println!(
-        "stopped: {} objects closed, {} saved, {} unsaved",
-        report.deactivated, report.saved, report.unsaved
-    );
+    println!("stopped: {report}");
     if report.unsaved > 0 {
         anyhow::bail!("{} object states could not be saved", report.unsaved);
     }

@@ -97,12 +97,7 @@ enum Command {
 }
 
 fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    goverse::run::init_logging(default);
 }
 
 /// Lets a command that only prints end quietly when its reader goes away (`goverse cluster

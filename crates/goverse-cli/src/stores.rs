@@ -41,6 +41,10 @@ struct PostgresSection {
     sslmode: String,
     /// Ours: connections in the pool.
     pool_size: Option<usize>,
+    /// Upstream's name for the pool's size.
+    max_open_conns: Option<usize>,
+    /// Upstream's idle connections kept.
+    max_idle_conns: Option<usize>,
     /// Ours: `statement_timeout`, as `10s`, `500ms`.
     statement_timeout: Option<String>,
 }
@@ -78,9 +82,12 @@ pub(crate) fn postgres_from_file(path: &Path) -> anyhow::Result<PostgresConfig> 
         &section.database,
         &section.sslmode,
     );
-    if let Some(size) = section.pool_size {
+    if let Some(size) = section.pool_size.or(section.max_open_conns) {
         config.pool_size = size;
     }
+    config.max_idle = section
+        .max_idle_conns
+        .map(|idle| idle.min(config.pool_size));
     if let Some(timeout) = &section.statement_timeout {
         config.statement_timeout = parse_duration(timeout)
             .map_err(|e| anyhow::anyhow!("{}: postgres.statement_timeout: {e}", path.display()))?;

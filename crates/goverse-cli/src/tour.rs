@@ -224,10 +224,7 @@ pub(crate) async fn run(data_dir: Option<PathBuf>, idle_timeout: Duration) -> an
 
     step("Shutdown");
     let report = node.shutdown(Duration::from_secs(10)).await;
-    println!(
-        "  {} activations closed, {} states saved, {} unsaved; shards released, lease revoked",
-        report.deactivated, report.saved, report.unsaved
-    );
+    println!("  {report}; shards released, lease revoked");
     if report.unsaved > 0 {
         anyhow::bail!("{} object states could not be saved", report.unsaved);
     }

@@ -272,11 +272,20 @@ fn demo_serves_until_sigterm_then_saves_and_exits_zero() {
             ])
             .arg("--data-dir")
             .arg(data.path())
+            // Logs for a log shipper: JSON lines on standard error (a pipe, not a terminal).
+            .env("RUST_LOG", "info")
+            .env("GOVERSE_LOG_FORMAT", "json")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap(),
     );
+    let stderr = child.0.stderr.take().unwrap();
+    let logs = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut text).unwrap();
+        text
+    });
     let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
     let mut printed = String::new();
     for line in lines.by_ref() {
@@ -417,6 +426,24 @@ fn demo_serves_until_sigterm_then_saves_and_exits_zero() {
     );
     assert!(squat.starts_with("HTTP/1.1 403"), "{squat}");
 
+    // Operations endpoints on the demo's HTTP port, node and gate in one registry.
+    let metrics = http_get(&http, "/metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(
+        metrics.contains("goverse_method_calls_total{node="),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("goverse_gate_active_clients{gate="),
+        "{metrics}"
+    );
+    assert!(http_get(&http, "/healthz").starts_with("HTTP/1.1 200"));
+    let ready = http_get(&http, "/ready");
+    assert!(
+        ready.starts_with("HTTP/1.1 200") && ready.contains("ready"),
+        "{ready}"
+    );
+
     let status = Command::new("kill")
         .args(["-TERM", &child.0.id().to_string()])
         .status()
@@ -425,8 +452,28 @@ fn demo_serves_until_sigterm_then_saves_and_exits_zero() {
     let rest: Vec<String> = lines.map(Result::unwrap).collect();
     let exit = child.0.wait().unwrap();
     assert_eq!(exit.code(), Some(0), "{rest:?}");
+    let logs = logs.join().unwrap();
     assert!(
-        rest.iter().any(|l| l.contains("3 saved, 0 unsaved")),
+        !logs.contains('\u{1b}'),
+        "colour codes in logs that go to a pipe:\n{logs}"
+    );
+    let mut entries = 0;
+    for line in logs.lines().filter(|l| !l.trim().is_empty()) {
+        let entry: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|err| panic!("a log line is not JSON ({err}): {line}"));
+        assert!(
+            entry["level"].is_string() && entry["fields"].is_object(),
+            "{line}"
+        );
+        entries += 1;
+    }
+    assert!(
+        logs.contains("node started") && entries > 0,
+        "no node start logged:\n{logs}"
+    );
+    assert!(
+        rest.iter()
+            .any(|l| l.contains("3 saved now, 0 saved before, 0 unsaved")),
         "{rest:?}"
     );
 

@@ -193,10 +193,13 @@ async fn a_cluster_from_one_file_survives_kill_restart_and_pause_without_losing_
         database: "cluster".to_owned(),
         sslmode: "disable".to_owned(),
         pool_size: None,
+        max_open_conns: None,
+        max_idle_conns: None,
         statement_timeout: Some(Duration::from_secs(2)),
     });
     for node in &mut file.nodes {
         node.grpc_addr = format!("127.0.0.1:{}", free_port());
+        node.http_addr = Some(format!("127.0.0.1:{}", free_port()));
     }
     for gate in &mut file.gates {
         gate.grpc_addr = format!("127.0.0.1:{}", free_port());
@@ -549,7 +552,7 @@ fn generated(
     shards: &str,
 ) -> goverse::config::ClusterFile {
     let db = dir.join("objects.db");
-    let base = free_ports_in_a_row(16);
+    let base = free_ports_in_a_row(24);
     let out = goverse(&[
         "config",
         "gen",
@@ -563,14 +566,16 @@ fn generated(
         &etcd.endpoint(),
         "--sqlite",
         db.to_str().unwrap(),
-        // The generator numbers each kind's ports up from these: up to eight nodes and four
-        // gates.
+        // The generator numbers each kind's ports up from these: up to eight nodes (and
+        // their operations ports) and four gates.
         "--node-port",
         &base.to_string(),
         "--gate-port",
         &(base + 8).to_string(),
         "--http-port",
         &(base + 12).to_string(),
+        "--ops-port",
+        &(base + 16).to_string(),
     ]);
     assert!(
         out.status.success(),

@@ -285,7 +285,7 @@ async fn demo_sigterm_saves_first_and_stalled_connections_do_not_hold_it() {
         demo.process
             .output()
             .iter()
-            .any(|l| l.contains("10 saved, 0 unsaved")),
+            .any(|l| l.contains("10 saved now, 0 saved before, 0 unsaved")),
         "{:?}",
         demo.process.output()
     );

@@ -30,9 +30,10 @@ impl Access {
     }
 }
 
-/// One `object_access_rules` entry.
+/// One `object_access_rules` entry. Upstream's earlier form, `object:` (an object ID pattern,
+/// whatever the type), reads as `type: /.*/` with that `id`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawAccessRule")]
 pub struct AccessRule {
     /// Object type pattern (required).
     #[serde(rename = "type", default)]
@@ -45,6 +46,45 @@ pub struct AccessRule {
     pub method: String,
     /// What the rule grants.
     pub access: Access,
+}
+
+/// An access rule as written, in either of upstream's forms.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccessRule {
+    #[serde(rename = "type", default)]
+    object_type: String,
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    object: String,
+    #[serde(default)]
+    method: String,
+    access: Access,
+}
+
+impl TryFrom<RawAccessRule> for AccessRule {
+    type Error = String;
+
+    fn try_from(raw: RawAccessRule) -> Result<Self, String> {
+        let (object_type, id) = match (raw.object.is_empty(), raw.object_type.is_empty()) {
+            (true, _) => (raw.object_type, raw.id),
+            (false, true) if raw.id.is_empty() => ("/.*/".to_owned(), raw.object),
+            (false, _) => {
+                return Err(format!(
+                    "a rule gives `object` ({:?}) and also `type` or `id`: `object` is upstream's \
+                     earlier form of an ID pattern for any type; use either it or `type`/`id`",
+                    raw.object
+                ));
+            }
+        };
+        Ok(Self {
+            object_type,
+            id,
+            method: raw.method,
+            access: raw.access,
+        })
+    }
 }
 
 /// Which operation a lifecycle rule is about.

@@ -103,8 +103,10 @@ impl NodeInner {
         let deactivations_before = self.counters.deactivations.load(Ordering::Relaxed);
         let closed = Mutex::new(Vec::new());
         let unsaved = AtomicU64::new(0);
+        let already_saved = AtomicU64::new(0);
+        let persisting = self.store.is_some();
         let close_all = futures::stream::iter(activations).for_each_concurrent(256, |activation| {
-            let (closed, unsaved) = (&closed, &unsaved);
+            let (closed, unsaved, already_saved) = (&closed, &unsaved, &already_saved);
             async move {
                 let chain = ChainId::new_root();
                 let permit = tokio::select! {
@@ -128,7 +130,11 @@ impl NodeInner {
                 let shard = activation.shard();
                 match Detached::new(activation.close(permit, CloseReason::Shutdown), &self.lifecycle.tasks).await {
                     Ok(Some(data)) => closed.lock().push((activation, data, shard)),
-                    Ok(None) => {}
+                    Ok(None) => {
+                        if persisting && activation.persistent() {
+                            already_saved.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                     Err(err) => {
                         unsaved.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(object = %activation.id(), error = %err, "cannot snapshot its state");
@@ -220,6 +226,7 @@ impl NodeInner {
         ShutdownReport {
             deactivated,
             saved,
+            already_saved: already_saved.into_inner(),
             unsaved: unsaved.into_inner(),
         }
     }

@@ -20,6 +20,30 @@ use crate::{
     StoreError, StoreStatus, StoredObject, Write, json_column, result_of_columns, status_name,
 };
 
+/// Closes connections idle for `idle_timeout` beyond the first `max_idle` idle ones, until the
+/// pool is gone (checked a few times per `idle_timeout`).
+async fn trim_idle(pool: deadpool_postgres::WeakPool, max_idle: usize, idle_timeout: Duration) {
+    let every = (idle_timeout / 4).max(Duration::from_millis(10));
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        let mut kept = 0;
+        let trimmed = pool.retain(|_, metrics| {
+            kept += 1;
+            kept <= max_idle || metrics.last_used() < idle_timeout
+        });
+        if !trimmed.removed.is_empty() {
+            tracing::debug!(
+                closed = trimmed.removed.len(),
+                max_idle,
+                "closed idle PostgreSQL connections"
+            );
+        }
+    }
+}
+
 /// How to reach PostgreSQL. Plain data: [`PostgresConfig::validate`] names what is wrong.
 #[derive(Clone)]
 pub struct PostgresConfig {
@@ -28,6 +52,11 @@ pub struct PostgresConfig {
     pub url: String,
     /// Connections in the pool. Default 16.
     pub pool_size: usize,
+    /// Idle connections kept open; beyond these, a connection idle for `idle_timeout` is
+    /// closed (upstream's `max_idle_conns`). Default: all of them (`None`).
+    pub max_idle: Option<usize>,
+    /// How long a connection beyond `max_idle` may sit idle before it is closed. Default 30 s.
+    pub idle_timeout: Duration,
     /// How long connecting may take. Default 5 s.
     pub connect_timeout: Duration,
     /// Longest a statement may run on the server (`statement_timeout`); operations also give up
@@ -41,6 +70,7 @@ impl std::fmt::Debug for PostgresConfig {
         f.debug_struct("PostgresConfig")
             .field("target", &self.target().unwrap_or_default())
             .field("pool_size", &self.pool_size)
+            .field("max_idle", &self.max_idle)
             .field("connect_timeout", &self.connect_timeout)
             .field("statement_timeout", &self.statement_timeout)
             .finish()
@@ -53,6 +83,8 @@ impl PostgresConfig {
         Self {
             url: url.into(),
             pool_size: 16,
+            max_idle: None,
+            idle_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(10),
         }
@@ -95,6 +127,9 @@ impl PostgresConfig {
         }
         if self.pool_size == 0 {
             return Err(InvalidSetting::new("pool_size", "must be at least 1"));
+        }
+        if self.idle_timeout.is_zero() {
+            return Err(InvalidSetting::new("idle_timeout", "must be positive"));
         }
         if self.connect_timeout.is_zero() {
             return Err(InvalidSetting::new("connect_timeout", "must be positive"));
@@ -365,6 +400,9 @@ impl PostgresStore {
             .recycle_timeout(Some(config.connect_timeout))
             .build()
             .map_err(|e| StoreError::Backend(format!("cannot build the connection pool: {e}")))?;
+        if let Some(max_idle) = config.max_idle.filter(|m| *m < config.pool_size) {
+            tokio::spawn(trim_idle(pool.weak(), max_idle, config.idle_timeout));
+        }
         let store = Self {
             pool,
             target,
@@ -378,6 +416,12 @@ impl PostgresStore {
         })?;
         drop(client);
         Ok(store)
+    }
+
+    /// Connections open now, and how many of them are idle.
+    pub fn connections(&self) -> (usize, usize) {
+        let status = self.pool.status();
+        (status.size, status.available)
     }
 
     /// Where the store is: `host:port/database (user u)`.

@@ -45,10 +45,10 @@ pub struct ClusterFile {
     /// Upstream's `object_lifecycle_rules`, enforced by every gate.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub object_lifecycle_rules: Vec<LifecycleRule>,
-    /// Upstream's inspector section: accepted so upstream files load; the inspector comes
-    /// later, and a file that configures one gets a warning.
+    /// Upstream's inspector section: where `goverse inspector` serves (not served by this build
+    /// yet; a file that configures one gets a warning).
     #[serde(default)]
-    pub inspector: Option<serde_yaml_ng::Value>,
+    pub inspector: Option<InspectorSection>,
 }
 
 /// `cluster:`.
@@ -214,6 +214,28 @@ fn default_prefix() -> String {
     crate::cluster::DEFAULT_PREFIX.to_owned()
 }
 
+impl PostgresSection {
+    /// The store configuration this section gives.
+    pub fn store_config(&self) -> crate::persistence::PostgresConfig {
+        let mut config = crate::persistence::PostgresConfig::from_parts(
+            &self.host,
+            self.port,
+            &self.user,
+            &self.password,
+            &self.database,
+            &self.sslmode,
+        );
+        if let Some(size) = self.pool_size.or(self.max_open_conns) {
+            config.pool_size = size;
+        }
+        config.max_idle = self.max_idle_conns.map(|idle| idle.min(config.pool_size));
+        if let Some(timeout) = self.statement_timeout {
+            config.statement_timeout = timeout;
+        }
+        config
+    }
+}
+
 /// `postgres:` (upstream's fields).
 #[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -235,9 +257,16 @@ pub struct PostgresSection {
     /// `disable`, `prefer`, `require`…
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sslmode: String,
-    /// Ours: connections in the pool.
+    /// Ours: connections in the pool (the same as upstream's `max_open_conns`; give one).
     #[serde(default)]
     pub pool_size: Option<usize>,
+    /// Upstream's name for the pool's size.
+    #[serde(default)]
+    pub max_open_conns: Option<usize>,
+    /// Upstream's idle connections kept open: beyond these, connections idle for 30 s are
+    /// closed (at most the pool's size; all are kept when absent).
+    #[serde(default)]
+    pub max_idle_conns: Option<usize>,
     /// Ours: longest a statement may run.
     #[serde(default, with = "opt_duration")]
     pub statement_timeout: Option<Duration>,
@@ -249,6 +278,22 @@ fn default_host() -> String {
 
 fn default_port() -> u16 {
     5432
+}
+
+/// `inspector:` (upstream's fields).
+#[serde_with::skip_serializing_none]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InspectorSection {
+    /// Where the inspector's web UI and JSON API listen.
+    #[serde(default)]
+    pub http_addr: Option<String>,
+    /// Upstream's gRPC port of the inspector (nodes reported to it there).
+    #[serde(default)]
+    pub grpc_addr: Option<String>,
+    /// The address nodes reached the inspector's gRPC port at.
+    #[serde(default)]
+    pub advertise_addr: Option<String>,
 }
 
 /// `sqlite:` (ours).
@@ -528,12 +573,25 @@ impl ClusterFile {
             }
         }
         if let Some(pg) = &self.postgres {
-            if let Some(size) = pg.pool_size
-                && !(1..=MAX_POOL_SIZE).contains(&size)
+            for (field, size) in [
+                ("pool_size", pg.pool_size),
+                ("max_open_conns", pg.max_open_conns),
+            ] {
+                if let Some(size) = size
+                    && !(1..=MAX_POOL_SIZE).contains(&size)
+                {
+                    return Err(InvalidSetting::new(
+                        format!("postgres.{field}"),
+                        format!("{size} is outside 1..={MAX_POOL_SIZE}"),
+                    ));
+                }
+            }
+            if let (Some(a), Some(b)) = (pg.pool_size, pg.max_open_conns)
+                && a != b
             {
                 return Err(InvalidSetting::new(
-                    "postgres.pool_size",
-                    format!("{size} is outside 1..={MAX_POOL_SIZE}"),
+                    "postgres.max_open_conns",
+                    format!("{b} disagrees with pool_size {a}; give one of them"),
                 ));
             }
             if let Some(timeout) = pg.statement_timeout

@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 
 use crate::cluster::{ClusterStore, EtcdClusterStore};
 use crate::config::{ClusterFile, InvalidDuration, parse_duration};
-use crate::persistence::{ObjectStore, PostgresConfig, PostgresStore, SqliteStore};
+use crate::persistence::{ObjectStore, PostgresStore, SqliteStore};
 use crate::{Node, NodeBuilder};
 
 /// The flags of a node process.
@@ -141,6 +141,7 @@ pub enum RunError {
 pub async fn node_main(
     register: impl FnOnce(NodeBuilder) -> NodeBuilder,
 ) -> std::process::ExitCode {
+    init_logging("info");
     let flags = match NodeFlags::parse(std::env::args().skip(1)) {
         Ok(flags) => flags,
         Err(err) => {
@@ -157,24 +158,37 @@ pub async fn node_main(
     }
 }
 
+/// Sets up the process's logs: to standard error, filtered by `RUST_LOG` (`default` when it is
+/// unset, e.g. `"info"`), in colour only when standard error is a terminal (a file or a log
+/// shipper gets plain text), and as one JSON object per line when `GOVERSE_LOG_FORMAT=json`.
+/// Leaves a logger the process already installed in place.
+pub fn init_logging(default: &str) {
+    use std::io::IsTerminal as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let format = std::env::var("GOVERSE_LOG_FORMAT").unwrap_or_default();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format.to_ascii_lowercase().as_str() {
+        "json" => builder.json().try_init(),
+        "" | "text" => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        other => {
+            eprintln!("GOVERSE_LOG_FORMAT={other:?} is not json or text; writing text");
+            builder
+                .with_ansi(std::io::stderr().is_terminal())
+                .try_init()
+        }
+    };
+}
+
 /// Opens the object store the file names: PostgreSQL (whose schema `goverse db init` sets up;
 /// it is not created here), one SQLite file, or none.
 pub async fn open_store(file: &ClusterFile) -> Result<Option<Arc<dyn ObjectStore>>, RunError> {
     if let Some(pg) = &file.postgres {
-        let mut config = PostgresConfig::from_parts(
-            &pg.host,
-            pg.port,
-            &pg.user,
-            &pg.password,
-            &pg.database,
-            &pg.sslmode,
-        );
-        if let Some(size) = pg.pool_size {
-            config.pool_size = size;
-        }
-        if let Some(timeout) = pg.statement_timeout {
-            config.statement_timeout = timeout;
-        }
+        let config = pg.store_config();
         // The schema is not created here: a node pointed at the wrong (empty) database must
         // not start an empty cluster in it. The node's start check refuses a database without
         // this build's schema and names `goverse db init`.
@@ -345,10 +359,7 @@ pub async fn run_node(
         Duration::from_secs(2)
     };
     let _ = tokio::time::timeout(wait, service).await;
-    println!(
-        "stopped: {} objects closed, {} saved, {} unsaved",
-        report.deactivated, report.saved, report.unsaved
-    );
+    println!("stopped: {report}");
     if report.unsaved > 0 {
         return Err(RunError::Unsaved(report.unsaved));
     }

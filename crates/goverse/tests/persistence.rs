@@ -880,3 +880,34 @@ async fn another_type_is_refused_alike_whether_the_object_is_active_or_stored() 
     assert_eq!(balance.value, 5);
     node.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Upstream's `max_idle_conns` on a real PostgreSQL: a burst opens the pool's connections, and
+/// once idle past the idle timeout those beyond `max_idle` are closed (the pool stays usable).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_postgres_connections_beyond_max_idle_are_closed() {
+    use goverse::persistence::{PostgresConfig, PostgresStore};
+    let postgres = goverse_testkit::PostgresServer::start();
+    postgres.create_database("idle");
+    let mut config = PostgresConfig::new(postgres.url("idle"));
+    config.pool_size = 4;
+    config.max_idle = Some(1);
+    config.idle_timeout = Duration::from_millis(300);
+    let store = PostgresStore::connect(&config).await.unwrap();
+    store.migrate().await.unwrap();
+    // Many loads at once take more than one connection (each waits on the server).
+    let ids: Vec<ObjectId> = (0..32).map(|i| ObjectId::from(format!("o{i}"))).collect();
+    let loads = ids.iter().map(|id| store.load(id));
+    for loaded in futures::future::join_all(loads).await {
+        assert!(loaded.unwrap().is_none());
+    }
+    let (open, _) = store.connections();
+    assert!(open > 1, "the burst used {open} connection(s)");
+    assert_eventually!(store.connections().0 == 1, Duration::from_secs(10));
+    assert!(
+        store
+            .load(&ObjectId::from("after"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
