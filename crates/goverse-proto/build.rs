@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/gate.proto",
         "proto/node.proto",
         "proto/gate_info.proto",
+        "proto/goverse.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -56,6 +56,8 @@ pub(crate) trait ActivationDyn: Any + Send + Sync + fmt::Debug {
     fn host(&self) -> &Arc<dyn Host>;
     fn turn_state(&self) -> &Mutex<TurnState>;
     fn idle_timeout(&self) -> Duration;
+    /// When it was made, in the node's clock (milliseconds since the node started).
+    fn created_ms(&self) -> u64;
     /// Records a call, for idle tracking.
     fn touch(&self);
     /// Idle bookkeeping for the sweeper: whether the activation has been idle for `timeout`
@@ -154,6 +156,8 @@ pub(crate) struct Activation<T> {
     turn: Mutex<TurnState>,
     touched: AtomicBool,
     idle_since_ms: AtomicU64,
+    /// When it was made, in the node's clock (milliseconds since the node started).
+    created_ms: u64,
     dirty: AtomicBool,
     timers: Mutex<Vec<(Arc<str>, CancellationToken)>>,
     /// Allocated on the first reliable call: most objects never take one.
@@ -196,6 +200,7 @@ impl<T: Dispatch> Activation<T> {
             turn: Mutex::new(TurnState::activating(activating_chain)),
             touched: AtomicBool::new(false),
             idle_since_ms: AtomicU64::new(now_ms),
+            created_ms: now_ms,
             dirty: AtomicBool::new(false),
             timers: Mutex::new(Vec::new()),
             recent_calls: Mutex::new(None),
@@ -325,6 +330,10 @@ impl<T: Dispatch> ActivationDyn for Activation<T> {
 
     fn idle_timeout(&self) -> Duration {
         self.idle_timeout
+    }
+
+    fn created_ms(&self) -> u64 {
+        self.created_ms
     }
 
     fn touch(&self) {

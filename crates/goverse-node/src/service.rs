@@ -113,6 +113,46 @@ impl Handler for NodeHandler {
         }
     }
 
+    fn status(&self) -> goverse_proto::upstream::StatusResponse {
+        match self.node.get() {
+            Some(node) => {
+                let inner = node.inner();
+                goverse_proto::upstream::StatusResponse {
+                    advertise_addr: inner.address().to_string(),
+                    num_objects: node.stats().active_objects as i64,
+                    uptime_seconds: inner.clock.elapsed().as_secs() as i64,
+                }
+            }
+            None => goverse_proto::upstream::StatusResponse::default(),
+        }
+    }
+
+    fn list_objects(&self) -> goverse_proto::upstream::ListObjectsResponse {
+        let Some(node) = self.node.get() else {
+            return Default::default();
+        };
+        let inner = node.inner();
+        // Activation times are kept in the node's clock; the epoch is now minus their age.
+        let now_ms = inner.now_ms();
+        let now_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let objects = inner
+            .directory
+            .all_activations()
+            .into_iter()
+            .map(|a| {
+                let age = std::time::Duration::from_millis(now_ms.saturating_sub(a.created_ms()));
+                goverse_proto::upstream::ObjectInfo {
+                    r#type: a.type_name().to_owned(),
+                    id: a.id().to_string(),
+                    creation_time: now_unix.saturating_sub(age).as_secs() as i64,
+                }
+            })
+            .collect();
+        goverse_proto::upstream::ListObjectsResponse { objects }
+    }
+
     fn peer_opened(&self, peer: Arc<str>, sink: PeerSink) -> Result<(), PeerRefused> {
         match self.node.get() {
             Some(node) => node.inner().push().attach(peer, sink),

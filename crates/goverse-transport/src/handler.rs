@@ -36,6 +36,21 @@ pub trait Handler: Send + Sync + 'static {
     fn peer_opened(&self, peer: Arc<str>, sink: PeerSink) -> Result<(), PeerRefused>;
     /// The stream of `peer` with sink serial `serial` closed.
     fn peer_closed(&self, peer: &str, serial: u64);
+
+    /// Upstream's `goverse.Goverse/Status`: the node's address, its objects, its uptime. The
+    /// default gives the address alone.
+    fn status(&self) -> goverse_proto::upstream::StatusResponse {
+        goverse_proto::upstream::StatusResponse {
+            advertise_addr: self.describe().node_address,
+            ..Default::default()
+        }
+    }
+
+    /// Upstream's `goverse.Goverse/ListObjects`: every object active on the node. The default
+    /// lists none.
+    fn list_objects(&self) -> goverse_proto::upstream::ListObjectsResponse {
+        goverse_proto::upstream::ListObjectsResponse::default()
+    }
 }
 
 /// A request as it arrived from a peer, and where its outcome goes ([`Handler::serve`]).

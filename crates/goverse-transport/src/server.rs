@@ -27,6 +27,7 @@ use goverse_proto::node::node_service_server::{NodeService, NodeServiceServer};
 use goverse_proto::node::{
     self as proto, DescribeRequest, DescribeResponse, RequestBatch, ResponseBatch,
 };
+use goverse_proto::upstream::goverse_server::GoverseServer as UpstreamNodeServer;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -115,6 +116,7 @@ where
     let drain_timeout = limits.drain_timeout;
     let stop = CancellationToken::new();
     let readers = TaskTracker::new();
+    let (service_handler, service_secret) = (handler.clone(), secret.clone());
     let service = NodeServiceServer::new(NodeRpc {
         handler,
         secret,
@@ -126,6 +128,11 @@ where
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let upstream = UpstreamNodeServer::new(UpstreamNode {
+        handler: service_handler.clone(),
+        secret: service_secret.clone(),
+        refusals: Throttle::new(Duration::from_secs(10)),
+    });
     let served = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
@@ -134,6 +141,7 @@ where
         .http2_max_pending_accept_reset_streams(Some(32))
         .http2_max_local_error_reset_streams(Some(256))
         .add_service(service)
+        .add_service(upstream)
         .serve_with_incoming_shutdown(incoming, {
             let stop = stop.clone();
             async move {
@@ -170,27 +178,64 @@ struct NodeRpc {
 impl NodeRpc {
     /// Refuses a peer that does not send the cluster's secret (when there is one).
     fn admit<T>(&self, request: &tonic::Request<T>) -> Result<(), Status> {
-        let Some(secret) = &self.secret else {
-            return Ok(());
-        };
-        let sent = request
-            .metadata()
-            .get(crate::PEER_SECRET_HEADER)
-            .map(|v| v.as_bytes())
-            .unwrap_or_default();
-        if constant_time_eq(sent, secret.as_bytes()) {
-            return Ok(());
-        }
-        let from = request
-            .remote_addr()
-            .map_or_else(|| "an unknown address".to_owned(), |a| a.to_string());
-        if let Some(more) = self.refusals.hit() {
-            tracing::warn!(peer = %from, sent = !sent.is_empty(), refused_since_last = more,
-                "refused a peer without the cluster secret");
-        }
-        Err(Status::unauthenticated(
-            "this node admits only peers of its cluster: the peer secret is missing or wrong",
-        ))
+        admit(self.secret.as_deref(), request, &self.refusals)
+    }
+}
+
+/// Refuses a caller that does not send `secret` (when there is one), logging refusals at most
+/// once per `refusals` interval.
+fn admit<T>(
+    secret: Option<&str>,
+    request: &tonic::Request<T>,
+    refusals: &Throttle,
+) -> Result<(), Status> {
+    let Some(secret) = secret else {
+        return Ok(());
+    };
+    let sent = request
+        .metadata()
+        .get(crate::PEER_SECRET_HEADER)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if constant_time_eq(sent, secret.as_bytes()) {
+        return Ok(());
+    }
+    let from = request
+        .remote_addr()
+        .map_or_else(|| "an unknown address".to_owned(), |a| a.to_string());
+    if let Some(more) = refusals.hit() {
+        tracing::warn!(peer = %from, sent = !sent.is_empty(), refused_since_last = more,
+            "refused a peer without the cluster secret");
+    }
+    Err(Status::unauthenticated(
+        "this node admits only peers of its cluster: the peer secret is missing or wrong",
+    ))
+}
+
+/// Upstream's node service (`goverse.Goverse`): its read-only calls, for upstream's tools;
+/// behind the cluster secret as the node protocol is. Its other calls answer UNIMPLEMENTED.
+struct UpstreamNode {
+    handler: Arc<dyn Handler>,
+    secret: Option<Arc<str>>,
+    refusals: Throttle,
+}
+
+#[tonic::async_trait]
+impl goverse_proto::upstream::goverse_server::Goverse for UpstreamNode {
+    async fn status(
+        &self,
+        request: tonic::Request<goverse_proto::upstream::Empty>,
+    ) -> Result<tonic::Response<goverse_proto::upstream::StatusResponse>, Status> {
+        admit(self.secret.as_deref(), &request, &self.refusals)?;
+        Ok(tonic::Response::new(self.handler.status()))
+    }
+
+    async fn list_objects(
+        &self,
+        request: tonic::Request<goverse_proto::upstream::Empty>,
+    ) -> Result<tonic::Response<goverse_proto::upstream::ListObjectsResponse>, Status> {
+        admit(self.secret.as_deref(), &request, &self.refusals)?;
+        Ok(tonic::Response::new(self.handler.list_objects()))
     }
 }
 

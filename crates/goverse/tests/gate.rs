@@ -1911,3 +1911,80 @@ async fn a_gate_that_cannot_reach_its_node_names_the_node_and_the_cause() {
     gate.shutdown(Duration::from_secs(1)).await;
     node.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Upstream's node RPCs on the node port (`goverse.Goverse`): `Status` and `ListObjects` with
+/// upstream's message shapes, behind the cluster secret; its other calls are not served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_answer_upstream_status_and_list_objects_behind_the_secret() {
+    use goverse_proto::upstream::Empty;
+    use goverse_proto::upstream::goverse_client::GoverseClient;
+    const SECRET: &str = "the-cluster-secret-of-this-test";
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let node = Node::builder(NodeConfig {
+        address: addr.to_string(),
+        shard_count: 64,
+        peer_secret: Some(SECRET.to_owned()),
+        ..NodeConfig::default()
+    })
+    .register::<Tally>()
+    .start()
+    .await
+    .unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(goverse::serve(
+        node.clone(),
+        listener,
+        stop.clone().cancelled_owned(),
+    ));
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    for id in ["t1", "t2", "t3"] {
+        TallyRef::new(id)
+            .add(&node, Int64Value { value: 1 })
+            .await
+            .unwrap();
+    }
+    let mut client = GoverseClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let refused = client.status(Empty {}).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    let with_secret = || {
+        let mut request = tonic::Request::new(Empty {});
+        request
+            .metadata_mut()
+            .insert("goverse-peer-secret", SECRET.parse().unwrap());
+        request
+    };
+    let status = client.status(with_secret()).await.unwrap().into_inner();
+    assert_eq!(status.advertise_addr, addr.to_string());
+    assert_eq!(status.num_objects, 3);
+    assert!((0..60).contains(&status.uptime_seconds), "{status:?}");
+    let listed = client
+        .list_objects(with_secret())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut ids: Vec<(String, String)> = listed
+        .objects
+        .iter()
+        .map(|o| (o.r#type.clone(), o.id.clone()))
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        [("Tally", "t1"), ("Tally", "t2"), ("Tally", "t3")]
+            .map(|(t, i)| (t.to_owned(), i.to_owned()))
+    );
+    for object in &listed.objects {
+        assert!(
+            (before - 1..=before + 60).contains(&object.creation_time),
+            "{object:?} made around {before}"
+        );
+    }
+    stop.cancel();
+    node.shutdown(Duration::from_secs(5)).await;
+}
