@@ -258,7 +258,9 @@ pub(crate) async fn gate(config_path: &Path, gate_id: &str) -> anyhow::Result<()
         let gate = gate.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            gate.serve_http(listener, gate.http_router(), stop.cancelled_owned())
+            // The bundled samples' nodes serve the chat; its web client comes with the gate.
+            let router = gate.http_router().merge(goverse_sample_chat::web::router());
+            gate.serve_http(listener, router, stop.cancelled_owned())
                 .await
         })
     });
@@ -487,9 +489,22 @@ fn print_status(
         .collect();
     // A member nobody can reach fails the calls for its shards: not ready.
     let ready = is_ready(file, map) && unreachable.is_empty() && set_aside.is_empty();
+    // Serving every shard, but shards still move or one node holds more than its share (a
+    // node just joined, or the stability window has not passed yet): balancing.
+    let balanced = {
+        let (min, max) = (served.values().min(), served.values().max());
+        moving == 0 && matches!((min, max), (Some(min), Some(max)) if max - min <= 1)
+    };
+    let state = match (ready, balanced) {
+        (false, _) => "not ready",
+        (true, false) => "balancing",
+        (true, true) => "ready",
+    };
     if json {
         let status = serde_json::json!({
+            "state": state,
             "ready": ready,
+            "balanced": balanced,
             "leader": leader,
             "nodes": served,
             "gates": map.gates,
@@ -508,7 +523,7 @@ fn print_status(
             "cluster {} ({} shards): {}",
             keys.prefix(),
             file.cluster.shards,
-            if ready { "ready" } else { "not ready" }
+            state
         );
         println!("  leader   {}", leader.as_deref().unwrap_or("none"));
         for (node, shards) in &served {

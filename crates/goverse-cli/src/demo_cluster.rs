@@ -215,6 +215,7 @@ pub(crate) async fn run(nodes: usize, data_dir: Option<PathBuf>) -> anyhow::Resu
     println!("  logs          {}", temp.path().display());
     println!("  gate gRPC     127.0.0.1:{grpc}");
     println!("  gate HTTP     http://127.0.0.1:{http}   (metrics: /metrics)");
+    println!("  chat          http://127.0.0.1:{http}/chat/");
     for node in &file.nodes {
         if let Some(ops) = &node.http_addr {
             println!(

@@ -92,11 +92,16 @@ fn balanced(status: &serde_json::Value, nodes: usize, shards: u64) -> bool {
         .values()
         .map(|v| v.as_u64().unwrap())
         .collect();
-    status["ready"] == true
+    let settled = status["ready"] == true
         && served.len() == nodes
         && served.iter().sum::<u64>() == shards
         && served.iter().max().unwrap() - served.iter().min().unwrap() <= 1
-        && status["moving"] == 0
+        && status["moving"] == 0;
+    // Serving but not yet settled reads "balancing", never "ready".
+    if status["ready"] == true && status["balanced"] == false {
+        assert_eq!(status["state"], "balancing", "{status}");
+    }
+    settled && status["state"] == "ready"
 }
 
 type Caller = tokio::task::JoinHandle<(String, i32, i32, Vec<Instant>)>;
@@ -449,9 +454,49 @@ fn demo_with_nodes_runs_a_cluster_of_processes_and_stops_it_cleanly() {
     let status = status(&config);
     assert_eq!(status["nodes"].as_object().unwrap().len(), 3, "{status}");
     assert_eq!(status["gates"].as_array().unwrap().len(), 1, "{status}");
+    // The chat page, and each node's metrics at the address printed for it.
+    let chat = demo
+        .output()
+        .iter()
+        .find_map(|line| {
+            line.trim()
+                .strip_prefix("chat")
+                .map(|a| a.trim().to_owned())
+        })
+        .expect("the chat page is printed");
+    let page = http_text(&chat);
+    assert!(page.contains("<title>GoVerse chat</title>"), "{page}");
+    let node_metrics: Vec<String> = demo
+        .output()
+        .iter()
+        .filter(|line| line.trim().starts_with("node-"))
+        .filter_map(|line| line.split_whitespace().nth(1).map(str::to_owned))
+        .collect();
+    assert_eq!(node_metrics.len(), 3, "{:?}", demo.output());
+    for url in &node_metrics {
+        assert!(http_text(url).contains("goverse_shards_total"), "{url}");
+    }
     demo.terminate();
     assert_eq!(demo.wait_exit(Duration::from_secs(60)), Some(0));
     assert!(demo.output().iter().any(|l| l.contains("stopped")));
+}
+
+/// The body of `GET url` (an `http://host:port/path` URL), over a plain socket.
+fn http_text(url: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
 }
 
 /// Opens a TCP connection to `addr` and sends `bytes`, then leaves it open, saying nothing

@@ -300,3 +300,67 @@ async fn a_three_node_cluster_s_metrics_match_the_calls_made_and_health_is_serve
     );
     cluster.stop(Duration::from_secs(20));
 }
+
+/// `/ready` is the present: with etcd frozen (SIGSTOP), a node's and a gate's readiness turn
+/// 503 within one lease period, naming the lease, and back to 200 once etcd answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_etcd_going_away_and_coming_back() {
+    const LEASE: Duration = Duration::from_secs(2);
+    let etcd = EtcdServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_ports_in_a_row(6);
+    let mut file = goverse::config::ClusterFile::generated(&goverse::config::Generate {
+        nodes: 1,
+        gates: 1,
+        shards: 16,
+        etcd: etcd.endpoint(),
+        sqlite_path: dir.path().join("objects.db").display().to_string(),
+        node_port: base,
+        gate_port: base + 1,
+        http_port: base + 2,
+        ops_port: base + 3,
+    });
+    file.gates[0].ops_addr = Some(format!("127.0.0.1:{}", base + 4));
+    file.cluster.lease_ttl = Some(LEASE);
+    file.cluster.cluster_state_stability_duration = Some(Duration::from_secs(1));
+    let config = dir.path().join("cluster.yaml");
+    std::fs::write(&config, file.to_yaml()).unwrap();
+    let mut cluster = ProcessCluster::new(GOVERSE, config.to_str().unwrap());
+    cluster.start_node("node-1");
+    cluster.start_gate("gate-1");
+    let node = format!("http://{}/ready", file.nodes[0].http_addr.as_ref().unwrap());
+    let gate = format!("http://{}/ready", file.gates[0].ops_addr.as_ref().unwrap());
+    for url in [&node, &gate] {
+        assert_eventually!(get_status(url).await.0 == 200, Duration::from_secs(30));
+    }
+
+    etcd.pause();
+    let paused = std::time::Instant::now();
+    // Within one lease period (and a poll's slack), both say why they do not serve.
+    let deadline = LEASE + Duration::from_secs(1);
+    for url in [&node, &gate] {
+        loop {
+            let (status, body) = get_status(url).await;
+            if status == 503 {
+                let reason = body["reason"].as_str().unwrap_or_default().to_owned();
+                assert!(
+                    reason.contains("lease") || reason.contains("renew"),
+                    "{url}: {body}"
+                );
+                break;
+            }
+            assert!(
+                paused.elapsed() < deadline,
+                "{url} still ready {:?} after etcd froze",
+                paused.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    etcd.resume();
+    for url in [&node, &gate] {
+        assert_eventually!(get_status(url).await.0 == 200, Duration::from_secs(30));
+    }
+    cluster.stop(Duration::from_secs(20));
+}

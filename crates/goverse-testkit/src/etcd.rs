@@ -135,6 +135,27 @@ impl EtcdServer {
         self.signal_and_wait("-KILL");
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open and nothing answers, as when etcd
+    /// hangs or its host is cut off. [`EtcdServer::resume`] thaws it.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a paused server (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status()
+                .expect("kill runs");
+            assert!(status.success(), "kill {signal} etcd failed");
+        }
+    }
+
     fn signal_and_wait(&mut self, signal: &str) {
         if let Some(child) = self.child.take() {
             crate::signal_and_wait(child, signal, Duration::from_secs(20));
