@@ -265,7 +265,12 @@ pub(crate) async fn gate(config_path: &Path, gate_id: &str) -> anyhow::Result<()
         })
     });
     let ops = ops_listener.map(|listener| {
-        let router = gate.ops_router();
+        let mut router = gate.ops_router();
+        if entry.enable_pprof
+            && let Some(token) = &file.cluster.admin_token
+        {
+            router = router.merge(goverse::gate::profiling_router(token.as_str().into()));
+        }
         let limits = gate.config().connection_limits;
         let stop = stop.clone();
         tokio::spawn(async move {

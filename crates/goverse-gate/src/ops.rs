@@ -68,6 +68,135 @@ async fn ready_handler(State(ops): State<Ops>) -> Response {
     }
 }
 
+/// `GET /debug/pprof/profile?seconds=N` (a CPU profile of the whole process over N seconds,
+/// 1 to 300, default 30, in pprof's protobuf format that `go tool pprof` and flamegraph tools
+/// read) and `GET /debug/pprof/heap` (the process's memory as the kernel counts it, JSON), each
+/// only for a caller sending `Authorization: Bearer <admin_token>` (401 otherwise). One profile
+/// runs at a time (409 while one does).
+pub fn profiling_router(admin_token: Arc<str>) -> Router {
+    Router::new()
+        .route("/debug/pprof/profile", get(profile_handler))
+        .route("/debug/pprof/heap", get(heap_handler))
+        .with_state(admin_token)
+}
+
+/// Whether `headers` carry `Authorization: Bearer <token>`.
+fn authorised(token: &str, headers: &axum::http::HeaderMap) -> bool {
+    let sent = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    goverse_transport::constant_time_eq(sent.as_bytes(), token.as_bytes())
+}
+
+fn unauthorised() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        axum::Json(
+            json!({"error": "send the cluster's admin token: Authorization: Bearer <token>"}),
+        ),
+    )
+        .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct ProfileQuery {
+    seconds: Option<u64>,
+}
+
+async fn profile_handler(
+    State(token): State<Arc<str>>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<ProfileQuery>,
+) -> Response {
+    static RUNNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !authorised(&token, &headers) {
+        return unauthorised();
+    }
+    let seconds = query.seconds.unwrap_or(30);
+    if !(1..=300).contains(&seconds) {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": format!("seconds={seconds}: give 1 to 300")})),
+        )
+            .into_response();
+    }
+    if RUNNING.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return (
+            StatusCode::CONFLICT,
+            axum::Json(json!({"error": "a profile is being taken already; try again after it"})),
+        )
+            .into_response();
+    }
+    let profiled = async {
+        let guard = pprof::ProfilerGuardBuilder::default()
+            .frequency(99)
+            .blocklist(&["libc", "libgcc", "pthread", "vdso"])
+            .build()
+            .map_err(|e| e.to_string())?;
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        // Resolving symbols takes a while: off the runtime's threads.
+        tokio::task::spawn_blocking(move || {
+            use pprof::protos::Message as _;
+            let report = guard.report().build().map_err(|e| e.to_string())?;
+            let profile = report.pprof().map_err(|e| e.to_string())?;
+            Ok::<_, String>(profile.encode_to_vec())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+    .await;
+    RUNNING.store(false, std::sync::atomic::Ordering::Release);
+    match profiled {
+        Ok(bytes) => (
+            [
+                (header::CONTENT_TYPE, "application/octet-stream"),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"profile.pb\"",
+                ),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Err(why) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(json!({"error": format!("cannot take a profile: {why}")})),
+        )
+            .into_response(),
+    }
+}
+
+async fn heap_handler(State(token): State<Arc<str>>, headers: axum::http::HeaderMap) -> Response {
+    if !authorised(&token, &headers) {
+        return unauthorised();
+    }
+    // The kernel's counts of this process's memory, in bytes.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let mut memory = serde_json::Map::new();
+    for line in status.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        if !matches!(
+            key,
+            "VmRSS" | "VmHWM" | "VmSize" | "VmData" | "RssAnon" | "RssFile" | "RssShmem"
+        ) {
+            continue;
+        }
+        if let Some(kb) = value
+            .trim()
+            .strip_suffix(" kB")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            memory.insert(key.to_owned(), json!(kb * 1024));
+        }
+    }
+    axum::Json(json!({"bytes": memory})).into_response()
+}
+
 /// Serves `router` on `listener` until `shutdown` completes, holding every connection to
 /// `limits` (a cap on open connections, an idle timeout, a deadline for an HTTP/1 request's
 /// headers; HTTP/2 with bounded streams and header lists). At shutdown `on_stop` runs (to end

@@ -240,7 +240,7 @@ impl goverse_proto::upstream::goverse_server::Goverse for UpstreamNode {
 }
 
 /// Compares without an early exit, so the time taken says nothing of how much matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

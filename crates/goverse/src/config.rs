@@ -98,6 +98,11 @@ pub struct ClusterSection {
     /// Ours: limits on every node's and gate's listening ports (`cluster.connections`).
     #[serde(default)]
     pub connections: Option<ConnectionsSection>,
+    /// Ours: the token operators send (`Authorization: Bearer …`) for profiles and the
+    /// inspector's actions (at least 16 characters; better given as
+    /// `GOVERSE_CLUSTER__ADMIN_TOKEN`).
+    #[serde(default)]
+    pub admin_token: Option<String>,
     /// Ours: the cluster's shared secret (at least 16 characters; better given as
     /// `GOVERSE_CLUSTER__SECRET`). Nodes admit only peers that present it. Without one, every
     /// node and gate address must be loopback.
@@ -320,6 +325,10 @@ pub struct NodeEntry {
     /// Upstream's HTTP port of a node: `GET /metrics` (Prometheus), `/healthz`, `/ready`.
     #[serde(default)]
     pub http_addr: Option<String>,
+    /// Upstream's switch for profiles: `/debug/pprof/profile` and `/debug/pprof/heap` on
+    /// `http_addr`, for callers with `cluster.admin_token` (which it needs).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub enable_pprof: bool,
 }
 
 impl NodeEntry {
@@ -349,6 +358,10 @@ pub struct GateEntry {
     /// off the client-facing port).
     #[serde(default)]
     pub ops_addr: Option<String>,
+    /// Profiles on `ops_addr`, as a node's `enable_pprof` (needs `ops_addr` and
+    /// `cluster.admin_token`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub enable_pprof: bool,
 }
 
 impl GateEntry {
@@ -485,6 +498,40 @@ impl ClusterFile {
                 "cluster.secret",
                 "must be at least 16 characters",
             ));
+        }
+        if c.admin_token.as_deref().is_some_and(|s| s.len() < 16) {
+            return Err(InvalidSetting::new(
+                "cluster.admin_token",
+                "must be at least 16 characters",
+            ));
+        }
+        let profiled = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.enable_pprof)
+            .map(|(i, n)| (format!("nodes[{i}]"), n.http_addr.is_some(), "http_addr"))
+            .chain(
+                self.gates
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, g)| g.enable_pprof)
+                    .map(|(i, g)| (format!("gates[{i}]"), g.ops_addr.is_some(), "ops_addr")),
+            );
+        for (entry, has_port, port) in profiled {
+            if !has_port {
+                return Err(InvalidSetting::new(
+                    format!("{entry}.enable_pprof"),
+                    format!("profiles are served on {port}, which {entry} does not set"),
+                ));
+            }
+            if c.admin_token.is_none() {
+                return Err(InvalidSetting::new(
+                    format!("{entry}.enable_pprof"),
+                    "profiles are only for operators with cluster.admin_token, which is not set \
+                     (GOVERSE_CLUSTER__ADMIN_TOKEN)",
+                ));
+            }
         }
         if c.secret.is_none() && !self.all_loopback() {
             return Err(InvalidSetting::new(
@@ -822,6 +869,7 @@ impl ClusterFile {
                 peer_check_interval: Some(Duration::from_secs(1)),
                 save_interval: Some(Duration::from_secs(60)),
                 connections: None,
+                admin_token: None,
                 secret: Some(random_secret()),
             },
             postgres: None,
@@ -834,6 +882,7 @@ impl ClusterFile {
                     grpc_addr: port(g.node_port, n),
                     advertise_addr: None,
                     http_addr: Some(port(g.ops_port, n)),
+                    enable_pprof: false,
                 })
                 .collect(),
             gates: (0..g.gates)
@@ -843,6 +892,7 @@ impl ClusterFile {
                     advertise_addr: None,
                     http_addr: Some(port(g.http_port, n)),
                     ops_addr: None,
+                    enable_pprof: false,
                 })
                 .collect(),
             object_access_rules: Vec::new(),
@@ -1130,6 +1180,37 @@ gates:
   - id: g
     grpc_addr: \"127.0.0.1:49001\"
 ";
+
+    #[test]
+    fn profiles_need_a_port_and_the_admin_token() {
+        let with = |extra: &str, env: &[(&str, &str)]| {
+            let text = FILE.replace(
+                "    grpc_addr: \"127.0.0.1:47001\"\n",
+                &format!("    grpc_addr: \"127.0.0.1:47001\"\n{extra}"),
+            );
+            let env: Vec<(String, String)> = env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            ClusterFile::parse(&text, "t.yaml", &env)
+        };
+        let err = with("    enable_pprof: true\n", &[]).unwrap_err();
+        assert!(
+            err.message.contains("nodes[0].enable_pprof") && err.message.contains("http_addr"),
+            "{err}"
+        );
+        let on_port = "    http_addr: \"127.0.0.1:9101\"\n    enable_pprof: true\n";
+        let err = with(on_port, &[]).unwrap_err();
+        assert!(err.message.contains("admin_token"), "{err}");
+        let err = with(on_port, &[("GOVERSE_CLUSTER__ADMIN_TOKEN", "short")]).unwrap_err();
+        assert!(err.message.contains("cluster.admin_token"), "{err}");
+        let file = with(
+            on_port,
+            &[("GOVERSE_CLUSTER__ADMIN_TOKEN", "a-long-enough-admin-token")],
+        )
+        .unwrap();
+        assert!(file.nodes[0].enable_pprof);
+    }
 
     #[test]
     fn a_file_maps_onto_node_configs() {

@@ -305,7 +305,12 @@ pub async fn run_node(
     }));
     let (ops_stop, ops_stopped) = tokio::sync::oneshot::channel::<()>();
     if let Some(ops_listener) = ops_listener {
-        let router = node_ops_router(&node);
+        let mut router = node_ops_router(&node);
+        if entry.enable_pprof
+            && let Some(token) = &file.cluster.admin_token
+        {
+            router = router.merge(goverse_gate::profiling_router(token.as_str().into()));
+        }
         let limits = file.connection_limits();
         tokio::spawn(async move {
             let stopped = async move {

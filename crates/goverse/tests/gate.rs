@@ -1988,3 +1988,103 @@ async fn nodes_answer_upstream_status_and_list_objects_behind_the_secret() {
     stop.cancel();
     node.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A minimal reading of pprof's `perftools.profiles.Profile`: its samples and string table.
+#[derive(Clone, PartialEq, prost::Message)]
+struct PprofProfile {
+    #[prost(message, repeated, tag = "2")]
+    sample: Vec<PprofSample>,
+    #[prost(string, repeated, tag = "6")]
+    string_table: Vec<String>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct PprofSample {
+    #[prost(uint64, repeated, tag = "1")]
+    location_id: Vec<u64>,
+    #[prost(int64, repeated, tag = "2")]
+    value: Vec<i64>,
+}
+
+#[inline(never)]
+fn burn_cpu_for_the_profile(until: std::time::Instant) -> u64 {
+    let mut x = 0u64;
+    while std::time::Instant::now() < until {
+        for i in 0..10_000u64 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+        }
+    }
+    x
+}
+
+/// Profiles on demand: a CPU profile in pprof's protobuf format with the process's busy
+/// function in it, and a memory summary, only with the admin token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_profiles_and_memory_summaries_are_served_to_the_admin_token_only() {
+    const TOKEN: &str = "an-admin-token-for-this-test";
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(goverse::gate::serve_router(
+        listener,
+        goverse::gate::profiling_router(TOKEN.into()),
+        goverse::ConnectionLimits::default(),
+        "profiles",
+        stop.clone().cancelled_owned(),
+        || {},
+    ));
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("http://{addr}{path}");
+    for path in ["/debug/pprof/profile?seconds=1", "/debug/pprof/heap"] {
+        let refused = client.get(url(path)).send().await.unwrap();
+        assert_eq!(refused.status(), 401, "{path}");
+        let wrong = client
+            .get(url(path))
+            .bearer_auth("not-the-token-at-all")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 401, "{path}");
+    }
+    let heap: serde_json::Value = client
+        .get(url("/debug/pprof/heap"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(heap["bytes"]["VmRSS"].as_u64().unwrap() > 1 << 20, "{heap}");
+
+    let busy = std::thread::spawn(|| {
+        burn_cpu_for_the_profile(std::time::Instant::now() + Duration::from_millis(1500))
+    });
+    let response = client
+        .get(url("/debug/pprof/profile?seconds=1"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let bytes = response.bytes().await.unwrap();
+    busy.join().unwrap();
+    let profile = <PprofProfile as prost::Message>::decode(bytes.as_ref()).unwrap();
+    assert!(!profile.sample.is_empty(), "no samples");
+    assert!(
+        profile
+            .string_table
+            .iter()
+            .any(|s| s.contains("burn_cpu_for_the_profile")),
+        "the busy function is not in the profile: {:?}",
+        &profile.string_table[..profile.string_table.len().min(40)]
+    );
+    let bad = client
+        .get(url("/debug/pprof/profile?seconds=0"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    stop.cancel();
+}
