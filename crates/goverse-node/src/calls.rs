@@ -12,6 +12,7 @@ use goverse_core::{
     CallError, ChainId, ClientIdentity, ObjectId, Payload, ReliableOutcome, Route, ShardId,
 };
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::MethodKind;
 use crate::activation::type_mismatch;
@@ -243,11 +244,42 @@ impl NodeInner {
                 }
             }
         };
-        let result = with_deadline(work, deadline, || format!("{type_name}/{id}")).await;
+        let span = self.call_span("call", type_name, id, index, chain);
+        let result = with_deadline(work, deadline, || format!("{type_name}/{id}"))
+            .instrument(span)
+            .await;
         if let Err(err) = &result {
             self.count_timeout(err, "CallObject");
         }
         result
+    }
+
+    /// The span a call runs in (`call` or `reliable_call`, at debug level): type, ID, method,
+    /// chain and node. Disabled (and nearly free) unless debug logs of this crate are on.
+    fn call_span(
+        &self,
+        name: &'static str,
+        type_name: &str,
+        id: &ObjectId,
+        method: usize,
+        chain: ChainId,
+    ) -> tracing::Span {
+        let span = if name == "call" {
+            tracing::debug_span!("call", r#type = type_name, %id, method = tracing::field::Empty,
+                chain = %chain, node = %self.address)
+        } else {
+            tracing::debug_span!("reliable_call", r#type = type_name, %id,
+                method = tracing::field::Empty, chain = %chain, node = %self.address)
+        };
+        if !span.is_disabled()
+            && let Some(spec) = self
+                .registry
+                .get(type_name)
+                .and_then(|entry| entry.methods().get(method))
+        {
+            span.record("method", spec.name);
+        }
+        span
     }
 
     /// Counts `err` in `goverse_operation_timeouts_total` if it is a deadline that passed.
@@ -398,9 +430,11 @@ impl NodeInner {
             Ok(Served::Done(outcome))
         };
         let id = target.id;
+        let span = self.call_span("reliable_call", type_name, id, index, chain);
         let result = with_deadline(work, deadline, || {
             format!("reliable call {type_name}/{id} (the call may have run; retry with the same call id)")
         })
+        .instrument(span)
         .await;
         if let Err(err) = &result {
             self.count_timeout(err, "ReliableCallObject");
