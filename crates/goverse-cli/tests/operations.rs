@@ -269,6 +269,22 @@ async fn a_three_node_cluster_s_metrics_match_the_calls_made_and_health_is_serve
 
     // The gate's operations port: its own metrics, with upstream's names.
     let gate = scrape(&format!("{gate_ops}/metrics")).await;
+    // The links batch: the gate wrote its 90 calls' requests in batches, and the nodes wrote
+    // the responses in batches.
+    let batches = |scrapes: &[prometheus_parse::Scrape], metric: &str| -> f64 {
+        scrapes
+            .iter()
+            .flat_map(|s| &s.samples)
+            .filter(|s| s.metric == metric)
+            .map(|s| match &s.value {
+                prometheus_parse::Value::Histogram(b) => b.last().map_or(0.0, |b| b.count),
+                _ => 0.0,
+            })
+            .sum()
+    };
+    let gate_batches = batches(std::slice::from_ref(&gate), "goverse_link_request_batch_size");
+    assert!((1.0..=90.0 + 50.0).contains(&gate_batches), "{gate_batches}");
+    assert!(batches(&scrapes, "goverse_link_response_batch_size") >= 1.0);
     assert_eq!(
         sum(std::slice::from_ref(&gate), "goverse_gate_ready", &[]),
         1.0

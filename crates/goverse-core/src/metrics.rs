@@ -79,7 +79,12 @@ impl Registry {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         sources.retain(|s| s.strong_count() > 0);
-        sources.push(Arc::downgrade(source));
+        let source = Arc::downgrade(source);
+        // One source added twice (a process-wide one, by each of its components) is scraped
+        // once.
+        if !sources.iter().any(|s| s.ptr_eq(&source)) {
+            sources.push(source);
+        }
     }
 
     /// Runs `f` on the `prometheus-client` registry served beside the runtime's metrics, to

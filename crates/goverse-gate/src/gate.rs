@@ -471,6 +471,10 @@ impl Gate {
             gate: Arc::downgrade(&inner),
         });
         inner.config.metrics.add_source(&source);
+        inner
+            .config
+            .metrics
+            .add_source(&goverse_transport::stats_source());
         let _ = inner.metrics_source.set(source);
         tracing::info!(address = %inner.config.advertise_address, node = %inner.config.node, "gate started");
         Ok(Self { inner })

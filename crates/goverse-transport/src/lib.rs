@@ -25,6 +25,7 @@ mod listen;
 mod request;
 mod router;
 mod server;
+mod stats;
 mod wire;
 
 pub use handler::{Handler, Incoming};
@@ -35,6 +36,7 @@ pub use link::{
 pub use listen::{Acceptor, ConnectionLimits, Guarded, Throttle, with_drain_deadline};
 pub use request::{Op, Outcome, PEER_PUSH_BACKLOG, PeerRefused, PeerSink, PushRefused, Request};
 pub use router::{Connector, InProcessNetwork, NetworkConnector, Router};
+pub use stats::{TransportStats, stats_source};
 pub use server::{
     ServeError, constant_time_eq, serve, serve_incoming, serve_with_limits, serve_with_secret,
 };

@@ -610,7 +610,10 @@ impl Stream for RequestStream {
         match this.rx.poll_recv_many(cx, &mut this.buf, MAX_BATCH) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(0) => Poll::Ready(None),
-            Poll::Ready(_) => Poll::Ready(Some(std::mem::take(&mut this.buf))),
+            Poll::Ready(n) => {
+                crate::stats::stats().requests_written(n);
+                Poll::Ready(Some(std::mem::take(&mut this.buf)))
+            }
         }
     }
 }

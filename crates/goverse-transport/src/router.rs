@@ -535,6 +535,7 @@ impl Router {
     ) -> Outcome {
         let deadline = started + timeout;
         let id = request.object_id;
+        let _held = crate::stats::stats().held();
         // Held while the shard has no owner, sent again on a refusal, until the deadline.
         let mut changes = view.subscribe();
         let mut pause = RETRY_FLOOR;

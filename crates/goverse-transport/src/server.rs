@@ -507,7 +507,8 @@ impl Stream for BatchStream {
         match this.rx.poll_recv_many(cx, &mut this.buf, MAX_BATCH) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(0) => Poll::Ready(None),
-            Poll::Ready(_) => {
+            Poll::Ready(n) => {
+                crate::stats::stats().responses_written(n);
                 let mut batch = ResponseBatch::default();
                 for item in this.buf.drain(..) {
                     item.add_to(&mut batch, &this.pending_pushes);
