@@ -186,9 +186,16 @@ pub(crate) async fn node(args: NodeArgs) -> anyhow::Result<()> {
 }
 
 /// `goverse gate --config FILE --gate-id ID`: a gate of the file's cluster.
-pub(crate) async fn gate(config_path: &Path, gate_id: &str) -> anyhow::Result<()> {
+pub(crate) async fn gate(
+    config_path: &Path,
+    gate_id: &str,
+    advertise: Option<&str>,
+) -> anyhow::Result<()> {
     let file = load(config_path)?;
-    let entry = file.gate(gate_id).map_err(anyhow::Error::msg)?.clone();
+    let mut entry = file.gate(gate_id).map_err(anyhow::Error::msg)?.clone();
+    if let Some(advertise) = advertise {
+        entry.advertise_addr = Some(advertise.to_owned());
+    }
     goverse::run::warn_if_unauthenticated(&file);
     let grpc_listener = TcpListener::bind(&entry.grpc_addr)
         .await

@@ -19,7 +19,8 @@ pub(crate) struct GateArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     http_listen: String,
     /// The address clients and nodes know this gate by (client ids start with it). Default: the
-    /// gRPC listen address.
+    /// gRPC listen address, or with `--gate-id` the entry's `advertise_addr`, which this
+    /// overrides (replicas of one entry, each with its own address: a Kubernetes Deployment).
     #[arg(long)]
     advertise: Option<String>,
     /// The node's service address.
@@ -59,7 +60,7 @@ fn load_rules(path: &Path) -> anyhow::Result<RulesFile> {
 
 pub(crate) async fn run(args: GateArgs) -> anyhow::Result<()> {
     if let (Some(config), Some(gate_id)) = (&args.config, &args.gate_id) {
-        return crate::cluster::gate(config, gate_id).await;
+        return crate::cluster::gate(config, gate_id, args.advertise.as_deref()).await;
     }
     let rules = match &args.config {
         Some(path) => load_rules(path)?,

@@ -69,7 +69,11 @@ struct ConfigFile {
 pub(crate) fn postgres_from_file(path: &Path) -> anyhow::Result<PostgresConfig> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let file: ConfigFile = serde_yaml_ng::from_str(&text)
+    // The file as the nodes read it: with the GOVERSE_* variables of this environment applied
+    // (the database password is usually one).
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let doc = goverse::config::with_env_overrides(&text, &path.display().to_string(), &env)?;
+    let file: ConfigFile = serde_yaml_ng::from_value(doc)
         .with_context(|| format!("invalid configuration in {}", path.display()))?;
     let section = file
         .postgres

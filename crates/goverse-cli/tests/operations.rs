@@ -282,8 +282,14 @@ async fn a_three_node_cluster_s_metrics_match_the_calls_made_and_health_is_serve
             })
             .sum()
     };
-    let gate_batches = batches(std::slice::from_ref(&gate), "goverse_link_request_batch_size");
-    assert!((1.0..=90.0 + 50.0).contains(&gate_batches), "{gate_batches}");
+    let gate_batches = batches(
+        std::slice::from_ref(&gate),
+        "goverse_link_request_batch_size",
+    );
+    assert!(
+        (1.0..=90.0 + 50.0).contains(&gate_batches),
+        "{gate_batches}"
+    );
     assert!(batches(&scrapes, "goverse_link_response_batch_size") >= 1.0);
     assert_eq!(
         sum(std::slice::from_ref(&gate), "goverse_gate_ready", &[]),

@@ -208,9 +208,7 @@ impl NodeBuilder {
             node: Arc::downgrade(&inner),
         });
         inner.metrics.add_source(&source);
-        inner
-            .metrics
-            .add_source(&goverse_transport::stats_source());
+        inner.metrics.add_source(&goverse_transport::stats_source());
         let _ = inner.metrics_source.set(source);
         let connector = self.connector.unwrap_or_else(|| {
             Arc::new(goverse_transport::NetworkConnector::with_secret(

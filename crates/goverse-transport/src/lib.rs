@@ -36,10 +36,10 @@ pub use link::{
 pub use listen::{Acceptor, ConnectionLimits, Guarded, Throttle, with_drain_deadline};
 pub use request::{Op, Outcome, PEER_PUSH_BACKLOG, PeerRefused, PeerSink, PushRefused, Request};
 pub use router::{Connector, InProcessNetwork, NetworkConnector, Router};
-pub use stats::{TransportStats, stats_source};
 pub use server::{
     ServeError, constant_time_eq, serve, serve_incoming, serve_with_limits, serve_with_secret,
 };
+pub use stats::{TransportStats, stats_source};
 /// What a server learns of an accepted connection (implement it for a connection type of your
 /// own to serve on it).
 pub use tonic::transport::server::Connected;

@@ -935,6 +935,30 @@ pub fn random_secret() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// `text` (YAML) with the `GOVERSE_<SECTION>__<FIELD>` variables of `env` applied, as data,
+/// for tools that read one section of a configuration file; `name` names the text in errors.
+pub fn with_env_overrides(
+    text: &str,
+    name: &str,
+    env: &[(String, String)],
+) -> Result<serde_yaml_ng::Value, ConfigError> {
+    let mut doc: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(text).map_err(|err| ConfigError {
+            file: name.to_owned(),
+            message: yaml_error(&err),
+        })?;
+    for (key, value) in env
+        .iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
+    {
+        apply_override(&mut doc, key, value).map_err(|why| ConfigError {
+            file: key.clone(),
+            message: why.to_string(),
+        })?;
+    }
+    Ok(doc)
+}
+
 /// Why a `GOVERSE_*` variable cannot be applied.
 #[derive(Debug, thiserror::Error)]
 enum OverrideError {
