@@ -128,6 +128,9 @@ struct Inner {
     /// The endpoint requests go to first: the last one that answered.
     preferred: AtomicUsize,
     request_timeout: Duration,
+    /// Watches resumed after their stream broke, and attempts that failed (and were retried).
+    watch_resumed: std::sync::atomic::AtomicU64,
+    watch_resume_failed: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug)]
@@ -328,6 +331,8 @@ impl EtcdClusterStore {
                 peers,
                 preferred: AtomicUsize::new(0),
                 request_timeout: config.request_timeout,
+                watch_resumed: Default::default(),
+                watch_resume_failed: Default::default(),
             }),
         };
         let version = store
@@ -509,6 +514,10 @@ async fn run_watch(
             }
             match store.open_watch(&prefix, last + 1).await {
                 Ok(resumed) => {
+                    store
+                        .inner
+                        .watch_resumed
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::info!(prefix, after = last, "etcd watch resumed");
                     conn = resumed;
                     break;
@@ -523,6 +532,10 @@ async fn run_watch(
                     return;
                 }
                 Err(err) => {
+                    store
+                        .inner
+                        .watch_resume_failed
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::debug!(prefix, cause = %err, "etcd watch cannot resume yet");
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
@@ -533,6 +546,14 @@ async fn run_watch(
 
 #[async_trait]
 impl ClusterStore for EtcdClusterStore {
+    fn watch_reconnections(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.inner.watch_resumed.load(Relaxed),
+            self.inner.watch_resume_failed.load(Relaxed),
+        )
+    }
+
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, ClusterError> {
         // etcd leases count whole seconds; round up so a lease never lives shorter than asked.
         let seconds = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);

@@ -261,6 +261,12 @@ pub enum ClusterError {
 /// The coordination store: etcd in a cluster, [`MemoryClusterStore`] embedded.
 #[async_trait]
 pub trait ClusterStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Watches that broke and were taken up again inside the store: (resumed, attempts that
+    /// failed and were retried). Stores whose watches never break say (0, 0).
+    fn watch_reconnections(&self) -> (u64, u64) {
+        (0, 0)
+    }
+
     /// Grants a lease that expires `ttl` after its last keep-alive.
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, ClusterError>;
     /// Renews a lease for another ttl.

@@ -274,6 +274,15 @@ impl Stability {
 pub struct MapView {
     map: watch::Receiver<ClusterMap>,
     _task: Arc<AbortOnDrop>,
+    reconnections: Arc<Reconnections>,
+    store: Arc<dyn ClusterStore>,
+}
+
+/// How often the watch ended and the map was listed again: done, or failed (and retried).
+#[derive(Debug, Default)]
+struct Reconnections {
+    reloaded: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug)]
@@ -313,11 +322,34 @@ impl MapView {
             );
         }
         let (tx, rx) = watch::channel(map);
-        let task = tokio::spawn(follow(store, keys, shard_count, tx, revision));
+        let reconnections = Arc::new(Reconnections::default());
+        let task = tokio::spawn(follow(
+            store.clone(),
+            keys,
+            shard_count,
+            tx,
+            revision,
+            reconnections.clone(),
+        ));
         Ok(Self {
             map: rx,
             _task: Arc::new(AbortOnDrop(task.abort_handle())),
+            reconnections,
+            store,
         })
+    }
+
+    /// How often the watch on the store broke and was taken up again: (resumed or listed again,
+    /// attempts that failed and were retried). Upstream's `goverse_watch_reconnections_total`
+    /// outcomes `reconnected` and `reload_failed`.
+    pub fn reconnections(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        // A watch the store took up again by itself, or one that ended and was listed again.
+        let (resumed, resume_failed) = self.store.watch_reconnections();
+        (
+            resumed + self.reconnections.reloaded.load(Relaxed),
+            resume_failed + self.reconnections.failed.load(Relaxed),
+        )
     }
 
     /// The map now. Holds a read lock: copy out what is needed, never hold it across an await.
@@ -354,7 +386,9 @@ async fn follow(
     shard_count: u32,
     tx: watch::Sender<ClusterMap>,
     mut after: Revision,
+    reconnections: Arc<Reconnections>,
 ) {
+    use std::sync::atomic::Ordering::Relaxed;
     let prefix = format!("{}/", keys.prefix());
     let mut backoff = Duration::from_millis(100);
     let mut relist = false;
@@ -365,10 +399,12 @@ async fn follow(
                     Ok(map) => {
                         after = revision;
                         tx.send_replace(map);
+                        reconnections.reloaded.fetch_add(1, Relaxed);
                     }
                     Err(err) => tracing::error!(error = %err, "cannot load the cluster map"),
                 },
                 Err(err) => {
+                    reconnections.failed.fetch_add(1, Relaxed);
                     tracing::warn!(error = %err, retry_in = ?backoff, "cannot list the cluster");
                     if pause(&tx, &mut backoff).await {
                         return;

@@ -142,7 +142,7 @@ async fn profile_handler(
             use pprof::protos::Message as _;
             let report = guard.report().build().map_err(|e| e.to_string())?;
             let profile = report.pprof().map_err(|e| e.to_string())?;
-            Ok::<_, String>(profile.encode_to_vec())
+            profile.write_to_bytes().map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| e.to_string())?

@@ -383,6 +383,18 @@ impl NodeInner {
             &node,
             migrating as i64,
         );
+        let (reconnected, reload_failed) = self.membership.view().reconnections();
+        for (outcome, count) in [
+            ("reconnected", reconnected),
+            ("reload_failed", reload_failed),
+        ] {
+            out.counter(
+                "goverse_watch_reconnections_total",
+                "Times the watch on the cluster store ended and the map was listed again, by outcome",
+                &[("node_addr", me), ("outcome", outcome)],
+                count,
+            );
+        }
         out.counter(
             "goverse_shard_reallocations_total",
             "Shard targets this node moved while leading",

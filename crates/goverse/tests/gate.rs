@@ -1452,6 +1452,15 @@ async fn a_cluster_gate_is_ready_only_while_its_lease_is_renewed_and_its_quorum_
     );
     etcd.start_again();
     assert_eventually!(gate.is_ready(), Duration::from_secs(20));
+    // The node's watch on etcd ended with it and was set up again, counted as upstream counts
+    // it.
+    let reconnected = || {
+        cluster.node(0).metrics().scrape().sum(
+            "goverse_watch_reconnections_total",
+            &[("outcome", "reconnected")],
+        )
+    };
+    assert_eventually!(reconnected() >= 1, Duration::from_secs(20));
     cluster.shutdown().await;
 }
 
