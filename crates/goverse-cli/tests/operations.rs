@@ -12,6 +12,30 @@ use goverse_testkit::{EtcdServer, ProcessCluster, assert_eventually, free_ports_
 const GOVERSE: &str = env!("CARGO_BIN_EXE_goverse");
 const SHARDS: u32 = 64;
 
+/// `config gen`'s configuration of `nodes` nodes and a gate (with an operations port) on `etcd`,
+/// on free loopback ports, with a SQLite file in `dir`.
+fn generated(
+    dir: &std::path::Path,
+    etcd: &EtcdServer,
+    nodes: u16,
+    shards: u32,
+) -> goverse::config::ClusterFile {
+    let base = free_ports_in_a_row(2 * nodes + 4);
+    let mut file = goverse::config::ClusterFile::generated(&goverse::config::Generate {
+        nodes: usize::from(nodes),
+        gates: 1,
+        shards,
+        etcd: etcd.endpoint(),
+        sqlite_path: dir.join("objects.db").display().to_string(),
+        node_port: base,
+        gate_port: base + nodes,
+        http_port: base + nodes + 1,
+        ops_port: base + nodes + 2,
+    });
+    file.gates[0].ops_addr = Some(format!("127.0.0.1:{}", base + 2 * nodes + 2));
+    file
+}
+
 /// Every sample of `url`'s Prometheus text, parsed by `prometheus-parse`.
 async fn scrape(url: &str) -> prometheus_parse::Scrape {
     let response = reqwest::get(url).await.expect("metrics answer");
@@ -119,19 +143,7 @@ async fn post(url: &str, body: &str) -> u16 {
 async fn a_three_node_cluster_s_metrics_match_the_calls_made_and_health_is_served() {
     let etcd = EtcdServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let base = free_ports_in_a_row(12);
-    let mut file = goverse::config::ClusterFile::generated(&goverse::config::Generate {
-        nodes: 3,
-        gates: 1,
-        shards: SHARDS,
-        etcd: etcd.endpoint(),
-        sqlite_path: dir.path().join("objects.db").display().to_string(),
-        node_port: base,
-        gate_port: base + 3,
-        http_port: base + 4,
-        ops_port: base + 5,
-    });
-    file.gates[0].ops_addr = Some(format!("127.0.0.1:{}", base + 8));
+    let mut file = generated(dir.path(), &etcd, 3, SHARDS);
     // Clients may delete counters (deletes are for nodes only by default).
     file.object_lifecycle_rules =
         serde_yaml_ng::from_str("- {type: Counter, lifecycle: DELETE, access: ALLOW}").unwrap();
@@ -330,19 +342,7 @@ async fn readiness_follows_etcd_going_away_and_coming_back() {
     const LEASE: Duration = Duration::from_secs(2);
     let etcd = EtcdServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let base = free_ports_in_a_row(6);
-    let mut file = goverse::config::ClusterFile::generated(&goverse::config::Generate {
-        nodes: 1,
-        gates: 1,
-        shards: 16,
-        etcd: etcd.endpoint(),
-        sqlite_path: dir.path().join("objects.db").display().to_string(),
-        node_port: base,
-        gate_port: base + 1,
-        http_port: base + 2,
-        ops_port: base + 3,
-    });
-    file.gates[0].ops_addr = Some(format!("127.0.0.1:{}", base + 4));
+    let mut file = generated(dir.path(), &etcd, 1, 16);
     file.cluster.lease_ttl = Some(LEASE);
     file.cluster.cluster_state_stability_duration = Some(Duration::from_secs(1));
     let config = dir.path().join("cluster.yaml");

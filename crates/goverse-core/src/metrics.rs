@@ -419,15 +419,7 @@ const LATENCY_BOUNDS_NS: [u64; 19] = {
 /// on a cache line of the recording thread's own, no lock).
 #[derive(Default)]
 pub struct LatencyHistogram {
-    stripes: [LatencyStripe; STRIPES],
-}
-
-#[derive(Default)]
-#[repr(align(128))]
-struct LatencyStripe {
-    /// One per bound, then `+Inf`.
-    buckets: [AtomicU64; 20],
-    sum_ns: AtomicU64,
+    stripes: [Padded<LatencyCells>; STRIPES],
 }
 
 impl fmt::Debug for LatencyHistogram {
@@ -444,44 +436,34 @@ impl LatencyHistogram {
     /// Records one duration.
     #[inline]
     pub fn observe(&self, elapsed: Duration) {
-        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        let bucket = LATENCY_BOUNDS_NS
-            .iter()
-            .position(|bound| ns <= *bound)
-            .unwrap_or(LATENCY_BOUNDS_NS.len());
-        let stripe = &self.stripes[stripe()];
+        let (bucket, ns) = bucket_of(elapsed);
+        let stripe = &self.stripes[stripe()].0;
         stripe.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         stripe.sum_ns.fetch_add(ns, Ordering::Relaxed);
     }
 
     /// The observations so far.
     pub fn snapshot(&self) -> HistogramSnapshot {
-        let mut counts = [0u64; 20];
-        let mut sum_ns = 0u64;
-        for stripe in &self.stripes {
-            for (total, bucket) in counts.iter_mut().zip(&stripe.buckets) {
-                *total += bucket.load(Ordering::Relaxed);
-            }
-            sum_ns = sum_ns.wrapping_add(stripe.sum_ns.load(Ordering::Relaxed));
-        }
-        let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS
-            .iter()
-            .copied()
-            .chain([f64::INFINITY])
-            .zip(counts)
-            .collect();
-        HistogramSnapshot {
-            count: counts.iter().sum(),
-            sum: sum_ns as f64 / 1e9,
-            buckets,
-        }
+        LatencyCells::sum(self.stripes.iter().map(|s| &s.0))
     }
+}
+
+/// The bucket of [`LATENCY_BOUNDS`] a duration falls in, and the duration in nanoseconds.
+#[inline]
+fn bucket_of(elapsed: Duration) -> (usize, u64) {
+    let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+    let bucket = LATENCY_BOUNDS_NS
+        .iter()
+        .position(|bound| ns <= *bound)
+        .unwrap_or(LATENCY_BOUNDS_NS.len());
+    (bucket, ns)
 }
 
 /// Durations bucketed as [`LatencyHistogram`]'s, written by one thread only (see
 /// [`PerThread`]): adding is a plain load and store, no locked instruction.
 #[derive(Default)]
 pub struct LatencyCells {
+    /// One per bound, then `+Inf`.
     buckets: [AtomicU64; 20],
     sum_ns: AtomicU64,
 }
@@ -496,11 +478,7 @@ impl LatencyCells {
     /// Records one duration. Only the owning thread may call this.
     #[inline]
     pub fn add(&self, elapsed: Duration) {
-        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        let bucket = LATENCY_BOUNDS_NS
-            .iter()
-            .position(|bound| ns <= *bound)
-            .unwrap_or(LATENCY_BOUNDS_NS.len());
+        let (bucket, ns) = bucket_of(elapsed);
         let cell = &self.buckets[bucket];
         cell.store(cell.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         self.sum_ns.store(

@@ -1300,24 +1300,8 @@ async fn a_node_with_a_cluster_secret_admits_only_peers_that_present_it() {
     use goverse_proto::node::DescribeRequest;
     use goverse_proto::node::node_service_client::NodeServiceClient;
     const SECRET: &str = "correct-horse-battery-staple";
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let node_addr = listener.local_addr().unwrap().to_string();
-    let node = Node::builder(NodeConfig {
-        address: node_addr.clone(),
-        shard_count: 64,
-        peer_secret: Some(SECRET.to_owned()),
-        ..NodeConfig::default()
-    })
-    .register::<Tally>()
-    .start()
-    .await
-    .unwrap();
-    let stop = CancellationToken::new();
-    tokio::spawn(goverse::serve(
-        node.clone(),
-        listener,
-        stop.clone().cancelled_owned(),
-    ));
+    let (node, node_addr, stop) = node_with_secret(SECRET).await;
+    let node_addr = node_addr.to_string();
 
     let mut raw = NodeServiceClient::connect(format!("http://{node_addr}"))
         .await
@@ -1928,24 +1912,7 @@ async fn nodes_answer_upstream_status_and_list_objects_behind_the_secret() {
     use goverse_proto::upstream::Empty;
     use goverse_proto::upstream::goverse_client::GoverseClient;
     const SECRET: &str = "the-cluster-secret-of-this-test";
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let node = Node::builder(NodeConfig {
-        address: addr.to_string(),
-        shard_count: 64,
-        peer_secret: Some(SECRET.to_owned()),
-        ..NodeConfig::default()
-    })
-    .register::<Tally>()
-    .start()
-    .await
-    .unwrap();
-    let stop = CancellationToken::new();
-    tokio::spawn(goverse::serve(
-        node.clone(),
-        listener,
-        stop.clone().cancelled_owned(),
-    ));
+    let (node, addr, stop) = node_with_secret(SECRET).await;
     let before = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -2096,4 +2063,28 @@ async fn cpu_profiles_and_memory_summaries_are_served_to_the_admin_token_only() 
         .unwrap();
     assert_eq!(bad.status(), 400);
     stop.cancel();
+}
+
+/// A node of `Tally` objects whose peers must present `secret`, serving on a loopback port
+/// until the token is cancelled.
+async fn node_with_secret(secret: &str) -> (Node, SocketAddr, CancellationToken) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let node = Node::builder(NodeConfig {
+        address: addr.to_string(),
+        shard_count: 64,
+        peer_secret: Some(secret.to_owned()),
+        ..NodeConfig::default()
+    })
+    .register::<Tally>()
+    .start()
+    .await
+    .unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(goverse::serve(
+        node.clone(),
+        listener,
+        stop.clone().cancelled_owned(),
+    ));
+    (node, addr, stop)
 }
