@@ -25,44 +25,12 @@ pub(crate) struct PostgresArgs {
     pub(crate) pg_statement_timeout: Option<Duration>,
 }
 
-/// The `postgres:` section of upstream's YAML configuration, with this project's additions.
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PostgresSection {
-    #[serde(default = "default_host")]
-    host: String,
-    #[serde(default = "default_port")]
-    port: u16,
-    user: String,
-    #[serde(default)]
-    password: String,
-    database: String,
-    #[serde(default)]
-    sslmode: String,
-    /// Ours: connections in the pool.
-    pool_size: Option<usize>,
-    /// Upstream's name for the pool's size.
-    max_open_conns: Option<usize>,
-    /// Upstream's idle connections kept.
-    max_idle_conns: Option<usize>,
-    /// Ours: `statement_timeout`, as `10s`, `500ms`.
-    statement_timeout: Option<String>,
-}
-
-fn default_host() -> String {
-    "localhost".to_owned()
-}
-
-fn default_port() -> u16 {
-    5432
-}
-
 /// The parts of an upstream configuration file the store commands read. Other sections are
 /// read by the commands that use them.
 #[derive(Debug, serde::Deserialize)]
 struct ConfigFile {
     #[serde(default)]
-    postgres: Option<PostgresSection>,
+    postgres: Option<goverse::config::PostgresSection>,
 }
 
 /// Reads the `postgres:` section of `path`, naming the file (and the line, for YAML errors).
@@ -78,24 +46,7 @@ pub(crate) fn postgres_from_file(path: &Path) -> anyhow::Result<PostgresConfig> 
     let section = file
         .postgres
         .with_context(|| format!("{} has no postgres: section", path.display()))?;
-    let mut config = PostgresConfig::from_parts(
-        &section.host,
-        section.port,
-        &section.user,
-        &section.password,
-        &section.database,
-        &section.sslmode,
-    );
-    if let Some(size) = section.pool_size.or(section.max_open_conns) {
-        config.pool_size = size;
-    }
-    config.max_idle = section
-        .max_idle_conns
-        .map(|idle| idle.min(config.pool_size));
-    if let Some(timeout) = &section.statement_timeout {
-        config.statement_timeout = parse_duration(timeout)
-            .map_err(|e| anyhow::anyhow!("{}: postgres.statement_timeout: {e}", path.display()))?;
-    }
+    let config = section.store_config();
     config
         .validate()
         .map_err(|e| anyhow::anyhow!("{}: postgres: {e}", path.display()))?;

@@ -213,7 +213,7 @@ pub(crate) struct GateInner {
     pub(crate) streams_stop: CancellationToken,
     pub(crate) tasks: TaskTracker,
     /// What the registry scrapes (it holds only a weak reference).
-    metrics_source: std::sync::OnceLock<Arc<dyn goverse_core::metrics::Source>>,
+    metrics_source: Arc<dyn goverse_core::metrics::Source>,
 }
 
 /// Reads a gate's figures at scrape time.
@@ -453,7 +453,7 @@ impl Gate {
                 stop.clone(),
             ),
         };
-        let inner = Arc::new(GateInner {
+        let inner = Arc::new_cyclic(|gate| GateInner {
             rules,
             handler,
             clients,
@@ -465,17 +465,13 @@ impl Gate {
             stop,
             tasks: TaskTracker::new(),
             config,
-            metrics_source: std::sync::OnceLock::new(),
+            metrics_source: Arc::new(GateSource { gate: gate.clone() }),
         });
-        let source: Arc<dyn goverse_core::metrics::Source> = Arc::new(GateSource {
-            gate: Arc::downgrade(&inner),
-        });
-        inner.config.metrics.add_source(&source);
+        inner.config.metrics.add_source(&inner.metrics_source);
         inner
             .config
             .metrics
             .add_source(&goverse_transport::stats_source());
-        let _ = inner.metrics_source.set(source);
         tracing::info!(address = %inner.config.advertise_address, node = %inner.config.node, "gate started");
         Ok(Self { inner })
     }

@@ -34,17 +34,6 @@ pub fn ops_router(metrics: Registry, ready: ReadyCheck) -> Router {
         .with_state(Ops { metrics, ready })
 }
 
-/// Serves `GET /metrics` from `metrics` (to merge into a router of one's own).
-pub fn metrics_route(metrics: Registry) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics_only))
-        .with_state(metrics)
-}
-
-async fn metrics_only(State(metrics): State<Registry>) -> Response {
-    encoded(&metrics)
-}
-
 pub(crate) fn encoded(metrics: &Registry) -> Response {
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], metrics.encode()).into_response()
 }

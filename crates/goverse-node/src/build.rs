@@ -6,7 +6,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use goverse_cluster::{ClusterStore, Keys, MapView, MemoryClusterStore};
-use goverse_core::metrics::{Registry, Source};
+use goverse_core::metrics::Registry;
 use goverse_core::{InvalidSetting, NodeAddr};
 use goverse_persistence::ObjectStore;
 use goverse_transport::{Connector, Router};
@@ -183,7 +183,7 @@ impl NodeBuilder {
         let cluster_counters = membership.counters().clone();
         let call_metrics =
             CallMetrics::new(self.call_metrics, &self.registry, self.config.shard_count);
-        let inner = Arc::new(NodeInner {
+        let inner = Arc::new_cyclic(|node| NodeInner {
             address,
             config: self.config,
             registry: self.registry,
@@ -201,15 +201,11 @@ impl NodeBuilder {
             client_rules,
             call_metrics,
             cluster_counters,
-            metrics_source: std::sync::OnceLock::new(),
+            metrics_source: Arc::new(NodeSource { node: node.clone() }),
             metrics: self.metrics.unwrap_or_default(),
         });
-        let source: Arc<dyn Source> = Arc::new(NodeSource {
-            node: Arc::downgrade(&inner),
-        });
-        inner.metrics.add_source(&source);
+        inner.metrics.add_source(&inner.metrics_source);
         inner.metrics.add_source(&goverse_transport::stats_source());
-        let _ = inner.metrics_source.set(source);
         let connector = self.connector.unwrap_or_else(|| {
             Arc::new(goverse_transport::NetworkConnector::with_secret(
                 inner.config.peer_secret.as_deref().map(Into::into),

@@ -61,8 +61,6 @@ pub(crate) struct Membership {
     serve_until_us: std::sync::atomic::AtomicU64,
     /// Claims, releases, moves, renewals: read by the node's metrics.
     counters: Arc<ClusterCounters>,
-    /// When the last successful renewal was asked for (for its lateness).
-    last_renewal: Mutex<Option<tokio::time::Instant>>,
 }
 
 /// What this node holds of `state`'s shard, for the pure decisions of [`plan`].
@@ -89,7 +87,6 @@ impl Membership {
     ) -> Self {
         Self {
             counters: Arc::default(),
-            last_renewal: Mutex::new(None),
             cluster,
             keys,
             address,
@@ -114,17 +111,21 @@ impl Membership {
 
     /// A renewal (or the grant) asked for at `asked` succeeded.
     fn renewed(&self, asked: tokio::time::Instant) {
-        let previous = self.last_renewal.lock().replace(asked);
-        if let Some(previous) = previous {
-            let due = previous + self.settings.lease_ttl / 4;
+        let window = serving_window(self.settings.lease_ttl);
+        let until = asked.duration_since(self.origin) + window;
+        let before = self
+            .serve_until_us
+            .fetch_max(until.as_micros() as u64, Ordering::AcqRel);
+        // The previous renewal was asked for a serving window before the deadline it set; this
+        // one was due a period after it.
+        if before > 0 {
+            let due =
+                Duration::from_micros(before).saturating_sub(window) + self.settings.lease_ttl / 4;
             self.counters
                 .renewal_lateness
-                .observe(asked.saturating_duration_since(due));
+                .observe(until.saturating_sub(window).saturating_sub(due));
         }
         self.counters.renewals.fetch_add(1, Ordering::Relaxed);
-        let until = asked.duration_since(self.origin) + serving_window(self.settings.lease_ttl);
-        self.serve_until_us
-            .fetch_max(until.as_micros() as u64, Ordering::AcqRel);
     }
 
     /// This node's address.
@@ -350,12 +351,7 @@ impl Membership {
                         break;
                     }
                     TxnOutcome::Conflict(current) => {
-                        *self
-                            .counters
-                            .map_write_failures
-                            .lock()
-                            .entry("modrevision_conflict")
-                            .or_default() += 1;
+                        self.counters.map_write_failure("modrevision_conflict");
                         let before = batch.len();
                         batch = batch
                             .into_iter()

@@ -82,12 +82,12 @@ impl CallMetrics {
                 (*name, methods)
             })
             .collect();
-        SHARD_SLOTS.store(shard_count as usize + 1, Ordering::Relaxed);
+        let slots = shard_count as usize + 1;
         Self {
             enabled,
             types,
-            shard_calls: PerThread::new(shard_slots),
-            shard_count: shard_count as usize + 1,
+            shard_calls: PerThread::new(move || (0..slots).map(|_| AtomicU64::new(0)).collect()),
+            shard_count: slots,
         }
     }
 
@@ -141,16 +141,6 @@ impl CallMetrics {
     }
 }
 
-/// Slots of the per-thread shard counters (nodes of one process share a shard count, which the
-/// cluster settles; the largest asked for is used).
-static SHARD_SLOTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-fn shard_slots() -> Box<[AtomicU64]> {
-    (0..SHARD_SLOTS.load(Ordering::Relaxed))
-        .map(|_| AtomicU64::new(0))
-        .collect()
-}
-
 /// The node's counters of its membership and shutdown.
 #[derive(Debug, Default)]
 pub(crate) struct ClusterCounters {
@@ -190,6 +180,11 @@ impl ClusterCounters {
             }
             _ => "other",
         };
+        self.map_write_failure(kind);
+    }
+
+    /// Counts a shard-map write that failed for `kind` of reason.
+    pub(crate) fn map_write_failure(&self, kind: &'static str) {
         *self.map_write_failures.lock().entry(kind).or_default() += 1;
     }
 

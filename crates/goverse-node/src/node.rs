@@ -198,7 +198,7 @@ pub(crate) struct NodeInner {
     /// Membership, store and shutdown figures.
     pub(crate) cluster_counters: Arc<ClusterCounters>,
     /// What the registry scrapes (it holds only a weak reference).
-    pub(crate) metrics_source: std::sync::OnceLock<Arc<dyn goverse_core::metrics::Source>>,
+    pub(crate) metrics_source: Arc<dyn goverse_core::metrics::Source>,
     /// The registry the node's figures are scraped from.
     pub(crate) metrics: goverse_core::metrics::Registry,
 }
@@ -250,6 +250,7 @@ impl NodeInner {
 
     pub(crate) fn stats(&self) -> NodeStats {
         let (active, owned) = self.directory.counts();
+        let (pushes_sent, pushes_dropped) = self.push.totals();
         NodeStats {
             active_objects: active,
             activations: self.counters.activations.load(Ordering::Relaxed),
@@ -271,8 +272,8 @@ impl NodeInner {
                 .map_or(0, |s| s.counters.unsaveable.load(Ordering::Relaxed)),
             reliable_calls: self.counters.reliable_calls.load(Ordering::Relaxed),
             owned_shards: owned,
-            pushes_sent: self.push.counters.sent.load(Ordering::Relaxed),
-            pushes_dropped: self.push.counters.dropped.load(Ordering::Relaxed),
+            pushes_sent,
+            pushes_dropped,
         }
     }
 }

@@ -14,39 +14,27 @@ use goverse_proto::node::Push;
 use goverse_transport::{PeerRefused, PeerSink};
 use parking_lot::RwLock;
 
-/// Counters of the push path.
-#[derive(Debug, Default)]
-pub(crate) struct PushCounters {
-    pub(crate) sent: AtomicU64,
-    pub(crate) dropped: AtomicU64,
-    /// (sent, dropped) per gate address, kept after the gate goes (its counts stay counts).
-    per_gate: RwLock<HashMap<Arc<str>, Arc<GateCounts>>>,
-}
-
+/// Pushes sent to one gate address and dropped for it, kept after the gate goes (a gate that
+/// reconnects goes on counting where it was).
 #[derive(Debug, Default)]
 struct GateCounts {
     sent: AtomicU64,
     dropped: AtomicU64,
 }
 
-impl PushCounters {
-    fn of(&self, gate: &str) -> Arc<GateCounts> {
-        if let Some(counts) = self.per_gate.read().get(gate) {
-            return counts.clone();
-        }
-        self.per_gate
-            .write()
-            .entry(gate.into())
-            .or_default()
-            .clone()
-    }
+/// A connected gate: its stream and its counts.
+#[derive(Debug, Clone)]
+struct Attached {
+    link: PeerSink,
+    counts: Arc<GateCounts>,
 }
 
 /// The node's table of connected gates.
 #[derive(Debug, Default)]
 pub(crate) struct PushHub {
-    gates: RwLock<HashMap<Arc<str>, PeerSink>>,
-    pub(crate) counters: PushCounters,
+    gates: RwLock<HashMap<Arc<str>, Attached>>,
+    /// Every gate address pushed to so far; the totals are their sums.
+    counts: RwLock<HashMap<Arc<str>, Arc<GateCounts>>>,
 }
 
 impl PushHub {
@@ -56,28 +44,43 @@ impl PushHub {
     pub(crate) fn attach(&self, address: Arc<str>, link: PeerSink) -> Result<(), PeerRefused> {
         let mut gates = self.gates.write();
         if let Some(current) = gates.get(&address)
-            && current.is_open()
-            && current.serial() != link.serial()
+            && current.link.is_open()
+            && current.link.serial() != link.serial()
         {
             return Err(PeerRefused::AlreadyConnected(address));
         }
-        gates.insert(address, link);
+        let counts = self
+            .counts
+            .write()
+            .entry(address.clone())
+            .or_default()
+            .clone();
+        gates.insert(address, Attached { link, counts });
         Ok(())
     }
 
     /// Removes the stream of gate `address` if it is still the one with `serial`.
     pub(crate) fn detach(&self, address: &str, serial: u64) {
         let mut gates = self.gates.write();
-        if gates.get(address).is_some_and(|l| l.serial() == serial) {
+        if gates
+            .get(address)
+            .is_some_and(|g| g.link.serial() == serial)
+        {
             gates.remove(address);
         }
     }
 
-    /// (gate, pushed, dropped) for every gate pushed to so far, sorted by gate.
+    /// (pushed, dropped) over every gate.
+    pub(crate) fn totals(&self) -> (u64, u64) {
+        self.per_gate()
+            .iter()
+            .fold((0, 0), |(s, d), (_, sent, dropped)| (s + sent, d + dropped))
+    }
+
+    /// (gate, pushed, dropped) for every gate connected so far, sorted by gate.
     pub(crate) fn per_gate(&self) -> Vec<(String, u64, u64)> {
         let mut all: Vec<(String, u64, u64)> = self
-            .counters
-            .per_gate
+            .counts
             .read()
             .iter()
             .map(|(gate, c)| {
@@ -115,7 +118,7 @@ impl PushHub {
         message: impl Message,
     ) -> Vec<(String, CallError)> {
         let mut unrouted = Vec::new();
-        let mut by_gate: Vec<(&str, PeerSink, Vec<String>)> = Vec::new();
+        let mut by_gate: Vec<(&str, Attached, Vec<String>)> = Vec::new();
         {
             let gates = self.gates.read();
             for client in client_ids {
@@ -126,7 +129,7 @@ impl PushHub {
                     unrouted.push((client.to_owned(), why));
                     continue;
                 };
-                let Some(link) = gates.get(gate) else {
+                let Some(attached) = gates.get(gate) else {
                     let why = CallError::new(
                         ErrorCode::NotFound,
                         format!("no gate {gate} is connected to this node (pushing to {client})"),
@@ -136,16 +139,15 @@ impl PushHub {
                 };
                 match by_gate.iter_mut().find(|(g, _, _)| *g == gate) {
                     Some((_, _, ids)) => ids.push(client.to_owned()),
-                    None => by_gate.push((gate, link.clone(), vec![client.to_owned()])),
+                    None => by_gate.push((gate, attached.clone(), vec![client.to_owned()])),
                 }
             }
         }
         if !by_gate.is_empty() {
             let any = message.to_any();
-            for (gate, link, client_ids) in by_gate {
-                self.send(
-                    gate,
-                    &link,
+            for (_, attached, client_ids) in by_gate {
+                Self::send(
+                    &attached,
                     Push {
                         client_ids,
                         broadcast: false,
@@ -158,17 +160,11 @@ impl PushHub {
     }
 
     pub(crate) fn broadcast(&self, message: impl Message) -> usize {
-        let links: Vec<(Arc<str>, PeerSink)> = self
-            .gates
-            .read()
-            .iter()
-            .map(|(gate, link)| (gate.clone(), link.clone()))
-            .collect();
+        let links: Vec<Attached> = self.gates.read().values().cloned().collect();
         let any = message.to_any();
-        for (gate, link) in &links {
-            self.send(
-                gate,
-                link,
+        for attached in &links {
+            Self::send(
+                attached,
                 Push {
                     client_ids: Vec::new(),
                     broadcast: true,
@@ -179,17 +175,14 @@ impl PushHub {
         links.len()
     }
 
-    fn send(&self, gate: &str, link: &PeerSink, push: Push) {
-        let counts = self.counters.of(gate);
-        if let Err(refused) = link.push(push) {
-            counts.dropped.fetch_add(1, Ordering::Relaxed);
-            let dropped = self.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+    fn send(attached: &Attached, push: Push) {
+        if let Err(refused) = attached.link.push(push) {
+            let dropped = attached.counts.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {
-                tracing::warn!(dropped_total = dropped, cause = %refused, "push dropped");
+                tracing::warn!(dropped_to_this_gate = dropped, cause = %refused, "push dropped");
             }
             return;
         }
-        counts.sent.fetch_add(1, Ordering::Relaxed);
-        self.counters.sent.fetch_add(1, Ordering::Relaxed);
+        attached.counts.sent.fetch_add(1, Ordering::Relaxed);
     }
 }

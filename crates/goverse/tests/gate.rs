@@ -1815,24 +1815,8 @@ async fn the_node_checks_gate_requests_against_the_rules_again() {
 /// type", which reads as permanent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gate_that_cannot_reach_its_node_names_the_node_and_the_cause() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let node_addr = listener.local_addr().unwrap().to_string();
-    let node = Node::builder(NodeConfig {
-        address: node_addr.clone(),
-        shard_count: 64,
-        peer_secret: Some("the-right-cluster-secret".to_owned()),
-        ..NodeConfig::default()
-    })
-    .register::<Tally>()
-    .start()
-    .await
-    .unwrap();
-    let stop = CancellationToken::new();
-    tokio::spawn(goverse::serve(
-        node.clone(),
-        listener,
-        stop.clone().cancelled_owned(),
-    ));
+    let (node, node_addr, stop) = node_with_secret("the-right-cluster-secret").await;
+    let node_addr = node_addr.to_string();
     let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (grpc, http) = (
