@@ -63,6 +63,9 @@ pub(crate) enum ConfigCommand {
         /// The first node's operations port (metrics, health); the others follow.
         #[arg(long, default_value_t = 9101)]
         ops_port: u16,
+        /// The inspector's port (`goverse inspector`).
+        #[arg(long, default_value_t = 8090)]
+        inspector_port: u16,
         /// Where to write it (default: standard output).
         #[arg(long, short)]
         output: Option<PathBuf>,
@@ -84,6 +87,9 @@ pub(crate) enum ClusterCommand {
         /// does not.
         #[arg(long, value_parser = parse_duration)]
         wait: Option<Duration>,
+        /// Also print this shard's record: owner, target, epoch, pin (repeatable).
+        #[arg(long)]
+        shard: Vec<u32>,
     },
     /// Removes what the cluster cannot use: shard records numbered past its shard count (left
     /// by a process configured with more shards). Says what it removes; records the cluster's
@@ -135,6 +141,7 @@ pub(crate) fn config(command: ConfigCommand) -> anyhow::Result<()> {
             gate_port,
             http_port,
             ops_port,
+            inspector_port,
             output,
         } => {
             anyhow::ensure!(nodes > 0, "--nodes must be at least 1");
@@ -160,6 +167,7 @@ pub(crate) fn config(command: ConfigCommand) -> anyhow::Result<()> {
                 gate_port,
                 http_port,
                 ops_port,
+                inspector_port,
             });
             // What was written must load (a bad --etcd or --sqlite is named now, not later).
             ClusterFile::parse(&text, "the generated configuration", &[])?;
@@ -229,6 +237,11 @@ pub(crate) async fn gate(
             lifecycle_rules: file.object_lifecycle_rules.clone(),
             peer_secret: file.cluster.secret.clone(),
             min_quorum: file.cluster.min_quorum.unwrap_or(1),
+            ops_address: entry
+                .ops_addr
+                .as_ref()
+                .or(entry.http_addr.as_ref())
+                .map(|listen| goverse::config::published_address(listen, entry.advertise())),
             ..GateConfig::default()
         }
         .with_connection_limits(file.connection_limits()),
@@ -313,8 +326,13 @@ pub(crate) async fn gate(
 
 /// `goverse cluster status`.
 pub(crate) async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
-    let (config, json, wait) = match command {
-        ClusterCommand::Status { config, json, wait } => (config, json, wait),
+    let (config, json, wait, shards) = match command {
+        ClusterCommand::Status {
+            config,
+            json,
+            wait,
+            shard,
+        } => (config, json, wait, shard),
         ClusterCommand::Repair { config, dry_run } => return repair(&config, dry_run).await,
     };
     let file = load(&config)?;
@@ -338,7 +356,7 @@ pub(crate) async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
         match deadline {
             Some(deadline) if !settled(&file, &map) || !unreachable.is_empty() => {
                 if tokio::time::Instant::now() >= deadline {
-                    print_status(&file, &keys, &map, &unreachable, revision, json)?;
+                    print_status(&file, &keys, &map, &unreachable, &shards, json)?;
                     anyhow::bail!(
                         "the cluster did not settle within {:?}",
                         wait.unwrap_or_default()
@@ -346,11 +364,11 @@ pub(crate) async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            _ => break (map, unreachable, revision),
+            _ => break (map, unreachable),
         }
     };
-    let (map, unreachable, revision) = settled_map;
-    print_status(&file, &keys, &map, &unreachable, revision, json)
+    let (map, unreachable) = settled_map;
+    print_status(&file, &keys, &map, &unreachable, &shards, json)
 }
 
 /// The registered nodes this command cannot reach as a peer would (the node service's
@@ -469,14 +487,34 @@ fn is_ready(file: &ClusterFile, map: &goverse::cluster::ClusterMap) -> bool {
 /// Ready, with every node and gate of the file registered and none set aside by its peers,
 /// nothing moving, and ±1 balance.
 fn settled(file: &ClusterFile, map: &goverse::cluster::ClusterMap) -> bool {
-    let served = served(file, map);
-    let (min, max) = (served.values().min(), served.values().max());
     is_ready(file, map)
         && map.serving(None).excluded.is_empty()
-        && map.moving() == 0
         && map.nodes.len() == file.nodes.len()
         && map.gates.len() == file.gates.len()
-        && matches!((min, max), (Some(min), Some(max)) if max - min <= 1)
+        && balanced(file, map)
+}
+
+/// Whether placement is done: nothing moving, and the shards spread to ±1 over the nodes that
+/// may take them (not drained), a node above that holding only shards pinned to it.
+fn balanced(file: &ClusterFile, map: &goverse::cluster::ClusterMap) -> bool {
+    let served = served(file, map);
+    let placeable = map.placeable(&map.nodes);
+    let pins = map.honoured_pins();
+    let loads: Vec<(usize, usize)> = served
+        .iter()
+        .filter(|(node, _)| placeable.contains(&goverse::NodeAddr::new(node.as_str())))
+        .map(|(node, load)| {
+            let pinned = pins.values().filter(|p| p.as_str() == node).count();
+            (*load, pinned)
+        })
+        .collect();
+    let Some(min) = loads.iter().map(|(load, _)| *load).min() else {
+        return false;
+    };
+    map.moving() == 0
+        && loads
+            .iter()
+            .all(|(load, pinned)| *load <= min + 1 || load == pinned)
 }
 
 fn print_status(
@@ -484,9 +522,10 @@ fn print_status(
     keys: &goverse::cluster::Keys,
     map: &goverse::cluster::ClusterMap,
     unreachable: &BTreeMap<String, String>,
-    revision: goverse::cluster::Revision,
+    shards: &[u32],
     json: bool,
 ) -> anyhow::Result<()> {
+    let revision = map.revision;
     let served = served(file, map);
     let unowned = map.unowned();
     let moving = map.moving();
@@ -503,10 +542,28 @@ fn print_status(
     let ready = is_ready(file, map) && unreachable.is_empty() && set_aside.is_empty();
     // Serving every shard, but shards still move or one node holds more than its share (a
     // node just joined, or the stability window has not passed yet): balancing.
-    let balanced = {
-        let (min, max) = (served.values().min(), served.values().max());
-        moving == 0 && matches!((min, max), (Some(min), Some(max)) if max - min <= 1)
-    };
+    let balanced = balanced(file, map);
+    let records: Vec<serde_json::Value> = shards
+        .iter()
+        .map(|&n| {
+            let shard = goverse::ShardId(n);
+            let record = map.record(shard);
+            serde_json::json!({
+                "shard": n,
+                "exists": n < file.cluster.shards,
+                "current": map.owner(shard).map(|o| o.to_string()),
+                "target": record.and_then(|r| r.target.as_ref()).map(|t| t.to_string()),
+                "epoch": record.map_or(0, |r| r.epoch),
+                "pinned": map.pins.get(&shard).map(|p| p.to_string()),
+            })
+        })
+        .collect();
+    let pins: BTreeMap<u32, String> = map
+        .pins
+        .iter()
+        .map(|(shard, node)| (shard.0, node.to_string()))
+        .collect();
+    let drained: Vec<String> = map.drained.iter().map(|n| n.to_string()).collect();
     let state = match (ready, balanced) {
         (false, _) => "not ready",
         (true, false) => "balancing",
@@ -527,6 +584,9 @@ fn print_status(
             "stray_records": map.stray.len(),
             "unreachable": unreachable,
             "set_aside": set_aside,
+            "pins": pins,
+            "drained": drained,
+            "shard_records": records,
             "revision": revision,
         });
         println!("{}", serde_json::to_string_pretty(&status)?);
@@ -546,7 +606,30 @@ fn print_status(
             if let Some(why) = set_aside.get(node) {
                 line.push_str(&format!("  SET ASIDE (no shards go to it): {why}"));
             }
+            if drained.contains(node) {
+                line.push_str("  DRAINED (no shards go to it)");
+            }
             println!("{line}");
+        }
+        for (shard, node) in &pins {
+            println!("  pin      shard {shard} -> {node}");
+        }
+        for record in &records {
+            let text = |key: &str| record[key].as_str().unwrap_or("none").to_owned();
+            if record["exists"] == false {
+                println!("  shard    {}: no such shard", record["shard"]);
+                continue;
+            }
+            println!(
+                "  shard    {}: on {}, target {}, epoch {}{}",
+                record["shard"],
+                text("current"),
+                text("target"),
+                record["epoch"],
+                record["pinned"]
+                    .as_str()
+                    .map_or(String::new(), |p| format!(", pinned to {p}"))
+            );
         }
         for gate in &map.gates {
             println!("  gate     {gate}");

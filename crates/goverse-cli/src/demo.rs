@@ -53,6 +53,10 @@ pub(crate) struct DemoArgs {
     /// build with per-call recording off (to measure its cost with `bench gate`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     call_metrics: bool,
+    /// The token the inspector's operator actions need (moves, pins, drains); default: a
+    /// random one, printed.
+    #[arg(long, env = "GOVERSE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     /// The node service address (gates connect here).
     #[arg(long, default_value = "127.0.0.1:47000")]
     node_listen: String,
@@ -134,6 +138,8 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     let mut config = NodeConfig {
         address: node_addr.clone(),
+        // The gate's HTTP port serves the process's metrics and health.
+        ops_address: Some(http_addr.clone()),
         ..NodeConfig::default()
     };
     if let Some(ttl) = args.lease_ttl {
@@ -173,7 +179,12 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     // One registry for the node and the gate: both are scraped at the gate's `/metrics`.
     let metrics = goverse::metrics::Registry::new();
+    // The embedded coordinator, shared with the inspector.
+    let coordinator: Arc<dyn goverse::cluster::ClusterStore> =
+        Arc::new(goverse::cluster::MemoryClusterStore::new());
+    let prefix = config.cluster_prefix.clone();
     let builder = Node::builder(config)
+        .cluster_store(coordinator.clone())
         .metrics(metrics.clone())
         .call_metrics(args.call_metrics)
         .register_with(counter)
@@ -204,9 +215,31 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         node.handler(),
     )
     .context("cannot start the gate")?;
+    let admin_token = args
+        .admin_token
+        .clone()
+        .unwrap_or_else(goverse::config::random_secret);
+    let inspector = goverse::inspector::Inspector::start(
+        coordinator,
+        &prefix,
+        goverse::DEFAULT_SHARD_COUNT,
+        goverse::inspector::InspectorConfig {
+            admin_token: Some(admin_token.clone()),
+            ..Default::default()
+        },
+    )
+    .await
+    .context("cannot start the inspector")?;
     let serving = tokio::spawn({
         let gate = gate.clone();
-        let router = gate.http_router().merge(goverse_sample_chat::web::router());
+        let router = gate
+            .http_router()
+            .merge(goverse_sample_chat::web::router())
+            .nest("/inspector", inspector.router())
+            .route(
+                "/inspector/",
+                axum::routing::get(|| async { axum::response::Redirect::permanent("/inspector") }),
+            );
         let stop = stop_gate.clone();
         async move {
             gate.serve(
@@ -233,6 +266,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "  chat          http://{http_addr}/chat/   (web client; two tabs chat with each other)"
     );
     println!("  metrics       http://{http_addr}/metrics   (health: /healthz, /ready)");
+    println!("  inspector     http://{http_addr}/inspector   (admin token {admin_token})");
     println!("  store         {}", store.describe());
     println!("  types         {}", crate::tour::type_list(&node));
     println!();
@@ -265,6 +299,8 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     // deadline meanwhile, and no connection (a stalled client, a peer that sent half a preface)
     // can hold the saves back. Then the node service's connections end, within a deadline too.
     stop_gate.cancel();
+    // The inspector's event streams end now, not at the drain deadline.
+    inspector.stop();
     // The gate's own drain deadline is 5 s from now.
     let gate_deadline = tokio::time::Instant::now() + Duration::from_secs(6);
     let (report, hurried) =

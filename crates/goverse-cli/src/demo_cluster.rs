@@ -175,6 +175,11 @@ pub(crate) async fn run(nodes: usize, data_dir: Option<PathBuf>) -> anyhow::Resu
     let (grpc, http) = (free_port()?, free_port()?);
     file.gates[0].grpc_addr = format!("127.0.0.1:{grpc}");
     file.gates[0].http_addr = Some(format!("127.0.0.1:{http}"));
+    let inspector_port = free_port()?;
+    file.inspector = Some(goverse::config::InspectorSection {
+        http_addr: Some(format!("127.0.0.1:{inspector_port}")),
+        ..Default::default()
+    });
     let text = file.to_yaml();
     let config = temp.path().join("cluster.yaml");
     std::fs::write(&config, text)?;
@@ -207,6 +212,21 @@ pub(crate) async fn run(nodes: usize, data_dir: Option<PathBuf>) -> anyhow::Resu
         &gate_log,
     )?;
     wait_for(&mut gate, &gate_log, "gRPC", Duration::from_secs(60))?;
+    let inspector_log = temp.path().join("inspector.log");
+    let mut inspector = Managed::spawn(
+        "inspector",
+        Command::new(&me)
+            .arg("inspector")
+            .arg("--config")
+            .arg(&config),
+        &inspector_log,
+    )?;
+    wait_for(
+        &mut inspector,
+        &inspector_log,
+        "inspector of cluster",
+        Duration::from_secs(60),
+    )?;
 
     let stopping = goverse::stop_signal();
     println!("GoVerse demo: a cluster of {nodes} node processes and a gate, on etcd");
@@ -216,6 +236,10 @@ pub(crate) async fn run(nodes: usize, data_dir: Option<PathBuf>) -> anyhow::Resu
     println!("  gate gRPC     127.0.0.1:{grpc}");
     println!("  gate HTTP     http://127.0.0.1:{http}   (metrics: /metrics)");
     println!("  chat          http://127.0.0.1:{http}/chat/");
+    println!(
+        "  inspector     http://127.0.0.1:{inspector_port}/   (admin token {})",
+        file.cluster.admin_token.as_deref().unwrap_or("none")
+    );
     for node in &file.nodes {
         if let Some(ops) = &node.http_addr {
             println!(
@@ -237,6 +261,9 @@ pub(crate) async fn run(nodes: usize, data_dir: Option<PathBuf>) -> anyhow::Resu
     stopping.await;
     println!("stopping");
     let mut failed = Vec::new();
+    if inspector.stop(Duration::from_secs(10)) != Some(0) {
+        failed.push(inspector.name.clone());
+    }
     if gate.stop(Duration::from_secs(10)) != Some(0) {
         failed.push(gate.name.clone());
     }

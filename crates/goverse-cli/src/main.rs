@@ -45,6 +45,7 @@ mod db;
 mod demo;
 mod demo_cluster;
 mod gate;
+mod inspector;
 mod stores;
 mod tour;
 
@@ -68,6 +69,9 @@ enum Command {
     Node(cluster::NodeArgs),
     /// Runs a gate: of a cluster (`--config FILE --gate-id ID`), or linked to one node (`--node`).
     Gate(gate::GateArgs),
+    /// Serves the inspector of a cluster: a web UI and a JSON + SSE API over its nodes, gates,
+    /// shard map, objects and calls, with moves, pins and drains for operators.
+    Inspector(inspector::InspectorArgs),
     /// Checks or generates a cluster configuration file.
     #[command(subcommand)]
     Config(cluster::ConfigCommand),
@@ -140,6 +144,10 @@ fn main() -> ExitCode {
         Command::Gate(args) => {
             init_tracing("info");
             run(gate::run(args))
+        }
+        Command::Inspector(args) => {
+            init_tracing("info");
+            run(inspector::run(args))
         }
         Command::Config(command) => {
             init_tracing("warn");

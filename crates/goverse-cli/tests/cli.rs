@@ -444,6 +444,40 @@ fn demo_serves_until_sigterm_then_saves_and_exits_zero() {
         "{ready}"
     );
 
+    // The inspector, on the same port: its page, the cluster of one node, actions refused
+    // without the printed admin token, and an event stream that ends at shutdown.
+    assert!(
+        printed.contains(&format!("inspector     http://{http}/inspector")),
+        "{printed}"
+    );
+    let page = http_get(&http, "/inspector");
+    assert!(
+        page.starts_with("HTTP/1.1 200") && page.contains("GoVerse inspector"),
+        "{page}"
+    );
+    let cluster = http_get(&http, "/inspector/api/cluster");
+    assert!(
+        cluster.contains(r#""shard_count":8192"#)
+            && cluster.contains(&format!(r#""address":"{node}""#)),
+        "{cluster}"
+    );
+    let refused = http_post(&http, "/inspector/api/shards/1/pin", "");
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    let events = {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&http).unwrap();
+        write!(
+            stream,
+            "GET /inspector/api/events HTTP/1.1\r\nHost: {http}\r\n\r\n"
+        )
+        .unwrap();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stream.read_to_string(&mut text);
+            text
+        })
+    };
+
     let status = Command::new("kill")
         .args(["-TERM", &child.0.id().to_string()])
         .status()
@@ -452,6 +486,8 @@ fn demo_serves_until_sigterm_then_saves_and_exits_zero() {
     let rest: Vec<String> = lines.map(Result::unwrap).collect();
     let exit = child.0.wait().unwrap();
     assert_eq!(exit.code(), Some(0), "{rest:?}");
+    let events = events.join().unwrap();
+    assert!(events.contains("event: cluster"), "{events}");
     let logs = logs.join().unwrap();
     assert!(
         !logs.contains('\u{1b}'),

@@ -1,13 +1,16 @@
 //! What an operator watches, on a real cluster: three `goverse node` processes and a `goverse
 //! gate` on a real etcd, their `/metrics` scraped over HTTP and read with a Prometheus text
-//! parser, `/healthz` and `/ready` on every node and on the gate's operations port.
+//! parser, `/healthz` and `/ready` on every node and on the gate's operations port; the
+//! inspector's API and its page in headless Chromium, moving, pinning and draining shards.
 //!
 //! Real time throughout: processes, sockets and etcd.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use goverse_testkit::{EtcdServer, ProcessCluster, assert_eventually, free_ports_in_a_row};
+use goverse_testkit::{
+    Browser, EtcdServer, Process, ProcessCluster, assert_eventually, free_ports_in_a_row,
+};
 
 const GOVERSE: &str = env!("CARGO_BIN_EXE_goverse");
 const SHARDS: u32 = 64;
@@ -31,6 +34,7 @@ fn generated(
         gate_port: base + nodes,
         http_port: base + nodes + 1,
         ops_port: base + nodes + 2,
+        inspector_port: base + 2 * nodes + 3,
     });
     file.gates[0].ops_addr = Some(format!("127.0.0.1:{}", base + 2 * nodes + 2));
     file
@@ -384,5 +388,322 @@ async fn readiness_follows_etcd_going_away_and_coming_back() {
     for url in [&node, &gate] {
         assert_eventually!(get_status(url).await.0 == 200, Duration::from_secs(30));
     }
+    cluster.stop(Duration::from_secs(20));
+}
+
+const TOKEN: &str = "inspector-test-admin-token";
+
+/// `goverse cluster status --json --shard N` of `config`.
+fn status_json(config: &std::path::Path, shard: u32) -> serde_json::Value {
+    let output = std::process::Command::new(GOVERSE)
+        .args(["cluster", "status", "--json", "--config"])
+        .arg(config)
+        .args(["--shard", &shard.to_string()])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// POSTs `body` to the inspector with `token`; the status and the answer.
+async fn act(url: &str, token: Option<&str>, body: &str) -> (u16, serde_json::Value) {
+    let mut request = reqwest::Client::new().post(url).body(body.to_owned());
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("the inspector answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+/// Shards each node serves, by the inspector's `/api/cluster`.
+fn loads(cluster: &serde_json::Value) -> BTreeMap<String, u64> {
+    cluster["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["address"].as_str().unwrap().to_owned(),
+                n["shards"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The inspector on a real three-node cluster: its API shows the nodes, gate, leader and
+/// shard map with every process's health, the calls made and the objects made; its page in
+/// headless Chromium shows the nodes and the shard grid, refuses a move without the admin
+/// token, and makes one with it (seen by `goverse cluster status` and on the page); pins and
+/// drains through the API are honoured by placement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inspector_shows_the_cluster_and_operators_move_pin_and_drain() {
+    let etcd = EtcdServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut file = generated(dir.path(), &etcd, 3, SHARDS);
+    file.cluster.lease_ttl = Some(Duration::from_secs(2));
+    file.cluster.cluster_state_stability_duration = Some(Duration::from_secs(1));
+    file.cluster.admin_token = Some(TOKEN.to_owned());
+    let config = dir.path().join("cluster.yaml");
+    std::fs::write(&config, file.to_yaml()).unwrap();
+    let mut cluster = ProcessCluster::new(GOVERSE, config.to_str().unwrap());
+    for id in ["node-1", "node-2", "node-3"] {
+        cluster.start_node(id);
+    }
+    cluster.start_gate("gate-1");
+    let gate_http = format!("http://{}", file.gates[0].http_addr.as_ref().unwrap());
+    let mut inspector =
+        Process::start(GOVERSE, ["inspector", "--config", config.to_str().unwrap()]);
+    inspector.expect_within("inspector of cluster", Duration::from_secs(30));
+    let base = format!(
+        "http://{}",
+        file.inspector.as_ref().unwrap().http_addr.as_ref().unwrap()
+    );
+
+    // The API: three ready nodes serving the 64 shards balanced, a leader, the gate ready.
+    assert_eventually!(
+        {
+            let (_, c) = get_status(&format!("{base}/api/cluster")).await;
+            let loads = loads(&c);
+            c["shard_count"] == SHARDS
+                && c["leader"].is_string()
+                && c["moving"] == 0
+                && loads.len() == 3
+                && loads.values().sum::<u64>() == u64::from(SHARDS)
+                && loads
+                    .values()
+                    .all(|l| l.abs_diff(u64::from(SHARDS) / 3) <= 1)
+                && c["nodes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|n| n["health"]["state"] == "ready")
+                && c["gates"].as_array().unwrap().len() == 1
+                && c["gates"][0]["health"]["state"] == "ready"
+        },
+        Duration::from_secs(60)
+    );
+
+    // Calls and objects: ten counters made through the gate.
+    for i in 0..10 {
+        let url = format!("{gate_http}/api/v1/objects/call/Counter/inspected-{i}/Add");
+        assert_eq!(post(&url, r#"{"value":1}"#).await, 200);
+    }
+    assert_eventually!(
+        {
+            let (_, calls) = get_status(&format!("{base}/api/calls")).await;
+            let adds: u64 = calls["calls"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|c| c["object_type"] == "Counter" && c["method"] == "Add")
+                .map(|c| c["calls_total"].as_u64().unwrap())
+                .sum();
+            let objects: u64 = calls["objects"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|o| o["object_type"] == "Counter")
+                .map(|o| o["count"].as_u64().unwrap())
+                .sum();
+            adds == 10 && objects == 10
+        },
+        Duration::from_secs(20)
+    );
+    let (status, found) =
+        get_status(&format!("{base}/api/objects?type=Counter&q=inspected-3")).await;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(found["matched"], 1, "{found}");
+    let object = &found["objects"][0];
+    assert_eq!(object["id"], "inspected-3");
+    let shard = object["shard"].as_u64().unwrap() as u32;
+    assert_eq!(
+        status_json(&config, shard)["shard_records"][0]["current"],
+        object["node"],
+        "the object lives where its shard is"
+    );
+    let (status, _) = get_status(&format!("{base}/api/objects?node=127.0.0.1:1")).await;
+    assert_eq!(status, 404);
+
+    // The page, in headless Chromium: the nodes, the gate and the grid.
+    let browser = Browser::start().await;
+    browser.client.goto(&format!("{base}/")).await.unwrap();
+    browser.wait_text("#summary", "3 nodes").await;
+    browser.wait_text("#summary", "64 shards").await;
+    browser.wait_text("#conn", "live").await;
+    let rows = browser
+        .client
+        .execute(
+            "return [...document.querySelectorAll('#nodes tr[data-node]')].map(r => r.textContent)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let rows: Vec<String> = serde_json::from_value(rows).unwrap();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(rows.iter().all(|r| r.contains("ready")), "{rows:?}");
+    assert!(rows.iter().any(|r| r.contains("leader")), "{rows:?}");
+    browser.wait_text("#gates", "ready").await;
+    let painted = browser
+        .client
+        .execute(
+            "const c = document.getElementById('grid'); \
+             return c.width > 0 && c.getContext('2d').getImageData(1, 1, 1, 1).data[3] > 0",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(painted, serde_json::json!(true), "the grid is drawn");
+
+    // A shard of the most-loaded node moves to the least-loaded one (balance holds, so the
+    // leader leaves it there). Without the token the page is refused.
+    let (_, c) = get_status(&format!("{base}/api/cluster")).await;
+    let loads = loads(&c);
+    let from = loads
+        .iter()
+        .max_by_key(|(n, l)| (**l, (*n).clone()))
+        .unwrap()
+        .0
+        .clone();
+    let to = loads
+        .iter()
+        .min_by_key(|(n, l)| (**l, (*n).clone()))
+        .unwrap()
+        .0
+        .clone();
+    let moved = c["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["current"] == from.as_str())
+        .unwrap()["shard"]
+        .as_u64()
+        .unwrap() as u32;
+    browser.type_into("#shard-number", &moved.to_string()).await;
+    browser
+        .wait_text("#shard-info", &format!("on {from}"))
+        .await;
+    browser
+        .client
+        .execute(
+            "document.getElementById('move-node').value = arguments[0];",
+            vec![serde_json::json!(to)],
+        )
+        .await
+        .unwrap();
+    browser.click("#move").await;
+    browser.wait_text("#message", "refused (401)").await;
+    assert_eq!(
+        status_json(&config, moved)["shard_records"][0]["current"],
+        from.as_str()
+    );
+
+    browser.type_into("#token", TOKEN).await;
+    browser.click("#move").await;
+    browser.wait_text("#message", "done").await;
+    browser.wait_text("#shard-info", &format!("on {to}")).await;
+    assert_eventually!(
+        status_json(&config, moved)["shard_records"][0]["current"] == to.as_str(),
+        Duration::from_secs(30)
+    );
+
+    // Actions without the token, or with a wrong one, are refused.
+    let pin_url = format!("{base}/api/shards/{moved}/pin");
+    assert_eq!(act(&pin_url, None, "").await.0, 401);
+    assert_eq!(act(&pin_url, Some("not-the-admin-token"), "").await.0, 401);
+    let (status, answer) = act(
+        &format!("{base}/api/shards/64/move"),
+        Some(TOKEN),
+        &format!(r#"{{"node":"{to}"}}"#),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("no shard 64"),
+        "{answer}"
+    );
+
+    // A pin takes a shard to its node and keeps it there.
+    let (_, c) = get_status(&format!("{base}/api/cluster")).await;
+    let pinned = c["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["current"] != to.as_str())
+        .unwrap()["shard"]
+        .as_u64()
+        .unwrap() as u32;
+    let (status, answer) = act(
+        &format!("{base}/api/shards/{pinned}/pin"),
+        Some(TOKEN),
+        &format!(r#"{{"node":"{to}"}}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eventually!(
+        {
+            let s = status_json(&config, pinned);
+            s["shard_records"][0]["current"] == to.as_str()
+                && s["pins"][pinned.to_string()] == to.as_str()
+        },
+        Duration::from_secs(30)
+    );
+
+    // A drain empties a node, a move to it is refused meanwhile, and an undrain refills it.
+    let drained = loads.keys().find(|n| **n != to).unwrap().clone();
+    let (status, answer) = act(
+        &format!("{base}/api/nodes/{drained}/drain"),
+        Some(TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eventually!(
+        {
+            let (_, c) = get_status(&format!("{base}/api/cluster")).await;
+            let loads = self::loads(&c);
+            loads[&drained] == 0
+                && c["moving"] == 0
+                && loads.values().sum::<u64>() == u64::from(SHARDS)
+        },
+        Duration::from_secs(30)
+    );
+    let (status, answer) = act(
+        &format!("{base}/api/shards/0/move"),
+        Some(TOKEN),
+        &format!(r#"{{"node":"{drained}"}}"#),
+    )
+    .await;
+    assert_eq!(status, 409, "{answer}");
+    let text = std::process::Command::new(GOVERSE)
+        .args(["cluster", "status", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("DRAINED"), "{text}");
+    assert!(
+        text.contains(&format!("pin      shard {pinned} -> {to}")),
+        "{text}"
+    );
+    browser.wait_text("#nodes", "(drained)").await;
+    let (status, _) = act(
+        &format!("{base}/api/nodes/{drained}/undrain"),
+        Some(TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eventually!(
+        {
+            let (_, c) = get_status(&format!("{base}/api/cluster")).await;
+            self::loads(&c)[&drained] >= u64::from(SHARDS) / 3 - 2
+        },
+        Duration::from_secs(30)
+    );
+
+    // The inspector stops on SIGTERM, its event streams included.
+    inspector.terminate();
+    assert_eq!(inspector.wait_exit(Duration::from_secs(10)), Some(0));
     cluster.stop(Duration::from_secs(20));
 }

@@ -10,12 +10,14 @@
 //! live), [`claims`] (which free shards a node takes), [`serving_nodes`] (which registered nodes
 //! may hold shards), [`plan`] (what one node does about the map) and [`Leader`] (when the leader
 //! places), and [`LeasePolicy`] (when a registered process renews, fences and rejoins; nodes
-//! and gates both run it through [`keep_lease`]).
+//! and gates both run it through [`keep_lease`]). Operators change placement through
+//! [`Operator`] (move, pin, drain).
 //!
 //! Two implementations keep the same contract, checked by one conformance suite:
 //! [`MemoryClusterStore`] (the embedded default, on tokio time) and [`EtcdClusterStore`] (etcd
 //! 3.4+ over its v3 gRPC API, every configured endpoint used).
 
+mod admin;
 mod claims;
 mod etcd;
 mod lease;
@@ -29,6 +31,7 @@ mod view;
 #[cfg(test)]
 mod conformance;
 
+pub use admin::{AdminError, Operator};
 pub use claims::{ReadRecord, RecordWrite, claims, preferred, releases};
 pub use etcd::{EtcdClusterStore, EtcdConfig};
 pub use lease::{BoxFuture, LeaseAction, LeaseHolder, LeasePolicy, keep_lease, serving_window};
@@ -36,7 +39,7 @@ pub use membership::{Holding, Leader, LeaderConfig, NodePlan, plan};
 pub use memory::MemoryClusterStore;
 pub use placement::{Move, MoveReason, Placement, PlacementConfig};
 pub use reach::{ReachReport, Serving, serving_nodes};
-pub use shardmap::{DEFAULT_PREFIX, Keys, ShardRecord};
+pub use shardmap::{DEFAULT_PREFIX, Keys, ProcessInfo, ShardRecord};
 pub use view::{ClusterMap, MapView, Stability, settle_shard_count};
 
 /// The most writes one [`ClusterStore::transact`] call may carry (etcd's default

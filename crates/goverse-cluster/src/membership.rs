@@ -72,6 +72,8 @@ pub fn plan(
     live.insert(me.clone());
     let serving = map.serving(Some(me)).nodes;
     let quorum = serving.len() >= min_quorum;
+    // Orphans go to nodes placement may give shards to: not to a drained one.
+    let serving = map.placeable(&serving);
     let live_other = |n: &Option<NodeAddr>| n.as_ref().is_some_and(|n| n != me && live.contains(n));
     let mut plan = NodePlan {
         campaign: map.leader.is_none(),
@@ -201,9 +203,10 @@ impl Leader {
             return Vec::new();
         }
         let records = map.records();
+        let placeable = map.placeable(&serving.nodes);
         let moves = self
             .placement
-            .step(now, &serving.nodes, &records, &BTreeMap::new());
+            .step(now, &placeable, &records, &map.honoured_pins());
         moves
             .into_iter()
             .map(|m| {
@@ -491,7 +494,28 @@ mod tests {
             if self.map.nodes.contains(&node(n)) {
                 self.delete(self.keys.node(&node(n)));
                 self.delete(self.keys.reach_of(&node(n)));
+                // A drain mark lives on the node's lease.
+                self.delete(self.keys.drain(&node(n)));
                 self.report();
+            }
+        }
+
+        /// An operator's action, as the inspector writes it.
+        fn operate(&mut self, op: Operator) {
+            match op {
+                Operator::Drain(n) if self.map.nodes.contains(&node(n)) => {
+                    self.put(self.keys.drain(&node(n)), Vec::new());
+                }
+                Operator::Drain(_) => {}
+                Operator::Undrain(n) => self.delete(self.keys.drain(&node(n))),
+                Operator::Pin(shard, n) => {
+                    let shard = ShardId(shard % self.map.shards.len() as u32);
+                    self.put(self.keys.pin(shard), node(n).as_str().as_bytes().to_vec());
+                }
+                Operator::Unpin(shard) => {
+                    let shard = ShardId(shard % self.map.shards.len() as u32);
+                    self.delete(self.keys.pin(shard));
+                }
             }
         }
 
@@ -538,6 +562,23 @@ mod tests {
             }
             loads
         }
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum Operator {
+        Drain(u16),
+        Undrain(u16),
+        Pin(u32, u16),
+        Unpin(u32),
+    }
+
+    fn operator() -> impl Strategy<Value = Operator> {
+        prop_oneof![
+            (0u16..4).prop_map(Operator::Drain),
+            (0u16..4).prop_map(Operator::Undrain),
+            (0u32..64, 0u16..4).prop_map(|(s, n)| Operator::Pin(s, n)),
+            (0u32..64).prop_map(Operator::Unpin),
+        ]
     }
 
     const WINDOW: Duration = Duration::from_millis(1000);
@@ -637,6 +678,83 @@ mod tests {
             prop_assert!(moved <= share, "{moved} moves for a share of {share}");
             let loads = sim.loads();
             prop_assert!(loads[&node(before)] + 1 >= share, "{loads:?}");
+        }
+    }
+
+    proptest! {
+        /// Whatever operators drain, undrain, pin and unpin while nodes come and go: once
+        /// things hold still, no shard is on a drained node while an undrained one is
+        /// registered, every pin to a registered, undrained node holds, every shard is served
+        /// by its target, and the shards nobody pinned are spread to ±1 over the undrained
+        /// nodes that hold no more than their share in pins.
+        #[test]
+        fn drains_and_pins_are_honoured_and_the_rest_is_balanced(
+            shards in 8u32..48,
+            steps in proptest::collection::vec(
+                (0u64..1500, prop_oneof![
+                    (any::<bool>(), 0u16..4).prop_map(|(join, n)| Err((join, n))),
+                    operator().prop_map(Ok),
+                ]),
+                1..16,
+            ),
+        ) {
+            let mut sim = Sim::new(shards);
+            let mut leader = leader(1);
+            let mut now = Duration::ZERO;
+            sim.join(0);
+            let mut step = |sim: &mut Sim, now: Duration| {
+                let writes = leader.step(now, true, &sim.map);
+                let revision = sim.write(&writes);
+                leader.written(revision);
+                sim.take();
+            };
+            for (gap, change) in steps {
+                let until = now + Duration::from_millis(gap);
+                while now < until {
+                    step(&mut sim, now);
+                    now += Duration::from_millis(100);
+                }
+                match change {
+                    Err((true, n)) => sim.join(n),
+                    Err((false, n)) => sim.leave(n),
+                    Ok(op) => sim.operate(op),
+                }
+            }
+            for _ in 0..60 {
+                step(&mut sim, now);
+                now += Duration::from_millis(100);
+            }
+            let nodes = sim.map.nodes.clone();
+            if nodes.is_empty() {
+                return Ok(());
+            }
+            let undrained: BTreeSet<NodeAddr> = nodes.difference(&sim.map.drained).cloned().collect();
+            let pins = sim.map.honoured_pins();
+            for record in sim.map.records() {
+                prop_assert_eq!(&record.current, &record.target, "shard {} not settled", record.shard);
+                let at = record.current.clone().expect("every shard is served");
+                if !undrained.is_empty() {
+                    prop_assert!(undrained.contains(&at), "shard {} on drained {}", record.shard, at);
+                }
+                if let Some(pin) = pins.get(&record.shard) {
+                    prop_assert_eq!(&at, pin, "pin of shard {} not honoured", record.shard);
+                }
+            }
+            if !undrained.is_empty() {
+                let loads: BTreeMap<NodeAddr, usize> = sim
+                    .loads()
+                    .into_iter()
+                    .filter(|(n, _)| undrained.contains(n))
+                    .collect();
+                let min = *loads.values().min().unwrap();
+                for (n, load) in &loads {
+                    let pins_here = pins.values().filter(|p| *p == n).count();
+                    prop_assert!(
+                        *load <= min + 1 || pins_here == *load,
+                        "{} holds {} shards, {} of them pinned; loads {:?}", n, load, pins_here, loads
+                    );
+                }
+            }
         }
     }
 

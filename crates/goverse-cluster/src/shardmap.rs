@@ -13,7 +13,11 @@ pub const DEFAULT_PREFIX: &str = "/goverse";
 /// {prefix}/shards/{00000..}      a shard record (target, current, epoch)
 /// {prefix}/shard_count           the cluster's shard count, written once when it forms
 /// {prefix}/reach/{host:port}     which peers a live node reaches, on its lease
+/// {prefix}/pins/{00000..}        the node an operator pinned a shard to
+/// {prefix}/drain/{host:port}     a node an operator drained, on that node's lease
 /// ```
+///
+/// A node's and a gate's registration value is its [`ProcessInfo`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     prefix: String,
@@ -90,6 +94,34 @@ impl Keys {
         format!("{}/reach/{addr}", self.prefix)
     }
 
+    /// Prefix of shard pins: `pins/{shard}` holds the address of the node the shard is
+    /// pinned to (kept until unpinned; honoured while that node is live and not drained).
+    pub fn pins(&self) -> String {
+        format!("{}/pins/", self.prefix)
+    }
+
+    /// A shard's pin key.
+    pub fn pin(&self, shard: ShardId) -> String {
+        format!("{}/pins/{:05}", self.prefix, shard.0)
+    }
+
+    /// The shard a pin key names, if it is one.
+    pub fn pin_of_key(&self, key: &str) -> Option<ShardId> {
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix("/pins/")?;
+        rest.parse::<u32>().ok().map(ShardId)
+    }
+
+    /// Prefix of drain marks: a node with one gets no shards (on the node's own lease, so the
+    /// mark ends with the process it was put on).
+    pub fn drains(&self) -> String {
+        format!("{}/drain/", self.prefix)
+    }
+
+    /// A node's drain key.
+    pub fn drain(&self, addr: &NodeAddr) -> String {
+        format!("{}/drain/{addr}", self.prefix)
+    }
+
     /// Prefix of shard records.
     pub fn shards(&self) -> String {
         format!("{}/shards/", self.prefix)
@@ -104,6 +136,38 @@ impl Keys {
     pub fn shard_of_key(&self, key: &str) -> Option<ShardId> {
         let rest = key.strip_prefix(&self.prefix)?.strip_prefix("/shards/")?;
         rest.parse::<u32>().ok().map(ShardId)
+    }
+}
+
+/// What a node or gate says about itself in its registration: where its operations HTTP port
+/// (`/metrics`, `/ready`) answers, if it has one. Encoded as `ops=host:port` lines; unknown
+/// lines are skipped, so later fields can be added without breaking older readers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessInfo {
+    /// The `host:port` of the process's operations HTTP port.
+    pub ops: Option<String>,
+}
+
+impl ProcessInfo {
+    /// The registration value.
+    pub fn encode(&self) -> Vec<u8> {
+        match &self.ops {
+            Some(ops) => format!("ops={ops}").into_bytes(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Reads a registration value; anything it does not know is skipped (an older process
+    /// registered with its address, which says nothing here).
+    pub fn decode(bytes: &[u8]) -> Self {
+        let text = String::from_utf8_lossy(bytes);
+        let ops = text
+            .lines()
+            .find_map(|line| line.strip_prefix("ops="))
+            .map(str::trim)
+            .filter(|ops| !ops.is_empty() && !ops.contains(char::is_whitespace))
+            .map(str::to_owned);
+        Self { ops }
     }
 }
 
@@ -182,6 +246,27 @@ mod tests {
         assert_eq!(keys.shard(ShardId(7)), "/goverse/shards/00007");
         assert_eq!(keys.shard_of_key("/goverse/shards/00007"), Some(ShardId(7)));
         assert_eq!(keys.shard_of_key("/other/shards/00007"), None);
+        assert_eq!(keys.pin(ShardId(7)), "/goverse/pins/00007");
+        assert_eq!(keys.pin_of_key("/goverse/pins/00007"), Some(ShardId(7)));
+        assert_eq!(keys.pin_of_key("/goverse/shards/00007"), None);
+        assert_eq!(
+            keys.drain(&NodeAddr::new("10.0.0.1:47000")),
+            "/goverse/drain/10.0.0.1:47000"
+        );
+        let info = ProcessInfo {
+            ops: Some("10.0.0.1:9101".to_owned()),
+        };
+        assert_eq!(ProcessInfo::decode(&info.encode()), info);
+        assert_eq!(
+            ProcessInfo::decode(b"10.0.0.1:47000"),
+            ProcessInfo::default()
+        );
+        assert_eq!(
+            ProcessInfo::decode(b"later=1\nops=h:1"),
+            ProcessInfo {
+                ops: Some("h:1".into())
+            }
+        );
         let keys = Keys::new("/apps/game1").unwrap();
         assert_eq!(keys.nodes(), "/apps/game1/nodes/");
         for bad in ["", "/", "goverse", "/goverse/", "/a b"] {

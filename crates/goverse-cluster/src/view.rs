@@ -14,8 +14,8 @@ use goverse_core::{NodeAddr, ShardId};
 use tokio::sync::watch;
 
 use crate::{
-    BadRecord, ClusterStore, KeyValue, Keys, MapError, ReachReport, ReadRecord, Revision, Serving,
-    ShardRecord, WatchEvent, serving_nodes,
+    BadRecord, ClusterStore, KeyValue, Keys, MapError, ProcessInfo, ReachReport, ReadRecord,
+    Revision, Serving, ShardRecord, WatchEvent, serving_nodes,
 };
 
 /// The cluster as last read: who is registered, who leads, and every shard's record.
@@ -41,6 +41,12 @@ pub struct ClusterMap {
     /// with more shards. Ignored for routing and placement; `goverse cluster repair` removes
     /// them.
     pub stray: BTreeSet<ShardId>,
+    /// What each registered node and gate says about itself, by its address.
+    pub info: BTreeMap<String, ProcessInfo>,
+    /// Shards an operator pinned, and to which node.
+    pub pins: BTreeMap<ShardId, NodeAddr>,
+    /// Nodes an operator drained: placement gives them nothing.
+    pub drained: BTreeSet<NodeAddr>,
 }
 
 impl ClusterMap {
@@ -61,6 +67,9 @@ impl ClusterMap {
                 .collect(),
             recorded_shard_count: None,
             stray: BTreeSet::new(),
+            info: BTreeMap::new(),
+            pins: BTreeMap::new(),
+            drained: BTreeSet::new(),
         }
     }
 
@@ -89,13 +98,19 @@ impl ClusterMap {
             WatchEvent::Put(kv) => self.put(keys, kv),
             WatchEvent::Delete { key, .. } => {
                 if let Some(node) = key.strip_prefix(&keys.nodes()) {
+                    self.info.remove(node);
                     let node = NodeAddr::new(node);
                     self.joined.remove(&node);
                     self.nodes.remove(&node);
                 } else if let Some(node) = key.strip_prefix(&keys.reach()) {
                     self.reach.remove(&NodeAddr::new(node));
                 } else if let Some(gate) = key.strip_prefix(&keys.gates()) {
+                    self.info.remove(gate);
                     self.gates.remove(gate);
+                } else if let Some(node) = key.strip_prefix(&keys.drains()) {
+                    self.drained.remove(&NodeAddr::new(node));
+                } else if let Some(shard) = keys.pin_of_key(key) {
+                    self.pins.remove(&shard);
                 } else if *key == keys.leader() {
                     self.leader = None;
                 } else if *key == keys.shard_count() {
@@ -115,6 +130,8 @@ impl ClusterMap {
 
     fn put(&mut self, keys: &Keys, kv: &KeyValue) -> Result<(), BadRecord> {
         if let Some(node) = kv.key.strip_prefix(&keys.nodes()) {
+            self.info
+                .insert(node.to_owned(), ProcessInfo::decode(&kv.value));
             let node = NodeAddr::new(node);
             self.joined.insert(node.clone(), kv.create_revision);
             self.nodes.insert(node);
@@ -131,7 +148,22 @@ impl ClusterMap {
                 }
             }
         } else if let Some(gate) = kv.key.strip_prefix(&keys.gates()) {
+            self.info
+                .insert(gate.to_owned(), ProcessInfo::decode(&kv.value));
             self.gates.insert(gate.to_owned());
+        } else if let Some(node) = kv.key.strip_prefix(&keys.drains()) {
+            self.drained.insert(NodeAddr::new(node));
+        } else if let Some(shard) = keys.pin_of_key(&kv.key) {
+            // A pin that cannot be read counts as none (placement goes on without it).
+            match std::str::from_utf8(&kv.value) {
+                Ok(node) if !node.is_empty() && !node.contains(char::is_whitespace) => {
+                    self.pins.insert(shard, NodeAddr::new(node));
+                }
+                _ => {
+                    tracing::warn!(%shard, "ignoring an unreadable shard pin");
+                    self.pins.remove(&shard);
+                }
+            }
         } else if kv.key == keys.leader() {
             let addr = std::str::from_utf8(&kv.value)
                 .map_err(|_| BadRecord::new(kv.key.clone(), "leader record is not utf-8"))?;
@@ -176,6 +208,30 @@ impl ClusterMap {
             joined.entry(me.clone()).or_insert(Revision::MAX);
         }
         serving_nodes(&joined, &self.reach)
+    }
+
+    /// The nodes placement may give shards to, of those `serving` names: the ones not drained,
+    /// or all of them when every one is drained (shards must live somewhere).
+    pub fn placeable(&self, serving: &BTreeSet<NodeAddr>) -> BTreeSet<NodeAddr> {
+        let undrained: BTreeSet<NodeAddr> = serving.difference(&self.drained).cloned().collect();
+        if undrained.is_empty() {
+            serving.clone()
+        } else {
+            undrained
+        }
+    }
+
+    /// The pins placement honours: those to a node that is registered and not drained.
+    pub fn honoured_pins(&self) -> BTreeMap<ShardId, NodeAddr> {
+        self.pins
+            .iter()
+            .filter(|(shard, node)| {
+                self.nodes.contains(*node)
+                    && !self.drained.contains(*node)
+                    && (shard.0 as usize) < self.shards.len()
+            })
+            .map(|(shard, node)| (*shard, node.clone()))
+            .collect()
     }
 
     /// The node serving `shard` now, if it is a registered one.

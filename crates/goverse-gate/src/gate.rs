@@ -54,6 +54,9 @@ pub struct GateConfig {
     /// The registry the gate adds its metrics to (scraped as long as the gate lives). Default:
     /// a registry of the gate's own, which [`Gate::metrics`] returns.
     pub metrics: goverse_core::metrics::Registry,
+    /// Where the gate's operations HTTP (`/metrics`, `/ready`) is reached (`host:port`),
+    /// published in its registration so the inspector finds it. `None`: not published.
+    pub ops_address: Option<String>,
 }
 
 impl Default for GateConfig {
@@ -71,6 +74,7 @@ impl Default for GateConfig {
             min_quorum: 1,
             connection_limits: goverse_transport::ConnectionLimits::default(),
             metrics: goverse_core::metrics::Registry::default(),
+            ops_address: None,
         }
     }
 }
@@ -364,8 +368,11 @@ impl Gate {
         let view = MapView::start(cluster.clone(), keys.clone(), shard_count).await?;
         config.node = format!("cluster {}", keys.prefix());
         let key = keys.gate(&config.advertise_address);
+        let info = goverse_cluster::ProcessInfo {
+            ops: config.ops_address.clone(),
+        };
         let gate = Self::start_with(config, handler, Routing::Map(view, shard_count, dialer))?;
-        let registration = ClusterRegistration::register(cluster, key, lease_ttl)
+        let registration = ClusterRegistration::register(cluster, key, info.encode(), lease_ttl)
             .await
             .map_err(|err| {
                 gate.inner.stop.cancel();

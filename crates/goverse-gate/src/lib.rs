@@ -39,6 +39,6 @@ pub use grpc::status_of;
 pub use http::{
     CLIENT_ID_HEADER, CLIENT_TOKEN_HEADER, IDEMPOTENCY_KEY_HEADER, RELIABLE_STATUS_HEADER,
 };
-pub use ops::{ReadyCheck, ops_router, profiling_router, serve_router};
+pub use ops::{ReadyCheck, authorised, ops_router, profiling_router, serve_router, unauthorised};
 pub use registration::RegisterError;
 pub use serve::GateServeError;

@@ -69,8 +69,8 @@ pub fn profiling_router(admin_token: Arc<str>) -> Router {
         .with_state(admin_token)
 }
 
-/// Whether `headers` carry `Authorization: Bearer <token>`.
-fn authorised(token: &str, headers: &axum::http::HeaderMap) -> bool {
+/// Whether `headers` carry `Authorization: Bearer <token>` (compared in constant time).
+pub fn authorised(token: &str, headers: &axum::http::HeaderMap) -> bool {
     let sent = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -79,7 +79,8 @@ fn authorised(token: &str, headers: &axum::http::HeaderMap) -> bool {
     goverse_transport::constant_time_eq(sent.as_bytes(), token.as_bytes())
 }
 
-fn unauthorised() -> Response {
+/// 401 with `WWW-Authenticate: Bearer` and a JSON error saying what to send.
+pub fn unauthorised() -> Response {
     (
         StatusCode::UNAUTHORIZED,
         [(header::WWW_AUTHENTICATE, "Bearer")],

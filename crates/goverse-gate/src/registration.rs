@@ -31,6 +31,8 @@ pub enum RegisterError {
 pub(crate) struct ClusterRegistration {
     cluster: Arc<dyn ClusterStore>,
     key: String,
+    /// The registration's value (the gate's [`goverse_cluster::ProcessInfo`]).
+    value: Vec<u8>,
     ttl: Duration,
     /// The lease, until shutdown revokes it.
     lease: Mutex<Option<LeaseId>>,
@@ -41,17 +43,19 @@ pub(crate) struct ClusterRegistration {
 }
 
 impl ClusterRegistration {
-    /// Registers at `key` on a new lease of `ttl`.
+    /// Registers `value` at `key` on a new lease of `ttl`.
     pub(crate) async fn register(
         cluster: Arc<dyn ClusterStore>,
         key: String,
+        value: Vec<u8>,
         ttl: Duration,
     ) -> Result<Arc<Self>, RegisterError> {
         let asked = Instant::now();
-        let lease = grant_and_put(&*cluster, &key, ttl).await?;
+        let lease = grant_and_put(&*cluster, &key, &value, ttl).await?;
         Ok(Arc::new(Self {
             cluster,
             key,
+            value,
             ttl,
             lease: Mutex::new(Some(lease)),
             origin: asked,
@@ -107,7 +111,7 @@ impl LeaseHolder for ClusterRegistration {
 
     fn rejoin(&self) -> BoxFuture<'_, bool> {
         Box::pin(async move {
-            match grant_and_put(&*self.cluster, &self.key, self.ttl).await {
+            match grant_and_put(&*self.cluster, &self.key, &self.value, self.ttl).await {
                 Ok(lease) => {
                     let revoked = {
                         let mut held = self.lease.lock();
@@ -150,6 +154,7 @@ impl LeaseHolder for ClusterRegistration {
 async fn grant_and_put(
     cluster: &dyn ClusterStore,
     key: &str,
+    value: &[u8],
     ttl: Duration,
 ) -> Result<LeaseId, RegisterError> {
     let lease = cluster
@@ -157,7 +162,7 @@ async fn grant_and_put(
         .await
         .map_err(RegisterError::Lease)?;
     cluster
-        .put(key, Vec::new(), Some(lease))
+        .put(key, value.to_vec(), Some(lease))
         .await
         .map_err(|cause| RegisterError::Put {
             key: key.to_owned(),
@@ -180,9 +185,10 @@ mod tests {
         let link = store.connection();
         let ttl = Duration::from_secs(2);
         let key = "/goverse/gates/127.0.0.1:1".to_owned();
-        let registration = ClusterRegistration::register(Arc::new(link.clone()), key.clone(), ttl)
-            .await
-            .unwrap();
+        let registration =
+            ClusterRegistration::register(Arc::new(link.clone()), key.clone(), Vec::new(), ttl)
+                .await
+                .unwrap();
         let stop = CancellationToken::new();
         let keeping = tokio::spawn(registration.clone().keep(stop.clone()));
         tokio::time::sleep(Duration::from_secs(5)).await;

@@ -175,6 +175,9 @@ impl NodeBuilder {
                 min_quorum: self.config.min_quorum,
                 stability_window: self.config.stability_window,
                 stuck_timeout: self.config.stuck_shard_timeout,
+                info: goverse_cluster::ProcessInfo {
+                    ops: self.config.ops_address.clone(),
+                },
             },
             directory.clone(),
             store.as_ref().map(|s| s.store().clone()),

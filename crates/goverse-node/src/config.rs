@@ -61,6 +61,9 @@ pub struct NodeConfig {
     pub access_rules: Vec<goverse_core::rules::AccessRule>,
     /// The cluster's `object_lifecycle_rules`, checked again for clients' creates and deletes.
     pub lifecycle_rules: Vec<goverse_core::rules::LifecycleRule>,
+    /// Where this node's operations HTTP port (`/metrics`, `/ready`) is reached (`host:port`),
+    /// published in its registration so the inspector finds it. `None`: it has none.
+    pub ops_address: Option<String>,
 }
 
 impl Default for NodeConfig {
@@ -84,6 +87,7 @@ impl Default for NodeConfig {
             connection_limits: goverse_transport::ConnectionLimits::default(),
             access_rules: Vec::new(),
             lifecycle_rules: Vec::new(),
+            ops_address: None,
         }
     }
 }

@@ -34,6 +34,8 @@ pub(crate) struct ClusterSettings {
     pub(crate) min_quorum: usize,
     pub(crate) stability_window: Duration,
     pub(crate) stuck_timeout: Duration,
+    /// What the registration says about the node.
+    pub(crate) info: goverse_cluster::ProcessInfo,
 }
 
 /// This node's membership: its registration, its lease, and the claims behind its shards.
@@ -203,7 +205,7 @@ impl Membership {
             .compare_and_set(
                 &key,
                 Expect::Absent,
-                address.as_str().as_bytes().to_vec(),
+                self.settings.info.encode(),
                 Some(lease),
             )
             .await
@@ -269,7 +271,10 @@ impl Membership {
         let me = &self.address;
         let (mut live, serving) = {
             let map = self.view.borrow();
-            (map.nodes.clone(), map.serving(Some(me)).nodes)
+            (
+                map.nodes.clone(),
+                map.placeable(&map.serving(Some(me)).nodes),
+            )
         };
         live.insert(me.clone());
         let mut claimed: Vec<Fence> = Vec::new();

@@ -7,14 +7,17 @@
 //! - [`EtcdServer`]: a real one-member etcd of the test's own, on free loopback ports.
 //! - [`TestCluster`]: nodes and gates of one cluster in the test's process, over the real node
 //!   protocol on in-memory pipes on tokio time, or on a real etcd over loopback TCP.
+//! - [`Browser`]: headless Chromium through ChromeDriver, for the web pages.
 //! - [`ProcessCluster`]: `goverse node` and `goverse gate` processes from one cluster file, with
 //!   kill -9, SIGSTOP/SIGCONT and SIGTERM.
 
+mod browser;
 mod cluster;
 mod etcd;
 mod postgres;
 mod processes;
 
+pub use browser::Browser;
 pub use cluster::{Setup, TestCluster, TestClusterBuilder, TestNode};
 
 pub use etcd::EtcdServer;

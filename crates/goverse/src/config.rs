@@ -45,8 +45,9 @@ pub struct ClusterFile {
     /// Upstream's `object_lifecycle_rules`, enforced by every gate.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub object_lifecycle_rules: Vec<LifecycleRule>,
-    /// Upstream's inspector section: where `goverse inspector` serves (not served by this build
-    /// yet; a file that configures one gets a warning).
+    /// Upstream's inspector section: where `goverse inspector` serves its web UI and API
+    /// (`http_addr`; upstream's gRPC fields are accepted and unused: nodes here are not pushed
+    /// to the inspector, it reads the cluster store and the nodes' operations ports).
     #[serde(default)]
     pub inspector: Option<InspectorSection>,
 }
@@ -185,6 +186,8 @@ pub struct Generate {
     /// The first node's operations port (`http_addr`: metrics, health; 9101); the others
     /// follow.
     pub ops_port: u16,
+    /// The inspector's port (`inspector.http_addr`; 8090).
+    pub inspector_port: u16,
 }
 
 impl Default for Generate {
@@ -199,6 +202,7 @@ impl Default for Generate {
             gate_port: 49001,
             http_port: 8081,
             ops_port: 9101,
+            inspector_port: 8090,
         }
     }
 }
@@ -285,12 +289,28 @@ fn default_port() -> u16 {
     5432
 }
 
+/// The address others reach a port listening on `listen` at: `listen` itself, or, when it
+/// listens on every interface (`0.0.0.0`, `[::]`, no host), the host of `advertise` (the
+/// process's advertised `host:port`) with `listen`'s port.
+pub fn published_address(listen: &str, advertise: &str) -> String {
+    let Some((host, port)) = listen.rsplit_once(':') else {
+        return listen.to_owned();
+    };
+    if !matches!(host, "" | "0.0.0.0" | "[::]" | "::") {
+        return listen.to_owned();
+    }
+    match advertise.rsplit_once(':') {
+        Some((advertised_host, _)) => format!("{advertised_host}:{port}"),
+        None => listen.to_owned(),
+    }
+}
+
 /// `inspector:` (upstream's fields).
 #[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct InspectorSection {
-    /// Where the inspector's web UI and JSON API listen.
+    /// Where the inspector's web UI and JSON API listen (`goverse inspector`).
     #[serde(default)]
     pub http_addr: Option<String>,
     /// Upstream's gRPC port of the inspector (nodes reported to it there).
@@ -801,6 +821,10 @@ impl ClusterFile {
             // Checked again on the node for what gates send for their clients.
             access_rules: self.object_access_rules.clone(),
             lifecycle_rules: self.object_lifecycle_rules.clone(),
+            ops_address: entry
+                .http_addr
+                .as_deref()
+                .map(|listen| published_address(listen, entry.advertise())),
             ..defaults
         })
     }
@@ -869,7 +893,7 @@ impl ClusterFile {
                 peer_check_interval: Some(Duration::from_secs(1)),
                 save_interval: Some(Duration::from_secs(60)),
                 connections: None,
-                admin_token: None,
+                admin_token: Some(random_secret()),
                 secret: Some(random_secret()),
             },
             postgres: None,
@@ -897,7 +921,10 @@ impl ClusterFile {
                 .collect(),
             object_access_rules: Vec::new(),
             object_lifecycle_rules: Vec::new(),
-            inspector: None,
+            inspector: Some(InspectorSection {
+                http_addr: Some(format!("127.0.0.1:{}", g.inspector_port)),
+                ..InspectorSection::default()
+            }),
         }
     }
 
@@ -906,8 +933,9 @@ impl ClusterFile {
     pub fn to_yaml(&self) -> String {
         let body = serde_yaml_ng::to_string(self).expect("a cluster file always serialises");
         format!(
-            "# A GoVerse cluster (goverse config gen). Peers authenticate with cluster.secret: keep\n\
-             # it out of version control (or set GOVERSE_CLUSTER__SECRET).\n{body}"
+            "# A GoVerse cluster (goverse config gen). Peers authenticate with cluster.secret and\n\
+             # operators with cluster.admin_token: keep both out of version control (or set\n\
+             # GOVERSE_CLUSTER__SECRET and GOVERSE_CLUSTER__ADMIN_TOKEN).\n{body}"
         )
     }
 }
@@ -1183,6 +1211,26 @@ pub fn parse_duration(text: &str) -> Result<Duration, InvalidDuration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_port_on_every_interface_is_published_at_the_advertised_host() {
+        assert_eq!(
+            published_address("0.0.0.0:9101", "10.0.0.5:47000"),
+            "10.0.0.5:9101"
+        );
+        assert_eq!(
+            published_address("[::]:9101", "node-0.svc:47000"),
+            "node-0.svc:9101"
+        );
+        assert_eq!(
+            published_address(":9101", "[fd00::1]:47000"),
+            "[fd00::1]:9101"
+        );
+        assert_eq!(
+            published_address("127.0.0.1:9101", "10.0.0.5:47000"),
+            "127.0.0.1:9101"
+        );
+    }
 
     const FILE: &str = "version: 1
 cluster:

@@ -69,6 +69,12 @@ pub mod gate {
 pub mod config;
 pub mod run;
 
+/// The inspector: a web UI and a JSON + SSE API over a cluster, with operators' moves, pins
+/// and drains (`goverse inspector`; see [`goverse_inspector`]).
+pub mod inspector {
+    pub use goverse_inspector::*;
+}
+
 /// Metrics: the registry nodes and gates add theirs to (`NodeBuilder::metrics`,
 /// `GateConfig::metrics`), served as Prometheus text at `/metrics`; an application registers
 /// its own `prometheus-client` metrics with [`metrics::Registry::with_prometheus`].

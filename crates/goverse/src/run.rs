@@ -270,9 +270,6 @@ pub async fn run_node(
     let entry = file.node(&flags.node_id)?.clone();
     let config = file.node_config(&flags.node_id)?;
     warn_if_unauthenticated(&file);
-    if file.inspector.is_some() {
-        tracing::warn!("the inspector section is not used yet");
-    }
     let ops_listener = match &entry.http_addr {
         Some(address) => {
             Some(

@@ -9,7 +9,7 @@ use goverse_sample_chat::proto::{
     ChatRoomGetRecentMessagesRequest, ChatRoomGetRecentMessagesResponse, ChatRoomJoinRequest,
     ChatRoomJoinResponse, ChatRoomSendChatMessageRequest, ClientNewMessageNotification,
 };
-use goverse_testkit::Process;
+use goverse_testkit::{Browser, Process};
 use prost::{Message, Name};
 
 /// A node and a gate, as separate processes on free loopback ports.
@@ -320,106 +320,6 @@ async fn membership_comes_from_the_connection_and_history_pages_by_timestamp() {
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(err.message().contains(want), "{err:?}");
-    }
-}
-
-/// A browser session on chromedriver, with the flags this machine needs.
-struct Browser {
-    client: fantoccini::Client,
-    _driver: Process,
-    _profile: tempfile::TempDir,
-}
-
-impl Browser {
-    async fn start() -> Self {
-        let driver_path = std::env::var("CHROMEDRIVER").unwrap_or("/usr/bin/chromedriver".into());
-        let chromium = std::env::var("CHROMIUM").unwrap_or("/usr/bin/chromium".into());
-        assert!(
-            std::path::Path::new(&driver_path).exists() && std::path::Path::new(&chromium).exists(),
-            "this test needs Chromium and ChromeDriver ({chromium}, {driver_path}): \
-             ./scripts/test installs them (apt-get install chromium chromium-driver)"
-        );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut driver = Process::start(&driver_path, [format!("--port={port}")]);
-        driver.expect("started successfully");
-        let profile = tempfile::tempdir().unwrap();
-        let mut capabilities = serde_json::Map::new();
-        capabilities.insert(
-            "goog:chromeOptions".to_owned(),
-            serde_json::json!({
-                "binary": chromium,
-                "args": [
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    "--no-first-run",
-                    "--disable-dev-shm-usage",
-                    format!("--user-data-dir={}", profile.path().display()),
-                ],
-            }),
-        );
-        let client = fantoccini::ClientBuilder::new(
-            hyper_util::client::legacy::connect::HttpConnector::new(),
-        )
-        .capabilities(capabilities)
-        .connect(&format!("http://127.0.0.1:{port}"))
-        .await
-        .expect("a Chromium session");
-        Self {
-            client,
-            _driver: driver,
-            _profile: profile,
-        }
-    }
-
-    /// The text of `selector`'s element (empty when it does not exist).
-    async fn text(&self, selector: &str) -> String {
-        let script =
-            "const e = document.querySelector(arguments[0]); return e ? e.textContent : '';";
-        let value = self
-            .client
-            .execute(script, vec![serde_json::json!(selector)])
-            .await
-            .unwrap();
-        value.as_str().unwrap_or_default().to_owned()
-    }
-
-    /// Clicks the element `selector` names.
-    async fn click(&self, selector: &str) {
-        let element = self.client.find(fantoccini::Locator::Css(selector)).await;
-        let element = element.unwrap_or_else(|e| panic!("no element {selector}: {e}"));
-        element.click().await.unwrap();
-    }
-
-    /// Types `text` into the element `selector` names.
-    async fn type_into(&self, selector: &str, text: &str) {
-        let element = self.client.find(fantoccini::Locator::Css(selector)).await;
-        let element = element.unwrap_or_else(|e| panic!("no element {selector}: {e}"));
-        element.send_keys(text).await.unwrap();
-    }
-
-    /// Waits until `selector`'s text contains `want`.
-    async fn wait_text(&self, selector: &str, want: &str) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let text = self.text(selector).await;
-            if text.contains(want) {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{selector} never showed {want:?}; it shows {text:?} (status: {:?})",
-                self.text("#status").await
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 }
 
