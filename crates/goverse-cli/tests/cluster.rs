@@ -476,6 +476,20 @@ fn demo_with_nodes_runs_a_cluster_of_processes_and_stops_it_cleanly() {
     for url in &node_metrics {
         assert!(http_text(url).contains("goverse_shards_total"), "{url}");
     }
+    // The inspector, at the address printed for it: the page and the three nodes.
+    let inspector = demo
+        .output()
+        .iter()
+        .find_map(|line| {
+            line.trim()
+                .strip_prefix("inspector")
+                .and_then(|a| a.split_whitespace().next())
+                .map(str::to_owned)
+        })
+        .expect("the inspector is printed");
+    assert!(http_text(&inspector).contains("<title>GoVerse inspector</title>"));
+    let cluster = http_text(&format!("{inspector}api/cluster"));
+    assert_eq!(cluster.matches(r#""leader":"#).count(), 4, "{cluster}");
     demo.terminate();
     assert_eq!(demo.wait_exit(Duration::from_secs(60)), Some(0));
     assert!(demo.output().iter().any(|l| l.contains("stopped")));

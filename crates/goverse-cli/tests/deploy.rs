@@ -74,6 +74,18 @@ fn ids(config: &goverse::config::ClusterFile) -> (Vec<String>, Vec<String>) {
 }
 
 /// The value after `flag` in an argument list.
+/// The port of the file's `inspector.http_addr`.
+fn inspector_port(config: &goverse::config::ClusterFile) -> &str {
+    let http = config
+        .inspector
+        .as_ref()
+        .and_then(|i| i.http_addr.as_deref());
+    http.expect("an inspector address")
+        .rsplit(':')
+        .next()
+        .unwrap()
+}
+
 fn flag<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
     args.iter()
         .position(|a| a == flag)
@@ -111,6 +123,7 @@ fn docker_compose_runs_the_cluster_its_configuration_describes() {
         "node-3",
         "gate-1",
         "gate-2",
+        "inspector",
         "prometheus",
     ] {
         assert!(names.contains(&needed), "{needed} missing from {names:?}");
@@ -151,6 +164,23 @@ fn docker_compose_runs_the_cluster_its_configuration_describes() {
             );
         }
     }
+    // The inspector serves where the file says, with the admin token for its actions.
+    let inspector: Vec<String> = services["inspector"]["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| text(a).to_owned())
+        .collect();
+    assert_eq!(inspector[0], "inspector");
+    let port = inspector_port(&config);
+    assert_eq!(
+        text(&services["inspector"]["ports"][0]),
+        format!("{port}:{port}")
+    );
+    assert!(
+        config.cluster.admin_token.is_some(),
+        "the compose env sets the admin token"
+    );
     // Prometheus scrapes each node's http_addr port and each gate's ops_addr port.
     let prometheus = &documents("deploy/prometheus/prometheus.yml")[0];
     let targets: Vec<String> = prometheus["scrape_configs"]
@@ -262,7 +292,8 @@ fn the_kubernetes_manifests_run_the_configuration_in_their_config_map() {
                 .as_sequence()
                 .unwrap()
                 .iter()
-                .find(|p| p["name"] == "ops")
+                // The inspector's one port serves its probes beside its pages.
+                .find(|p| p["name"] == "ops" || (args[0] == "inspector" && p["name"] == "http"))
                 .map(|p| p["containerPort"].as_u64().unwrap())
                 .unwrap_or_else(|| panic!("{name} has no ops port"));
             assert_eq!(
@@ -302,14 +333,39 @@ fn the_kubernetes_manifests_run_the_configuration_in_their_config_map() {
             "{entry:?}"
         );
     }
+    let deployment = |name: &str| {
+        by_kind["Deployment"]
+            .iter()
+            .find(|d| text(&d["metadata"]["name"]) == name)
+            .unwrap_or_else(|| panic!("no Deployment {name}"))
+            .clone()
+    };
+    // The inspector: serves on the file's inspector port, with the admin token for actions.
+    let inspector = deployment("goverse-inspector");
+    let container = &inspector["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(text(&container["args"][0]), "inspector");
+    assert_eq!(
+        container["ports"][0]["containerPort"]
+            .as_u64()
+            .unwrap()
+            .to_string(),
+        inspector_port(&config)
+    );
+    assert!(
+        container["env"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|e| text(&e["name"]) == "GOVERSE_CLUSTER__ADMIN_TOKEN")
+    );
     // Gates: a Deployment of one configured entry, each replica advertising its pod address.
-    let gate_args: Vec<String> = by_kind["Deployment"][0]["spec"]["template"]["spec"]["containers"]
-        [0]["args"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|a| text(a).to_owned())
-        .collect();
+    let gate_args: Vec<String> =
+        deployment("goverse-gate")["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|a| text(a).to_owned())
+            .collect();
     let gate_id = flag(&gate_args, "--gate-id").unwrap();
     assert!(
         gates.iter().any(|g| g == gate_id),

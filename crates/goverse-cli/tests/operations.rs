@@ -460,6 +460,8 @@ async fn the_inspector_shows_the_cluster_and_operators_move_pin_and_drain() {
         file.inspector.as_ref().unwrap().http_addr.as_ref().unwrap()
     );
 
+    assert_eq!(get_status(&format!("{base}/healthz")).await.0, 200);
+    assert_eq!(get_status(&format!("{base}/ready")).await.0, 200);
     // The API: three ready nodes serving the 64 shards balanced, a leader, the gate ready.
     assert_eventually!(
         {

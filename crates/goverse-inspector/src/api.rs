@@ -1,7 +1,5 @@
 //! The routes: the page, the reads and the operators' actions.
 
-use std::collections::BTreeMap;
-
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -20,6 +18,8 @@ const PAGE: &str = include_str!("../assets/index.html");
 pub(crate) fn router(inspector: Inspector) -> axum::Router {
     axum::Router::new()
         .route("/", get(page))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/ready", get(ready))
         .route("/api/cluster", get(cluster))
         .route("/api/calls", get(calls))
         .route("/api/objects", get(objects))
@@ -43,6 +43,26 @@ async fn page() -> Response {
         .into_response()
 }
 
+/// Ready while the cluster store answers (a read of one key within the request timeout).
+async fn ready(State(inspector): State<Inspector>) -> Response {
+    let inner = &inspector.inner;
+    let key = inner.keys.shard_count();
+    let read = inner.store.get(&key);
+    match tokio::time::timeout(inner.config.request_timeout, read).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(Err(err)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot read the cluster store: {err}\n"),
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the cluster store did not answer in time\n",
+        )
+            .into_response(),
+    }
+}
+
 async fn cluster(State(inspector): State<Inspector>) -> Response {
     Json(inspector.snapshot()).into_response()
 }
@@ -53,6 +73,30 @@ async fn calls(State(inspector): State<Inspector>) -> Response {
 
 fn error(code: StatusCode, message: impl std::fmt::Display) -> Response {
     (code, Json(json!({ "error": message.to_string() }))).into_response()
+}
+
+/// Why an action was refused.
+#[derive(Debug)]
+enum ApiError {
+    /// No or another admin token.
+    Unauthorised,
+    /// Anything else: the status and what was wrong.
+    Refused(StatusCode, String),
+}
+
+impl ApiError {
+    fn new(code: StatusCode, message: impl std::fmt::Display) -> Self {
+        Self::Refused(code, message.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Unauthorised => goverse_gate::unauthorised(),
+            Self::Refused(code, message) => error(code, message),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -160,18 +204,18 @@ async fn list_objects(
 }
 
 /// The admin check: 403 when actions are off, 401 without the token.
-fn check_token(inspector: &Inspector, headers: &HeaderMap) -> Result<(), Response> {
+fn check_token(inspector: &Inspector, headers: &HeaderMap) -> Result<(), ApiError> {
     match &inspector.inner.config.admin_token {
-        None => Err(error(
+        None => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "operator actions are off: the cluster's configuration sets no cluster.admin_token",
         )),
         Some(token) if goverse_gate::authorised(token, headers) => Ok(()),
-        Some(_) => Err(goverse_gate::unauthorised()),
+        Some(_) => Err(ApiError::Unauthorised),
     }
 }
 
-fn admin_error(err: AdminError) -> Response {
+fn admin_error(err: AdminError) -> ApiError {
     let code = match &err {
         AdminError::NoSuchShard { .. } => StatusCode::BAD_REQUEST,
         AdminError::NoSuchNode(_) => StatusCode::NOT_FOUND,
@@ -181,7 +225,7 @@ fn admin_error(err: AdminError) -> Response {
         | AdminError::Contended(_) => StatusCode::CONFLICT,
         AdminError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
-    error(code, err)
+    ApiError::new(code, err)
 }
 
 /// `{"node": "host:port"}`, optional for a pin.
@@ -191,29 +235,44 @@ struct NodeBody {
     node: Option<String>,
 }
 
-fn parse_body(body: &[u8]) -> Result<NodeBody, Response> {
+fn parse_body(body: &[u8]) -> Result<NodeBody, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(NodeBody::default());
     }
     serde_json::from_slice(body).map_err(|e| {
-        error(
+        ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("the body must be {{\"node\": \"host:port\"}}: {e}"),
         )
     })
 }
 
-fn parse_shard(shard: &str) -> Result<u32, Response> {
+fn parse_shard(shard: &str) -> Result<u32, ApiError> {
     shard.parse().map_err(|_| {
-        error(
+        ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("{shard:?} is not a shard number"),
         )
     })
 }
 
-fn logged(action: &str, what: &BTreeMap<&str, String>) {
-    tracing::info!(action, ?what, "operator action");
+/// Runs an operator's action once the admin token checks out: its answer, logged, or why not.
+async fn act(
+    inspector: &Inspector,
+    headers: &HeaderMap,
+    action: &'static str,
+    work: impl std::future::Future<Output = Result<serde_json::Value, ApiError>>,
+) -> Response {
+    if let Err(refused) = check_token(inspector, headers) {
+        return refused.into_response();
+    }
+    match work.await {
+        Ok(answer) => {
+            tracing::info!(action, %answer, "operator action");
+            Json(answer).into_response()
+        }
+        Err(refused) => refused.into_response(),
+    }
 }
 
 async fn move_shard(
@@ -222,31 +281,23 @@ async fn move_shard(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let result = async {
-        check_token(&inspector, &headers)?;
+    let work = async {
         let shard = parse_shard(&shard)?;
         let node = parse_body(&body)?.node.ok_or_else(|| {
-            error(
+            ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "say where to: {\"node\": \"host:port\"}",
             )
         })?;
         let node = NodeAddr::new(node);
-        let revision = inspector
-            .inner
-            .operator
+        let operator = &inspector.inner.operator;
+        let revision = operator
             .move_shard(shard, &node)
             .await
             .map_err(admin_error)?;
-        logged(
-            "move",
-            &BTreeMap::from([("shard", shard.to_string()), ("node", node.to_string())]),
-        );
-        Ok::<_, Response>(Json(
-            json!({"shard": shard, "node": node.as_str(), "revision": revision}),
-        ))
+        Ok(json!({"shard": shard, "node": node.as_str(), "revision": revision}))
     };
-    result.await.into_response()
+    act(&inspector, &headers, "move", work).await
 }
 
 async fn pin(
@@ -255,38 +306,30 @@ async fn pin(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let result = async {
-        check_token(&inspector, &headers)?;
+    let work = async {
         let shard = parse_shard(&shard)?;
         let node = match parse_body(&body)?.node {
             Some(node) => NodeAddr::new(node),
             None => {
-                let map = inspector.inner.view.borrow();
-                map.owner(goverse_core::ShardId(shard))
-                    .cloned()
-                    .ok_or_else(|| {
-                        error(
-                            StatusCode::CONFLICT,
-                            format!("shard {shard} has no owner to pin it to: say which node"),
-                        )
-                    })?
+                let owner = inspector
+                    .inner
+                    .view
+                    .borrow()
+                    .owner(goverse_core::ShardId(shard))
+                    .cloned();
+                owner.ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::CONFLICT,
+                        format!("shard {shard} has no owner to pin it to: say which node"),
+                    )
+                })?
             }
         };
-        let revision = inspector
-            .inner
-            .operator
-            .pin(shard, &node)
-            .await
-            .map_err(admin_error)?;
-        logged(
-            "pin",
-            &BTreeMap::from([("shard", shard.to_string()), ("node", node.to_string())]),
-        );
-        Ok::<_, Response>(Json(
-            json!({"shard": shard, "pinned": node.as_str(), "revision": revision}),
-        ))
+        let operator = &inspector.inner.operator;
+        let revision = operator.pin(shard, &node).await.map_err(admin_error)?;
+        Ok(json!({"shard": shard, "pinned": node.as_str(), "revision": revision}))
     };
-    result.await.into_response()
+    act(&inspector, &headers, "pin", work).await
 }
 
 async fn unpin(
@@ -294,8 +337,7 @@ async fn unpin(
     Path(shard): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let result = async {
-        check_token(&inspector, &headers)?;
+    let work = async {
         let shard = parse_shard(&shard)?;
         let was = inspector
             .inner
@@ -303,10 +345,9 @@ async fn unpin(
             .unpin(shard)
             .await
             .map_err(admin_error)?;
-        logged("unpin", &BTreeMap::from([("shard", shard.to_string())]));
-        Ok::<_, Response>(Json(json!({"shard": shard, "was_pinned": was})))
+        Ok(json!({"shard": shard, "was_pinned": was}))
     };
-    result.await.into_response()
+    act(&inspector, &headers, "unpin", work).await
 }
 
 async fn drain(
@@ -314,8 +355,7 @@ async fn drain(
     Path(node): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let result = async {
-        check_token(&inspector, &headers)?;
+    let work = async {
         let node = NodeAddr::new(node);
         let revision = inspector
             .inner
@@ -323,12 +363,9 @@ async fn drain(
             .drain(&node)
             .await
             .map_err(admin_error)?;
-        logged("drain", &BTreeMap::from([("node", node.to_string())]));
-        Ok::<_, Response>(Json(
-            json!({"node": node.as_str(), "drained": true, "revision": revision}),
-        ))
+        Ok(json!({"node": node.as_str(), "drained": true, "revision": revision}))
     };
-    result.await.into_response()
+    act(&inspector, &headers, "drain", work).await
 }
 
 async fn undrain(
@@ -336,8 +373,7 @@ async fn undrain(
     Path(node): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let result = async {
-        check_token(&inspector, &headers)?;
+    let work = async {
         let node = NodeAddr::new(node);
         let was = inspector
             .inner
@@ -345,10 +381,7 @@ async fn undrain(
             .undrain(&node)
             .await
             .map_err(admin_error)?;
-        logged("undrain", &BTreeMap::from([("node", node.to_string())]));
-        Ok::<_, Response>(Json(
-            json!({"node": node.as_str(), "drained": false, "was_drained": was}),
-        ))
+        Ok(json!({"node": node.as_str(), "drained": false, "was_drained": was}))
     };
-    result.await.into_response()
+    act(&inspector, &headers, "undrain", work).await
 }

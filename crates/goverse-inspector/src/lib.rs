@@ -9,6 +9,7 @@
 //! | Route | What |
 //! |---|---|
 //! | `GET /` | the web UI: the shard map as a grid coloured by owner, moves live, nodes, gates, objects, calls |
+//! | `GET /healthz`, `GET /ready` | alive; ready while the cluster store answers |
 //! | `GET /api/cluster` | nodes, gates, leader and the shard map ([`ClusterSnapshot`]) |
 //! | `GET /api/calls` | calls per node, type and method: rate, failures, mean, p50, p99 ([`CallsSnapshot`]) |
 //! | `GET /api/objects?node=&type=&q=&limit=` | live objects, by node, type and ID substring |
@@ -90,6 +91,7 @@ pub struct Inspector {
 
 #[derive(Debug)]
 struct Inner {
+    store: Arc<dyn ClusterStore>,
     view: MapView,
     keys: Keys,
     shard_count: u32,
@@ -135,7 +137,8 @@ impl Inspector {
         ));
         Ok(Self {
             inner: Arc::new(Inner {
-                operator: Operator::new(store, keys.clone(), shard_count),
+                operator: Operator::new(store.clone(), keys.clone(), shard_count),
+                store,
                 view,
                 keys,
                 shard_count,
