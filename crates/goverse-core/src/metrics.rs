@@ -338,14 +338,39 @@ impl Scrape {
     }
 }
 
-/// A point in time for measuring durations on hot paths: read from the CPU's time-stamp counter
-/// where it is invariant (a few nanoseconds; `std::time::Instant` costs ~20 ns), monotonic.
-pub type Stamp = quanta::Instant;
+/// A point in time for measuring durations on hot paths: the raw count of the CPU's invariant
+/// time-stamp counter (one instruction; `std::time::Instant` costs ~20 ns), scaled to
+/// nanoseconds only when two are subtracted. Where the counter is unusable, the monotonic clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Stamp(u64);
+
+/// The process's one calibrated clock (quanta: invariant TSC, or the monotonic clock).
+fn clock() -> &'static quanta::Clock {
+    static CLOCK: std::sync::OnceLock<quanta::Clock> = std::sync::OnceLock::new();
+    CLOCK.get_or_init(quanta::Clock::new)
+}
 
 /// Now, as a [`Stamp`].
 #[inline]
 pub fn stamp() -> Stamp {
-    quanta::Instant::now()
+    Stamp(clock().raw())
+}
+
+impl Stamp {
+    /// Nanoseconds from `earlier` to this stamp (0 when `earlier` is later).
+    #[inline]
+    pub fn nanos_since(self, earlier: Stamp) -> u64 {
+        if self.0 <= earlier.0 {
+            return 0;
+        }
+        clock().delta_as_nanos(earlier.0, self.0)
+    }
+
+    /// The time from `earlier` to this stamp (zero when `earlier` is later).
+    #[inline]
+    pub fn saturating_duration_since(self, earlier: Stamp) -> Duration {
+        Duration::from_nanos(self.nanos_since(earlier))
+    }
 }
 
 /// How many stripes a striped metric spreads over.
@@ -426,11 +451,15 @@ impl LatencyHistogram {
 #[inline]
 fn bucket_of(elapsed: Duration) -> (usize, u64) {
     let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-    let bucket = LATENCY_BOUNDS_NS
+    (bucket_of_ns(ns), ns)
+}
+
+#[inline]
+fn bucket_of_ns(ns: u64) -> usize {
+    LATENCY_BOUNDS_NS
         .iter()
         .position(|bound| ns <= *bound)
-        .unwrap_or(LATENCY_BOUNDS_NS.len());
-    (bucket, ns)
+        .unwrap_or(LATENCY_BOUNDS_NS.len())
 }
 
 /// Durations bucketed as [`LatencyHistogram`]'s, written by one thread only (see
@@ -450,10 +479,14 @@ impl fmt::Debug for LatencyCells {
 
 impl LatencyCells {
     /// Records one duration. Only the owning thread may call this.
-    #[inline]
     pub fn add(&self, elapsed: Duration) {
-        let (bucket, ns) = bucket_of(elapsed);
-        let cell = &self.buckets[bucket];
+        self.add_nanos(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// Records one duration given in nanoseconds. Only the owning thread may call this.
+    #[inline]
+    pub fn add_nanos(&self, ns: u64) {
+        let cell = &self.buckets[bucket_of_ns(ns)];
         cell.store(cell.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         self.sum_ns.store(
             self.sum_ns.load(Ordering::Relaxed).wrapping_add(ns),

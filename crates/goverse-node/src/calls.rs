@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
 
+use goverse_core::metrics::Stamp;
 use goverse_core::{
     CallError, ChainId, ClientIdentity, ObjectId, Payload, ReliableOutcome, Route, ShardId,
 };
@@ -148,6 +149,38 @@ impl NodeInner {
         }
     }
 
+    /// [`NodeInner::turn_on`], timed for the call's metrics: when the turn is granted (the
+    /// clock read only if the turn had to wait; one granted at once was granted at `started`,
+    /// and its lookup's fraction of a microsecond counts as execution).
+    async fn timed_turn_on(
+        self: &Arc<Self>,
+        target: Target<'_>,
+        kind: MethodKind,
+        chain: ChainId,
+        deadline: Instant,
+        started: Option<Stamp>,
+    ) -> (
+        Result<(Arc<dyn ActivationDyn>, TurnPermit), CallError>,
+        Option<Stamp>,
+    ) {
+        let mut turn = std::pin::pin!(self.turn_on(target, kind, chain, deadline));
+        let mut waited = false;
+        let found = std::future::poll_fn(|cx| {
+            let poll = turn.as_mut().poll(cx);
+            waited |= poll.is_pending();
+            poll
+        })
+        .await;
+        let granted = started.map(|at| {
+            if waited {
+                goverse_core::metrics::stamp()
+            } else {
+                at
+            }
+        });
+        (found, granted)
+    }
+
     /// The call path shared by typed stubs, the untyped API and the node protocol.
     pub(crate) async fn invoke(
         self: &Arc<Self>,
@@ -217,9 +250,11 @@ impl NodeInner {
         let started = self.call_metrics.start();
         let (type_name, id, shard) = (target.type_name, target.id, target.shard());
         let work = async move {
-            match self.turn_on(target, kind, chain, deadline).await {
+            let (found, granted) = self
+                .timed_turn_on(target, kind, chain, deadline, started)
+                .await;
+            match found {
                 Ok((activation, permit)) => {
-                    let granted = started.map(|_| goverse_core::metrics::stamp());
                     let result = Detached::new(
                         activation.run(permit, index, request, deadline, client),
                         &self.lifecycle.tasks,
@@ -399,10 +434,10 @@ impl NodeInner {
         let shard = target.shard();
         let work = async move {
             // A write turn whatever the method: the lookup, the call and its commit are one step.
-            let (activation, permit) = match self
-                .turn_on(target, MethodKind::Write, chain, deadline)
-                .await
-            {
+            let (found, granted) = self
+                .timed_turn_on(target, MethodKind::Write, chain, deadline, started)
+                .await;
+            let (activation, permit) = match found {
                 Ok(found) => found,
                 Err(why) if why.is_not_served() => {
                     let operation = Operation::Reliable(method, call_id, request);
@@ -410,7 +445,6 @@ impl NodeInner {
                 }
                 Err(err) => return skipped(err),
             };
-            let granted = started.map(|_| goverse_core::metrics::stamp());
             let call = ReliableRequest {
                 call_id: shared_id,
                 method: index,

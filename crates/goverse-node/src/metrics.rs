@@ -30,7 +30,8 @@ struct MethodCells {
     /// Whole calls on this node (waiting for the turn and running), by outcome.
     succeeded: LatencyCells,
     failed: LatencyCells,
-    /// From arriving at the node to holding the turn (includes activating the object).
+    /// From arriving at the node to holding the turn (includes activating the object); a turn
+    /// granted at once counts none.
     wait: LatencyCells,
     /// The method's run, with a write-through commit.
     run: LatencyCells,
@@ -112,16 +113,22 @@ impl CallMetrics {
             return;
         };
         let now = stamp();
-        let total = now.saturating_duration_since(started);
+        let total = now.nanos_since(started);
         let cells = calls.cells.local();
         if ok {
-            cells.succeeded.add(total);
+            cells.succeeded.add_nanos(total);
         } else {
-            cells.failed.add(total);
+            cells.failed.add_nanos(total);
         }
         if let Some(granted) = granted {
-            cells.wait.add(granted.saturating_duration_since(started));
-            cells.run.add(now.saturating_duration_since(granted));
+            if granted == started {
+                // Granted at once (no clock read then): no wait, all of it running.
+                cells.wait.add_nanos(0);
+                cells.run.add_nanos(total);
+            } else {
+                cells.wait.add_nanos(granted.nanos_since(started));
+                cells.run.add_nanos(now.nanos_since(granted));
+            }
         }
         if let Some(count) = self.shard_calls.local().get(shard.0 as usize) {
             // This thread's own cell: no other thread writes it.

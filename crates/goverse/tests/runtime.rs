@@ -1077,6 +1077,63 @@ async fn a_hurried_shutdown_saves_what_is_idle_and_leaves_the_busy_object() {
 /// The node's metrics follow what it did: calls per method and outcome (a method's own error
 /// is a failure), queue wait and execution per method, the objects gauge up with activations
 /// and back down after idle deactivation, shards served, all in the Prometheus text the
+/// Queue wait and execution on real time: of two calls of a 50 ms method queued on one
+/// object, the second waits for the first's turn (its wait is the first's run); an uncontended
+/// call waits for nothing; every call's execution counts its run.
+#[tokio::test]
+async fn queue_wait_is_the_time_spent_behind_other_turns() {
+    let registry = goverse::metrics::Registry::new();
+    let shared = Arc::new(Shared::default());
+    let options = TypeOptions::<Probe>::with_factory(move |_| Probe {
+        shared: shared.clone(),
+        ready: false,
+        log: Vec::new(),
+    });
+    let node = Node::builder(config())
+        .metrics(registry.clone())
+        .register_with(options)
+        .start()
+        .await
+        .unwrap();
+    let seconds = |family: &str| -> f64 {
+        registry
+            .scrape()
+            .samples(family)
+            .iter()
+            .filter(|s| {
+                s.labels
+                    .iter()
+                    .any(|(k, v)| *k == "method_name" && v == "SlowWrite")
+            })
+            .map(|s| match &s.value {
+                goverse::metrics::Value::Histogram(h) => h.sum,
+                other => panic!("{family} is not a histogram: {other:?}"),
+            })
+            .sum()
+    };
+    let probe = ProbeRef::new("contended");
+    probe.append(&node, Int32Value { value: 0 }).await.unwrap();
+    let slow = || Int32Value { value: 50 };
+    let (first, second) = tokio::join!(
+        probe.slow_write(&node, slow()),
+        probe.slow_write(&node, slow())
+    );
+    first.unwrap();
+    second.unwrap();
+    let waited = seconds("goverse_method_queue_wait_seconds");
+    let ran = seconds("goverse_method_execution_seconds");
+    assert!((0.045..1.0).contains(&waited), "queue wait {waited} s");
+    assert!((0.095..2.0).contains(&ran), "execution {ran} s");
+    // Alone on its object, a call waits for nothing (well under a millisecond).
+    ProbeRef::new("alone")
+        .slow_write(&node, slow())
+        .await
+        .unwrap();
+    let alone = seconds("goverse_method_queue_wait_seconds") - waited;
+    assert!(alone < 0.001, "an uncontended call waited {alone} s");
+    node.shutdown(Duration::from_secs(1)).await;
+}
+
 /// registry writes.
 #[tokio::test(start_paused = true)]
 async fn metrics_count_calls_by_method_and_outcome_and_the_objects_gauge_goes_down() {
