@@ -431,6 +431,31 @@ fn loads(cluster: &serde_json::Value) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// Whether the grid paints shard `shard` in the colour of node `node`'s swatch (the cell's
+/// centre pixel against the swatch's colour drawn on a canvas of its own).
+async fn painted_as(browser: &Browser, shard: u32, node: &str) -> bool {
+    let script = "const [n, node] = arguments; \
+        const { canvas, cols, cell } = geometry(); \
+        const x = (n % cols) * cell + Math.floor(cell / 2), y = Math.floor(n / cols) * cell + Math.floor(cell / 2); \
+        const p = canvas.getContext('2d').getImageData(x, y, 1, 1).data; \
+        const row = [...document.querySelectorAll('#nodes tr[data-node]')].find(r => r.dataset.node === node); \
+        if (!row) return false; \
+        const c = document.createElement('canvas').getContext('2d'); \
+        c.fillStyle = getComputedStyle(row.querySelector('.swatch')).backgroundColor; \
+        c.fillRect(0, 0, 1, 1); \
+        const q = c.getImageData(0, 0, 1, 1).data; \
+        return p[0] === q[0] && p[1] === q[1] && p[2] === q[2];";
+    let painted = browser
+        .client
+        .execute(
+            script,
+            vec![serde_json::json!(shard), serde_json::json!(node)],
+        )
+        .await
+        .unwrap();
+    painted == serde_json::json!(true)
+}
+
 /// The inspector on a real three-node cluster: its API shows the nodes, gate, leader and
 /// shard map with every process's health, the calls made and the objects made; its page in
 /// headless Chromium shows the nodes and the shard grid, refuses a move without the admin
@@ -585,6 +610,14 @@ async fn the_inspector_shows_the_cluster_and_operators_move_pin_and_drain() {
     browser
         .wait_text("#shard-info", &format!("on {from}"))
         .await;
+    assert!(
+        painted_as(&browser, moved, &from).await,
+        "shard {moved} painted as {from}"
+    );
+    assert!(
+        !painted_as(&browser, moved, &to).await,
+        "{from} and {to} look alike"
+    );
     browser
         .client
         .execute(
@@ -604,6 +637,10 @@ async fn the_inspector_shows_the_cluster_and_operators_move_pin_and_drain() {
     browser.click("#move").await;
     browser.wait_text("#message", "done").await;
     browser.wait_text("#shard-info", &format!("on {to}")).await;
+    assert_eventually!(
+        painted_as(&browser, moved, &to).await,
+        Duration::from_secs(10)
+    );
     assert_eventually!(
         status_json(&config, moved)["shard_records"][0]["current"] == to.as_str(),
         Duration::from_secs(30)
