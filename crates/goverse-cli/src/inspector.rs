@@ -1,7 +1,6 @@
 //! `goverse inspector --config FILE`: the web UI and API over a running cluster.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
 use goverse::inspector::{Inspector, InspectorConfig};
@@ -69,11 +68,7 @@ pub(crate) async fn serve(
 ) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let router = inspector.router();
-    let ended = Arc::new(inspector);
-    let on_stop = {
-        let ended = ended.clone();
-        move || ended.stop()
-    };
+    let on_stop = move || inspector.stop();
     let served = tokio::spawn(goverse::gate::serve_router(
         listener,
         router,

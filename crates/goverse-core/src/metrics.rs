@@ -365,12 +365,6 @@ impl Stamp {
         }
         clock().delta_as_nanos(earlier.0, self.0)
     }
-
-    /// The time from `earlier` to this stamp (zero when `earlier` is later).
-    #[inline]
-    pub fn saturating_duration_since(self, earlier: Stamp) -> Duration {
-        Duration::from_nanos(self.nanos_since(earlier))
-    }
 }
 
 /// How many stripes a striped metric spreads over.

@@ -13,16 +13,12 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use goverse_cluster::ClusterMap;
-use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::Inspector;
 use crate::poll::Status;
-use crate::snapshot::{
-    CallsSnapshot, ClusterSnapshot, GateView, NodeView, ShardView, gate_views, node_views,
-    shard_views,
-};
+use crate::snapshot::{CallsSnapshot, ClusterSnapshot, Members, ShardView, shard_views};
 
 /// What one stream last sent.
 struct Stream {
@@ -33,10 +29,18 @@ struct Stream {
     /// Nothing sent yet: the first event is the whole cluster.
     started: bool,
     shards: Vec<ShardView>,
-    nodes: (Option<String>, Vec<NodeView>, Vec<GateView>, usize, usize),
+    members: Members,
     pass: u64,
     /// Events made and not yet sent.
     queue: std::collections::VecDeque<Event>,
+}
+
+/// The `nodes` event: the members, at a revision.
+#[derive(serde::Serialize)]
+struct MembersAt<'a> {
+    revision: i64,
+    #[serde(flatten)]
+    members: &'a Members,
 }
 
 fn event(name: &str, data: &impl serde::Serialize) -> Event {
@@ -49,20 +53,14 @@ fn event(name: &str, data: &impl serde::Serialize) -> Event {
 impl Stream {
     /// The events for what changed since the last call.
     fn changes(&mut self) {
-        let map = self.map.borrow_and_update().clone();
         let status = self.status.borrow_and_update().clone();
+        let map = self.map.borrow_and_update();
         if !self.started {
             self.started = true;
             let snapshot = ClusterSnapshot::new(&map, &self.prefix, &status);
             self.queue.push_back(event("cluster", &snapshot));
             self.shards = snapshot.shards;
-            self.nodes = (
-                snapshot.leader,
-                snapshot.nodes,
-                snapshot.gates,
-                snapshot.moving,
-                snapshot.unowned,
-            );
+            self.members = snapshot.members;
             self.pass = status.pass;
             return;
         }
@@ -76,28 +74,20 @@ impl Stream {
         if !changed.is_empty() {
             self.queue.push_back(event("shards", &changed));
         }
-        let nodes = (
-            map.leader.as_ref().map(|(n, _)| n.as_str().to_owned()),
-            node_views(&map, &status, &shards),
-            gate_views(&map, &status),
-            map.moving(),
-            map.unowned(),
-        );
+        let members = Members::new(&map, &status, &shards);
         self.shards = shards;
-        if nodes != self.nodes {
+        if members != self.members {
+            let revision = map.revision;
             self.queue.push_back(event(
                 "nodes",
-                &json!({
-                    "revision": map.revision,
-                    "leader": nodes.0,
-                    "nodes": nodes.1,
-                    "gates": nodes.2,
-                    "moving": nodes.3,
-                    "unowned": nodes.4,
-                }),
+                &MembersAt {
+                    revision,
+                    members: &members,
+                },
             ));
-            self.nodes = nodes;
+            self.members = members;
         }
+        drop(map);
         if status.pass != self.pass {
             self.pass = status.pass;
             self.queue
@@ -135,7 +125,7 @@ pub(crate) async fn events(
         prefix: inner.keys.prefix().to_owned(),
         started: false,
         shards: Vec::new(),
-        nodes: Default::default(),
+        members: Members::default(),
         pass: 0,
         queue: Default::default(),
     };

@@ -37,8 +37,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use poll::{CallStats, Health, ProcessStatus};
 pub use snapshot::{
-    CallsSnapshot, ClusterSnapshot, GateView, NodeError, NodeView, ObjectCount, ObjectEntry,
-    ObjectsAnswer, ShardView,
+    CallsSnapshot, ClusterSnapshot, GateView, Members, NodeError, NodeView, ObjectCount,
+    ObjectEntry, ObjectsAnswer, ShardView,
 };
 
 /// How an inspector behaves. Plain data with defaults.

@@ -16,6 +16,16 @@ pub struct ClusterSnapshot {
     pub revision: i64,
     /// The shard count.
     pub shard_count: u32,
+    /// Leader, nodes and gates.
+    #[serde(flatten)]
+    pub members: Members,
+    /// Every shard, in order.
+    pub shards: Vec<ShardView>,
+}
+
+/// The cluster's members (the `nodes` event, and part of `GET /api/cluster`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Members {
     /// The leading node.
     pub leader: Option<String>,
     /// Registered nodes, by address.
@@ -26,8 +36,6 @@ pub struct ClusterSnapshot {
     pub moving: usize,
     /// Shards no registered node serves.
     pub unowned: usize,
-    /// Every shard, in order.
-    pub shards: Vec<ShardView>,
 }
 
 /// A registered node.
@@ -152,11 +160,7 @@ impl ClusterSnapshot {
             prefix: prefix.to_owned(),
             revision: map.revision,
             shard_count: map.shards.len() as u32,
-            leader: map.leader.as_ref().map(|(n, _)| n.as_str().to_owned()),
-            nodes: node_views(map, status, &shards),
-            gates: gate_views(map, status),
-            moving: map.moving(),
-            unowned: map.unowned(),
+            members: Members::new(map, status, &shards),
             shards,
         }
     }
@@ -180,7 +184,21 @@ pub(crate) fn shard_views(map: &ClusterMap) -> Vec<ShardView> {
         .collect()
 }
 
-pub(crate) fn node_views(map: &ClusterMap, status: &Status, shards: &[ShardView]) -> Vec<NodeView> {
+impl Members {
+    /// The members `map` names, with what the last poll read of them; `shards` are the map's
+    /// [`shard_views`].
+    pub(crate) fn new(map: &ClusterMap, status: &Status, shards: &[ShardView]) -> Self {
+        Self {
+            leader: map.leader.as_ref().map(|(n, _)| n.as_str().to_owned()),
+            nodes: node_views(map, status, shards),
+            gates: gate_views(map, status),
+            moving: map.moving(),
+            unowned: map.unowned(),
+        }
+    }
+}
+
+fn node_views(map: &ClusterMap, status: &Status, shards: &[ShardView]) -> Vec<NodeView> {
     let mut served: BTreeMap<&str, usize> = BTreeMap::new();
     let mut pinned: BTreeMap<&str, usize> = BTreeMap::new();
     for shard in shards {
@@ -218,7 +236,7 @@ pub(crate) fn node_views(map: &ClusterMap, status: &Status, shards: &[ShardView]
         .collect()
 }
 
-pub(crate) fn gate_views(map: &ClusterMap, status: &Status) -> Vec<GateView> {
+fn gate_views(map: &ClusterMap, status: &Status) -> Vec<GateView> {
     map.gates
         .iter()
         .map(|gate| {

@@ -279,7 +279,7 @@ impl NodeInner {
                 }
             }
         };
-        let span = self.call_span("call", type_name, id, index, chain);
+        let span = self.call_span(false, type_name, id, index, chain);
         let result = with_deadline(work, deadline, || format!("{type_name}/{id}"))
             .instrument(span)
             .await;
@@ -289,23 +289,19 @@ impl NodeInner {
         result
     }
 
-    /// The span a call runs in (`call` or `reliable_call`, at debug level): type, ID, method,
-    /// chain and node. Disabled (and nearly free) unless debug logs of this crate are on.
+    /// The span a call runs in (`call`, at debug level): type, ID, method, chain, node, and
+    /// whether it is a reliable call. Disabled (and nearly free) unless debug logs of this crate
+    /// are on.
     fn call_span(
         &self,
-        name: &'static str,
+        reliable: bool,
         type_name: &str,
         id: &ObjectId,
         method: usize,
         chain: ChainId,
     ) -> tracing::Span {
-        let span = if name == "call" {
-            tracing::debug_span!("call", r#type = type_name, %id, method = tracing::field::Empty,
-                chain = %chain, node = %self.address)
-        } else {
-            tracing::debug_span!("reliable_call", r#type = type_name, %id,
-                method = tracing::field::Empty, chain = %chain, node = %self.address)
-        };
+        let span = tracing::debug_span!("call", r#type = type_name, %id,
+            method = tracing::field::Empty, reliable, chain = %chain, node = %self.address);
         if !span.is_disabled()
             && let Some(spec) = self
                 .registry
@@ -464,7 +460,7 @@ impl NodeInner {
             Ok(Served::Done(outcome))
         };
         let id = target.id;
-        let span = self.call_span("reliable_call", type_name, id, index, chain);
+        let span = self.call_span(true, type_name, id, index, chain);
         let result = with_deadline(work, deadline, || {
             format!("reliable call {type_name}/{id} (the call may have run; retry with the same call id)")
         })

@@ -285,18 +285,23 @@ fn config() -> NodeConfig {
     }
 }
 
+/// The `Probe` type's options: every activation shares `shared`.
+fn probe_options(shared: &Arc<Shared>) -> TypeOptions<Probe> {
+    let shared = shared.clone();
+    TypeOptions::<Probe>::with_factory(move |_| Probe {
+        shared: shared.clone(),
+        ready: false,
+        log: Vec::new(),
+    })
+}
+
 async fn fixture_with(
     config: NodeConfig,
     store: Arc<dyn ObjectStore>,
     idle: Option<Duration>,
 ) -> Fixture {
     let shared = Arc::new(Shared::default());
-    let s = shared.clone();
-    let mut options = TypeOptions::<Probe>::with_factory(move |_| Probe {
-        shared: s.clone(),
-        ready: false,
-        log: Vec::new(),
-    });
+    let mut options = probe_options(&shared);
     if let Some(idle) = idle {
         options = options.idle_timeout(idle);
     }
@@ -936,13 +941,8 @@ async fn shutdown_saves_refuses_new_calls_and_releases_shards() {
     let cluster = Arc::new(MemoryClusterStore::new());
     let store: Arc<dyn ObjectStore> = Arc::new(MemoryStore::new());
     let shared = Arc::new(Shared::default());
-    let s = shared.clone();
     let node = Node::builder(config())
-        .register_with(TypeOptions::<Probe>::with_factory(move |_| Probe {
-            shared: s.clone(),
-            ready: false,
-            log: vec![],
-        }))
+        .register_with(probe_options(&shared))
         .object_store(store.clone())
         .cluster_store(cluster.clone())
         .start()
@@ -1074,21 +1074,13 @@ async fn a_hurried_shutdown_saves_what_is_idle_and_leaves_the_busy_object() {
     busy.abort();
 }
 
-/// The node's metrics follow what it did: calls per method and outcome (a method's own error
-/// is a failure), queue wait and execution per method, the objects gauge up with activations
-/// and back down after idle deactivation, shards served, all in the Prometheus text the
 /// Queue wait and execution on real time: of two calls of a 50 ms method queued on one
 /// object, the second waits for the first's turn (its wait is the first's run); an uncontended
 /// call waits for nothing; every call's execution counts its run.
 #[tokio::test]
 async fn queue_wait_is_the_time_spent_behind_other_turns() {
     let registry = goverse::metrics::Registry::new();
-    let shared = Arc::new(Shared::default());
-    let options = TypeOptions::<Probe>::with_factory(move |_| Probe {
-        shared: shared.clone(),
-        ready: false,
-        log: Vec::new(),
-    });
+    let options = probe_options(&Arc::new(Shared::default()));
     let node = Node::builder(config())
         .metrics(registry.clone())
         .register_with(options)
@@ -1134,17 +1126,14 @@ async fn queue_wait_is_the_time_spent_behind_other_turns() {
     node.shutdown(Duration::from_secs(1)).await;
 }
 
+/// The node's metrics follow what it did: calls per method and outcome (a method's own error
+/// is a failure), queue wait and execution per method, the objects gauge up with activations
+/// and back down after idle deactivation, shards served, all in the Prometheus text the
 /// registry writes.
 #[tokio::test(start_paused = true)]
 async fn metrics_count_calls_by_method_and_outcome_and_the_objects_gauge_goes_down() {
     let registry = goverse::metrics::Registry::new();
-    let shared = Arc::new(Shared::default());
-    let options = TypeOptions::<Probe>::with_factory(move |_| Probe {
-        shared: shared.clone(),
-        ready: false,
-        log: Vec::new(),
-    })
-    .idle_timeout(Duration::from_secs(5));
+    let options = probe_options(&Arc::new(Shared::default())).idle_timeout(Duration::from_secs(5));
     let config = NodeConfig {
         idle_check_interval: Some(Duration::from_millis(20)),
         ..config()
