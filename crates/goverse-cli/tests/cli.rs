@@ -390,7 +390,7 @@ fn demo_serves_until_sigterm_then_saves_and_exits_zero() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("PermissionDenied"),
+        String::from_utf8_lossy(&out.stderr).contains("permission_denied"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -414,7 +414,7 @@ fn demo_serves_until_sigterm_then_saves_and_exits_zero() {
         let out = goverse(args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         assert!(
-            String::from_utf8_lossy(&out.stderr).contains("PermissionDenied"),
+            String::from_utf8_lossy(&out.stderr).contains("permission_denied"),
             "{args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
@@ -535,11 +535,12 @@ fn demo_serves_until_sigterm_then_saves_and_exits_zero() {
 #[test]
 fn call_without_a_gate_fails_clearly() {
     let port = free_port();
-    let out = goverse(&["call", "--gate", &port, "Counter", "c", "Get"]);
+    let gate = format!("127.0.0.1:{port}");
+    let out = goverse(&["call", "--gate", &gate, "Counter", "c", "Get"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains(&format!("cannot connect to the gate at {port}")),
+        err.contains("no gate reachable") && err.contains(&format!("127.0.0.1:{port}")),
         "{err}"
     );
 }

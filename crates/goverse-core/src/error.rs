@@ -90,6 +90,27 @@ impl ErrorCode {
         }
     }
 
+    /// The code a gRPC status number stands for: the inverse of [`ErrorCode::grpc_code`], with
+    /// the numbers no code maps to read as the nearest one (`CANCELLED` as a passed deadline,
+    /// `ABORTED` as unavailable, `UNIMPLEMENTED` as not found, `OK` and anything unknown as
+    /// unknown).
+    pub const fn from_grpc_code(code: i32) -> Self {
+        match code {
+            1 | 4 => Self::DeadlineExceeded,
+            3 | 11 => Self::InvalidArgument,
+            5 | 12 => Self::NotFound,
+            6 => Self::AlreadyExists,
+            7 => Self::PermissionDenied,
+            8 => Self::ResourceExhausted,
+            9 => Self::Reentrancy,
+            10 | 14 => Self::Unavailable,
+            13 => Self::Internal,
+            15 => Self::DataLoss,
+            16 => Self::Unauthenticated,
+            _ => Self::Unknown,
+        }
+    }
+
     /// The HTTP status for this code.
     pub const fn http_status(self) -> u16 {
         match self {
@@ -305,6 +326,9 @@ mod tests {
             assert_eq!(ErrorCode::from_name(code.as_str()), Some(code));
         }
         assert_eq!(ErrorCode::NotFound.grpc_code(), 5);
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_grpc_code(code.grpc_code()), code);
+        }
         assert_eq!(ErrorCode::Unavailable.http_status(), 503);
         assert_eq!(ErrorCode::DeadlineExceeded.http_status(), 504);
         // Upstream's HTTP names: one per code, and the two upstream spells its own way.

@@ -12,6 +12,7 @@
 //! - [`ClientIdentity`]: who a call acts for, as a gate authenticated it.
 //! - [`ReliableOutcome`] and [`ReliableStatus`]: how a reliable call ended (SUCCESS, FAILED,
 //!   SKIPPED, as upstream's clients read them).
+//! - [`RemoteCaller`]: what generated stubs call through outside a node (a gate client).
 //! - [`metrics`]: the registry components add their metrics to, and the cheap atomics they
 //!   record into.
 //! - [`wkt`]: the protobuf well-known wrapper messages (`Int32Value`, `Empty`, ...).
@@ -22,6 +23,7 @@ mod identity;
 mod message;
 pub mod metrics;
 mod reliable;
+mod remote;
 pub mod rules;
 mod setting;
 mod shard;
@@ -34,6 +36,7 @@ pub use message::{
     AnyMessage, Message, Payload, TYPE_URL_PREFIX, message_name, message_type_url, type_name_of_url,
 };
 pub use reliable::{MAX_CALL_ID_CHARS, ReliableOutcome, ReliableStatus};
+pub use remote::{RemoteAnswer, RemoteCall, RemoteCaller};
 pub use setting::{InvalidSetting, ShardCountError};
 pub use shard::{
     DEFAULT_SHARD_COUNT, MAX_SHARD_COUNT, Route, ShardId, check_shard_count, fnv1a_32, shard_of,

@@ -756,6 +756,7 @@ impl GateInner {
         id: &str,
         method: &str,
         request: Option<prost_types::Any>,
+        timeout: Option<Duration>,
     ) -> Result<prost_types::Any, CallError> {
         self.check_call(object_type, id, method)?;
         let op = Op::Call {
@@ -763,7 +764,7 @@ impl GateInner {
             request,
             reliable_call_id: None,
         };
-        match self.send(identity, object_type, id, op).await? {
+        match self.send(identity, object_type, id, op, timeout).await? {
             response::Result::Value(any) => Ok(any),
             _ => Err(CallError::internal("node answered a call with no value")),
         }
@@ -776,11 +777,10 @@ impl GateInner {
     pub(crate) async fn call_reliable(
         &self,
         identity: &Arc<ClientIdentity>,
-        object_type: &str,
-        id: &str,
-        method: &str,
+        (object_type, id, method): (&str, &str, &str),
         request: Option<prost_types::Any>,
         call_id: &str,
+        timeout: Option<Duration>,
     ) -> Result<ReliableAnswer, CallError> {
         let checked = if call_id.is_empty() {
             Err(CallError::invalid_argument(
@@ -800,7 +800,7 @@ impl GateInner {
             request,
             reliable_call_id: Some(call_id),
         };
-        match self.send(identity, object_type, id, op).await? {
+        match self.send(identity, object_type, id, op, timeout).await? {
             response::Result::Reliable(r) => Ok(ReliableAnswer::from_proto(r)),
             _ => Err(CallError::internal(
                 "node answered a reliable call without its outcome",
@@ -814,10 +814,11 @@ impl GateInner {
         identity: &Arc<ClientIdentity>,
         object_type: &str,
         id: &str,
+        timeout: Option<Duration>,
     ) -> Result<(), CallError> {
         Self::check_target(object_type, id)?;
         self.check_lifecycle(Lifecycle::Create, object_type, id)?;
-        self.send(identity, object_type, id, Op::Create)
+        self.send(identity, object_type, id, Op::Create, timeout)
             .await
             .map(|_| ())
     }
@@ -828,6 +829,7 @@ impl GateInner {
         identity: &Arc<ClientIdentity>,
         object_type: &str,
         id: &str,
+        timeout: Option<Duration>,
     ) -> Result<(), CallError> {
         if object_type.is_empty() {
             return Err(CallError::invalid_argument(
@@ -836,7 +838,7 @@ impl GateInner {
         }
         Self::check_target(object_type, id)?;
         self.check_lifecycle(Lifecycle::Delete, object_type, id)?;
-        self.send(identity, object_type, id, Op::Delete)
+        self.send(identity, object_type, id, Op::Delete, timeout)
             .await
             .map(|_| ())
     }
@@ -847,18 +849,24 @@ impl GateInner {
         object_type: &str,
         id: &str,
         op: Op<'_>,
+        timeout: Option<Duration>,
     ) -> Result<response::Result, CallError> {
+        // A client's own deadline (gRPC's `grpc-timeout`) shortens the gate's, and travels to
+        // the node so the call stops waiting there too.
+        let wait = timeout.map_or(self.config.call_timeout, |t| {
+            t.min(self.config.call_timeout)
+        });
         let request = Request {
             object_type,
             object_id: id,
             op,
             chain: None,
-            timeout: None,
+            timeout: timeout.map(|_| wait),
             caller: Some(identity.clone()),
             // The node checks the rules again.
             from_client: true,
         };
-        match self.router.request(request, self.config.call_timeout).await {
+        match self.router.request(request, wait).await {
             // No node reached yet: say why (a wrong secret, an unreachable address) instead.
             Err(err)
                 if matches!(

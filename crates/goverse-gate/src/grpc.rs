@@ -38,6 +38,33 @@ pub fn status_of(err: &CallError) -> Status {
 /// Longest status message sent, in characters.
 const MAX_STATUS_CHARS: usize = 2048;
 
+/// The status a Register stream ends with when the gate stops.
+fn shutting_down() -> Status {
+    Status::unavailable("the gate is shutting down: reconnect to another gate")
+}
+
+/// The client's deadline for this call, from its `grpc-timeout` header (`<digits><unit>`, unit
+/// one of `H M S m u n`); `None` when absent or unreadable.
+fn client_timeout<T>(request: &Request<T>) -> Option<std::time::Duration> {
+    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    // The spec allows at most eight digits.
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    use std::time::Duration;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
 pub(crate) struct GrpcGate {
     inner: Arc<GateInner>,
 }
@@ -103,9 +130,18 @@ impl GateService for GrpcGate {
             let _ = &guard;
             Ok(message)
         });
+        // At shutdown the stream ends with UNAVAILABLE rather than quietly: gRPC clients
+        // (upstream's included) take that as "reconnect elsewhere", and fire their disconnect
+        // callbacks, which a clean end does not.
+        let stop = self.inner.streams_stop.clone();
+        let stopped = stop.clone();
         let stream = futures::stream::once(async move { Ok(first) })
             .chain(pushes)
-            .take_until(self.inner.streams_stop.clone().cancelled_owned());
+            .take_until(stop.cancelled_owned())
+            .chain(futures::stream::iter([()]).filter_map(move |()| {
+                let stopping = stopped.is_cancelled();
+                async move { stopping.then(|| Err(shutting_down())) }
+            }));
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -117,10 +153,11 @@ impl GateService for GrpcGate {
             .identity(&request, &request.get_ref().client_id)
             .await
             .map_err(|e| status_of(&e))?;
+        let timeout = client_timeout(&request);
         let r = request.into_inner();
         let response = self
             .inner
-            .call(&identity, &r.r#type, &r.id, &r.method, r.request)
+            .call(&identity, &r.r#type, &r.id, &r.method, r.request, timeout)
             .await
             .map_err(|e| status_of(&e))?;
         Ok(Response::new(CallObjectResponse {
@@ -136,9 +173,10 @@ impl GateService for GrpcGate {
             .identity(&request, "")
             .await
             .map_err(|e| status_of(&e))?;
+        let timeout = client_timeout(&request);
         let r = request.into_inner();
         self.inner
-            .create(&identity, &r.r#type, &r.id)
+            .create(&identity, &r.r#type, &r.id, timeout)
             .await
             .map_err(|e| status_of(&e))?;
         Ok(Response::new(CreateObjectResponse { id: r.id }))
@@ -152,9 +190,10 @@ impl GateService for GrpcGate {
             .identity(&request, "")
             .await
             .map_err(|e| status_of(&e))?;
+        let timeout = client_timeout(&request);
         let r = request.into_inner();
         self.inner
-            .delete(&identity, &r.r#type, &r.id)
+            .delete(&identity, &r.r#type, &r.id, timeout)
             .await
             .map_err(|e| status_of(&e))?;
         Ok(Response::new(DeleteObjectResponse {}))
@@ -179,11 +218,16 @@ impl GateService for GrpcGate {
             Ok(identity) => identity,
             Err(err) => return skipped(err),
         };
+        let timeout = client_timeout(&request);
         let r = request.into_inner();
         let answer = self
             .inner
             .call_reliable(
-                &identity, &r.r#type, &r.id, &r.method, r.request, &r.call_id,
+                &identity,
+                (&r.r#type, &r.id, &r.method),
+                r.request,
+                &r.call_id,
+                timeout,
             )
             .await
             .map_err(|e| status_of(&e))?;
@@ -297,4 +341,33 @@ fn oversize_is_resource_exhausted(
         headers.insert("grpc-status", http::HeaderValue::from_static("8"));
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::client_timeout;
+
+    fn timeout_of(value: &str) -> Option<Duration> {
+        let mut request = tonic::Request::new(());
+        request
+            .metadata_mut()
+            .insert("grpc-timeout", value.parse().unwrap());
+        client_timeout(&request)
+    }
+
+    #[test]
+    fn a_client_s_grpc_timeout_is_read_in_every_unit() {
+        assert_eq!(timeout_of("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(timeout_of("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(timeout_of("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(timeout_of("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(timeout_of("99999999u"), Some(Duration::from_micros(99_999_999)));
+        assert_eq!(timeout_of("7n"), Some(Duration::from_nanos(7)));
+        for bad in ["", "S", "123456789S", "5x", "-5S", "5 S"] {
+            assert_eq!(timeout_of(bad), None, "{bad:?}");
+        }
+        assert_eq!(client_timeout(&tonic::Request::new(())), None);
+    }
 }

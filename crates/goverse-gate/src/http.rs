@@ -452,7 +452,7 @@ async fn call_handler(
     let (response, reliable) = match reliable_call_id(&parts.headers, envelope_call_id)? {
         None => {
             let response = gate
-                .call(&identity, target.0, target.1, target.2, Some(request))
+                .call(&identity, target.0, target.1, target.2, Some(request), None)
                 .await?;
             (response, false)
         }
@@ -491,7 +491,7 @@ async fn call_reliable(
     call_id: &str,
 ) -> Result<prost_types::Any, HttpError> {
     let answer = gate
-        .call_reliable(identity, object_type, id, method, request, call_id)
+        .call_reliable(identity, (object_type, id, method), request, call_id, None)
         .await?;
     answer
         .result
@@ -506,7 +506,7 @@ async fn create_handler(
     let Path((object_type, id)) = path?;
     let remote = remote_of(&request);
     let identity = http_identity(&gate, request.headers(), remote).await?;
-    gate.create(&identity, &object_type, &id).await?;
+    gate.create(&identity, &object_type, &id, None).await?;
     Ok(axum::Json(json!({ "id": id })).into_response())
 }
 
@@ -518,7 +518,7 @@ async fn delete_handler(
     let Path((object_type, id)) = path?;
     let remote = remote_of(&request);
     let identity = http_identity(&gate, request.headers(), remote).await?;
-    gate.delete(&identity, &object_type, &id).await?;
+    gate.delete(&identity, &object_type, &id, None).await?;
     Ok(axum::Json(json!({ "success": true })).into_response())
 }
 

@@ -110,11 +110,15 @@ pub mod __private {
         reliable: Option<&str>,
     ) -> Result<Resp, CallError> {
         let origin = caller.call_origin();
-        let chain = origin.chain.unwrap_or_else(ChainId::new_root);
         let default_timeout = match origin.via {
             Via::Node(node) => node.call_timeout(),
             Via::Host(host) => host.call_timeout(),
+            Via::Remote(remote) => {
+                return call_remote::<T, Req, Resp>(remote, id, method, request, timeout, reliable)
+                    .await;
+            }
         };
+        let chain = origin.chain.unwrap_or_else(ChainId::new_root);
         let deadline = deadline_for(default_timeout, origin.deadline, timeout);
         let kind = T::METHODS[method].kind;
         let scope = CallScope {
@@ -142,6 +146,7 @@ pub mod __private {
                     .await?
                     .into_result()?
             }
+            (_, Via::Remote(_)) => unreachable!("remote calls returned above"),
             (Some(call_id), Via::Host(host)) => Box::pin(host.clone().call_object_reliable(
                 T::TYPE_NAME,
                 id,
@@ -154,5 +159,28 @@ pub mod __private {
             .into_result()?,
         };
         response.into_message::<Resp>()
+    }
+
+    /// A typed call through a [`goverse_core::RemoteCaller`]: the request is encoded here and
+    /// the answer decoded.
+    #[cold]
+    async fn call_remote<T: Dispatch, Req: Message, Resp: Message>(
+        remote: &dyn goverse_core::RemoteCaller,
+        id: &ObjectId,
+        method: usize,
+        request: Req,
+        timeout: Option<Duration>,
+        reliable: Option<&str>,
+    ) -> Result<Resp, CallError> {
+        let call = goverse_core::RemoteCall {
+            object_type: T::TYPE_NAME,
+            object_id: id.as_str(),
+            method: T::METHODS[method].name,
+            request: Payload::typed(request).into_any(),
+            timeout,
+            reliable_call_id: reliable,
+        };
+        let answer = remote.call_remote(call).await?;
+        Payload::Encoded(answer).into_message::<Resp>()
     }
 }

@@ -57,6 +57,27 @@ macro_rules! assert_eventually {
     }};
 }
 
+/// The Python with grpcio and grpcio-tools that `scripts/test` prepares (`target/pyenv`), or
+/// `GOVERSE_PYTHON`: how tests drive the gates with the official gRPC stack upstream's Python
+/// clients use.
+///
+/// # Panics
+/// When neither exists, naming how to make it.
+pub fn python() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("GOVERSE_PYTHON") {
+        return path.into();
+    }
+    let venv =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/pyenv/bin/python");
+    assert!(
+        venv.exists(),
+        "this test needs Python with grpcio and grpcio-tools at {}: ./scripts/test creates it \
+         (python3 -m venv target/pyenv && target/pyenv/bin/pip install grpcio grpcio-tools)",
+        venv.display()
+    );
+    venv
+}
+
 #[doc(hidden)]
 pub async fn __sleep(duration: std::time::Duration) {
     tokio::time::sleep(duration).await;

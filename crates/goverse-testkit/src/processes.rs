@@ -90,6 +90,26 @@ impl ProcessCluster {
         node.kill();
     }
 
+    /// Kills gate `id` with SIGKILL and waits until it is gone.
+    pub fn kill_gate(&mut self, id: &str) {
+        let mut gate = self
+            .gates
+            .remove(id)
+            .unwrap_or_else(|| panic!("no gate {id} is running"));
+        gate.kill();
+    }
+
+    /// Stops gate `id` with SIGTERM and returns its exit code; panics if it has not exited within
+    /// `timeout`.
+    pub fn stop_gate(&mut self, id: &str, timeout: Duration) -> Option<i32> {
+        let mut gate = self
+            .gates
+            .remove(id)
+            .unwrap_or_else(|| panic!("no gate {id} is running"));
+        gate.terminate();
+        gate.wait_exit(timeout)
+    }
+
     /// Stops node `id` with SIGSTOP (it keeps its sockets and holds its lease until the lease
     /// runs out).
     pub fn pause_node(&mut self, id: &str) {

@@ -66,6 +66,13 @@ pub mod gate {
     pub use goverse_gate::*;
 }
 
+/// A client of a cluster through its gates: failover across gates, the typed stubs and calls
+/// by name, reliable calls retried with their call id, pushes as a stream (see
+/// [`goverse_client`]).
+pub mod client {
+    pub use goverse_client::*;
+}
+
 pub mod config;
 pub mod run;
 

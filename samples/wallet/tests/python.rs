@@ -5,22 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use goverse_testkit::{Process, free_port};
-
-/// The Python with grpcio that `scripts/test` prepares (`target/pyenv`), or `GOVERSE_PYTHON`.
-fn python() -> PathBuf {
-    if let Some(path) = std::env::var_os("GOVERSE_PYTHON") {
-        return path.into();
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/pyenv/bin/python");
-    assert!(
-        venv.exists(),
-        "this test needs Python with grpcio and grpcio-tools at {}: ./scripts/test creates it \
-         (python3 -m venv target/pyenv && target/pyenv/bin/pip install grpcio grpcio-tools)",
-        venv.display()
-    );
-    venv
-}
+use goverse_testkit::{Process, free_port, python};
 
 #[test]
 fn upstreams_python_grpc_stack_gets_exactly_once_reliable_calls() {
