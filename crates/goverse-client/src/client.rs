@@ -150,7 +150,7 @@ impl ClientBuilder {
         client
             .shared
             .gates
-            .connection(Instant::now() + client.timeout)
+            .connection(Instant::now() + client.timeout, false)
             .await?;
         Ok(client)
     }
@@ -321,7 +321,7 @@ impl Client {
             attempt += 1;
             let deadline = Instant::now() + self.timeout;
             let answer = self
-                .exchange(request.clone(), deadline, |mut gate, request| async move {
+                .exchange_once(request.clone(), deadline, |mut gate, request| async move {
                     gate.reliable_call_object(request).await
                 })
                 .await;
@@ -417,6 +417,7 @@ impl Client {
         self.exchange_with(
             DescribeRequest {},
             deadline,
+            false,
             |channel, request| async move { GateInfoClient::new(channel).describe(request).await },
         )
         .await
@@ -449,7 +450,26 @@ impl Client {
         F: Fn(GateServiceClient<Channel>, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
-        self.exchange_with(request, deadline, |channel, request| {
+        self.exchange_with(request, deadline, false, |channel, request| {
+            send(GateServiceClient::new(channel), request)
+        })
+        .await
+    }
+
+    /// [`Client::exchange`] that tries one round of the gates at most when none is connected
+    /// (a reliable call's attempt: its own loop retries and reports).
+    async fn exchange_once<Req, Resp, F, Fut>(
+        &self,
+        request: Req,
+        deadline: Instant,
+        send: F,
+    ) -> Result<Resp, CallError>
+    where
+        Req: Clone,
+        F: Fn(GateServiceClient<Channel>, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        self.exchange_with(request, deadline, true, |channel, request| {
             send(GateServiceClient::new(channel), request)
         })
         .await
@@ -463,6 +483,7 @@ impl Client {
         &self,
         request: Req,
         deadline: Instant,
+        one_round: bool,
         send: F,
     ) -> Result<Resp, CallError>
     where
@@ -473,7 +494,7 @@ impl Client {
         let gates = &self.shared.gates;
         let mut turned_away = 0u32;
         loop {
-            let connection = gates.connection(deadline).await?;
+            let connection = gates.connection(deadline, one_round).await?;
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(CallError::deadline_exceeded(format!(

@@ -96,8 +96,13 @@ impl Gates {
     }
 
     /// The connection in use, or a new one: each gate is tried in turn (starting after the one
-    /// that failed last), with back-off between rounds, until `deadline`.
-    pub(crate) async fn connection(&self, deadline: Instant) -> Result<Arc<Connection>, CallError> {
+    /// that failed last), with back-off between rounds, until `deadline`; with `one_round`, one
+    /// round only (the caller retries and reports).
+    pub(crate) async fn connection(
+        &self,
+        deadline: Instant,
+        one_round: bool,
+    ) -> Result<Arc<Connection>, CallError> {
         if let Some(connection) = self.current.lock().clone() {
             return Ok(connection);
         }
@@ -148,7 +153,7 @@ impl Gates {
                 }
             }
             let pause = jittered(backoff);
-            if Instant::now() + pause >= deadline {
+            if one_round || Instant::now() + pause >= deadline {
                 let why = if failures.is_empty() {
                     "no time left to try".to_owned()
                 } else {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::Stream;
-use goverse_core::{CallError, ErrorCode, Message, Payload, message_type_url};
+use goverse_core::{CallError, ErrorCode, Message, Payload, message_name, type_name_of_url};
 use goverse_proto::gate::gate_service_client::GateServiceClient;
 use goverse_proto::gate::{Empty, RegisterResponse};
 use tokio::sync::mpsc;
@@ -45,7 +45,7 @@ impl PushEvent {
     /// type, `Some(Err)` when the bytes do not decode.
     pub fn decode<M: Message>(&self) -> Option<Result<M, CallError>> {
         match self {
-            Self::Message(any) if any.type_url == message_type_url::<M>() => {
+            Self::Message(any) if type_name_of_url(&any.type_url) == message_name::<M>() => {
                 Some(Payload::Encoded(any.clone()).into_message())
             }
             _ => None,
@@ -109,7 +109,7 @@ impl Client {
     ) -> Result<(Arc<Connection>, String, Streaming<prost_types::Any>), CallError> {
         let gates = self.gates();
         loop {
-            let connection = gates.connection(deadline).await?;
+            let connection = gates.connection(deadline, false).await?;
             let mut request = tonic::Request::new(Empty {});
             self.prepare(&mut request);
             let mut gate = GateServiceClient::new(connection.channel.clone());

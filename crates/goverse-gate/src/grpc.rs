@@ -363,7 +363,10 @@ mod tests {
         assert_eq!(timeout_of("3M"), Some(Duration::from_secs(180)));
         assert_eq!(timeout_of("5S"), Some(Duration::from_secs(5)));
         assert_eq!(timeout_of("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(timeout_of("99999999u"), Some(Duration::from_micros(99_999_999)));
+        assert_eq!(
+            timeout_of("99999999u"),
+            Some(Duration::from_micros(99_999_999))
+        );
         assert_eq!(timeout_of("7n"), Some(Duration::from_nanos(7)));
         for bad in ["", "S", "123456789S", "5x", "-5S", "5 S"] {
             assert_eq!(timeout_of(bad), None, "{bad:?}");

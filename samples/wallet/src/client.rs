@@ -1,14 +1,16 @@
-//! A wallet client over a gate's gRPC API (upstream's `gate.GateService`): deposits and
-//! withdrawals as reliable calls, retried with the same call id until their outcome is known.
+//! A wallet client on `goverse::client`: deposits and withdrawals are reliable calls, retried
+//! with the same call id until their outcome is known; every retry is reported.
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use goverse::prost::{Message as _, Name as _};
-use goverse_proto::gate::gate_service_client::GateServiceClient;
-use goverse_proto::gate::{CallObjectRequest, ReliableCallObjectRequest};
-use tonic::transport::{Channel, Endpoint};
+use goverse::client::{Client, ReliableError};
+use goverse::prelude::*;
 
+use crate::WalletRef;
 use crate::proto::{DepositRequest, GetBalanceRequest, WalletResponse, WithdrawRequest};
+
+pub use goverse::client::new_call_id;
 
 /// The object type of wallets.
 pub const WALLET_TYPE: &str = "Wallet";
@@ -22,10 +24,44 @@ pub enum WalletError {
     /// The call was refused and did not run (status SKIPPED, not a passing failure).
     #[error("the call was refused: {0}")]
     Refused(String),
-    /// No answer within the retry period (the server is down?): the call may or may not have
-    /// run; retrying later with the same call id finds out.
-    #[error("no answer within {0:?}; retry later with the same call id")]
-    GaveUp(Duration),
+    /// No answer within the retry period (every gate or the server down): the call may or may
+    /// not have run; retrying later with the same call id finds out, and never applies it twice.
+    #[error("no answer within {waited:?} ({last}); retry later with --id {call_id}")]
+    GaveUp {
+        /// The call id to retry with.
+        call_id: String,
+        /// How long the client tried.
+        waited: Duration,
+        /// The last attempt's failure.
+        last: String,
+    },
+    /// A balance read found no answer within the retry period.
+    #[error("no answer within {waited:?} ({last})")]
+    Unreachable {
+        /// How long the client tried.
+        waited: Duration,
+        /// The last attempt's failure.
+        last: String,
+    },
+}
+
+impl From<ReliableError> for WalletError {
+    fn from(err: ReliableError) -> Self {
+        match err {
+            ReliableError::Failed(e) => Self::Failed(e.to_string()),
+            ReliableError::Refused(e) => Self::Refused(e.to_string()),
+            ReliableError::Unknown {
+                call_id,
+                waited,
+                last,
+                ..
+            } => Self::GaveUp {
+                call_id,
+                waited,
+                last: last.to_string(),
+            },
+        }
+    }
 }
 
 /// A transfer's two steps.
@@ -37,113 +73,95 @@ pub struct Transfer {
     pub deposited: Option<WalletResponse>,
 }
 
-/// A new call id: 16 bytes (a microsecond timestamp and 8 random bytes) in padded URL-safe
-/// base64, the shape upstream's clients generate.
-pub fn new_call_id() -> String {
-    use base64::Engine as _;
-    let micros = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64);
-    let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&micros.to_be_bytes());
-    bytes[8..].copy_from_slice(&fastrand::u64(..).to_be_bytes());
-    base64::engine::general_purpose::URL_SAFE.encode(bytes)
-}
+/// Hears what the client is retrying, one line per retry.
+pub type RetryReport = Arc<dyn Fn(String) + Send + Sync>;
 
-/// A wallet client of one gate. The connection is made lazily and remade after failures, so a
-/// client outlives a server restart.
-#[derive(Debug, Clone)]
+/// A wallet client of a cluster's gates. The connection is made on the first call, remade
+/// after failures and moved to another gate when one goes away, so a client outlives a server
+/// restart.
+#[derive(Clone)]
 pub struct WalletClient {
-    gate: GateServiceClient<Channel>,
+    client: Client,
     retry_for: Duration,
-    call_timeout: Duration,
+    report: Option<RetryReport>,
 }
 
-fn any<M: goverse::prost::Message + goverse::prost::Name>(message: &M) -> prost_types::Any {
-    prost_types::Any {
-        type_url: format!("{}{}", goverse::TYPE_URL_PREFIX, M::full_name()),
-        value: message.encode_to_vec(),
+impl std::fmt::Debug for WalletClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WalletClient")
+            .field("client", &self.client)
+            .field("retry_for", &self.retry_for)
+            .finish_non_exhaustive()
     }
-}
-
-fn decode(any: Option<prost_types::Any>) -> Result<WalletResponse, WalletError> {
-    let any = any.ok_or_else(|| WalletError::Failed("the answer has no response".to_owned()))?;
-    if !any.type_url.ends_with(&WalletResponse::full_name()) {
-        return Err(WalletError::Failed(format!(
-            "the answer is a {}, not a wallet.WalletResponse",
-            any.type_url
-        )));
-    }
-    WalletResponse::decode(any.value.as_slice())
-        .map_err(|e| WalletError::Failed(format!("the answer does not decode: {e}")))
-}
-
-/// Whether a gRPC failure leaves the call's outcome unknown, so the same request is retried.
-fn worth_retrying(status: &tonic::Status) -> bool {
-    use tonic::Code;
-    matches!(
-        status.code(),
-        Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Cancelled
-            | Code::Unknown
-            | Code::Aborted
-            | Code::ResourceExhausted
-    )
 }
 
 impl WalletClient {
-    /// A client of the gate at `address` (`host:port` of its gRPC API).
-    pub fn new(address: &str) -> anyhow::Result<Self> {
-        let channel = Endpoint::from_shared(format!("http://{address}"))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .connect_lazy();
-        Ok(Self {
-            gate: GateServiceClient::new(channel),
-            retry_for: Duration::from_secs(60),
-            call_timeout: Duration::from_secs(10),
-        })
-    }
-
-    /// How long an operation keeps retrying before giving up with [`WalletError::GaveUp`].
-    pub fn retry_for(mut self, period: Duration) -> Self {
-        self.retry_for = period;
-        self
+    /// A client of the gates at `gates` (`host:port` of their gRPC APIs, tried in turn) that
+    /// retries an operation whose outcome is unknown for `retry_for`, telling `report` (when
+    /// given) about each retry.
+    pub fn new(gates: &[String], retry_for: Duration, report: Option<RetryReport>) -> Self {
+        let mut builder = Client::builder(gates.iter().cloned())
+            .call_timeout(Duration::from_secs(10))
+            .backoff(Duration::from_millis(50), Duration::from_secs(1))
+            .reliable_retry_for(retry_for);
+        if let Some(report) = report.clone() {
+            builder = builder.on_retry(move |retry| {
+                report(format!(
+                    "retrying {} with call id {} (attempt {} failed: {}); next try in {:?}",
+                    retry.target, retry.call_id, retry.attempt, retry.error, retry.delay
+                ));
+            });
+        }
+        Self {
+            client: builder.build(),
+            retry_for,
+            report,
+        }
     }
 
     /// Credits `amount` to `wallet`, exactly once for `call_id`.
     pub async fn deposit(
-        &mut self,
+        &self,
         wallet: &str,
         amount: i64,
         call_id: &str,
     ) -> Result<WalletResponse, WalletError> {
-        self.reliable(wallet, "Deposit", any(&DepositRequest { amount }), call_id)
-            .await
+        Ok(self
+            .client
+            .call_reliable(
+                WALLET_TYPE,
+                wallet,
+                "Deposit",
+                DepositRequest { amount },
+                call_id,
+            )
+            .await?)
     }
 
     /// Debits `amount` from `wallet`, exactly once for `call_id`.
     pub async fn withdraw(
-        &mut self,
+        &self,
         wallet: &str,
         amount: i64,
         call_id: &str,
     ) -> Result<WalletResponse, WalletError> {
-        self.reliable(
-            wallet,
-            "Withdraw",
-            any(&WithdrawRequest { amount }),
-            call_id,
-        )
-        .await
+        Ok(self
+            .client
+            .call_reliable(
+                WALLET_TYPE,
+                wallet,
+                "Withdraw",
+                WithdrawRequest { amount },
+                call_id,
+            )
+            .await?)
     }
 
     /// Moves `amount` from `from` to `to`, exactly once for `transfer_id`: the withdrawal and
     /// the deposit are reliable calls with ids derived from it, so calling this again with the
     /// same id after any interruption finishes the transfer without repeating a step.
     pub async fn transfer(
-        &mut self,
+        &self,
         from: &str,
         to: &str,
         amount: i64,
@@ -172,107 +190,43 @@ impl WalletClient {
         })
     }
 
-    /// The balance of `wallet` (a plain call: reading twice is harmless).
-    pub async fn balance(&mut self, wallet: &str) -> Result<i64, WalletError> {
-        let request = CallObjectRequest {
-            client_id: String::new(),
-            r#type: WALLET_TYPE.to_owned(),
-            id: wallet.to_owned(),
-            method: "GetBalance".to_owned(),
-            request: Some(any(&GetBalanceRequest {})),
-        };
-        let timeout = self.call_timeout;
-        self.retrying(|mut gate| {
-            let mut call = tonic::Request::new(request.clone());
-            call.set_timeout(timeout);
-            async move {
-                match gate.call_object(call).await {
-                    Ok(answer) => {
-                        Try::Done(decode(answer.into_inner().response).map(|r| r.balance))
-                    }
-                    Err(status) if worth_retrying(&status) => Try::Again,
-                    Err(status) => {
-                        Try::Done(Err(WalletError::Refused(status.message().to_owned())))
-                    }
-                }
-            }
-        })
-        .await
-    }
-
-    /// One reliable call, retried with the same call id until its outcome is known.
-    async fn reliable(
-        &mut self,
-        wallet: &str,
-        method: &str,
-        request: prost_types::Any,
-        call_id: &str,
-    ) -> Result<WalletResponse, WalletError> {
-        let request = ReliableCallObjectRequest {
-            call_id: call_id.to_owned(),
-            r#type: WALLET_TYPE.to_owned(),
-            id: wallet.to_owned(),
-            method: method.to_owned(),
-            request: Some(request),
-        };
-        let timeout = self.call_timeout;
-        self.retrying(|mut gate| {
-            let mut call = tonic::Request::new(request.clone());
-            call.set_timeout(timeout);
-            async move {
-                let answer = match gate.reliable_call_object(call).await {
-                    Ok(answer) => answer.into_inner(),
-                    // The outcome is unknown: the same call id again is safe.
-                    Err(status) if worth_retrying(&status) => return Try::Again,
-                    Err(status) => {
-                        return Try::Done(Err(WalletError::Refused(status.message().to_owned())));
-                    }
-                };
-                match answer.status.as_str() {
-                    "SUCCESS" => Try::Done(decode(answer.response)),
-                    "FAILED" => Try::Done(Err(WalletError::Failed(answer.error))),
-                    // Did not take effect. A store or node that was unavailable may be back on
-                    // the next try; other refusals stay refused.
-                    "SKIPPED"
-                        if answer.error.starts_with("unavailable")
-                            || answer.error.starts_with("deadline_exceeded") =>
-                    {
-                        Try::Again
-                    }
-                    "SKIPPED" => Try::Done(Err(WalletError::Refused(answer.error))),
-                    other => Try::Done(Err(WalletError::Failed(format!(
-                        "unknown status {other:?}: {}",
-                        answer.error
-                    )))),
-                }
-            }
-        })
-        .await
-    }
-
-    /// Runs `attempt` until it is done, with back-off, for at most the retry period.
-    async fn retrying<T, F, Fut>(&self, mut attempt: F) -> Result<T, WalletError>
-    where
-        F: FnMut(GateServiceClient<Channel>) -> Fut,
-        Fut: std::future::Future<Output = Try<T>>,
-    {
-        let started = Instant::now();
-        let mut backoff = Duration::from_millis(50);
+    /// The balance of `wallet`: a plain call (reading twice is harmless), retried while the
+    /// cluster cannot answer, for the retry period.
+    pub async fn balance(&self, wallet: &str) -> Result<i64, WalletError> {
+        let started = tokio::time::Instant::now();
+        let mut delay = Duration::from_millis(50);
+        let mut attempt = 0;
         loop {
-            if let Try::Done(result) = attempt(self.gate.clone()).await {
-                return result;
+            attempt += 1;
+            let err = match WalletRef::new(wallet)
+                .get_balance(&self.client, GetBalanceRequest {})
+                .await
+            {
+                Ok(answer) => return Ok(answer.balance),
+                Err(err)
+                    if matches!(
+                        err.code(),
+                        ErrorCode::Unavailable | ErrorCode::DeadlineExceeded
+                    ) =>
+                {
+                    err
+                }
+                Err(err) => return Err(WalletError::Refused(err.to_string())),
+            };
+            if started.elapsed() + delay >= self.retry_for {
+                return Err(WalletError::Unreachable {
+                    waited: started.elapsed(),
+                    last: err.to_string(),
+                });
             }
-            if started.elapsed() >= self.retry_for {
-                return Err(WalletError::GaveUp(self.retry_for));
+            if let Some(report) = &self.report {
+                report(format!(
+                    "retrying the balance of {wallet} (attempt {attempt} failed: {err}); next \
+                     try in {delay:?}"
+                ));
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(1));
         }
     }
-}
-
-/// One attempt's verdict.
-enum Try<T> {
-    Done(Result<T, WalletError>),
-    Again,
 }

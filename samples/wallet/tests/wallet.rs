@@ -45,6 +45,18 @@ impl Server {
         self.process.expect("wallet-server ready");
     }
 
+    /// Stops the server (SIGTERM) and keeps what it needs to start again on the same ports.
+    fn halt(&mut self) {
+        self.process.terminate();
+        assert_eq!(self.process.wait_exit(Duration::from_secs(20)), Some(0));
+    }
+
+    /// Starts the server again after [`Server::halt`].
+    fn resume(&mut self) {
+        self.process = Process::start(SERVER, &self.args);
+        self.process.expect("wallet-server ready");
+    }
+
     fn stop(mut self) {
         self.process.terminate();
         assert_eq!(self.process.wait_exit(Duration::from_secs(20)), Some(0));
@@ -52,9 +64,11 @@ impl Server {
 }
 
 fn client(server: &Server) -> WalletClient {
-    WalletClient::new(&server.grpc)
-        .unwrap()
-        .retry_for(Duration::from_secs(60))
+    WalletClient::new(
+        std::slice::from_ref(&server.grpc),
+        Duration::from_secs(60),
+        None,
+    )
 }
 
 const WALLETS: usize = 8;
@@ -76,7 +90,7 @@ async fn run_transfers(
     let done = Arc::new(AtomicUsize::new(0));
     let mut handles = Vec::new();
     for task in 0..tasks {
-        let mut c = client(server);
+        let c = client(server);
         let done = done.clone();
         handles.push(tokio::spawn(async move {
             let mut rng = fastrand::Rng::with_seed(task as u64);
@@ -129,7 +143,7 @@ async fn assert_exact_balances(server: &Server, applied: &[(usize, usize, i64)])
         *expected.get_mut(from).unwrap() -= amount;
         *expected.get_mut(to).unwrap() += amount;
     }
-    let mut c = client(server);
+    let c = client(server);
     let mut total = 0;
     for i in 0..WALLETS {
         let balance = c.balance(&wallet(i)).await.unwrap();
@@ -140,7 +154,7 @@ async fn assert_exact_balances(server: &Server, applied: &[(usize, usize, i64)])
 }
 
 async fn seed(server: &Server) {
-    let mut c = client(server);
+    let c = client(server);
     for i in 0..WALLETS {
         let r = c
             .deposit(&wallet(i), START, &format!("seed-{i}"))
@@ -217,10 +231,11 @@ async fn goverse_init(url: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_terminal_client_deposits_withdraws_and_transfers_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&["--data-dir", dir.path().to_str().unwrap()]);
+    let mut server = Server::start(&["--data-dir", dir.path().to_str().unwrap()]);
+    let grpc = server.grpc.clone();
     let wallet = |args: &[&str]| {
         let out = std::process::Command::new(CLIENT)
-            .args(["--gate", &server.grpc])
+            .args(["--gate", &grpc])
             .args(args)
             .output()
             .unwrap();
@@ -236,8 +251,15 @@ async fn the_terminal_client_deposits_withdraws_and_transfers_exactly_once() {
     // The same id again: the recorded answer, not a second deposit.
     let (_, out, _) = wallet(&["deposit", "alice", "100", "--id", "d-1"]);
     assert!(out.contains("alice: balance 100"), "{out}");
-    let (_, out, _) = wallet(&["withdraw", "alice", "500"]);
+    // A refused withdrawal says so, prints its call id, and exits 2.
+    let (code, out, err) = wallet(&["withdraw", "alice", "500"]);
+    assert_eq!(code, Some(2), "{out}{err}");
     assert!(out.contains("refused (insufficient funds"), "{out}");
+    let id = err
+        .lines()
+        .find_map(|l| l.strip_prefix("withdrawing 500 from alice with call id "))
+        .unwrap_or_else(|| panic!("the call id is printed first: {err}"));
+    assert!(out.contains(&format!("(call id {id})")), "{out}");
     let (_, out, _) = wallet(&["transfer", "alice", "bob", "30", "--id", "x-1"]);
     assert!(
         out.contains("transferred 30") && out.contains("bob: balance 30"),
@@ -251,5 +273,30 @@ async fn the_terminal_client_deposits_withdraws_and_transfers_exactly_once() {
     let (code, _, err) = wallet(&["deposit", "bob", "1", "--id", "d-1"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("already used"), "{err}");
+
+    // With the server down, the client shows each retry and, giving up, the id to retry with;
+    // the same command later applies the deposit once.
+    server.halt();
+    let (code, _, err) = wallet(&[
+        "--retry-for",
+        "1.5",
+        "deposit",
+        "carol",
+        "7",
+        "--id",
+        "late-1",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("retrying Wallet/carol.Deposit with call id late-1 (attempt 1 failed"),
+        "{err}"
+    );
+    assert!(err.contains("retry later with --id late-1"), "{err}");
+    server.resume();
+    for _ in 0..2 {
+        let (code, out, _) = wallet(&["deposit", "carol", "7", "--id", "late-1"]);
+        assert_eq!(code, Some(0));
+        assert!(out.contains("carol: balance 7"), "{out}");
+    }
     server.stop();
 }

@@ -1,9 +1,9 @@
-//! `chat-client`: the chat sample's terminal client. It speaks upstream's `gate.GateService`
-//! over gRPC: a `Register` stream for pushes, `CallObject` for everything else, both on one
-//! connection (the gate binds the client's identity to it).
+//! `chat-client`: the chat sample's terminal client, on `goverse::client`: a push stream and
+//! calls on one connection (the gate binds the client's identity to it), moved to another gate
+//! when its gate goes away (the room is joined again there, and the client says so).
 //!
 //! ```text
-//! chat-client --gate 127.0.0.1:49000 --name alice
+//! chat-client --gate 127.0.0.1:49000,127.0.0.1:49001 --name alice
 //! /list              rooms
 //! /join General      join a room (leaving the current one)
 //! /messages          the room's recent messages
@@ -16,26 +16,29 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use goverse_proto::gate::gate_service_client::GateServiceClient;
-use goverse_proto::gate::{CallObjectRequest, Empty, RegisterResponse};
+use futures::StreamExt as _;
+use goverse::client::{Client, PushEvent};
 use goverse_sample_chat::proto::{
-    ChatMessage, ChatRoomGetRecentMessagesRequest, ChatRoomGetRecentMessagesResponse,
-    ChatRoomJoinRequest, ChatRoomJoinResponse, ChatRoomLeaveRequest, ChatRoomLeaveResponse,
-    ChatRoomListRequest, ChatRoomListResponse, ChatRoomSendChatMessageRequest,
-    ClientNewMessageNotification, ClientSendChatMessageResponse,
+    ChatMessage, ChatRoomGetRecentMessagesRequest, ChatRoomJoinRequest, ChatRoomLeaveRequest,
+    ChatRoomListRequest, ChatRoomSendChatMessageRequest, ClientNewMessageNotification,
 };
-use goverse_sample_chat::{MGR_ID, SYSTEM_USER, check_room_name, room_id};
-use prost::{Message, Name};
+use goverse_sample_chat::{
+    ChatRoomMgrRef, ChatRoomRef, MGR_ID, SYSTEM_USER, check_room_name, room_id,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tonic::transport::Channel;
 
 /// The chat sample's terminal client.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// The gate's gRPC address.
-    #[arg(long, default_value = "127.0.0.1:49000", env = "GOVERSE_GATE")]
-    gate: String,
+    /// The gate's gRPC address; several, comma-separated, are tried in turn.
+    #[arg(
+        long,
+        default_value = "127.0.0.1:49000",
+        env = "GOVERSE_GATE",
+        value_delimiter = ','
+    )]
+    gate: Vec<String>,
     /// Your display name in rooms.
     #[arg(long, env = "USER", default_value = "guest")]
     name: String,
@@ -50,28 +53,6 @@ commands:
   /help             this
   /quit             leave and exit (so does end of input)
 anything else is said in the current room";
-
-fn any_of<M: Message + Name>(message: &M) -> prost_types::Any {
-    prost_types::Any {
-        type_url: M::type_url(),
-        value: message.encode_to_vec(),
-    }
-}
-
-fn decode<M: Message + Name + Default>(any: &prost_types::Any) -> anyhow::Result<M> {
-    anyhow::ensure!(
-        is::<M>(any),
-        "expected {}, got {}",
-        M::full_name(),
-        any.type_url
-    );
-    M::decode(any.value.as_slice()).with_context(|| format!("cannot decode {}", M::full_name()))
-}
-
-/// Whether `any` holds an `M` (by full name: clients disagree on the type URL's domain).
-fn is<M: Name>(any: &prost_types::Any) -> bool {
-    any.type_url.rsplit('/').next() == Some(M::full_name().as_str())
-}
 
 /// `HH:MM:SS` (UTC) of a timestamp in microseconds.
 fn clock(micros: i64) -> String {
@@ -89,8 +70,7 @@ fn show(room: &str, message: &ChatMessage) {
 }
 
 struct Chat {
-    gate: GateServiceClient<Channel>,
-    client_id: String,
+    client: Client,
     name: String,
     /// The room joined, and the newest timestamp shown from it (pushes at or before it were
     /// already shown by a Join answer).
@@ -98,31 +78,6 @@ struct Chat {
 }
 
 impl Chat {
-    async fn call<Req: Message + Name, Resp: Message + Name + Default>(
-        &mut self,
-        object_type: &str,
-        id: &str,
-        method: &str,
-        request: &Req,
-    ) -> anyhow::Result<Resp> {
-        let response = self
-            .gate
-            .call_object(CallObjectRequest {
-                client_id: self.client_id.clone(),
-                r#type: object_type.to_owned(),
-                id: id.to_owned(),
-                method: method.to_owned(),
-                request: Some(any_of(request)),
-            })
-            .await
-            .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
-            .into_inner();
-        let any = response
-            .response
-            .context("the gate answered without a response")?;
-        decode(&any)
-    }
-
     /// Runs one input line; false when the client should exit.
     async fn line(&mut self, line: &str) -> anyhow::Result<bool> {
         let line = line.trim();
@@ -136,13 +91,8 @@ impl Chat {
                 return Ok(false);
             }
             "/list" => {
-                let rooms: ChatRoomListResponse = self
-                    .call(
-                        "ChatRoomMgr",
-                        MGR_ID,
-                        "ListChatRooms",
-                        &ChatRoomListRequest {},
-                    )
+                let rooms = ChatRoomMgrRef::new(MGR_ID)
+                    .list_chat_rooms(&self.client, ChatRoomListRequest {})
                     .await?;
                 println!("rooms: {}", rooms.chat_rooms.join(", "));
             }
@@ -159,13 +109,8 @@ impl Chat {
                     println!("not in a room: /join <room> first");
                     return Ok(true);
                 };
-                let recent: ChatRoomGetRecentMessagesResponse = self
-                    .call(
-                        "ChatRoom",
-                        &room_id(&room),
-                        "GetRecentMessages",
-                        &ChatRoomGetRecentMessagesRequest::default(),
-                    )
+                let recent = ChatRoomRef::new(room_id(&room))
+                    .get_recent_messages(&self.client, ChatRoomGetRecentMessagesRequest::default())
                     .await?;
                 if recent.messages.is_empty() {
                     println!("no messages in {room} yet");
@@ -182,12 +127,10 @@ impl Chat {
                     println!("not in a room: /join <room> first (/list shows them)");
                     return Ok(true);
                 };
-                let _: ClientSendChatMessageResponse = self
-                    .call(
-                        "ChatRoom",
-                        &room_id(&room),
-                        "SendMessage",
-                        &ChatRoomSendChatMessageRequest {
+                ChatRoomRef::new(room_id(&room))
+                    .send_message(
+                        &self.client,
+                        ChatRoomSendChatMessageRequest {
                             user_name: String::new(),
                             message: line.to_owned(),
                         },
@@ -201,12 +144,10 @@ impl Chat {
     async fn join(&mut self, room: &str) -> anyhow::Result<()> {
         check_room_name(room).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
         self.leave().await?;
-        let joined: ChatRoomJoinResponse = self
-            .call(
-                "ChatRoom",
-                &room_id(room),
-                "Join",
-                &ChatRoomJoinRequest {
+        let joined = ChatRoomRef::new(room_id(room))
+            .join(
+                &self.client,
+                ChatRoomJoinRequest {
                     user_name: self.name.clone(),
                     client_id: String::new(),
                 },
@@ -224,30 +165,56 @@ impl Chat {
 
     async fn leave(&mut self) -> anyhow::Result<()> {
         if let Some((room, _)) = self.room.take() {
-            let _: ChatRoomLeaveResponse = self
-                .call(
-                    "ChatRoom",
-                    &room_id(&room),
-                    "Leave",
-                    &ChatRoomLeaveRequest {},
-                )
+            ChatRoomRef::new(room_id(&room))
+                .leave(&self.client, ChatRoomLeaveRequest {})
                 .await?;
             println!("left {room}");
         }
         Ok(())
     }
 
-    fn pushed(&mut self, any: &prost_types::Any) {
-        if !is::<ClientNewMessageNotification>(any) {
-            println!("(push of {})", any.type_url);
-            return;
+    /// After a reconnect the client has a new id at another gate: the room pushes to the old
+    /// one until it is joined again.
+    async fn rejoin(&mut self) -> anyhow::Result<()> {
+        let Some((room, newest)) = self.room.clone() else {
+            return Ok(());
+        };
+        let joined = ChatRoomRef::new(room_id(&room))
+            .join(
+                &self.client,
+                ChatRoomJoinRequest {
+                    user_name: self.name.clone(),
+                    client_id: String::new(),
+                },
+            )
+            .await?;
+        // Show what was said while the client was away.
+        let mut shown = newest;
+        for message in joined
+            .recent_messages
+            .iter()
+            .filter(|m| m.timestamp > newest)
+        {
+            show(&room, message);
+            shown = shown.max(message.timestamp);
         }
-        let notification = match decode::<ClientNewMessageNotification>(any) {
-            Ok(n) => n,
-            Err(err) => {
-                eprintln!("! bad push: {err:#}");
+        self.room = Some((room.clone(), shown));
+        println!("rejoined {room}");
+        Ok(())
+    }
+
+    fn pushed(&mut self, any: &prost_types::Any) {
+        let event = PushEvent::Message(any.clone());
+        let notification = match event.decode::<ClientNewMessageNotification>() {
+            None => {
+                println!("(push of {})", any.type_url);
                 return;
             }
+            Some(Err(err)) => {
+                eprintln!("! bad push: {err}");
+                return;
+            }
+            Some(Ok(n)) => n,
         };
         let (Some((room, newest)), Some(message)) = (&mut self.room, &notification.message) else {
             return;
@@ -260,34 +227,16 @@ impl Chat {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", args.gate))
-        .with_context(|| format!("bad gate address {:?}", args.gate))?
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .connect()
+    let client = Client::builder(args.gate.iter().cloned()).build();
+    let mut pushes = client
+        .register()
         .await
-        .with_context(|| format!("cannot connect to the gate at {}", args.gate))?;
-    let mut gate = GateServiceClient::new(channel);
-    let mut pushes = gate
-        .register(Empty {})
-        .await
-        .map_err(|s| anyhow::anyhow!("Register refused: {:?}: {}", s.code(), s.message()))?
-        .into_inner();
-    let first = pushes
-        .message()
-        .await
-        .map_err(|s| anyhow::anyhow!("Register failed: {s}"))?
-        .context("the gate closed the Register stream at once")?;
-    let registered: RegisterResponse = decode(&first)?;
+        .with_context(|| format!("cannot register at {}", args.gate.join(" or ")))?;
     let mut chat = Chat {
-        gate,
-        client_id: registered.client_id,
+        client,
         name: args.name,
         room: None,
     };
-    println!(
-        "connected to {} as {}; /help lists the commands",
-        args.gate, chat.client_id
-    );
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     loop {
         tokio::select! {
@@ -303,10 +252,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     Err(err) => println!("! {err:#}"),
                 }
             }
-            push = pushes.message() => match push {
-                Ok(Some(any)) => chat.pushed(&any),
-                Ok(None) => anyhow::bail!("the gate closed the connection"),
-                Err(status) => anyhow::bail!("the push stream broke: {status}"),
+            event = pushes.next() => match event {
+                Some(PushEvent::Message(any)) => chat.pushed(&any),
+                Some(PushEvent::Connected { gate, client_id }) => {
+                    println!("connected to {gate} as {client_id}; /help lists the commands");
+                    if let Err(err) = chat.rejoin().await {
+                        println!("! cannot rejoin: {err:#}");
+                    }
+                }
+                Some(PushEvent::Disconnected { gate, error }) => {
+                    println!("! lost gate {gate} ({error}); reconnecting");
+                }
+                None => anyhow::bail!("the push stream ended"),
             },
         }
     }

@@ -1,6 +1,8 @@
 //! `wallet`: the wallet sample's terminal client. Deposits, withdrawals and transfers are
-//! reliable calls: each has a call id (chosen here, or given with `--id` to retry one), and
-//! running the same command again with the same id never applies it twice.
+//! reliable calls: each has a call id (chosen here and printed before the call, or given with
+//! `--id` to retry one), and running the same command again with the same id never applies it
+//! twice. Retries are shown as they happen. Exit codes: 0 done, 1 failed or no answer (retry
+//! with the printed id), 2 refused (insufficient funds, a bad amount).
 //!
 //! ```text
 //! wallet deposit alice 100
@@ -10,6 +12,7 @@
 //! ```
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -22,9 +25,14 @@ use goverse_sample_wallet::proto::WalletResponse;
     about = "The wallet sample's client: exactly-once deposits, withdrawals and transfers"
 )]
 struct Args {
-    /// The gate's gRPC address.
-    #[arg(long, default_value = "127.0.0.1:49000", env = "GOVERSE_GATE")]
-    gate: String,
+    /// The gate's gRPC address; several, comma-separated, are tried in turn.
+    #[arg(
+        long,
+        default_value = "127.0.0.1:49000",
+        env = "GOVERSE_GATE",
+        value_delimiter = ','
+    )]
+    gate: Vec<String>,
     /// Keep retrying an operation whose outcome is unknown (server down) for this many seconds.
     #[arg(long, default_value_t = 30.0)]
     retry_for: f64,
@@ -73,21 +81,42 @@ fn show(response: &WalletResponse) -> String {
     }
 }
 
-async fn run(args: Args) -> Result<String, WalletError> {
-    let mut client = WalletClient::new(&args.gate)
-        .map_err(|e| WalletError::Refused(format!("bad gate address {:?}: {e}", args.gate)))?
-        .retry_for(Duration::from_secs_f64(args.retry_for.max(0.0)));
-    let id_or_new = |id: Option<String>| id.unwrap_or_else(new_call_id);
+/// What a command printed, and whether the operation was refused.
+struct Outcome {
+    line: String,
+    refused: bool,
+}
+
+fn outcome(response: &WalletResponse, id: &str) -> Outcome {
+    Outcome {
+        line: format!("{} (call id {id})", show(response)),
+        refused: !response.ok,
+    }
+}
+
+async fn run(args: Args) -> Result<Outcome, WalletError> {
+    let report: goverse_sample_wallet::client::RetryReport = Arc::new(|line| eprintln!("{line}"));
+    let client = WalletClient::new(
+        &args.gate,
+        Duration::from_secs_f64(args.retry_for.max(0.0)),
+        Some(report),
+    );
+    // The id is shown before the call: interrupted, the user still has it to retry with.
+    let id_or_new = |id: Option<String>, what: String| {
+        let id = id.unwrap_or_else(new_call_id);
+        eprintln!("{what} with call id {id}");
+        id
+    };
     match args.command {
         Command::Deposit { wallet, amount, id } => {
-            let id = id_or_new(id);
+            let id = id_or_new(id, format!("depositing {amount} to {wallet}"));
             let r = client.deposit(&wallet, amount, &id).await?;
-            Ok(format!("{} (call id {id})", show(&r)))
+            Ok(outcome(&r, &id))
         }
         Command::Withdraw { wallet, amount, id } => {
-            let id = id_or_new(id);
+            let id = id_or_new(id, format!("withdrawing {amount} from {wallet}"));
             let r = client.withdraw(&wallet, amount, &id).await?;
-            Ok(format!("{} (call id {id})", show(&r)))
+            Ok(outcome(&r, &id))
         }
         Command::Transfer {
             from,
@@ -95,23 +124,32 @@ async fn run(args: Args) -> Result<String, WalletError> {
             amount,
             id,
         } => {
-            let id = id_or_new(id);
+            let id = id_or_new(id, format!("transferring {amount} from {from} to {to}"));
             let t = client.transfer(&from, &to, amount, &id).await?;
             Ok(match t.deposited {
-                None => format!(
-                    "transfer refused: {} (transfer id {id})",
-                    show(&t.withdrawn)
-                ),
-                Some(d) => format!(
-                    "transferred {amount}: {}; {} (transfer id {id})",
-                    show(&t.withdrawn),
-                    show(&d)
-                ),
+                None => Outcome {
+                    line: format!(
+                        "transfer refused: {} (transfer id {id})",
+                        show(&t.withdrawn)
+                    ),
+                    refused: true,
+                },
+                Some(d) => Outcome {
+                    line: format!(
+                        "transferred {amount}: {}; {} (transfer id {id})",
+                        show(&t.withdrawn),
+                        show(&d)
+                    ),
+                    refused: !d.ok,
+                },
             })
         }
         Command::Balance { wallet } => {
             let balance = client.balance(&wallet).await?;
-            Ok(format!("{wallet}: balance {balance}"))
+            Ok(Outcome {
+                line: format!("{wallet}: balance {balance}"),
+                refused: false,
+            })
         }
     }
 }
@@ -120,9 +158,13 @@ async fn run(args: Args) -> Result<String, WalletError> {
 async fn main() -> ExitCode {
     let args = Args::parse();
     match run(args).await {
-        Ok(line) => {
+        Ok(Outcome { line, refused }) => {
             println!("{line}");
-            ExitCode::SUCCESS
+            if refused {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(err) => {
             eprintln!("error: {err}");
