@@ -278,8 +278,8 @@ pub(crate) async fn gate(
         let gate = gate.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            // The bundled samples' nodes serve the chat; its web client comes with the gate.
-            let router = gate.http_router().merge(goverse_sample_chat::web::router());
+            // The bundled samples' nodes serve their types; their web pages come with the gate.
+            let router = gate.http_router().merge(crate::demo::sample_pages());
             gate.serve_http(listener, router, stop.cancelled_owned())
                 .await
         })

@@ -190,7 +190,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .register_with(counter)
         .register_with(durable)
         .object_store(store.clone());
-    let builder = goverse_sample_wallet::register(goverse_sample_chat::register(builder));
+    let builder = register_sample_objects(builder);
     let node = builder.start().await.context("cannot start the node")?;
 
     let stop_node = CancellationToken::new();
@@ -234,7 +234,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         let gate = gate.clone();
         let router = gate
             .http_router()
-            .merge(goverse_sample_chat::web::router())
+            .merge(sample_pages())
             .nest("/inspector", inspector.router())
             .route(
                 "/inspector/",
@@ -264,6 +264,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("  gate HTTP     http://{http_addr}");
     println!(
         "  chat          http://{http_addr}/chat/   (web client; two tabs chat with each other)"
+    );
+    println!(
+        "  tic-tac-toe   http://{http_addr}/tictactoe/   (play the AI; games survive restarts)"
     );
     println!("  metrics       http://{http_addr}/metrics   (health: /healthz, /ready)");
     println!("  inspector     http://{http_addr}/inspector   (admin token {admin_token})");
@@ -341,19 +344,31 @@ fn is_loopback(address: &str) -> bool {
 }
 
 /// The bundled sample types, as `goverse demo` and `goverse node` serve them: `Counter`,
-/// `DurableCounter`, the chat sample's and the wallet sample's types.
+/// `DurableCounter`, and the samples' types.
 pub(crate) fn register_samples(builder: goverse::NodeBuilder) -> goverse::NodeBuilder {
-    let builder = builder.register::<Counter>().register::<DurableCounter>();
-    goverse_sample_wallet::register(goverse_sample_chat::register(builder))
+    register_sample_objects(builder.register::<Counter>().register::<DurableCounter>())
+}
+
+/// The samples' types (chat, wallet, tic-tac-toe) and their message descriptors.
+fn register_sample_objects(builder: goverse::NodeBuilder) -> goverse::NodeBuilder {
+    let builder = goverse_sample_chat::register(builder);
+    let builder = goverse_sample_wallet::register(builder);
+    goverse_sample_tictactoe::register(builder)
+}
+
+/// The samples' web pages, served by every gate the `goverse` binary runs: `/chat/`,
+/// `/tictactoe/`.
+pub(crate) fn sample_pages() -> axum::Router {
+    goverse_sample_chat::web::router().merge(goverse_sample_tictactoe::web::router())
 }
 
 /// The demo's types whose client IDs are free-form; each keeps out of the others' names.
 const FREE_FORM_TYPES: [&str; 3] = ["Counter", "DurableCounter", "Wallet"];
 
-/// The ID prefixes that belong to types other than `object_type` (the chat's `ChatRoom…` and the
-/// other free-form types' names), as one pattern.
+/// The ID prefixes that belong to types other than `object_type` (the chat's `ChatRoom…`, the
+/// tic-tac-toe services' `service-…` and the other free-form types' names), as one pattern.
 fn others_prefixes(object_type: &str) -> String {
-    let others: Vec<&str> = ["ChatRoom"]
+    let others: Vec<&str> = ["ChatRoom", "service-"]
         .into_iter()
         .chain(FREE_FORM_TYPES)
         .filter(|t| *t != object_type)
@@ -368,6 +383,7 @@ fn others_prefixes(object_type: &str) -> String {
 /// With rules configured, anything unmatched is refused.
 fn demo_access_rules() -> Vec<AccessRule> {
     let mut rules = goverse_sample_chat::access_rules();
+    rules.extend(goverse_sample_tictactoe::access_rules());
     for object_type in FREE_FORM_TYPES {
         rules.push(AccessRule {
             object_type: object_type.to_owned(),

@@ -106,7 +106,7 @@ pub(crate) async fn run(args: GateArgs) -> anyhow::Result<()> {
     gate.serve(
         grpc_listener,
         http_listener,
-        gate.http_router(),
+        gate.http_router().merge(crate::demo::sample_pages()),
         stopping,
         Duration::from_secs(5),
     )

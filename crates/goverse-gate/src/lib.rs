@@ -25,6 +25,7 @@ mod gate;
 mod grpc;
 mod http;
 mod ops;
+mod pages;
 mod registration;
 /// Access and lifecycle rules (`object_access_rules`, `object_lifecycle_rules`): the gate
 /// checks every client request against them, and nodes check again what gates send.
@@ -40,5 +41,6 @@ pub use http::{
     CLIENT_ID_HEADER, CLIENT_TOKEN_HEADER, IDEMPOTENCY_KEY_HEADER, RELIABLE_STATUS_HEADER,
 };
 pub use ops::{ReadyCheck, authorised, ops_router, profiling_router, serve_router, unauthorised};
+pub use pages::{PageFile, pages_router};
 pub use registration::RegisterError;
 pub use serve::GateServeError;

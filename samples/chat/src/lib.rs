@@ -451,14 +451,10 @@ pub fn lifecycle_rules() -> Vec<goverse::gate::rules::LifecycleRule> {
 /// The web client: a page that talks to the gate it is served by, over plain-JSON HTTP calls
 /// and server-sent events.
 pub mod web {
-    use axum::Router;
-    use axum::extract::Path;
-    use axum::http::{StatusCode, header};
-    use axum::response::{IntoResponse, Redirect, Response};
-    use axum::routing::get;
+    use goverse::gate::PageFile;
 
     /// `(file name, content type, content)` of each file.
-    pub const FILES: [(&str, &str, &str); 3] = [
+    pub const FILES: [PageFile; 3] = [
         (
             "index.html",
             "text/html; charset=utf-8",
@@ -476,33 +472,9 @@ pub mod web {
         ),
     ];
 
-    fn file(name: &str) -> Response {
-        match FILES.iter().find(|(n, _, _)| *n == name) {
-            Some((_, content_type, body)) => (
-                [
-                    (header::CONTENT_TYPE, *content_type),
-                    (header::CACHE_CONTROL, "no-cache"),
-                ],
-                *body,
-            )
-                .into_response(),
-            None => (
-                StatusCode::NOT_FOUND,
-                format!("no file {name:?} in the chat client"),
-            )
-                .into_response(),
-        }
-    }
-
     /// Routes serving the client at `/chat/`, to merge into a gate's HTTP router:
     /// `gate.http_router().merge(goverse_sample_chat::web::router())`.
-    pub fn router() -> Router {
-        Router::new()
-            .route("/chat", get(|| async { Redirect::permanent("/chat/") }))
-            .route("/chat/", get(|| async { file("index.html") }))
-            .route(
-                "/chat/{file}",
-                get(|Path(name): Path<String>| async move { file(&name) }),
-            )
+    pub fn router() -> axum::Router {
+        goverse::gate::pages_router("chat", &FILES)
     }
 }
