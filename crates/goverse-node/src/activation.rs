@@ -104,6 +104,9 @@ pub(crate) trait ActivationDyn: Any + Send + Sync + fmt::Debug {
     fn save_job(&self, permit: &TurnPermit) -> Result<SaveJob, CallError>;
     /// The timers registry.
     fn timers(&self) -> &Mutex<Vec<(Arc<str>, CancellationToken)>>;
+    /// Asks for `reason`'s close when the running write turn ends (a delete outranks a
+    /// deactivation).
+    fn ask_close(&self, reason: CloseReason);
 }
 
 impl Scheduled for dyn ActivationDyn {
@@ -159,6 +162,9 @@ pub(crate) struct Activation<T> {
     /// When it was made, in the node's clock (milliseconds since the node started).
     created_ms: u64,
     dirty: AtomicBool,
+    /// A close the running write turn asked for (`ObjectContext::deactivate`, `delete_self`),
+    /// made under that turn's permit when it ends.
+    close_asked: Mutex<Option<CloseReason>>,
     timers: Mutex<Vec<(Arc<str>, CancellationToken)>>,
     /// Allocated on the first reliable call: most objects never take one.
     recent_calls: Mutex<Option<Box<RecentCalls>>>,
@@ -202,6 +208,7 @@ impl<T: Dispatch> Activation<T> {
             idle_since_ms: AtomicU64::new(now_ms),
             created_ms: now_ms,
             dirty: AtomicBool::new(false),
+            close_asked: Mutex::new(None),
             timers: Mutex::new(Vec::new()),
             recent_calls: Mutex::new(None),
             object: UnsafeCell::new(object),
@@ -245,6 +252,7 @@ impl<T: Dispatch> Activation<T> {
     ) -> ObjectContext {
         ObjectContext::new(
             permit.activation().clone(),
+            permit.kind(),
             permit.chain(),
             deadline,
             client,
@@ -421,5 +429,12 @@ impl<T: Dispatch> ActivationDyn for Activation<T> {
 
     fn timers(&self) -> &Mutex<Vec<(Arc<str>, CancellationToken)>> {
         &self.timers
+    }
+
+    fn ask_close(&self, reason: CloseReason) {
+        let mut asked = self.close_asked.lock();
+        if *asked != Some(CloseReason::Delete) {
+            *asked = Some(reason);
+        }
     }
 }

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 use goverse_core::{CallError, ChainId, ClientIdentity, Message, ObjectId};
 use tokio_util::sync::CancellationToken;
 
-use crate::activation::ActivationDyn;
+use crate::activation::{ActivationDyn, CloseReason};
 use crate::host::Host;
 use crate::store::{Change, SaveJob};
 use crate::{MethodKind, turn};
@@ -16,6 +16,8 @@ use crate::{MethodKind, turn};
 /// deadline, timers, and (through [`Caller`](crate::Caller)) calls to other objects on the same chain.
 pub struct ObjectContext {
     activation: Arc<dyn ActivationDyn>,
+    /// The kind of the running turn.
+    kind: MethodKind,
     chain: ChainId,
     deadline: Instant,
     client: Option<Arc<ClientIdentity>>,
@@ -24,12 +26,14 @@ pub struct ObjectContext {
 impl ObjectContext {
     pub(crate) fn new(
         activation: Arc<dyn ActivationDyn>,
+        kind: MethodKind,
         chain: ChainId,
         deadline: Instant,
         client: Option<Arc<ClientIdentity>>,
     ) -> Self {
         Self {
             activation,
+            kind,
             chain,
             deadline,
             client,
@@ -179,6 +183,50 @@ impl ObjectContext {
         let (_, token) = timers.swap_remove(i);
         token.cancel();
         true
+    }
+
+    /// Deactivates this object when the running turn ends, as an idle deactivation would:
+    /// [`Object::on_deactivate`](crate::Object::on_deactivate) runs, a persistent object's
+    /// changed state is saved, the activation goes, and the next call activates it afresh. From
+    /// a write turn (a `&mut self` method, a timer) it happens before any other turn of the
+    /// object; from a read turn, at the next write turn's place in the queue.
+    pub fn deactivate(&self) {
+        if self.kind == MethodKind::Write {
+            self.activation.ask_close(CloseReason::Idle);
+            return;
+        }
+        let activation = self.activation.clone();
+        self.activation.host().spawn(Box::pin(async move {
+            // The object may be gone by then (closed, deleted): nothing to do.
+            if let Ok(permit) =
+                turn::acquire(&activation, MethodKind::Write, ChainId::new_root()).await
+                && let Err(err) = activation.close(permit, CloseReason::Idle).await
+            {
+                tracing::warn!(object = %activation.id(), error = %err,
+                    "the deactivation the object asked for failed; it stays active");
+            }
+        }));
+    }
+
+    /// Deletes this object when the running turn ends, before any other turn of it runs:
+    /// [`Object::on_deactivate`](crate::Object::on_deactivate) runs, the activation goes and
+    /// its saved state is removed, as [`Node::delete_object`](crate::Node::delete_object) does;
+    /// the next call makes a fresh object. For an object whose whole life is over (an expired
+    /// cache entry, a finished match).
+    ///
+    /// Fails from a read turn (a `&self` method): other reads may be running beside it, and a
+    /// write queued behind them would be deleted unseen.
+    pub fn delete_self(&self) -> Result<(), CallError> {
+        if self.kind != MethodKind::Write {
+            return Err(CallError::invalid_argument(format!(
+                "{}/{} asked to delete itself from a read turn: call delete_self from a \
+                 `&mut self` method or a timer",
+                self.type_name(),
+                self.id()
+            )));
+        }
+        self.activation.ask_close(CloseReason::Delete);
+        Ok(())
     }
 
     fn start_timer(&self, name: &str, period: Duration, repeat: bool) {

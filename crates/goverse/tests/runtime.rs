@@ -117,6 +117,36 @@ impl Probe {
         Ok(Empty {})
     }
 
+    /// Appends `request.value`, then deactivates (value even) or deletes itself (odd).
+    #[method]
+    async fn append_and_go(
+        &mut self,
+        ctx: &ObjectContext,
+        request: Int32Value,
+    ) -> Result<Empty, ObjectError> {
+        self.log.push(request.value);
+        if request.value % 2 == 0 {
+            ctx.deactivate();
+        } else {
+            ctx.delete_self()?;
+        }
+        Ok(Empty {})
+    }
+
+    /// Asks to delete itself from a read turn (refused), then to deactivate.
+    #[method]
+    async fn go_from_a_read(
+        &self,
+        ctx: &ObjectContext,
+        _request: Empty,
+    ) -> Result<StringValue, ObjectError> {
+        let refused = ctx.delete_self().unwrap_err();
+        ctx.deactivate();
+        Ok(StringValue {
+            value: refused.to_string(),
+        })
+    }
+
     #[method]
     async fn get_log(&self, _request: Empty) -> Result<StringValue, ObjectError> {
         let text: Vec<String> = self.log.iter().map(i32::to_string).collect();
@@ -620,6 +650,53 @@ async fn idle_objects_deactivate_and_reactivate_with_state() {
         (stats.activations, stats.deactivations, stats.active_objects),
         (2, 1, 1)
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_object_deactivates_or_deletes_itself_before_its_next_turn() {
+    let f = fixture().await;
+    let id = ObjectId::from("leaver");
+    let probe = ProbeRef::new("leaver");
+    probe
+        .append(&f.node, Int32Value { value: 1 })
+        .await
+        .unwrap();
+    // A deactivation: the call queued behind it runs on a fresh activation with the saved state.
+    let (gone, next) = tokio::join!(
+        probe.append_and_go(&f.node, Int32Value { value: 2 }),
+        probe.append(&f.node, Int32Value { value: 3 })
+    );
+    gone.unwrap();
+    next.unwrap();
+    assert_eq!(log_of(&f.node, "leaver").await, "1,2,3");
+    assert_eq!(f.shared.deactivations.load(Ordering::SeqCst), 1);
+    assert_eq!(f.shared.activations.load(Ordering::SeqCst), 2);
+    // A delete: the state goes with it, before any other turn.
+    let (gone, next) = tokio::join!(
+        probe.append_and_go(&f.node, Int32Value { value: 5 }),
+        probe.append(&f.node, Int32Value { value: 6 })
+    );
+    gone.unwrap();
+    next.unwrap();
+    assert_eq!(log_of(&f.node, "leaver").await, "6");
+    assert_eq!(f.shared.deactivations.load(Ordering::SeqCst), 2);
+    assert_eq!(f.shared.activations.load(Ordering::SeqCst), 3);
+    // Deleted with nothing after it: no record is left.
+    probe
+        .append_and_go(&f.node, Int32Value { value: 7 })
+        .await
+        .unwrap();
+    assert_eventually!(!f.node.is_active(&id));
+    assert!(f.store.load(&id).await.unwrap().is_none());
+    // From a read turn a delete is refused (with the reason); a deactivation still happens.
+    probe
+        .append(&f.node, Int32Value { value: 8 })
+        .await
+        .unwrap();
+    let refused = probe.go_from_a_read(&f.node, Empty {}).await.unwrap().value;
+    assert!(refused.contains("read turn"), "{refused}");
+    assert_eventually!(!f.node.is_active(&id));
+    assert_eq!(f.store.load(&id).await.unwrap().unwrap().data, b"[8]");
 }
 
 #[tokio::test(start_paused = true)]

@@ -171,12 +171,16 @@ impl<T: Dispatch> Activation<T> {
         let kind = permit.kind();
         let (result, discarded) = Self::dispatch(&permit, method, kind, request, &ctx).await;
         if discarded || kind != MethodKind::Write || !this.writes_through() {
+            Self::end_turn(permit);
             return result;
         }
         // Write-through: the reply waits for the commit of the state this turn left, whatever
         // the method returned (an error does not undo its changes).
         match this.commit_state(&permit).await {
-            Ok(()) => result,
+            Ok(()) => {
+                Self::end_turn(permit);
+                result
+            }
             Err(err) => {
                 // The state in memory is not what is stored: discard it, so nobody sees (or
                 // later saves) a change that was not committed.
@@ -186,6 +190,31 @@ impl<T: Dispatch> Activation<T> {
                 Err(err)
             }
         }
+    }
+
+    /// Ends a turn. A close the turn asked for (`ObjectContext::deactivate`, `delete_self`)
+    /// runs now under the same permit, so no other turn comes between; on a task of the node,
+    /// so the turn's reply is not held up by the save or delete.
+    fn end_turn(permit: TurnPermit) {
+        let this = Self::of(&permit);
+        let Some(reason) = this.close_asked.lock().take() else {
+            return;
+        };
+        if matches!(
+            permit.activation().turn_state().lock().status,
+            Status::Closed
+        ) {
+            return;
+        }
+        let id = this.id.clone();
+        let host = this.host.clone();
+        host.spawn(Box::pin(async move {
+            match Self::close_turn(permit, reason).await {
+                Ok(_) => tracing::debug!(object = %id, ?reason, "closed as the object asked"),
+                Err(err) => tracing::warn!(object = %id, ?reason, error = %err,
+                    "the close the object asked for failed; it stays active"),
+            }
+        }));
     }
 
     pub(super) async fn reliable_turn(
@@ -269,6 +298,7 @@ impl<T: Dispatch> Activation<T> {
         match store.save(job).await {
             Ok(()) => {
                 this.remember(record);
+                Self::end_turn(permit);
                 match result {
                     Ok(payload) => ReliableOutcome::Success(payload),
                     Err(err) => ReliableOutcome::Failed(err),
@@ -377,7 +407,9 @@ impl<T: Dispatch> Activation<T> {
             tracing::warn!(object = %this.id, timer = %name, cause = %err,
                 "write-through commit after a timer failed; activation discarded");
             this.retire(&permit);
+            return;
         }
+        Self::end_turn(permit);
     }
 }
 
