@@ -293,6 +293,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!(
         "  cargo run --release -p goverse-sample-chat --bin chat-client -- --gate {grpc_addr} --name alice"
     );
+    println!(
+        "  cargo run --release -p goverse-sample-cache --bin cache -- --gate {grpc_addr} set user:1 Alice --ttl 30"
+    );
     println!();
     println!("ready; Ctrl-C or SIGTERM stops it and saves every object");
 
@@ -349,11 +352,13 @@ pub(crate) fn register_samples(builder: goverse::NodeBuilder) -> goverse::NodeBu
     register_sample_objects(builder.register::<Counter>().register::<DurableCounter>())
 }
 
-/// The samples' types (chat, wallet, tic-tac-toe) and their message descriptors.
+/// The samples' types (chat, wallet, tic-tac-toe, distributed cache), their message
+/// descriptors and auto-load objects.
 fn register_sample_objects(builder: goverse::NodeBuilder) -> goverse::NodeBuilder {
     let builder = goverse_sample_chat::register(builder);
     let builder = goverse_sample_wallet::register(builder);
-    goverse_sample_tictactoe::register(builder)
+    let builder = goverse_sample_tictactoe::register(builder);
+    goverse_sample_cache::register(builder)
 }
 
 /// The samples' web pages, served by every gate the `goverse` binary runs: `/chat/`,
@@ -366,13 +371,20 @@ pub(crate) fn sample_pages() -> axum::Router {
 const FREE_FORM_TYPES: [&str; 3] = ["Counter", "DurableCounter", "Wallet"];
 
 /// The ID prefixes that belong to types other than `object_type` (the chat's `ChatRoom…`, the
-/// tic-tac-toe services' `service-…` and the other free-form types' names), as one pattern.
+/// tic-tac-toe services' `service-…`, the cache's entries, directory and per-node managers, and
+/// the other free-form types' names), as one pattern.
 fn others_prefixes(object_type: &str) -> String {
-    let others: Vec<&str> = ["ChatRoom", "service-"]
-        .into_iter()
-        .chain(FREE_FORM_TYPES)
-        .filter(|t| *t != object_type)
-        .collect();
+    let others: Vec<&str> = [
+        "ChatRoom",
+        "service-",
+        "DistributedCache-",
+        "CacheDirectory",
+        ".+/CacheManager",
+    ]
+    .into_iter()
+    .chain(FREE_FORM_TYPES)
+    .filter(|t| *t != object_type)
+    .collect();
     format!("/({}).*/", others.join("|"))
 }
 
@@ -384,6 +396,7 @@ fn others_prefixes(object_type: &str) -> String {
 fn demo_access_rules() -> Vec<AccessRule> {
     let mut rules = goverse_sample_chat::access_rules();
     rules.extend(goverse_sample_tictactoe::access_rules());
+    rules.extend(goverse_sample_cache::access_rules());
     for object_type in FREE_FORM_TYPES {
         rules.push(AccessRule {
             object_type: object_type.to_owned(),

@@ -63,6 +63,16 @@ impl NodeBuilder {
         self
     }
 
+    /// Keeps `entry`'s objects alive on the cluster (as a `cluster.auto_load_objects` entry of
+    /// the configuration does): how a library's registration brings the objects it needs, such
+    /// as one manager per node. An entry the configuration has already is not added twice.
+    pub fn auto_load(mut self, entry: crate::AutoLoad) -> Self {
+        if !self.config.auto_load.contains(&entry) {
+            self.config.auto_load.push(entry);
+        }
+        self
+    }
+
     /// Persists object state in `store`. Without one, nothing is persisted.
     pub fn object_store(mut self, store: Arc<dyn ObjectStore>) -> Self {
         self.store = Some(store);
