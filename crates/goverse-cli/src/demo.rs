@@ -352,27 +352,31 @@ pub(crate) fn register_samples(builder: goverse::NodeBuilder) -> goverse::NodeBu
     register_sample_objects(builder.register::<Counter>().register::<DurableCounter>())
 }
 
-/// The samples' types (chat, wallet, tic-tac-toe, distributed cache), their message
+/// The samples' types (chat, wallet, tic-tac-toe, distributed cache, bomberman), their message
 /// descriptors and auto-load objects.
 fn register_sample_objects(builder: goverse::NodeBuilder) -> goverse::NodeBuilder {
     let builder = goverse_sample_chat::register(builder);
     let builder = goverse_sample_wallet::register(builder);
     let builder = goverse_sample_tictactoe::register(builder);
-    goverse_sample_cache::register(builder)
+    let builder = goverse_sample_cache::register(builder);
+    goverse_sample_bomberman::register(builder)
 }
 
 /// The samples' web pages, served by every gate the `goverse` binary runs: `/chat/`,
-/// `/tictactoe/`.
+/// `/tictactoe/`, `/bomberman/`.
 pub(crate) fn sample_pages() -> axum::Router {
-    goverse_sample_chat::web::router().merge(goverse_sample_tictactoe::web::router())
+    goverse_sample_chat::web::router()
+        .merge(goverse_sample_tictactoe::web::router())
+        .merge(goverse_sample_bomberman::web::router())
 }
 
 /// The demo's types whose client IDs are free-form; each keeps out of the others' names.
 const FREE_FORM_TYPES: [&str; 3] = ["Counter", "DurableCounter", "Wallet"];
 
 /// The ID prefixes that belong to types other than `object_type` (the chat's `ChatRoom…`, the
-/// tic-tac-toe services' `service-…`, the cache's entries, directory and per-node managers, and
-/// the other free-form types' names), as one pattern.
+/// tic-tac-toe services' `service-…`, the cache's entries, directory and per-node managers,
+/// bomberman's matches, players and queue, and the other free-form types' names), as one
+/// pattern.
 fn others_prefixes(object_type: &str) -> String {
     let others: Vec<&str> = [
         "ChatRoom",
@@ -380,6 +384,9 @@ fn others_prefixes(object_type: &str) -> String {
         "DistributedCache-",
         "CacheDirectory",
         ".+/CacheManager",
+        "Match-",
+        "Player-",
+        "MatchmakingQueue",
     ]
     .into_iter()
     .chain(FREE_FORM_TYPES)
@@ -397,6 +404,7 @@ fn demo_access_rules() -> Vec<AccessRule> {
     let mut rules = goverse_sample_chat::access_rules();
     rules.extend(goverse_sample_tictactoe::access_rules());
     rules.extend(goverse_sample_cache::access_rules());
+    rules.extend(goverse_sample_bomberman::access_rules());
     for object_type in FREE_FORM_TYPES {
         rules.push(AccessRule {
             object_type: object_type.to_owned(),

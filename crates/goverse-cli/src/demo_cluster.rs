@@ -237,6 +237,7 @@ pub(crate) async fn run(nodes: usize, data_dir: Option<PathBuf>) -> anyhow::Resu
     println!("  gate HTTP     http://127.0.0.1:{http}   (metrics: /metrics)");
     println!("  chat          http://127.0.0.1:{http}/chat/");
     println!("  tic-tac-toe   http://127.0.0.1:{http}/tictactoe/");
+    println!("  bomberman     http://127.0.0.1:{http}/bomberman/");
     println!(
         "  inspector     http://127.0.0.1:{inspector_port}/   (admin token {})",
         file.cluster.admin_token.as_deref().unwrap_or("none")

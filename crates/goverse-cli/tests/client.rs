@@ -11,39 +11,12 @@ use futures::StreamExt as _;
 use goverse::client::{Client, PushEvent, Pushes};
 use goverse::prelude::ErrorCode;
 use goverse::wkt::Int32Value;
-use goverse_testkit::{EtcdServer, Process, ProcessCluster, free_ports_in_a_row, python};
+use goverse_testkit::{EtcdServer, Process, ProcessCluster, python};
 
-const GOVERSE: &str = env!("CARGO_BIN_EXE_goverse");
+mod common;
+use common::cluster_file;
 
-/// A generated cluster file of one node and two gates on `etcd`, free ports, a SQLite file in
-/// `dir` and short timings; its path.
-fn cluster_file(dir: &std::path::Path, etcd: &EtcdServer) -> String {
-    let base = free_ports_in_a_row(8);
-    let db = dir.join("objects.db");
-    let port = |n: u16| (base + n).to_string();
-    let out = std::process::Command::new(GOVERSE)
-        .args([
-            "config", "gen", "--nodes", "1", "--gates", "2", "--shards", "16",
-        ])
-        .args(["--etcd", &etcd.endpoint(), "--sqlite", db.to_str().unwrap()])
-        .args(["--node-port", &port(0), "--ops-port", &port(1)])
-        .args(["--gate-port", &port(2), "--http-port", &port(4)])
-        .args(["--inspector-port", &port(6)])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let mut file = goverse::config::ClusterFile::parse(&text, "generated", &[]).unwrap();
-    file.cluster.lease_ttl = Some(Duration::from_secs(2));
-    file.cluster.cluster_state_stability_duration = Some(Duration::from_secs(1));
-    let path = dir.join("cluster.yaml");
-    std::fs::write(&path, file.to_yaml()).unwrap();
-    path.to_str().unwrap().to_owned()
-}
+const GOVERSE: &str = common::GOVERSE;
 
 async fn next(pushes: &mut Pushes) -> PushEvent {
     tokio::time::timeout(Duration::from_secs(20), pushes.next())
@@ -63,7 +36,7 @@ async fn add(client: &Client, id: &str, value: i32) -> Result<i32, goverse::Call
 async fn a_client_survives_a_gate_killed_under_it_and_its_call_in_flight_fails_clearly() {
     let etcd = EtcdServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let config = cluster_file(dir.path(), &etcd);
+    let config = cluster_file(dir.path(), &etcd, 1, 2);
     let mut cluster = ProcessCluster::new(GOVERSE, &config);
     cluster.start_node("node-1");
     let a = cluster.start_gate("gate-1");

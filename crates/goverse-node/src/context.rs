@@ -163,7 +163,9 @@ impl ObjectContext {
     }
 
     /// Calls [`Object::on_timer`](crate::Object::on_timer) with `name` every `period`, as a
-    /// write turn, until cancelled or the object deactivates. Setting a timer with a name that is
+    /// write turn, until cancelled or the object deactivates. The firings keep to a fixed
+    /// schedule (the turns' own time does not make the timer drift); one that comes due while
+    /// the previous turn is still running or queued is skipped. Setting a timer with a name that is
     /// already set replaces it. Timer turns do not count as activity for idle deactivation.
     pub fn set_timer(&self, name: &str, period: Duration) {
         self.start_timer(name, period, true);
@@ -242,10 +244,15 @@ impl ObjectContext {
         let activation = self.activation.clone();
         let period = period.max(Duration::from_millis(1));
         self.activation.host().spawn(Box::pin(async move {
+            // A fixed schedule from now: a periodic timer does not drift by the time its turns
+            // take, and a firing that comes due while the previous turn still runs is skipped,
+            // not bunched up after it.
+            let mut schedule = tokio::time::interval_at(Instant::now() + period, period);
+            schedule.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
                 tokio::select! {
                     () = token.cancelled() => return,
-                    () = tokio::time::sleep(period) => {}
+                    _ = schedule.tick() => {}
                 }
                 let permit = tokio::select! {
                     () = token.cancelled() => return,

@@ -109,6 +109,15 @@ impl Process {
         program: impl AsRef<std::ffi::OsStr>,
         args: impl IntoIterator<Item = S>,
     ) -> Self {
+        Self::start_with_env(program, args, &[])
+    }
+
+    /// [`Process::start`] with `env` added to the environment it inherits.
+    pub fn start_with_env<S: AsRef<std::ffi::OsStr>>(
+        program: impl AsRef<std::ffi::OsStr>,
+        args: impl IntoIterator<Item = S>,
+        env: &[(String, String)],
+    ) -> Self {
         use std::io::BufRead;
         let program = program.as_ref();
         let name = std::path::Path::new(program)
@@ -117,6 +126,7 @@ impl Process {
             .into_owned();
         let mut child = std::process::Command::new(program)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()

@@ -19,6 +19,8 @@ pub struct ProcessCluster {
     config: String,
     nodes: BTreeMap<String, Process>,
     gates: BTreeMap<String, Process>,
+    /// Added to every process's environment.
+    env: Vec<(String, String)>,
 }
 
 impl ProcessCluster {
@@ -30,7 +32,14 @@ impl ProcessCluster {
             config: config.into(),
             nodes: BTreeMap::new(),
             gates: BTreeMap::new(),
+            env: Vec::new(),
         }
+    }
+
+    /// Sets `key` to `value` in the environment of every process started from now on.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
     }
 
     /// The cluster file's path.
@@ -46,7 +55,11 @@ impl ProcessCluster {
 
     /// [`ProcessCluster::start_node`] from another file (a node configured unlike the rest).
     pub fn start_node_from(&mut self, config: &str, id: &str) -> &mut Process {
-        let mut node = Process::start(&self.binary, ["node", "--config", config, "--node-id", id]);
+        let mut node = Process::start_with_env(
+            &self.binary,
+            ["node", "--config", config, "--node-id", id],
+            &self.env,
+        );
         node.expect_within("serving on", START_TIMEOUT);
         self.nodes.insert(id.to_owned(), node);
         self.nodes.get_mut(id).expect("just started")
@@ -54,9 +67,10 @@ impl ProcessCluster {
 
     /// Starts gate `id` of the file, waits until it serves, and returns its gRPC address.
     pub fn start_gate(&mut self, id: &str) -> String {
-        let mut gate = Process::start(
+        let mut gate = Process::start_with_env(
             &self.binary,
             ["gate", "--config", &self.config, "--gate-id", id],
+            &self.env,
         );
         let line = gate.expect_within("gRPC", START_TIMEOUT);
         self.gates.insert(id.to_owned(), gate);
