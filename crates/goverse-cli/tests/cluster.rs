@@ -466,6 +466,54 @@ fn demo_with_nodes_runs_a_cluster_of_processes_and_stops_it_cleanly() {
         .expect("the chat page is printed");
     let page = http_text(&chat);
     assert!(page.contains("<title>GoVerse chat</title>"), "{page}");
+    // Every sample's page is on the gate, and every sample's types on the nodes.
+    for (name, title) in [
+        ("tic-tac-toe", "GoVerse tic-tac-toe"),
+        ("bomberman", "GoVerse bomberman"),
+    ] {
+        let url = demo
+            .output()
+            .iter()
+            .find_map(|line| line.trim().strip_prefix(name).map(|a| a.trim().to_owned()))
+            .unwrap_or_else(|| panic!("the {name} page is printed"));
+        assert!(http_text(&url).contains(title), "{url}");
+    }
+    let out = goverse(&[
+        "call",
+        "--gate",
+        &grpc,
+        "TicTacToeService",
+        "service-3",
+        "MakeMove",
+        r#"{"gameId":"g","position":4}"#,
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(r#""X""#),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A cache manager on each node, in the directory once the cluster is stable.
+    let managers = || {
+        let out = goverse(&[
+            "call",
+            "--gate",
+            &grpc,
+            "CacheDirectory",
+            "CacheDirectory",
+            "List",
+        ]);
+        String::from_utf8_lossy(&out.stdout)
+            .matches("/CacheManager")
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while managers() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "three cache managers never listed"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let node_metrics: Vec<String> = demo
         .output()
         .iter()

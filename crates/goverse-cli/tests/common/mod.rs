@@ -9,7 +9,12 @@ pub(crate) const GOVERSE: &str = env!("CARGO_BIN_EXE_goverse");
 
 /// A cluster file of `nodes` nodes and `gates` gates made by `goverse config gen` on `etcd`, with
 /// 16 shards, free ports, a SQLite file in `dir` and short timings; its path.
-pub(crate) fn cluster_file(dir: &std::path::Path, etcd: &EtcdServer, nodes: u16, gates: u16) -> String {
+pub(crate) fn cluster_file(
+    dir: &std::path::Path,
+    etcd: &EtcdServer,
+    nodes: u16,
+    gates: u16,
+) -> String {
     let base = free_ports_in_a_row(16);
     let db = dir.join("objects.db");
     let port = |n: u16| (base + n).to_string();
