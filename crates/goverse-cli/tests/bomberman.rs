@@ -13,7 +13,7 @@ use goverse_sample_bomberman::proto::{
     PlayerStats, QueueStatusRequest,
 };
 use goverse_sample_bomberman::{MatchRef, MatchmakingQueueRef, PlayerRef, QUEUE_ID};
-use goverse_testkit::{Browser, EtcdServer, Process, ProcessCluster, free_port};
+use goverse_testkit::{Browser, EtcdServer, Process, ProcessCluster, free_port, python};
 
 mod common;
 use common::{GOVERSE, cluster_file};
@@ -230,6 +230,7 @@ async fn results_are_counted_once_when_the_match_s_node_is_killed_while_recordin
         for _ in 0..100 {
             let request = JoinQueueRequest {
                 player_id: player.to_owned(),
+                client_id: String::new(),
             };
             if queue.join_queue(client, request).await.is_ok_and(|a| a.ok) {
                 joined = true;
@@ -312,4 +313,53 @@ async fn results_are_counted_once_when_the_match_s_node_is_killed_while_recordin
 
     drop((alice_pushes, bob_pushes));
     cluster.stop(Duration::from_secs(20));
+}
+
+/// Upstream's stress client's cycle through the official Python gRPC stack: eight registered
+/// clients join the queue again and again, matches end on a short time limit (upstream's
+/// `BOMBERMAN_MATCH_TIME_LIMIT_TICKS`), and every cycle counts exactly one match.
+#[test]
+fn python_grpc_clients_cycle_through_matches_each_counted_once() {
+    let ports = [free_port(), free_port(), free_port()].map(|p| format!("127.0.0.1:{p}"));
+    let data = tempfile::tempdir().unwrap();
+    let mut demo = Process::start_with_env(
+        GOVERSE,
+        [
+            "demo",
+            "--node-listen",
+            &ports[0],
+            "--listen",
+            &ports[1],
+            "--http-listen",
+            &ports[2],
+            "--data-dir",
+            data.path().to_str().unwrap(),
+        ],
+        &[("BOMBERMAN_MATCH_TIME_LIMIT_TICKS".into(), "15".into())],
+    );
+    demo.expect_within("ready", Duration::from_secs(60));
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../samples/bomberman/python/stress.py");
+    let mut stress = Process::start(
+        python(),
+        [
+            script.to_str().unwrap(),
+            "--gate",
+            &ports[1],
+            "--clients",
+            "8",
+            "--duration",
+            "12",
+        ],
+    );
+    let line = stress.expect_within("ok: ", Duration::from_secs(120));
+    let cycles: u32 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(cycles >= 16, "{line}");
+    assert_eq!(stress.wait_exit(Duration::from_secs(30)), Some(0));
+    demo.terminate();
+    assert_eq!(demo.wait_exit(Duration::from_secs(30)), Some(0));
 }

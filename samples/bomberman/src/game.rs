@@ -18,8 +18,23 @@ pub const TICK_HZ: u32 = 10;
 pub const FUSE_TICKS: i32 = 20;
 /// Ticks a blast stays on its cells (0.5 s).
 pub const BLAST_TICKS: i32 = 5;
-/// The longest match (3 minutes); then it ends without a winner.
+/// The longest match (3 minutes); then it ends without a winner. `BOMBERMAN_MATCH_TIME_LIMIT_TICKS`
+/// (upstream's variable, which its stress client sets) changes it for the matches a process
+/// makes.
 pub const TIME_LIMIT_TICKS: i32 = 1800;
+
+/// The time limit of new matches: [`TIME_LIMIT_TICKS`], or `BOMBERMAN_MATCH_TIME_LIMIT_TICKS`.
+fn time_limit() -> i32 {
+    std::env::var("BOMBERMAN_MATCH_TIME_LIMIT_TICKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&ticks: &i32| ticks > 0)
+        .unwrap_or(TIME_LIMIT_TICKS)
+}
+
+fn default_time_limit() -> i32 {
+    TIME_LIMIT_TICKS
+}
 /// The chance, in percent, that a broken block leaves a power-up.
 pub const DROP_PERCENT: u32 = 30;
 /// Players needed to start.
@@ -99,6 +114,9 @@ pub struct MatchState {
     inputs: BTreeMap<String, Input>,
     /// The power-up dice, seeded from the match ID so a match replays the same.
     seed: u64,
+    /// Ticks until the match ends without a winner.
+    #[serde(default = "default_time_limit")]
+    time_limit: i32,
 }
 
 fn delta(direction: i32) -> (i32, i32) {
@@ -149,6 +167,7 @@ impl MatchState {
             winner: String::new(),
             inputs: BTreeMap::new(),
             seed: seed | 1,
+            time_limit: time_limit(),
         }
     }
 
@@ -371,7 +390,7 @@ impl MatchState {
         if alive.len() <= 1 {
             self.winner = alive.first().map(|id| (*id).clone()).unwrap_or_default();
             self.status = MatchStatus::Ended as i32;
-        } else if self.tick >= TIME_LIMIT_TICKS {
+        } else if self.tick >= self.time_limit {
             self.status = MatchStatus::Ended as i32;
         }
     }
