@@ -126,10 +126,13 @@ async fn envelope_call(
     let body = serde_json::json!({
         "request": base64::engine::general_purpose::STANDARD.encode(any.encode_to_vec())
     });
+    // Upstream's test client names itself with an id it made up; it proves nothing, and the
+    // call goes through for nobody in particular.
     let response = reqwest::Client::new()
         .post(format!(
             "http://{http}/api/v1/objects/call/TicTacToeService/{service}/{method}"
         ))
+        .header("X-Client-ID", "client-3f2a9c1d7b4e")
         .json(&body)
         .send()
         .await
@@ -186,6 +189,61 @@ async fn tictactoe_plays_to_a_win_and_a_draw_refuses_illegal_moves_and_survives_
     assert_eq!(state.board[4], "X");
     assert!((0..9).contains(&state.last_ai_move), "{state:?}");
     assert_eq!(state.board[state.last_ai_move as usize], "O");
+    // It plays random free cells until the game ends.
+    let mut state = state;
+    let mut moves = 1;
+    while state.status == "playing" {
+        let free: Vec<i32> = (0..9)
+            .filter(|&i| state.board[i as usize].is_empty())
+            .collect();
+        let position = free[moves % free.len()];
+        let (status, answer) = envelope_call(
+            &http,
+            "service-4",
+            "MakeMove",
+            "tictactoe.MoveRequest",
+            MoveRequest {
+                game_id: "upstream-1".into(),
+                position,
+            }
+            .encode_to_vec(),
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+        state = game_state(&answer);
+        moves += 1;
+        assert!(moves < 10, "{state:?}");
+    }
+    assert!(
+        ["x_wins", "o_wins", "draw"].contains(&state.status.as_str()),
+        "{state:?}"
+    );
+    let (status, answer) = envelope_call(
+        &http,
+        "service-4",
+        "NewGame",
+        "tictactoe.NewGameRequest",
+        NewGameRequest {
+            game_id: "upstream-1".into(),
+        }
+        .encode_to_vec(),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(game_state(&answer).board, vec![""; 9]);
+    let (status, answer) = envelope_call(
+        &http,
+        "service-4",
+        "MakeMove",
+        "tictactoe.MoveRequest",
+        MoveRequest {
+            game_id: "upstream-1".into(),
+            position: 4,
+        }
+        .encode_to_vec(),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
     // Its error handling reads `error` from a non-2xx answer.
     let (status, answer) = envelope_call(
         &http,

@@ -284,7 +284,9 @@ async fn read_body(gate: &GateInner, body: Body) -> Result<axum::body::Bytes, Ht
 
 /// Who an HTTP call acts for: the client named by `X-Client-ID` if the caller proves it owns it
 /// (its token, from `X-Client-Token` or the events stream's cookie), else an anonymous identity
-/// from the hook.
+/// from the hook. A registered client named without its token is refused (`Unauthenticated`); an
+/// id nobody registered is ignored when no token comes with it (upstream's HTTP clients send ids
+/// they made up) and `NotFound` when one does (a client whose registration is gone).
 async fn http_identity(
     gate: &GateInner,
     headers: &HeaderMap,
@@ -300,16 +302,6 @@ async fn http_identity(
             "X-Client-ID is not text",
         )
     })?;
-    let entry = gate.clients.get(client_id).ok_or_else(|| {
-        HttpError::of(
-            ErrorCode::NotFound,
-            "CLIENT_NOT_FOUND",
-            format!(
-                "client {:?} is not registered at this gate",
-                goverse_core::Clipped(client_id)
-            ),
-        )
-    })?;
     let presented = headers
         .get(CLIENT_TOKEN_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -318,6 +310,23 @@ async fn http_identity(
             let unique = client_id.rsplit_once('/').map_or("", |(_, u)| u);
             cookie(headers, &format!("{TOKEN_COOKIE_PREFIX}{unique}"))
         });
+    let Some(entry) = gate.clients.get(client_id) else {
+        if presented.is_some() {
+            // A client that registered once and is gone (its stream ended, the gate restarted):
+            // it should register again.
+            return Err(HttpError::of(
+                ErrorCode::NotFound,
+                "CLIENT_NOT_FOUND",
+                format!(
+                    "client {:?} is not registered at this gate",
+                    goverse_core::Clipped(client_id)
+                ),
+            ));
+        }
+        // An id nobody registered here and nothing to prove it (upstream's HTTP clients make
+        // their ids up): it names nobody, and the call acts for nobody in particular.
+        return Ok(gate.anonymous(headers, remote).await?);
+    };
     match presented {
         Some(token) if entry.binding == Binding::Sse && constant_time_eq(&token, &entry.token) => {
             Ok(entry.identity.clone())

@@ -884,14 +884,28 @@ async fn http_bad_input_gets_clear_errors() {
         assert_eq!(json["code"], code, "{path}: {json}");
         assert!(!json["error"].as_str().unwrap().is_empty());
     }
+    // An id nobody registered: with a token it is a registration that is gone (404); without
+    // one it proves nothing and names nobody (upstream's HTTP clients make ids up), and the call
+    // acts for nobody in particular.
     let r = http
         .post(s.url("/api/v1/objects/call/Tally/x/Add"))
         .header("X-Client-ID", "g/none")
+        .header("X-Client-Token", "t")
         .body("{}")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+    let r = http
+        .post(s.url("/api/v1/objects/call/Notifier/n/Whoami"))
+        .header("X-Client-ID", "client-made-up")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["value"], "||", "{body}");
     let r = http
         .get(s.url("/api/v1/objects/call/Tally/x/Add"))
         .send()
