@@ -141,6 +141,22 @@ async fn envelope_call(
     (status, response.json().await.unwrap())
 }
 
+/// Upstream's `MakeMove` of `game` at `position` on `service-4`, in the envelope.
+async fn envelope_move(http: &str, game: &str, position: i32) -> (u16, serde_json::Value) {
+    let request = MoveRequest {
+        game_id: game.into(),
+        position,
+    };
+    envelope_call(
+        http,
+        "service-4",
+        "MakeMove",
+        "tictactoe.MoveRequest",
+        request.encode_to_vec(),
+    )
+    .await
+}
+
 fn game_state(answer: &serde_json::Value) -> GameState {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(answer["response"].as_str().expect("a base64 response"))
@@ -172,18 +188,7 @@ async fn tictactoe_plays_to_a_win_and_a_draw_refuses_illegal_moves_and_survives_
     assert_eq!(status, 200, "{answer}");
     let state = game_state(&answer);
     assert_eq!((state.status.as_str(), state.board.len()), ("playing", 9));
-    let (status, answer) = envelope_call(
-        &http,
-        "service-4",
-        "MakeMove",
-        "tictactoe.MoveRequest",
-        MoveRequest {
-            game_id: "upstream-1".into(),
-            position: 4,
-        }
-        .encode_to_vec(),
-    )
-    .await;
+    let (status, answer) = envelope_move(&http, "upstream-1", 4).await;
     assert_eq!(status, 200, "{answer}");
     let state = game_state(&answer);
     assert_eq!(state.board[4], "X");
@@ -197,18 +202,7 @@ async fn tictactoe_plays_to_a_win_and_a_draw_refuses_illegal_moves_and_survives_
             .filter(|&i| state.board[i as usize].is_empty())
             .collect();
         let position = free[moves % free.len()];
-        let (status, answer) = envelope_call(
-            &http,
-            "service-4",
-            "MakeMove",
-            "tictactoe.MoveRequest",
-            MoveRequest {
-                game_id: "upstream-1".into(),
-                position,
-            }
-            .encode_to_vec(),
-        )
-        .await;
+        let (status, answer) = envelope_move(&http, "upstream-1", position).await;
         assert_eq!(status, 200, "{answer}");
         state = game_state(&answer);
         moves += 1;
@@ -231,32 +225,10 @@ async fn tictactoe_plays_to_a_win_and_a_draw_refuses_illegal_moves_and_survives_
     .await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(game_state(&answer).board, vec![""; 9]);
-    let (status, answer) = envelope_call(
-        &http,
-        "service-4",
-        "MakeMove",
-        "tictactoe.MoveRequest",
-        MoveRequest {
-            game_id: "upstream-1".into(),
-            position: 4,
-        }
-        .encode_to_vec(),
-    )
-    .await;
+    let (status, answer) = envelope_move(&http, "upstream-1", 4).await;
     assert_eq!(status, 200, "{answer}");
     // Its error handling reads `error` from a non-2xx answer.
-    let (status, answer) = envelope_call(
-        &http,
-        "service-4",
-        "MakeMove",
-        "tictactoe.MoveRequest",
-        MoveRequest {
-            game_id: "upstream-1".into(),
-            position: 4,
-        }
-        .encode_to_vec(),
-    )
-    .await;
+    let (status, answer) = envelope_move(&http, "upstream-1", 4).await;
     assert_eq!(status, 400, "{answer}");
     assert!(
         answer["error"]

@@ -258,7 +258,7 @@ impl Client {
         };
         let deadline = Instant::now() + self.timeout;
         let answer = self
-            .exchange(request, deadline, |mut gate, request| async move {
+            .exchange(request, deadline, false, |mut gate, request| async move {
                 gate.call_object(request).await
             })
             .await?;
@@ -321,9 +321,12 @@ impl Client {
             attempt += 1;
             let deadline = Instant::now() + self.timeout;
             let answer = self
-                .exchange_once(request.clone(), deadline, |mut gate, request| async move {
-                    gate.reliable_call_object(request).await
-                })
+                .exchange(
+                    request.clone(),
+                    deadline,
+                    true,
+                    |mut gate, request| async move { gate.reliable_call_object(request).await },
+                )
                 .await;
             let failure = match answer {
                 Ok(answer) => match ReliableStatus::from_name(&answer.status) {
@@ -389,7 +392,7 @@ impl Client {
             id: id.to_owned(),
         };
         let deadline = Instant::now() + self.timeout;
-        self.exchange(request, deadline, |mut gate, request| async move {
+        self.exchange(request, deadline, false, |mut gate, request| async move {
             gate.create_object(request).await
         })
         .await
@@ -403,7 +406,7 @@ impl Client {
             r#type: object_type.to_owned(),
         };
         let deadline = Instant::now() + self.timeout;
-        self.exchange(request, deadline, |mut gate, request| async move {
+        self.exchange(request, deadline, false, |mut gate, request| async move {
             gate.delete_object(request).await
         })
         .await
@@ -438,11 +441,14 @@ impl Client {
         self.timeout
     }
 
-    /// One request on `upstream`'s gate service, by way of [`Client::exchange_with`].
+    /// One request on the gate service, by way of [`Client::exchange_with`]; with `one_round`,
+    /// at most one round of the gates is tried when none is connected (a reliable call's attempt:
+    /// its own loop retries and reports).
     async fn exchange<Req, Resp, F, Fut>(
         &self,
         request: Req,
         deadline: Instant,
+        one_round: bool,
         send: F,
     ) -> Result<Resp, CallError>
     where
@@ -450,26 +456,7 @@ impl Client {
         F: Fn(GateServiceClient<Channel>, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
-        self.exchange_with(request, deadline, false, |channel, request| {
-            send(GateServiceClient::new(channel), request)
-        })
-        .await
-    }
-
-    /// [`Client::exchange`] that tries one round of the gates at most when none is connected
-    /// (a reliable call's attempt: its own loop retries and reports).
-    async fn exchange_once<Req, Resp, F, Fut>(
-        &self,
-        request: Req,
-        deadline: Instant,
-        send: F,
-    ) -> Result<Resp, CallError>
-    where
-        Req: Clone,
-        F: Fn(GateServiceClient<Channel>, tonic::Request<Req>) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
-    {
-        self.exchange_with(request, deadline, true, |channel, request| {
+        self.exchange_with(request, deadline, one_round, |channel, request| {
             send(GateServiceClient::new(channel), request)
         })
         .await
