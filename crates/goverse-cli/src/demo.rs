@@ -400,7 +400,7 @@ fn others_prefixes(object_type: &str) -> String {
 /// `ChatRoom-<name>`; the free-form types' may be anything but another type's name as a prefix,
 /// so no client can take an ID another type needs (`Counter/ChatRoom-General` is refused).
 /// With rules configured, anything unmatched is refused.
-fn demo_access_rules() -> Vec<AccessRule> {
+pub(crate) fn demo_access_rules() -> Vec<AccessRule> {
     let mut rules = goverse_sample_chat::access_rules();
     rules.extend(goverse_sample_tictactoe::access_rules());
     rules.extend(goverse_sample_cache::access_rules());
@@ -424,7 +424,7 @@ fn demo_access_rules() -> Vec<AccessRule> {
 
 /// Creates keep to each type's own IDs as calls do; counters may be deleted by clients;
 /// everything else keeps the default (delete internal).
-fn demo_lifecycle_rules() -> Vec<LifecycleRule> {
+pub(crate) fn demo_lifecycle_rules() -> Vec<LifecycleRule> {
     let mut rules = goverse_sample_chat::lifecycle_rules();
     for object_type in FREE_FORM_TYPES {
         rules.push(LifecycleRule {

@@ -180,6 +180,10 @@ pub(crate) async fn run(nodes: usize, data_dir: Option<PathBuf>) -> anyhow::Resu
         http_addr: Some(format!("127.0.0.1:{inspector_port}")),
         ..Default::default()
     });
+    // The samples' access and lifecycle rules, in the file as an operator writes them: every
+    // gate and node of the cluster enforces what the one-process demo does.
+    file.object_access_rules = crate::demo::demo_access_rules();
+    file.object_lifecycle_rules = crate::demo::demo_lifecycle_rules();
     let text = file.to_yaml();
     let config = temp.path().join("cluster.yaml");
     std::fs::write(&config, text)?;

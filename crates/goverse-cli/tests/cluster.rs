@@ -492,6 +492,23 @@ fn demo_with_nodes_runs_a_cluster_of_processes_and_stops_it_cleanly() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The samples' access rules are in the file, so the cluster's gate enforces them: clients
+    // may not add players to matches.
+    let out = goverse(&[
+        "call",
+        "--gate",
+        &grpc,
+        "Match",
+        "Match-x",
+        "AddPlayer",
+        r#"{"playerId":"mallory"}"#,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("permission_denied"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A cache manager on each node, in the directory once the cluster is stable.
     let managers = || {
         let out = goverse(&[
