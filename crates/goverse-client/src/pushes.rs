@@ -132,13 +132,16 @@ impl Client {
                     Failure::Answered => return Err(connection::answered(&status)),
                     Failure::NotSent | Failure::Lost | Failure::TimedOut => {
                         gates.broken(&connection, &connection::describe(&status));
-                        if Instant::now() >= deadline {
+                        // Connected, yet the stream failed: do not spin on it.
+                        let pause = connection::jittered(gates.settings.backoff_min);
+                        if Instant::now() + pause >= deadline {
                             return Err(CallError::unavailable(format!(
                                 "registering at gate {}: {}",
                                 connection.gate,
                                 connection::describe(&status)
                             )));
                         }
+                        tokio::time::sleep(pause).await;
                         continue;
                     }
                 },

@@ -63,6 +63,19 @@ struct RawAccessRule {
     access: Access,
 }
 
+impl AccessRule {
+    /// A rule granting `access` to methods matching `method` of objects of `object_type` whose IDs
+    /// match `id` (each a name, a `/regex/`, or empty for any).
+    pub fn new(object_type: &str, id: &str, method: &str, access: Access) -> Self {
+        Self {
+            object_type: object_type.to_owned(),
+            id: id.to_owned(),
+            method: method.to_owned(),
+            access,
+        }
+    }
+}
+
 impl TryFrom<RawAccessRule> for AccessRule {
     type Error = String;
 

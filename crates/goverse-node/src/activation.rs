@@ -10,7 +10,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -44,6 +44,25 @@ pub(crate) enum CloseReason {
     Shutdown,
     /// Explicit delete: drop the persisted record too.
     Delete,
+}
+
+/// `Activation::close_asked` values.
+const CLOSE_NOT_ASKED: u8 = 0;
+const CLOSE_ASKED_IDLE: u8 = 1;
+const CLOSE_ASKED_DELETE: u8 = 2;
+
+impl<T> Activation<T> {
+    /// Takes the close the running turn asked for, if any (one relaxed load when none was).
+    pub(crate) fn take_close_asked(&self) -> Option<CloseReason> {
+        if self.close_asked.load(Ordering::Relaxed) == CLOSE_NOT_ASKED {
+            return None;
+        }
+        match self.close_asked.swap(CLOSE_NOT_ASKED, Ordering::Relaxed) {
+            CLOSE_ASKED_IDLE => Some(CloseReason::Idle),
+            CLOSE_ASKED_DELETE => Some(CloseReason::Delete),
+            _ => None,
+        }
+    }
 }
 
 /// The type-erased face of an activation, used by the node's tables and the turn scheduler.
@@ -163,8 +182,9 @@ pub(crate) struct Activation<T> {
     created_ms: u64,
     dirty: AtomicBool,
     /// A close the running write turn asked for (`ObjectContext::deactivate`, `delete_self`),
-    /// made under that turn's permit when it ends.
-    close_asked: Mutex<Option<CloseReason>>,
+    /// made under that turn's permit when it ends (`CLOSE_*`). An atomic: every turn looks at it
+    /// as it ends.
+    close_asked: AtomicU8,
     timers: Mutex<Vec<(Arc<str>, CancellationToken)>>,
     /// Allocated on the first reliable call: most objects never take one.
     recent_calls: Mutex<Option<Box<RecentCalls>>>,
@@ -208,7 +228,7 @@ impl<T: Dispatch> Activation<T> {
             idle_since_ms: AtomicU64::new(now_ms),
             created_ms: now_ms,
             dirty: AtomicBool::new(false),
-            close_asked: Mutex::new(None),
+            close_asked: AtomicU8::new(CLOSE_NOT_ASKED),
             timers: Mutex::new(Vec::new()),
             recent_calls: Mutex::new(None),
             object: UnsafeCell::new(object),
@@ -432,9 +452,11 @@ impl<T: Dispatch> ActivationDyn for Activation<T> {
     }
 
     fn ask_close(&self, reason: CloseReason) {
-        let mut asked = self.close_asked.lock();
-        if *asked != Some(CloseReason::Delete) {
-            *asked = Some(reason);
-        }
+        // A delete outranks a deactivation: the larger code wins.
+        let code = match reason {
+            CloseReason::Delete => CLOSE_ASKED_DELETE,
+            _ => CLOSE_ASKED_IDLE,
+        };
+        self.close_asked.fetch_max(code, Ordering::Relaxed);
     }
 }

@@ -597,12 +597,7 @@ pub fn register(builder: goverse::NodeBuilder) -> goverse::NodeBuilder {
 /// matches and read stats; adding players, starting matches and recording results are internal.
 pub fn access_rules() -> Vec<goverse::gate::rules::AccessRule> {
     use goverse::gate::rules::{Access, AccessRule};
-    let rule = |object_type: &str, id: &str, method: &str, access| AccessRule {
-        object_type: object_type.to_owned(),
-        id: id.to_owned(),
-        method: method.to_owned(),
-        access,
-    };
+    let rule = AccessRule::new;
     vec![
         rule(
             "MatchmakingQueue",

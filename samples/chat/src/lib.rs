@@ -418,12 +418,7 @@ pub fn register(builder: goverse::NodeBuilder) -> goverse::NodeBuilder {
 /// that took `ChatRoom-General` as another type would lock everybody out of that room.
 pub fn access_rules() -> Vec<goverse::gate::rules::AccessRule> {
     use goverse::gate::rules::{Access, AccessRule};
-    let rule = |object_type: &str, id: &str, method: &str, access| AccessRule {
-        object_type: object_type.to_owned(),
-        id: id.to_owned(),
-        method: method.to_owned(),
-        access,
-    };
+    let rule = AccessRule::new;
     vec![
         rule("ChatRoomMgr", "", "RegisterRoom", Access::Internal),
         rule("ChatRoomMgr", MGR_ID, "", Access::Allow),

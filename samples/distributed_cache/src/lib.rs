@@ -77,15 +77,16 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn check_key(key: &str) -> Result<(), ObjectError> {
+/// The entry of `key`, checked: a key must be non-empty and make a valid object ID (no control
+/// characters, not too long).
+fn entry_of(key: &str) -> Result<DistributedCacheRef, ObjectError> {
     if key.is_empty() {
         return Err(ObjectError::invalid_argument("key cannot be empty"));
     }
-    // The entry's object ID must be valid: no control characters, not too long.
-    ObjectId::new(entry_id(key))
-        .kind()
-        .map(|_| ())
-        .map_err(|err| ObjectError::invalid_argument(format!("unusable key {key:?}: {err}")))
+    let id = ObjectId::new(entry_id(key));
+    id.kind()
+        .map_err(|err| ObjectError::invalid_argument(format!("unusable key {key:?}: {err}")))?;
+    Ok(DistributedCacheRef::new(id))
 }
 
 fn ttl_of(ttl_seconds: i64) -> Result<Option<Duration>, ObjectError> {
@@ -290,9 +291,9 @@ impl CacheManager {
         ctx: &ObjectContext,
         request: CacheManagerSetRequest,
     ) -> Result<CacheManagerSetResponse, ObjectError> {
-        check_key(&request.key)?;
+        let entry = entry_of(&request.key)?;
         ttl_of(request.ttl_seconds)?;
-        DistributedCacheRef::new(entry_id(&request.key))
+        entry
             .set_value(
                 ctx,
                 DistributedCacheSetValueRequest {
@@ -312,8 +313,7 @@ impl CacheManager {
         ctx: &ObjectContext,
         request: CacheManagerGetRequest,
     ) -> Result<CacheManagerGetResponse, ObjectError> {
-        check_key(&request.key)?;
-        let entry = DistributedCacheRef::new(entry_id(&request.key))
+        let entry = entry_of(&request.key)?
             .get_value(ctx, DistributedCacheGetValueRequest {})
             .await?;
         let counter = if entry.found {
@@ -335,8 +335,7 @@ impl CacheManager {
         ctx: &ObjectContext,
         request: CacheManagerDeleteRequest,
     ) -> Result<CacheManagerDeleteResponse, ObjectError> {
-        check_key(&request.key)?;
-        let deleted = DistributedCacheRef::new(entry_id(&request.key))
+        let deleted = entry_of(&request.key)?
             .delete(ctx, DistributedCacheDeleteRequest {})
             .await?;
         Ok(CacheManagerDeleteResponse {
@@ -479,12 +478,7 @@ pub fn register(builder: goverse::NodeBuilder) -> goverse::NodeBuilder {
 /// entries and registrations are internal.
 pub fn access_rules() -> Vec<goverse::gate::rules::AccessRule> {
     use goverse::gate::rules::{Access, AccessRule};
-    let rule = |object_type: &str, id: &str, method: &str, access| AccessRule {
-        object_type: object_type.to_owned(),
-        id: id.to_owned(),
-        method: method.to_owned(),
-        access,
-    };
+    let rule = AccessRule::new;
     vec![
         rule(
             "CacheManager",
@@ -508,9 +502,9 @@ mod tests {
 
     #[test]
     fn keys_and_ttls_are_checked() {
-        assert!(check_key("user:1001").is_ok());
-        assert!(check_key("").unwrap_err().to_string().contains("empty"));
-        assert!(check_key("bad\u{1}key").is_err());
+        assert!(entry_of("user:1001").is_ok());
+        assert!(entry_of("").unwrap_err().to_string().contains("empty"));
+        assert!(entry_of("bad\u{1}key").is_err());
         assert_eq!(ttl_of(0).unwrap(), None);
         assert_eq!(ttl_of(5).unwrap(), Some(Duration::from_secs(5)));
         assert!(

@@ -370,18 +370,13 @@ pub fn register(builder: goverse::NodeBuilder) -> goverse::NodeBuilder {
 pub fn access_rules() -> Vec<goverse::gate::rules::AccessRule> {
     use goverse::gate::rules::{Access, AccessRule};
     vec![
-        AccessRule {
-            object_type: "TicTacToeService".to_owned(),
-            id: "/service-([1-9]|10)/".to_owned(),
-            method: "/NewGame|MakeMove|GetState/".to_owned(),
-            access: Access::Allow,
-        },
-        AccessRule {
-            object_type: "TicTacToeService".to_owned(),
-            id: String::new(),
-            method: String::new(),
-            access: Access::Reject,
-        },
+        AccessRule::new(
+            "TicTacToeService",
+            "/service-([1-9]|10)/",
+            "/NewGame|MakeMove|GetState/",
+            Access::Allow,
+        ),
+        AccessRule::new("TicTacToeService", "", "", Access::Reject),
     ]
 }
 

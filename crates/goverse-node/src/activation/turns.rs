@@ -197,7 +197,7 @@ impl<T: Dispatch> Activation<T> {
     /// so the turn's reply is not held up by the save or delete.
     fn end_turn(permit: TurnPermit) {
         let this = Self::of(&permit);
-        let Some(reason) = this.close_asked.lock().take() else {
+        let Some(reason) = this.take_close_asked() else {
             return;
         };
         if matches!(
