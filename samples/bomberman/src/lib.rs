@@ -58,6 +58,11 @@ pub const PLAYERS_PER_MATCH: usize = 4;
 /// lasts at least as long as a bomb's fuse, so earlier nudges would be wasted).
 const NUDGE_AFTER: Duration = Duration::from_secs(3);
 
+/// How long the queue and matches wait for each other and for players: their timer turns hold
+/// them while they wait, and a node cut off from the rest must not hold them (or its shutdown)
+/// for a whole call timeout; what did not happen is tried again on a later tick.
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// The longest player ID accepted.
 pub const MAX_PLAYER_ID_CHARS: usize = 32;
 
@@ -136,6 +141,7 @@ impl Match {
                 tokio::time::sleep(pause).await;
             }
             let recorded = PlayerRef::new(player_object_id(&player))
+                .with_timeout(CALL_TIMEOUT)
                 .call_reliable(record_call_id(&match_id, &player))
                 .record_match_result(
                     ctx,
@@ -155,6 +161,7 @@ impl Match {
         ctx.save(&*self).await?;
         tracing::info!(%match_id, winner = %self.state.as_ref().map_or("", |s| s.winner.as_str()), "match recorded");
         let told = MatchmakingQueueRef::new(QUEUE_ID)
+            .with_timeout(CALL_TIMEOUT)
             .match_recorded(&ctx.new_chain(), MatchRecordedRequest { match_id })
             .await;
         if let Err(err) = told {
@@ -437,7 +444,7 @@ impl Object for MatchmakingQueue {
 
 /// Creates `match_id` with `batch` and starts it.
 async fn spawn(ctx: &ObjectContext, match_id: &str, batch: &[Waiting]) -> Result<(), CallError> {
-    let game = MatchRef::new(match_id);
+    let game = MatchRef::new(match_id).with_timeout(CALL_TIMEOUT);
     for (i, waiting) in batch.iter().enumerate() {
         let (x, y) = SPAWNS[i % SPAWNS.len()];
         let added = game
@@ -480,7 +487,7 @@ impl MatchmakingQueue {
             .collect();
         let nudges = due.iter().map(|match_id| async move {
             let answer = MatchRef::new(match_id.as_str())
-                .with_timeout(Duration::from_secs(2))
+                .with_timeout(CALL_TIMEOUT)
                 .resume(ctx, ResumeRequest {})
                 .await;
             (match_id, answer)

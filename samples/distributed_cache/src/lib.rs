@@ -62,6 +62,9 @@ pub const REGISTER_EVERY: Duration = Duration::from_secs(3);
 /// stopped while the directory itself was moving).
 pub const FORGET_AFTER: Duration = Duration::from_secs(10);
 
+/// How long a manager waits for the directory.
+const DIRECTORY_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// How long `ClusterStats` waits for each manager.
 const STATS_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -231,8 +234,12 @@ impl CacheManager {
         }
     }
 
+    /// Enters the manager in the directory. Bounded: the timer turn it runs in holds the
+    /// manager, and a node cut off from the directory's must not hold it (or its shutdown) for a
+    /// whole call timeout.
     async fn enter_in_directory(ctx: &ObjectContext) {
         let entered = CacheDirectoryRef::new(DIRECTORY_ID)
+            .with_timeout(DIRECTORY_TIMEOUT)
             .register(
                 &ctx.new_chain(),
                 CacheDirectoryRegisterRequest {
@@ -252,8 +259,9 @@ impl Object for CacheManager {
         ctx: &ObjectContext,
         _restored: bool,
     ) -> Result<(), ObjectError> {
+        // The first entry comes from a timer too: activation does not wait on another object.
+        ctx.set_timeout("enter", Duration::ZERO);
         ctx.set_timer("register", REGISTER_EVERY);
-        Self::enter_in_directory(ctx).await;
         Ok(())
     }
 
@@ -267,7 +275,7 @@ impl Object for CacheManager {
     /// itself for [`FORGET_AFTER`]).
     async fn on_deactivate(&mut self, ctx: &ObjectContext) -> Result<(), ObjectError> {
         let left = CacheDirectoryRef::new(DIRECTORY_ID)
-            .with_timeout(Duration::from_secs(1))
+            .with_timeout(DIRECTORY_TIMEOUT)
             .unregister(
                 &ctx.new_chain(),
                 CacheDirectoryUnregisterRequest {
