@@ -66,6 +66,14 @@ pub(crate) enum ConfigCommand {
         /// The inspector's port (`goverse inspector`).
         #[arg(long, default_value_t = 8090)]
         inspector_port: u16,
+        /// TLS on every node and gate port and link: writes a development CA and a certificate
+        /// for each node and gate into `--tls-dir`, and a `tls:` section naming them.
+        #[arg(long)]
+        tls: bool,
+        /// Where `--tls` writes the CA and certificates, relative to the output file's
+        /// directory (or the current one).
+        #[arg(long, default_value = "tls")]
+        tls_dir: PathBuf,
         /// Where to write it (default: standard output).
         #[arg(long, short)]
         output: Option<PathBuf>,
@@ -142,6 +150,8 @@ pub(crate) fn config(command: ConfigCommand) -> anyhow::Result<()> {
             http_port,
             ops_port,
             inspector_port,
+            tls,
+            tls_dir,
             output,
         } => {
             anyhow::ensure!(nodes > 0, "--nodes must be at least 1");
@@ -168,9 +178,28 @@ pub(crate) fn config(command: ConfigCommand) -> anyhow::Result<()> {
                 http_port,
                 ops_port,
                 inspector_port,
+                tls_dir: tls.then_some(tls_dir),
             });
             // What was written must load (a bad --etcd or --sqlite is named now, not later).
-            ClusterFile::parse(&text, "the generated configuration", &[])?;
+            let generated = ClusterFile::parse(&text, "the generated configuration", &[])?;
+            if tls {
+                let base = output
+                    .as_deref()
+                    .and_then(Path::parent)
+                    .map_or_else(|| PathBuf::from("."), Path::to_owned);
+                generated
+                    .issue_dev_certificates(&base)
+                    .context("cannot write the development certificates")?;
+                eprintln!(
+                    "wrote a development CA and certificates for {} nodes and {} gates under {}",
+                    generated.nodes.len(),
+                    generated.gates.len(),
+                    base.join(generated.tls.as_ref().map_or(Path::new(""), |t| {
+                        t.ca_file.parent().unwrap_or(Path::new(""))
+                    }))
+                    .display()
+                );
+            }
             match output {
                 Some(path) => std::fs::write(&path, text)
                     .with_context(|| format!("cannot write {}", path.display()))?,
@@ -205,6 +234,13 @@ pub(crate) async fn gate(
         entry.advertise_addr = Some(advertise.to_owned());
     }
     goverse::run::warn_if_unauthenticated(&file);
+    let tls = file.gate_tls(gate_id)?;
+    // Certificates are reloaded on SIGHUP and when their files change.
+    let reloading = CancellationToken::new();
+    let _reloading = reloading.clone().drop_guard();
+    if let Some(tls) = &tls {
+        goverse::tls::watch(tls.reloadables(), file.tls_reload_interval(), reloading);
+    }
     let grpc_listener = TcpListener::bind(&entry.grpc_addr)
         .await
         .with_context(|| format!("cannot listen on {} (gRPC)", entry.grpc_addr))?;
@@ -236,6 +272,7 @@ pub(crate) async fn gate(
             access_rules: file.object_access_rules.clone(),
             lifecycle_rules: file.object_lifecycle_rules.clone(),
             peer_secret: file.cluster.secret.clone(),
+            tls: tls.clone(),
             min_quorum: file.cluster.min_quorum.unwrap_or(1),
             ops_address: entry
                 .ops_addr

@@ -35,6 +35,7 @@ fn generated(
         http_port: base + nodes + 1,
         ops_port: base + nodes + 2,
         inspector_port: base + 2 * nodes + 3,
+        tls_dir: None,
     });
     file.gates[0].ops_addr = Some(format!("127.0.0.1:{}", base + 2 * nodes + 2));
     file

@@ -98,6 +98,15 @@ impl ClientBuilder {
         self
     }
 
+    /// Connects to the gates over TLS with `tls`: the gates' certificates are checked against
+    /// its CA and the gate's host; with a certificate of its own the client presents it (gates
+    /// asking for client certificates). Load one with
+    /// `ClientTls::load("gates", ClientFiles { ca: Some("tls/ca.pem".into()), ..Default::default() }, ALPN_H2)`.
+    pub fn tls(mut self, tls: Arc<goverse_tls::ClientTls>) -> Self {
+        self.settings.tls = Some(tls);
+        self
+    }
+
     /// Runs `hook` on the metadata of every request, the Register stream included: how a client
     /// presents what the gate's authorisation hook checks.
     pub fn metadata(mut self, hook: impl Fn(&mut MetadataMap) + Send + Sync + 'static) -> Self {

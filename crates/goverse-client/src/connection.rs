@@ -22,6 +22,7 @@ pub(crate) struct Settings {
     pub(crate) reconnect_for: Option<Duration>,
     pub(crate) keepalive_interval: Duration,
     pub(crate) keepalive_timeout: Duration,
+    pub(crate) tls: Option<Arc<goverse_tls::ClientTls>>,
 }
 
 impl Default for Settings {
@@ -35,6 +36,7 @@ impl Default for Settings {
             reconnect_for: None,
             keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(5),
+            tls: None,
         }
     }
 }
@@ -174,7 +176,23 @@ impl Gates {
             .http2_keep_alive_interval(self.settings.keepalive_interval)
             .keep_alive_timeout(self.settings.keepalive_timeout)
             .keep_alive_while_idle(true);
-        match tokio::time::timeout(timeout, endpoint.connect()).await {
+        let connected = match &self.settings.tls {
+            None => tokio::time::timeout(timeout, endpoint.connect()).await,
+            Some(tls) => {
+                let (tls, gate) = (tls.clone(), gate.to_owned());
+                let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+                    let (tls, gate) = (tls.clone(), gate.clone());
+                    async move {
+                        let tcp = tokio::net::TcpStream::connect(&gate).await?;
+                        tcp.set_nodelay(true)?;
+                        let stream = tls.connect(tcp, &gate).await?;
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                    }
+                });
+                tokio::time::timeout(timeout, endpoint.connect_with_connector(connector)).await
+            }
+        };
+        match connected {
             Ok(Ok(channel)) => Ok(channel),
             Ok(Err(err)) => Err(chain(&err)),
             Err(_) => Err(format!("no connection within {timeout:?}")),

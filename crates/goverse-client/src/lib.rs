@@ -36,6 +36,8 @@
 //!   for the gate's authorisation hook, and **deadlines** per client handle
 //!   ([`Client::with_timeout`]) or per stub (`with_timeout`), sent to the gate as `grpc-timeout`
 //!   and honoured by the node.
+//! - **TLS** ([`ClientBuilder::tls`]): gates checked against a CA, and a client certificate
+//!   presented when the gates ask for one.
 
 mod client;
 mod connection;
@@ -45,5 +47,6 @@ mod reliable;
 pub use client::{Client, ClientBuilder};
 pub use goverse_core::{CallError, ErrorCode, Message, wkt};
 pub use goverse_proto::node::DescribeResponse;
+pub use goverse_tls::{ALPN_H2, ClientFiles, ClientTls};
 pub use pushes::{PushEvent, Pushes};
 pub use reliable::{ReliableError, Retry, new_call_id};

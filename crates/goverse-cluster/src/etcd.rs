@@ -54,6 +54,10 @@ pub struct EtcdConfig {
     pub connect_timeout: Duration,
     /// How long one request may take on one endpoint before the next endpoint is tried.
     pub request_timeout: Duration,
+    /// TLS to etcd: its CA (and, for `--client-cert-auth`, the certificate presented). With
+    /// it endpoints are `https://host:port` or `host:port`; without it `http://` or
+    /// `host:port`.
+    pub tls: Option<Arc<goverse_tls::ClientTls>>,
 }
 
 impl Default for EtcdConfig {
@@ -62,6 +66,7 @@ impl Default for EtcdConfig {
             endpoints: vec!["127.0.0.1:2379".to_owned()],
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(5),
+            tls: None,
         }
     }
 }
@@ -76,7 +81,7 @@ impl EtcdConfig {
             ));
         }
         for (i, endpoint) in self.endpoints.iter().enumerate() {
-            endpoint_url(i, endpoint)?;
+            endpoint_url(i, endpoint, self.tls.is_some())?;
         }
         if self.connect_timeout.is_zero() {
             return Err(InvalidSetting::new("connect_timeout", "must be positive"));
@@ -88,25 +93,37 @@ impl EtcdConfig {
     }
 }
 
-/// `host:port` or `http://host:port` as a URL; TLS endpoints are refused until TLS is
-/// supported, rather than silently spoken to in plain text. The error says what is wrong.
-fn endpoint_url(index: usize, endpoint: &str) -> Result<String, InvalidSetting> {
+/// `host:port`, `http://host:port` or (with `tls`) `https://host:port` as a URL; a scheme that
+/// does not match the TLS setting is refused rather than silently spoken to otherwise. The
+/// error says what is wrong.
+fn endpoint_url(index: usize, endpoint: &str, tls: bool) -> Result<String, InvalidSetting> {
     let endpoint = endpoint.trim();
     let bad = |why: &str| {
         InvalidSetting::new(format!("endpoints[{index}]"), format!("{endpoint:?} {why}"))
     };
-    let url = if endpoint.starts_with("https://") {
-        return Err(bad(
-            "is https: TLS to etcd is not supported yet; use http://",
-        ));
-    } else if endpoint.starts_with("http://") {
-        endpoint.to_owned()
+    let scheme = if tls { "https://" } else { "http://" };
+    let url = if let Some(rest) = endpoint.strip_prefix("https://") {
+        if !tls {
+            return Err(bad(
+                "is https: give etcd's CA (cluster.etcd.ca_file) to reach it over TLS",
+            ));
+        }
+        format!("https://{rest}")
+    } else if let Some(rest) = endpoint.strip_prefix("http://") {
+        if tls {
+            return Err(bad(
+                "is http://, but etcd's CA is given: TLS endpoints are https:// or host:port",
+            ));
+        }
+        format!("http://{rest}")
     } else if endpoint.contains("://") {
-        return Err(bad("is not understood: only http:// URLs or host:port are"));
+        return Err(bad(
+            "is not understood: only http://, https:// URLs or host:port are",
+        ));
     } else {
-        format!("http://{endpoint}")
+        format!("{scheme}{endpoint}")
     };
-    let authority = &url["http://".len()..].trim_end_matches('/');
+    let authority = &url[scheme.len()..].trim_end_matches('/');
     let valid = authority
         .rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
@@ -314,16 +331,38 @@ impl EtcdClusterStore {
             .map_err(|why| ClusterError::Config(why.within("etcd")))?;
         let mut peers = Vec::with_capacity(config.endpoints.len());
         for (i, endpoint) in config.endpoints.iter().enumerate() {
-            let url = endpoint_url(i, endpoint)
+            let url = endpoint_url(i, endpoint, config.tls.is_some())
                 .map_err(|why| ClusterError::Config(why.within("etcd")))?;
-            let channel = Endpoint::from_shared(url.clone())
+            let authority = url
+                .split_once("://")
+                .map_or(url.as_str(), |(_, rest)| rest)
+                .trim_end_matches('/')
+                .to_owned();
+            // The channel's own URI is plain: TLS, when asked for, is this connector's.
+            let endpoint = Endpoint::from_shared(format!("http://{authority}"))
                 .map_err(|err| ClusterError::Rejected(format!("etcd endpoint {url}: {err}")))?
                 .connect_timeout(config.connect_timeout)
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(10))
                 .keep_alive_timeout(Duration::from_secs(5))
-                .keep_alive_while_idle(true)
-                .connect_lazy();
+                .keep_alive_while_idle(true);
+            let channel = match &config.tls {
+                None => endpoint.connect_lazy(),
+                Some(tls) => {
+                    let tls = tls.clone();
+                    endpoint.connect_with_connector_lazy(tower::service_fn(
+                        move |_: tonic::transport::Uri| {
+                            let (tls, authority) = (tls.clone(), authority.clone());
+                            async move {
+                                let tcp = tokio::net::TcpStream::connect(&authority).await?;
+                                tcp.set_nodelay(true)?;
+                                let stream = tls.connect(tcp, &authority).await?;
+                                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                            }
+                        },
+                    ))
+                }
+            };
             peers.push(Peer { url, channel });
         }
         let store = Self {
@@ -754,16 +793,27 @@ mod tests {
     #[test]
     fn endpoints_are_checked_and_prefixes_end_where_they_should() {
         assert_eq!(
-            endpoint_url(0, "127.0.0.1:2379").unwrap(),
+            endpoint_url(0, "127.0.0.1:2379", false).unwrap(),
             "http://127.0.0.1:2379"
         );
         assert_eq!(
-            endpoint_url(0, "http://etcd-1:2379").unwrap(),
+            endpoint_url(0, "http://etcd-1:2379", false).unwrap(),
             "http://etcd-1:2379"
         );
         for bad in ["", "etcd", "127.0.0.1:http", "https://a:1", "unix://x:1"] {
-            assert!(endpoint_url(0, bad).is_err(), "{bad:?}");
+            assert!(endpoint_url(0, bad, false).is_err(), "{bad:?}");
         }
+        // With TLS: https:// or host:port, never a plain http:// endpoint.
+        assert_eq!(
+            endpoint_url(0, "etcd-1:2379", true).unwrap(),
+            "https://etcd-1:2379"
+        );
+        assert_eq!(
+            endpoint_url(0, "https://etcd-1:2379", true).unwrap(),
+            "https://etcd-1:2379"
+        );
+        let err = endpoint_url(0, "http://etcd-1:2379", true).unwrap_err();
+        assert!(err.reason.contains("etcd's CA is given"), "{err}");
         assert!(
             EtcdConfig {
                 endpoints: vec![],
@@ -782,6 +832,7 @@ mod tests {
             endpoints,
             connect_timeout: Duration::from_millis(500),
             request_timeout: Duration::from_secs(2),
+            tls: None,
         }
     }
 

@@ -57,6 +57,10 @@ pub struct GateConfig {
     /// Where the gate's operations HTTP (`/metrics`, `/ready`) is reached (`host:port`),
     /// published in its registration so the inspector finds it. `None`: not published.
     pub ops_address: Option<String>,
+    /// TLS: `server` for the client-facing ports (gRPC and HTTP), `client` for the links to
+    /// nodes (mutual TLS: nodes admit only certificates naming a cluster member). `None`:
+    /// plaintext.
+    pub tls: Option<goverse_tls::Tls>,
 }
 
 impl Default for GateConfig {
@@ -75,6 +79,7 @@ impl Default for GateConfig {
             connection_limits: goverse_transport::ConnectionLimits::default(),
             metrics: goverse_core::metrics::Registry::default(),
             ops_address: None,
+            tls: None,
         }
     }
 }
@@ -293,6 +298,17 @@ impl std::fmt::Debug for Gate {
     }
 }
 
+/// How a gate dials nodes: TCP, with TLS when the config has it.
+fn node_dialer(config: &GateConfig) -> Arc<dyn Dialer> {
+    match &config.tls {
+        Some(tls) => Arc::new(goverse_transport::TlsDialer::new(
+            Arc::new(TcpDialer),
+            tls.client.clone(),
+        )),
+        None => Arc::new(TcpDialer),
+    }
+}
+
 impl Gate {
     /// Validates `config`, compiles its rules and starts linking to the node (in the
     /// background, reconnecting whenever the link breaks). Must run inside a tokio runtime.
@@ -301,7 +317,7 @@ impl Gate {
         handler: Arc<dyn GateEventHandler>,
     ) -> Result<Self, GateError> {
         let secret = config.peer_secret.as_deref().map(Into::into);
-        let link = NodeLink::remote_with_secret(config.node.clone(), secret);
+        let link = NodeLink::dialed(config.node.clone(), secret, node_dialer(&config));
         Self::start_with(config, handler, Routing::Single(link))
     }
 
@@ -335,7 +351,7 @@ impl Gate {
             prefix: cluster_prefix,
             shard_count,
             lease_ttl,
-            dialer: Arc::new(TcpDialer),
+            dialer: node_dialer(&config),
         };
         Self::start_in_cluster_over(config, handler, network).await
     }

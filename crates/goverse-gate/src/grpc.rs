@@ -79,7 +79,7 @@ impl GrpcGate {
         request: &Request<T>,
         client_id: &str,
     ) -> Result<Arc<ClientIdentity>, CallError> {
-        let remote: Option<SocketAddr> = request.remote_addr();
+        let remote: Option<SocketAddr> = goverse_tls::remote_addr(request);
         let clients = &self.inner.clients;
         if !client_id.is_empty() {
             let Some(entry) = clients.get(client_id) else {
@@ -112,7 +112,7 @@ impl GateService for GrpcGate {
         &self,
         request: Request<Empty>,
     ) -> Result<Response<Self::RegisterStream>, Status> {
-        let remote = request.remote_addr();
+        let remote = goverse_tls::remote_addr(&request);
         let headers = request.metadata().clone().into_headers();
         let principal = self
             .inner
@@ -287,8 +287,28 @@ impl Gate {
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
         let limits = self.inner.config.connection_limits;
-        let incoming =
-            goverse_transport::Acceptor::new(listener, limits, "gate gRPC").into_incoming();
+        let acceptor = goverse_transport::Acceptor::new(listener, limits, "gate gRPC");
+        match self.inner.config.tls.clone() {
+            Some(tls) => {
+                let incoming = goverse_transport::tls_incoming(acceptor, tls.server);
+                self.serve_grpc_incoming(incoming, shutdown).await
+            }
+            None => {
+                self.serve_grpc_incoming(acceptor.into_incoming(), shutdown)
+                    .await
+            }
+        }
+    }
+
+    async fn serve_grpc_incoming<IO>(
+        &self,
+        incoming: impl futures::Stream<Item = std::io::Result<IO>> + Send + 'static,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error>
+    where
+        IO: goverse_transport::Accepted,
+    {
+        let limits = self.inner.config.connection_limits;
         let stop = self.inner.streams_stop.clone();
         let served = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(15)))

@@ -173,9 +173,16 @@ impl Gate {
         let limits = self.inner.config.connection_limits;
         // SSE streams would hold the drain open until its deadline.
         let streams = self.inner.streams_stop.clone();
-        crate::ops::serve_router(listener, router, limits, "gate HTTP", shutdown, move || {
-            streams.cancel()
-        })
+        let tls = self.inner.config.tls.as_ref().map(|t| t.server.clone());
+        crate::ops::serve_router_tls(
+            listener,
+            router,
+            limits,
+            "gate HTTP",
+            tls,
+            shutdown,
+            move || streams.cancel(),
+        )
         .await
     }
 

@@ -40,7 +40,10 @@ pub use grpc::status_of;
 pub use http::{
     CLIENT_ID_HEADER, CLIENT_TOKEN_HEADER, IDEMPOTENCY_KEY_HEADER, RELIABLE_STATUS_HEADER,
 };
-pub use ops::{ReadyCheck, authorised, ops_router, profiling_router, serve_router, unauthorised};
+pub use ops::{
+    ReadyCheck, authorised, ops_router, profiling_router, serve_router, serve_router_tls,
+    unauthorised,
+};
 pub use pages::{PageFile, pages_router};
 pub use registration::RegisterError;
 pub use serve::GateServeError;

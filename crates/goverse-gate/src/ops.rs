@@ -200,6 +200,21 @@ pub async fn serve_router(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     on_stop: impl FnOnce(),
 ) -> std::io::Result<()> {
+    serve_router_tls(listener, router, limits, what, None, shutdown, on_stop).await
+}
+
+/// [`serve_router`], over TLS when `tls` is given: each connection's handshake runs in its own
+/// task within the header timeout; a plaintext client gets a 400 saying the port needs TLS;
+/// failed handshakes are logged (once per 10 s) with the client's address and why.
+pub async fn serve_router_tls(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+    what: &'static str,
+    tls: Option<Arc<goverse_tls::ServerTls>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    on_stop: impl FnOnce(),
+) -> std::io::Result<()> {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use tower::ServiceExt as _;
     let mut acceptor = goverse_transport::Acceptor::new(listener, limits, what);
@@ -218,6 +233,7 @@ pub async fn serve_router(
         .keep_alive_interval(Some(Duration::from_secs(15)))
         .keep_alive_timeout(Duration::from_secs(20));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let failures = Arc::new(goverse_transport::HandshakeLog::default());
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -236,15 +252,36 @@ pub async fn serve_router(
                     request
                 });
         let service = hyper_util::service::TowerToHyperService::new(service);
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        connections.spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(peer = %remote, cause = %err, "HTTP connection ended");
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        match &tls {
+            None => {
+                connections.spawn(async move {
+                    let connection = builder
+                        .serve_connection_with_upgrades(TokioIo::new(io), service)
+                        .into_owned();
+                    if let Err(err) = watcher.watch(connection).await {
+                        tracing::debug!(peer = %remote, cause = %err, "HTTP connection ended");
+                    }
+                });
             }
-        });
+            Some(tls) => {
+                let (tls, failures) = (tls.clone(), failures.clone());
+                let handshake = limits.header_timeout;
+                connections.spawn(async move {
+                    let accepted =
+                        goverse_transport::accept_tls(&tls, io, remote, handshake, &failures);
+                    let Some(io) = accepted.await else {
+                        return;
+                    };
+                    let connection = builder
+                        .serve_connection_with_upgrades(TokioIo::new(io), service)
+                        .into_owned();
+                    if let Err(err) = watcher.watch(connection).await {
+                        tracing::debug!(peer = %remote, cause = %err, "HTTPS connection ended");
+                    }
+                });
+            }
+        }
     }
     on_stop();
     if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())

@@ -220,9 +220,17 @@ impl NodeBuilder {
         inner.metrics.add_source(&inner.metrics_source);
         inner.metrics.add_source(&goverse_transport::stats_source());
         let connector = self.connector.unwrap_or_else(|| {
-            Arc::new(goverse_transport::NetworkConnector::with_secret(
-                inner.config.peer_secret.as_deref().map(Into::into),
-            ))
+            let secret = inner.config.peer_secret.as_deref().map(Into::into);
+            match &inner.config.tls {
+                Some(tls) => Arc::new(goverse_transport::NetworkConnector::over(
+                    Arc::new(goverse_transport::TlsDialer::new(
+                        Arc::new(goverse_transport::TcpDialer),
+                        tls.client.clone(),
+                    )),
+                    secret,
+                )),
+                None => Arc::new(goverse_transport::NetworkConnector::with_secret(secret)),
+            }
         });
         let router = Router::for_node(
             inner.membership.view().clone(),

@@ -64,6 +64,10 @@ pub struct NodeConfig {
     /// Where this node's operations HTTP port (`/metrics`, `/ready`) is reached (`host:port`),
     /// published in its registration so the inspector finds it. `None`: it has none.
     pub ops_address: Option<String>,
+    /// TLS: the node service's certificate (peers must present one of the cluster's CA that
+    /// names a cluster member) and what this node's links to its peers present and trust.
+    /// `None`: plaintext (loopback-only clusters).
+    pub tls: Option<goverse_tls::Tls>,
 }
 
 impl Default for NodeConfig {
@@ -88,6 +92,7 @@ impl Default for NodeConfig {
             access_rules: Vec::new(),
             lifecycle_rules: Vec::new(),
             ops_address: None,
+            tls: None,
         }
     }
 }

@@ -27,10 +27,21 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    // With a cluster secret configured, only peers that present it are admitted.
+    // With a cluster secret configured, only peers that present it are admitted; with TLS, only
+    // peers whose certificate names a cluster member.
     let secret = node.config().peer_secret.as_deref().map(Into::into);
     let limits = node.config().connection_limits;
-    goverse_transport::serve_with_limits(node.handler(), listener, secret, limits, shutdown).await
+    match &node.config().tls {
+        Some(tls) => {
+            let server = tls.server.clone();
+            goverse_transport::serve_tls(node.handler(), listener, secret, limits, server, shutdown)
+                .await
+        }
+        None => {
+            goverse_transport::serve_with_limits(node.handler(), listener, secret, limits, shutdown)
+                .await
+        }
+    }
 }
 
 impl Node {

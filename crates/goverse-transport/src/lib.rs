@@ -26,6 +26,7 @@ mod request;
 mod router;
 mod server;
 mod stats;
+mod tls;
 mod wire;
 
 pub use handler::{Handler, Incoming};
@@ -37,9 +38,11 @@ pub use listen::{Acceptor, ConnectionLimits, Guarded, Throttle, with_drain_deadl
 pub use request::{Op, Outcome, PEER_PUSH_BACKLOG, PeerRefused, PeerSink, PushRefused, Request};
 pub use router::{Connector, InProcessNetwork, NetworkConnector, Router};
 pub use server::{
-    ServeError, constant_time_eq, serve, serve_incoming, serve_with_limits, serve_with_secret,
+    ServeError, constant_time_eq, serve, serve_incoming, serve_tls, serve_with_limits,
+    serve_with_secret,
 };
 pub use stats::{TransportStats, stats_source};
+pub use tls::{HandshakeLog, TlsDialer, accept_tls, tls_incoming};
 /// What a server learns of an accepted connection (implement it for a connection type of your
 /// own to serve on it).
 pub use tonic::transport::server::Connected;

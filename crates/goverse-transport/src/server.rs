@@ -95,6 +95,23 @@ pub async fn serve_with_limits(
     serve_incoming(handler, incoming, secret, limits, shutdown).await
 }
 
+/// [`serve_with_limits`] over TLS: peers must present a certificate that `tls`'s client CA
+/// signed and that names a cluster member (`goverse://node/ID` or `goverse://gate/ID`); a
+/// peer naming its address in [`PEER_ADDRESS_HEADER`] must have that host in its certificate.
+/// The secret, when there is one, is asked for as well.
+pub async fn serve_tls(
+    handler: Arc<dyn Handler>,
+    listener: TcpListener,
+    secret: Option<Arc<str>>,
+    limits: ConnectionLimits,
+    tls: Arc<goverse_tls::ServerTls>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let acceptor = Acceptor::new(listener, limits, "node service");
+    let incoming = crate::tls::tls_incoming(acceptor, tls);
+    serve_inner(handler, incoming, secret, true, limits, shutdown).await
+}
+
 /// Serves `handler` on every connection `incoming` yields (a guarded TCP listener, a
 /// [`crate::MemoryNetwork`] listener, a TLS acceptor) until `shutdown` completes; then ends
 /// every peer stream and waits up to `limits.drain_timeout` for the answers still due. Admits
@@ -113,6 +130,22 @@ where
     S: futures::Stream<Item = std::io::Result<IO>> + Send + 'static,
     IO: crate::Accepted,
 {
+    serve_inner(handler, incoming, secret, false, limits, shutdown).await
+}
+
+/// [`serve_incoming`]; with `members`, only peers whose TLS certificate names a cluster member.
+async fn serve_inner<S, IO>(
+    handler: Arc<dyn Handler>,
+    incoming: S,
+    secret: Option<Arc<str>>,
+    members: bool,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError>
+where
+    S: futures::Stream<Item = std::io::Result<IO>> + Send + 'static,
+    IO: crate::Accepted,
+{
     let drain_timeout = limits.drain_timeout;
     let stop = CancellationToken::new();
     let readers = TaskTracker::new();
@@ -120,6 +153,7 @@ where
     let service = NodeServiceServer::new(NodeRpc {
         handler,
         secret,
+        members,
         stop: stop.clone(),
         readers: readers.clone(),
         serials: AtomicU64::new(0),
@@ -131,6 +165,7 @@ where
     let upstream = UpstreamNodeServer::new(UpstreamNode {
         handler: service_handler.clone(),
         secret: service_secret.clone(),
+        members,
         refusals: Throttle::new(Duration::from_secs(10)),
     });
     let served = tonic::transport::Server::builder()
@@ -166,6 +201,8 @@ where
 struct NodeRpc {
     handler: Arc<dyn Handler>,
     secret: Option<Arc<str>>,
+    /// Only peers whose TLS certificate names a cluster member.
+    members: bool,
     stop: CancellationToken,
     readers: TaskTracker,
     serials: AtomicU64,
@@ -178,7 +215,12 @@ struct NodeRpc {
 impl NodeRpc {
     /// Refuses a peer that does not send the cluster's secret (when there is one).
     fn admit<T>(&self, request: &tonic::Request<T>) -> Result<(), Status> {
-        admit(self.secret.as_deref(), request, &self.refusals)
+        admit(
+            self.secret.as_deref(),
+            self.members,
+            request,
+            &self.refusals,
+        )
     }
 }
 
@@ -186,9 +228,13 @@ impl NodeRpc {
 /// once per `refusals` interval.
 fn admit<T>(
     secret: Option<&str>,
+    members: bool,
     request: &tonic::Request<T>,
     refusals: &Throttle,
 ) -> Result<(), Status> {
+    if members {
+        admit_member(request, refusals)?;
+    }
     let Some(secret) = secret else {
         return Ok(());
     };
@@ -200,8 +246,7 @@ fn admit<T>(
     if constant_time_eq(sent, secret.as_bytes()) {
         return Ok(());
     }
-    let from = request
-        .remote_addr()
+    let from = goverse_tls::remote_addr(request)
         .map_or_else(|| "an unknown address".to_owned(), |a| a.to_string());
     if let Some(more) = refusals.hit() {
         tracing::warn!(peer = %from, sent = !sent.is_empty(), refused_since_last = more,
@@ -212,11 +257,52 @@ fn admit<T>(
     ))
 }
 
+/// Refuses a peer whose certificate does not name a cluster member, or names another host than
+/// the address it claims in [`PEER_ADDRESS_HEADER`].
+fn admit_member<T>(request: &tonic::Request<T>, refusals: &Throttle) -> Result<(), Status> {
+    let from = goverse_tls::remote_addr(request)
+        .map_or_else(|| "an unknown address".to_owned(), |a| a.to_string());
+    let refuse = |why: String| {
+        if let Some(more) = refusals.hit() {
+            tracing::warn!(peer = %from, refused_since_last = more, "refused a peer: {why}");
+        }
+        Status::permission_denied(why)
+    };
+    let Some(cert) = goverse_tls::peer_certificate(request) else {
+        return Err(refuse(
+            "this node admits only cluster members over mutual TLS: no client certificate".into(),
+        ));
+    };
+    match cert.member() {
+        Some(("node" | "gate", _)) => {}
+        _ => {
+            return Err(refuse(format!(
+                "the certificate {cert} names no cluster member (goverse://node/ID or goverse://gate/ID)"
+            )));
+        }
+    }
+    if let Some(claimed) = request
+        .metadata()
+        .get(PEER_ADDRESS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+    {
+        let host = claimed.rsplit_once(':').map_or(claimed, |(host, _)| host);
+        if !cert.names_host(host) {
+            return Err(refuse(format!(
+                "the peer claims the address {claimed}, which its certificate {cert} does not name"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Upstream's node service (`goverse.Goverse`): its read-only calls, for upstream's tools;
 /// behind the cluster secret as the node protocol is. Its other calls answer UNIMPLEMENTED.
 struct UpstreamNode {
     handler: Arc<dyn Handler>,
     secret: Option<Arc<str>>,
+    members: bool,
     refusals: Throttle,
 }
 
@@ -226,7 +312,12 @@ impl goverse_proto::upstream::goverse_server::Goverse for UpstreamNode {
         &self,
         request: tonic::Request<goverse_proto::upstream::Empty>,
     ) -> Result<tonic::Response<goverse_proto::upstream::StatusResponse>, Status> {
-        admit(self.secret.as_deref(), &request, &self.refusals)?;
+        admit(
+            self.secret.as_deref(),
+            self.members,
+            &request,
+            &self.refusals,
+        )?;
         Ok(tonic::Response::new(self.handler.status()))
     }
 
@@ -234,7 +325,12 @@ impl goverse_proto::upstream::goverse_server::Goverse for UpstreamNode {
         &self,
         request: tonic::Request<goverse_proto::upstream::Empty>,
     ) -> Result<tonic::Response<goverse_proto::upstream::ListObjectsResponse>, Status> {
-        admit(self.secret.as_deref(), &request, &self.refusals)?;
+        admit(
+            self.secret.as_deref(),
+            self.members,
+            &request,
+            &self.refusals,
+        )?;
         Ok(tonic::Response::new(self.handler.list_objects()))
     }
 }
@@ -262,7 +358,7 @@ impl NodeService for NodeRpc {
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty())
             .map(Into::into);
-        let request_remote = request.remote_addr();
+        let request_remote = goverse_tls::remote_addr(&request);
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::unbounded_channel();
         let serial = self.serials.fetch_add(1, Ordering::Relaxed);

@@ -11,6 +11,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -50,6 +51,39 @@ pub struct ClusterFile {
     /// to the inspector, it reads the cluster store and the nodes' operations ports).
     #[serde(default)]
     pub inspector: Option<InspectorSection>,
+    /// Ours: TLS on every node and gate port and link (see [`TlsSection`]).
+    #[serde(default)]
+    pub tls: Option<TlsSection>,
+}
+
+/// `tls:` (ours). With it, node services and node links speak mutual TLS (a peer is admitted
+/// when its certificate is signed by `ca_file` and names a cluster member, `goverse://node/ID`
+/// or `goverse://gate/ID`, and the host it claims), and gates serve clients over TLS. The
+/// cluster secret, when set, is asked for as well. Paths are relative to the file's directory.
+/// Certificates and keys are reloaded on SIGHUP and when a file changes.
+#[serde_with::skip_serializing_none]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// The cluster's CA (PEM): it signs every node's and gate's certificate, and clients check
+    /// gates against it.
+    pub ca_file: PathBuf,
+    /// The certificate of every process without one of its own (`tls_cert_file` of its entry).
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// Its key.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Gates ask clients for a certificate signed by this CA (PEM); one that presents another
+    /// is refused. Without it, clients authenticate by token only.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// With `client_ca_file`: every client must present a certificate (mutual TLS).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub require_client_cert: bool,
+    /// How often the files are checked for changes (10s).
+    #[serde(default, with = "opt_duration")]
+    pub reload_interval: Option<Duration>,
 }
 
 /// `cluster:`.
@@ -188,6 +222,9 @@ pub struct Generate {
     pub ops_port: u16,
     /// The inspector's port (`inspector.http_addr`; 8090).
     pub inspector_port: u16,
+    /// TLS: the directory (as the file names it, relative to the file's) of the development
+    /// CA and the certificates [`ClusterFile::issue_dev_certificates`] writes. `None`: plaintext.
+    pub tls_dir: Option<PathBuf>,
 }
 
 impl Default for Generate {
@@ -203,6 +240,7 @@ impl Default for Generate {
             http_port: 8081,
             ops_port: 9101,
             inspector_port: 8090,
+            tls_dir: None,
         }
     }
 }
@@ -217,6 +255,16 @@ pub struct EtcdSection {
     /// The key prefix (`/goverse`).
     #[serde(default = "default_prefix")]
     pub prefix: String,
+    /// Ours: etcd's CA (PEM); with it the endpoints are reached over TLS and etcd's
+    /// certificate is checked against it and the endpoint's host.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Ours: the client certificate etcd asks for (`--client-cert-auth`), with `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// Its key.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
 }
 
 fn default_prefix() -> String {
@@ -349,6 +397,12 @@ pub struct NodeEntry {
     /// `http_addr`, for callers with `cluster.admin_token` (which it needs).
     #[serde(default, skip_serializing_if = "is_false")]
     pub enable_pprof: bool,
+    /// Ours: this node's certificate (with `tls`; `tls.cert_file` when absent).
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// Its key.
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl NodeEntry {
@@ -382,6 +436,12 @@ pub struct GateEntry {
     /// `cluster.admin_token`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub enable_pprof: bool,
+    /// Ours: this gate's certificate (with `tls`; `tls.cert_file` when absent).
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// Its key.
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl GateEntry {
@@ -425,13 +485,59 @@ impl ClusterFile {
             .filter(|(k, _)| k.starts_with(ENV_PREFIX))
             .collect();
         let mut file = Self::parse(&text, &path.display().to_string(), &env)?;
-        if let Some(sqlite) = &mut file.sqlite
-            && sqlite.path.is_relative()
-            && let Some(dir) = path.parent()
-        {
-            sqlite.path = dir.join(&sqlite.path);
+        if let Some(dir) = path.parent() {
+            file.resolve_paths(dir);
         }
         Ok(file)
+    }
+
+    /// Makes the file's relative paths (the SQLite file, certificates and keys) relative to
+    /// `dir`, the file's directory.
+    pub fn resolve_paths(&mut self, dir: &Path) {
+        let resolve = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = dir.join(&*path);
+            }
+        };
+        if let Some(sqlite) = &mut self.sqlite {
+            resolve(&mut sqlite.path);
+        }
+        if let Some(tls) = &mut self.tls {
+            resolve(&mut tls.ca_file);
+            for path in [
+                &mut tls.cert_file,
+                &mut tls.key_file,
+                &mut tls.client_ca_file,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                resolve(path);
+            }
+        }
+        let etcd = &mut self.cluster.etcd;
+        for path in [&mut etcd.ca_file, &mut etcd.cert_file, &mut etcd.key_file]
+            .into_iter()
+            .flatten()
+        {
+            resolve(path);
+        }
+        for node in &mut self.nodes {
+            for path in [&mut node.tls_cert_file, &mut node.tls_key_file]
+                .into_iter()
+                .flatten()
+            {
+                resolve(path);
+            }
+        }
+        for gate in &mut self.gates {
+            for path in [&mut gate.tls_cert_file, &mut gate.tls_key_file]
+                .into_iter()
+                .flatten()
+            {
+                resolve(path);
+            }
+        }
     }
 
     /// Parses `text` (named `name` in errors) with the overrides in `env` (pairs of
@@ -553,11 +659,62 @@ impl ClusterFile {
                 ));
             }
         }
-        if c.secret.is_none() && !self.all_loopback() {
+        if c.secret.is_none() && self.tls.is_none() && !self.all_loopback() {
             return Err(InvalidSetting::new(
                 "cluster.secret",
-                "needed when nodes or gates listen on non-loopback addresses \
+                "needed when nodes or gates listen on non-loopback addresses without `tls` \
                  (peers authenticate with it; set it here or in GOVERSE_CLUSTER__SECRET)",
+            ));
+        }
+        if let Some(tls) = &self.tls {
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                return Err(InvalidSetting::new(
+                    "tls.cert_file",
+                    "cert_file and key_file go together",
+                ));
+            }
+            if tls.require_client_cert && tls.client_ca_file.is_none() {
+                return Err(InvalidSetting::new(
+                    "tls.require_client_cert",
+                    "needs tls.client_ca_file (the CA client certificates are checked against)",
+                ));
+            }
+            let entries = self
+                .nodes
+                .iter()
+                .map(|n| ("nodes", &n.id, &n.tls_cert_file, &n.tls_key_file))
+                .chain(
+                    self.gates
+                        .iter()
+                        .map(|g| ("gates", &g.id, &g.tls_cert_file, &g.tls_key_file)),
+                );
+            for (kind, id, cert, key) in entries {
+                if cert.is_some() != key.is_some() {
+                    return Err(InvalidSetting::new(
+                        format!("{kind}[{id}].tls_cert_file"),
+                        "tls_cert_file and tls_key_file go together",
+                    ));
+                }
+                if cert.is_none() && tls.cert_file.is_none() {
+                    return Err(InvalidSetting::new(
+                        format!("{kind}[{id}].tls_cert_file"),
+                        "with `tls`, every node and gate needs a certificate (its own, or \
+                         tls.cert_file)",
+                    ));
+                }
+            }
+        }
+        let etcd = &c.etcd;
+        if etcd.cert_file.is_some() != etcd.key_file.is_some() {
+            return Err(InvalidSetting::new(
+                "cluster.etcd.cert_file",
+                "cert_file and key_file go together",
+            ));
+        }
+        if etcd.cert_file.is_some() && etcd.ca_file.is_none() {
+            return Err(InvalidSetting::new(
+                "cluster.etcd.cert_file",
+                "a client certificate is presented over TLS, which needs cluster.etcd.ca_file",
             ));
         }
         if let Some(quorum) = c.min_quorum {
@@ -829,12 +986,90 @@ impl ClusterFile {
         })
     }
 
-    /// The etcd connection settings.
-    pub fn etcd(&self) -> crate::cluster::EtcdConfig {
-        crate::cluster::EtcdConfig {
-            endpoints: self.cluster.etcd.endpoints.clone(),
+    /// The etcd connection settings (TLS loaded from `cluster.etcd.ca_file` when set).
+    pub fn etcd(&self) -> Result<crate::cluster::EtcdConfig, ConfigError> {
+        let etcd = &self.cluster.etcd;
+        let tls = match &etcd.ca_file {
+            Some(ca) => Some(
+                goverse_tls::ClientTls::load(
+                    "etcd",
+                    goverse_tls::ClientFiles {
+                        ca: Some(ca.clone()),
+                        cert: etcd.cert_file.clone(),
+                        key: etcd.key_file.clone(),
+                        verify: goverse_tls::Verify::Full,
+                    },
+                    goverse_tls::ALPN_H2,
+                )
+                .map_err(|e| tls_error("cluster.etcd", &e))?,
+            ),
+            None => None,
+        };
+        Ok(crate::cluster::EtcdConfig {
+            endpoints: etcd.endpoints.clone(),
+            tls,
             ..crate::cluster::EtcdConfig::default()
-        }
+        })
+    }
+
+    /// The TLS of node `id` (its node service and its links), when the file has `tls`.
+    pub fn node_tls(&self, id: &str) -> Result<Option<goverse_tls::Tls>, ConfigError> {
+        let entry = self.node(id).map_err(|e| tls_error("nodes", &e))?;
+        let Some(tls) = &self.tls else {
+            return Ok(None);
+        };
+        let (cert, key) = own_files(tls, &entry.tls_cert_file, &entry.tls_key_file);
+        let server = goverse_tls::ServerTls::load(
+            "node service",
+            goverse_tls::ServerFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_auth: goverse_tls::ClientAuth::Required(tls.ca_file.clone()),
+            },
+            goverse_tls::ALPN_H2,
+        )
+        .map_err(|e| tls_error("tls", &e))?;
+        Ok(Some(goverse_tls::Tls {
+            server,
+            client: member_client(tls, cert, key)?,
+        }))
+    }
+
+    /// The TLS of gate `id` (its client-facing ports and its links to nodes), when the file
+    /// has `tls`.
+    pub fn gate_tls(&self, id: &str) -> Result<Option<goverse_tls::Tls>, ConfigError> {
+        let entry = self.gate(id).map_err(|e| tls_error("gates", &e))?;
+        let Some(tls) = &self.tls else {
+            return Ok(None);
+        };
+        let (cert, key) = own_files(tls, &entry.tls_cert_file, &entry.tls_key_file);
+        let client_auth = match (&tls.client_ca_file, tls.require_client_cert) {
+            (Some(ca), true) => goverse_tls::ClientAuth::Required(ca.clone()),
+            (Some(ca), false) => goverse_tls::ClientAuth::Optional(ca.clone()),
+            (None, _) => goverse_tls::ClientAuth::None,
+        };
+        let server = goverse_tls::ServerTls::load(
+            "gate",
+            goverse_tls::ServerFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_auth,
+            },
+            goverse_tls::ALPN_HTTP,
+        )
+        .map_err(|e| tls_error("tls", &e))?;
+        Ok(Some(goverse_tls::Tls {
+            server,
+            client: member_client(tls, cert, key)?,
+        }))
+    }
+
+    /// How often certificate files are checked for changes (`tls.reload_interval`, 10s).
+    pub fn tls_reload_interval(&self) -> Duration {
+        self.tls
+            .as_ref()
+            .and_then(|t| t.reload_interval)
+            .unwrap_or(Duration::from_secs(10))
     }
 
     /// Whether every node and gate address is on loopback (a cluster on one machine).
@@ -881,6 +1116,9 @@ impl ClusterFile {
                 etcd: EtcdSection {
                     endpoints: vec![g.etcd.clone()],
                     prefix: default_prefix(),
+                    ca_file: None,
+                    cert_file: None,
+                    key_file: None,
                 },
                 cluster_state_stability_duration: Some(Duration::from_secs(10)),
                 stuck_shard_reallocation_timeout: Some(Duration::from_secs(60)),
@@ -907,6 +1145,8 @@ impl ClusterFile {
                     advertise_addr: None,
                     http_addr: Some(port(g.ops_port, n)),
                     enable_pprof: false,
+                    tls_cert_file: tls_file(g, &format!("node-{}.pem", n + 1)),
+                    tls_key_file: tls_file(g, &format!("node-{}-key.pem", n + 1)),
                 })
                 .collect(),
             gates: (0..g.gates)
@@ -917,6 +1157,8 @@ impl ClusterFile {
                     http_addr: Some(port(g.http_port, n)),
                     ops_addr: None,
                     enable_pprof: false,
+                    tls_cert_file: tls_file(g, &format!("gate-{}.pem", n + 1)),
+                    tls_key_file: tls_file(g, &format!("gate-{}-key.pem", n + 1)),
                 })
                 .collect(),
             object_access_rules: Vec::new(),
@@ -925,7 +1167,91 @@ impl ClusterFile {
                 http_addr: Some(format!("127.0.0.1:{}", g.inspector_port)),
                 ..InspectorSection::default()
             }),
+            tls: g.tls_dir.as_ref().map(|dir| TlsSection {
+                ca_file: dir.join("ca.pem"),
+                cert_file: None,
+                key_file: None,
+                client_ca_file: None,
+                require_client_cert: false,
+                reload_interval: None,
+            }),
         }
+    }
+
+    /// Writes a development CA (`ca.pem`, `ca-key.pem` beside `tls.ca_file`) and, from it, a
+    /// certificate and key for every node and gate at the paths their entries name, naming the
+    /// hosts of their addresses (with `localhost` and `127.0.0.1`) and the member
+    /// (`goverse://node/ID`, `goverse://gate/ID`); valid for a year. Relative paths are taken
+    /// from `base` (the file's directory). For development and tests: a production cluster's
+    /// certificates come from its own CA.
+    pub fn issue_dev_certificates(&self, base: &Path) -> Result<(), goverse_tls::TlsError> {
+        use goverse_tls::dev::{DevCa, Subject};
+        let Some(tls) = &self.tls else {
+            return Ok(());
+        };
+        let at = |path: &Path| base.join(path);
+        let write = |path: &Path, text: &str| {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|cause| goverse_tls::TlsError::Read {
+                    path: dir.to_owned(),
+                    cause,
+                })?;
+            }
+            std::fs::write(path, text).map_err(|cause| goverse_tls::TlsError::Read {
+                path: path.to_owned(),
+                cause,
+            })
+        };
+        let ca_path = at(&tls.ca_file);
+        let ca_dir = ca_path.parent().unwrap_or(base).to_owned();
+        let ca = DevCa::generate("GoVerse development CA")?;
+        ca.write(&ca_dir)
+            .map_err(|cause| goverse_tls::TlsError::Read {
+                path: ca_dir.clone(),
+                cause,
+            })?;
+        write(&ca_path, ca.cert_pem())?;
+        let host = |addr: &str| -> String {
+            let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned()
+        };
+        let year = Duration::from_secs(365 * 24 * 3600);
+        let members = self
+            .nodes
+            .iter()
+            .map(|n| {
+                let addrs = [
+                    Some(n.grpc_addr.as_str()),
+                    Some(n.advertise()),
+                    n.http_addr.as_deref(),
+                ];
+                ("node", &n.id, addrs, &n.tls_cert_file, &n.tls_key_file)
+            })
+            .chain(self.gates.iter().map(|g| {
+                let addrs = [
+                    Some(g.grpc_addr.as_str()),
+                    Some(g.advertise()),
+                    g.http_addr.as_deref(),
+                ];
+                ("gate", &g.id, addrs, &g.tls_cert_file, &g.tls_key_file)
+            }));
+        for (role, id, addrs, cert, key) in members {
+            let (cert, key) = own_files(tls, cert, key);
+            let mut hosts: Vec<String> = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+            for addr in addrs.into_iter().flatten() {
+                let h = host(addr);
+                if !h.is_empty() && !matches!(h.as_str(), "0.0.0.0" | "::") && !hosts.contains(&h) {
+                    hosts.push(h);
+                }
+            }
+            let issued =
+                ca.issue(&Subject::new(id.clone(), hosts, year).member(format!("{role}/{id}")))?;
+            write(&at(&cert), &issued.cert_pem)?;
+            write(&at(&key), &issued.key_pem)?;
+        }
+        Ok(())
     }
 
     /// The file as YAML that [`ClusterFile::parse`] reads back the same, after a comment saying
@@ -938,6 +1264,55 @@ impl ClusterFile {
              # GOVERSE_CLUSTER__SECRET and GOVERSE_CLUSTER__ADMIN_TOKEN).\n{body}"
         )
     }
+}
+
+/// `{tls_dir}/{name}` when the generated file has TLS.
+fn tls_file(g: &Generate, name: &str) -> Option<PathBuf> {
+    g.tls_dir.as_ref().map(|dir| dir.join(name))
+}
+
+fn tls_error(section: &str, err: &dyn std::fmt::Display) -> ConfigError {
+    ConfigError {
+        file: section.to_owned(),
+        message: err.to_string(),
+    }
+}
+
+/// A process's certificate and key: its entry's, or the section's.
+fn own_files(
+    tls: &TlsSection,
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+) -> (PathBuf, PathBuf) {
+    // Validation guarantees one pair or the other.
+    let cert = cert
+        .clone()
+        .or_else(|| tls.cert_file.clone())
+        .unwrap_or_default();
+    let key = key
+        .clone()
+        .or_else(|| tls.key_file.clone())
+        .unwrap_or_default();
+    (cert, key)
+}
+
+/// What a member's links to nodes present and trust.
+fn member_client(
+    tls: &TlsSection,
+    cert: PathBuf,
+    key: PathBuf,
+) -> Result<Arc<goverse_tls::ClientTls>, ConfigError> {
+    goverse_tls::ClientTls::load(
+        "node links",
+        goverse_tls::ClientFiles {
+            ca: Some(tls.ca_file.clone()),
+            cert: Some(cert),
+            key: Some(key),
+            verify: goverse_tls::Verify::Full,
+        },
+        goverse_tls::ALPN_H2,
+    )
+    .map_err(|e| tls_error("tls", &e))
 }
 
 fn is_false(b: &bool) -> bool {
@@ -1535,7 +1910,7 @@ gates:
         ];
         let file = ClusterFile::parse(FILE, "test.yaml", &env).unwrap();
         assert_eq!(file.cluster.shards, 128);
-        assert_eq!(file.etcd().endpoints.len(), 2);
+        assert_eq!(file.etcd().unwrap().endpoints.len(), 2);
         assert_eq!(file.node_config("a").unwrap().min_quorum, 2);
         let env = vec![("GOVERSE_CLUSTER__SHARDZ".to_owned(), "1".to_owned())];
         let err = ClusterFile::parse(FILE, "test.yaml", &env)

@@ -74,6 +74,8 @@ pub mod client {
 }
 
 pub mod config;
+/// TLS: certificates from PEM files, reloaded on SIGHUP or change (`goverse-tls`).
+pub use goverse_tls as tls;
 pub mod run;
 
 /// The inspector: a web UI and a JSON + SSE API over a cluster, with operators' moves, pins

@@ -210,19 +210,29 @@ pub async fn open_store(file: &ClusterFile) -> Result<Option<Arc<dyn ObjectStore
     Ok(None)
 }
 
-/// Warns when the file has no cluster secret (it loads only when every address is loopback
-/// then): peers are not authenticated.
+/// Warns when the file has neither a cluster secret nor TLS (it loads only when every address
+/// is loopback then): peers are not authenticated.
 pub fn warn_if_unauthenticated(file: &ClusterFile) {
-    if file.cluster.secret.is_none() {
+    if file.cluster.secret.is_none() && file.tls.is_none() {
         tracing::warn!(
             "peers are not authenticated (no cluster.secret): fine on loopback, as this file has it"
         );
     }
 }
 
-/// Connects to the file's etcd (every endpoint).
+/// Connects to the file's etcd (every endpoint; over TLS when `cluster.etcd.ca_file` is set,
+/// reloading its certificates on SIGHUP or change).
 pub async fn connect_cluster(file: &ClusterFile) -> Result<Arc<dyn ClusterStore>, RunError> {
-    let etcd = EtcdClusterStore::connect(&file.etcd())
+    let config = file.etcd()?;
+    if let Some(tls) = &config.tls {
+        // Reloaded for the process's life, as its other certificates.
+        goverse_tls::watch(
+            vec![tls.clone()],
+            file.tls_reload_interval(),
+            tokio_util::sync::CancellationToken::new(),
+        );
+    }
+    let etcd = EtcdClusterStore::connect(&config)
         .await
         .map_err(RunError::Etcd)?;
     Ok(Arc::new(etcd))
@@ -268,8 +278,15 @@ pub async fn run_node(
 ) -> Result<(), RunError> {
     let file = ClusterFile::load(&flags.config)?;
     let entry = file.node(&flags.node_id)?.clone();
-    let config = file.node_config(&flags.node_id)?;
+    let mut config = file.node_config(&flags.node_id)?;
+    config.tls = file.node_tls(&flags.node_id)?;
     warn_if_unauthenticated(&file);
+    // Certificates are reloaded on SIGHUP and when their files change, for the process's life.
+    let reloading = tokio_util::sync::CancellationToken::new();
+    let _reloading = reloading.clone().drop_guard();
+    if let Some(tls) = &config.tls {
+        goverse_tls::watch(tls.reloadables(), file.tls_reload_interval(), reloading);
+    }
     let ops_listener = match &entry.http_addr {
         Some(address) => {
             Some(
