@@ -3,7 +3,7 @@
 //! Then what an attacker or a mistake would try: plaintext clients of the TLS ports, a client
 //! trusting another CA, a node whose certificate another CA signed, an expired certificate
 //! loaded by SIGHUP; and what an operator does: renewing a certificate with SIGHUP while
-//! clients stay connected.
+//! clients stay connected. etcd is reached over TLS with a client certificate as well.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use goverse::config::ClusterFile;
 use goverse::prelude::ErrorCode;
 use goverse::tls::dev::{DevCa, Subject};
 use goverse::wkt::Int32Value;
-use goverse_testkit::{EtcdServer, Process, free_ports_in_a_row, python};
+use goverse_testkit::{EtcdServer, EtcdTls, Process, free_ports_in_a_row, python};
 
 /// The `goverse` binary.
 const GOVERSE: &str = env!("CARGO_BIN_EXE_goverse");
@@ -66,16 +66,33 @@ fn expect_line(process: &mut Process, texts: &[&str]) -> String {
     }
 }
 
+/// Issues `{dir}/{name}.pem` and its key from `ca`: `subject`, or one for 127.0.0.1 naming
+/// `member` (none when empty).
 fn issue(ca: &DevCa, name: &str, member: &str, dir: &Path, subject: Option<Subject>) {
     let subject = subject.unwrap_or_else(|| {
-        Subject::new(name, vec!["127.0.0.1".into(), "localhost".into()], YEAR).member(member)
+        let subject = Subject::new(name, vec!["127.0.0.1".into(), "localhost".into()], YEAR);
+        if member.is_empty() {
+            subject
+        } else {
+            subject.member(member)
+        }
     });
     ca.issue(&subject).unwrap().write(dir, name).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_cluster_serves_its_clients_and_refuses_plaintext_strangers_and_bad_certificates() {
-    let etcd = EtcdServer::start();
+    // etcd, too, over TLS with client certificates, from a CA of its own.
+    let etcd_pki = tempfile::tempdir().unwrap();
+    let etcd_ca = DevCa::generate("etcd CA").unwrap();
+    etcd_ca.write(etcd_pki.path()).unwrap();
+    issue(&etcd_ca, "etcd", "", etcd_pki.path(), None);
+    issue(&etcd_ca, "etcd-client", "", etcd_pki.path(), None);
+    let etcd = EtcdServer::start_tls(EtcdTls {
+        cert: etcd_pki.path().join("etcd.pem"),
+        key: etcd_pki.path().join("etcd-key.pem"),
+        client_ca: etcd_pki.path().join("ca.pem"),
+    });
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("cluster.yaml");
     let base = free_ports_in_a_row(16);
@@ -113,6 +130,9 @@ async fn a_tls_cluster_serves_its_clients_and_refuses_plaintext_strangers_and_ba
     assert!(file.tls.is_some());
     file.cluster.lease_ttl = Some(Duration::from_secs(2));
     file.cluster.cluster_state_stability_duration = Some(Duration::from_secs(1));
+    file.cluster.etcd.ca_file = Some(etcd_pki.path().join("ca.pem"));
+    file.cluster.etcd.cert_file = Some(etcd_pki.path().join("etcd-client.pem"));
+    file.cluster.etcd.key_file = Some(etcd_pki.path().join("etcd-client-key.pem"));
     std::fs::write(&config, file.to_yaml()).unwrap();
     let config = config.to_str().unwrap().to_owned();
     let ca_pem = tls_dir.join("ca.pem");

@@ -846,6 +846,85 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn etcd_over_tls_admits_a_client_certificate_of_its_ca_and_names_what_is_refused() {
+        use goverse_tls::dev::{DevCa, Subject};
+        use goverse_tls::{ALPN_H2, ClientFiles, ClientTls, Verify};
+        let pki = tempfile::tempdir().unwrap();
+        let dir = pki.path();
+        let year = Duration::from_secs(365 * 24 * 3600);
+        let hosts = vec!["127.0.0.1".to_owned()];
+        let ca = DevCa::generate("etcd CA").unwrap();
+        ca.write(dir).unwrap();
+        for name in ["etcd", "node"] {
+            ca.issue(&Subject::new(name, hosts.clone(), year))
+                .unwrap()
+                .write(dir, name)
+                .unwrap();
+        }
+        let other = DevCa::generate("another CA").unwrap();
+        other
+            .issue(&Subject::new("stranger", hosts, year))
+            .unwrap()
+            .write(dir, "stranger")
+            .unwrap();
+        let etcd = goverse_testkit::EtcdServer::start_tls(goverse_testkit::EtcdTls {
+            cert: dir.join("etcd.pem"),
+            key: dir.join("etcd-key.pem"),
+            client_ca: dir.join("ca.pem"),
+        });
+        let with = |cert: Option<&str>| EtcdConfig {
+            tls: Some(
+                ClientTls::load(
+                    "etcd",
+                    ClientFiles {
+                        ca: Some(dir.join("ca.pem")),
+                        cert: cert.map(|c| dir.join(format!("{c}.pem"))),
+                        key: cert.map(|c| dir.join(format!("{c}-key.pem"))),
+                        verify: Verify::Full,
+                    },
+                    ALPN_H2,
+                )
+                .unwrap(),
+            ),
+            ..config(vec![etcd.endpoint()])
+        };
+        // etcd takes a moment to serve after its port opens.
+        let mut store = None;
+        for _ in 0..100 {
+            if let Ok(s) = EtcdClusterStore::connect(&with(Some("node"))).await {
+                store = Some(s);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let store = store.expect("etcd over TLS answers");
+        assert!(
+            store.endpoints().starts_with("https://"),
+            "{}",
+            store.endpoints()
+        );
+        store.put("/t/k", b"v".to_vec(), None).await.unwrap();
+        assert_eq!(store.get("/t/k").await.unwrap().unwrap().value, b"v");
+
+        // etcd refuses these after the handshake (TLS 1.3), so the client sees its connection
+        // closed (the reason is in its log); etcd logs the refusal.
+        for cert in [None, Some("stranger")] {
+            let err = EtcdClusterStore::connect(&with(cert)).await.unwrap_err();
+            assert!(
+                matches!(err, ClusterError::Unavailable(_)),
+                "{cert:?}: {err}"
+            );
+        }
+        let log = etcd.log();
+        assert!(log.contains("rejected connection"), "{log}");
+        // A plaintext client of etcd's TLS port.
+        let err = EtcdClusterStore::connect(&config(vec![etcd.endpoint()]))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClusterError::Unavailable(_)), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_endpoint_is_used_and_a_dead_etcd_is_named() {
         let etcd = goverse_testkit::EtcdServer::start();
         let dead = format!("127.0.0.1:{}", goverse_testkit::free_port());
@@ -867,7 +946,7 @@ mod tests {
         let err = EtcdClusterStore::connect(&config(vec!["https://x:1".into()]))
             .await
             .unwrap_err();
-        assert!(err.to_string().contains("TLS"), "{err}");
+        assert!(err.to_string().contains("over TLS"), "{err}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,6 +22,7 @@
 //! all.
 
 mod memory;
+mod pg_tls;
 mod postgres;
 mod sqlite;
 

@@ -115,16 +115,32 @@ impl PostgresConfig {
         Self::new(url)
     }
 
+    /// Adds libpq's `sslrootcert`, `sslcert` and `sslkey` (files; `None` leaves one out) to a
+    /// `key=value` connection string.
+    pub fn with_ssl_files(
+        mut self,
+        root_cert: Option<&std::path::Path>,
+        cert: Option<&std::path::Path>,
+        key: Option<&std::path::Path>,
+    ) -> Self {
+        for (name, path) in [
+            ("sslrootcert", root_cert),
+            ("sslcert", cert),
+            ("sslkey", key),
+        ] {
+            if let Some(path) = path {
+                let value = path.display().to_string();
+                let value = value.replace('\\', "\\\\").replace('\'', "\\'");
+                self.url.push_str(&format!(" {name}='{value}'"));
+            }
+        }
+        self
+    }
+
     /// Checks the values, naming the first bad one.
     pub fn validate(&self) -> Result<(), InvalidSetting> {
-        let parsed = self.parsed()?;
-        if parsed.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            return Err(InvalidSetting::new(
-                "sslmode",
-                "require is not supported yet: connections to PostgreSQL are plain TCP \
-                 (use sslmode=disable or prefer, on a trusted network)",
-            ));
-        }
+        self.parsed()?;
+        crate::pg_tls::split_ssl(&self.url).1.plan()?;
         if self.pool_size == 0 {
             return Err(InvalidSetting::new("pool_size", "must be at least 1"));
         }
@@ -140,8 +156,11 @@ impl PostgresConfig {
         Ok(())
     }
 
+    /// The connection string as tokio-postgres reads it: without the TLS settings, which
+    /// [`crate::pg_tls`] applies.
     fn parsed(&self) -> Result<tokio_postgres::Config, InvalidSetting> {
-        tokio_postgres::Config::from_str(&self.url).map_err(|e| {
+        let (rest, _) = crate::pg_tls::split_ssl(&self.url);
+        tokio_postgres::Config::from_str(&rest).map_err(|e| {
             InvalidSetting::new("url", format!("invalid PostgreSQL connection string: {e}"))
         })
     }
@@ -384,13 +403,19 @@ impl PostgresStore {
              -c plan_cache_mode=force_custom_plan",
             ms = config.statement_timeout.as_millis()
         ));
-        let manager = Manager::from_config(
-            pg,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let ssl = crate::pg_tls::split_ssl(&config.url).1;
+        let (mode, verify) = ssl.plan().map_err(StoreError::Config)?;
+        pg.ssl_mode(mode);
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match verify {
+            None => Manager::from_config(pg, NoTls, manager_config),
+            Some(verify) => {
+                let tls = ssl.connector(verify).map_err(StoreError::Config)?;
+                Manager::from_config(pg, tls, manager_config)
+            }
+        };
         let op_timeout = config.statement_timeout + config.connect_timeout;
         let pool = Pool::builder(manager)
             .max_size(config.pool_size)
@@ -1099,6 +1124,60 @@ impl ObjectStore for PostgresStore {
 mod tests {
     use super::*;
     use goverse_testkit::PostgresServer;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sslmode_is_honoured_against_a_server_that_takes_only_tls() {
+        use goverse_tls::dev::{DevCa, Subject};
+        let pki = tempfile::tempdir().unwrap();
+        let year = Duration::from_secs(365 * 24 * 3600);
+        let ca = DevCa::generate("PostgreSQL CA").unwrap();
+        ca.write(pki.path()).unwrap();
+        let other = DevCa::generate("another CA").unwrap();
+        std::fs::write(pki.path().join("other.pem"), other.cert_pem()).unwrap();
+        // The certificate names a host other than the one dialed: verify-ca accepts it,
+        // verify-full does not.
+        let issued = ca
+            .issue(&Subject::new("db", vec!["db.example".into()], year))
+            .unwrap();
+        let mut server = PostgresServer::start();
+        server.create_database("tls");
+        server.enable_tls(&issued.cert_pem, &issued.key_pem, true);
+        let (ca_pem, other_pem) = (pki.path().join("ca.pem"), pki.path().join("other.pem"));
+        let connect = |mode: &str, root: Option<&std::path::Path>| {
+            let config = PostgresConfig::from_parts(
+                "127.0.0.1",
+                server.port(),
+                goverse_testkit::POSTGRES_USER,
+                goverse_testkit::POSTGRES_PASSWORD,
+                "tls",
+                mode,
+            )
+            .with_ssl_files(root, None, None);
+            async move { PostgresStore::connect(&config).await }
+        };
+        // Plaintext is refused by the server's rules.
+        let err = connect("disable", None).await.unwrap_err().to_string();
+        assert!(err.contains("no encryption"), "{err}");
+        // Encrypted, unchecked; then checked against the CA, whatever the name.
+        for (mode, root) in [("require", None), ("verify-ca", Some(ca_pem.as_path()))] {
+            let store = connect(mode, root)
+                .await
+                .unwrap_or_else(|e| panic!("{mode}: {e}"));
+            store.migrate().await.unwrap();
+        }
+        let err = connect("verify-full", Some(&ca_pem))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not name the address"), "{err}");
+        let err = connect("verify-ca", Some(&other_pem))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not signed by a trusted CA"), "{err}");
+        let err = connect("verify-full", None).await.unwrap_err().to_string();
+        assert!(err.contains("sslrootcert"), "{err}");
+    }
 
     async fn fresh_store(server: &PostgresServer, database: &str) -> PostgresStore {
         server.create_database(database);

@@ -16,6 +16,18 @@ pub struct EtcdServer {
     client_port: u16,
     peer_port: u16,
     child: Option<Child>,
+    tls: Option<EtcdTls>,
+}
+
+/// The files of an etcd serving its clients over TLS.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    /// The server's certificate (PEM; it must name 127.0.0.1).
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+    /// The CA clients' certificates are checked against (`--client-cert-auth`).
+    pub client_ca: PathBuf,
 }
 
 /// The `etcd` binary: on the `PATH`, else Debian's `/usr/bin/etcd`.
@@ -37,6 +49,16 @@ impl EtcdServer {
     /// Starts a fresh one-member etcd on free loopback ports and waits until it is healthy.
     /// Panics, saying what is missing, when etcd is not installed.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// [`EtcdServer::start`] serving clients over TLS only, asking each for a certificate that
+    /// `tls.client_ca` signed. Health is then judged by the port accepting connections.
+    pub fn start_tls(tls: EtcdTls) -> Self {
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<EtcdTls>) -> Self {
         let mut server = Self {
             bin: find_bin(),
             dir: tempfile::Builder::new()
@@ -46,6 +68,7 @@ impl EtcdServer {
             client_port: free_port(),
             peer_port: free_port(),
             child: None,
+            tls,
         };
         server.start_again();
         server
@@ -60,9 +83,21 @@ impl EtcdServer {
             .append(true)
             .open(self.dir.path().join("etcd.log"))
             .unwrap();
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new(&self.bin)
+        let mut command = Command::new(&self.bin);
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.client_ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .args(["--name", "goverse-test"])
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
@@ -96,11 +131,14 @@ impl EtcdServer {
         }
     }
 
-    /// Whether `GET /health` answers `"health":"true"`.
+    /// Whether `GET /health` answers `"health":"true"` (over TLS: whether the port accepts).
     fn healthy(&self) -> bool {
         let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.client_port)) else {
             return false;
         };
+        if self.tls.is_some() {
+            return true;
+        }
         let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
         let request = format!(
             "GET /health HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",

@@ -20,7 +20,7 @@ mod processes;
 pub use browser::Browser;
 pub use cluster::{Setup, TestCluster, TestClusterBuilder, TestNode};
 
-pub use etcd::EtcdServer;
+pub use etcd::{EtcdServer, EtcdTls};
 pub use postgres::{
     POSTGRES_PASSWORD, POSTGRES_USER, PostgresServer, free_port, free_ports_in_a_row, is_root,
 };

@@ -246,6 +246,40 @@ impl PostgresServer {
         }
     }
 
+    /// Serves TLS from now on with `cert_pem` and `key_pem` (the server is restarted); with
+    /// `only_tls`, connections without TLS are refused (`hostssl` in pg_hba.conf).
+    pub fn enable_tls(&mut self, cert_pem: &str, key_pem: &str, only_tls: bool) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let data = self.dir.path().join("data");
+        let (cert, key) = (data.join("server.crt"), data.join("server.key"));
+        std::fs::write(&cert, cert_pem).unwrap();
+        std::fs::write(&key, key_pem).unwrap();
+        // PostgreSQL refuses a key others can read.
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if let Some(owner) = self.owner {
+            chown_tree(&cert, owner);
+            chown_tree(&key, owner);
+        }
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(&conf, text).unwrap();
+        if only_tls {
+            let hba = data.join("pg_hba.conf");
+            let text = std::fs::read_to_string(&hba).unwrap();
+            let text: Vec<String> = text
+                .lines()
+                .map(|line| match line.strip_prefix("host ") {
+                    Some(rest) => format!("hostssl {rest}"),
+                    None => line.to_owned(),
+                })
+                .collect();
+            std::fs::write(&hba, text.join("\n") + "\n").unwrap();
+        }
+        self.stop();
+        self.start_again();
+    }
+
     /// The server's port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port

@@ -120,6 +120,8 @@ impl<IO> ClientConn<IO> {
     }
 }
 
+/// Explains a TLS error, and logs it: HTTP/2 clients report a connection that failed under
+/// them as merely closed, so the log is where its reason shows.
 fn map<T>(polled: Poll<io::Result<T>>, address: &str) -> Poll<io::Result<T>> {
     match polled {
         Poll::Ready(Err(err))
@@ -127,7 +129,9 @@ fn map<T>(polled: Poll<io::Result<T>>, address: &str) -> Poll<io::Result<T>> {
                 .get_ref()
                 .is_some_and(|inner| inner.is::<rustls::Error>()) =>
         {
-            Poll::Ready(Err(explained(err, "TLS connection to", address)))
+            let err = explained(err, "TLS connection to", address);
+            tracing::warn!("{err}");
+            Poll::Ready(Err(err))
         }
         other => other,
     }

@@ -281,6 +281,11 @@ impl PostgresSection {
             &self.password,
             &self.database,
             &self.sslmode,
+        )
+        .with_ssl_files(
+            self.sslrootcert.as_deref(),
+            self.sslcert.as_deref(),
+            self.sslkey.as_deref(),
         );
         if let Some(size) = self.pool_size.or(self.max_open_conns) {
             config.pool_size = size;
@@ -311,9 +316,19 @@ pub struct PostgresSection {
     pub password: String,
     /// Database.
     pub database: String,
-    /// `disable`, `prefer`, `require`…
+    /// libpq's: `disable`, `allow`, `prefer`, `require`, `verify-ca` or `verify-full` (the last
+    /// two check the server's certificate against `sslrootcert`; `verify-full` also its host).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sslmode: String,
+    /// Ours (libpq's name): the CA PostgreSQL's certificate is checked against (PEM).
+    #[serde(default)]
+    pub sslrootcert: Option<PathBuf>,
+    /// Ours (libpq's name): a client certificate to present (PEM), with `sslkey`.
+    #[serde(default)]
+    pub sslcert: Option<PathBuf>,
+    /// Its key.
+    #[serde(default)]
+    pub sslkey: Option<PathBuf>,
     /// Ours: connections in the pool (the same as upstream's `max_open_conns`; give one).
     #[serde(default)]
     pub pool_size: Option<usize>,
@@ -501,6 +516,14 @@ impl ClusterFile {
         };
         if let Some(sqlite) = &mut self.sqlite {
             resolve(&mut sqlite.path);
+        }
+        if let Some(pg) = &mut self.postgres {
+            for path in [&mut pg.sslrootcert, &mut pg.sslcert, &mut pg.sslkey]
+                .into_iter()
+                .flatten()
+            {
+                resolve(path);
+            }
         }
         if let Some(tls) = &mut self.tls {
             resolve(&mut tls.ca_file);
