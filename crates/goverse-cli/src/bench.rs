@@ -70,6 +70,9 @@ pub(crate) struct GateArgs {
     /// Drive the HTTP API (plain JSON bodies) instead of gRPC.
     #[arg(long)]
     http: bool,
+    /// Reach the gate's gRPC port over TLS, checking its certificate against this CA (PEM).
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
     /// Concurrent callers.
     #[arg(long, default_value_t = 256)]
     callers: usize,
@@ -721,7 +724,18 @@ async fn gate(args: GateArgs) -> anyhow::Result<()> {
             )
         })
     } else {
-        grpc_calls(&args.gate, args.connections).await?
+        let tls = match &args.tls_ca {
+            Some(ca) => Some(goverse::tls::ClientTls::load(
+                "bench",
+                goverse::tls::ClientFiles {
+                    ca: Some(ca.clone()),
+                    ..goverse::tls::ClientFiles::default()
+                },
+                goverse::tls::ALPN_H2,
+            )?),
+            None => None,
+        };
+        grpc_calls(&args.gate, args.connections, tls).await?
     };
     let load = drive(args.callers, objects, args.duration, args.json, call).await?;
     if !args.baseline {
@@ -750,7 +764,7 @@ async fn gate(args: GateArgs) -> anyhow::Result<()> {
     if !args.json {
         eprintln!("the same load against a bare tonic echo server (its own process) at {address}");
     }
-    let call = grpc_calls(&address, args.connections).await?;
+    let call = grpc_calls(&address, args.connections, None).await?;
     let baseline = drive(args.callers, objects, args.duration, args.json, call).await?;
     drop(echo.stdin.take());
     let _ = tokio::time::timeout(Duration::from_secs(5), echo.wait()).await;
@@ -766,20 +780,30 @@ async fn gate(args: GateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Counter.Add calls over `connections` gRPC connections to the gate (or echo server) at
-/// `address`, each caller on one of them.
-async fn grpc_calls(address: &str, connections: usize) -> anyhow::Result<CallFn> {
+/// Counter.Add calls over `connections` gRPC connections (over TLS with `tls`) to the gate (or
+/// echo server) at `address`, each caller on one of them.
+async fn grpc_calls(
+    address: &str,
+    connections: usize,
+    tls: Option<Arc<goverse::tls::ClientTls>>,
+) -> anyhow::Result<CallFn> {
     use goverse::prost::Message as _;
     use goverse_proto::gate::CallObjectRequest;
     use goverse_proto::gate::gate_service_client::GateServiceClient;
 
     let mut clients = Vec::new();
     for _ in 0..connections {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .with_context(|| format!("cannot connect to the gate at {address}"))?;
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(format!("http://{address}"))?.tcp_nodelay(true);
+        let connected = match &tls {
+            None => endpoint.connect().await,
+            Some(tls) => {
+                let connector = goverse::tls::connector(tls.clone(), address.to_owned());
+                endpoint.connect_with_connector(connector).await
+            }
+        };
+        let channel =
+            connected.with_context(|| format!("cannot connect to the gate at {address}"))?;
         clients.push(GateServiceClient::new(channel));
     }
     let one = Int32Value { value: 1 }.encode_to_vec();

@@ -179,16 +179,7 @@ impl Gates {
         let connected = match &self.settings.tls {
             None => tokio::time::timeout(timeout, endpoint.connect()).await,
             Some(tls) => {
-                let (tls, gate) = (tls.clone(), gate.to_owned());
-                let connector = tower::service_fn(move |_: tonic::transport::Uri| {
-                    let (tls, gate) = (tls.clone(), gate.clone());
-                    async move {
-                        let tcp = tokio::net::TcpStream::connect(&gate).await?;
-                        tcp.set_nodelay(true)?;
-                        let stream = tls.connect(tcp, &gate).await?;
-                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-                    }
-                });
+                let connector = goverse_tls::connector(tls.clone(), gate.to_owned());
                 tokio::time::timeout(timeout, endpoint.connect_with_connector(connector)).await
             }
         };

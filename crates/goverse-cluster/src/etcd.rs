@@ -348,20 +348,8 @@ impl EtcdClusterStore {
                 .keep_alive_while_idle(true);
             let channel = match &config.tls {
                 None => endpoint.connect_lazy(),
-                Some(tls) => {
-                    let tls = tls.clone();
-                    endpoint.connect_with_connector_lazy(tower::service_fn(
-                        move |_: tonic::transport::Uri| {
-                            let (tls, authority) = (tls.clone(), authority.clone());
-                            async move {
-                                let tcp = tokio::net::TcpStream::connect(&authority).await?;
-                                tcp.set_nodelay(true)?;
-                                let stream = tls.connect(tcp, &authority).await?;
-                                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-                            }
-                        },
-                    ))
-                }
+                Some(tls) => endpoint
+                    .connect_with_connector_lazy(goverse_tls::connector(tls.clone(), authority)),
             };
             peers.push(Peer { url, channel });
         }

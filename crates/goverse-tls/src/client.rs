@@ -279,3 +279,31 @@ impl Reloadable for ClientTls {
         format!("{} TLS", self.what)
     }
 }
+
+impl ClientTls {
+    /// A TCP connection to `address` (no Nagle delay) with the handshake done over it.
+    pub async fn dial(&self, address: &str) -> io::Result<ClientConn<tokio::net::TcpStream>> {
+        let tcp = tokio::net::TcpStream::connect(address).await?;
+        tcp.set_nodelay(true)?;
+        self.connect(tcp, address).await
+    }
+}
+
+/// The connector of a tonic channel to `address` over TLS (hand it to
+/// `Endpoint::connect_with_connector`): each connection is [`ClientTls::dial`]ed.
+pub fn connector(
+    tls: Arc<ClientTls>,
+    address: String,
+) -> impl tower::Service<
+    http::Uri,
+    Response = hyper_util::rt::TokioIo<ClientConn<tokio::net::TcpStream>>,
+    Error = io::Error,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(move |_: http::Uri| {
+        let (tls, address) = (tls.clone(), address.clone());
+        async move { tls.dial(&address).await.map(hyper_util::rt::TokioIo::new) }
+    })
+}

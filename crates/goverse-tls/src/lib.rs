@@ -23,7 +23,7 @@ mod verify;
 
 use std::sync::Arc;
 
-pub use client::{ClientConn, ClientFiles, ClientTls, server_name};
+pub use client::{ClientConn, ClientFiles, ClientTls, connector, server_name};
 pub use files::{
     CertInfo, MEMBER_URI_PREFIX, TlsError, explain, load_certs, load_key, load_roots, rfc3339,
 };
