@@ -273,6 +273,7 @@ pub(crate) async fn gate(
             lifecycle_rules: file.object_lifecycle_rules.clone(),
             peer_secret: file.cluster.secret.clone(),
             tls: tls.clone(),
+            quotas: file.client_quotas.clone().unwrap_or_default(),
             min_quorum: file.cluster.min_quorum.unwrap_or(1),
             ops_address: entry
                 .ops_addr

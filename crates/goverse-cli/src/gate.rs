@@ -49,6 +49,8 @@ struct RulesFile {
     object_access_rules: Vec<AccessRule>,
     #[serde(default)]
     object_lifecycle_rules: Vec<LifecycleRule>,
+    #[serde(default)]
+    client_quotas: Option<goverse::gate::QuotaConfig>,
 }
 
 fn load_rules(path: &Path) -> anyhow::Result<RulesFile> {
@@ -84,6 +86,7 @@ pub(crate) async fn run(args: GateArgs) -> anyhow::Result<()> {
             client_buffer: args.client_buffer,
             access_rules: rules.object_access_rules,
             lifecycle_rules: rules.object_lifecycle_rules,
+            quotas: rules.client_quotas.unwrap_or_default(),
             ..GateConfig::default()
         },
         Arc::new(AllowAnonymous),

@@ -166,6 +166,8 @@ pub struct CallError {
     message: Arc<str>,
     /// The request did not run: the node does not serve the object's shard now.
     not_served: bool,
+    /// When trying again may succeed (a quota refused the call).
+    retry_after: Option<std::time::Duration>,
 }
 
 impl CallError {
@@ -175,7 +177,20 @@ impl CallError {
             code,
             message: message.into(),
             not_served: false,
+            retry_after: None,
         }
+    }
+
+    /// The same error, saying that trying again after `wait` may succeed (sent to clients as
+    /// `Retry-After`).
+    pub fn with_retry_after(mut self, wait: std::time::Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
+    }
+
+    /// How long to wait before trying again, when the refusal says.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        self.retry_after
     }
 
     /// The node does not serve the object's shard now (it is moving, or another node has it),

@@ -57,6 +57,8 @@ pub struct GateConfig {
     /// Where the gate's operations HTTP (`/metrics`, `/ready`) is reached (`host:port`),
     /// published in its registration so the inspector finds it. `None`: not published.
     pub ops_address: Option<String>,
+    /// Quotas per client, per address and per method (all off by default).
+    pub quotas: crate::quota::QuotaConfig,
     /// TLS: `server` for the client-facing ports (gRPC and HTTP), `client` for the links to
     /// nodes (mutual TLS: nodes admit only certificates naming a cluster member). `None`:
     /// plaintext.
@@ -79,6 +81,7 @@ impl Default for GateConfig {
             connection_limits: goverse_transport::ConnectionLimits::default(),
             metrics: goverse_core::metrics::Registry::default(),
             ops_address: None,
+            quotas: crate::quota::QuotaConfig::default(),
             tls: None,
         }
     }
@@ -223,6 +226,15 @@ pub(crate) struct GateInner {
     pub(crate) tasks: TaskTracker,
     /// What the registry scrapes (it holds only a weak reference).
     metrics_source: Arc<dyn goverse_core::metrics::Source>,
+    /// The clients' quotas and what they hold.
+    pub(crate) quotas: Arc<crate::quota::Quotas>,
+}
+
+/// Who a client request acts for, and where it came from (quotas are per both).
+#[derive(Debug, Clone)]
+pub(crate) struct Caller {
+    pub(crate) identity: Arc<ClientIdentity>,
+    pub(crate) remote: Option<SocketAddr>,
 }
 
 /// Reads a gate's figures at scrape time.
@@ -263,6 +275,14 @@ impl goverse_core::metrics::Source for GateSource {
                 "goverse_gate_push_drops_total",
                 "Messages the gate dropped, by reason",
                 &[("gate", me), ("reason", reason)],
+                count,
+            );
+        }
+        for (limit, count) in gate.quotas.refusals() {
+            out.counter(
+                "goverse_gate_quota_refusals_total",
+                "Client requests and streams the gate refused for a quota, by limit",
+                &[("gate", me), ("limit", limit.label())],
                 count,
             );
         }
@@ -402,7 +422,7 @@ impl Gate {
     }
 
     fn start_with(
-        config: GateConfig,
+        mut config: GateConfig,
         handler: Arc<dyn GateEventHandler>,
         routing: Routing,
     ) -> Result<Self, GateError> {
@@ -450,6 +470,13 @@ impl Gate {
                 return Err(InvalidSetting::new(setting, "must be positive").into());
             }
         }
+        config
+            .quotas
+            .validate()
+            .map_err(|why| why.within("quotas"))?;
+        if let Some(cap) = config.quotas.max_connections_per_address {
+            config.connection_limits.max_connections_per_address = Some(cap);
+        }
         let rules = Rules::new(&config.access_rules, &config.lifecycle_rules)?;
         let stop = CancellationToken::new();
         let clients = Arc::new(Clients::default());
@@ -487,6 +514,7 @@ impl Gate {
             streams_stop: stop.child_token(),
             stop,
             tasks: TaskTracker::new(),
+            quotas: Arc::new(crate::quota::Quotas::new(config.quotas.clone())),
             config,
             metrics_source: Arc::new(GateSource { gate: gate.clone() }),
         });
@@ -764,10 +792,10 @@ impl GateInner {
         self.rules.check_client_call(object_type, id, method)
     }
 
-    /// Calls `object_type/id.method` for `identity`.
+    /// Calls `object_type/id.method` for `caller`.
     pub(crate) async fn call(
         &self,
-        identity: &Arc<ClientIdentity>,
+        caller: &Caller,
         object_type: &str,
         id: &str,
         method: &str,
@@ -780,7 +808,7 @@ impl GateInner {
             request,
             reliable_call_id: None,
         };
-        match self.send(identity, object_type, id, op, timeout).await? {
+        match self.send(caller, object_type, id, op, timeout).await? {
             response::Result::Value(any) => Ok(any),
             _ => Err(CallError::internal("node answered a call with no value")),
         }
@@ -792,7 +820,7 @@ impl GateInner {
     /// node link broke, the deadline passed): a retry with the same call id is safe.
     pub(crate) async fn call_reliable(
         &self,
-        identity: &Arc<ClientIdentity>,
+        caller: &Caller,
         (object_type, id, method): (&str, &str, &str),
         request: Option<prost_types::Any>,
         call_id: &str,
@@ -816,7 +844,7 @@ impl GateInner {
             request,
             reliable_call_id: Some(call_id),
         };
-        match self.send(identity, object_type, id, op, timeout).await? {
+        match self.send(caller, object_type, id, op, timeout).await? {
             response::Result::Reliable(r) => Ok(ReliableAnswer::from_proto(r)),
             _ => Err(CallError::internal(
                 "node answered a reliable call without its outcome",
@@ -824,25 +852,25 @@ impl GateInner {
         }
     }
 
-    /// Creates (activates) `object_type/id` for `identity`.
+    /// Creates (activates) `object_type/id` for `caller`.
     pub(crate) async fn create(
         &self,
-        identity: &Arc<ClientIdentity>,
+        caller: &Caller,
         object_type: &str,
         id: &str,
         timeout: Option<Duration>,
     ) -> Result<(), CallError> {
         Self::check_target(object_type, id)?;
         self.check_lifecycle(Lifecycle::Create, object_type, id)?;
-        self.send(identity, object_type, id, Op::Create, timeout)
+        self.send(caller, object_type, id, Op::Create, timeout)
             .await
             .map(|_| ())
     }
 
-    /// Deletes `object_type/id` for `identity`.
+    /// Deletes `object_type/id` for `caller`.
     pub(crate) async fn delete(
         &self,
-        identity: &Arc<ClientIdentity>,
+        caller: &Caller,
         object_type: &str,
         id: &str,
         timeout: Option<Duration>,
@@ -854,19 +882,44 @@ impl GateInner {
         }
         Self::check_target(object_type, id)?;
         self.check_lifecycle(Lifecycle::Delete, object_type, id)?;
-        self.send(identity, object_type, id, Op::Delete, timeout)
+        self.send(caller, object_type, id, Op::Delete, timeout)
             .await
             .map(|_| ())
     }
 
     async fn send(
         &self,
-        identity: &Arc<ClientIdentity>,
+        caller: &Caller,
         object_type: &str,
         id: &str,
         op: Op<'_>,
         timeout: Option<Duration>,
     ) -> Result<response::Result, CallError> {
+        let method = match &op {
+            Op::Call { method, .. } => *method,
+            _ => "",
+        };
+        // Held until the answer is in: the client's calls in flight.
+        let admitted = self.quotas.admit(
+            &caller.identity,
+            caller.remote.map(|r| r.ip()),
+            object_type,
+            method,
+        );
+        let _in_flight = match admitted {
+            Ok(in_flight) => in_flight,
+            Err(err) => {
+                // A refusal is answered after the wait it names, at least 50 ms and at most a
+                // second: a client that ignores it cannot loop faster than that, so its flood
+                // of refusals costs the gate (and the clients beside it) little.
+                if let Some(wait) = err.retry_after() {
+                    let wait = wait.clamp(Duration::from_millis(50), Duration::from_secs(1));
+                    tokio::time::sleep(wait).await;
+                }
+                return Err(err);
+            }
+        };
+        let identity = &caller.identity;
         // A client's own deadline (gRPC's `grpc-timeout`) shortens the gate's, and travels to
         // the node so the call stops waiting there too.
         let wait = timeout.map_or(self.config.call_timeout, |t| {

@@ -22,7 +22,7 @@ use tonic::{Request, Response, Status};
 use crate::Gate;
 use crate::auth::Transport;
 use crate::clients::Binding;
-use crate::gate::GateInner;
+use crate::gate::{Caller, GateInner};
 
 /// A [`CallError`] as a gRPC status with the matching code. The message travels in an HTTP/2
 /// header, so a long one is cut (a header of tens of kilobytes resets the stream).
@@ -32,7 +32,16 @@ pub fn status_of(err: &CallError) -> Status {
         Some((cut, _)) => format!("{}… (cut from {} bytes)", &message[..cut], message.len()),
         None => message.to_owned(),
     };
-    Status::new(tonic::Code::from(err.code().grpc_code()), message)
+    let mut status = Status::new(tonic::Code::from(err.code().grpc_code()), message);
+    // A quota's refusal says when to try again: whole seconds, as HTTP's Retry-After, and
+    // milliseconds for clients that can wait less.
+    if let Some(wait) = err.retry_after() {
+        let metadata = status.metadata_mut();
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        metadata.insert("retry-after", secs.max(1).into());
+        metadata.insert("retry-after-ms", (wait.as_millis().max(1) as u64).into());
+    }
+    status
 }
 
 /// Longest status message sent, in characters.
@@ -78,8 +87,18 @@ impl GrpcGate {
         &self,
         request: &Request<T>,
         client_id: &str,
-    ) -> Result<Arc<ClientIdentity>, CallError> {
+    ) -> Result<Caller, CallError> {
         let remote: Option<SocketAddr> = goverse_tls::remote_addr(request);
+        let identity = self.identity_at(request, client_id, remote).await?;
+        Ok(Caller { identity, remote })
+    }
+
+    async fn identity_at<T>(
+        &self,
+        request: &Request<T>,
+        client_id: &str,
+        remote: Option<SocketAddr>,
+    ) -> Result<Arc<ClientIdentity>, CallError> {
         let clients = &self.inner.clients;
         if !client_id.is_empty() {
             let Some(entry) = clients.get(client_id) else {
@@ -113,6 +132,11 @@ impl GateService for GrpcGate {
         request: Request<Empty>,
     ) -> Result<Response<Self::RegisterStream>, Status> {
         let remote = goverse_tls::remote_addr(&request);
+        let stream_slot = self
+            .inner
+            .quotas
+            .admit_stream(remote.map(|r| r.ip()))
+            .map_err(|e| status_of(&e))?;
         let headers = request.metadata().clone().into_headers();
         let principal = self
             .inner
@@ -126,8 +150,9 @@ impl GateService for GrpcGate {
         .to_any();
         let (guard, rx) = registration.split();
         let pushes = ReceiverStream::new(rx).map(move |message| {
-            // The stream owns the registration: the client is unregistered when it ends.
-            let _ = &guard;
+            // The stream owns the registration: the client is unregistered when it ends (and
+            // its slot under the address's stream limit is given back).
+            let _ = (&guard, &stream_slot);
             Ok(message)
         });
         // At shutdown the stream ends with UNAVAILABLE rather than quietly: gRPC clients

@@ -26,7 +26,7 @@ use tokio_stream::wrappers::{IntervalStream, ReceiverStream};
 use crate::Gate;
 use crate::auth::Transport;
 use crate::clients::Binding;
-use crate::gate::GateInner;
+use crate::gate::{Caller, GateInner};
 
 /// Header naming the registered client an HTTP call acts for (as upstream).
 pub const CLIENT_ID_HEADER: &str = "x-client-id";
@@ -48,6 +48,8 @@ pub(crate) struct HttpError {
     code: &'static str,
     message: String,
     reliable: Option<ReliableStatus>,
+    /// Sent as `Retry-After` (whole seconds, at least 1).
+    retry_after: Option<std::time::Duration>,
 }
 
 impl HttpError {
@@ -70,6 +72,7 @@ impl HttpError {
             code: name,
             message: message.into(),
             reliable: None,
+            retry_after: None,
         }
     }
 
@@ -83,7 +86,9 @@ impl HttpError {
 
 impl From<CallError> for HttpError {
     fn from(err: CallError) -> Self {
-        Self::of(err.code(), err.code().http_name(), err.message())
+        let mut http = Self::of(err.code(), err.code().http_name(), err.message());
+        http.retry_after = err.retry_after();
+        http
     }
 }
 
@@ -94,6 +99,12 @@ impl IntoResponse for HttpError {
             body["status"] = status.as_str().into();
         }
         let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(wait) = self.retry_after {
+            let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if let Some(status) = self.reliable {
             response.headers_mut().insert(
                 RELIABLE_STATUS_HEADER,
@@ -298,6 +309,15 @@ async fn http_identity(
     gate: &GateInner,
     headers: &HeaderMap,
     remote: Option<SocketAddr>,
+) -> Result<Caller, HttpError> {
+    let identity = http_identity_of(gate, headers, remote).await?;
+    Ok(Caller { identity, remote })
+}
+
+async fn http_identity_of(
+    gate: &GateInner,
+    headers: &HeaderMap,
+    remote: Option<SocketAddr>,
 ) -> Result<Arc<ClientIdentity>, HttpError> {
     let Some(client_id) = headers.get(CLIENT_ID_HEADER) else {
         return Ok(gate.anonymous(headers, remote).await?);
@@ -440,7 +460,7 @@ async fn call_handler(
     let remote = remote_of(&request);
     let (parts, body) = request.into_parts();
     let body = read_body(&gate, body).await?;
-    let identity = http_identity(&gate, &parts.headers, remote).await?;
+    let caller = http_identity(&gate, &parts.headers, remote).await?;
     let catalog = gate.catalog()?;
     let mode = match parse_envelope(&body) {
         Some(Ok((any, call_id))) => CallBody::Envelope(any, call_id),
@@ -468,12 +488,12 @@ async fn call_handler(
     let (response, reliable) = match reliable_call_id(&parts.headers, envelope_call_id)? {
         None => {
             let response = gate
-                .call(&identity, target.0, target.1, target.2, Some(request), None)
+                .call(&caller, target.0, target.1, target.2, Some(request), None)
                 .await?;
             (response, false)
         }
         Some(call_id) => {
-            let response = call_reliable(&gate, &identity, target, Some(request), &call_id).await?;
+            let response = call_reliable(&gate, &caller, target, Some(request), &call_id).await?;
             (response, true)
         }
     };
@@ -501,13 +521,13 @@ async fn call_handler(
 /// so. An unknown outcome is a plain error (503, 504): retrying with the same call id is safe.
 async fn call_reliable(
     gate: &GateInner,
-    identity: &Arc<ClientIdentity>,
+    caller: &Caller,
     (object_type, id, method): (&str, &str, &str),
     request: Option<prost_types::Any>,
     call_id: &str,
 ) -> Result<prost_types::Any, HttpError> {
     let answer = gate
-        .call_reliable(identity, (object_type, id, method), request, call_id, None)
+        .call_reliable(caller, (object_type, id, method), request, call_id, None)
         .await?;
     answer
         .result
@@ -521,8 +541,8 @@ async fn create_handler(
 ) -> HttpResult {
     let Path((object_type, id)) = path?;
     let remote = remote_of(&request);
-    let identity = http_identity(&gate, request.headers(), remote).await?;
-    gate.create(&identity, &object_type, &id, None).await?;
+    let caller = http_identity(&gate, request.headers(), remote).await?;
+    gate.create(&caller, &object_type, &id, None).await?;
     Ok(axum::Json(json!({ "id": id })).into_response())
 }
 
@@ -533,13 +553,14 @@ async fn delete_handler(
 ) -> HttpResult {
     let Path((object_type, id)) = path?;
     let remote = remote_of(&request);
-    let identity = http_identity(&gate, request.headers(), remote).await?;
-    gate.delete(&identity, &object_type, &id, None).await?;
+    let caller = http_identity(&gate, request.headers(), remote).await?;
+    gate.delete(&caller, &object_type, &id, None).await?;
     Ok(axum::Json(json!({ "success": true })).into_response())
 }
 
 async fn events_handler(State(gate): State<Arc<GateInner>>, request: Request) -> HttpResult {
     let remote = remote_of(&request);
+    let stream_slot = gate.quotas.admit_stream(remote.map(|r| r.ip()))?;
     let principal = gate
         .authorize(request.headers(), remote, Transport::Sse)
         .await?;
@@ -555,7 +576,7 @@ async fn events_handler(State(gate): State<Arc<GateInner>>, request: Request) ->
         .expect("JSON renders");
     let catalog = gate.catalog.clone();
     let messages = ReceiverStream::new(rx).map(move |any: prost_types::Any| {
-        let _ = &guard;
+        let _ = (&guard, &stream_slot);
         let mut data = json!({
             "type": any.type_url,
             "payload": BASE64.encode(any.encode_to_vec()),

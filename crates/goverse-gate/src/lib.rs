@@ -26,6 +26,7 @@ mod grpc;
 mod http;
 mod ops;
 mod pages;
+mod quota;
 mod registration;
 /// Access and lifecycle rules (`object_access_rules`, `object_lifecycle_rules`): the gate
 /// checks every client request against them, and nodes check again what gates send.
@@ -45,5 +46,6 @@ pub use ops::{
     unauthorised,
 };
 pub use pages::{PageFile, pages_router};
+pub use quota::{MethodQuota, QuotaConfig, Rate};
 pub use registration::RegisterError;
 pub use serve::GateServeError;

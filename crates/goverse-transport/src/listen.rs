@@ -40,6 +40,10 @@ pub struct ConnectionLimits {
     /// that sends faster than the node answers (its link then fails further calls at once with
     /// `ResourceExhausted` once its own limit of waiting calls is reached). Default 65,536.
     pub peer_requests_in_flight: usize,
+    /// Most connections open at once from one IP address; further ones are closed as soon as
+    /// they are accepted (and counted in `goverse_connections_refused_total`). Default: no
+    /// limit but `max_connections`.
+    pub max_connections_per_address: Option<usize>,
 }
 
 impl Default for ConnectionLimits {
@@ -50,6 +54,7 @@ impl Default for ConnectionLimits {
             header_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(5),
             peer_requests_in_flight: 65_536,
+            max_connections_per_address: None,
         }
     }
 }
@@ -60,6 +65,12 @@ impl ConnectionLimits {
         use goverse_core::InvalidSetting;
         if self.max_connections == 0 {
             return Err(InvalidSetting::new("max_connections", "must be at least 1"));
+        }
+        if self.max_connections_per_address == Some(0) {
+            return Err(InvalidSetting::new(
+                "max_connections_per_address",
+                "must be at least 1",
+            ));
         }
         if self.peer_requests_in_flight == 0 {
             return Err(InvalidSetting::new(
@@ -152,6 +163,9 @@ pub struct Acceptor {
     name: &'static str,
     errors: Throttle,
     full: Throttle,
+    /// Connections open per address, when there is a limit per address.
+    per_address: Arc<Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    over_address: Throttle,
 }
 
 /// Waits after a failed accept, doubling from this...
@@ -172,7 +186,28 @@ impl Acceptor {
             name,
             errors: Throttle::new(LOG_INTERVAL),
             full: Throttle::new(LOG_INTERVAL),
+            per_address: Arc::default(),
+            over_address: Throttle::new(LOG_INTERVAL),
         }
+    }
+
+    /// Takes a slot of `remote`'s address under the per-address limit, or `None` when the
+    /// address has as many open as it may (the connection is to be closed).
+    fn address_slot(&self, remote: SocketAddr) -> Option<Option<AddressSlot>> {
+        let Some(cap) = self.limits.max_connections_per_address else {
+            return Some(None);
+        };
+        let ip = remote.ip();
+        let mut open = self.per_address.lock();
+        let count = open.entry(ip).or_insert(0);
+        if *count >= cap {
+            return None;
+        }
+        *count += 1;
+        Some(Some(AddressSlot {
+            open: self.per_address.clone(),
+            ip,
+        }))
     }
 
     /// The address the port listens on.
@@ -211,13 +246,26 @@ impl Acceptor {
             };
             match self.listener.accept().await {
                 Ok((stream, remote)) => {
+                    let Some(address_slot) = self.address_slot(remote) else {
+                        crate::stats::stats().refused_per_address();
+                        if let Some(left_out) = self.over_address.hit() {
+                            tracing::warn!(
+                                port = self.name,
+                                peer = %remote,
+                                max = self.limits.max_connections_per_address,
+                                times_since_last = left_out,
+                                "closed a connection: its address has as many open as it may"
+                            );
+                        }
+                        drop(stream);
+                        continue;
+                    };
                     if let Err(err) = stream.set_nodelay(true) {
                         tracing::debug!(cause = %err, "cannot set TCP_NODELAY");
                     }
-                    return (
-                        Guarded::new(stream, remote, slot, self.limits.idle_timeout),
-                        remote,
-                    );
+                    let mut guarded = Guarded::new(stream, remote, slot, self.limits.idle_timeout);
+                    guarded._address = address_slot;
+                    return (guarded, remote);
                 }
                 // The connection died in the backlog: nothing is wrong with the port.
                 Err(err)
@@ -263,12 +311,32 @@ pub struct Guarded {
     stream: TcpStream,
     remote: SocketAddr,
     _slot: OwnedSemaphorePermit,
+    _address: Option<AddressSlot>,
     quarter: Duration,
     tick: Pin<Box<Sleep>>,
     /// Reads and writes that moved bytes since the last tick.
     activity: u64,
     /// Ticks in a row without activity.
     quiet: u8,
+}
+
+/// A connection's place under its address's limit; given back when dropped.
+#[derive(Debug)]
+struct AddressSlot {
+    open: Arc<Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock();
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl Guarded {
@@ -283,6 +351,7 @@ impl Guarded {
             stream,
             remote,
             _slot: slot,
+            _address: None,
             quarter,
             tick: Box::pin(tokio::time::sleep(quarter)),
             activity: 0,
@@ -524,6 +593,50 @@ mod tests {
             .unwrap()
             .unwrap();
         drop(third);
+    }
+
+    // Real time: loopback sockets.
+    #[tokio::test]
+    async fn an_address_past_its_limit_has_its_connections_closed_and_gets_room_back() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut acceptor = Acceptor::new(
+            listener,
+            ConnectionLimits {
+                max_connections_per_address: Some(2),
+                ..limits(100, 60_000)
+            },
+            "test",
+        );
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (io, _) = acceptor.accept().await;
+                if tx.send(io).is_err() {
+                    return;
+                }
+            }
+        });
+        let _a = TcpStream::connect(addr).await.unwrap();
+        let _b = TcpStream::connect(addr).await.unwrap();
+        let first = rx.recv().await.unwrap();
+        let _second = rx.recv().await.unwrap();
+        // The third is closed by the server: its read sees the end at once.
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+            .await
+            .expect("closed at once");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        // One closes: the address has room again.
+        drop(first);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _fourth = TcpStream::connect(addr).await.unwrap();
+        let fourth = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("accepted")
+            .unwrap();
+        drop(fourth);
     }
 
     #[test]

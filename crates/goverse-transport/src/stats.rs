@@ -15,6 +15,8 @@ pub struct TransportStats {
     response_batches: SizeHistogram,
     held: AtomicU64,
     held_now: AtomicI64,
+    /// Connections closed at once because their address had its limit open.
+    refused_per_address: AtomicU64,
 }
 
 static STATS: LazyLock<Arc<TransportStats>> = LazyLock::new(Arc::default);
@@ -31,6 +33,10 @@ pub fn stats_source() -> Arc<dyn Source> {
 }
 
 impl TransportStats {
+    pub(crate) fn refused_per_address(&self) {
+        self.refused_per_address.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn requests_written(&self, n: usize) {
         self.request_batches.observe(n as u64);
     }
@@ -58,6 +64,12 @@ impl Drop for HeldGuard {
 
 impl Source for TransportStats {
     fn collect(&self, out: &mut Scrape) {
+        out.counter(
+            "goverse_connections_refused_total",
+            "Connections closed at once because their address had as many open as it may",
+            &[("reason", "per_address")],
+            self.refused_per_address.load(Ordering::Relaxed),
+        );
         out.histogram(
             "goverse_link_request_batch_size",
             "Requests per write on node links (this process's links to nodes)",

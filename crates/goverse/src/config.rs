@@ -46,6 +46,10 @@ pub struct ClusterFile {
     /// Upstream's `object_lifecycle_rules`, enforced by every gate.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub object_lifecycle_rules: Vec<LifecycleRule>,
+    /// Ours: quotas every gate applies to its clients (rates per client, per address and per
+    /// type and method; calls in flight per client; connections and push streams per address).
+    #[serde(default)]
+    pub client_quotas: Option<crate::gate::QuotaConfig>,
     /// Upstream's inspector section: where `goverse inspector` serves its web UI and API
     /// (`http_addr`; upstream's gRPC fields are accepted and unused: nodes here are not pushed
     /// to the inspector, it reads the cluster store and the nodes' operations ports).
@@ -689,6 +693,11 @@ impl ClusterFile {
                  (peers authenticate with it; set it here or in GOVERSE_CLUSTER__SECRET)",
             ));
         }
+        if let Some(quotas) = &self.client_quotas {
+            quotas
+                .validate()
+                .map_err(|why| why.within("client_quotas"))?;
+        }
         if let Some(tls) = &self.tls {
             if tls.cert_file.is_some() != tls.key_file.is_some() {
                 return Err(InvalidSetting::new(
@@ -1186,6 +1195,7 @@ impl ClusterFile {
                 .collect(),
             object_access_rules: Vec::new(),
             object_lifecycle_rules: Vec::new(),
+            client_quotas: None,
             inspector: Some(InspectorSection {
                 http_addr: Some(format!("127.0.0.1:{}", g.inspector_port)),
                 ..InspectorSection::default()
