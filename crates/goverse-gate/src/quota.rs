@@ -301,6 +301,17 @@ impl Quotas {
         f(shard.entry(key.clone()).or_default())
     }
 
+    /// Counts one more open under `key` unless `cap` are open already.
+    fn open(&self, key: &Key, cap: usize, now: Instant) -> bool {
+        self.with_entry(key, now, |entry| {
+            let room = entry.open < cap;
+            if room {
+                entry.open += 1;
+            }
+            room
+        })
+    }
+
     fn take(&self, key: &Key, rate: &Rate, now: Instant) -> Result<(), Duration> {
         self.with_entry(key, now, |entry| entry.take(rate, now))
     }
@@ -327,15 +338,7 @@ impl Quotas {
             None => None,
             Some(cap) => {
                 let key = Key::Client(client.clone());
-                let admitted = self.with_entry(&key, now, |entry| {
-                    if entry.open >= cap {
-                        false
-                    } else {
-                        entry.open += 1;
-                        true
-                    }
-                });
-                if !admitted {
+                if !self.open(&key, cap, now) {
                     return Err(self.refuse(
                         Limit::Concurrent,
                         format!(
@@ -410,15 +413,7 @@ impl Quotas {
             return Ok(None);
         };
         let key = Key::Streams(ip);
-        let admitted = self.with_entry(&key, Instant::now(), |entry| {
-            if entry.open >= cap {
-                false
-            } else {
-                entry.open += 1;
-                true
-            }
-        });
-        if !admitted {
+        if !self.open(&key, cap, Instant::now()) {
             return Err(self.refuse(
                 Limit::Streams,
                 format!("address {ip} has {cap} push streams open, its limit"),

@@ -306,18 +306,24 @@ struct UpstreamNode {
     refusals: Throttle,
 }
 
+impl UpstreamNode {
+    fn admit<T>(&self, request: &tonic::Request<T>) -> Result<(), Status> {
+        admit(
+            self.secret.as_deref(),
+            self.members,
+            request,
+            &self.refusals,
+        )
+    }
+}
+
 #[tonic::async_trait]
 impl goverse_proto::upstream::goverse_server::Goverse for UpstreamNode {
     async fn status(
         &self,
         request: tonic::Request<goverse_proto::upstream::Empty>,
     ) -> Result<tonic::Response<goverse_proto::upstream::StatusResponse>, Status> {
-        admit(
-            self.secret.as_deref(),
-            self.members,
-            &request,
-            &self.refusals,
-        )?;
+        self.admit(&request)?;
         Ok(tonic::Response::new(self.handler.status()))
     }
 
@@ -325,12 +331,7 @@ impl goverse_proto::upstream::goverse_server::Goverse for UpstreamNode {
         &self,
         request: tonic::Request<goverse_proto::upstream::Empty>,
     ) -> Result<tonic::Response<goverse_proto::upstream::ListObjectsResponse>, Status> {
-        admit(
-            self.secret.as_deref(),
-            self.members,
-            &request,
-            &self.refusals,
-        )?;
+        self.admit(&request)?;
         Ok(tonic::Response::new(self.handler.list_objects()))
     }
 }
