@@ -76,13 +76,20 @@ impl ReachReport {
             let bad =
                 || crate::BadRecord::new(key, format!("malformed reach report line {line:?}"));
             let (verdict, rest) = line.split_once(' ').ok_or_else(bad)?;
+            // A peer is an address (`host:port`): never empty, no spaces or control characters
+            // (a line's `\r` would otherwise become part of it and change as it is rewritten).
+            let peer = |addr: &str| {
+                (!addr.is_empty() && !addr.chars().any(|c| c.is_whitespace() || c.is_control()))
+                    .then(|| NodeAddr::new(addr))
+                    .ok_or_else(bad)
+            };
             match verdict {
                 "up" => {
-                    report.up.insert(NodeAddr::new(rest));
+                    report.up.insert(peer(rest)?);
                 }
                 "down" => {
-                    let (peer, cause) = rest.split_once(' ').unwrap_or((rest, ""));
-                    report.down.insert(NodeAddr::new(peer), cause.to_owned());
+                    let (addr, cause) = rest.split_once(' ').unwrap_or((rest, ""));
+                    report.down.insert(peer(addr)?, cause.to_owned());
                 }
                 _ => return Err(bad()),
             }
@@ -218,6 +225,17 @@ mod tests {
             "{err}"
         );
         assert!(ReachReport::decode("k", b"").unwrap().up.is_empty());
+        // Found by the fuzzer: a peer ending in `\r` changed each time it was rewritten. A peer
+        // is an address; empty ones and ones with spaces or control characters are refused.
+        for line in [
+            &b"up 10.0.0.1:1\r\r\n"[..],
+            b"up ",
+            b"down  cause",
+            b"up a\tb",
+        ] {
+            let err = ReachReport::decode("k", line).unwrap_err();
+            assert!(err.reason.contains("malformed reach report line"), "{err}");
+        }
     }
 
     #[test]

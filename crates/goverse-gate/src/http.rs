@@ -76,6 +76,14 @@ impl HttpError {
         }
     }
 
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
+
     fn reliable(err: CallError, status: ReliableStatus) -> Self {
         Self {
             reliable: Some(status),
@@ -451,6 +459,38 @@ fn reliable_call_id(
     }
 }
 
+/// A call's body as the request message: upstream's envelope (base64 of an encoded Any, with
+/// the call id of a reliable call if it names one) or plain JSON for the method's request
+/// type. Also says whether it was an envelope, as the answer is written the same way.
+pub(crate) fn request_of_body(
+    catalog: &crate::codec::Catalog,
+    object_type: &str,
+    method: &str,
+    body: &[u8],
+) -> Result<(prost_types::Any, Option<String>, bool), HttpError> {
+    let mode = match parse_envelope(body) {
+        Some(Ok((any, call_id))) => CallBody::Envelope(any, call_id),
+        Some(Err(err)) => {
+            // A message with a single string field named "request" is plain JSON.
+            let plain = catalog
+                .method(object_type, method)
+                .is_ok_and(|m| catalog.has_field(&m.request_type, "request"));
+            if !plain {
+                return Err(err);
+            }
+            CallBody::Plain
+        }
+        None => CallBody::Plain,
+    };
+    Ok(match mode {
+        CallBody::Envelope(any, call_id) => (any, call_id, true),
+        CallBody::Plain => {
+            let info = catalog.method(object_type, method)?;
+            (catalog.json_to_any(&info.request_type, body)?, None, false)
+        }
+    })
+}
+
 async fn call_handler(
     State(gate): State<Arc<GateInner>>,
     path: Result<Path<(String, String, String)>, PathRejection>,
@@ -462,28 +502,8 @@ async fn call_handler(
     let body = read_body(&gate, body).await?;
     let caller = http_identity(&gate, &parts.headers, remote).await?;
     let catalog = gate.catalog()?;
-    let mode = match parse_envelope(&body) {
-        Some(Ok((any, call_id))) => CallBody::Envelope(any, call_id),
-        Some(Err(err)) => {
-            // A message with a single string field named "request" is plain JSON.
-            let plain = catalog
-                .method(&object_type, &method)
-                .is_ok_and(|m| catalog.has_field(&m.request_type, "request"));
-            if !plain {
-                return Err(err);
-            }
-            CallBody::Plain
-        }
-        None => CallBody::Plain,
-    };
-    // The request as an Any, and the call id when the envelope names one.
-    let (request, envelope_call_id, envelope) = match mode {
-        CallBody::Envelope(any, call_id) => (any, call_id, true),
-        CallBody::Plain => {
-            let info = catalog.method(&object_type, &method)?;
-            (catalog.json_to_any(&info.request_type, &body)?, None, false)
-        }
-    };
+    let (request, envelope_call_id, envelope) =
+        request_of_body(&catalog, &object_type, &method, &body)?;
     let target = (object_type.as_str(), id.as_str(), method.as_str());
     let (response, reliable) = match reliable_call_id(&parts.headers, envelope_call_id)? {
         None => {

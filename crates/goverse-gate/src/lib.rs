@@ -21,6 +21,8 @@
 mod auth;
 mod clients;
 pub mod codec;
+#[doc(hidden)]
+pub mod fuzzing;
 mod gate;
 mod grpc;
 mod http;

@@ -471,6 +471,26 @@ async fn ids_are_opaque_strings_and_state_bytes_round_trip(store: &dyn ObjectSto
         let data = loaded(store, object.as_str()).await.unwrap().data;
         assert_same_state(&data, json.as_bytes());
     }
+    // Valid JSON that JSONB would change (a key twice: it keeps the last) or refuse (numbers
+    // past `numeric`'s range: the save would fail every time) comes back byte for byte.
+    for (n, json) in [
+        r#"{"a":1,"b":{"c":2,"c":3}}"#,
+        "[1e1000000]",
+        r#"{"tiny":1e-100000}"#,
+        "[0.5E+200000, -12]",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let object = id(&format!("conf-jsonb-{n}"));
+        store
+            .save(&object, "T", json.as_bytes(), fence)
+            .await
+            .unwrap_or_else(|err| panic!("{json}: {err}"))
+            .unwrap();
+        let data = loaded(store, object.as_str()).await.unwrap().data;
+        assert_eq!(data, json.as_bytes(), "{json}");
+    }
     let binary: Vec<u8> = (0..=255).collect();
     store
         .save(&id("conf-binary"), "T", &binary, fence)

@@ -21,6 +21,8 @@
 //! transaction. A reliable call's record and the object's new state commit together or not at
 //! all.
 
+#[doc(hidden)]
+pub mod fuzzing;
 mod memory;
 mod pg_tls;
 mod postgres;
@@ -348,11 +350,13 @@ pub(crate) mod json_column {
     /// column can hold, otherwise a wrapper object holding the bytes in base64. PostgreSQL's
     /// JSONB refuses a `\u0000` escape (no text value can hold a NUL) and lone surrogates, so JSON
     /// carrying one is wrapped too, and a chat message with a NUL in it is stored like any other.
+    ///
+    /// JSONB also changes or refuses some valid JSON, which is wrapped as well: an object with a
+    /// key twice (JSONB keeps the last one, so the state read back would differ) and a number
+    /// beyond PostgreSQL's `numeric` (`1e1000000`, `1e-100000`: the save would fail every
+    /// time, and the object could never be saved again).
     pub(crate) fn encode(data: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-        if !has_escape_jsonb_refuses(data)
-            && !is_wrapper(data)
-            && serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok()
-        {
+        if !has_escape_jsonb_refuses(data) && !is_wrapper(data) && jsonb_keeps(data) {
             return std::borrow::Cow::Borrowed(data);
         }
         let wrapped = serde_json::json!({ KEY: STANDARD.encode(data) });
@@ -362,7 +366,7 @@ pub(crate) mod json_column {
     /// Whether JSON text holds an escape PostgreSQL's JSONB refuses: `\u0000` (no text value
     /// holds a NUL) or a UTF-16 surrogate (JSONB refuses a lone one; a paired one is wrapped too,
     /// which costs nothing but readability: serializers write such characters as UTF-8).
-    fn has_escape_jsonb_refuses(text: &[u8]) -> bool {
+    pub(crate) fn has_escape_jsonb_refuses(text: &[u8]) -> bool {
         // Backslashes appear only inside strings, where each starts a two-byte escape or a
         // `\uXXXX` one, so walking escape by escape is exact.
         let mut i = 0;
@@ -386,6 +390,124 @@ pub(crate) mod json_column {
             }
         }
         false
+    }
+
+    /// Whether `text` is JSON that JSONB stores as it is meant: no object with a key twice, every
+    /// number within `numeric`'s range.
+    fn jsonb_keeps(text: &[u8]) -> bool {
+        let mut de = serde_json::Deserializer::from_slice(text);
+        serde::Deserialize::deserialize(&mut de).is_ok_and(|KeptByJsonb| de.end().is_ok())
+            && numbers_fit_numeric(text)
+    }
+
+    /// Most digits, and the largest decimal exponent, a stored number may have: `numeric` takes
+    /// 131072 digits before the point and 16383 after, so a number within these bounds fits
+    /// however its digits and exponent combine (anything past them is wrapped, which is always
+    /// safe).
+    const NUMBER_LIMIT: u64 = 5000;
+
+    /// Whether every number in the JSON `text` (valid JSON) fits `numeric`.
+    fn numbers_fit_numeric(text: &[u8]) -> bool {
+        let mut i = 0;
+        let mut in_string = false;
+        while i < text.len() {
+            let b = text[i];
+            if in_string {
+                match b {
+                    b'\\' => i += 1,
+                    b'"' => in_string = false,
+                    _ => {}
+                }
+                i += 1;
+                continue;
+            }
+            match b {
+                b'"' => in_string = true,
+                b'-' | b'0'..=b'9' => {
+                    let mut digits = 0u64;
+                    let mut exponent = 0u64;
+                    let mut in_exponent = false;
+                    while let Some(&c) = text.get(i) {
+                        match c {
+                            b'0'..=b'9' if in_exponent => {
+                                exponent = exponent
+                                    .saturating_mul(10)
+                                    .saturating_add(u64::from(c - b'0'));
+                            }
+                            b'0'..=b'9' => digits += 1,
+                            b'e' | b'E' => in_exponent = true,
+                            b'-' | b'+' | b'.' => {}
+                            _ => break,
+                        }
+                        i += 1;
+                    }
+                    if digits > NUMBER_LIMIT || exponent > NUMBER_LIMIT {
+                        return false;
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        true
+    }
+
+    /// Any JSON value in which no object has a key twice.
+    struct KeptByJsonb;
+
+    impl<'de> serde::Deserialize<'de> for KeptByJsonb {
+        fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+            de.deserialize_any(KeptByJsonb)
+        }
+    }
+
+    impl<'de> serde::de::Visitor<'de> for KeptByJsonb {
+        type Value = Self;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("JSON without repeated keys")
+        }
+
+        fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+            Ok(self)
+        }
+
+        fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+            Ok(self)
+        }
+
+        fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+            Ok(self)
+        }
+
+        fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+            Ok(self)
+        }
+
+        fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+            Ok(self)
+        }
+
+        fn visit_unit<E>(self) -> Result<Self, E> {
+            Ok(self)
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+            while seq.next_element::<KeptByJsonb>()?.is_some() {}
+            Ok(self)
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+            let mut keys = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if !keys.insert(key) {
+                    return Err(serde::de::Error::custom("a repeated key"));
+                }
+                map.next_value::<KeptByJsonb>()?;
+            }
+            Ok(self)
+        }
     }
 
     #[derive(serde::Deserialize)]
@@ -440,6 +562,13 @@ pub(crate) mod json_column {
                 (br#"["lone \ud800"]"#, true),
                 (br#"["pair \uD83D\uDE00"]"#, true),
                 (br#"["fine \u00e9 \n \\"]"#, false),
+                // A key twice (JSONB keeps the last), numbers past `numeric`.
+                (br#"{"a":1,"a":2}"#, true),
+                (br#"{"a":{"b":1},"b":{"b":2}}"#, false),
+                (b"[1e1000000]", true),
+                (b"[1e-100000]", true),
+                (b"[1.5e300, -0.25E-300, 12345678901234567890]", false),
+                (br#"["1e1000000 in a string"]"#, false),
             ] {
                 let stored = super::encode(json).into_owned();
                 assert_eq!(stored != json, wrapped, "{}", String::from_utf8_lossy(json));

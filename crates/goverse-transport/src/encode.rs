@@ -262,14 +262,22 @@ impl Encoder for BatchCodec {
     type Error = Status;
 
     fn encode(&mut self, item: EncodedBatch, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        // Field 1 of RequestBatch (repeated Request), once per request.
-        let needed: usize = item.iter().map(|r| message_field_len(1, r.len())).sum();
-        dst.reserve(needed);
-        for request in &item {
-            put_message_header(1, request.len(), dst);
-            dst.put_slice(request);
-        }
+        dst.reserve(framed_len(&item));
+        frame_batch(&item, dst);
         Ok(())
+    }
+}
+
+/// The length of `batch` framed by [`frame_batch`].
+pub(crate) fn framed_len(batch: &EncodedBatch) -> usize {
+    batch.iter().map(|r| message_field_len(1, r.len())).sum()
+}
+
+/// Writes `batch` as a `RequestBatch`: field 1 (repeated Request), once per request.
+pub(crate) fn frame_batch(batch: &EncodedBatch, dst: &mut impl BufMut) {
+    for request in batch {
+        put_message_header(1, request.len(), dst);
+        dst.put_slice(request);
     }
 }
 
@@ -288,10 +296,7 @@ impl Decoder for BatchCodec {
 #[cfg(test)]
 fn decoded(batch: &EncodedBatch) -> goverse_proto::node::RequestBatch {
     let mut framed = Vec::new();
-    for request in batch {
-        put_message_header(1, request.len(), &mut framed);
-        framed.extend_from_slice(request);
-    }
+    frame_batch(batch, &mut framed);
     goverse_proto::node::RequestBatch::decode(framed.as_slice()).expect("a valid RequestBatch")
 }
 

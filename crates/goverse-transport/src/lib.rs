@@ -18,6 +18,8 @@
 //! - [`Request`], [`Op`], [`Outcome`]: one request as both halves see it.
 
 mod encode;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handler;
 mod io;
 mod link;
