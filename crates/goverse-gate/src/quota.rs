@@ -322,6 +322,38 @@ impl Quotas {
         self.with_entry(key, now, |entry| entry.take(rate, now))
     }
 
+    /// Takes a token from `bucket`; if it has none, gives back every token in `taken` (what
+    /// this call took from other buckets) and refuses the call, saying `why`.
+    fn take_all_or_none<'a>(
+        &self,
+        taken: &mut Vec<(Key, &'a Rate)>,
+        (key, rate, limit): (Key, &'a Rate, Limit),
+        now: Instant,
+        why: impl FnOnce(Duration) -> String,
+    ) -> Result<(), CallError> {
+        match self.take(&key, rate, now) {
+            Ok(()) => {
+                taken.push((key, rate));
+                Ok(())
+            }
+            Err(wait) => {
+                for (key, rate) in taken.drain(..) {
+                    self.give_back(&key, rate, now);
+                }
+                Err(self.refuse(limit, why(wait), Some(wait)))
+            }
+        }
+    }
+
+    /// Returns a token taken from `key`'s bucket (for a call another bucket then refused).
+    fn give_back(&self, key: &Key, rate: &Rate, now: Instant) {
+        self.with_entry(key, now, |entry| {
+            if let Some(bucket) = entry.bucket.as_mut() {
+                bucket.tokens = (bucket.tokens + 1.0).min(rate.burst());
+            }
+        });
+    }
+
     /// Admits a call of `caller` from `remote` to `object_type.method` (`method` empty for a
     /// create or delete), or refuses it naming the limit and when to try again. The call holds
     /// the returned guard while it is in flight.
@@ -363,52 +395,50 @@ impl Quotas {
                 })
             }
         };
+        // Tokens taken so far, given back if a later bucket refuses the call: a refused call
+        // costs the client nothing but the wait.
+        let mut taken: Vec<(Key, &Rate)> = Vec::new();
         if !method.is_empty() {
             for (i, quota) in self.config.methods.iter().enumerate() {
-                if quota.matches(object_type, method)
-                    && let Err(wait) = self.take(&Key::Method(i, client.clone()), &quota.rate, now)
-                {
-                    return Err(self.refuse(
-                        Limit::Method,
-                        format!(
-                            "{client} is over its quota for {object_type}.{method} ({} calls/s, \
-                             burst {}); retry in {}",
-                            quota.rate.rate,
-                            quota.rate.burst(),
-                            millis(wait)
-                        ),
-                        Some(wait),
-                    ));
+                if quota.matches(object_type, method) {
+                    self.take_all_or_none(
+                        &mut taken,
+                        (Key::Method(i, client.clone()), &quota.rate, Limit::Method),
+                        now,
+                        |wait| {
+                            format!(
+                                "{client} is over its quota for {object_type}.{method} ({} \
+                                 calls/s, burst {}); retry in {}",
+                                quota.rate.rate,
+                                quota.rate.burst(),
+                                millis(wait)
+                            )
+                        },
+                    )?;
                 }
             }
         }
-        if let Some(rate) = &self.config.per_client
-            && let Err(wait) = self.take(&Key::Client(client.clone()), rate, now)
-        {
-            return Err(self.refuse(
-                Limit::Client,
+        if let Some(rate) = &self.config.per_client {
+            let bucket = (Key::Client(client.clone()), rate, Limit::Client);
+            self.take_all_or_none(&mut taken, bucket, now, |wait| {
                 format!(
                     "{client} is over its quota ({} calls/s, burst {}); retry in {}",
                     rate.rate,
                     rate.burst(),
                     millis(wait)
-                ),
-                Some(wait),
-            ));
+                )
+            })?;
         }
-        if let (Some(rate), Some(ip)) = (&self.config.per_address, remote)
-            && let Err(wait) = self.take(&Key::Address(ip), rate, now)
-        {
-            return Err(self.refuse(
-                Limit::Address,
+        if let (Some(rate), Some(ip)) = (&self.config.per_address, remote) {
+            let bucket = (Key::Address(ip), rate, Limit::Address);
+            self.take_all_or_none(&mut taken, bucket, now, |wait| {
                 format!(
                     "address {ip} is over its quota ({} calls/s, burst {}); retry in {}",
                     rate.rate,
                     rate.burst(),
                     millis(wait)
-                ),
-                Some(wait),
-            ));
+                )
+            })?;
         }
         Ok(in_flight)
     }
@@ -541,6 +571,48 @@ mod tests {
             "{err}"
         );
         quotas.admit(&c, None, "Wallet", "Balance").unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_call_takes_no_tokens() {
+        let (x, y): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let quotas = Arc::new(Quotas::new(QuotaConfig {
+            per_client: Some(Rate {
+                rate: 1.0,
+                burst: Some(5.0),
+            }),
+            per_address: Some(Rate {
+                rate: 1.0,
+                burst: Some(3.0),
+            }),
+            methods: vec![MethodQuota {
+                object_type: "*".into(),
+                method: "*".into(),
+                rate: Rate {
+                    rate: 1.0,
+                    burst: Some(5.0),
+                },
+            }],
+            ..QuotaConfig::default()
+        }));
+        let a = identity("gate/a");
+        for _ in 0..3 {
+            quotas.admit(&a, Some(x), "Counter", "Add").unwrap();
+        }
+        // Address x is spent: its refusals leave a's method and client buckets as they were...
+        for _ in 0..10 {
+            let err = quotas.admit(&a, Some(x), "Counter", "Add").unwrap_err();
+            assert!(err.message().contains("address 10.0.0.1"), "{err}");
+        }
+        // ...so from another address a still has the 2 calls of its burst of 5.
+        for _ in 0..2 {
+            quotas.admit(&a, Some(y), "Counter", "Add").unwrap();
+        }
+        let err = quotas.admit(&a, Some(y), "Counter", "Add").unwrap_err();
+        assert!(
+            err.message().contains("gate/a is over its quota for"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -216,7 +216,7 @@ fn percent_decode(text: &str) -> String {
 /// tokio-postgres' TLS, on [`ClientTls`].
 #[derive(Debug, Clone)]
 pub(crate) struct PgTls {
-    tls: Arc<ClientTls>,
+    pub(crate) tls: Arc<ClientTls>,
 }
 
 impl<S> MakeTlsConnect<S> for PgTls

@@ -206,6 +206,8 @@ pub struct PostgresStore {
     pool: Pool,
     target: String,
     op_timeout: Duration,
+    /// The TLS its new connections use, when the connection string asks for TLS.
+    tls: Option<std::sync::Arc<goverse_tls::ClientTls>>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -409,11 +411,15 @@ impl PostgresStore {
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
-        let manager = match verify {
-            None => Manager::from_config(pg, NoTls, manager_config),
+        let (manager, tls) = match verify {
+            None => (Manager::from_config(pg, NoTls, manager_config), None),
             Some(verify) => {
-                let tls = ssl.connector(verify).map_err(StoreError::Config)?;
-                Manager::from_config(pg, tls, manager_config)
+                let connector = ssl.connector(verify).map_err(StoreError::Config)?;
+                let tls = connector.tls.clone();
+                (
+                    Manager::from_config(pg, connector, manager_config),
+                    Some(tls),
+                )
             }
         };
         let op_timeout = config.statement_timeout + config.connect_timeout;
@@ -432,6 +438,7 @@ impl PostgresStore {
             pool,
             target,
             op_timeout,
+            tls,
         };
         let client = store.client().await.map_err(|err| match err {
             StoreError::Unavailable(why) => {
@@ -452,6 +459,13 @@ impl PostgresStore {
     /// Where the store is: `host:port/database (user u)`.
     pub fn target(&self) -> &str {
         &self.target
+    }
+
+    /// The TLS client its new connections handshake with, when the connection string asks for
+    /// TLS (`sslmode` other than `disable`). Reload it ([`goverse_tls::watch`]) to pick up
+    /// renewed certificate files: new connections use them, open ones keep theirs.
+    pub fn tls(&self) -> Option<std::sync::Arc<goverse_tls::ClientTls>> {
+        self.tls.clone()
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
@@ -1177,6 +1191,26 @@ mod tests {
         assert!(err.contains("not signed by a trusted CA"), "{err}");
         let err = connect("verify-full", None).await.unwrap_err().to_string();
         assert!(err.contains("sslrootcert"), "{err}");
+
+        // Renewed files reach new connections without a restart once the store's TLS reloads
+        // (as `goverse node` does on SIGHUP or a change of file); open connections keep theirs.
+        use goverse_tls::Reloadable as _;
+        let roots = pki.path().join("roots.pem");
+        std::fs::copy(&ca_pem, &roots).unwrap();
+        let store = connect("verify-ca", Some(&roots)).await.unwrap();
+        let tls = store.tls().expect("a TLS store names its client TLS");
+        let held = store.client().await.unwrap();
+        std::fs::copy(&other_pem, &roots).unwrap();
+        assert!(tls.reload(true).unwrap());
+        // With `held` out, the pool dials a new connection: it trusts only the other CA now.
+        let err = store.client().await.unwrap_err().to_string();
+        assert!(err.contains("not signed by a trusted CA"), "{err}");
+        held.simple_query("SELECT 1").await.unwrap();
+        std::fs::copy(&ca_pem, &roots).unwrap();
+        assert!(tls.reload(true).unwrap());
+        let second = store.client().await.unwrap();
+        second.simple_query("SELECT 1").await.unwrap();
+        drop((held, second));
     }
 
     async fn fresh_store(server: &PostgresServer, database: &str) -> PostgresStore {

@@ -198,6 +198,15 @@ pub async fn open_store(file: &ClusterFile) -> Result<Option<Arc<dyn ObjectStore
                 what: "PostgreSQL".to_owned(),
                 cause,
             })?;
+        if let Some(tls) = store.tls() {
+            // Reloaded for the process's life, as its other certificates.
+            let tls: Arc<dyn goverse_tls::Reloadable> = tls;
+            goverse_tls::watch(
+                vec![tls],
+                file.tls_reload_interval(),
+                tokio_util::sync::CancellationToken::new(),
+            );
+        }
         return Ok(Some(Arc::new(store)));
     }
     if let Some(sqlite) = &file.sqlite {
