@@ -499,14 +499,42 @@ pub(crate) mod json_column {
         }
 
         fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
-            let mut keys = std::collections::HashSet::new();
-            while let Some(key) = map.next_key::<String>()? {
-                if !keys.insert(key) {
-                    return Err(serde::de::Error::custom("a repeated key"));
-                }
+            // Keys as hashes, compared once the object is read: no allocation per key, and a
+            // collision only wraps a state that did not need it, which is always safe.
+            let mut keys = Vec::new();
+            while let Some(key) = map.next_key_seed(KeyHash)? {
+                keys.push(key);
                 map.next_value::<KeptByJsonb>()?;
             }
+            keys.sort_unstable();
+            if keys.windows(2).any(|pair| pair[0] == pair[1]) {
+                return Err(serde::de::Error::custom("a repeated key"));
+            }
             Ok(self)
+        }
+    }
+
+    /// An object's key, read as its hash.
+    struct KeyHash;
+
+    impl<'de> serde::de::DeserializeSeed<'de> for KeyHash {
+        type Value = u64;
+
+        fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<u64, D::Error> {
+            de.deserialize_str(self)
+        }
+    }
+
+    impl serde::de::Visitor<'_> for KeyHash {
+        type Value = u64;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a key")
+        }
+
+        fn visit_str<E>(self, key: &str) -> Result<u64, E> {
+            use std::hash::BuildHasher as _;
+            Ok(foldhash::fast::FixedState::with_seed(0).hash_one(key))
         }
     }
 
