@@ -97,12 +97,9 @@ pub fn object_id(bytes: &[u8]) {
                 }
                 ObjectIdKind::FixedShard(n) => {
                     let (prefix, name) = id.split_once('/').expect("a pinned ID has a name");
-                    assert_eq!(
-                        prefix.strip_prefix("shard#").map(str::len).map(|l| l > 0),
-                        Some(true)
-                    );
-                    assert!(!name.is_empty(), "{id:?}");
-                    if let Ok(parsed) = prefix["shard#".len()..].parse::<u64>() {
+                    let number = prefix.strip_prefix("shard#").unwrap_or_default();
+                    assert!(!number.is_empty() && !name.is_empty(), "{id:?}");
+                    if let Ok(parsed) = number.parse::<u64>() {
                         assert_eq!(parsed, *n, "{id:?}");
                     }
                 }

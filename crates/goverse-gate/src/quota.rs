@@ -322,34 +322,45 @@ impl Quotas {
         self.with_entry(key, now, |entry| entry.take(rate, now))
     }
 
-    /// Takes a token from `bucket`; if it has none, gives back every token in `taken` (what
-    /// this call took from other buckets) and refuses the call, saying `why`.
-    fn take_all_or_none<'a>(
-        &self,
-        taken: &mut Vec<(Key, &'a Rate)>,
-        (key, rate, limit): (Key, &'a Rate, Limit),
-        now: Instant,
-        why: impl FnOnce(Duration) -> String,
-    ) -> Result<(), CallError> {
-        match self.take(&key, rate, now) {
-            Ok(()) => {
-                taken.push((key, rate));
-                Ok(())
-            }
-            Err(wait) => {
-                for (key, rate) in taken.drain(..) {
-                    self.give_back(&key, rate, now);
-                }
-                Err(self.refuse(limit, why(wait), Some(wait)))
-            }
-        }
+    /// The buckets a call of `client` from `remote` to `object_type.method` (`method` empty for
+    /// a create or delete) takes a token from, in the order they are checked: the methods'
+    /// quotas it matches, the client's, the address's.
+    fn buckets<'a>(
+        &'a self,
+        client: &'a Arc<str>,
+        remote: Option<IpAddr>,
+        object_type: &'a str,
+        method: &'a str,
+    ) -> impl Iterator<Item = Key> + 'a {
+        let methods = self
+            .config
+            .methods
+            .iter()
+            .enumerate()
+            .filter(move |(_, quota)| !method.is_empty() && quota.matches(object_type, method))
+            .map(move |(i, _)| Key::Method(i, client.clone()));
+        let per_client = self
+            .config
+            .per_client
+            .as_ref()
+            .map(|_| Key::Client(client.clone()));
+        let per_address = self
+            .config
+            .per_address
+            .as_ref()
+            .zip(remote)
+            .map(|(_, ip)| Key::Address(ip));
+        methods.chain(per_client).chain(per_address)
     }
 
     /// Returns a token taken from `key`'s bucket (for a call another bucket then refused).
-    fn give_back(&self, key: &Key, rate: &Rate, now: Instant) {
+    fn give_back(&self, key: &Key, now: Instant) {
+        let Some(burst) = key.rate(&self.config).map(Rate::burst) else {
+            return;
+        };
         self.with_entry(key, now, |entry| {
             if let Some(bucket) = entry.bucket.as_mut() {
-                bucket.tokens = (bucket.tokens + 1.0).min(rate.burst());
+                bucket.tokens = (bucket.tokens + 1.0).min(burst);
             }
         });
     }
@@ -395,50 +406,45 @@ impl Quotas {
                 })
             }
         };
-        // Tokens taken so far, given back if a later bucket refuses the call: a refused call
-        // costs the client nothing but the wait.
-        let mut taken: Vec<(Key, &Rate)> = Vec::new();
-        if !method.is_empty() {
-            for (i, quota) in self.config.methods.iter().enumerate() {
-                if quota.matches(object_type, method) {
-                    self.take_all_or_none(
-                        &mut taken,
-                        (Key::Method(i, client.clone()), &quota.rate, Limit::Method),
-                        now,
-                        |wait| {
-                            format!(
-                                "{client} is over its quota for {object_type}.{method} ({} \
-                                 calls/s, burst {}); retry in {}",
-                                quota.rate.rate,
-                                quota.rate.burst(),
-                                millis(wait)
-                            )
-                        },
-                    )?;
+        for (taken, key) in self
+            .buckets(&client, remote, object_type, method)
+            .enumerate()
+        {
+            let Some(rate) = key.rate(&self.config) else {
+                continue;
+            };
+            if let Err(wait) = self.take(&key, rate, now) {
+                // A refused call costs the client nothing but the wait: the tokens it took from
+                // the buckets before this one go back.
+                for earlier in self
+                    .buckets(&client, remote, object_type, method)
+                    .take(taken)
+                {
+                    self.give_back(&earlier, now);
                 }
+                let what = match &key {
+                    Key::Method(..) => {
+                        format!("{client} is over its quota for {object_type}.{method}")
+                    }
+                    Key::Address(ip) => format!("address {ip} is over its quota"),
+                    _ => format!("{client} is over its quota"),
+                };
+                let limit = match key {
+                    Key::Method(..) => Limit::Method,
+                    Key::Address(_) => Limit::Address,
+                    _ => Limit::Client,
+                };
+                return Err(self.refuse(
+                    limit,
+                    format!(
+                        "{what} ({} calls/s, burst {}); retry in {}",
+                        rate.rate,
+                        rate.burst(),
+                        millis(wait)
+                    ),
+                    Some(wait),
+                ));
             }
-        }
-        if let Some(rate) = &self.config.per_client {
-            let bucket = (Key::Client(client.clone()), rate, Limit::Client);
-            self.take_all_or_none(&mut taken, bucket, now, |wait| {
-                format!(
-                    "{client} is over its quota ({} calls/s, burst {}); retry in {}",
-                    rate.rate,
-                    rate.burst(),
-                    millis(wait)
-                )
-            })?;
-        }
-        if let (Some(rate), Some(ip)) = (&self.config.per_address, remote) {
-            let bucket = (Key::Address(ip), rate, Limit::Address);
-            self.take_all_or_none(&mut taken, bucket, now, |wait| {
-                format!(
-                    "address {ip} is over its quota ({} calls/s, burst {}); retry in {}",
-                    rate.rate,
-                    rate.burst(),
-                    millis(wait)
-                )
-            })?;
         }
         Ok(in_flight)
     }

@@ -149,24 +149,25 @@ where
     let drain_timeout = limits.drain_timeout;
     let stop = CancellationToken::new();
     let readers = TaskTracker::new();
-    let (service_handler, service_secret) = (handler.clone(), secret.clone());
-    let service = NodeServiceServer::new(NodeRpc {
-        handler,
+    let admission = Arc::new(Admission {
         secret,
         members,
+        refusals: Throttle::new(Duration::from_secs(10)),
+    });
+    let service_handler = handler.clone();
+    let service = NodeServiceServer::new(NodeRpc {
+        handler,
+        admission: admission.clone(),
         stop: stop.clone(),
         readers: readers.clone(),
         serials: AtomicU64::new(0),
-        refusals: Throttle::new(Duration::from_secs(10)),
         in_flight_limit: limits.peer_requests_in_flight.max(1),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let upstream = UpstreamNodeServer::new(UpstreamNode {
         handler: service_handler.clone(),
-        secret: service_secret.clone(),
-        members,
-        refusals: Throttle::new(Duration::from_secs(10)),
+        admission,
     });
     let served = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
@@ -200,61 +201,53 @@ where
 
 struct NodeRpc {
     handler: Arc<dyn Handler>,
-    secret: Option<Arc<str>>,
-    /// Only peers whose TLS certificate names a cluster member.
-    members: bool,
+    admission: Arc<Admission>,
     stop: CancellationToken,
     readers: TaskTracker,
     serials: AtomicU64,
-    /// Refused peers are logged once per interval, with how many more there were.
-    refusals: Throttle,
     /// Requests of one stream that may run at once.
     in_flight_limit: usize,
 }
 
-impl NodeRpc {
-    /// Refuses a peer that does not send the cluster's secret (when there is one).
-    fn admit<T>(&self, request: &tonic::Request<T>) -> Result<(), Status> {
-        admit(
-            self.secret.as_deref(),
-            self.members,
-            request,
-            &self.refusals,
-        )
-    }
+/// Who a node's services (its own and upstream's) admit, shared by both.
+struct Admission {
+    /// The cluster's secret, when peers must send it.
+    secret: Option<Arc<str>>,
+    /// Only peers whose TLS certificate names a cluster member.
+    members: bool,
+    /// Refused peers are logged once per interval, with how many more there were.
+    refusals: Throttle,
 }
 
-/// Refuses a caller that does not send `secret` (when there is one), logging refusals at most
-/// once per `refusals` interval.
-fn admit<T>(
-    secret: Option<&str>,
-    members: bool,
-    request: &tonic::Request<T>,
-    refusals: &Throttle,
-) -> Result<(), Status> {
-    if members {
-        admit_member(request, refusals)?;
-    }
-    let Some(secret) = secret else {
-        return Ok(());
-    };
-    let sent = request
-        .metadata()
-        .get(crate::PEER_SECRET_HEADER)
-        .map(|v| v.as_bytes())
-        .unwrap_or_default();
-    if constant_time_eq(sent, secret.as_bytes()) {
-        return Ok(());
-    }
-    let from = goverse_tls::remote_addr(request)
-        .map_or_else(|| "an unknown address".to_owned(), |a| a.to_string());
-    if let Some(more) = refusals.hit() {
-        tracing::warn!(peer = %from, sent = !sent.is_empty(), refused_since_last = more,
+impl Admission {
+    /// Refuses a caller that is not a member (when `members`) or does not send the secret
+    /// (when there is one), logging refusals at most once per interval.
+    fn admit<T>(&self, request: &tonic::Request<T>) -> Result<(), Status> {
+        let refusals = &self.refusals;
+        if self.members {
+            admit_member(request, refusals)?;
+        }
+        let Some(secret) = self.secret.as_deref() else {
+            return Ok(());
+        };
+        let sent = request
+            .metadata()
+            .get(crate::PEER_SECRET_HEADER)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        if constant_time_eq(sent, secret.as_bytes()) {
+            return Ok(());
+        }
+        let from = goverse_tls::remote_addr(request)
+            .map_or_else(|| "an unknown address".to_owned(), |a| a.to_string());
+        if let Some(more) = refusals.hit() {
+            tracing::warn!(peer = %from, sent = !sent.is_empty(), refused_since_last = more,
             "refused a peer without the cluster secret");
+        }
+        Err(Status::unauthenticated(
+            "this node admits only peers of its cluster: the peer secret is missing or wrong",
+        ))
     }
-    Err(Status::unauthenticated(
-        "this node admits only peers of its cluster: the peer secret is missing or wrong",
-    ))
 }
 
 /// Refuses a peer whose certificate does not name a cluster member, or names another host than
@@ -301,20 +294,7 @@ fn admit_member<T>(request: &tonic::Request<T>, refusals: &Throttle) -> Result<(
 /// behind the cluster secret as the node protocol is. Its other calls answer UNIMPLEMENTED.
 struct UpstreamNode {
     handler: Arc<dyn Handler>,
-    secret: Option<Arc<str>>,
-    members: bool,
-    refusals: Throttle,
-}
-
-impl UpstreamNode {
-    fn admit<T>(&self, request: &tonic::Request<T>) -> Result<(), Status> {
-        admit(
-            self.secret.as_deref(),
-            self.members,
-            request,
-            &self.refusals,
-        )
-    }
+    admission: Arc<Admission>,
 }
 
 #[tonic::async_trait]
@@ -323,7 +303,7 @@ impl goverse_proto::upstream::goverse_server::Goverse for UpstreamNode {
         &self,
         request: tonic::Request<goverse_proto::upstream::Empty>,
     ) -> Result<tonic::Response<goverse_proto::upstream::StatusResponse>, Status> {
-        self.admit(&request)?;
+        self.admission.admit(&request)?;
         Ok(tonic::Response::new(self.handler.status()))
     }
 
@@ -331,7 +311,7 @@ impl goverse_proto::upstream::goverse_server::Goverse for UpstreamNode {
         &self,
         request: tonic::Request<goverse_proto::upstream::Empty>,
     ) -> Result<tonic::Response<goverse_proto::upstream::ListObjectsResponse>, Status> {
-        self.admit(&request)?;
+        self.admission.admit(&request)?;
         Ok(tonic::Response::new(self.handler.list_objects()))
     }
 }
@@ -352,7 +332,7 @@ impl NodeService for NodeRpc {
         &self,
         request: tonic::Request<Streaming<RequestBatch>>,
     ) -> Result<Response<BatchStream>, Status> {
-        self.admit(&request)?;
+        self.admission.admit(&request)?;
         let peer: Option<Arc<str>> = request
             .metadata()
             .get(PEER_ADDRESS_HEADER)
@@ -433,7 +413,7 @@ impl NodeService for NodeRpc {
         &self,
         request: tonic::Request<DescribeRequest>,
     ) -> Result<Response<DescribeResponse>, Status> {
-        self.admit(&request)?;
+        self.admission.admit(&request)?;
         Ok(Response::new(self.handler.describe()))
     }
 }
